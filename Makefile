@@ -1,0 +1,51 @@
+# Huddle: `make run` serves on http://127.0.0.1:8080 with embedded defaults;
+# `make test` installs what the tests need and runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HUDDLE_DATABASE_URL ?= sqlite:///var/huddle.db
+
+.PHONY: run test lint format bench services system-deps clean
+
+# The stamps re-run pip only when pyproject.toml changed, so `make run` also
+# starts offline once installed.
+$(VENV)/.installed-run: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	mkdir -p var
+	$(BIN)/huddle serve
+
+system-deps:
+	scripts/install-system-deps.sh
+
+services:
+	scripts/ensure-services.sh
+
+test: $(VENV)/.installed-dev system-deps services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(VENV)/.installed-dev services
+	$(BIN)/python -m bench.lifecycle --backend sqlite
+	$(BIN)/python -m bench.lifecycle --backend postgres
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

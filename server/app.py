@@ -1,0 +1,135 @@
+"""The app factory: the only place that decides what runs and how it is wired.
+
+The same code path serves one embedded node (SQLite, in-process bus) and
+several scaled-out nodes (Postgres, Redis); only the choices below differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from server.auth import TokenService
+from server.calls import CallService
+from server.config import Config, DatabaseRetry
+from server.events import EventFanout
+from server.health import Readiness
+from server.http import calls as call_routes
+from server.http import misc as misc_routes
+from server.http import openapi
+from server.http.middleware import edge_middleware
+from server.keys import CALLS, CONFIG, METRICS, READINESS, STORE, TOKENS
+from server.metrics import Metrics
+from server.models import utcnow
+from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from server.store import SqlStore, StoreUnavailable, create_store
+from server.workers import call_sweeper
+
+logger = logging.getLogger(__name__)
+
+REDIS = web.AppKey("redis", Redis)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+class StartupError(RuntimeError):
+    """A dependency could not be reached at startup; the message says which and why."""
+
+
+async def open_with_retry(store: SqlStore, retry: DatabaseRetry) -> None:
+    """Open the store, retrying with exponential backoff, then fail loudly."""
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            await store.open()
+            return
+        except StoreUnavailable as exc:
+            if attempt == retry.attempts:
+                raise StartupError(
+                    f"database unreachable after {retry.attempts} attempts: {exc.message}"
+                ) from exc
+            delay = min(retry.cap_s, retry.base_s * 2 ** (attempt - 1))
+            logger.warning(
+                "database unreachable (attempt %d/%d), retrying in %.1f s: %s",
+                attempt,
+                retry.attempts,
+                delay,
+                exc.message,
+            )
+            await asyncio.sleep(delay)
+
+
+def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web.Application:
+    app = web.Application(
+        middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
+    )
+    metrics = Metrics()
+    readiness = Readiness()
+    events = EventFanout()
+    store = create_store(config.database_url, timeout_s=config.limits.db_timeout_s, metrics=metrics)
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    app[READINESS] = readiness
+    app[TOKENS] = TokenService(config.jwt_secret)
+    app[STORE] = store
+    metrics.turn_config_valid.set(1 if config.turn.uris else 0)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        await open_with_retry(store, config.db_retry)
+        readiness.add("database", store.ping)
+        logger.info("store: %s", store.backend_name)
+        yield
+        await store.close()
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        limiter: RateLimiter
+        if config.redis_url is None:
+            logger.info("using single-node routing: in-process bus and rate limits")
+            limiter = LocalRateLimiter()
+            app[CALLS] = CallService(store, config.limits, metrics, limiter, events, clock)
+            yield
+            return
+        redis = Redis.from_url(config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        app[REDIS] = redis
+
+        async def redis_ping() -> None:
+            await redis.ping()
+
+        readiness.add("redis", redis_ping)
+        limiter = RedisRateLimiter(redis)
+        app[CALLS] = CallService(store, config.limits, metrics, limiter, events, clock)
+        yield
+        await redis.aclose()
+
+    async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+        sweeper = call_sweeper(app[CALLS])
+        sweeper.start()
+        yield
+        await sweeper.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        readiness.shutting_down = True
+
+    app.cleanup_ctx.extend([store_ctx, redis_ctx, workers_ctx])
+    app.on_shutdown.append(on_shutdown)
+    app.add_routes(misc_routes.routes)
+    app.add_routes(call_routes.routes)
+    app.add_routes(openapi.routes)
+    _add_static(app, Path(config.static_dir) if config.static_dir else STATIC_DIR)
+    return app
+
+
+def _add_static(app: web.Application, folder: Path) -> None:
+    index = folder / "index.html"
+    if not index.is_file():
+        return
+
+    async def serve_index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(index)
+
+    app.router.add_get("/", serve_index)
+    app.router.add_static("/static/", folder)

@@ -1,0 +1,260 @@
+"""Huddle's configuration: one frozen, typed tree read from ``HUDDLE_*`` variables.
+
+Every value has a default that runs a single node with no external services
+(SQLite file, in-process bus, dev mode). :func:`load_config` validates the whole
+tree at startup and raises :class:`ConfigError` naming the offending variable,
+so a typo stops the server with one clear line instead of a late surprise.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Rules the call lifecycle enforces (DESIGN.md, "Rules the lifecycle must enforce")."""
+
+    max_participants: int = 10
+    max_callees: int = 50
+    initiate_per_minute: int = 10
+    ringing_timeout_s: float = 300.0
+    max_duration_s: float = 86_400.0
+    stale_after_s: float = 86_400.0
+    disconnect_grace_s: float = 10.0
+    db_timeout_s: float = 5.0
+    request_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
+    sweep_interval_s: float = 5.0
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DatabaseRetry:
+    """Startup retry policy for the database: exponential backoff, then give up."""
+
+    attempts: int = 5
+    base_s: float = 1.0
+    cap_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """TURN REST (draft-uberti-behave-turn-rest-00) settings; validated in server.turn."""
+
+    uris: tuple[str, ...] = ()
+    stun_uris: tuple[str, ...] = ()
+    secret: str | None = None
+    ttl_s: int = 14_400
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class SignalingSettings:
+    allowed_origins: tuple[str, ...] = ()  # empty: same origin only
+    max_connections: int = 2_000
+    max_message_bytes: int = 64 * 1024
+    messages_per_second: float = 50.0
+    message_burst: int = 100
+    send_queue_size: int = 256
+    ping_after_s: float = 20.0
+    drop_after_s: float = 45.0
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    ice_hosts: tuple[str, ...] = ()  # empty: every non-loopback interface (aioice default)
+    public_ip: str | None = None
+    pli_min_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = "sqlite:///var/huddle.db"
+    redis_url: str | None = None
+    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    dev_mode: bool = True
+    node_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    static_dir: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    db_retry: DatabaseRetry = field(default_factory=DatabaseRetry)
+    turn: TurnSettings = field(default_factory=TurnSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    signaling: SignalingSettings = field(default_factory=SignalingSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+
+class _Env:
+    """Typed getters over an environment mapping that name the variable on error."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T], what: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not {what}") from None
+
+    def string(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        result = self._parse(name, default, int, "an integer")
+        if not low <= result <= high:
+            raise ConfigError(f"{name}={result} is out of range [{low}, {high}]")
+        return result
+
+    def seconds(self, name: str, default: float, *, low: float, high: float) -> float:
+        result = self._parse(name, default, float, "a number of seconds")
+        if not low <= result <= high:
+            raise ConfigError(f"{name}={result:g} is out of range [{low:g}, {high:g}] seconds")
+        return result
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
+
+    def csv(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _check_database_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if not parts.path or parts.path == "/":
+            raise ConfigError(f"HUDDLE_DATABASE_URL={url!r} names no SQLite file")
+        return url
+    if parts.scheme in {"postgresql", "postgres"}:
+        if not parts.hostname and "host=" not in (parts.query or ""):
+            raise ConfigError(f"HUDDLE_DATABASE_URL={url!r} names no Postgres host")
+        return url
+    raise ConfigError(f"HUDDLE_DATABASE_URL={url!r} must start with sqlite:/// or postgresql://")
+
+
+def _check_redis_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"HUDDLE_REDIS_URL={url!r} must start with redis://, rediss://")
+    return url
+
+
+def load_config(environ: Mapping[str, str]) -> Config:
+    """Build and validate the configuration from ``environ`` (usually ``os.environ``)."""
+    env = _Env(environ)
+    jwt_secret = env.raw("HUDDLE_JWT_SECRET")
+    dev_mode = env.boolean("HUDDLE_DEV", default=jwt_secret is None)
+    if jwt_secret is None:
+        if not dev_mode:
+            raise ConfigError("HUDDLE_JWT_SECRET is required when HUDDLE_DEV=0")
+        jwt_secret = secrets.token_urlsafe(32)
+    elif len(jwt_secret) < 32:
+        raise ConfigError("HUDDLE_JWT_SECRET must be at least 32 characters")
+
+    limits = Limits(
+        max_participants=env.integer("HUDDLE_MAX_PARTICIPANTS", 10, low=2, high=1000),
+        max_callees=env.integer("HUDDLE_MAX_CALLEES", 50, low=1, high=1000),
+        initiate_per_minute=env.integer("HUDDLE_INITIATE_PER_MINUTE", 10, low=1, high=100_000),
+        ringing_timeout_s=env.seconds("HUDDLE_RINGING_TIMEOUT", 300, low=1, high=3600),
+        max_duration_s=env.seconds("HUDDLE_MAX_CALL_DURATION", 86_400, low=60, high=7 * 86_400),
+        stale_after_s=env.seconds("HUDDLE_STALE_AFTER", 86_400, low=60, high=30 * 86_400),
+        disconnect_grace_s=env.seconds("HUDDLE_DISCONNECT_GRACE", 10, low=0, high=600),
+        db_timeout_s=env.seconds("HUDDLE_DB_TIMEOUT", 5, low=0.1, high=120),
+        request_timeout_s=env.seconds("HUDDLE_REQUEST_TIMEOUT", 30, low=1, high=600),
+        shutdown_timeout_s=env.seconds("HUDDLE_SHUTDOWN_TIMEOUT", 10, low=1, high=600),
+        sweep_interval_s=env.seconds("HUDDLE_SWEEP_INTERVAL", 5, low=0.05, high=3600),
+    )
+    turn = TurnSettings(
+        uris=env.csv("HUDDLE_TURN_URIS"),
+        stun_uris=env.csv("HUDDLE_STUN_URIS"),
+        secret=env.raw("HUDDLE_TURN_SECRET"),
+        ttl_s=env.integer("HUDDLE_TURN_TTL", 14_400, low=-(2**31), high=2**31),
+    )
+    signaling = SignalingSettings(
+        allowed_origins=env.csv("HUDDLE_ALLOWED_ORIGINS"),
+        max_connections=env.integer("HUDDLE_MAX_CONNECTIONS", 2_000, low=1, high=1_000_000),
+        max_message_bytes=env.integer(
+            "HUDDLE_MAX_MESSAGE_BYTES", 64 * 1024, low=1024, high=1024 * 1024
+        ),
+        messages_per_second=env.seconds("HUDDLE_MESSAGES_PER_SECOND", 50, low=1, high=10_000),
+    )
+    media = MediaSettings(
+        ice_hosts=env.csv("HUDDLE_ICE_HOSTS"),
+        public_ip=env.raw("HUDDLE_PUBLIC_IP"),
+        pli_min_interval_s=env.seconds("HUDDLE_PLI_MIN_INTERVAL", 0.5, low=0.05, high=10),
+    )
+    webhook_url = env.raw("HUDDLE_WEBHOOK_URL")
+    webhook_secret = env.raw("HUDDLE_WEBHOOK_SECRET")
+    if webhook_url is not None:
+        if urlsplit(webhook_url).scheme not in {"http", "https"}:
+            raise ConfigError(f"HUDDLE_WEBHOOK_URL={webhook_url!r} must be http(s)://")
+        if webhook_secret is None:
+            raise ConfigError("HUDDLE_WEBHOOK_SECRET is required when HUDDLE_WEBHOOK_URL is set")
+
+    config = Config(
+        host=env.string("HUDDLE_HOST", "127.0.0.1"),
+        port=env.integer("HUDDLE_PORT", 8080, low=0, high=65535),
+        database_url=_check_database_url(
+            env.string("HUDDLE_DATABASE_URL", "sqlite:///var/huddle.db")
+        ),
+        redis_url=_check_redis_url(env.raw("HUDDLE_REDIS_URL")),
+        jwt_secret=jwt_secret,
+        dev_mode=dev_mode,
+        node_id=env.string("HUDDLE_NODE_ID", secrets.token_hex(4)),
+        static_dir=env.raw("HUDDLE_STATIC_DIR"),
+        limits=limits,
+        turn=turn,
+        webhook=WebhookSettings(url=webhook_url, secret=webhook_secret),
+        signaling=signaling,
+        media=media,
+    )
+    _validate_turn(config.turn)
+    return config
+
+
+def _validate_turn(turn: TurnSettings) -> None:
+    # Imported here so that config stays importable while server.turn grows.
+    from server.turn import validate_turn_settings
+
+    validate_turn_settings(turn)
