@@ -1,0 +1,148 @@
+"""Guard and hooks for the private aiortc/aioice names the SFU relies on.
+
+aiortc is pinned to exactly 1.16.0 (see ``recipes/aiortc-forwarding.md``): the
+SFU reaches into private receiver/sender state to forward encoded frames
+without decoding. :func:`check_aiortc` verifies, at import and again at SFU
+start-up, that every such name still exists, and fails with a
+``RuntimeError`` naming each missing one rather than misbehaving later.
+
+This module is the only place that patches module globals, and both patches
+are behaviour-preserving for code that does not opt in:
+
+* ``aiortc.rtcrtpreceiver.decoder_worker`` returns at once for receivers whose
+  decoder queue is a pass-through sink (see :mod:`media.passthrough`); every
+  other receiver in the process decodes as usual.
+* ``aioice.ice.get_host_addresses`` is replaced only when
+  :func:`restrict_host_addresses` is called with a list of addresses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aioice.ice
+import aiortc
+import aiortc.rtcrtpreceiver
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+
+logger = logging.getLogger(__name__)
+
+AIORTC_VERSION = "1.16.0"
+
+# (owner, where the name must appear, name): "attr" means a class/module
+# attribute, "code:<function>" means a name used inside that function's code
+# (instance attributes assigned in __init__, name-mangled privates, globals).
+_REQUIRED: tuple[tuple[Any, str, str], ...] = (
+    (aiortc.rtcrtpreceiver, "attr", "decoder_worker"),
+    (aiortc.rtcrtpreceiver, "attr", "RemoteStreamTrack"),
+    (RTCRtpReceiver, "attr", "_send_rtcp_pli"),
+    (RTCRtpReceiver, "attr", "_handle_rtp_packet"),
+    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__jitter_buffer"),
+    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__decoder_queue"),
+    (RTCRtpReceiver, "code:__init__", "_track"),
+    (RTCRtpReceiver, "code:receive", "decoder_worker"),
+    (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__jitter_buffer"),
+    (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__decoder_queue"),
+    (RTCRtpReceiver, "code:_handle_rtp_packet", "_send_rtcp_pli"),
+    (RTCRtpSender, "attr", "_send_keyframe"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__encoder"),
+    (RTCRtpSender, "code:__init__", "_stream_id"),
+    (RTCRtpSender, "code:_next_encoded_frame", "_RTCRtpSender__encoder"),
+    (RTCRtpSender, "code:_next_encoded_frame", "pack"),
+    (RTCRtpSender, "code:_handle_rtcp_packet", "_send_keyframe"),
+    (RTCRtpTransceiver, "code:__init__", "_codecs"),
+    (Vp8Encoder, "attr", "_packetize"),
+    (H264Encoder, "attr", "_packetize"),
+    (H264Encoder, "attr", "_split_bitstream"),
+    (aioice.ice, "attr", "get_host_addresses"),
+)
+
+
+def _missing_names() -> list[str]:
+    missing = []
+    for owner, where, name in _REQUIRED:
+        label = f"{getattr(owner, '__module__', None) or owner.__name__}."
+        label += f"{getattr(owner, '__qualname__', owner.__name__)}"
+        if where == "attr":
+            if not hasattr(owner, name):
+                missing.append(f"{label}.{name}")
+            continue
+        func_name = where.split(":", 1)[1]
+        func = getattr(owner, func_name, None)
+        code = getattr(func, "__code__", None)
+        if code is None or name not in code.co_names:
+            missing.append(f"{label}.{func_name} uses {name}")
+    return missing
+
+
+def check_aiortc() -> None:
+    """Fail with a clear message unless aiortc provides what the SFU uses."""
+    problems = []
+    if aiortc.__version__ != AIORTC_VERSION:
+        problems.append(f"aiortc {aiortc.__version__} installed, {AIORTC_VERSION} required")
+    problems += [f"missing {name}" for name in _missing_names()]
+    if problems:
+        raise RuntimeError(
+            "media: the SFU relies on private aiortc names that this installation "
+            "lacks: " + "; ".join(problems) + ". Install aiortc==" + AIORTC_VERSION + "."
+        )
+
+
+# --- decoder bypass -------------------------------------------------------
+
+_install_lock = threading.Lock()
+_original_decoder_worker: Callable[..., None] | None = None
+
+
+class DecoderBypass:
+    """Marker base class: a receiver decoder queue that needs no decoder thread."""
+
+
+def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+    if isinstance(input_q, DecoderBypass):
+        return  # frames are handed over on the event loop; no thread work
+    assert _original_decoder_worker is not None
+    _original_decoder_worker(loop, input_q, output_q, decode_error)
+
+
+def install_decoder_bypass() -> None:
+    """Make receivers with a :class:`DecoderBypass` queue skip decoding (idempotent)."""
+    global _original_decoder_worker
+    with _install_lock:
+        if _original_decoder_worker is None:
+            check_aiortc()
+            _original_decoder_worker = aiortc.rtcrtpreceiver.decoder_worker
+            aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
+
+
+# --- ICE host addresses ---------------------------------------------------
+
+_original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+
+
+def restrict_host_addresses(hosts: Sequence[str]) -> None:
+    """Offer only ``hosts`` as ICE host candidates, process-wide.
+
+    An empty sequence restores aioice's own behaviour (every non-loopback
+    interface). aioice never offers 127.0.0.1 by itself, so tests and
+    benchmarks pass ``["127.0.0.1"]``. This is process-wide because aioice
+    looks the function up as a module global for every connection.
+    """
+    if not hosts:
+        setattr(aioice.ice, "get_host_addresses", _original_get_host_addresses)  # noqa: B010
+        return
+    allowed = list(hosts)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [h for h in allowed if (":" in h and use_ipv6) or (":" not in h and use_ipv4)]
+
+    setattr(aioice.ice, "get_host_addresses", get_host_addresses)  # noqa: B010
+    logger.info("ICE host addresses restricted to %s", ", ".join(allowed))
+
+
+check_aiortc()

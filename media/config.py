@@ -1,0 +1,75 @@
+"""Configuration of the SFU: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One STUN/TURN server handed to aiortc (never a public default)."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Settings of the media plane.
+
+    ``ice_hosts``: host addresses ICE may offer; empty means aioice's own choice
+    (every non-loopback interface). Tests and benchmarks use ``("127.0.0.1",)``.
+    ``ice_servers``: STUN/TURN servers; empty means none (aiortc's default would
+    contact a public STUN server, which we never want implicitly).
+    ``announced_ip``: public address written into our host candidates when the
+    server sits behind a 1:1 NAT.
+    ``pli_min_interval``: at most one keyframe request per publisher track per
+    this many seconds; extra requests are deferred and coalesced, never dropped.
+    ``subscriber_queue_size``: frames buffered per subscriber track before it
+    skips to the next keyframe.
+    ``incomplete_frame_timeout``: how long the forwarding buffer waits for the
+    missing packets of a video frame before dropping it and asking for a keyframe.
+    """
+
+    ice_hosts: tuple[str, ...] = ()
+    ice_servers: tuple[IceServer, ...] = ()
+    announced_ip: str | None = None
+    pli_min_interval: float = 0.5
+    subscriber_queue_size: int = 64
+    incomplete_frame_timeout: float = 0.2
+    negotiation_timeout: float = 30.0
+    max_participants: int = 10
+
+    def __post_init__(self) -> None:
+        for host in self.ice_hosts:
+            ip_address(host)  # raises ValueError on a bad address
+        if self.announced_ip is not None:
+            ip_address(self.announced_ip)
+        if self.pli_min_interval < 0:
+            raise ValueError("pli_min_interval must be >= 0")
+        if self.subscriber_queue_size < 2:
+            raise ValueError("subscriber_queue_size must be >= 2")
+        if not 0 < self.incomplete_frame_timeout <= 5:
+            raise ValueError("incomplete_frame_timeout must be in (0, 5] seconds")
+        if self.negotiation_timeout <= 0:
+            raise ValueError("negotiation_timeout must be > 0")
+        if self.max_participants < 1:
+            raise ValueError("max_participants must be >= 1")
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        """An aiortc configuration with exactly the configured ICE servers.
+
+        ``max-bundle``: one ICE/DTLS transport per connection (browsers and
+        aiortc peers both bundle), so fewer handshakes and sockets.
+        """
+        return RTCConfiguration(
+            bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+            iceServers=[
+                RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                for s in self.ice_servers
+            ],
+        )

@@ -1,0 +1,27 @@
+"""Errors the media plane raises towards its caller (the signaling edge)."""
+
+from __future__ import annotations
+
+
+class MediaError(Exception):
+    """Base class; ``code`` is the snake_case code for an ``error`` message."""
+
+    code = "media_error"
+
+
+class BadSignal(MediaError):
+    """A signaling message the SFU cannot act on (shape, state or SDP)."""
+
+    code = "bad_request"
+
+
+class UnknownParticipant(MediaError):
+    code = "unknown_participant"
+
+
+class RoomFull(MediaError):
+    code = "participant_limit"
+
+
+class RoomClosed(MediaError):
+    code = "room_closed"

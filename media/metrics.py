@@ -1,0 +1,139 @@
+"""Media metrics: a small helper protocol the SFU calls, and two implementations.
+
+Domain code only calls :class:`MediaMetrics` methods. :class:`NoopMediaMetrics`
+is the default; :class:`PrometheusMediaMetrics` registers its collectors on a
+``CollectorRegistry`` it is given (no global registry). Labels are bounded:
+only ``kind`` (audio/video), never a call or participant id.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class MediaMetrics(Protocol):
+    def room_opened(self) -> None: ...
+    def room_closed(self) -> None: ...
+    def participant_joined(self) -> None: ...
+    def participant_left(self) -> None: ...
+    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None: ...
+    def pli_sent(self) -> None: ...
+    def pli_relayed(self) -> None: ...
+    def nack_received(self) -> None: ...
+    def subscriber_skipped_to_keyframe(self) -> None: ...
+    def frame_dropped_incomplete(self) -> None: ...
+
+
+class NoopMediaMetrics:
+    """Counts nothing."""
+
+    def room_opened(self) -> None:
+        pass
+
+    def room_closed(self) -> None:
+        pass
+
+    def participant_joined(self) -> None:
+        pass
+
+    def participant_left(self) -> None:
+        pass
+
+    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None:
+        pass
+
+    def pli_sent(self) -> None:
+        pass
+
+    def pli_relayed(self) -> None:
+        pass
+
+    def nack_received(self) -> None:
+        pass
+
+    def subscriber_skipped_to_keyframe(self) -> None:
+        pass
+
+    def frame_dropped_incomplete(self) -> None:
+        pass
+
+
+class PrometheusMediaMetrics:
+    """Prometheus collectors for the SFU, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = "video_call") -> None:
+        p = prefix
+        self.rooms_active = Gauge(f"{p}_sfu_rooms_active", "SFU rooms open", registry=registry)
+        self.room_cleanup = Counter(
+            f"{p}_room_cleanup_total", "SFU rooms closed and released", registry=registry
+        )
+        self.participants_active = Gauge(
+            f"{p}_sfu_participants_active", "Participants in SFU rooms", registry=registry
+        )
+        self.forwarded_frames = Counter(
+            f"{p}_sfu_forwarded_frames_total",
+            "Encoded frames handed to subscriber senders",
+            ["kind"],
+            registry=registry,
+        )
+        self.forwarded_bytes = Counter(
+            f"{p}_sfu_forwarded_bytes_total",
+            "Encoded payload bytes handed to subscriber senders",
+            ["kind"],
+            registry=registry,
+        )
+        self.plis_sent = Counter(
+            f"{p}_sfu_pli_sent_total", "Keyframe requests sent to publishers", registry=registry
+        )
+        self.plis_relayed = Counter(
+            f"{p}_sfu_pli_relayed_total",
+            "Keyframe requests received from subscribers",
+            registry=registry,
+        )
+        self.nacks = Counter(
+            f"{p}_sfu_nack_received_total", "NACKs received from subscribers", registry=registry
+        )
+        self.skips = Counter(
+            f"{p}_sfu_subscriber_keyframe_skips_total",
+            "Times a slow subscriber skipped ahead to the next keyframe",
+            registry=registry,
+        )
+        self.incomplete = Counter(
+            f"{p}_sfu_incomplete_frames_dropped_total",
+            "Incoming video frames dropped because packets were missing",
+            registry=registry,
+        )
+
+    def room_opened(self) -> None:
+        self.rooms_active.inc()
+
+    def room_closed(self) -> None:
+        self.rooms_active.dec()
+        self.room_cleanup.inc()
+
+    def participant_joined(self) -> None:
+        self.participants_active.inc()
+
+    def participant_left(self) -> None:
+        self.participants_active.dec()
+
+    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None:
+        self.forwarded_frames.labels(kind).inc(frames)
+        self.forwarded_bytes.labels(kind).inc(nbytes)
+
+    def pli_sent(self) -> None:
+        self.plis_sent.inc()
+
+    def pli_relayed(self) -> None:
+        self.plis_relayed.inc()
+
+    def nack_received(self) -> None:
+        self.nacks.inc()
+
+    def subscriber_skipped_to_keyframe(self) -> None:
+        self.skips.inc()
+
+    def frame_dropped_incomplete(self) -> None:
+        self.incomplete.inc()

@@ -1,0 +1,298 @@
+"""A participant of an SFU room: one publish and one subscribe connection.
+
+The client offers on **publish** and the server answers; the server offers on
+**subscribe** whenever the set of tracks the participant should receive
+changes, one offer at a time (aiortc has no rollback): changes made while an
+offer is outstanding are folded into the next offer, sent after the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+from aiortc.mediastreams import MediaStreamTrack
+
+from .config import MediaConfig
+from .errors import BadSignal
+from .forwarder import UpTrack
+from .metrics import MediaMetrics
+from .signals import (
+    PUBLISH,
+    SUBSCRIBE,
+    Message,
+    RoomSignaling,
+    announce_ip,
+    description_message,
+    parse_candidate,
+    parse_description,
+)
+from .subscription import Slot
+
+logger = logging.getLogger(__name__)
+
+FORWARDABLE = frozenset({"audio/opus", "video/vp8", "video/h264"})
+_AIORTC_ERRORS = (ValueError, InternalError, InvalidAccessError, InvalidStateError, OperationError)
+
+
+class Participant:
+    """Server side of one participant: publish/subscribe connections and tracks."""
+
+    def __init__(
+        self,
+        room_id: str,
+        participant_id: str,
+        *,
+        config: MediaConfig,
+        metrics: MediaMetrics,
+        signaling: RoomSignaling,
+        on_published_changed: Callable[[], None],
+    ) -> None:
+        self.room_id = room_id
+        self.id = participant_id
+        self._config = config
+        self._metrics = metrics
+        self._signaling = signaling
+        self._on_published_changed = on_published_changed
+        self._publish_pc = RTCPeerConnection(config.rtc_configuration())
+        self._subscribe_pc = RTCPeerConnection(config.rtc_configuration())
+        self._publish_pc.on("track", self._on_publish_track)
+        self._publish_pc.on("connectionstatechange", self._on_publish_state)
+        self._subscribe_pc.on("connectionstatechange", self._on_subscribe_state)
+        self._publish_lock = asyncio.Lock()
+        self._up_tracks: dict[str, UpTrack] = {}
+        self._retired: list[UpTrack] = []
+        self._slots: list[Slot] = []
+        self._wanted: list[UpTrack] = []
+        self._dirty = asyncio.Event()
+        self._answer: asyncio.Future[RTCSessionDescription] | None = None
+        self._closing: asyncio.Event | None = None
+        self._closed = asyncio.Event()
+        self.offers_sent = 0
+        self._negotiator = asyncio.get_running_loop().create_task(
+            self._negotiate_loop(), name=f"subscribe negotiation {participant_id}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Participant({self.room_id}/{self.id})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closing is not None
+
+    def published(self) -> list[UpTrack]:
+        """Live published tracks, in publication order."""
+        return [up for up in self._up_tracks.values() if not up.ended]
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """What the last ``tracks`` message said (or will say) this participant receives."""
+        return [d for d in (slot.describe() for slot in self._slots) if d is not None]
+
+    @property
+    def negotiating(self) -> bool:
+        return self._answer is not None or self._dirty.is_set()
+
+    # --- publish ---------------------------------------------------------
+
+    async def handle_publish_offer(self, message: Message) -> None:
+        description = parse_description(message, "offer")
+        async with self._publish_lock:
+            if self.closed:
+                return
+            try:
+                await self._publish_pc.setRemoteDescription(description)
+                answer = await self._publish_pc.createAnswer()
+                await self._publish_pc.setLocalDescription(answer)
+            except _AIORTC_ERRORS as exc:
+                raise BadSignal(f"cannot apply publish offer: {exc}") from exc
+            self._sync_published()
+            sdp = announce_ip(self._publish_pc.localDescription.sdp, self._config.announced_ip)
+        await self._send(description_message("answer", PUBLISH, sdp))
+        self._on_published_changed()
+
+    def _on_publish_track(self, track: MediaStreamTrack) -> None:
+        transceiver = next(
+            (t for t in self._publish_pc.getTransceivers() if t.receiver.track is track), None
+        )
+        if transceiver is None or transceiver.mid in self._up_tracks:
+            return
+        codecs = [c for c in transceiver._codecs if c.name.lower() != "rtx"]
+        mime = codecs[0].mimeType.lower() if codecs else "none"
+        if mime not in FORWARDABLE:
+            logger.warning("%r: cannot forward a %s track; ignored", self, mime)
+            return
+        up = UpTrack(
+            self.id,
+            transceiver,
+            pli_min_interval=self._config.pli_min_interval,
+            incomplete_timeout=self._config.incomplete_frame_timeout,
+            metrics=self._metrics,
+            on_ended=self._on_up_ended,
+        )
+        self._up_tracks[str(transceiver.mid)] = up
+        logger.info("%r publishes %s (%s)", self, up.kind, mime)
+
+    def _sync_published(self) -> None:
+        """End tracks whose m-line no longer sends to us after a re-offer."""
+        by_mid = {t.mid: t for t in self._publish_pc.getTransceivers()}
+        for mid, up in list(self._up_tracks.items()):
+            transceiver = by_mid.get(mid)
+            if transceiver is None or transceiver.currentDirection not in ("recvonly", "sendrecv"):
+                up._end()
+
+    def _on_up_ended(self, up: UpTrack) -> None:
+        for mid, other in list(self._up_tracks.items()):
+            if other is up:
+                del self._up_tracks[mid]
+        for down in list(up._downs):
+            down.detach(up)
+        self._retired.append(up)  # its keyframe task is awaited in close()
+        if not self.closed:
+            logger.info("%r stopped publishing %s", self, up.kind)
+            self._on_published_changed()
+
+    # --- subscribe -------------------------------------------------------
+
+    def set_wanted(self, tracks: list[UpTrack]) -> None:
+        """The tracks this participant should receive; renegotiates if needed."""
+        if self.closed:
+            return
+        self._wanted = list(tracks)
+        self._dirty.set()
+
+    async def handle_subscribe_answer(self, message: Message) -> None:
+        description = parse_description(message, "answer")
+        waiter = self._answer
+        if waiter is None or waiter.done():
+            raise BadSignal("no subscribe offer is outstanding")
+        waiter.set_result(description)
+
+    def _apply_wanted(self) -> bool:
+        wanted = [up for up in self._wanted if not up.ended]
+        wanted_set = set(wanted)
+        changed = False
+        for slot in self._slots:
+            current = slot.current
+            if current is not None and current not in wanted_set:
+                slot.release()
+                changed = True
+        carried = {slot.current for slot in self._slots}
+        for up in wanted:
+            if up in carried:
+                continue
+            free = next((s for s in self._slots if s.can_carry(up)), None)
+            if free is not None:
+                free.reuse(up)
+            else:
+                self._slots.append(
+                    Slot(self._subscribe_pc, up, self._config.subscriber_queue_size, self._metrics)
+                )
+            changed = True
+        return changed
+
+    async def _negotiate_loop(self) -> None:
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                if self._apply_wanted():
+                    await self._negotiate_once()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("%r: subscribe negotiation failed", self)
+
+    async def _negotiate_once(self) -> None:
+        pc = self._subscribe_pc
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)
+        self._answer = asyncio.get_running_loop().create_future()
+        sdp = announce_ip(pc.localDescription.sdp, self._config.announced_ip)
+        self.offers_sent += 1
+        await self._send({"type": "tracks", "tracks": self.subscriptions()})
+        await self._send(description_message("offer", SUBSCRIBE, sdp))
+        while True:
+            done, _ = await asyncio.wait({self._answer}, timeout=self._config.negotiation_timeout)
+            if done:
+                break
+            logger.warning(
+                "%r: no subscribe answer after %.0f s", self, self._config.negotiation_timeout
+            )
+        answer = self._answer.result()
+        self._answer = None
+        try:
+            await pc.setRemoteDescription(answer)
+        except _AIORTC_ERRORS as exc:
+            logger.warning("%r: bad subscribe answer: %s", self, exc)
+            await self._send(
+                {"type": "error", "code": "bad_request", "message": f"bad subscribe answer: {exc}"}
+            )
+            self._dirty.set()  # offer again
+            return
+        for slot in self._slots:
+            slot.activate_pending()
+
+    # --- ICE -------------------------------------------------------------
+
+    async def handle_candidate(self, pc_name: str, message: Message) -> None:
+        candidate = parse_candidate(message)
+        if candidate is None:
+            return
+        try:
+            if pc_name == PUBLISH:
+                async with self._publish_lock:
+                    await self._publish_pc.addIceCandidate(candidate)
+            else:
+                await self._subscribe_pc.addIceCandidate(candidate)
+        except _AIORTC_ERRORS as exc:
+            raise BadSignal(f"cannot add ICE candidate: {exc}") from exc
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self._signaling.send(self.id, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%r: cannot deliver %s", self, message.get("type"))
+
+    def _on_publish_state(self) -> None:
+        if self._publish_pc.connectionState == "failed":
+            logger.warning("%r: publish connection failed", self)
+
+    def _on_subscribe_state(self) -> None:
+        if self._subscribe_pc.connectionState == "failed":
+            logger.warning("%r: subscribe connection failed", self)
+
+    async def close(self) -> None:
+        """Close both connections and release every track (idempotent)."""
+        if self._closing is not None:
+            await self._closed.wait()
+            return
+        self._closing = asyncio.Event()
+        self._negotiator.cancel()
+        await asyncio.gather(self._negotiator, return_exceptions=True)
+        if self._answer is not None:
+            self._answer.cancel()
+            self._answer = None
+        for slot in self._slots:
+            slot.close()
+        ups = list(self._up_tracks.values())
+        for up in ups:
+            up._end()
+        self._up_tracks.clear()
+        async with self._publish_lock:
+            await self._publish_pc.close()
+        await self._subscribe_pc.close()
+        retired, self._retired = self._retired, []
+        for up in retired:
+            await up.close()
+        self._slots.clear()
+        self._wanted = []
+        self._closed.set()
+        logger.info("%r closed", self)

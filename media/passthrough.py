@@ -1,0 +1,102 @@
+"""Pass-through receive path: an ``RTCRtpReceiver`` that yields encoded frames.
+
+Installed per receiver (only the ones that opt in, e.g. the SFU's publish
+connections and the non-decoding test subscribers); every other receiver in
+the process keeps decoding normally. The receiver keeps its NACK generation,
+RTX unwrapping, REMB and receiver reports; only its jitter buffer is replaced
+by a forwarding buffer (:mod:`media.reassembly`) and its decoder thread by a
+no-op (:func:`media.aiortc_compat.install_decoder_bypass`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCRtpReceiver, RTCRtpTransceiver
+
+from .aiortc_compat import DecoderBypass, install_decoder_bypass
+from .frames import EncodedFrame
+from .reassembly import AudioForwardingBuffer, VideoForwardingBuffer
+
+logger = logging.getLogger(__name__)
+
+
+class _EndSignal(DecoderBypass):
+    """Stands in for the receiver's decoder queue: only ever sees the stop marker."""
+
+    def __init__(self, on_end: Callable[[], None]) -> None:
+        self._on_end: Callable[[], None] | None = on_end
+
+    def put(self, item: Any) -> None:
+        if item is None and self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end()
+
+    def get(self) -> None:  # never called: the decoder thread returns at once
+        return None
+
+
+class PassthroughReceiver:
+    """Encoded frames out of one aiortc receiver, plus PLI back to its sender."""
+
+    def __init__(
+        self,
+        transceiver: RTCRtpTransceiver,
+        on_frame: Callable[[EncodedFrame], None],
+        on_end: Callable[[], None] = lambda: None,
+        on_loss: Callable[[], None] | None = None,
+        incomplete_timeout: float = 0.2,
+    ) -> None:
+        install_decoder_bypass()
+        receiver: RTCRtpReceiver = transceiver.receiver
+        if getattr(receiver, "_RTCRtpReceiver__started", False):
+            raise RuntimeError("install the pass-through before the receiver starts")
+        codecs = [c for c in transceiver._codecs if c.name.lower() != "rtx"]
+        if not codecs:
+            raise ValueError("transceiver has no negotiated codec")
+        self.kind: str = transceiver.kind
+        self.codec = codecs[0]
+        self.mime_type: str = self.codec.mimeType.lower()
+        self.clock_rate: int = self.codec.clockRate
+        self._receiver = receiver
+        names = {int(c.payloadType or 0): c.name.lower() for c in codecs}
+        self._buffer: AudioForwardingBuffer | VideoForwardingBuffer
+        if self.kind == "audio":
+            self._buffer = AudioForwardingBuffer(names, self.clock_rate, on_frame)
+        else:
+            self._buffer = VideoForwardingBuffer(
+                names,
+                self.clock_rate,
+                on_frame,
+                on_loss or self._loss_default,
+                incomplete_timeout,
+            )
+        # Name-mangled privates of aiortc 1.16 (checked by media.aiortc_compat).
+        setattr(receiver, "_RTCRtpReceiver__jitter_buffer", self._buffer)  # noqa: B010
+        setattr(receiver, "_RTCRtpReceiver__decoder_queue", _EndSignal(on_end))  # noqa: B010
+
+    @property
+    def media_ssrc(self) -> int | None:
+        """SSRC of the incoming media, known once the first packet arrived."""
+        return self._buffer.ssrc
+
+    @property
+    def frames_dropped(self) -> int:
+        if isinstance(self._buffer, VideoForwardingBuffer):
+            return self._buffer.frames_dropped
+        return 0
+
+    async def send_pli(self) -> bool:
+        """Ask the remote sender for a keyframe; False if no media seen yet."""
+        ssrc = self._buffer.ssrc
+        if ssrc is None:
+            return False
+        await self._receiver._send_rtcp_pli(ssrc)
+        return True
+
+    def _loss_default(self) -> None:
+        # Without an owner to rate-limit, nothing asks for a keyframe: the
+        # remote end will see the freeze through its own feedback.
+        pass

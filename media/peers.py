@@ -1,0 +1,308 @@
+"""Cheap, honest test and load peers for the SFU.
+
+* :class:`ClipTrack` publishes pre-encoded media (:mod:`media.preencoded`),
+  paced at the frame rate, timestamps increasing across loops, answering a
+  keyframe request by jumping to a keyframe (at most once per 300 ms, like
+  Chrome's WebRTC library).
+* :class:`SfuClient` speaks the SFU's publish/subscribe protocol; by default
+  it does not decode: it counts frames, bytes, keyframes and gaps per remote
+  track through the same pass-through receive path the SFU uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .frames import EncodedFrame, time_base_for
+from .packer import install_packer
+from .passthrough import PassthroughReceiver
+from .preencoded import EncodedClip
+from .signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
+
+logger = logging.getLogger(__name__)
+
+KEYFRAME_ANSWER_INTERVAL = 0.3
+GAP_THRESHOLD = 0.5
+
+
+class ClipTrack(MediaStreamTrack):
+    """Sends an :class:`EncodedClip` in a loop, paced in real time."""
+
+    def __init__(self, clip: EncodedClip) -> None:
+        super().__init__()
+        self.kind = clip.kind
+        self.clip = clip
+        self._time_base = time_base_for(clip.clock_rate)
+        self._keyframes = clip.keyframe_indexes or (0,)
+        self._index = 0
+        self._sent = 0
+        self._start: float | None = None
+        self._keyframe_requested = False
+        self._last_forced = -1.0
+        self.keyframes_forced = 0
+        self.keyframe_requests = 0
+
+    def request_keyframe(self) -> None:
+        """Called for a PLI/FIR from the remote end."""
+        self.keyframe_requests += 1
+        self._keyframe_requested = True
+
+    async def recv(self) -> EncodedFrame:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        interval = self.clip.frame_interval
+        now = loop.time()
+        if self._start is None or now - (self._start + self._sent * interval) > 1.0:
+            self._start = now - self._sent * interval  # (re)start pacing, no burst
+        due = self._start + self._sent * interval
+        if due > now:
+            await asyncio.sleep(due - now)
+        if self._keyframe_requested and now - self._last_forced >= KEYFRAME_ANSWER_INTERVAL:
+            self._keyframe_requested = False
+            if not self.clip.frames[self._index][1]:
+                self._last_forced = now
+                self.keyframes_forced += 1
+                # Any keyframe of the clip will do: what follows references it.
+                self._index = self._keyframes[self.keyframes_forced % len(self._keyframes)]
+        data, keyframe = self.clip.frames[self._index]
+        self._index = (self._index + 1) % len(self.clip.frames)
+        pts = self._sent * self.clip.frame_ticks
+        self._sent += 1
+        return EncodedFrame(data, pts, self._time_base, keyframe)
+
+
+@dataclass
+class TrackStats:
+    """What a non-decoding subscriber saw of one remote track."""
+
+    kind: str
+    mid: str
+    participant_id: str | None
+    announced_at: float
+    frames: int = 0
+    bytes: int = 0
+    keyframes: int = 0
+    gaps: int = 0
+    max_gap: float = 0.0
+    first_frame_at: float | None = None
+    last_frame_at: float | None = None
+    decoded: int = 0
+    frame_times: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def first_frame_delay(self) -> float | None:
+        if self.first_frame_at is None:
+            return None
+        return self.first_frame_at - self.announced_at
+
+    def add(self, nbytes: int, keyframe: bool, now: float) -> None:
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+        elif self.last_frame_at is not None:
+            gap = now - self.last_frame_at
+            self.max_gap = max(self.max_gap, gap)
+            if gap > GAP_THRESHOLD:
+                self.gaps += 1
+        self.last_frame_at = now
+        self.frames += 1
+        self.bytes += nbytes
+        if keyframe:
+            self.keyframes += 1
+
+
+def _codec_capability(kind: str, mime: str) -> list[Any]:
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    return [c for c in caps if c.mimeType.lower() in (mime, "video/rtx")]
+
+
+class SfuClient:
+    """A headless participant: publishes clips, subscribes without decoding.
+
+    ``send`` carries client → server messages (in tests, straight to
+    ``Room.handle_signal``); server → client messages are handed to
+    :meth:`deliver`, which queues them for in-order processing.
+    """
+
+    def __init__(
+        self,
+        participant_id: str,
+        send: Callable[[Message], Awaitable[None]],
+        *,
+        rtc_configuration: RTCConfiguration,
+        video: EncodedClip | None = None,
+        audio: EncodedClip | None = None,
+        decode: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.id = participant_id
+        self._send = send
+        self._config = rtc_configuration
+        self._clips = [c for c in (audio, video) if c is not None]
+        self._decode = decode
+        self._clock = clock
+        self.publish_pc: RTCPeerConnection | None = None
+        self.subscribe_pc = RTCPeerConnection(rtc_configuration)
+        self.subscribe_pc.on("track", self._on_track)
+        self.tracks: dict[str, ClipTrack] = {}
+        self.track_info: dict[str, dict[str, Any]] = {}  # mid -> last `tracks` entry
+        self.stats: list[TrackStats] = []
+        self._current: dict[str, TrackStats] = {}  # mid -> stats of its current source
+        self._receivers: list[PassthroughReceiver] = []
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.errors: list[Message] = []
+        self.subscribe_offers = 0
+        self._closed = False
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"client {self.id}")
+
+    # --- outbound --------------------------------------------------------
+
+    async def publish(self) -> None:
+        """Create the publish connection and send its offer."""
+        pc = self.publish_pc = RTCPeerConnection(self._config)
+        for clip in self._clips:
+            track = ClipTrack(clip)
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            transceiver.setCodecPreferences(_codec_capability(clip.kind, clip.mime_type))
+            install_packer(transceiver.sender, clip.mime_type, clip.clock_rate)
+            transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+            self.tracks[clip.kind] = track
+        await pc.setLocalDescription(await pc.createOffer())
+        await self._send(
+            {"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": pc.localDescription.sdp}
+        )
+
+    # --- inbound ---------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        """Queue a server → client message."""
+        if not self._closed:
+            self._inbox.put_nowait(message)
+
+    async def _run(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("SfuClient(%s) failed on %s", self.id, message.get("type"))
+
+    async def _handle(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "answer" and message.get("pc") == PUBLISH and self.publish_pc is not None:
+            await self.publish_pc.setRemoteDescription(
+                RTCSessionDescription(sdp=message["sdp"], type="answer")
+            )
+        elif kind == "offer" and message.get("pc") == SUBSCRIBE:
+            pc = self.subscribe_pc
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            self.subscribe_offers += 1
+            sdp = pc.localDescription.sdp
+            await self._send({"type": "answer", "target_id": SFU_ID, "pc": SUBSCRIBE, "sdp": sdp})
+        elif kind == "tracks":
+            now = self._clock()
+            for entry in message.get("tracks", []):
+                mid = str(entry.get("mid"))
+                previous = self.track_info.get(mid)
+                self.track_info[mid] = entry
+                source = entry.get("participant_id")
+                if previous is None or previous.get("participant_id") != source:
+                    stats = TrackStats(str(entry.get("kind")), mid, source, now)
+                    self.stats.append(stats)
+                    self._current[mid] = stats
+            announced = {str(e.get("mid")) for e in message.get("tracks", [])}
+            for mid in list(self.track_info):
+                if mid not in announced:
+                    del self.track_info[mid]
+                    self._current.pop(mid, None)
+        elif kind == "error":
+            self.errors.append(message)
+
+    def _stats_for(self, mid: str, kind: str) -> TrackStats:
+        stats = self._current.get(mid)
+        if stats is None:
+            stats = TrackStats(kind, mid, None, self._clock())
+            self.stats.append(stats)
+            self._current[mid] = stats
+        return stats
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        transceiver = next(
+            t for t in self.subscribe_pc.getTransceivers() if t.receiver.track is track
+        )
+        mid = str(transceiver.mid)
+        kind = str(track.kind)
+        if self._decode:
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self._consume(track, mid, kind))
+            )
+            return
+
+        def on_frame(frame: EncodedFrame) -> None:
+            self._stats_for(mid, kind).add(len(frame.data), frame.keyframe, self._clock())
+
+        self._receivers.append(PassthroughReceiver(transceiver, on_frame=on_frame))
+
+    async def _consume(self, track: MediaStreamTrack, mid: str, kind: str) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                stats = self._stats_for(mid, kind)
+                stats.add(0, False, self._clock())
+                stats.decoded += 1
+
+    # --- queries ---------------------------------------------------------
+
+    def received_from(self, participant_id: str, kind: str) -> TrackStats | None:
+        """Stats of the current track of ``kind`` from ``participant_id``."""
+        for stats in self._current.values():
+            if stats.participant_id == participant_id and stats.kind == kind:
+                return stats
+        return None
+
+    def sources(self) -> set[tuple[str, str]]:
+        """(participant_id, kind) of every announced remote track."""
+        return {
+            (str(e.get("participant_id")), str(e.get("kind"))) for e in self.track_info.values()
+        }
+
+    async def close(self) -> None:
+        """Close both connections and stop every task (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [self._runner, *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.publish_pc is not None:
+            await self.publish_pc.close()
+        await self.subscribe_pc.close()
+        self._receivers.clear()
+
+
+class LocalSignaling:
+    """In-process signaling for tests and load runs: server → client by id."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, SfuClient] = {}
+        self.sent: list[tuple[str, Message]] = []
+
+    async def send(self, participant_id: str, message: Message) -> None:
+        self.sent.append((participant_id, message))
+        client = self.clients.get(participant_id)
+        if client is not None:
+            client.deliver(message)

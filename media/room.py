@@ -1,0 +1,150 @@
+"""A room: the participants of one SFU call and who receives what."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .config import MediaConfig
+from .errors import BadSignal, RoomClosed, RoomFull, UnknownParticipant
+from .metrics import MediaMetrics, NoopMediaMetrics
+from .participant import Participant
+from .signals import PUBLISH, SUBSCRIBE, Message, RoomSignaling, parse_pc
+
+logger = logging.getLogger(__name__)
+
+
+class Room:
+    """Participants of one call; everyone receives everyone else's tracks.
+
+    Talks to the outside only through ``signaling`` (server → client
+    messages) and :meth:`handle_signal` (client → server messages). When the
+    last participant leaves, the room closes itself and calls ``on_closed``.
+    """
+
+    def __init__(
+        self,
+        room_id: str,
+        config: MediaConfig,
+        signaling: RoomSignaling,
+        metrics: MediaMetrics | None = None,
+        on_closed: Callable[[Room], None] | None = None,
+    ) -> None:
+        self.id = room_id
+        self._config = config
+        self._signaling = signaling
+        self._metrics: MediaMetrics = metrics or NoopMediaMetrics()
+        self._on_closed = on_closed
+        self._participants: dict[str, Participant] = {}
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._close_done = asyncio.Event()
+        self._metrics.room_opened()
+        logger.info("Room(%s) opened", room_id)
+
+    def __repr__(self) -> str:
+        return f"Room({self.id})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def participants(self) -> dict[str, Participant]:
+        """A copy of the participants, by id."""
+        return dict(self._participants)
+
+    async def add_participant(self, participant_id: str) -> Participant:
+        """Admit a participant; a rejoin replaces the old connections."""
+        async with self._lock:
+            if self._closed:
+                raise RoomClosed(f"room {self.id} is closed")
+            old = self._participants.pop(participant_id, None)
+            if old is None and len(self._participants) >= self._config.max_participants:
+                raise RoomFull(f"room {self.id} has {len(self._participants)} participants")
+            participant = Participant(
+                self.id,
+                participant_id,
+                config=self._config,
+                metrics=self._metrics,
+                signaling=self._signaling,
+                on_published_changed=self._refresh,
+            )
+            self._participants[participant_id] = participant
+            if old is None:
+                self._metrics.participant_joined()
+        if old is not None:
+            await old.close()
+        self._refresh()
+        logger.info("%r: %s joined", self, participant_id)
+        return participant
+
+    async def remove_participant(self, participant_id: str) -> None:
+        """Remove a participant (no-op if absent); the last one out closes the room."""
+        async with self._lock:
+            participant = self._participants.pop(participant_id, None)
+            empty = not self._participants
+        if participant is None:
+            return
+        self._metrics.participant_left()
+        logger.info("%r: %s left", self, participant_id)
+        # Stop forwarding its tracks to everyone before tearing it down.
+        for up in participant.published():
+            up._end()
+        self._refresh()
+        await participant.close()
+        if empty:
+            await self.close()
+
+    async def handle_signal(self, participant_id: str, message: Message) -> None:
+        """Apply one client → server message; a publish offer admits the sender."""
+        kind = message.get("type")
+        if self._closed:
+            raise RoomClosed(f"room {self.id} is closed")
+        pc = parse_pc(message)
+        participant = self._participants.get(participant_id)
+        if participant is None:
+            if kind == "offer" and pc == PUBLISH:
+                participant = await self.add_participant(participant_id)
+            else:
+                raise UnknownParticipant(f"{participant_id} is not in room {self.id}")
+        if kind == "offer":
+            if pc != PUBLISH:
+                raise BadSignal("the server offers on 'subscribe'; clients offer on 'publish'")
+            await participant.handle_publish_offer(message)
+        elif kind == "answer":
+            if pc != SUBSCRIBE:
+                raise BadSignal("clients answer on 'subscribe' only")
+            await participant.handle_subscribe_answer(message)
+        elif kind == "ice_candidate":
+            await participant.handle_candidate(pc, message)
+        else:
+            raise BadSignal(f"unexpected message type {kind!r} for the SFU")
+
+    def _refresh(self) -> None:
+        """Recompute what every participant should receive (no awaits)."""
+        if self._closed:
+            return
+        participants = list(self._participants.values())
+        for p in participants:
+            wanted = [up for other in participants if other is not p for up in other.published()]
+            p.set_wanted(wanted)
+
+    async def close(self) -> None:
+        """Close every participant and release everything (idempotent)."""
+        if self._closed:
+            await self._close_done.wait()
+            return
+        self._closed = True
+        async with self._lock:
+            participants = list(self._participants.values())
+            self._participants.clear()
+        for _ in participants:
+            self._metrics.participant_left()
+        await asyncio.gather(*(p.close() for p in participants))
+        self._metrics.room_closed()
+        self._close_done.set()
+        logger.info("Room(%s) closed", self.id)
+        if self._on_closed is not None:
+            self._on_closed(self)

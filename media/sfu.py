@@ -1,0 +1,110 @@
+"""The SFU of one node: rooms by call id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .aiortc_compat import check_aiortc, install_decoder_bypass, restrict_host_addresses
+from .config import MediaConfig
+from .metrics import MediaMetrics, NoopMediaMetrics
+from .participant import Participant
+from .room import Room
+from .signals import Message, SfuSignaling
+
+logger = logging.getLogger(__name__)
+
+
+class _BoundSignaling:
+    """A room's view of the node-wide signaling: fixes the call id."""
+
+    def __init__(self, signaling: SfuSignaling, call_id: str) -> None:
+        self._signaling = signaling
+        self._call_id = call_id
+
+    async def send(self, participant_id: str, message: Message) -> None:
+        await self._signaling.send(self._call_id, participant_id, message)
+
+
+class Sfu:
+    """Owns the rooms of this node: created on first media join, closed when empty.
+
+    Checks the aiortc private API at construction (``RuntimeError`` if
+    missing) and, when ``config.ice_hosts`` is set, restricts ICE host
+    candidates process-wide.
+    """
+
+    def __init__(
+        self,
+        config: MediaConfig,
+        signaling: SfuSignaling,
+        metrics: MediaMetrics | None = None,
+    ) -> None:
+        check_aiortc()
+        install_decoder_bypass()
+        if config.ice_hosts:
+            restrict_host_addresses(config.ice_hosts)
+        self._config = config
+        self._signaling = signaling
+        self._metrics: MediaMetrics = metrics or NoopMediaMetrics()
+        self._rooms: dict[str, Room] = {}
+        self._closed = False
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """A copy of the open rooms, by call id."""
+        return dict(self._rooms)
+
+    def room(self, call_id: str) -> Room | None:
+        return self._rooms.get(call_id)
+
+    def _get_or_create(self, call_id: str) -> Room:
+        if self._closed:
+            raise RuntimeError("the SFU is closed")
+        room = self._rooms.get(call_id)
+        if room is None or room.closed:
+            room = Room(
+                call_id,
+                self._config,
+                _BoundSignaling(self._signaling, call_id),
+                self._metrics,
+                on_closed=self._forget,
+            )
+            self._rooms[call_id] = room
+        return room
+
+    def _forget(self, room: Room) -> None:
+        if self._rooms.get(room.id) is room:
+            del self._rooms[room.id]
+
+    async def join(self, call_id: str, participant_id: str) -> Participant:
+        """Admit a participant to the call's room, creating the room if needed."""
+        return await self._get_or_create(call_id).add_participant(participant_id)
+
+    async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
+        """Route a client → server SFU message (``target_id == "sfu"``).
+
+        A publish offer from someone not yet in the room admits them.
+        Raises :class:`media.errors.MediaError` subclasses for bad input.
+        """
+        room = self._rooms.get(call_id)
+        if room is None or room.closed:
+            room = self._get_or_create(call_id)
+        await room.handle_signal(participant_id, message)
+
+    async def remove_participant(self, call_id: str, participant_id: str) -> None:
+        room = self._rooms.get(call_id)
+        if room is not None:
+            await room.remove_participant(participant_id)
+
+    async def close_room(self, call_id: str) -> None:
+        room = self._rooms.pop(call_id, None)
+        if room is not None:
+            await room.close()
+
+    async def close(self) -> None:
+        """Close every room (node shutdown); idempotent."""
+        self._closed = True
+        rooms = list(self._rooms.values())
+        self._rooms.clear()
+        await asyncio.gather(*(room.close() for room in rooms))

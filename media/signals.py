@@ -1,0 +1,96 @@
+"""The SFU's seam to the signaling layer, and the message shapes it uses.
+
+Outbound messages (server → client) go through :class:`RoomSignaling` /
+:class:`SfuSignaling`; the signaling layer stamps ``call_id`` and
+``timestamp``. Inbound messages reach ``Room.handle_signal`` /
+``Sfu.handle_signal`` shaped as in DESIGN.md ("SFU").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiortc import RTCIceCandidate, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from .errors import BadSignal
+
+SFU_ID = "sfu"
+PUBLISH = "publish"
+SUBSCRIBE = "subscribe"
+
+Message = dict[str, Any]
+
+
+class RoomSignaling(Protocol):
+    """Delivers a server → client message to one participant of a room."""
+
+    async def send(self, participant_id: str, message: Message) -> None: ...
+
+
+class SfuSignaling(Protocol):
+    """Delivers a server → client message to one participant of a call."""
+
+    async def send(self, call_id: str, participant_id: str, message: Message) -> None: ...
+
+
+def description_message(kind: str, pc: str, sdp: str) -> Message:
+    return {"type": kind, "sender_id": SFU_ID, "pc": pc, "sdp": sdp}
+
+
+def parse_pc(message: Message) -> str:
+    pc = message.get("pc")
+    if pc not in (PUBLISH, SUBSCRIBE):
+        raise BadSignal("'pc' must be 'publish' or 'subscribe'")
+    return str(pc)
+
+
+def parse_description(message: Message, expected_type: str) -> RTCSessionDescription:
+    sdp = message.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise BadSignal(f"{expected_type} needs an 'sdp' string")
+    return RTCSessionDescription(sdp=sdp, type=expected_type)
+
+
+def parse_candidate(message: Message) -> RTCIceCandidate | None:
+    """A browser-shaped candidate object; ``None`` for end-of-candidates."""
+    raw = message.get("candidate")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadSignal("'candidate' must be an object")
+    text = raw.get("candidate")
+    if text in (None, ""):
+        return None
+    if not isinstance(text, str):
+        raise BadSignal("'candidate.candidate' must be a string")
+    if text.startswith("candidate:"):
+        text = text[len("candidate:") :]
+    try:
+        candidate = candidate_from_sdp(text)
+    except (ValueError, IndexError) as exc:
+        raise BadSignal(f"malformed ICE candidate: {exc}") from exc
+    mid = raw.get("sdpMid")
+    index = raw.get("sdpMLineIndex")
+    candidate.sdpMid = mid if isinstance(mid, str) else None
+    candidate.sdpMLineIndex = index if isinstance(index, int) else None
+    if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+        candidate.sdpMLineIndex = 0
+    return candidate
+
+
+def announce_ip(sdp: str, announced_ip: str | None) -> str:
+    """Write ``announced_ip`` into host candidates (server behind a 1:1 NAT)."""
+    if not announced_ip:
+        return sdp
+    lines = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=candidate:") and " typ host" in line:
+            parts = line.split(" ")
+            if len(parts) > 4:
+                parts[4] = announced_ip
+                line = " ".join(parts)
+        elif line.startswith("c=IN IP4 ") and ":" not in announced_ip:
+            line = f"c=IN IP4 {announced_ip}"
+        lines.append(line)
+    return "\r\n".join(lines)

@@ -1,0 +1,125 @@
+"""Subscriber-side plumbing: one transceiver slot per forwarded track.
+
+A slot pairs a ``sendonly`` transceiver of the subscriber's connection with
+its :class:`DownTrack`. Slots are never removed (aiortc can neither remove
+nor roll back m-lines): a slot whose source went away becomes ``inactive``
+and is reused for the next track of the same kind and codec.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
+
+from .forwarder import DownTrack, UpTrack
+from .metrics import MediaMetrics
+from .packer import install_packer
+
+logger = logging.getLogger(__name__)
+
+
+def codec_preferences(up: UpTrack) -> list[Any]:
+    """The publisher's codec, plus RTX for video (or aiortc drops RTX)."""
+    caps = RTCRtpSender.getCapabilities(up.kind).codecs
+    mime = up.mime_type
+    same = [c for c in caps if c.mimeType.lower() == mime]
+    if mime == "video/h264":
+        wanted = str(up.codec.parameters.get("profile-level-id", "")).lower()
+        exact = [c for c in same if str(c.parameters.get("profile-level-id", "")).lower() == wanted]
+        same = exact or same
+    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    return same + rtx
+
+
+class Slot:
+    """A subscriber transceiver and the down track its sender reads."""
+
+    def __init__(
+        self, pc: RTCPeerConnection, up: UpTrack, queue_size: int, metrics: MediaMetrics
+    ) -> None:
+        self.kind = up.kind
+        self.mime_type = up.mime_type
+        self.down = DownTrack(up.kind, queue_size, metrics)
+        self.transceiver: RTCRtpTransceiver = pc.addTransceiver(self.down, direction="sendonly")
+        self.transceiver.setCodecPreferences(codec_preferences(up))
+        sender = self.transceiver.sender
+        install_packer(sender, up.mime_type, up.codec.clockRate)
+        # A subscriber's PLI/FIR would set a flag only the encode path reads:
+        # relay it to the publisher instead.
+        sender._send_keyframe = self.down.request_keyframe  # type: ignore[method-assign]
+        original = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                metrics.nack_received()
+            await original(packet)
+
+        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+        self.source: UpTrack | None = None
+        self.pending: UpTrack | None = None
+        self._set_stream(up)
+        self.down.attach(up)
+        self.source = up
+
+    @property
+    def current(self) -> UpTrack | None:
+        """The track this slot carries or will carry after the next answer."""
+        return self.pending or self.source
+
+    def can_carry(self, up: UpTrack) -> bool:
+        return (
+            self.current is None
+            and self.kind == up.kind
+            and self.mime_type == up.mime_type
+            and not self.transceiver.stopped
+        )
+
+    def _set_stream(self, up: UpTrack) -> None:
+        # msid stream id: the publisher, so a client groups its audio and video.
+        self.transceiver.sender._stream_id = up.participant_id
+
+    def reuse(self, up: UpTrack) -> None:
+        """Carry ``up`` once the next answer re-enables this transceiver.
+
+        Attaching now would let the still-disabled sender swallow the first
+        keyframe.
+        """
+        self.pending = up
+        self.transceiver.direction = "sendonly"
+        self._set_stream(up)
+
+    def release(self) -> None:
+        """Stop forwarding; the next offer marks the transceiver inactive."""
+        self.down.detach()
+        self.source = None
+        self.pending = None
+        self.transceiver.direction = "inactive"
+
+    def activate_pending(self) -> None:
+        if self.pending is not None:
+            up, self.pending = self.pending, None
+            if not up.ended:
+                self.down.attach(up)
+                self.source = up
+            else:
+                self.transceiver.direction = "inactive"
+
+    def describe(self) -> dict[str, Any] | None:
+        up = self.current
+        if up is None:
+            return None
+        return {
+            "participant_id": up.participant_id,
+            "stream_id": up.participant_id,
+            "track_id": self.down.id,
+            "kind": self.kind,
+            "mid": self.transceiver.mid,
+        }
+
+    def close(self) -> None:
+        self.down.stop()
+        self.source = None
+        self.pending = None
