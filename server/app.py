@@ -16,6 +16,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from server.auth import TokenService
+from server.call_notifications import CallNotifications
 from server.calls import CallService
 from server.config import Config, DatabaseRetry
 from server.events import EventFanout
@@ -27,8 +28,10 @@ from server.http.middleware import edge_middleware
 from server.keys import CALLS, CONFIG, METRICS, READINESS, STORE, TOKENS
 from server.metrics import Metrics
 from server.models import utcnow
+from server.notify import create_notifier, notification_metrics
 from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from server.store import SqlStore, StoreUnavailable, create_store
+from server.turn import log_turn_status
 from server.workers import call_sweeper
 
 logger = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     app[TOKENS] = TokenService(config.jwt_secret)
     app[STORE] = store
     metrics.turn_config_valid.set(1 if config.turn.uris else 0)
+    log_turn_status(config.turn)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await open_with_retry(store, config.db_retry)
@@ -105,6 +109,19 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         yield
         await redis.aclose()
 
+    async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:
+        notifier = create_notifier(
+            config.webhook.url,
+            config.webhook.secret,
+            metrics=notification_metrics(metrics.registry),
+        )
+        await notifier.start()
+        listener = CallNotifications(notifier)
+        events.add(listener)
+        yield
+        events.remove(listener)
+        await notifier.close()
+
     async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         sweeper = call_sweeper(app[CALLS])
         sweeper.start()
@@ -114,7 +131,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     async def on_shutdown(app: web.Application) -> None:
         readiness.shutting_down = True
 
-    app.cleanup_ctx.extend([store_ctx, redis_ctx, workers_ctx])
+    app.cleanup_ctx.extend([store_ctx, notifier_ctx, redis_ctx, workers_ctx])
     app.on_shutdown.append(on_shutdown)
     app.add_routes(misc_routes.routes)
     app.add_routes(call_routes.routes)

@@ -232,6 +232,11 @@ def load_config(environ: Mapping[str, str]) -> Config:
         if webhook_secret is None:
             raise ConfigError("HUDDLE_WEBHOOK_SECRET is required when HUDDLE_WEBHOOK_URL is set")
 
+    db_retry = DatabaseRetry(
+        attempts=env.integer("HUDDLE_DB_CONNECT_ATTEMPTS", 5, low=1, high=100),
+        base_s=env.seconds("HUDDLE_DB_RETRY_BASE", 1.0, low=0.01, high=60),
+        cap_s=env.seconds("HUDDLE_DB_RETRY_CAP", 30.0, low=0.01, high=600),
+    )
     config = Config(
         host=env.string("HUDDLE_HOST", "127.0.0.1"),
         port=env.integer("HUDDLE_PORT", 8080, low=0, high=65535),
@@ -244,6 +249,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         node_id=env.string("HUDDLE_NODE_ID", secrets.token_hex(4)),
         static_dir=env.raw("HUDDLE_STATIC_DIR"),
         limits=limits,
+        db_retry=db_retry,
         turn=turn,
         webhook=WebhookSettings(url=webhook_url, secret=webhook_secret),
         signaling=signaling,

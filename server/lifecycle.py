@@ -191,11 +191,13 @@ def end(call: Call, user_id: str, now: datetime) -> Transition:
     """End the call for everyone (any joined participant, or the caller)."""
     out = Transition()
     participant = call.participant(user_id)
-    if participant is None or not (participant.is_joined or user_id == call.caller_id):
+    if participant is None:
+        raise Forbidden("you are not a participant of this call", code="not_invited")
+    _require_live(call)
+    if not (participant.is_joined or user_id == call.caller_id):
         raise Forbidden(
             "only the caller or a joined participant may end the call", code="not_joined"
         )
-    _require_live(call)
     reason = EndReason.COMPLETED if call.started_at is not None else EndReason.MISSED
     _end(call, reason, now, out)
     return out

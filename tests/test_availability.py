@@ -1,0 +1,166 @@
+"""Dependencies going away and coming back; startup retries; graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+
+from tests.conftest import AppFactory, make_config
+from tests.support.api import Api, error_code
+from tests.support.polling import eventually
+from tests.support.services import postgres_schema
+from tests.support.tcpproxy import TcpProxy
+
+
+def _via_proxy(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{port}")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the app uses Postgres
+async def test_ready_reports_database_outage_and_recovers(make_client: AppFactory) -> None:
+    async with postgres_schema() as url:
+        parts = urlsplit(url)
+        proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        await proxy.start()
+        try:
+            client = await make_client(
+                config=make_config(_via_proxy(url, proxy.port), db_timeout_s=2.0)
+            )
+            api = Api(client)
+            ana, bob = await api.users("ana", "bob")
+            conversation_id = await api.conversation(ana, bob)
+            assert (await client.get("/ready")).status == 200
+
+            await proxy.cut()
+            ready = await client.get("/ready")
+            body = await ready.json()
+            assert ready.status == 503
+            assert body["checks"]["database"]["status"] == "down"
+            assert (await client.get("/health")).status == 200
+            failed = await api.call(
+                "POST",
+                "/v1/calls/initiate",
+                ana,
+                expect=503,
+                json={
+                    "call_type": "audio",
+                    "conversation_id": conversation_id,
+                    "callee_ids": [bob.user_id],
+                },
+            )
+            assert error_code(failed) in {"database_unavailable", "database_timeout"}
+
+            await proxy.start()
+
+            async def ready_again() -> bool:
+                return (await client.get("/ready")).status == 200
+
+            await eventually(ready_again, timeout=20)
+            call = await api.initiate(ana, conversation_id, bob)  # no restart needed
+            assert call["status"] == "ringing"
+        finally:
+            await proxy.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUDDLE_")}
+    env.update(extra)
+    return env
+
+
+async def test_startup_retries_then_exits_with_a_clear_error(tmp_path: object) -> None:
+    dead = _free_port()
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        env=_env(
+            HUDDLE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{dead}/test",
+            HUDDLE_PORT=str(_free_port()),
+            HUDDLE_DB_CONNECT_ATTEMPTS="3",
+            HUDDLE_DB_RETRY_BASE="0.2",
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 1
+    text = stderr.decode()
+    assert "startup failed: database unreachable after 3 attempts" in text
+    assert text.count("retrying in") == 2  # backoff 0.2 s, then 0.4 s
+    assert time.monotonic() - started >= 0.6
+
+
+async def test_bad_configuration_names_the_variable() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        env=_env(HUDDLE_PORT="eighty"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    assert "HUDDLE_PORT='eighty' is not an integer" in stderr.decode()
+
+
+async def test_sigterm_exits_zero_within_the_shutdown_timeout(tmp_path: object) -> None:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        env=_env(
+            HUDDLE_PORT=str(port),
+            HUDDLE_DATABASE_URL=f"sqlite:///{tmp_path}/h.db",
+            HUDDLE_SHUTDOWN_TIMEOUT="5",
+        ),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+
+            async def healthy() -> bool:
+                try:
+                    async with session.get(f"{base}/health") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(healthy, timeout=30)
+            async with session.post(f"{base}/v1/dev/token", json={"name": "ana"}) as response:
+                assert response.status == 201
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=10)
+        assert process.returncode == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        assert process.stderr is not None
+        await process.stderr.read()
