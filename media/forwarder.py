@@ -132,7 +132,8 @@ class DownTrack(MediaStreamTrack):
         self.source: UpTrack | None = None
         self._gated = kind == "video"
         self._offset: int | None = None
-        self._last_pts: int | None = None
+        self._last_pts: int | None = None  # last queued
+        self._last_sent_pts: int | None = None  # last handed to the sender
         self.frames_out = 0
         self.bytes_out = 0
         self.skips = 0
@@ -145,6 +146,7 @@ class DownTrack(MediaStreamTrack):
             self.source.remove_down(self)
         self.source = source
         self._queue.clear()
+        self._last_pts = self._last_sent_pts  # continue from what the sender saw
         self._gated = self.kind == "video"
         self._offset = None
         source.add_down(self)
@@ -207,6 +209,7 @@ class DownTrack(MediaStreamTrack):
             finally:
                 self._waiter = None
         frame = queue.popleft()
+        self._last_sent_pts = frame.pts
         self.frames_out += 1
         self.bytes_out += len(frame.data)
         self._metrics.packets_forwarded(self.kind, 1, len(frame.data))
