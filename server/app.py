@@ -33,6 +33,7 @@ from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from server.store import SqlStore, StoreUnavailable, create_store
 from server.turn import log_turn_status
 from server.workers import call_sweeper
+from signaling.wiring import setup_signaling
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
 
     app.cleanup_ctx.extend([store_ctx, notifier_ctx, redis_ctx, workers_ctx])
     app.on_shutdown.append(on_shutdown)
+    setup_signaling(app)  # after redis_ctx: the hub needs app[CALLS]
     app.add_routes(misc_routes.routes)
     app.add_routes(call_routes.routes)
     app.add_routes(openapi.routes)

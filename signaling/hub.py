@@ -1,0 +1,602 @@
+"""The signaling hub: this node's sockets, routing over the bus, presence, the SFU seam.
+
+Every message between sockets travels through the :class:`MessageBus`, also on
+one node, so one code path serves one node and many. A node subscribes to a
+call's channel while it has a socket of that call, a pending disconnect leave
+for it, or the call's SFU room, and delivers what arrives to its own sockets.
+
+Envelopes on ``call:{call_id}`` (``kind``):
+
+- ``deliver`` ``{message, to?, exclude?}``: a stamped message for every local
+  socket of the call, or only ``to``'s, never ``exclude``'s.
+- ``presence`` ``{node, participant_id, online}``: a socket opened or dropped on
+  ``node``; an ``online`` on another node cancels this node's pending leave for
+  that participant and closes its older socket (``REPLACED``).
+- ``sync`` ``{node}``: ``node`` just subscribed; the others answer with their
+  ``presence``.
+- ``sfu`` ``{owner, participant_id, message}``: for the SFU of the owning node only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from server.auth import Identity
+from server.calls import CallService
+from server.config import SignalingSettings
+from server.errors import HuddleError
+from server.events import CallEvent
+from server.lifecycle import EventKind
+from server.models import Call
+from signaling.bus import BusUnavailable, Envelope, MessageBus
+from signaling.connection import Connection
+from signaling.metrics import SignalingMetrics
+from signaling.placement import RoomPlacement
+from signaling.protocol import (
+    SERVER_ID,
+    SFU_ID,
+    CloseCode,
+    ErrorCode,
+    Message,
+    SignalError,
+    encode,
+    error_message,
+    stamp,
+)
+from signaling.sfu import SfuEndpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Knobs beyond :class:`SignalingSettings` (tests shorten them)."""
+
+    disconnect_grace_s: float = 10.0
+    write_timeout_s: float = 10.0
+    error_burst: int = 20
+    errors_per_second: float = 1.0
+    shutdown_wait_s: float = 5.0
+
+
+class SignalingHub:
+    def __init__(
+        self,
+        calls: CallService,
+        bus: MessageBus,
+        placement: RoomPlacement,
+        settings: SignalingSettings,
+        metrics: SignalingMetrics,
+        *,
+        node_id: str,
+        options: HubOptions | None = None,
+    ) -> None:
+        self.calls = calls
+        self.settings = settings
+        self.metrics = metrics
+        self.node_id = node_id
+        self.options = options or HubOptions()
+        self._bus = bus
+        self._placement = placement
+        self._sfu: SfuEndpoint | None = None
+        self._conns: dict[str, dict[str, Connection]] = {}
+        self._remote: dict[str, dict[str, str]] = {}  # call -> participant -> node
+        self._pending: dict[str, dict[str, asyncio.Task[None]]] = {}  # disconnect leaves
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscribed: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._shutting_down = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._bus.start(self)
+        self.calls.events.add(self)
+
+    def attach_sfu(self, endpoint: SfuEndpoint | None) -> None:
+        """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
+        self._sfu = endpoint
+
+    async def shutdown(self) -> None:
+        """Stop accepting and close every socket with 1001 (going away), then wait
+        briefly for their handlers; clients reconnect to another node."""
+        self._shutting_down = True
+        for conn in self._all_connections():
+            conn.close(CloseCode.GOING_AWAY, "server shutting down", flush=False)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.options.shutdown_wait_s):
+                await self._idle.wait()
+
+    async def close(self) -> None:
+        """Idempotent: cancel owned tasks, release rooms, close placement and bus."""
+        self.calls.events.remove(self)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pending.clear()
+        for call_id in sorted(self._placement.owned):
+            await self._close_room(call_id)
+        await self._placement.close()
+        await self._bus.close()
+        self._subscribed.clear()
+        self._remote.clear()
+
+    # -- admission (the handler) -----------------------------------------------------------
+
+    @property
+    def bus_healthy(self) -> bool:
+        return self._bus.healthy
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(conns) for conns in self._conns.values())
+
+    def try_acquire(self) -> bool:
+        """Reserve a connection slot for an upgrade in progress; False when full."""
+        if self._shutting_down or self._active >= self.settings.max_connections:
+            return False
+        self._active += 1
+        self._idle.clear()
+        return True
+
+    def release(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+    async def register(self, conn: Connection) -> None:
+        """A socket is up: replace an older one, cancel a pending leave, subscribe,
+        announce presence, and send the roster and mode."""
+        call_id, pid = conn.call_id, conn.participant_id
+        was_online = self._is_online(call_id, pid)
+        conns = self._conns.setdefault(call_id, {})
+        old = conns.get(pid)
+        conns[pid] = conn
+        self.metrics.connections.inc()
+        self._cancel_pending(call_id, pid)
+        if old is not None:
+            old.close(CloseCode.REPLACED, "replaced by a newer connection")
+        await self._ensure_subscribed(call_id)
+        if not was_online:
+            self._presence_to_local(call_id, pid, online=True)
+        try:
+            await self._bus.publish(
+                call_id,
+                {"kind": "presence", "node": self.node_id, "participant_id": pid, "online": True},
+            )
+        except BusUnavailable as exc:
+            self._degraded(conn, exc)
+        await self.send_welcome(conn)
+
+    async def unregister(self, conn: Connection) -> None:
+        """A socket is gone; unless it left, was replaced or the server is stopping,
+        the participant leaves the call after the grace period."""
+        call_id, pid = conn.call_id, conn.participant_id
+        conns = self._conns.get(call_id, {})
+        if conns.get(pid) is not conn:
+            return  # replaced: the newer socket holds the seat
+        del conns[pid]
+        if not conns:
+            del self._conns[call_id]
+        self.metrics.connections.dec()
+        code = conn.close_code
+        if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.REPLACED):
+            self._schedule_leave(call_id, pid, conn.name)
+        if code != CloseCode.REPLACED and not self._is_online(call_id, pid):
+            self._presence_to_local(call_id, pid, online=False)
+            with contextlib.suppress(BusUnavailable):
+                await self._bus.publish(
+                    call_id,
+                    {
+                        "kind": "presence",
+                        "node": self.node_id,
+                        "participant_id": pid,
+                        "online": False,
+                    },
+                )
+        await self._maybe_unsubscribe(call_id)
+
+    async def send_welcome(self, conn: Connection) -> None:
+        """The roster and the call's mode, as they are now."""
+        call = await self.calls.store.get_call(conn.call_id)
+        if call is None or call.is_ended:
+            conn.close(CloseCode.NORMAL, "call ended")
+            return
+        conn.send_text(encode(self._roster(call)))
+        conn.send_text(
+            encode(self._server_message(call.call_id, {"type": "mode", "mode": call.mode.value}))
+        )
+
+    # -- client messages ------------------------------------------------------------------
+
+    async def handle(self, conn: Connection, message: Message) -> None:
+        """Route one validated client message. Raises :class:`SignalError`,
+        :class:`HuddleError` or :class:`BusUnavailable` for the reader to answer."""
+        kind = message["type"]
+        call_id, pid = conn.call_id, conn.participant_id
+        if kind == "ping":
+            conn.send_text(encode(self._server_message(call_id, {"type": "pong"})))
+        elif kind == "pong":
+            pass
+        elif kind == "join":
+            await self.send_welcome(conn)
+        elif kind == "leave":
+            await self.calls.leave(Identity(pid, conn.name), call_id)
+            conn.close(CloseCode.NORMAL, "left the call")
+        elif kind == "mute":
+            await self.calls.set_media(
+                pid, call_id, muted=message.get("muted"), video=message.get("video")
+            )
+        else:
+            stamp(message, sender_id=pid, call_id=call_id)
+            target = message["target_id"]
+            if target == SFU_ID:
+                await self._to_sfu(conn, message)
+            elif target == pid:
+                raise SignalError(ErrorCode.INVALID_TARGET, "a message cannot target its sender")
+            else:
+                await self._bus.publish(
+                    call_id, {"kind": "deliver", "message": message, "to": target}
+                )
+
+    # -- the SFU's side -------------------------------------------------------------------
+
+    async def send_to(self, call_id: str, participant_id: str, message: Message) -> None:
+        """Deliver an SFU message to one participant, on whichever node holds its
+        socket. Stamps ``sender_id: "sfu"``; lost (and logged) while the bus is down."""
+        out = stamp(dict(message), sender_id=SFU_ID, call_id=call_id)
+        try:
+            await self._bus.publish(
+                call_id, {"kind": "deliver", "message": out, "to": participant_id}
+            )
+        except BusUnavailable as exc:
+            logger.warning("Call(%s) SFU message to %s lost: %s", call_id, participant_id, exc)
+
+    async def send(self, call_id: str, participant_id: str, message: Message) -> None:
+        """Alias of :meth:`send_to`, so the hub is media's ``SfuSignaling``."""
+        await self.send_to(call_id, participant_id, message)
+
+    async def _to_sfu(self, conn: Connection, message: Message) -> None:
+        call_id, pid = conn.call_id, conn.participant_id
+        if call_id in self._placement.owned:
+            owner: str | None = self.node_id
+        elif self._sfu is not None:
+            owner = await self._placement.claim(call_id)
+            if owner == self.node_id:
+                await self._ensure_subscribed(call_id)
+        else:
+            owner = await self._placement.owner(call_id)
+        if owner is None or (owner == self.node_id and self._sfu is None):
+            raise SignalError(ErrorCode.SFU_UNAVAILABLE, "no SFU serves this call")
+        if owner == self.node_id:
+            await self._sfu_signal(call_id, pid, message)
+        else:
+            await self._bus.publish(
+                call_id,
+                {"kind": "sfu", "owner": owner, "participant_id": pid, "message": message},
+            )
+
+    async def _sfu_signal(self, call_id: str, pid: str, message: Message) -> None:
+        sfu = self._sfu
+        if sfu is None:
+            await self._reply_error(call_id, pid, ErrorCode.SFU_UNAVAILABLE, "no SFU here", message)
+            return
+        try:
+            await sfu.handle_signal(call_id, pid, message)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if not isinstance(code, str):
+                logger.exception("Call(%s) SFU failed on %s", call_id, message["type"])
+                code = ErrorCode.SFU_ERROR
+            await self._reply_error(call_id, pid, code, str(exc) or code, message)
+
+    async def _reply_error(
+        self, call_id: str, pid: str, code: str, text: str, about: Message
+    ) -> None:
+        error = error_message(code, text, call_id=call_id, request_id=about.get("id"))
+        self.metrics.error(code)
+        with contextlib.suppress(BusUnavailable):
+            await self._bus.publish(call_id, {"kind": "deliver", "message": error, "to": pid})
+
+    async def _close_room(self, call_id: str) -> None:
+        if call_id not in self._placement.owned:
+            return
+        if self._sfu is not None:
+            try:
+                await self._sfu.close_room(call_id)
+            except Exception:
+                logger.exception("Room(%s) close failed", call_id)
+        await self._placement.release(call_id)
+
+    async def on_room_lost(self, call_id: str) -> None:
+        """Placement lost this node's claim (e.g. the key expired during an outage)."""
+        if self._sfu is not None:
+            await self._sfu.close_room(call_id)
+        await self._maybe_unsubscribe(call_id)
+
+    # -- lifecycle events (CallEventListener) ---------------------------------------------
+
+    async def on_call_event(self, event: CallEvent) -> None:
+        """Runs on the node where the transition happened: publish it once."""
+        message = _event_message(event)
+        if message is None:
+            return
+        call_id = event.call.call_id
+        envelope: Envelope = {
+            "kind": "deliver",
+            "message": self._server_message(call_id, message),
+        }
+        if event.kind == EventKind.LEFT:
+            envelope["exclude"] = event.user_id
+        try:
+            await self._bus.publish(call_id, envelope)
+        except BusUnavailable as exc:
+            logger.warning("Call(%s) %s not announced: %s", call_id, event.kind, exc)
+
+    # -- bus listener ---------------------------------------------------------------------
+
+    async def on_bus_message(self, call_id: str, envelope: Envelope) -> None:
+        kind = envelope.get("kind")
+        if kind == "deliver":
+            await self._on_deliver(call_id, envelope)
+        elif kind == "presence":
+            await self._on_presence(call_id, envelope)
+        elif kind == "sync":
+            await self._on_sync(call_id, envelope)
+        elif (
+            kind == "sfu"
+            and envelope.get("owner") == self.node_id
+            and call_id in self._placement.owned
+        ):
+            await self._sfu_signal(call_id, envelope["participant_id"], envelope["message"])
+
+    async def on_bus_down(self, call_ids: list[str]) -> None:
+        error = ErrorCode.SIGNALING_DEGRADED
+        for call_id in call_ids:
+            for conn in list(self._conns.get(call_id, {}).values()):
+                self._degraded(conn, BusUnavailable("the message bus is down"))
+        logger.warning("signaling degraded for %d calls (%s)", len(call_ids), error)
+
+    async def on_bus_restored(self, call_ids: list[str]) -> None:
+        for call_id in call_ids:
+            with contextlib.suppress(BusUnavailable):
+                await self._bus.publish(call_id, {"kind": "sync", "node": self.node_id})
+            for conn in list(self._conns.get(call_id, {}).values()):
+                try:
+                    await self.send_welcome(conn)
+                except HuddleError as exc:
+                    logger.warning("%r: roster refresh failed: %s", conn, exc.message)
+
+    async def _on_deliver(self, call_id: str, envelope: Envelope) -> None:
+        message = envelope.get("message")
+        if not isinstance(message, dict):
+            return
+        to, exclude = envelope.get("to"), envelope.get("exclude")
+        conns = self._conns.get(call_id, {})
+        targets = [conns[to]] if to in conns else [] if to else list(conns.values())
+        if targets:
+            text = encode(message)
+            for conn in targets:
+                if conn.participant_id != exclude:
+                    conn.send_text(text)
+        kind = message.get("type")
+        if kind == "leave" and isinstance(message.get("participant_id"), str):
+            await self._on_left(call_id, message["participant_id"])
+        elif kind == "call_ended":
+            await self._on_ended(call_id)
+
+    async def _on_left(self, call_id: str, pid: str) -> None:
+        self._cancel_pending(call_id, pid)
+        conn = self._conns.get(call_id, {}).get(pid)
+        if conn is not None:
+            conn.close(CloseCode.NORMAL, "left the call")
+        if call_id in self._placement.owned and self._sfu is not None:
+            try:
+                await self._sfu.participant_gone(call_id, pid)
+            except Exception:
+                logger.exception("Room(%s) participant_gone(%s) failed", call_id, pid)
+
+    async def _on_ended(self, call_id: str) -> None:
+        for pid in list(self._pending.get(call_id, {})):
+            self._cancel_pending(call_id, pid)
+        for conn in list(self._conns.get(call_id, {}).values()):
+            conn.close(CloseCode.NORMAL, "call ended")
+        await self._close_room(call_id)
+        await self._maybe_unsubscribe(call_id)
+
+    async def _on_presence(self, call_id: str, envelope: Envelope) -> None:
+        node, pid = envelope.get("node"), envelope.get("participant_id")
+        if node == self.node_id or not isinstance(node, str) or not isinstance(pid, str):
+            return
+        was_online = self._is_online(call_id, pid)
+        remote = self._remote.setdefault(call_id, {})
+        if envelope.get("online"):
+            remote[pid] = node
+            if not envelope.get("sync"):
+                # The participant is on another node now: its seat is kept there.
+                self._cancel_pending(call_id, pid)
+                local = self._conns.get(call_id, {}).get(pid)
+                if local is not None:
+                    local.close(CloseCode.REPLACED, "reconnected on another node")
+        elif remote.get(pid) == node:
+            del remote[pid]
+        if not remote:
+            self._remote.pop(call_id, None)
+        now_online = self._is_online(call_id, pid)
+        if now_online != was_online:
+            self._presence_to_local(call_id, pid, online=now_online)
+        await self._maybe_unsubscribe(call_id)
+
+    async def _on_sync(self, call_id: str, envelope: Envelope) -> None:
+        if envelope.get("node") == self.node_id:
+            return
+        for pid in list(self._conns.get(call_id, {})):
+            with contextlib.suppress(BusUnavailable):
+                await self._bus.publish(
+                    call_id,
+                    {
+                        "kind": "presence",
+                        "node": self.node_id,
+                        "participant_id": pid,
+                        "online": True,
+                        "sync": True,
+                    },
+                )
+
+    # -- disconnect leaves ----------------------------------------------------------------
+
+    def _schedule_leave(self, call_id: str, pid: str, name: str | None) -> None:
+        self._cancel_pending(call_id, pid)
+        task = asyncio.create_task(
+            self._leave_after_grace(call_id, pid, name), name=f"signaling:leave:{pid}"
+        )
+        self._pending.setdefault(call_id, {})[pid] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel_pending(self, call_id: str, pid: str) -> None:
+        pending = self._pending.get(call_id)
+        if pending is None:
+            return
+        task = pending.pop(pid, None)
+        if not pending:
+            del self._pending[call_id]
+        if task is not None:
+            task.cancel()
+
+    async def _leave_after_grace(self, call_id: str, pid: str, name: str | None) -> None:
+        await asyncio.sleep(self.options.disconnect_grace_s)
+        # Out of the pending map first: the leave's own event must not cancel us.
+        pending = self._pending.get(call_id, {})
+        if pending.get(pid) is asyncio.current_task():
+            del pending[pid]
+            if not pending:
+                self._pending.pop(call_id, None)
+        try:
+            await self.calls.leave(Identity(pid, name), call_id)
+            self.metrics.cleanup_on_disconnect.inc()
+            logger.info("Call(%s) Participant(%s) left after disconnect grace", call_id, pid)
+        except HuddleError as exc:
+            if exc.status >= 500:
+                self.metrics.cleanup_failed.inc()
+                logger.warning("Call(%s) disconnect leave of %s failed: %s", call_id, pid, exc)
+            # else: already left, or the call ended meanwhile: nothing to clean.
+        except Exception:
+            self.metrics.cleanup_failed.inc()
+            logger.exception("Call(%s) disconnect leave of %s failed", call_id, pid)
+        finally:
+            await self._maybe_unsubscribe(call_id)
+
+    # -- subscriptions and presence -------------------------------------------------------
+
+    def _needs_channel(self, call_id: str) -> bool:
+        return (
+            call_id in self._conns or call_id in self._pending or call_id in self._placement.owned
+        )
+
+    async def _ensure_subscribed(self, call_id: str) -> None:
+        lock = self._locks.setdefault(call_id, asyncio.Lock())
+        async with lock:
+            if call_id in self._subscribed:
+                return
+            await self._bus.subscribe(call_id)
+            self._subscribed.add(call_id)
+            with contextlib.suppress(BusUnavailable):
+                await self._bus.publish(call_id, {"kind": "sync", "node": self.node_id})
+
+    async def _maybe_unsubscribe(self, call_id: str) -> None:
+        if call_id not in self._subscribed or self._needs_channel(call_id):
+            return
+        lock = self._locks.setdefault(call_id, asyncio.Lock())
+        async with lock:
+            if call_id not in self._subscribed or self._needs_channel(call_id):
+                return
+            self._subscribed.discard(call_id)
+            self._remote.pop(call_id, None)
+            await self._bus.unsubscribe(call_id)
+        if not lock.locked():
+            self._locks.pop(call_id, None)
+
+    def _is_online(self, call_id: str, pid: str) -> bool:
+        return pid in self._conns.get(call_id, {}) or pid in self._remote.get(call_id, {})
+
+    def _presence_to_local(self, call_id: str, pid: str, *, online: bool) -> None:
+        message = self._server_message(
+            call_id, {"type": "presence", "participant_id": pid, "online": online}
+        )
+        text = encode(message)
+        for conn in list(self._conns.get(call_id, {}).values()):
+            if conn.participant_id != pid:
+                conn.send_text(text)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _all_connections(self) -> list[Connection]:
+        return [conn for conns in self._conns.values() for conn in conns.values()]
+
+    def _degraded(self, conn: Connection, exc: Exception) -> None:
+        self.metrics.error(ErrorCode.SIGNALING_DEGRADED)
+        error = error_message(
+            ErrorCode.SIGNALING_DEGRADED,
+            f"signaling is degraded, messages may be lost: {exc}",
+            call_id=conn.call_id,
+        )
+        conn.send_text(encode(error))
+
+    def _server_message(self, call_id: str, message: Message) -> Message:
+        return stamp(message, sender_id=SERVER_ID, call_id=call_id)
+
+    def _roster(self, call: Call) -> Message:
+        entries = [
+            {
+                "participant_id": p.user_id,
+                "name": p.name,
+                "muted": p.muted,
+                "video": p.video,
+                "online": self._is_online(call.call_id, p.user_id),
+            }
+            for p in call.joined
+        ]
+        return self._server_message(call.call_id, {"type": "participants", "participants": entries})
+
+
+def _event_message(event: CallEvent) -> dict[str, Any] | None:
+    """The signaling message announcing a lifecycle event (None: nothing to say)."""
+    call, user_id = event.call, event.user_id
+    if event.kind == EventKind.JOINED and user_id is not None:
+        participant = call.participant(user_id)
+        return {
+            "type": "join",
+            "participant_id": user_id,
+            "name": participant.name if participant else None,
+        }
+    if event.kind == EventKind.LEFT:
+        return {"type": "leave", "participant_id": user_id}
+    if event.kind == EventKind.DECLINED:
+        return {"type": "declined", "participant_id": user_id}
+    if event.kind == EventKind.INVITED:
+        return {"type": "invited", "participant_id": user_id, "invited_ids": list(event.user_ids)}
+    if event.kind == EventKind.MEDIA and user_id is not None:
+        participant = call.participant(user_id)
+        if participant is None:
+            return None
+        return {
+            "type": "mute",
+            "participant_id": user_id,
+            "muted": participant.muted,
+            "video": participant.video,
+        }
+    if event.kind == EventKind.MODE:
+        return {"type": "mode", "mode": call.mode.value}
+    if event.kind == EventKind.ENDED:
+        reason = call.end_reason.value if call.end_reason else None
+        return {"type": "call_ended", "reason": reason, "by_worker": event.by_worker}
+    return None
