@@ -63,8 +63,13 @@ async def server(database_url: str) -> AsyncIterator[str]:
         HUDDLE_LOG_LEVEL="WARNING",
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cli", "serve", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -97,10 +102,11 @@ async def run(backend: str, calls: int, concurrency: int, max_seconds: float) ->
 
             pairs = []
             for i in range(concurrency):
-                caller_id, caller = await token(f"caller{i}")
+                _, caller = await token(f"caller{i}")
                 callee_id, callee = await token(f"callee{i}")
-                async with session.post("/v1/conversations", headers=caller,
-                                        json={"member_ids": [callee_id]}) as response:
+                async with session.post(
+                    "/v1/conversations", headers=caller, json={"member_ids": [callee_id]}
+                ) as response:
                     conversation_id = (await response.json())["conversation_id"]
                 pairs.append((caller, callee, callee_id, conversation_id))
 
@@ -120,15 +126,22 @@ async def run(backend: str, calls: int, concurrency: int, max_seconds: float) ->
                 request_latency.append(time.perf_counter() - started)
                 return payload
 
-            async def worker(caller: dict[str, str], callee: dict[str, str], callee_id: str,
-                             conversation_id: str) -> None:
+            async def worker(
+                caller: dict[str, str], callee: dict[str, str], callee_id: str, conversation_id: str
+            ) -> None:
                 nonlocal remaining
                 while remaining > 0 and time.monotonic() < deadline:
                     remaining -= 1
                     started = time.perf_counter()
-                    call = await post("/v1/calls/initiate", caller, {
-                        "call_type": "video", "conversation_id": conversation_id,
-                        "callee_ids": [callee_id]})
+                    call = await post(
+                        "/v1/calls/initiate",
+                        caller,
+                        {
+                            "call_type": "video",
+                            "conversation_id": conversation_id,
+                            "callee_ids": [callee_id],
+                        },
+                    )
                     assert isinstance(call, dict)
                     call_id = call["call_id"]
                     await post(f"/v1/calls/{call_id}/join", callee)
@@ -164,8 +177,10 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120.0)
     args = parser.parse_args()
     result = asyncio.run(run(args.backend, args.calls, args.concurrency, args.max_seconds))
-    print("| backend | concurrency | cycles | cycles/s | requests/s | request p50 / p99 ms "
-          "| cycle p50 / p99 ms | errors |")
+    print(
+        "| backend | concurrency | cycles | cycles/s | requests/s | request p50 / p99 ms "
+        "| cycle p50 / p99 ms | errors |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {args.backend} | {args.concurrency} | {result['cycles']:.0f} "
