@@ -1,0 +1,130 @@
+"""Protocol validation as pure functions: what passes, and the code of what does not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from signaling.protocol import ErrorCode, SignalError, decode, validate
+from tests.signaling.messages import CANDIDATE_LINE, SDP, answer, candidate, offer
+
+PEER = "peer-1"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        CANDIDATE_LINE,
+        CANDIDATE_LINE.removeprefix("candidate:"),
+        "candidate:1 1 UDP 2122252543 192.168.1.10 50000 typ host",
+        "candidate:2 1 udp 2122262783 2001:db8::1 50001 typ host generation 0 ufrag abcd",
+        "candidate:3 1 udp 2122260223 4ac2a0e1-58b5-4b27-9fd9-6f8b6d1d2e3f.local 60000 typ host",
+        "candidate:4 1 tcp 1518280447 10.0.0.1 9 typ host tcptype active",
+        "candidate:5 1 udp 41885439 203.0.113.7 3478 typ relay raddr 198.51.100.1 rport 5000",
+    ],
+)
+def test_valid_candidates(line: str) -> None:
+    message = validate(candidate(PEER, line))
+    assert message["candidate"]["candidate"] == line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "garbage",
+        "candidate:1 1 udp 2122252543 192.168.1.10 50000 host",  # no "typ"
+        "candidate:1 1 udp 2122252543 192.168.1.10 70000 typ host",  # port out of range
+        "candidate:1 0 udp 2122252543 192.168.1.10 5000 typ host",  # component 0
+        "candidate:1 1 udp 2122252543 192.168.1.10 5000 typ bogus",  # unknown type
+        "candidate:1 1 udp 2122252543 bad_host! 5000 typ host",
+        "candidate:1 1 udp 2122252543 10.0.0.1 5000 typ host generation",  # odd extensions
+        "candidate:1 1 udp 99999999999 10.0.0.1 5000 typ host",  # priority > 2^32-1
+    ],
+)
+def test_malformed_candidate_lines(line: str) -> None:
+    with pytest.raises(SignalError) as caught:
+        validate(candidate(PEER, line))
+    assert caught.value.code == ErrorCode.INVALID_CANDIDATE
+
+
+def test_end_of_candidates_forms() -> None:
+    assert (
+        validate({"type": "ice_candidate", "target_id": PEER, "candidate": None})["candidate"]
+        is None
+    )
+    empty = validate(candidate(PEER, ""))
+    assert empty["candidate"]["candidate"] == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ({}, ErrorCode.MISSING_FIELD),
+        ({"type": "dance"}, ErrorCode.UNKNOWN_TYPE),
+        ({"type": 7}, ErrorCode.UNKNOWN_TYPE),
+        ({"type": "call_ended"}, ErrorCode.UNKNOWN_TYPE),  # server → client only
+        ({"type": "offer", "sdp": SDP}, ErrorCode.MISSING_FIELD),
+        ({"type": "offer", "target_id": PEER}, ErrorCode.MISSING_FIELD),
+        ({"type": "offer", "target_id": "", "sdp": SDP}, ErrorCode.INVALID_TARGET),
+        ({"type": "offer", "target_id": "server", "sdp": SDP}, ErrorCode.INVALID_TARGET),
+        ({"type": "offer", "target_id": PEER, "sdp": "hello"}, ErrorCode.INVALID_SDP),
+        ({"type": "answer", "target_id": PEER, "sdp": 12}, ErrorCode.INVALID_SDP),
+        ({"type": "offer", "target_id": PEER, "sdp": "v=0\r\ns=-\r\n"}, ErrorCode.INVALID_SDP),
+        ({"type": "offer", "target_id": PEER, "sdp": SDP + "junk\r\n"}, ErrorCode.INVALID_SDP),
+        ({"type": "offer", "target_id": "sfu", "sdp": SDP}, ErrorCode.MISSING_FIELD),
+        ({"type": "offer", "target_id": "sfu", "sdp": SDP, "pc": "x"}, ErrorCode.INVALID_FIELD),
+        ({"type": "ice_candidate", "target_id": PEER}, ErrorCode.MISSING_FIELD),
+        (
+            {"type": "ice_candidate", "target_id": PEER, "candidate": "x"},
+            ErrorCode.INVALID_CANDIDATE,
+        ),
+        (
+            {
+                "type": "ice_candidate",
+                "target_id": PEER,
+                "candidate": {"candidate": CANDIDATE_LINE},
+            },
+            ErrorCode.INVALID_CANDIDATE,
+        ),
+        (
+            {
+                "type": "ice_candidate",
+                "target_id": PEER,
+                "candidate": {"candidate": CANDIDATE_LINE, "sdpMid": None, "sdpMLineIndex": None},
+            },
+            ErrorCode.INVALID_CANDIDATE,
+        ),
+        (
+            {
+                "type": "ice_candidate",
+                "target_id": PEER,
+                "candidate": {"candidate": CANDIDATE_LINE, "sdpMid": "0", "sdpMLineIndex": True},
+            },
+            ErrorCode.INVALID_CANDIDATE,
+        ),
+        ({"type": "mute"}, ErrorCode.MISSING_FIELD),
+        ({"type": "mute", "muted": "yes"}, ErrorCode.INVALID_FIELD),
+        ({"type": "ping", "id": ["x"]}, ErrorCode.INVALID_FIELD),
+    ],
+)
+def test_invalid_messages(raw: dict[str, Any], code: str) -> None:
+    with pytest.raises(SignalError) as caught:
+        validate(raw)
+    assert caught.value.code == code
+
+
+def test_decode_rejects_non_objects() -> None:
+    with pytest.raises(SignalError) as caught:
+        decode("{nope")
+    assert caught.value.code == ErrorCode.INVALID_JSON
+    with pytest.raises(SignalError) as caught:
+        decode("[1, 2]")
+    assert caught.value.code == ErrorCode.INVALID_MESSAGE
+
+
+def test_only_defined_fields_survive() -> None:
+    raw = offer(PEER, sender_id="forged", call_id="forged", timestamp="x", extra="junk", id="r1")
+    assert validate(raw) == {"type": "offer", "id": "r1", "target_id": PEER, "sdp": SDP}
+    sfu = validate(answer("sfu", pc="subscribe"))
+    assert sfu["pc"] == "subscribe"
