@@ -29,6 +29,7 @@ import aiortc.rtcrtpreceiver
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__decoder_queue"),
     (RTCRtpReceiver, "code:__init__", "_track"),
     (RTCRtpReceiver, "code:receive", "decoder_worker"),
+    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__rtx_ssrc"),
+    (RTCDtlsTransport, "code:__init__", "_rtp_router"),
+    (RtpRouter, "code:__init__", "ssrc_table"),
+    (RtpRouter, "code:route_rtp", "ssrc_table"),
     (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__jitter_buffer"),
     (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__decoder_queue"),
     (RTCRtpReceiver, "code:_handle_rtp_packet", "_send_rtcp_pli"),

@@ -8,6 +8,7 @@ only ``kind`` (audio/video), never a call or participant id.
 
 from __future__ import annotations
 
+import collections
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -137,3 +138,41 @@ class PrometheusMediaMetrics:
 
     def frame_dropped_incomplete(self) -> None:
         self.incomplete.inc()
+
+
+class CountingMediaMetrics:
+    """Plain counters, for tests and benchmarks."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def room_opened(self) -> None:
+        self.counts["rooms_opened"] += 1
+
+    def room_closed(self) -> None:
+        self.counts["rooms_closed"] += 1
+
+    def participant_joined(self) -> None:
+        self.counts["participants_joined"] += 1
+
+    def participant_left(self) -> None:
+        self.counts["participants_left"] += 1
+
+    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None:
+        self.counts[f"{kind}_frames"] += frames
+        self.counts[f"{kind}_bytes"] += nbytes
+
+    def pli_sent(self) -> None:
+        self.counts["pli_sent"] += 1
+
+    def pli_relayed(self) -> None:
+        self.counts["pli_relayed"] += 1
+
+    def nack_received(self) -> None:
+        self.counts["nack_received"] += 1
+
+    def subscriber_skipped_to_keyframe(self) -> None:
+        self.counts["skipped_to_keyframe"] += 1
+
+    def frame_dropped_incomplete(self) -> None:
+        self.counts["incomplete_dropped"] += 1

@@ -199,6 +199,11 @@ class Participant:
             while True:
                 await self._dirty.wait()
                 self._dirty.clear()
+                if self._subscribe_pc.signalingState == "closed":
+                    # aiortc closes a connection itself once its DTLS transport
+                    # closed (the client went away): nothing left to negotiate.
+                    logger.info("%r: subscribe connection closed", self)
+                    return
                 if self._apply_wanted():
                     await self._negotiate_once()
         except asyncio.CancelledError:

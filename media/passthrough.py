@@ -38,6 +38,21 @@ class _EndSignal(DecoderBypass):
         return None
 
 
+def _route_rtx(receiver: RTCRtpReceiver) -> None:
+    """Route this receiver's RTX SSRCs to it.
+
+    aiortc 1.16 registers only the media SSRC with the transport's RTP router
+    and routes unknown SSRCs by payload type, which works only while a single
+    receiver on the transport uses that RTX payload type: with two bundled
+    video tracks (an SFU subscriber, a camera plus a screen share) every
+    retransmission is discarded and NACKs never repair anything.
+    """
+    rtx_ssrcs: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    router = receiver.transport._rtp_router
+    for rtx_ssrc in rtx_ssrcs:
+        router.ssrc_table[rtx_ssrc] = receiver
+
+
 class PassthroughReceiver:
     """Encoded frames out of one aiortc receiver, plus PLI back to its sender."""
 
@@ -76,6 +91,13 @@ class PassthroughReceiver:
         # Name-mangled privates of aiortc 1.16 (checked by media.aiortc_compat).
         setattr(receiver, "_RTCRtpReceiver__jitter_buffer", self._buffer)  # noqa: B010
         setattr(receiver, "_RTCRtpReceiver__decoder_queue", _EndSignal(on_end))  # noqa: B010
+        original_receive = receiver.receive
+
+        async def receive(parameters: Any) -> None:
+            await original_receive(parameters)
+            _route_rtx(receiver)
+
+        receiver.receive = receive  # type: ignore[method-assign]
 
     @property
     def media_ssrc(self) -> int | None:

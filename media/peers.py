@@ -23,6 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .frames import EncodedFrame, time_base_for
+from .keyframes import KeyframeRequester
 from .packer import install_packer
 from .passthrough import PassthroughReceiver
 from .preencoded import EncodedClip
@@ -158,6 +159,8 @@ class SfuClient:
         self.stats: list[TrackStats] = []
         self._current: dict[str, TrackStats] = {}  # mid -> stats of its current source
         self._receivers: list[PassthroughReceiver] = []
+        self._pli: list[KeyframeRequester] = []
+        self.plis_sent = 0
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.errors: list[Message] = []
@@ -254,7 +257,20 @@ class SfuClient:
         def on_frame(frame: EncodedFrame) -> None:
             self._stats_for(mid, kind).add(len(frame.data), frame.keyframe, self._clock())
 
-        self._receivers.append(PassthroughReceiver(transceiver, on_frame=on_frame))
+        def on_loss() -> None:
+            # Like a browser whose decoder lost the picture: ask for a keyframe.
+            requester.request()
+
+        receiver = PassthroughReceiver(transceiver, on_frame=on_frame, on_loss=on_loss)
+
+        async def send_pli() -> bool:
+            sent = await receiver.send_pli()
+            self.plis_sent += int(sent)
+            return sent
+
+        requester = KeyframeRequester(send_pli, 0.3, name=f"client {self.id}")
+        self._receivers.append(receiver)
+        self._pli.append(requester)
 
     async def _consume(self, track: MediaStreamTrack, mid: str, kind: str) -> None:
         with contextlib.suppress(MediaStreamError):
@@ -291,6 +307,9 @@ class SfuClient:
         if self.publish_pc is not None:
             await self.publish_pc.close()
         await self.subscribe_pc.close()
+        for requester in self._pli:
+            await requester.close()
+        self._pli.clear()
         self._receivers.clear()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from media.aiortc_compat import restrict_host_addresses
 from media.config import MediaConfig
+from media.metrics import CountingMediaMetrics, MediaMetrics
 from media.peers import LocalSignaling, SfuClient
 from media.preencoded import EncodedClip, opus_clip, vp8_clip
 from media.room import Room
@@ -52,11 +53,16 @@ class Call:
     """A Room plus in-process clients that talk to it directly."""
 
     def __init__(
-        self, config: MediaConfig, video: EncodedClip | None, audio: EncodedClip | None
+        self,
+        config: MediaConfig,
+        video: EncodedClip | None,
+        audio: EncodedClip | None,
+        metrics: MediaMetrics | None = None,
     ) -> None:
         self.config = config
         self.signaling = LocalSignaling()
-        self.room = Room("call-1", config, self.signaling)
+        self.metrics = metrics or CountingMediaMetrics()
+        self.room = Room("call-1", config, self.signaling, self.metrics)
         self.clients: dict[str, SfuClient] = {}
         self._video = video
         self._audio = audio
