@@ -51,7 +51,10 @@ async def initiate(request: web.Request) -> web.Response:
     conversation_id = validate.uuid_value(body["conversation_id"], "conversation_id")
     callees = validate.user_ids(body, "callee_ids", min_items=1, max_items=limits.max_callees)
     call = await request.app[CALLS].initiate(who, conversation_id, CallType(call_type), callees)
-    return _call_response(call, status=201)
+    # The caller is joined from initiation (no join call): hand it the ICE servers here.
+    body = call.to_json()
+    body["ice_servers"] = ice_servers(request.app[CONFIG].turn, who.user_id, time.time())
+    return web.json_response(body, status=201)
 
 
 @routes.get("/v1/calls")

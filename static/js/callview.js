@@ -1,0 +1,278 @@
+// The call screen: one tile per participant plus your own preview, the controls,
+// connection state, speaking indicators and the stats overlay.
+
+import { StatsCollector, formatStats } from './stats.js';
+
+const SPEAKING_LEVEL = 0.03;
+
+function initials(name) {
+  const words = (name || '?').trim().split(/\s+/).filter(Boolean);
+  return words.slice(0, 2).map((w) => w[0].toUpperCase()).join('') || '?';
+}
+
+function setStream(el, track) {
+  const current = el.srcObject ? el.srcObject.getTracks()[0] : null;
+  if (current === (track || null)) return;
+  el.srcObject = track ? new MediaStream([track]) : null;
+  if (track) {
+    const playing = el.play();
+    if (playing) playing.catch(() => {}); // autoplay may wait for a gesture; tracks still flow
+  }
+}
+
+export class CallView {
+  /**
+   * @param {import('./call.js').CallSession} session
+   * @param {{toast: (level: string, text: string) => void}} ui
+   */
+  constructor(session, ui) {
+    this.session = session;
+    this.ui = ui;
+    this.grid = document.getElementById('tiles');
+    this.template = document.getElementById('tile-template');
+    this.statusEl = document.getElementById('call-status');
+    this.tiles = new Map();
+    this.showStats = false;
+    this.stats = new StatsCollector(session);
+    this.timers = [];
+    this.buttons = {
+      mute: document.getElementById('btn-mute'),
+      camera: document.getElementById('btn-camera'),
+      invite: document.getElementById('btn-invite'),
+      stats: document.getElementById('btn-stats'),
+      leave: document.getElementById('btn-leave'),
+      end: document.getElementById('btn-end'),
+    };
+    this.grid.replaceChildren();
+    this.bind();
+  }
+
+  bind() {
+    const s = this.session;
+    const b = this.buttons;
+    this.listeners = [
+      [b.mute, 'click', () => s.setMuted(!s.muted)],
+      [b.camera, 'click', () => s.setCamera(!s.cameraOn)],
+      [b.stats, 'click', () => this.toggleStats()],
+      [b.leave, 'click', () => s.leave()],
+      [b.end, 'click', () => s.endForAll()],
+    ];
+    for (const [el, type, fn] of this.listeners) el.addEventListener(type, fn);
+    for (const type of ['media', 'roster', 'status']) s.addEventListener(type, () => this.render());
+    this.timers.push(setInterval(() => this.refreshStats(), 1000));
+    this.timers.push(setInterval(() => this.refreshSpeaking(), 250));
+    this.render();
+  }
+
+  destroy() {
+    for (const [el, type, fn] of this.listeners) el.removeEventListener(type, fn);
+    for (const timer of this.timers) clearInterval(timer);
+    this.timers = [];
+    for (const tile of this.tiles.values()) {
+      for (const el of tile.querySelectorAll('video, audio')) el.srcObject = null;
+    }
+    this.tiles.clear();
+    this.grid.replaceChildren();
+  }
+
+  toggleStats() {
+    this.showStats = !this.showStats;
+    this.buttons.stats.setAttribute('aria-pressed', String(this.showStats));
+    this.buttons.stats.setAttribute('aria-label', this.showStats ? 'Hide connection statistics' : 'Show connection statistics');
+    for (const tile of this.tiles.values()) tile.querySelector('.stats-overlay').hidden = !this.showStats;
+    this.renderStats();
+  }
+
+  tile(key) {
+    let tile = this.tiles.get(key);
+    if (!tile) {
+      tile = this.template.content.firstElementChild.cloneNode(true);
+      tile.dataset.participant = key;
+      tile.querySelector('.stats-overlay').hidden = !this.showStats;
+      if (key === 'self') tile.classList.add('self');
+      this.tiles.set(key, tile);
+    }
+    return tile;
+  }
+
+  render() {
+    const s = this.session;
+    const remotes = s.remotes();
+    const order = [];
+
+    // Your own preview.
+    const self = this.tile('self');
+    const localVideo = s.cameraOn ? s.local.video : null;
+    setStream(self.querySelector('video'), localVideo);
+    self.querySelector('.name').textContent = `${s.me.name || 'You'} (you)`;
+    self.querySelector('.avatar').textContent = initials(s.me.name);
+    self.querySelector('.badge-muted').hidden = !s.muted;
+    self.querySelector('.badge-video-off').hidden = s.cameraOn || !s.isVideo;
+    self.dataset.muted = String(s.muted);
+    self.dataset.video = String(s.cameraOn);
+    self.dataset.hasVideo = String(!!localVideo);
+    self.dataset.state = 'local';
+    self.setAttribute('aria-label', `You: ${s.muted ? 'muted' : 'unmuted'}, camera ${s.cameraOn ? 'on' : 'off'}`);
+    self.querySelector('.tile-state').textContent =
+      !s.local.audio && !s.local.video ? 'No camera or microphone' : '';
+
+    for (const r of remotes) {
+      const tile = this.tile(r.user_id);
+      order.push(tile);
+      const name = r.name || 'Guest';
+      tile.querySelector('.name').textContent = name;
+      tile.querySelector('.avatar').textContent = initials(name);
+      setStream(tile.querySelector('video'), r.videoTrack);
+      setStream(tile.querySelector('audio'), r.audio);
+      tile.querySelector('.badge-muted').hidden = !r.muted;
+      tile.querySelector('.badge-video-off').hidden = r.video !== false || !s.isVideo;
+      const hasVideo = !!r.videoTrack && r.video !== false && s.isVideo;
+      tile.dataset.muted = String(!!r.muted);
+      tile.dataset.video = String(r.video !== false);
+      tile.dataset.hasVideo = String(hasVideo);
+      tile.dataset.online = String(!!r.online);
+      tile.dataset.connection = r.connection;
+      let state = '';
+      let stateKind = r.connection;
+      if (r.failure) {
+        state = r.failure;
+        stateKind = 'failed';
+      } else if (!r.online) {
+        state = 'Connecting to the call…';
+      } else if (r.connection === 'failed') {
+        state = 'Connection failed: retrying…';
+        stateKind = 'failed';
+      } else if (r.connection === 'disconnected') {
+        state = 'Connection interrupted…';
+      } else if (r.connection !== 'connected') {
+        state = 'Connecting media…';
+      } else if (s.isVideo && r.video !== false && !r.videoTrack) {
+        state = 'Waiting for video…';
+      }
+      tile.dataset.state = stateKind;
+      tile.querySelector('.tile-state').textContent = state;
+      tile.setAttribute(
+        'aria-label',
+        `${name}: ${r.muted ? 'muted' : 'unmuted'}, camera ${r.video !== false ? 'on' : 'off'}${state ? `, ${state}` : ''}`,
+      );
+    }
+    order.push(self);
+
+    // Drop tiles of participants who left; keep DOM order stable otherwise.
+    const keep = new Set(['self', ...remotes.map((r) => r.user_id)]);
+    for (const [key, tile] of this.tiles) {
+      if (!keep.has(key)) {
+        for (const el of tile.querySelectorAll('video, audio')) el.srcObject = null;
+        tile.remove();
+        this.tiles.delete(key);
+      }
+    }
+    order.forEach((tile, index) => {
+      if (this.grid.children[index] !== tile) this.grid.insertBefore(tile, this.grid.children[index] || null);
+    });
+    this.grid.dataset.count = String(order.length);
+    this.renderControls();
+    this.renderStatus(remotes);
+  }
+
+  renderControls() {
+    const s = this.session;
+    const b = this.buttons;
+    b.mute.setAttribute('aria-pressed', String(s.muted));
+    b.mute.setAttribute('aria-label', s.muted ? 'Unmute microphone' : 'Mute microphone');
+    b.mute.querySelector('.label').textContent = s.muted ? 'Unmute' : 'Mute';
+    b.mute.disabled = !s.local.audio;
+    b.camera.hidden = !s.isVideo;
+    b.camera.setAttribute('aria-pressed', String(!s.cameraOn));
+    b.camera.setAttribute('aria-label', s.cameraOn ? 'Turn camera off' : 'Turn camera on');
+    b.camera.querySelector('.label').textContent = s.cameraOn ? 'Camera off' : 'Camera on';
+  }
+
+  renderStatus(remotes) {
+    const s = this.session;
+    let text = '';
+    let level = 'info';
+    const others = remotes.filter((r) => r.online).length;
+    const modeText = s.mode === 'sfu' ? 'group call via server' : 'direct call';
+    switch (s.status) {
+      case 'joining':
+        text = 'Joining…';
+        break;
+      case 'connecting':
+        text = 'Connecting to the server…';
+        break;
+      case 'reconnecting':
+        text = 'Connection to the server lost: reconnecting…';
+        level = 'error';
+        break;
+      case 'waiting':
+        text = this.ringingText() || 'Waiting for others to join…';
+        break;
+      case 'connected':
+        text = `${others + 1} in call · ${modeText}`;
+        break;
+      default:
+        text = '';
+    }
+    this.statusEl.textContent = text;
+    this.statusEl.dataset.level = level;
+    this.statusEl.dataset.mode = s.mode;
+  }
+
+  ringingText() {
+    const call = this.session.call;
+    if (!call || call.status !== 'ringing') return '';
+    const ringing = (call.participants || []).filter(
+      (p) => p.invited && !p.joined_at && !p.declined_at && p.user_id !== this.session.me.user_id,
+    );
+    if (!ringing.length) return '';
+    const names = ringing.map((p) => {
+      const known = this.session.directory[p.user_id];
+      return p.name || (known && known.name) || 'invitee';
+    });
+    return `Ringing ${names.join(', ')}…`;
+  }
+
+  refreshSpeaking() {
+    const s = this.session;
+    const levels = {};
+    for (const { pc, role, remote } of s.connections()) {
+      for (const transceiver of pc.getTransceivers()) {
+        const receiver = transceiver.receiver;
+        if (!receiver || !receiver.track || receiver.track.kind !== 'audio') continue;
+        if (role === 'publish') continue;
+        const owner = role === 'subscribe' ? s.sfu.participantForMid(transceiver.mid) : remote;
+        if (!owner) continue;
+        const sources = receiver.getSynchronizationSources ? receiver.getSynchronizationSources() : [];
+        const level = sources.reduce((max, src) => Math.max(max, src.audioLevel || 0), 0);
+        levels[owner] = Math.max(levels[owner] || 0, level);
+      }
+    }
+    const localLevel = s.muted ? 0 : this.stats.snapshot.local.audioLevel;
+    for (const [key, tile] of this.tiles) {
+      const level = key === 'self' ? localLevel : levels[key] || 0;
+      const remote = s.roster.get(key);
+      const speaking = level > SPEAKING_LEVEL && !(remote && remote.muted);
+      tile.dataset.speaking = String(speaking);
+      tile.dataset.audioLevel = level.toFixed(3);
+    }
+  }
+
+  async refreshStats() {
+    await this.stats.collect();
+    this.renderStats();
+  }
+
+  renderStats() {
+    if (!this.showStats) return;
+    const snapshot = this.stats.snapshot;
+    for (const [key, tile] of this.tiles) {
+      const overlay = tile.querySelector('.stats-overlay');
+      if (key === 'self') {
+        overlay.textContent = `sending ${snapshot.local.bitrateKbps || 0} kbit/s · ${this.session.mode}`;
+      } else {
+        overlay.textContent = formatStats(snapshot.remotes[key]);
+      }
+    }
+  }
+}

@@ -1,0 +1,209 @@
+// The signaling WebSocket (docs/protocol.md): one per participant per call.
+//
+// Reconnects with exponential backoff and jitter while the server still holds
+// our seat (its disconnect grace period); answers the server's `ping`, sends
+// its own pings so a dead socket is noticed, and queues a bounded number of
+// messages while reconnecting. Emits:
+//   'state'   detail: 'connecting' | 'open' | 'reconnecting' | 'lost' | 'closed'
+//   'open'    detail: {reconnected: boolean}
+//   'message' detail: the parsed server message
+//   'closed'  detail: {code, reason, final: boolean}
+
+// Close codes after which reconnecting would not help (docs/protocol.md, "Close codes").
+const FINAL_CLOSE_CODES = new Set([
+  1000, // left the call, or the call ended
+  1008, // policy: bad token, not allowed
+  4001, // the same participant connected again elsewhere
+  4003, // forbidden
+  4401, // unauthorized
+  4403, // forbidden
+  4404, // not found
+  4410, // gone
+]);
+
+export class Signaling extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} options.callId
+   * @param {() => string} options.token  current access token
+   * @param {number} [options.retryForMs]  how long to keep reconnecting (the grace period and then some)
+   */
+  constructor({ callId, token, retryForMs = 20000, pingEveryMs = 15000, deadAfterMs = 40000 }) {
+    super();
+    this.callId = callId;
+    this.token = token;
+    this.retryForMs = retryForMs;
+    this.pingEveryMs = pingEveryMs;
+    this.deadAfterMs = deadAfterMs;
+    this.ws = null;
+    this.state = 'idle';
+    this.queue = [];
+    this.attempt = 0;
+    this.lostSince = null;
+    this.everOpened = false;
+    this.stopped = false;
+    this.timer = null;
+    this.heartbeat = null;
+    this.lastHeard = 0;
+    this.lastClose = null;
+  }
+
+  url() {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const query = new URLSearchParams({ call_id: this.callId, access_token: this.token() });
+    return `${scheme}//${location.host}/v1/calls/ws/signaling?${query}`;
+  }
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('state', { detail: state }));
+  }
+
+  connect() {
+    this.stopped = false;
+    this.open();
+  }
+
+  open() {
+    if (this.stopped) return;
+    this.setState(this.everOpened ? 'reconnecting' : 'connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url());
+    } catch (err) {
+      this.scheduleReconnect({ code: 0, reason: String(err) });
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      const reconnected = this.everOpened;
+      this.everOpened = true;
+      this.attempt = 0;
+      this.lostSince = null;
+      this.lastHeard = Date.now();
+      this.setState('open');
+      this.startHeartbeat();
+      this.dispatchEvent(new CustomEvent('open', { detail: { reconnected } }));
+      const queued = this.queue.splice(0);
+      for (const message of queued) this.send(message);
+    };
+    ws.onmessage = (event) => {
+      if (ws !== this.ws) return;
+      this.lastHeard = Date.now();
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch (err) {
+        console.warn('signaling: ignoring a frame that is not JSON');
+        return;
+      }
+      if (message.type === 'ping') {
+        this.send({ type: 'pong' });
+        return;
+      }
+      if (message.type === 'pong') return;
+      this.dispatchEvent(new CustomEvent('message', { detail: message }));
+    };
+    ws.onclose = (event) => {
+      if (ws !== this.ws) return;
+      this.ws = null;
+      this.stopHeartbeat();
+      this.lastClose = { code: event.code, reason: event.reason };
+      if (this.stopped) {
+        this.setState('closed');
+        return;
+      }
+      if (FINAL_CLOSE_CODES.has(event.code) || (!this.everOpened && this.attempt >= 3)) {
+        this.stopped = true;
+        this.setState('closed');
+        this.dispatchEvent(
+          new CustomEvent('closed', { detail: { code: event.code, reason: event.reason, final: true } }),
+        );
+        return;
+      }
+      this.scheduleReconnect({ code: event.code, reason: event.reason });
+    };
+    // onerror is always followed by onclose; nothing to do here but keep the console quiet.
+    ws.onerror = () => {};
+  }
+
+  scheduleReconnect(close) {
+    if (this.lostSince === null) this.lostSince = Date.now();
+    if (Date.now() - this.lostSince > this.retryForMs) {
+      this.stopped = true;
+      this.setState('lost');
+      this.dispatchEvent(new CustomEvent('closed', { detail: { ...close, final: true, lost: true } }));
+      return;
+    }
+    this.setState('reconnecting');
+    const base = Math.min(5000, 250 * 2 ** this.attempt);
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.attempt += 1;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.open(), delay);
+  }
+
+  startHeartbeat() {
+    this.stopHeartbeat();
+    this.heartbeat = setInterval(() => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+      if (Date.now() - this.lastHeard > this.deadAfterMs) {
+        // Nothing heard for too long: the socket is dead even if the OS has not noticed.
+        this.dropSocket();
+        return;
+      }
+      this.send({ type: 'ping' });
+    }, this.pingEveryMs);
+  }
+
+  stopHeartbeat() {
+    clearInterval(this.heartbeat);
+    this.heartbeat = null;
+  }
+
+  /** Close the socket as if the network had dropped it: the reconnect logic takes over. */
+  dropSocket() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null;
+    this.stopHeartbeat();
+    try {
+      ws.close(4000, 'reconnect');
+    } catch (err) {
+      /* already closing */
+    }
+    this.scheduleReconnect({ code: 4000, reason: 'dropped' });
+  }
+
+  get connected() {
+    return !!this.ws && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  send(message) {
+    if (this.connected) {
+      this.ws.send(JSON.stringify(message));
+      return true;
+    }
+    if (!this.stopped && this.queue.length < 200) this.queue.push(message);
+    return false;
+  }
+
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.stopHeartbeat();
+    this.queue = [];
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      try {
+        ws.close(1000, 'bye');
+      } catch (err) {
+        /* already closed */
+      }
+    }
+    this.setState('closed');
+  }
+}

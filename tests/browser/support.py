@@ -1,0 +1,98 @@
+"""Helpers for the browser tests: participants (one context each), polling the page."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+#: Generous: two cores, several Chromium renderers and an aiortc SFU at once.
+EVENTUALLY_S = 30.0
+
+# Console noise that is not an error of the page (e.g. Chromium's own complaints).
+_IGNORED_CONSOLE = ("favicon.ico",)
+
+
+@dataclass
+class Participant:
+    name: str
+    context: Any
+    page: Any
+    console_errors: list[str] = field(default_factory=list)
+
+    async def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.page.evaluate("() => window.huddle.state()")
+        return result
+
+    async def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.page.evaluate("() => window.huddle.collectStats()")
+        return result
+
+    async def frames_from(self, user_id: str) -> int:
+        remote = (await self.stats()).get(user_id)
+        return int(remote["video"]["framesDecoded"]) if remote else 0
+
+    async def audio_packets_from(self, user_id: str) -> int:
+        remote = (await self.stats()).get(user_id)
+        return int(remote["audio"]["packetsReceived"]) if remote else 0
+
+
+async def new_participant(browser: Any, base_url: str, name: str) -> Participant:
+    """A browser context of its own (fake devices, permissions, storage) and one page."""
+    context = await browser.new_context(
+        base_url=base_url,
+        permissions=["camera", "microphone"],
+        viewport={"width": 1280, "height": 800},
+    )
+    page = await context.new_page()
+    participant = Participant(name, context, page)
+
+    def on_console(message: Any) -> None:
+        if message.type == "error" and not any(s in message.text for s in _IGNORED_CONSOLE):
+            participant.console_errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: participant.console_errors.append(f"pageerror: {error}"))
+    return participant
+
+
+def call_url(call_id: str, token: str, *, ring: bool = False) -> str:
+    query = {"call_id": call_id, "token": token}
+    if ring:
+        query["ring"] = "1"
+    return "/?" + urlencode(query)
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = EVENTUALLY_S,
+    interval: float = 0.25,
+    message: str = "condition",
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await condition()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout:g} s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+async def decodes_from(viewer: Participant, user_id: str, *, more_than: int = 0) -> int:
+    """Wait until ``viewer`` has decoded more than ``more_than`` frames of ``user_id``'s video."""
+
+    async def rising() -> int:
+        frames = await viewer.frames_from(user_id)
+        return frames if frames > more_than + 10 else 0
+
+    result: int = await eventually(
+        rising, message=f"{viewer.name} decoding video of {user_id} beyond {more_than} frames"
+    )
+    return result

@@ -1,0 +1,110 @@
+"""1:1 calls in two real browsers: the dev-mode flow, perfect negotiation, P2P media."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import Server
+from tests.browser.support import (
+    Participant,
+    decodes_from,
+    eventually,
+    new_participant,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def sfu_gauges(server: Server) -> dict[str, float]:
+    """The SFU's room and participant gauges from /metrics (absent: no SFU wired)."""
+    status, text = server.request("GET", "/metrics")
+    assert status == 200
+    found: dict[str, float] = {}
+    for name in ("video_call_sfu_rooms_active", "video_call_sfu_participants_active"):
+        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        if match:
+            found[name] = float(match.group(1))
+    return found
+
+
+async def start_call_from_lobby(
+    caller: Participant, invitees: list[str], ring: list[str], call_type: str = "video"
+) -> dict[str, str]:
+    """Drive the dev lobby: pick a name, create a conversation, ring ``ring``.
+
+    Returns the invite links shown in the call, by invitee name.
+    """
+    page = caller.page
+    await page.goto("/")
+    await page.get_by_label("Your name").fill(caller.name)
+    await page.get_by_role("button", name="Continue").click()
+    await page.get_by_label("People to invite (names, comma-separated)").fill(", ".join(invitees))
+    await page.get_by_role("button", name="Create conversation").click()
+    for name in invitees:
+        if name not in ring:
+            await page.locator(f'#member-list input[data-name="{name}"]').uncheck()
+    await page.get_by_role("button", name=f"Start {call_type} call").click()
+    await page.locator("#screen-call").wait_for(state="visible")
+    links: dict[str, str] = {}
+    for name in ring:
+        field = page.get_by_role("textbox", name=f"Invite link for {name}", exact=True)
+        await field.wait_for()
+        links[name] = await field.input_value()
+    return links
+
+
+async def accept(invitee: Participant, link: str) -> None:
+    page = invitee.page
+    await page.goto(link)
+    await page.get_by_role("button", name="Accept").click()
+    await page.locator("#screen-call").wait_for(state="visible")
+
+
+async def me(participant: Participant) -> str:
+    state = await participant.state()
+    user_id: str = state["me"]["user_id"]
+    return user_id
+
+
+@pytest.mark.timeout(180)
+async def test_one_to_one_call_decodes_both_ways_over_p2p(
+    browser: Any, server: Server, people: list[Participant]
+) -> None:
+    ana = await new_participant(browser, server.base_url, "ana")
+    bob = await new_participant(browser, server.base_url, "bob")
+    people.extend([ana, bob])
+
+    links = await start_call_from_lobby(ana, ["bob"], ring=["bob"])
+    await ana.page.get_by_text("Ringing bob").wait_for()
+    await accept(bob, links["bob"])
+    ana_id, bob_id = await me(ana), await me(bob)
+
+    await decodes_from(ana, bob_id)
+    await decodes_from(bob, ana_id)
+    # Still rising: media keeps flowing, it did not just start and stall.
+    before = await ana.frames_from(bob_id)
+    await decodes_from(ana, bob_id, more_than=before)
+
+    for participant in (ana, bob):
+        state = await participant.state()
+        assert state["mode"] == "p2p"
+        assert state["sfu"] is None
+        assert len(state["peers"]) == 1
+    # The server holds no peer connection for a P2P call.
+    gauges = sfu_gauges(server)
+    assert all(value == 0 for value in gauges.values()), gauges
+
+    # Tiles show names; the remote tile has video and no failure text.
+    tile = ana.page.locator(f'.tile[data-participant="{bob_id}"]')
+    await tile.locator(".name", has_text="bob").wait_for()
+    await eventually(lambda: tile.get_attribute("data-has-video"), message="bob's tile shows video")
+    assert await tile.get_attribute("data-has-video") == "true"
+
+    # Leaving ends the call for the last one: bob leaves, ana sees the call end.
+    await bob.page.get_by_role("button", name="Leave the call").click()
+    await bob.page.locator("#message-text[data-code=left]").wait_for()
+    await ana.page.get_by_role("button", name="Leave the call").click()
+    await ana.page.locator("#message-text[data-code=left]").wait_for()
