@@ -5,59 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aioice.ice
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from aioice import stun, turn
 
-from server.app import create_app
-from server.config import Config, TurnSettings
 from server.turn import turn_password
 from tests.support.polling import eventually
 from tests.turn.coturn import Coturn, run_coturn
+from tests.turn.huddle import huddle_credentials
 from tests.turn.peers import nominated_pair, relay_call, relay_only_config
 
 pytestmark = pytest.mark.coturn
-
-JWT_SECRET = "coturn-test-jwt-secret-long-enough-for-hs256"
-
-
-@pytest.fixture
-def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aioice never offers 127.0.0.1 as a host address: make it the only one."""
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-
-
-@pytest.fixture
-async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
-    async with run_coturn(tmp_path / "coturn") as server:
-        yield server
-
-
-async def huddle_credentials(coturn: Coturn, tmp_path: Path, transport: str) -> dict[str, Any]:
-    """Ask Huddle's HTTP API for TURN credentials, as a browser would."""
-    config = Config(
-        port=0,
-        database_url=f"sqlite:///{tmp_path / 'huddle.db'}",
-        jwt_secret=JWT_SECRET,
-        dev_mode=True,
-        turn=TurnSettings(uris=(coturn.uri(transport),), secret=coturn.secret, ttl_s=600),
-    )
-    async with TestClient(TestServer(create_app(config))) as client:
-        response = await client.post("/v1/dev/token", json={"name": "ana"})
-        assert response.status == 201
-        token = (await response.json())["token"]
-        response = await client.get(
-            "/v1/turn/credentials", headers={"Authorization": f"Bearer {token}"}
-        )
-        assert response.status == 200, await response.text()
-        body: dict[str, Any] = await response.json()
-    assert body["uris"] == [coturn.uri(transport)]
-    return body
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
