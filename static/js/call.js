@@ -112,28 +112,36 @@ export class CallSession extends EventTarget {
   }
 
   async httpJoin() {
+    const cacheKey = `huddle.ice.${this.callId}`;
     if (this.initial) {
       this.call = this.initial;
       this.initial = null;
       this.iceServers = this.call.ice_servers || [];
-      this.mode = this.call.mode || 'p2p';
-      return;
-    }
-    try {
-      this.call = await this.api.join(this.callId);
-      this.iceServers = this.call.ice_servers || [];
-    } catch (err) {
-      // The caller is joined from initiation; a reload within the grace period is too.
-      if (!(err instanceof ApiError) || err.code !== 'already_joined') throw err;
-      this.call = await this.api.call(this.callId);
+    } else {
       try {
-        const turn = await this.api.turnCredentials();
-        this.iceServers = [{ urls: turn.uris, username: turn.username, credential: turn.password }];
-      } catch (turnErr) {
-        this.iceServers = [];
+        this.call = await this.api.join(this.callId);
+        this.iceServers = this.call.ice_servers || [];
+      } catch (err) {
+        // The caller is joined from initiation; a reload within the grace period is too.
+        if (!(err instanceof ApiError) || err.code !== 'already_joined') throw err;
+        this.call = await this.api.call(this.callId);
+        this.iceServers = await this.cachedIceServers(cacheKey);
       }
     }
+    // A reload keeps the seat (already joined) but gets no ice_servers: remember them.
+    sessionStorage.setItem(cacheKey, JSON.stringify(this.iceServers));
     this.mode = this.call.mode || 'p2p';
+  }
+
+  async cachedIceServers(cacheKey) {
+    const cached = sessionStorage.getItem(cacheKey);
+    if (cached) return JSON.parse(cached);
+    try {
+      const turn = await this.api.turnCredentials();
+      return [{ urls: turn.uris, username: turn.username, credential: turn.password }];
+    } catch (err) {
+      return []; // no TURN configured (404): host candidates only
+    }
   }
 
   applyCallObject(call) {

@@ -113,8 +113,10 @@ export class CallView {
     self.dataset.hasVideo = String(!!localVideo);
     self.dataset.state = 'local';
     self.setAttribute('aria-label', `You: ${s.muted ? 'muted' : 'unmuted'}, camera ${s.cameraOn ? 'on' : 'off'}`);
-    self.querySelector('.tile-state').textContent =
-      !s.local.audio && !s.local.video ? 'No camera or microphone' : '';
+    let selfState = '';
+    if (!s.local.started) selfState = s.isVideo ? 'Starting camera…' : 'Starting microphone…';
+    else if (!s.local.audio && !s.local.video) selfState = 'No camera or microphone';
+    self.querySelector('.tile-state').textContent = selfState;
 
     for (const r of remotes) {
       const tile = this.tile(r.user_id);

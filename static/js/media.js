@@ -38,6 +38,7 @@ export class LocalMedia {
     this.audio = null;
     this.video = null;
     this.warnings = [];
+    this.started = false;
   }
 
   /**
@@ -45,6 +46,14 @@ export class LocalMedia {
    * on with what works, and `warnings` holds a message for each thing that did not.
    */
   async start(wantVideo) {
+    try {
+      return await this.acquire(wantVideo);
+    } finally {
+      this.started = true;
+    }
+  }
+
+  async acquire(wantVideo) {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       this.warnings.push(
         new MediaError(

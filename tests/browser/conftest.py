@@ -162,7 +162,7 @@ async def people(browser: Any, server: Server) -> AsyncIterator[list[Participant
     on teardown every page's console errors are checked and contexts closed."""
     created: list[Participant] = []
     yield created
-    errors = [f"{p.name}: {e}" for p in created for e in p.console_errors]
+    errors = [f"{p.name}: {e}" for p in created for e in p.unexpected_console_errors()]
     for participant in created:
         with contextlib.suppress(Exception):
             await participant.context.close()

@@ -22,6 +22,14 @@ class Participant:
     context: Any
     page: Any
     console_errors: list[str] = field(default_factory=list)
+    #: Console errors the test expects (substrings), e.g. the log of a refused request.
+    expected_console: list[str] = field(default_factory=list)
+
+    def expect_console(self, text: str) -> None:
+        self.expected_console.append(text)
+
+    def unexpected_console_errors(self) -> list[str]:
+        return [e for e in self.console_errors if not any(s in e for s in self.expected_console)]
 
     async def state(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.page.evaluate("() => window.huddle.state()")
@@ -96,3 +104,50 @@ async def decodes_from(viewer: Participant, user_id: str, *, more_than: int = 0)
         rising, message=f"{viewer.name} decoding video of {user_id} beyond {more_than} frames"
     )
     return result
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    name: str
+    token: str
+
+
+async def api(
+    server: Any, method: str, path: str, token: str | None = None, body: Any = None
+) -> Any:
+    """An HTTP API call from the test (off the event loop: urllib blocks)."""
+    status, answer = await asyncio.to_thread(server.request, method, path, token, body)
+    return status, answer
+
+
+async def make_user(server: Any, name: str) -> User:
+    status, body = await api(server, "POST", "/v1/dev/token", body={"name": name})
+    assert status == 201, body
+    return User(body["user_id"], body["name"], body["token"])
+
+
+async def make_call(server: Any, caller: User, *callees: User, call_type: str = "video") -> str:
+    """A conversation of everyone and a call from ``caller`` ringing ``callees``."""
+    status, conversation = await api(
+        server,
+        "POST",
+        "/v1/conversations",
+        caller.token,
+        {"member_ids": [c.user_id for c in callees]},
+    )
+    assert status == 201, conversation
+    status, call = await api(
+        server,
+        "POST",
+        "/v1/calls/initiate",
+        caller.token,
+        {
+            "call_type": call_type,
+            "conversation_id": conversation["conversation_id"],
+            "callee_ids": [c.user_id for c in callees],
+        },
+    )
+    assert status == 201, call
+    call_id: str = call["call_id"]
+    return call_id
