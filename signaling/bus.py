@@ -17,6 +17,9 @@ Envelope = dict[str, Any]
 
 #: Redis pub/sub channel of one call; every node serving the call subscribes.
 CALL_CHANNEL = "call:{call_id}"
+#: Redis pub/sub channel of one node: keeps its pub/sub connection subscribed (and
+#: so watched) even while it serves no call.
+NODE_CHANNEL = "huddle:node:{node_id}"
 #: Redis key naming the node that holds a call's SFU room (value: node id, with a TTL).
 ROOM_OWNER_KEY = "huddle:room:{call_id}"
 

@@ -144,7 +144,6 @@ class Connection:
         except (ConnectionError, RuntimeError) as exc:
             # The peer went away mid-write; the reader sees the close.
             logger.debug("%r: write failed: %s", self, exc)
-            self._abort()
         except Exception:
             logger.exception("%r: writer failed", self)
             self._abort()

@@ -9,6 +9,7 @@ one place mapping problems to ``error`` messages and close codes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from signaling.connection import Connection, TokenBucket
 from signaling.hub import SignalingHub
 from signaling.keys import HUB
 from signaling.protocol import (
+    MAX_ID_LENGTH,
     RESERVED_IDS,
     CloseCode,
     ErrorCode,
@@ -52,8 +54,9 @@ async def signaling_ws(request: web.Request) -> web.StreamResponse:
         try:
             await _read(hub, conn)
         finally:
-            await conn.stop()
-            await hub.unregister(conn)
+            # Shielded: aiohttp cancels the handler when the peer vanishes, and
+            # the seat bookkeeping must still run.
+            await asyncio.shield(hub.connection_ended(conn))
         return conn.ws
     finally:
         hub.release()
@@ -127,7 +130,7 @@ async def _read(hub: SignalingHub, conn: Connection) -> None:
                 raise SignalError(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames")
             await _handle_text(hub, conn, frame.data)
         except SignalError as exc:
-            answer_error(hub, conn, exc.code, exc.message)
+            answer_error(hub, conn, exc.code, exc.message, exc.request_id)
             if not abuse.take():
                 violation(hub, conn, CloseCode.TOO_MANY_ERRORS, "too many invalid messages")
         except ProtocolViolation as exc:
@@ -138,9 +141,12 @@ async def _handle_text(hub: SignalingHub, conn: Connection, text: str) -> None:
     raw = decode(text)
     try:
         message = validate(raw)
-    except SignalError:
+    except SignalError as exc:
         if raw.get("type") == "ice_candidate":
             hub.metrics.candidate(valid=False)
+        request_id = raw.get("id")
+        if isinstance(request_id, str | int) and len(str(request_id)) <= MAX_ID_LENGTH:
+            exc.request_id = request_id
         raise
     kind = message["type"]
     hub.metrics.message(kind)
@@ -148,6 +154,9 @@ async def _handle_text(hub: SignalingHub, conn: Connection, text: str) -> None:
         hub.metrics.candidate(valid=True)
     try:
         await hub.handle(conn, message)
+    except SignalError as exc:
+        exc.request_id = message.get("id")
+        raise
     except HuddleError as exc:
         answer_error(hub, conn, exc.code, exc.message, message.get("id"))
     except BusUnavailable as exc:
@@ -172,4 +181,4 @@ def answer_error(
 def violation(hub: SignalingHub, conn: Connection, code: CloseCode, reason: str) -> None:
     logger.info("%r: closing with %d: %s", conn, code, reason)
     hub.metrics.close(code)
-    conn.close(code, reason, flush=False)
+    conn.close(code, reason)

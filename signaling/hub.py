@@ -139,6 +139,10 @@ class SignalingHub:
     def connection_count(self) -> int:
         return sum(len(conns) for conns in self._conns.values())
 
+    def pending_leaves(self, call_id: str) -> int:
+        """Disconnect leaves waiting out their grace period for this call."""
+        return len(self._pending.get(call_id, {}))
+
     def try_acquire(self) -> bool:
         """Reserve a connection slot for an upgrade in progress; False when full."""
         if self._shutting_down or self._active >= self.settings.max_connections:
@@ -175,6 +179,18 @@ class SignalingHub:
         except BusUnavailable as exc:
             self._degraded(conn, exc)
         await self.send_welcome(conn)
+
+    def connection_ended(self, conn: Connection) -> asyncio.Task[None]:
+        """The reader ended: stop the writer and unregister, in a task the hub owns."""
+
+        async def finish() -> None:
+            await conn.stop()
+            await self.unregister(conn)
+
+        task = asyncio.create_task(finish(), name=f"signaling:finish:{conn.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def unregister(self, conn: Connection) -> None:
         """A socket is gone; unless it left, was replaced or the server is stopping,

@@ -84,6 +84,8 @@ class SignalError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        #: The offending message's ``id``, echoed in the ``error`` reply.
+        self.request_id: str | int | None = None
 
 
 class ProtocolViolation(Exception):

@@ -20,7 +20,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from signaling.bus import CALL_CHANNEL, BusListener, BusUnavailable, Envelope, call_channel
+from signaling.bus import (
+    CALL_CHANNEL,
+    NODE_CHANNEL,
+    BusListener,
+    BusUnavailable,
+    Envelope,
+    call_channel,
+)
 from signaling.metrics import SignalingMetrics
 
 logger = logging.getLogger(__name__)
@@ -35,6 +42,7 @@ class RedisBus:
         self,
         redis: Redis,
         metrics: SignalingMetrics,
+        node_id: str,
         *,
         backoff_base_s: float = 0.1,
         backoff_cap_s: float = 5.0,
@@ -42,6 +50,7 @@ class RedisBus:
     ) -> None:
         self._redis = redis
         self._metrics = metrics
+        self._node_channel = NODE_CHANNEL.format(node_id=node_id)
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._subscribe_timeout_s = subscribe_timeout_s
@@ -151,12 +160,21 @@ class RedisBus:
     async def _connect(self, pubsub: PubSub) -> None:
         was_down = self._ever_connected
         channels = [call_channel(call_id) for call_id in sorted(self._wanted)]
-        # A ping proves the connection before we announce it; the first SUBSCRIBE
-        # also opens it. Subscribing to nothing is not allowed, so ping first.
-        async with asyncio.timeout(self._subscribe_timeout_s):
-            await pubsub.ping()
-            if channels:
-                await pubsub.subscribe(*channels)
+        node = self._node_channel
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirm[node] = waiter
+        # A confirmed subscription proves the connection before it is announced;
+        # the reader is not running yet, so read the confirmation here.
+        try:
+            async with asyncio.timeout(self._subscribe_timeout_s):
+                await pubsub.subscribe(node, *channels)
+                while not waiter.done():
+                    message = await pubsub.get_message(timeout=self._subscribe_timeout_s)
+                    if message is not None:
+                        await self._dispatch(message)
+        finally:
+            if self._confirm.get(node) is waiter:
+                del self._confirm[node]
         self._pubsub = pubsub
         self._connected.set()
         self._ever_connected = True
@@ -167,13 +185,6 @@ class RedisBus:
 
     async def _read(self, pubsub: PubSub) -> None:
         while True:
-            if not pubsub.subscribed:
-                # get_message on an unsubscribed PubSub returns at once: keep the
-                # connection checked with a ping instead of spinning.
-                await asyncio.sleep(0.5)
-                async with asyncio.timeout(self._subscribe_timeout_s):
-                    await pubsub.ping()
-                continue
             message = await pubsub.get_message(timeout=1.0)
             if message is not None:
                 await self._dispatch(message)

@@ -53,7 +53,7 @@ async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
         )
-        bus = RedisBus(redis, metrics)
+        bus = RedisBus(redis, metrics, config.node_id)
         placement = RedisPlacement(redis, config.node_id, lambda call_id: hub.on_room_lost(call_id))
     hub = SignalingHub(
         app[CALLS],

@@ -140,6 +140,7 @@ async def test_every_bad_input_gets_its_error_and_the_socket_stays(node: Node) -
 
 
 async def test_sfu_message_without_sfu_gets_sfu_unavailable(node: Node) -> None:
+    node.app[HUB].attach_sfu(None)  # whatever the app wired (media's SFU), take it out
     ana, bob = await node.api.users("ana", "bob")
     call_id = await node.joined_call(ana, bob)
     a = await node.ws(call_id, ana)
