@@ -16,6 +16,7 @@ import { Signaling } from './signaling.js';
 
 const SERVER = 'server';
 const SFU = 'sfu';
+const NEWCOMER_WAIT_MS = 4000;
 
 /** Human text for HTTP and signaling error codes a participant can meet. */
 export function explain(code, fallback) {
@@ -75,6 +76,7 @@ export class CallSession extends EventTarget {
     this.over = false;
     this.sfuResets = 0;
     this.failures = new Map(); // user_id or 'sfu' -> message
+    this.offerTimers = new Map(); // user_id -> timer: waiting for their offer
   }
 
   emit(type, detail) {
@@ -310,6 +312,14 @@ export class CallSession extends EventTarget {
 
   onPresence(id, online) {
     if (!id || id === this.me.user_id) return;
+    if (online && this.mode === 'p2p') {
+      // docs/protocol.md: those already in the call offer to whoever (re)connects. A
+      // peer we still hold may belong to a page that reloaded: start afresh (the
+      // other side recognises the new session and follows).
+      const peer = this.peers.get(id);
+      if (peer) peer.rebuild('reconnected');
+      else this.createPeer(id);
+    }
     this.upsert(id, { online: !!online });
     if (!online) {
       // Their socket dropped; their seat is kept for the grace period and P2P media may
@@ -351,6 +361,8 @@ export class CallSession extends EventTarget {
 
   removeParticipant(id) {
     this.roster.delete(id);
+    clearTimeout(this.offerTimers.get(id));
+    this.offerTimers.delete(id);
     const peer = this.peers.get(id);
     if (peer) {
       peer.close();
@@ -363,8 +375,19 @@ export class CallSession extends EventTarget {
   rosterChanged() {
     if (this.over) return;
     if (this.mode === 'p2p') {
+      // We are the newcomer to those already online: they offer (no glare). Should no
+      // offer come (e.g. they have nothing to send), offer ourselves after a while.
       for (const [id, entry] of this.roster) {
-        if (entry.online && !this.peers.has(id)) this.createPeer(id);
+        if (entry.online && !this.peers.has(id) && !this.offerTimers.has(id)) {
+          const timer = setTimeout(() => {
+            this.offerTimers.delete(id);
+            const now = this.roster.get(id);
+            if (!this.over && this.mode === 'p2p' && now && now.online && !this.peers.has(id)) {
+              this.createPeer(id);
+            }
+          }, NEWCOMER_WAIT_MS);
+          this.offerTimers.set(id, timer);
+        }
       }
     }
     if (this.signaling && this.signaling.connected) {
@@ -376,6 +399,8 @@ export class CallSession extends EventTarget {
   // -- P2P ------------------------------------------------------------------------------
 
   createPeer(id) {
+    clearTimeout(this.offerTimers.get(id));
+    this.offerTimers.delete(id);
     const peer = new P2PPeer({
       remoteId: id,
       polite: this.me.user_id > id,
@@ -412,6 +437,8 @@ export class CallSession extends EventTarget {
   closePeers() {
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
+    for (const timer of this.offerTimers.values()) clearTimeout(timer);
+    this.offerTimers.clear();
   }
 
   // -- SFU ------------------------------------------------------------------------------

@@ -257,6 +257,7 @@ class App {
       muted: s.muted,
       cameraOn: s.cameraOn,
       signaling: s.signaling ? s.signaling.state : null,
+      reconnects: s.signaling ? s.signaling.reconnects : 0,
       peers: [...s.peers.keys()],
       sfu: s.sfu
         ? {

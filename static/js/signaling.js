@@ -46,6 +46,7 @@ export class Signaling extends EventTarget {
     this.heartbeat = null;
     this.lastHeard = 0;
     this.lastClose = null;
+    this.reconnects = 0;
   }
 
   url() {
@@ -79,6 +80,7 @@ export class Signaling extends EventTarget {
     ws.onopen = () => {
       if (ws !== this.ws) return;
       const reconnected = this.everOpened;
+      if (reconnected) this.reconnects += 1;
       this.everOpened = true;
       this.attempt = 0;
       this.lostSince = null;

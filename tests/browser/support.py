@@ -151,3 +151,23 @@ async def make_call(server: Any, caller: User, *callees: User, call_type: str = 
     assert status == 201, call
     call_id: str = call["call_id"]
     return call_id
+
+
+async def join_by_link(participant: Participant, call_id: str, user: User) -> str:
+    """Open the direct-join link (as an embedding app would) and wait for the call view."""
+    await participant.page.goto(call_url(call_id, user.token))
+    await participant.page.locator("#screen-call").wait_for()
+    return user.user_id
+
+
+async def steady(sample: Callable[[], Awaitable[int]], *, window: float = 2.0) -> int:
+    """Wait until ``sample`` stops changing for ``window`` seconds; return its value."""
+
+    async def unchanged() -> int | None:
+        before = await sample()
+        await asyncio.sleep(window)
+        after = await sample()
+        return after if after == before else None
+
+    result = await eventually(lambda: unchanged(), message="counter standing still")
+    return int(result)
