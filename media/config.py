@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
@@ -43,6 +44,11 @@ class MediaConfig:
     incomplete_frame_timeout: float = 0.2
     negotiation_timeout: float = 30.0
     max_participants: int = 10
+    #: Called for each new peer connection; adds servers whose credentials are
+    #: short-lived (TURN REST), so a long-running node never hands out stale ones.
+    ice_servers_provider: Callable[[], Sequence[IceServer]] | None = field(
+        default=None, compare=False
+    )
 
     def __post_init__(self) -> None:
         for host in self.ice_hosts:
@@ -66,10 +72,13 @@ class MediaConfig:
         ``max-bundle``: one ICE/DTLS transport per connection (browsers and
         aiortc peers both bundle), so fewer handshakes and sockets.
         """
+        servers = list(self.ice_servers)
+        if self.ice_servers_provider is not None:
+            servers.extend(self.ice_servers_provider())
         return RTCConfiguration(
             bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
             iceServers=[
                 RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
-                for s in self.ice_servers
+                for s in servers
             ],
         )

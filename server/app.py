@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 from redis.asyncio import Redis
 
+from media.wiring import setup_media
 from server.auth import TokenService
 from server.call_notifications import CallNotifications
 from server.calls import CallService
@@ -135,6 +136,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     app.cleanup_ctx.extend([store_ctx, notifier_ctx, redis_ctx, workers_ctx])
     app.on_shutdown.append(on_shutdown)
     setup_signaling(app)  # after redis_ctx: the hub needs app[CALLS]
+    setup_media(app)  # after signaling: the SFU attaches to the hub, closes before it
     app.add_routes(misc_routes.routes)
     app.add_routes(call_routes.routes)
     app.add_routes(openapi.routes)
