@@ -77,6 +77,8 @@ export class CallSession extends EventTarget {
     this.sfuResets = 0;
     this.failures = new Map(); // user_id or 'sfu' -> message
     this.offerTimers = new Map(); // user_id -> timer: waiting for their offer
+    this.messageLog = [];
+    this.leaving = false;
   }
 
   emit(type, detail) {
@@ -186,9 +188,21 @@ export class CallSession extends EventTarget {
   }
 
   async onSignalingClosed({ code, lost }) {
-    if (this.over) return;
+    if (this.over || this.leaving) return;
     if (code === 4001) {
       this.finish('replaced', explain('replaced'));
+      return;
+    }
+    if (code === 1000) {
+      // We left (perhaps from another device) or the call ended: never rejoin on our own.
+      let ended = false;
+      try {
+        ended = (await this.api.call(this.callId)).status === 'ended';
+      } catch (err) {
+        /* treat as left */
+      }
+      if (ended) this.finish('call_ended', explain('call_ended'));
+      else this.finish('left', 'You left the call.');
       return;
     }
     // Refused before the upgrade, or gone for longer than the grace period: ask why.
@@ -229,6 +243,10 @@ export class CallSession extends EventTarget {
 
   onMessage(message) {
     if (this.over) return;
+    // A short history for debugging (window.huddle.messages()); SDP left out.
+    this.messageLog.push({ type: message.type, sender: message.sender_id, at: Date.now(),
+      detail: message.participant_id || message.mode || message.code || message.pc || null });
+    if (this.messageLog.length > 300) this.messageLog.shift();
     const sender = message.sender_id;
     switch (message.type) {
       case 'participants':
@@ -238,7 +256,7 @@ export class CallSession extends EventTarget {
         this.onPresence(message.participant_id, message.online);
         break;
       case 'join':
-        this.upsert(message.participant_id, { name: message.name });
+        this.upsert(message.participant_id, { name: message.name }, { create: true });
         break;
       case 'leave':
         this.onLeft(message.participant_id);
@@ -300,8 +318,10 @@ export class CallSession extends EventTarget {
     this.rosterChanged();
   }
 
-  upsert(id, fields) {
+  /** Update a participant; only `join` (and a P2P offer) may add one to the roster. */
+  upsert(id, fields, { create = false } = {}) {
     if (!id || id === this.me.user_id) return;
+    if (!create && !this.roster.has(id)) return;
     const entry = this.roster.get(id) || { user_id: id, name: null, muted: false, video: true, online: false };
     for (const [key, value] of Object.entries(fields)) {
       if (value !== undefined && value !== null) entry[key] = value;
@@ -320,7 +340,7 @@ export class CallSession extends EventTarget {
       if (peer) peer.rebuild('reconnected');
       else this.createPeer(id);
     }
-    this.upsert(id, { online: !!online });
+    this.upsert(id, { online: !!online }, { create: !!online });
     if (!online) {
       // Their socket dropped; their seat is kept for the grace period and P2P media may
       // well survive it. Nothing to tear down yet.
@@ -428,7 +448,7 @@ export class CallSession extends EventTarget {
     let peer = this.peers.get(sender);
     if (!peer) {
       if (message.type !== 'offer') return;
-      this.upsert(sender, { online: true });
+      this.upsert(sender, { online: true }, { create: true });
       peer = this.peers.get(sender) || this.createPeer(sender);
     }
     peer.handle(message);
@@ -555,7 +575,8 @@ export class CallSession extends EventTarget {
   }
 
   async leave() {
-    if (this.over) return;
+    if (this.over || this.leaving) return;
+    this.leaving = true;
     try {
       await this.api.leave(this.callId);
     } catch (err) {
@@ -565,7 +586,8 @@ export class CallSession extends EventTarget {
   }
 
   async endForAll() {
-    if (this.over) return;
+    if (this.over || this.leaving) return;
+    this.leaving = true;
     try {
       await this.api.end(this.callId);
     } catch (err) {

@@ -59,12 +59,17 @@ export class CallView {
     ];
     for (const [el, type, fn] of this.listeners) el.addEventListener(type, fn);
     for (const type of ['media', 'roster', 'status']) s.addEventListener(type, () => this.render());
+    this.resizer = new ResizeObserver(() => this.layout());
+    this.resizer.observe(this.grid);
     this.timers.push(setInterval(() => this.refreshStats(), 1000));
     this.timers.push(setInterval(() => this.refreshSpeaking(), 250));
     this.render();
   }
 
   destroy() {
+    this.resizer.disconnect();
+    this.grid.style.removeProperty('--cols');
+    this.grid.style.removeProperty('--tile-w');
     for (const [el, type, fn] of this.listeners) el.removeEventListener(type, fn);
     for (const timer of this.timers) clearInterval(timer);
     this.timers = [];
@@ -172,9 +177,33 @@ export class CallView {
     order.forEach((tile, index) => {
       if (this.grid.children[index] !== tile) this.grid.insertBefore(tile, this.grid.children[index] || null);
     });
-    this.grid.dataset.count = String(order.length);
+    if (this.grid.dataset.count !== String(order.length)) {
+      this.grid.dataset.count = String(order.length);
+      this.layout();
+    }
     this.renderControls();
     this.renderStatus(remotes);
+  }
+
+  /** Pick the column count that gives the largest 4:3 tiles fitting the grid's box. */
+  layout() {
+    const count = this.tiles.size || 1;
+    const width = this.grid.clientWidth;
+    const height = this.grid.clientHeight;
+    if (!width || !height) return;
+    const gap = 10;
+    let best = { cols: 1, tile: 0 };
+    for (let cols = 1; cols <= count; cols += 1) {
+      const rows = Math.ceil(count / cols);
+      const byWidth = (width - gap * (cols - 1)) / cols;
+      const byHeight = ((height - gap * (rows - 1)) / rows) * (4 / 3);
+      const tile = Math.min(byWidth, byHeight);
+      if (tile > best.tile + 1) best = { cols, tile };
+    }
+    // Never smaller than a thumbnail: below that, the grid scrolls instead.
+    const tile = Math.max(140, Math.floor(best.tile) - 4);
+    this.grid.style.setProperty('--cols', String(best.cols));
+    this.grid.style.setProperty('--tile-w', `${tile}px`);
   }
 
   renderControls() {

@@ -29,6 +29,7 @@ class App {
     window.huddle = {
       state: () => this.state(),
       stats: () => (this.view ? this.view.stats.snapshot.remotes : {}),
+      messages: () => (this.session ? this.session.messageLog : []),
       collectStats: async () => (this.view ? (await this.view.stats.collect()).remotes : {}),
       get session() {
         return app.session;

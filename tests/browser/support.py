@@ -171,3 +171,42 @@ async def steady(sample: Callable[[], Awaitable[int]], *, window: float = 2.0) -
 
     result = await eventually(lambda: unchanged(), message="counter standing still")
     return int(result)
+
+
+async def start_call_from_lobby(
+    caller: Participant, invitees: list[str], ring: list[str], call_type: str = "video"
+) -> dict[str, str]:
+    """Drive the dev lobby: pick a name, create a conversation, ring ``ring``.
+
+    Returns the invite links shown in the call, by invitee name.
+    """
+    page = caller.page
+    await page.goto("/")
+    await page.get_by_label("Your name").fill(caller.name)
+    await page.get_by_role("button", name="Continue").click()
+    await page.get_by_label("People to invite (names, comma-separated)").fill(", ".join(invitees))
+    await page.get_by_role("button", name="Create conversation").click()
+    for name in invitees:
+        if name not in ring:
+            await page.locator(f'#member-list input[data-name="{name}"]').uncheck()
+    await page.get_by_role("button", name=f"Start {call_type} call").click()
+    await page.locator("#screen-call").wait_for(state="visible")
+    links: dict[str, str] = {}
+    for name in ring:
+        field = page.get_by_role("textbox", name=f"Invite link for {name}", exact=True)
+        await field.wait_for()
+        links[name] = await field.input_value()
+    return links
+
+
+async def accept(invitee: Participant, link: str) -> None:
+    page = invitee.page
+    await page.goto(link)
+    await page.get_by_role("button", name="Accept").click()
+    await page.locator("#screen-call").wait_for(state="visible")
+
+
+async def me(participant: Participant) -> str:
+    state = await participant.state()
+    user_id: str = state["me"]["user_id"]
+    return user_id
