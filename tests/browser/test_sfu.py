@@ -22,6 +22,7 @@ from tests.browser.support import (
     me,
     new_participant,
     start_call_from_lobby,
+    steady,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -71,6 +72,21 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
         state = await participant.state()
         assert state["peers"] == []  # no browser-to-browser connection in a group call
         assert state["sfu"] == {"publish": "connected", "subscribe": "connected"}
+
+    # Through the SFU too, a mute shows on the others and stops the audio.
+    ana_id = users[0].user_id
+    for viewer_id, viewer in group.items():
+        if viewer_id != ana_id:
+            await eventually(
+                lambda v=viewer: v.audio_packets_from(ana_id), message="ana's audio arriving"
+            )
+    await caller.page.get_by_role("button", name="Mute microphone").click()
+    for viewer_id, viewer in group.items():
+        if viewer_id == ana_id:
+            continue
+        tile = viewer.page.locator(f'.tile[data-participant="{ana_id}"]')
+        await tile.locator(".badge-muted").wait_for(state="visible")
+        await steady(lambda v=viewer: v.audio_packets_from(ana_id))
 
     # cyd leaves; ana and bob keep receiving each other.
     cyd = group.pop(users[2].user_id)
