@@ -48,12 +48,14 @@ class Participant:
         return int(remote["audio"]["packetsReceived"]) if remote else 0
 
 
-async def new_participant(browser: Any, base_url: str, name: str) -> Participant:
+async def new_participant(
+    browser: Any, base_url: str, name: str, *, viewport: tuple[int, int] = (1280, 800)
+) -> Participant:
     """A browser context of its own (fake devices, permissions, storage) and one page."""
     context = await browser.new_context(
         base_url=base_url,
         permissions=["camera", "microphone"],
-        viewport={"width": 1280, "height": 800},
+        viewport={"width": viewport[0], "height": viewport[1]},
     )
     page = await context.new_page()
     participant = Participant(name, context, page)

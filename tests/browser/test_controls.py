@@ -23,6 +23,7 @@ from tests.browser.support import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+PHONE = (390, 740)  # bob uses a phone-sized window
 GRACE_S = 10.0  # HUDDLE_DISCONNECT_GRACE's default, which the test server keeps
 
 
@@ -32,7 +33,7 @@ async def two_in_a_call(
     ana_user, bob_user = await make_user(server, "ana"), await make_user(server, "bob")
     call_id = await make_call(server, ana_user, bob_user)
     ana = await new_participant(browser, server.base_url, "ana")
-    bob = await new_participant(browser, server.base_url, "bob")
+    bob = await new_participant(browser, server.base_url, "bob", viewport=PHONE)
     people.extend([ana, bob])
     ana.expect_console("status of 409")  # the caller is joined from initiation…
     ana.expect_console("status of 404")  # …so it asks for TURN servers: none configured
@@ -64,9 +65,35 @@ async def test_mute_shows_on_the_other_side_and_stops_the_audio(
     # Video keeps flowing while muted.
     await decodes_from(bob, ana_id, more_than=await bob.frames_from(ana_id))
 
-    await ana.page.get_by_role("button", name="Unmute microphone").click()
+    # Keyboard: focus the toggle and press Enter.
+    await ana.page.get_by_role("button", name="Unmute microphone").focus()
+    await ana.page.keyboard.press("Enter")
     await tile.locator(".badge-muted").wait_for(state="hidden")
     await eventually(lambda: _more(audio, stopped), message="ana's audio flowing again")
+
+
+@pytest.mark.timeout(180)
+async def test_call_fits_a_phone_and_controls_are_labelled(
+    browser: Any, server: Server, people: list[Participant]
+) -> None:
+    _, bob, ana_id, _, _ = await two_in_a_call(browser, server, people)
+    page = bob.page
+    # No sideways scrolling at phone width; both tiles and every control on screen.
+    assert await page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    for tile in (f'.tile[data-participant="{ana_id}"]', ".tile.self"):
+        assert await page.locator(tile).is_visible()
+    toolbar = page.get_by_role("toolbar", name="Call controls")
+    for name in ("Mute microphone", "Turn camera off", "Invite people", "Leave the call"):
+        button = toolbar.get_by_role("button", name=name)
+        assert await button.is_visible()
+        box = await button.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= PHONE[0]
+        assert box["height"] >= 40  # comfortable touch target
+    # Tab reaches the controls in order.
+    await toolbar.get_by_role("button", name="Mute microphone").focus()
+    await page.keyboard.press("Tab")
+    focused = await page.evaluate("() => document.activeElement.getAttribute('aria-label')")
+    assert focused == "Turn camera off"
 
 
 @pytest.mark.timeout(180)
