@@ -75,3 +75,24 @@ async def test_one_to_one_call_decodes_both_ways_over_p2p(
     await bob.page.locator("#message-text[data-code=left]").wait_for()
     await ana.page.get_by_role("button", name="Leave the call").click()
     await ana.page.locator("#message-text[data-code=left]").wait_for()
+
+
+@pytest.mark.timeout(180)
+async def test_audio_call_has_no_camera_and_carries_audio_both_ways(
+    browser: Any, server: Server, people: list[Participant]
+) -> None:
+    ana = await new_participant(browser, server.base_url, "ana")
+    bob = await new_participant(browser, server.base_url, "bob")
+    people.extend([ana, bob])
+    links = await start_call_from_lobby(ana, ["bob"], ring=["bob"], call_type="audio")
+    await accept(bob, links["bob"])
+    ana_id, bob_id = await me(ana), await me(bob)
+
+    await eventually(lambda: bob.audio_packets_from(ana_id), message="ana's audio at bob")
+    await eventually(lambda: ana.audio_packets_from(bob_id), message="bob's audio at ana")
+    for viewer, other in ((ana, bob_id), (bob, ana_id)):
+        assert not await viewer.page.get_by_role("button", name="Turn camera off").is_visible()
+        tile = viewer.page.locator(f'.tile[data-participant="{other}"]')
+        assert await tile.get_attribute("data-has-video") == "false"
+        assert await tile.locator(".avatar").is_visible()
+        assert not await tile.locator(".badge-video-off").is_visible()
