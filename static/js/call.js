@@ -121,6 +121,9 @@ export class CallSession extends EventTarget {
       this.call = this.initial;
       this.initial = null;
       this.iceServers = this.call.ice_servers || [];
+    } else if (sessionStorage.getItem(cacheKey) && (await this.stillJoined())) {
+      // A reload: the seat is still ours (grace period), so no join (it would be a 409).
+      this.iceServers = await this.cachedIceServers(cacheKey);
     } else {
       try {
         this.call = await this.api.join(this.callId);
@@ -135,6 +138,20 @@ export class CallSession extends EventTarget {
     // A reload keeps the seat (already joined) but gets no ice_servers: remember them.
     sessionStorage.setItem(cacheKey, JSON.stringify(this.iceServers));
     this.mode = this.call.mode || 'p2p';
+  }
+
+  async stillJoined() {
+    try {
+      const call = await this.api.call(this.callId);
+      const mine = (call.participants || []).find((p) => p.user_id === this.me.user_id);
+      if (call.status !== 'ended' && mine && mine.joined_at && !mine.left_at) {
+        this.call = call;
+        return true;
+      }
+    } catch (err) {
+      /* fall through to a join, which explains any refusal */
+    }
+    return false;
   }
 
   async cachedIceServers(cacheKey) {

@@ -144,3 +144,17 @@ async def _reconnected(participant: Participant) -> bool:
 async def _token(participant: Participant) -> str:
     token: str = await participant.page.evaluate("() => window.huddle.session.api.token")
     return token
+
+
+@pytest.mark.timeout(180)
+async def test_reloading_the_page_keeps_the_seat_and_media_resumes(
+    browser: Any, server: Server, people: list[Participant]
+) -> None:
+    ana, bob, ana_id, bob_id, _ = await two_in_a_call(browser, server, people)
+    await bob.page.reload()
+    await bob.page.locator("#screen-call").wait_for()
+    # The fresh page decodes ana (a new connection), then ana decodes the new bob.
+    await decodes_from(bob, ana_id)
+    await decodes_from(ana, bob_id, more_than=await ana.frames_from(bob_id))
+    state = await bob.state()
+    assert (state["mode"], state["status"]) == ("p2p", "connected")
