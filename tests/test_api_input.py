@@ -136,7 +136,7 @@ async def test_conversation_bodies(make_client: AppFactory) -> None:
         (
             "Bearer "
             + jwt.encode(
-                {"sub": "ana", "exp": int(time.time()) + 60},
+                {"sub": "ana", "exp": int(time.time()) + 86_400},
                 "another-secret-that-is-long-enough-xx",
                 algorithm="HS256",
             ),
@@ -147,14 +147,14 @@ async def test_conversation_bodies(make_client: AppFactory) -> None:
         (
             "Bearer "
             + jwt.encode(
-                {"sub": "x y", "exp": int(time.time()) + 60}, TEST_SECRET, algorithm="HS256"
+                {"sub": "x y", "exp": int(time.time()) + 86_400}, TEST_SECRET, algorithm="HS256"
             ),
             "token_invalid",
         ),
         (
             "Bearer "
             + jwt.encode(
-                {"sub": "ana", "exp": int(time.time()) + 60}, TEST_SECRET * 2, algorithm="HS512"
+                {"sub": "ana", "exp": int(time.time()) + 86_400}, TEST_SECRET * 2, algorithm="HS512"
             ),
             "token_invalid",
         ),
