@@ -340,3 +340,12 @@ async def test_unknown_call_and_conversation(make_client: AppFactory) -> None:
         error_code(await api.call("POST", "/v1/calls/initiate", ana, json=body, expect=404))
         == "conversation_not_found"
     )
+
+
+async def test_ice_servers_for_joined_participants_only(make_client: AppFactory) -> None:
+    api = Api(await make_client())
+    ana, bob, cid = await api.users("ana", "bob", "cid")
+    call = await api.group_call(ana, bob, cid)
+    assert call["ice_servers"] == []  # the caller is joined from initiation
+    assert (await api.status(call["call_id"], ana))["ice_servers"] == []
+    assert "ice_servers" not in await api.status(call["call_id"], bob)  # invited, not joined

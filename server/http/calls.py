@@ -18,6 +18,10 @@ routes = web.RouteTableDef()
 MAX_MEMBERS = 256
 
 
+def _ice_servers(request: web.Request, user_id: str) -> list[dict[str, object]]:
+    return ice_servers(request.app[CONFIG].turn, user_id, time.time())
+
+
 def _call_response(call: Call, *, status: int = 200) -> web.Response:
     return web.json_response(call.to_json(), status=status)
 
@@ -53,7 +57,7 @@ async def initiate(request: web.Request) -> web.Response:
     call = await request.app[CALLS].initiate(who, conversation_id, CallType(call_type), callees)
     # The caller is joined from initiation (no join call): hand it the ICE servers here.
     body = call.to_json()
-    body["ice_servers"] = ice_servers(request.app[CONFIG].turn, who.user_id, time.time())
+    body["ice_servers"] = _ice_servers(request, who.user_id)
     return web.json_response(body, status=201)
 
 
@@ -73,7 +77,13 @@ async def history(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     who = identify(request)
     call = await request.app[CALLS].get_call(who, validate.path_uuid(request, "call_id"))
-    return _call_response(call)
+    body = call.to_json()
+    me = call.participant(who.user_id)
+    if me is not None and me.is_joined:
+        # A joined participant reopening the call (reload, deep link) needs its ICE
+        # servers again without joining twice.
+        body["ice_servers"] = _ice_servers(request, who.user_id)
+    return web.json_response(body)
 
 
 @routes.post("/v1/calls/{call_id}/join")
@@ -81,7 +91,7 @@ async def join(request: web.Request) -> web.Response:
     who = identify(request)
     call = await request.app[CALLS].join(who, validate.path_uuid(request, "call_id"))
     body = call.to_json()
-    body["ice_servers"] = ice_servers(request.app[CONFIG].turn, who.user_id, time.time())
+    body["ice_servers"] = _ice_servers(request, who.user_id)
     return web.json_response(body)
 
 

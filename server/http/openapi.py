@@ -126,9 +126,9 @@ DOCUMENT: dict[str, Any] = {
         },
         "/v1/calls/initiate": {
             "post": _op(
-                "Start a call: it rings the callees",
+                "Start a call: it rings the callees; the caller is joined",
                 "201",
-                _ref("Call"),
+                _ref("JoinedCall"),
                 ("400", "401", "403", "404", "413", "429", "503"),
                 body="InitiateRequest",
             )
@@ -159,9 +159,9 @@ DOCUMENT: dict[str, Any] = {
         },
         "/v1/calls/{call_id}": {
             "get": _op(
-                "Call status and participants",
+                "Call status and participants (ice_servers only for joined participants)",
                 "200",
-                _ref("Call"),
+                _ref("JoinedCall"),
                 ("400", "401", "403", "404", "503"),
                 params=[_path_id("call_id")],
             )
