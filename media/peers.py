@@ -7,19 +7,32 @@
 * :class:`SfuClient` speaks the SFU's publish/subscribe protocol; by default
   it does not decode: it counts frames, bytes, keyframes and gaps per remote
   track through the same pass-through receive path the SFU uses.
+
+Both connections of an :class:`SfuClient` use ``max-bundle`` whatever
+configuration it is given: the SFU always bundles, and with aiortc's default
+``balanced`` policy a subscribe offer carrying two video (or two audio)
+m-lines at once leaves the second one on a transport aiortc then discards
+(aiortc #1414): that track never receives anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .frames import EncodedFrame, time_base_for
@@ -121,6 +134,22 @@ class TrackStats:
             self.keyframes += 1
 
 
+def max_bundle(configuration: RTCConfiguration) -> RTCConfiguration:
+    """``configuration`` with ``bundlePolicy=max-bundle`` (see the module docstring)."""
+    if configuration.bundlePolicy == RTCBundlePolicy.MAX_BUNDLE:
+        return configuration
+    return dataclasses.replace(configuration, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+def unbundled_mids(pc: RTCPeerConnection) -> list[str]:
+    """Mids of transceivers not on the connection's one (bundled) transport."""
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        return []
+    primary = transceivers[0].receiver.transport
+    return [str(t.mid) for t in transceivers if t.receiver.transport is not primary]
+
+
 def _codec_capability(kind: str, mime: str) -> list[Any]:
     caps = RTCRtpSender.getCapabilities(kind).codecs
     return [c for c in caps if c.mimeType.lower() in (mime, "video/rtx")]
@@ -147,13 +176,15 @@ class SfuClient:
     ) -> None:
         self.id = participant_id
         self._send = send
-        self._config = rtc_configuration
+        self._config = max_bundle(rtc_configuration)
         self._clips = [c for c in (audio, video) if c is not None]
         self._decode = decode
         self._clock = clock
         self.publish_pc: RTCPeerConnection | None = None
-        self.subscribe_pc = RTCPeerConnection(rtc_configuration)
+        self.subscribe_pc = RTCPeerConnection(self._config)
         self.subscribe_pc.on("track", self._on_track)
+        self.subscribe_pc.on("connectionstatechange", self._on_subscribe_state)
+        self.subscribe_connected_at: float | None = None
         self.tracks: dict[str, ClipTrack] = {}
         self.track_info: dict[str, dict[str, Any]] = {}  # mid -> last `tracks` entry
         self.stats: list[TrackStats] = []
@@ -211,6 +242,13 @@ class SfuClient:
         elif kind == "offer" and message.get("pc") == SUBSCRIBE:
             pc = self.subscribe_pc
             await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+            stray = unbundled_mids(pc)
+            if stray:
+                logger.error(
+                    "SfuClient(%s): m-lines %s are not bundled and will receive nothing",
+                    self.id,
+                    ", ".join(stray),
+                )
             await pc.setLocalDescription(await pc.createAnswer())
             self.subscribe_offers += 1
             sdp = pc.localDescription.sdp
@@ -233,6 +271,10 @@ class SfuClient:
                     self._current.pop(mid, None)
         elif kind == "error":
             self.errors.append(message)
+
+    def _on_subscribe_state(self) -> None:
+        if self.subscribe_pc.connectionState == "connected" and self.subscribe_connected_at is None:
+            self.subscribe_connected_at = self._clock()
 
     def _stats_for(self, mid: str, kind: str) -> TrackStats:
         stats = self._current.get(mid)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from aiortc import RTCConfiguration
 
 from media.aiortc_compat import restrict_host_addresses
 from media.config import MediaConfig
@@ -31,6 +32,12 @@ def config() -> MediaConfig:
 @pytest.fixture(scope="session")
 def video_clip() -> EncodedClip:
     return vp8_clip(frames=90, width=320, height=240, bitrate=300_000, keyframe_every=30)
+
+
+@pytest.fixture(scope="session")
+def rare_keyframe_clip() -> EncodedClip:
+    """A keyframe only every 3 s: a fast first frame must come from a keyframe request."""
+    return vp8_clip(frames=90, width=320, height=240, bitrate=300_000, keyframe_every=90)
 
 
 @pytest.fixture(scope="session")
@@ -67,14 +74,22 @@ class Call:
         self._video = video
         self._audio = audio
 
-    async def join(self, participant_id: str, *, decode: bool = False) -> SfuClient:
+    async def join(
+        self,
+        participant_id: str,
+        *,
+        decode: bool = False,
+        rtc_configuration: RTCConfiguration | None = None,
+    ) -> SfuClient:
+        """A client that publishes at once; ``rtc_configuration`` defaults to the SFU's."""
+
         async def send(message: dict[str, object]) -> None:
             await self.room.handle_signal(participant_id, message)
 
         client = SfuClient(
             participant_id,
             send,
-            rtc_configuration=self.config.rtc_configuration(),
+            rtc_configuration=rtc_configuration or self.config.rtc_configuration(),
             video=self._video,
             audio=self._audio,
             decode=decode,
