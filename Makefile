@@ -3,7 +3,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export HUDDLE_DATABASE_URL ?= sqlite:///var/huddle.db
 
 .PHONY: run test lint format bench services system-deps clean
 
