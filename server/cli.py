@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds (default 1 day)")
     token.add_argument("--secret", help="HS256 secret (default: $HUDDLE_JWT_SECRET)")
     token.set_defaults(run=_token)
+    from media.loadtest.cli import add_arguments as loadtest_arguments
+
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="fill rooms with headless peers and report what the server did",
+        description="Fill rooms with headless aiortc peers (pre-encoded VP8 + Opus, no "
+        "decoding) and report join latency, first frame, fps, bitrate, loss, freezes and "
+        "the server's CPU and memory. Exit status 1 when a threshold is broken.",
+    )
+    loadtest_arguments(loadtest)
     return parser
 
 

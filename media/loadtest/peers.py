@@ -1,0 +1,237 @@
+"""Load peers: an :class:`~media.peers.SfuClient` over the real signaling WebSocket.
+
+:class:`SignaledPeer` is the library form of ``tests/support/sfu_peer.py``: SFU
+messages (``sender_id == "sfu"``) go to the media client, everything else is
+read and dropped here (so nothing piles up over a long run) except ``error``
+and ``call_ended``, which are recorded. It adds what a load run measures:
+when each connection came up, and per-track RTP packet counters.
+
+Publishers send pre-encoded clips (:mod:`media.preencoded`) through
+:class:`~media.peers.ClipTrack`, which answers a PLI with a keyframe from the
+clip; nobody decodes: received frames are counted from the encoded stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from media.peers import SfuClient, TrackStats
+from media.preencoded import EncodedClip
+from media.signals import SFU_ID
+from signaling.client import SignalingClient, SignalingClosed
+
+logger = logging.getLogger(__name__)
+
+PUBLISHER = "publisher"
+SUBSCRIBER = "subscriber"
+
+
+@dataclass(frozen=True)
+class PacketCounts:
+    """RTP packets of one received track, from the receiver's RTCP statistics.
+
+    ``lost`` counts media packets that never arrived on the media SSRC, before
+    any repair: the network (or the server) dropped them. ``retransmitted``
+    counts RTX packets received, i.e. NACK repairs.
+    """
+
+    received: int = 0
+    lost: int = 0
+    retransmitted: int = 0
+
+    @property
+    def expected(self) -> int:
+        return self.received + self.lost
+
+    def __add__(self, other: PacketCounts) -> PacketCounts:
+        return PacketCounts(
+            self.received + other.received,
+            self.lost + other.lost,
+            self.retransmitted + other.retransmitted,
+        )
+
+
+def _receiver_counts(receiver: Any) -> PacketCounts:
+    # aiortc 1.16 keeps per-SSRC statistics privately; getStats() reports only
+    # one SSRC per receiver (RTX overwrites media), so read them directly.
+    streams: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams", {}) or {}
+    rtx: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}) or {}
+    counts = PacketCounts()
+    for ssrc, stream in list(streams.items()):
+        if ssrc in rtx:
+            counts += PacketCounts(retransmitted=int(stream.packets_received))
+        else:
+            counts += PacketCounts(int(stream.packets_received), int(stream.packets_lost))
+    return counts
+
+
+class SignaledPeer:
+    """A headless participant joined over HTTP, signaling and the SFU.
+
+    ``video``/``audio`` are the clips it publishes (both None: it only
+    receives). Construct with :meth:`connect`, then :meth:`publish`.
+    """
+
+    def __init__(
+        self,
+        user_id: str,
+        signaling: SignalingClient,
+        *,
+        video: EncodedClip | None,
+        audio: EncodedClip | None,
+        rtc_configuration: RTCConfiguration | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        started_at: float | None = None,
+    ) -> None:
+        self.user_id = user_id
+        self.signaling = signaling
+        self.role = PUBLISHER if (video is not None or audio is not None) else SUBSCRIBER
+        self._clock = clock
+        self.started_at = clock() if started_at is None else started_at
+        self.media = SfuClient(
+            user_id,
+            signaling.send,
+            rtc_configuration=rtc_configuration or RTCConfiguration(iceServers=[]),
+            video=video,
+            audio=audio,
+            clock=clock,
+        )
+        self.publish_connected_at: float | None = None
+        self.subscribe_connected_at: float | None = None
+        self.failures: list[str] = []
+        self.call_ended: str | None = None
+        self._watch(self.media.subscribe_pc, "subscribe")
+        self._pump = asyncio.get_running_loop().create_task(self._run(), name=f"pump {user_id}")
+
+    @classmethod
+    async def connect(
+        cls,
+        base_url: str,
+        call_id: str,
+        token: str,
+        user_id: str,
+        *,
+        video: EncodedClip | None,
+        audio: EncodedClip | None,
+        session: aiohttp.ClientSession | None = None,
+        rtc_configuration: RTCConfiguration | None = None,
+        started_at: float | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the WebSocket handshake's
+    ) -> SignaledPeer:
+        """Open the signaling socket of a participant that already joined over HTTP."""
+        signaling = await SignalingClient.open(
+            base_url, call_id, token, session=session, timeout=timeout
+        )
+        return cls(
+            user_id,
+            signaling,
+            video=video,
+            audio=audio,
+            rtc_configuration=rtc_configuration,
+            started_at=started_at,
+        )
+
+    # --- actions ---------------------------------------------------------
+
+    async def publish(self) -> None:
+        """Send the publish offer (with no media for a receive-only peer: the SFU
+        admits a participant on its publish offer)."""
+        await self.media.publish()
+        if self.media.publish_pc is not None:
+            self._watch(self.media.publish_pc, "publish")
+
+    # --- state -----------------------------------------------------------
+
+    @property
+    def connected_at(self) -> float | None:
+        """When the connection this peer is here for came up: publish for a
+        publisher, subscribe for a receive-only peer."""
+        if self.role == PUBLISHER:
+            return self.publish_connected_at
+        return self.subscribe_connected_at
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_at is not None and not self.failed
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures)
+
+    def tracks(self) -> dict[tuple[str, str], TrackStats]:
+        """Current stats of every received track, by (source participant, kind)."""
+        out: dict[tuple[str, str], TrackStats] = {}
+        for source, kind in self.media.sources():
+            stats = self.media.received_from(source, kind)
+            if stats is not None:
+                out[(source, kind)] = stats
+        return out
+
+    def packet_counts(self) -> dict[tuple[str, str], PacketCounts]:
+        """RTP packet counters of every received track, by (source participant, kind)."""
+        out: dict[tuple[str, str], PacketCounts] = {}
+        for transceiver in self.media.subscribe_pc.getTransceivers():
+            entry = self.media.track_info.get(str(transceiver.mid))
+            if entry is None:
+                continue
+            key = (str(entry.get("participant_id")), str(entry.get("kind")))
+            out[key] = out.get(key, PacketCounts()) + _receiver_counts(transceiver.receiver)
+        return out
+
+    def _watch(self, pc: RTCPeerConnection, name: str) -> None:
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                now = self._clock()
+                if name == "publish" and self.publish_connected_at is None:
+                    self.publish_connected_at = now
+                elif name == "subscribe" and self.subscribe_connected_at is None:
+                    self.subscribe_connected_at = now
+            elif state == "failed" and not self._closing:
+                self.failures.append(f"{name} connection failed")
+
+    _closing = False
+
+    async def _run(self) -> None:
+        # Bounded by close(): it cancels this task; a closed socket ends it too.
+        while True:
+            try:
+                message = await self.signaling.receive(timeout=60)
+            except TimeoutError:
+                continue
+            except SignalingClosed as exc:
+                if not self._closing and self.call_ended is None:
+                    self.failures.append(f"signaling closed (code {exc.code})")
+                return
+            sender = message.get("sender_id")
+            kind = message.get("type")
+            if sender == SFU_ID:
+                self.media.deliver(message)
+            if kind == "error":
+                self.failures.append(f"{message.get('code')}: {message.get('message')}")
+            elif kind == "call_ended":
+                self.call_ended = str(message.get("reason"))
+
+    async def stop_media(self) -> None:
+        """Stop handling SFU messages and close both peer connections; the
+        signaling socket stays open (to leave over it or over HTTP). Idempotent."""
+        self._closing = True
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        await self.media.close()
+
+    async def close(self) -> None:
+        """Close the media connections and the socket (idempotent)."""
+        await self.stop_media()
+        await self.signaling.close()

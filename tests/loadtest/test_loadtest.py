@@ -1,0 +1,136 @@
+"""``huddle loadtest`` against a real server process: 2 rooms x 3 peers, a few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.loadtest.conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+async def run_cli(*args: str, timeout: float = 180) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli",
+        "--log-level",
+        "WARNING",
+        "loadtest",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for room in report["rooms"] for p in room["peers"]}
+
+
+async def test_two_rooms_of_three_peers(huddle_server: str, tmp_path: Path) -> None:
+    json_path, html_path = tmp_path / "report.json", tmp_path / "report.html"
+    code, out, err = await run_cli(
+        "--url", huddle_server,
+        "--rooms", "2",
+        "--publishers", "2",
+        "--subscribers", "1",
+        "--duration", "4",
+        "--ramp", "6",  # each room's joins 1/3 s apart: offers with several tracks
+        "--settle", "15",
+        # The machine is shared with other suites: fps is checked loosely here.
+        "--min-fps", "5",
+        "--max-loss", "1",
+        "--json", str(json_path),
+        "--html", str(html_path),
+    )  # fmt: skip
+    report = json.loads(json_path.read_text())
+    assert code == 0, f"exit {code}\n{out}\n{err[-3000:]}"
+    assert "huddle loadtest: PASSED" in out
+    assert report["passed"] is True
+    assert all(check["ok"] for check in report["checks"])
+
+    peers = by_name(report)
+    assert sorted(peers) == ["r0-p0", "r0-p1", "r0-s0", "r1-p0", "r1-p1", "r1-s0"]
+    assert len({room["call_id"] for room in report["rooms"]}) == 2
+    for room in report["rooms"]:
+        publishers = {p["user_id"] for p in room["peers"] if p["role"] == "publisher"}
+        for peer in room["peers"]:
+            assert peer["joined"] and not peer["failures"], peer
+            assert 0 < peer["join_latency_s"] < 15
+            # Everyone receives audio and video from every other publisher of its room.
+            wanted = {
+                (pub, kind) for pub in publishers - {peer["user_id"]} for kind in ("audio", "video")
+            }
+            assert {(t["source"], t["kind"]) for t in peer["tracks"]} == wanted
+            assert peer["missing"] == []
+            for track in peer["tracks"]:
+                assert track["frames"] > 20, track
+                assert track["bytes"] > 1000, track
+                assert 0 < track["first_frame_s"] < 10, track
+                assert track["packets_received"] > 0
+                assert track["loss_pct"] is not None and track["loss_pct"] <= 1.0, track
+                if track["kind"] == "video":
+                    assert track["keyframes"] >= 1, track
+                    assert 5 <= track["fps"] <= 40, track
+                    assert 50_000 < track["bitrate_bps"] < 1_000_000, track
+                else:
+                    assert 30 <= track["fps"] <= 60, track  # 20 ms Opus frames
+
+    s = report["summary"]
+    assert s["peers_planned"] == s["peers_joined"] == s["peers_connected"] == 6
+    assert s["tracks_expected"] == s["tracks_receiving"] == 16  # 4 per publisher, 4 per subscriber
+    assert s["tracks_missing"] == 0 and s["peers_failed"] == 0
+    assert s["loss_pct"] is not None and s["loss_pct"] <= 1.0
+    for key in ("join_latency_s", "first_frame_s", "video_fps", "video_bitrate_bps"):
+        dist = s[key]
+        assert dist["min"] <= dist["p50"] <= dist["p95"] <= dist["p99"] <= dist["max"], key
+    assert s["join_latency_s"]["n"] == 6 and s["first_frame_s"]["n"] == 16
+    assert s["video_fps"]["n"] == 8
+    assert 0 < s["server_cpu_pct"]["mean"] < 400
+    assert 10 * 2**20 < s["server_rss_bytes"]["max"] < 4 * 2**30
+    assert report["phases"]["steady_s"] >= 4
+
+    timeline = report["timeline"]
+    assert len(timeline) >= 4
+    assert [p["t"] for p in timeline] == sorted(p["t"] for p in timeline)
+    steady = [p for p in timeline if p["phase"] == "steady"]
+    assert steady and all(p["peers_connected"] == 6 for p in steady)
+    assert all(p["video_fps"] is not None and p["video_fps"] > 0 for p in steady)
+    assert any(p["server_cpu_pct"] is not None for p in steady)
+
+    # The HTML report: charts as inline SVG, nothing to fetch.
+    page = html_path.read_text()
+    assert page.count("<svg") >= 8  # 6 charts + one matrix per room
+    assert "<script" not in page
+    assert not re.search(r"""(src|href)\s*=""", page)
+
+
+async def test_bad_arguments_exit_2_without_running() -> None:
+    code, _, err = await run_cli("--publishers", "1", "--subscribers", "0", timeout=60)
+    assert code == 2
+    assert "at least 2 peers" in err
+
+
+async def test_unreachable_server_exits_2(tmp_path: Path) -> None:
+    from tests.loadtest.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = await run_cli("--url", url, "--duration", "1", timeout=60)
+    assert code == 2
+    assert "cannot reach" in err
