@@ -1,0 +1,750 @@
+"""Forwarding benchmark: 1 publisher → N subscribers, and a 6-person room.
+
+Starts ``bench.sfu.server`` (Huddle's SFU or a naive decode/re-encode relay)
+pinned to core 0 and drives it from load-generator worker processes pinned to
+core 1. The publisher sends pre-encoded ~1 Mbps VP8 640x480 30 fps plus Opus
+(:mod:`bench.sfu.clips`), paced in real time and answering PLIs; subscribers
+never decode (:class:`media.peers.SfuClient`). For each subscriber count it
+waits until every subscriber receives video, warms up, then measures over a
+fixed window:
+
+- server CPU (``utime + stime`` of the server process, all threads, from
+  ``/proc/<pid>/stat``) and load-generator CPU the same way;
+- forwarded RTP packets: the sum of the subscribers' ``inbound-rtp``
+  ``packetsReceived`` (audio + video), so packets, not frames;
+- subscriber video frame rate (mean and worst) and packet loss;
+- µs of server CPU per forwarded packet, absolute and marginal between
+  subscriber counts;
+- then a late joiner's time from joining to its first video and audio frame.
+
+Every wait is bounded; everything stays on 127.0.0.1 with no STUN server.
+
+    python -m bench.sfu.run --mode huddle
+    python -m bench.sfu.run --mode naive --subscribers 0,1,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVER_CORE = 0
+GENERATOR_CORE = 1
+
+logger = logging.getLogger("bench.sfu.run")
+
+
+# --- process accounting -----------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def loadavg() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- worker: holds the peers ------------------------------------------------
+
+
+class Worker:
+    """Publishers and subscribers of one load-generator process."""
+
+    def __init__(self, port: int) -> None:
+        import aiohttp
+
+        from bench.sfu.clips import audio_clip, video_clip
+        from media.aiortc_compat import restrict_host_addresses
+
+        restrict_host_addresses(["127.0.0.1"])
+        self.port = port
+        self.video = video_clip()
+        self.audio = audio_clip()
+        self.session = aiohttp.ClientSession()
+        self.peers: dict[str, Any] = {}  # id -> (client, ws, pump task, joined_at)
+
+    async def join(self, call_id: str, participant_id: str, publish: bool) -> None:
+        from aiortc import RTCConfiguration
+
+        from media.peers import SfuClient
+
+        joined_at = time.monotonic()
+        ws = await self.session.ws_connect(
+            f"http://127.0.0.1:{self.port}/ws/{call_id}/{participant_id}",
+            heartbeat=None,
+            max_msg_size=4 * 1024 * 1024,
+        )
+
+        async def send(message: dict[str, Any]) -> None:
+            await ws.send_json(message)
+
+        client = SfuClient(
+            participant_id,
+            send,
+            rtc_configuration=RTCConfiguration(iceServers=[]),
+            video=self.video if publish else None,
+            audio=self.audio if publish else None,
+        )
+
+        async def pump() -> None:
+            async for msg in ws:
+                if msg.type.name != "TEXT":
+                    return
+                client.deliver(json.loads(msg.data))
+
+        task = asyncio.get_running_loop().create_task(pump())
+        self.peers[participant_id] = (client, ws, task, joined_at)
+        await client.publish()
+
+    async def leave(self, participant_id: str) -> None:
+        entry = self.peers.pop(participant_id, None)
+        if entry is None:
+            return
+        client, ws, task, _ = entry
+        await ws.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+    async def snapshot(self, ids: list[str] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for pid, (client, _, _, joined_at) in list(self.peers.items()):
+            if ids is not None and pid not in ids:
+                continue
+            kinds: dict[str, dict[str, Any]] = {}
+            for kind in ("audio", "video"):
+                tracks = [s for s in client._current.values() if s.kind == kind]
+                firsts = [s.first_frame_at for s in tracks if s.first_frame_at is not None]
+                kinds[kind] = {
+                    "packets": 0,
+                    "lost": 0,
+                    "frames": sum(s.frames for s in tracks),
+                    "per_track_frames": [s.frames for s in tracks],
+                    "keyframes": sum(s.keyframes for s in tracks),
+                    "gaps": sum(s.gaps for s in tracks),
+                    "tracks": len(tracks),
+                    "first_frame_at": min(firsts) if firsts else None,
+                    "announced_to_first": min(
+                        (d for s in tracks if (d := s.first_frame_delay) is not None),
+                        default=None,
+                    ),
+                }
+            # Read the receivers' own counters: getStats() reports a media
+            # stream and its RTX stream under one id, so one hides the other.
+            for transceiver in client.subscribe_pc.getTransceivers():
+                receiver = transceiver.receiver
+                streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+                rtx = set(getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}))
+                entry = kinds.get(str(transceiver.kind))
+                if entry is None:
+                    continue
+                for ssrc, stream in list(streams.items()):
+                    entry["packets"] += stream.packets_received
+                    if ssrc in rtx:
+                        entry["rtx"] = entry.get("rtx", 0) + stream.packets_received
+                    else:
+                        entry["lost"] += stream.packets_lost
+            publisher = client.tracks.get("video")
+            receivers = [t.receiver for t in client.subscribe_pc.getTransceivers()]
+            out[pid] = {
+                # Receivers aiortc never started (a negotiation race): their
+                # packets are dropped by the client's RTP router.
+                "unstarted": sum(
+                    1 for r in receivers if not getattr(r, "_RTCRtpReceiver__started", True)
+                ),
+                "subscribe_state": client.subscribe_pc.connectionState,
+                "joined_at": joined_at,
+                "kinds": kinds,
+                "plis_sent": client.plis_sent,
+                "keyframe_requests": publisher.keyframe_requests if publisher else 0,
+                "keyframes_forced": publisher.keyframes_forced if publisher else 0,
+            }
+        return out
+
+    async def close(self) -> None:
+        for pid in list(self.peers):
+            await self.leave(pid)
+        await self.session.close()
+
+
+async def worker_main(port: int) -> None:
+    """Serve JSON-line commands from stdin, one reply line per command."""
+    worker = Worker(port)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def reply(data: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": os.getpid()})
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            command = json.loads(line)
+            op = command["op"]
+            try:
+                if op == "join":
+                    for pid in command["ids"]:
+                        await worker.join(command["call"], pid, command["publish"])
+                    reply({"ok": True})
+                elif op == "leave":
+                    for pid in command["ids"]:
+                        await worker.leave(pid)
+                    reply({"ok": True})
+                elif op == "snapshot":
+                    reply({"ok": True, "peers": await worker.snapshot(command.get("ids"))})
+                elif op == "exit":
+                    reply({"ok": True})
+                    return
+                else:
+                    reply({"ok": False, "error": f"unknown op {op}"})
+            except Exception as exc:  # reported to the coordinator, which fails the run
+                logger.exception("worker: %s failed", op)
+                reply({"ok": False, "error": repr(exc)})
+    finally:
+        await asyncio.wait_for(worker.close(), 60)
+
+
+# --- coordinator ------------------------------------------------------------
+
+
+class WorkerProc:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.lock = asyncio.Lock()
+
+    async def call(self, command: dict[str, Any], limit_s: float = 120) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with self.lock:
+            self.proc.stdin.write((json.dumps(command) + "\n").encode())
+            await self.proc.stdin.drain()
+            line = await asyncio.wait_for(self.proc.stdout.readline(), limit_s)
+        if not line:
+            raise RuntimeError(f"worker {self.pid} exited")
+        data: dict[str, Any] = json.loads(line)
+        if not data.get("ok", True):
+            raise RuntimeError(f"worker {self.pid}: {data.get('error')}")
+        return data
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    subscribers: int
+    streams: int  # forwarded (track, subscriber) pairs
+    window_s: float
+    server_cpu_s: float
+    generator_cpu_s: float
+    packets: int
+    video_packets: int
+    audio_packets: int
+    lost: int
+    fps_mean: float
+    fps_min: float
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    receiving: int  # subscribers that got video in the window
+    rtx_packets: int = 0  # retransmissions, included in ``packets``
+    stalled: list[dict[str, Any]] = field(default_factory=list)  # tracks under 1 fps
+    server_frames_out: int | None = None
+    late_join: dict[str, float | None] = field(default_factory=dict)
+    publisher_keyframes_forced: int = 0
+
+    @property
+    def server_core(self) -> float:
+        return self.server_cpu_s / self.window_s
+
+    @property
+    def generator_core(self) -> float:
+        return self.generator_cpu_s / self.window_s
+
+    @property
+    def packet_rate(self) -> float:
+        return self.packets / self.window_s
+
+    @property
+    def us_per_packet(self) -> float | None:
+        return self.server_cpu_s / self.packets * 1e6 if self.packets else None
+
+    @property
+    def loss(self) -> float:
+        total = self.packets + self.lost
+        return self.lost / total if total else 0.0
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server: subprocess.Popen[str] | None = None
+        self.server_pid = 0
+        self.workers: list[WorkerProc] = []
+        self.placement: dict[str, WorkerProc] = {}
+        self.port = args.port or free_port()
+        self.session: Any = None
+
+    # processes
+
+    def start_server(self) -> None:
+        cmd = [
+            *self._pin(SERVER_CORE),
+            sys.executable,
+            "-m",
+            "bench.sfu.server",
+            "--mode",
+            self.args.mode,
+            "--port",
+            str(self.port),
+        ]
+        self.server = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        assert self.server.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.server.stdout.readline()
+            if line.startswith("READY"):
+                self.server_pid = int(line.split()[2])
+                return
+            if not line and self.server.poll() is not None:
+                break
+        raise RuntimeError("the server did not start")
+
+    def _pin(self, core: int) -> list[str]:
+        return ["taskset", "-c", str(core)] if self.args.pin else []
+
+    async def start_workers(self) -> None:
+        for _ in range(self.args.procs):
+            proc = await asyncio.create_subprocess_exec(
+                *self._pin(GENERATOR_CORE),
+                sys.executable,
+                "-m",
+                "bench.sfu.run",
+                "--worker",
+                "--port",
+                str(self.port),
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=64 * 1024 * 1024,
+            )
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            ready = json.loads(line)
+            worker = WorkerProc(proc)
+            worker.pid = int(ready["ready"])
+            self.workers.append(worker)
+
+    async def stop(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(Exception):
+                await worker.call({"op": "exit"}, limit_s=90)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker.proc.wait(), 30)
+            if worker.proc.returncode is None:
+                worker.proc.kill()
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+
+    # peers
+
+    async def join(self, call_id: str, ids: list[str], publish: bool) -> None:
+        groups: dict[int, list[str]] = {}
+        for pid in ids:
+            index = min(
+                range(len(self.workers)),
+                key=lambda i: sum(1 for w in self.placement.values() if w is self.workers[i]),
+            )
+            self.placement[pid] = self.workers[index]
+            groups.setdefault(index, []).append(pid)
+        await asyncio.gather(
+            *(
+                self.workers[i].call({"op": "join", "call": call_id, "ids": g, "publish": publish})
+                for i, g in groups.items()
+            )
+        )
+
+    async def leave(self, ids: list[str]) -> None:
+        groups: dict[int, list[str]] = {}
+        for pid in ids:
+            worker = self.placement.pop(pid)
+            groups.setdefault(self.workers.index(worker), []).append(pid)
+        await asyncio.gather(
+            *(self.workers[i].call({"op": "leave", "ids": g}) for i, g in groups.items())
+        )
+
+    async def snapshot(self, ids: list[str] | None = None) -> dict[str, Any]:
+        replies = await asyncio.gather(
+            *(w.call({"op": "snapshot", "ids": ids}) for w in self.workers)
+        )
+        peers: dict[str, Any] = {}
+        for data in replies:
+            peers.update(data["peers"])
+        return peers
+
+    async def server_stats(self) -> dict[str, Any]:
+        import aiohttp
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        async with self.session.get(f"http://127.0.0.1:{self.port}/stats") as response:
+            data: dict[str, Any] = await response.json()
+            return data
+
+    async def wait_receiving(self, ids: list[str], tracks: int, limit_s: float) -> int:
+        """Until each of ``ids`` receives video on ``tracks`` tracks; returns how many do."""
+        deadline = time.monotonic() + limit_s
+        count = 0
+        while True:
+            snap = await self.snapshot(ids)
+            count = sum(
+                1
+                for pid in ids
+                if (v := snap.get(pid, {}).get("kinds", {}).get("video"))
+                and v["tracks"] >= tracks
+                and all(f > 0 for f in v["per_track_frames"])
+            )
+            if count == len(ids) or time.monotonic() > deadline:
+                return count
+            await asyncio.sleep(1.0)
+
+    # measurement
+
+    async def measure(
+        self, scenario: str, subscribers: list[str], streams: int, publisher: str | None
+    ) -> Measurement:
+        cpu_pids = [w.pid for w in self.workers]
+        load_before = loadavg()
+        snap0 = await self.snapshot()
+        stats0 = await self.server_stats()
+        t0 = time.monotonic()
+        server0 = cpu_seconds(self.server_pid)
+        gen0 = sum(cpu_seconds(p) for p in cpu_pids)
+        await asyncio.sleep(self.args.window)
+        server1 = cpu_seconds(self.server_pid)
+        gen1 = sum(cpu_seconds(p) for p in cpu_pids)
+        t1 = time.monotonic()
+        stats1 = await self.server_stats()
+        snap1 = await self.snapshot()
+        load_after = loadavg()
+        wall = t1 - t0
+        totals: Counter[str] = Counter()
+        fps: list[float] = []
+        stalled: list[dict[str, Any]] = []
+        receiving = 0
+        for pid in subscribers:
+            a, b = snap0.get(pid), snap1.get(pid)
+            if a is None or b is None:
+                continue
+            for kind in ("audio", "video"):
+                ka, kb = a["kinds"][kind], b["kinds"][kind]
+                totals[f"{kind}_packets"] += kb["packets"] - ka["packets"]
+                totals["lost"] += max(0, kb["lost"] - ka["lost"])
+                totals["rtx"] += kb.get("rtx", 0) - ka.get("rtx", 0)
+            fa = a["kinds"]["video"]["per_track_frames"]
+            fb = b["kinds"]["video"]["per_track_frames"]
+            if len(fa) == len(fb):
+                rates = [(y - x) / wall for x, y in zip(fa, fb, strict=True)]
+                fps.extend(rates)
+                receiving += int(bool(rates) and min(rates) > 0)
+                if rates and min(rates) < 1:
+                    stalled.append({"id": pid, "fps": [round(r, 1) for r in rates]})
+        forced = 0
+        if publisher is not None and publisher in snap0 and publisher in snap1:
+            forced = snap1[publisher]["keyframes_forced"] - snap0[publisher]["keyframes_forced"]
+        frames_out = None
+        if "frames_out" in stats0:
+            frames_out = stats1["frames_out"] - stats0["frames_out"]
+        return Measurement(
+            scenario=scenario,
+            subscribers=len(subscribers),
+            streams=streams,
+            window_s=wall,
+            server_cpu_s=server1 - server0,
+            generator_cpu_s=gen1 - gen0,
+            packets=totals["audio_packets"] + totals["video_packets"],
+            video_packets=totals["video_packets"],
+            audio_packets=totals["audio_packets"],
+            lost=totals["lost"],
+            fps_mean=sum(fps) / len(fps) if fps else 0.0,
+            fps_min=min(fps) if fps else 0.0,
+            load_before=load_before,
+            load_after=load_after,
+            receiving=receiving,
+            rtx_packets=totals["rtx"],
+            stalled=stalled,
+            server_frames_out=frames_out,
+            publisher_keyframes_forced=forced,
+        )
+
+    async def late_join(self, call_id: str, pid: str, limit_s: float) -> dict[str, float | None]:
+        await self.join(call_id, [pid], publish=False)
+        deadline = time.monotonic() + limit_s
+        result: dict[str, float | None] = {"video_s": None, "audio_s": None}
+        while time.monotonic() < deadline:
+            snap = (await self.snapshot([pid])).get(pid)
+            if snap is not None:
+                joined = snap["joined_at"]
+                for kind in ("audio", "video"):
+                    first = snap["kinds"][kind]["first_frame_at"]
+                    if first is not None:
+                        result[f"{kind}_s"] = first - joined
+                        result[f"{kind}_after_announce_s"] = snap["kinds"][kind][
+                            "announced_to_first"
+                        ]
+                if result["video_s"] is not None and result["audio_s"] is not None:
+                    break
+            await asyncio.sleep(0.05)
+        await self.leave([pid])
+        return result
+
+    async def profile(self, seconds: float, out: Path) -> None:
+        """py-spy the server for ``seconds`` (pinned to the generator's core)."""
+        spy = Path(sys.executable).with_name("py-spy")
+        cmd = [
+            *self._pin(GENERATOR_CORE),
+            str(spy),
+            "record",
+            "--pid",
+            str(self.server_pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--threads",
+            "-o",
+            str(out),
+        ]
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
+        await asyncio.wait_for(proc.wait(), seconds + 60)
+
+
+async def wait_quiet(max_load: float, max_wait: float) -> dict[str, Any]:
+    """Wait (bounded) until the 1-minute load average is below ``max_load``."""
+    start = time.monotonic()
+    first = loadavg()
+    for _ in range(int(max_wait // 5)):
+        if loadavg()[0] <= max_load:
+            break
+        await asyncio.sleep(5)
+    return {
+        "load_at_start": first,
+        "load_when_started": loadavg(),
+        "waited_s": round(time.monotonic() - start),
+        "quiet": loadavg()[0] <= max_load,
+    }
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line y = a + b x."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
+async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.sfu.clips import audio_clip, video_clip
+
+    if args.pin:
+        os.sched_setaffinity(0, {GENERATOR_CORE})
+    video = video_clip()  # fills the cache before the workers start
+    audio = audio_clip()
+    conditions = await wait_quiet(args.max_load, args.quiet_wait)
+    print(f"conditions: {conditions}", flush=True)
+    bench = Bench(args)
+    results: list[Measurement] = []
+    profile: dict[str, Any] | None = None
+    try:
+        bench.start_server()
+        await bench.start_workers()
+        counts = sorted({int(n) for n in args.subscribers.split(",") if n.strip()})
+        if counts:
+            call = "fanout"
+            await bench.join(call, ["pub"], publish=True)
+            await asyncio.sleep(2)
+            subs: list[str] = []
+            for n in counts:
+                new = [f"sub{i}" for i in range(len(subs), n)]
+                # In batches, so the join storm does not distort the window.
+                for start in range(0, len(new), 8):
+                    await bench.join(call, new[start : start + 8], publish=False)
+                    await asyncio.sleep(0.5)
+                subs += new
+                got = await bench.wait_receiving(subs, 1, args.join_timeout) if subs else 0
+                await asyncio.sleep(args.warmup)
+                m = await bench.measure("fanout", subs, 2 * n, "pub")
+                m.receiving = min(m.receiving, got) if subs else 0
+                if args.profile and n == counts[-1]:
+                    out = Path(args.profile)
+                    await bench.profile(args.window, out)
+                    profile = {"file": str(out), "subscribers": n}
+                if n > 0:
+                    m.late_join = await bench.late_join(call, f"late{n}", args.join_timeout)
+                results.append(m)
+                print(summary_line(m), flush=True)
+            await bench.leave(["pub", *subs])
+            await asyncio.sleep(3)
+        if args.room > 0:
+            call = "room"
+            members = [f"member{i}" for i in range(args.room)]
+            # One at a time: an aiortc client that gets a second subscribe
+            # offer while its first DTLS handshake is still running never
+            # starts the new receiver (see RESULTS.md), which is a load
+            # generator artefact, not something a browser does.
+            for i, member in enumerate(members):
+                await bench.join(call, [member], publish=True)
+                await bench.wait_receiving(members[: i + 1], i, args.join_timeout)
+            got = await bench.wait_receiving(members, args.room - 1, args.join_timeout)
+            await asyncio.sleep(args.warmup)
+            m = await bench.measure("room", members, 2 * args.room * (args.room - 1), None)
+            m.receiving = min(m.receiving, got)
+            m.late_join = await bench.late_join(call, "late-room", args.join_timeout)
+            results.append(m)
+            print(summary_line(m), flush=True)
+            await bench.leave(members)
+    finally:
+        if bench.session is not None:
+            await bench.session.close()
+        await bench.stop()
+    return {
+        "mode": args.mode,
+        "conditions": conditions,
+        "clip": {
+            "video_mbps": round(video.bitrate / 1e6, 3),
+            "video_frames": len(video.frames),
+            "audio_kbps": round(audio.bitrate / 1e3, 1),
+        },
+        "window_s": args.window,
+        "measurements": [
+            {
+                **asdict(m),
+                "server_core": m.server_core,
+                "generator_core": m.generator_core,
+                "packet_rate": m.packet_rate,
+                "us_per_packet": m.us_per_packet,
+                "loss": m.loss,
+            }
+            for m in results
+        ],
+        "derived": derive(results),
+        "profile": profile,
+    }
+
+
+def derive(results: list[Measurement]) -> dict[str, Any]:
+    """Marginal µs per forwarded packet and extrapolated streams per core."""
+    fan = [m for m in results if m.scenario == "fanout" and m.subscribers > 0]
+    out: dict[str, Any] = {}
+    if len(fan) >= 2:
+        lo, hi = fan[0], fan[-1]
+        dpk = hi.packet_rate - lo.packet_rate
+        out["marginal_us_per_packet"] = (
+            (hi.server_core - lo.server_core) / dpk * 1e6 if dpk > 0 else None
+        )
+        out["marginal_between"] = [lo.subscribers, hi.subscribers]
+        steps = []
+        for a, b in itertools.pairwise(fan):
+            d = b.packet_rate - a.packet_rate
+            steps.append(
+                {
+                    "from": a.subscribers,
+                    "to": b.subscribers,
+                    "us_per_packet": (b.server_core - a.server_core) / d * 1e6 if d > 0 else None,
+                }
+            )
+        out["steps"] = steps
+        intercept, slope = fit([(m.subscribers, m.server_core) for m in fan])
+        out["fit_core_fixed"] = intercept
+        out["fit_core_per_subscriber"] = slope
+        if slope > 0:
+            per_core = (1 - intercept) / slope
+            out["subscribers_per_core"] = per_core
+            out["streams_per_core"] = 2 * per_core
+    return out
+
+
+def summary_line(m: Measurement) -> str:
+    us = f"{m.us_per_packet:.1f}" if m.us_per_packet else "-"
+    return (
+        f"{m.scenario} N={m.subscribers}: server {m.server_core * 100:.1f}% "
+        f"gen {m.generator_core * 100:.1f}% pkts/s {m.packet_rate:.0f} µs/pkt {us} "
+        f"fps {m.fps_mean:.1f}/{m.fps_min:.1f} loss {m.loss * 100:.2f}% "
+        f"recv {m.receiving}/{m.subscribers} late {m.late_join} load {m.load_before[0]:.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("huddle", "naive"), default="huddle")
+    parser.add_argument("--subscribers", default="0,1,8,32,64", help="comma-separated counts")
+    parser.add_argument("--room", type=int, default=6, help="room size (0 to skip)")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--window", type=float, default=15.0)
+    parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--join-timeout", type=float, default=60.0)
+    parser.add_argument("--max-load", type=float, default=1.0, help="wait for this 1-min load")
+    parser.add_argument("--quiet-wait", type=float, default=300.0, help="at most this long")
+    parser.add_argument("--no-pin", dest="pin", action="store_false")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--profile", help="py-spy raw output of the server at the largest N")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    import uvloop
+
+    if args.worker:
+        uvloop.run(worker_main(args.port))
+        return 0
+    if args.pin and (os.cpu_count() or 1) < 2:
+        parser.error("needs 2 cores (or --no-pin)")
+    result = uvloop.run(coordinate(args))
+    text = json.dumps(result, indent=2, default=str)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(json.dumps(result["derived"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""The server side of the forwarding benchmark: Huddle's SFU or a naive relay.
+
+One process, meant to run pinned to one core (``taskset -c 0``), hosting
+either
+
+* ``--mode huddle``: :class:`media.sfu.Sfu`, exactly as ``huddle serve`` wires
+  it (uvloop, ``MediaConfig`` with loopback ICE), minus the HTTP API and the
+  database, which do nothing while media flows; or
+* ``--mode naive``: the textbook aiortc relay, i.e. normal ``RTCPeerConnection``
+  receivers (which decode) and ``addTrack(MediaRelay().subscribe(track))`` on
+  every subscriber connection (which re-encodes), speaking the same
+  publish/subscribe protocol so the load generator drives both identically.
+
+Signaling is one WebSocket per participant at ``/ws/{call_id}/{participant_id}``
+carrying the SFU messages of ``docs/protocol.md`` (``target_id == "sfu"``
+traffic) as JSON; closing it removes the participant. Loopback only, no STUN.
+
+    taskset -c 0 python -m bench.sfu.server --mode huddle --port 8790
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamTrack
+
+from media.aiortc_compat import restrict_host_addresses
+from media.config import MediaConfig
+from media.errors import MediaError
+from media.sfu import Sfu
+from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
+
+logger = logging.getLogger("bench.sfu.server")
+
+NEGOTIATION_TIMEOUT = 30.0
+
+
+class WsHub:
+    """Server → client delivery: one WebSocket per (call, participant)."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[tuple[str, str], web.WebSocketResponse] = {}
+
+    async def send(self, call_id: str, participant_id: str, message: Message) -> None:
+        ws = self.sockets.get((call_id, participant_id))
+        if ws is not None and not ws.closed:
+            await ws.send_json({**message, "sender_id": SFU_ID})
+
+
+class NaivePeer:
+    """One participant of the naive relay: decode on publish, encode per subscriber."""
+
+    def __init__(self, relay: NaiveRelay, call_id: str, participant_id: str) -> None:
+        self.relay = relay
+        self.call_id = call_id
+        self.id = participant_id
+        config = RTCConfiguration(iceServers=[])
+        self.publish_pc = RTCPeerConnection(config)
+        self.subscribe_pc = RTCPeerConnection(config)
+        self.tracks: list[MediaStreamTrack] = []
+        self.publish_pc.on("track", self.tracks.append)
+        self._subscribed: set[str] = set()
+        self._owners: dict[int, tuple[str, str]] = {}  # id(sender) -> (publisher, kind)
+        self._dirty = asyncio.Event()
+        self._answer: asyncio.Future[RTCSessionDescription] | None = None
+        self._task = asyncio.get_running_loop().create_task(self._negotiate_loop())
+
+    def refresh(self) -> None:
+        self._dirty.set()
+
+    async def handle_publish_offer(self, message: Message) -> None:
+        pc = self.publish_pc
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.relay.hub.send(
+            self.call_id,
+            self.id,
+            {"type": "answer", "pc": PUBLISH, "sdp": pc.localDescription.sdp},
+        )
+
+    def handle_subscribe_answer(self, message: Message) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(RTCSessionDescription(sdp=message["sdp"], type="answer"))
+
+    async def _negotiate_loop(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                try:
+                    await self._negotiate_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("naive %s: negotiation failed", self.id)
+
+    async def _negotiate_once(self) -> None:
+        pc = self.subscribe_pc
+        added = False
+        for other in list(self.relay.rooms.get(self.call_id, {}).values()):
+            if other is self:
+                continue
+            for track in list(other.tracks):
+                if track.id in self._subscribed or track.readyState != "live":
+                    continue
+                self._subscribed.add(track.id)
+                # buffered=False: the encoder takes the latest decoded frame
+                # (dropping raw frames is harmless; the relay's best case).
+                sender = pc.addTrack(self.relay.media_relay.subscribe(track, buffered=False))
+                self._owners[id(sender)] = (other.id, str(track.kind))
+                added = True
+        if not added:
+            return
+        await pc.setLocalDescription(await pc.createOffer())
+        tracks = []
+        for transceiver in pc.getTransceivers():
+            owner = self._owners.get(id(transceiver.sender))
+            if owner is not None:
+                tracks.append(
+                    {
+                        "participant_id": owner[0],
+                        "stream_id": owner[0],
+                        "kind": owner[1],
+                        "mid": transceiver.mid,
+                    }
+                )
+        self._answer = asyncio.get_running_loop().create_future()
+        await self.relay.hub.send(self.call_id, self.id, {"type": "tracks", "tracks": tracks})
+        await self.relay.hub.send(
+            self.call_id,
+            self.id,
+            {"type": "offer", "pc": SUBSCRIBE, "sdp": pc.localDescription.sdp},
+        )
+        answer = await asyncio.wait_for(self._answer, NEGOTIATION_TIMEOUT)
+        self._answer = None
+        await pc.setRemoteDescription(answer)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.publish_pc.close()
+        await self.subscribe_pc.close()
+
+
+class NaiveRelay:
+    """Rooms of :class:`NaivePeer`; everyone receives everyone else's tracks."""
+
+    def __init__(self, hub: WsHub) -> None:
+        self.hub = hub
+        self.media_relay = MediaRelay()
+        self.rooms: dict[str, dict[str, NaivePeer]] = {}
+
+    async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
+        room = self.rooms.setdefault(call_id, {})
+        peer = room.get(participant_id)
+        if peer is None:
+            peer = room[participant_id] = NaivePeer(self, call_id, participant_id)
+        kind, pc = message.get("type"), message.get("pc")
+        if kind == "offer" and pc == PUBLISH:
+            await peer.handle_publish_offer(message)
+            for other in room.values():
+                other.refresh()
+        elif kind == "answer" and pc == SUBSCRIBE:
+            peer.handle_subscribe_answer(message)
+
+    async def remove_participant(self, call_id: str, participant_id: str) -> None:
+        peer = self.rooms.get(call_id, {}).pop(participant_id, None)
+        if peer is not None:
+            await peer.close()
+
+    async def close(self) -> None:
+        for room in self.rooms.values():
+            for peer in list(room.values()):
+                await peer.close()
+        self.rooms.clear()
+
+
+class HuddleBackend:
+    """Huddle's :class:`Sfu` behind the benchmark's WebSocket signaling."""
+
+    def __init__(self, hub: WsHub) -> None:
+        config = MediaConfig(ice_hosts=("127.0.0.1",), ice_servers=(), max_participants=500)
+        self.sfu = Sfu(config, hub)
+
+    async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
+        await self.sfu.handle_signal(call_id, participant_id, message)
+
+    async def remove_participant(self, call_id: str, participant_id: str) -> None:
+        await self.sfu.remove_participant(call_id, participant_id)
+
+    async def close(self) -> None:
+        await self.sfu.close()
+
+    def stats(self) -> dict[str, Any]:
+        frames_out = 0
+        subscribers = 0
+        for room in self.sfu.rooms.values():
+            for participant in room.participants.values():
+                for slot in participant._slots:
+                    frames_out += slot.down.frames_out
+                    subscribers += 1
+        return {"down_tracks": subscribers, "frames_out": frames_out}
+
+
+def make_app(mode: str) -> web.Application:
+    hub = WsHub()
+    backend: HuddleBackend | NaiveRelay
+    if mode == "huddle":
+        backend = HuddleBackend(hub)
+    else:
+        restrict_host_addresses(["127.0.0.1"])
+        RTCRtpSender.getCapabilities("video")  # import the codecs before measuring
+        backend = NaiveRelay(hub)
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        call_id = request.match_info["call_id"]
+        participant_id = request.match_info["participant_id"]
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=4 * 1024 * 1024)
+        await ws.prepare(request)
+        hub.sockets[(call_id, participant_id)] = ws
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    break
+                message = msg.json()
+                try:
+                    await backend.handle_signal(call_id, participant_id, message)
+                except MediaError as exc:
+                    await ws.send_json({"type": "error", "code": exc.code, "message": str(exc)})
+        finally:
+            if hub.sockets.get((call_id, participant_id)) is ws:
+                del hub.sockets[(call_id, participant_id)]
+            await backend.remove_participant(call_id, participant_id)
+        return ws
+
+    async def stats_handler(request: web.Request) -> web.Response:
+        data: dict[str, Any] = {"mode": mode, "pid": os.getpid()}
+        if isinstance(backend, HuddleBackend):
+            data.update(backend.stats())
+        return web.json_response(data)
+
+    async def cleanup(app: web.Application) -> None:
+        await backend.close()
+
+    app = web.Application()
+    app.router.add_get("/ws/{call_id}/{participant_id}", ws_handler)
+    app.router.add_get("/stats", stats_handler)
+    app.on_cleanup.append(cleanup)
+    return app
+
+
+async def serve(mode: str, port: int) -> None:
+    runner = web.AppRunner(make_app(mode), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    print(f"READY {port} {os.getpid()}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await asyncio.wait_for(runner.cleanup(), 30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("huddle", "naive"), required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if not args.no_uvloop:
+        import uvloop  # huddle serve runs on uvloop too
+
+        uvloop.install()
+    asyncio.run(serve(args.mode, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
