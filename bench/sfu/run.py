@@ -627,10 +627,9 @@ async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
         if args.room > 0:
             call = "room"
             members = [f"member{i}" for i in range(args.room)]
-            # One at a time: an aiortc client that gets a second subscribe
-            # offer while its first DTLS handshake is still running never
-            # starts the new receiver (see RESULTS.md), which is a load
-            # generator artefact, not something a browser does.
+            # One at a time, so every member's first subscribe offer already
+            # carries all earlier members (see RESULTS.md: aiortc #1414 once
+            # left a receiver unstarted here).
             for i, member in enumerate(members):
                 await bench.join(call, [member], publish=True)
                 await bench.wait_receiving(members[: i + 1], i, args.join_timeout)
