@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -37,6 +37,67 @@ logger = logging.getLogger(__name__)
 
 FORWARDABLE = frozenset({"audio/opus", "video/vp8", "video/h264"})
 _AIORTC_ERRORS = (ValueError, InternalError, InvalidAccessError, InvalidStateError, OperationError)
+# Remote candidates held for a connection without a remote description yet (a
+# browser gathers a handful per connection; more means a misbehaving client).
+MAX_HELD_CANDIDATES = 64
+
+
+def ice_ufrag(sdp: str) -> str | None:
+    """The first ``a=ice-ufrag`` of an SDP (one per bundle: the session's ICE username)."""
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line[len("a=ice-ufrag:") :].strip()
+    return None
+
+
+class HeldCandidates:
+    """Remote ICE candidates of one connection, held until it has a remote description.
+
+    Trickled candidates can overtake the description they belong to (the
+    subscribe answer is applied by the negotiation task, after
+    ``handle_subscribe_answer`` returned). aiortc adds such a candidate to the
+    ICE transport but cannot record it in the remote description and warns;
+    on a connection without transceivers yet it drops it. So candidates are
+    held, at most ``limit`` of them, and added in arrival order by
+    :meth:`release` once the remote description is set; later ones go straight
+    through.
+    """
+
+    def __init__(self, pc: RTCPeerConnection, name: str, limit: int = MAX_HELD_CANDIDATES) -> None:
+        self._pc = pc
+        self._name = name
+        self._limit = limit
+        self._held: list[RTCIceCandidate] = []
+        self._released = False
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    async def add(self, candidate: RTCIceCandidate) -> None:
+        if not self._released:
+            if len(self._held) >= self._limit:
+                raise BadSignal(
+                    f"more than {self._limit} {self._name} ICE candidates before its description"
+                )
+            self._held.append(candidate)
+            return
+        try:
+            await self._pc.addIceCandidate(candidate)
+        except _AIORTC_ERRORS as exc:
+            raise BadSignal(f"cannot add ICE candidate: {exc}") from exc
+
+    async def release(self) -> None:
+        """The remote description is set: add the held candidates, in order."""
+        # Candidates arriving while this awaits are still held, so appended
+        # behind the others and added by this loop: arrival order is kept.
+        while self._held:
+            candidate = self._held.pop(0)
+            try:
+                await self._pc.addIceCandidate(candidate)
+            except _AIORTC_ERRORS as exc:
+                logger.warning("ignoring a bad held %s ICE candidate: %s", self._name, exc)
+        self._released = True
 
 
 class Participant:
@@ -64,6 +125,9 @@ class Participant:
         self._publish_pc.on("connectionstatechange", self._on_publish_state)
         self._subscribe_pc.on("connectionstatechange", self._on_subscribe_state)
         self._publish_lock = asyncio.Lock()
+        self._publish_ufrag: str | None = None
+        self._publish_candidates = HeldCandidates(self._publish_pc, PUBLISH)
+        self._subscribe_candidates = HeldCandidates(self._subscribe_pc, SUBSCRIBE)
         self._up_tracks: dict[str, UpTrack] = {}
         self._retired: list[UpTrack] = []
         self._slots: list[Slot] = []
@@ -98,6 +162,27 @@ class Participant:
 
     # --- publish ---------------------------------------------------------
 
+    def is_new_session(self, message: Message) -> bool:
+        """Whether a publish offer starts over rather than renegotiates.
+
+        aiortc has no ICE restart, so a client whose SFU connection failed
+        closes both connections and offers from a fresh one: a new ICE
+        username. An offer to a publish connection that is failed or closed
+        cannot be applied to it either.
+        """
+        if self.closed:
+            return True
+        pc = self._publish_pc
+        if pc.signalingState == "closed" or pc.connectionState in ("failed", "closed"):
+            return True
+        if self._publish_ufrag is None:
+            return False  # no offer applied yet: this is the first
+        sdp = message.get("sdp")
+        ufrag = ice_ufrag(sdp) if isinstance(sdp, str) else None
+        # Without a ufrag the offer is malformed: let applying it fail on the
+        # session it was sent to rather than tear that session down.
+        return ufrag is not None and ufrag != self._publish_ufrag
+
     async def handle_publish_offer(self, message: Message) -> None:
         description = parse_description(message, "offer")
         async with self._publish_lock:
@@ -109,6 +194,8 @@ class Participant:
                 await self._publish_pc.setLocalDescription(answer)
             except _AIORTC_ERRORS as exc:
                 raise BadSignal(f"cannot apply publish offer: {exc}") from exc
+            self._publish_ufrag = ice_ufrag(description.sdp)
+            await self._publish_candidates.release()
             self._sync_published()
             sdp = announce_ip(self._publish_pc.localDescription.sdp, self._config.announced_ip)
         await self._send(description_message("answer", PUBLISH, sdp))
@@ -240,21 +327,20 @@ class Participant:
             return
         for slot in self._slots:
             slot.activate_pending()
+        await self._subscribe_candidates.release()
 
     # --- ICE -------------------------------------------------------------
 
     async def handle_candidate(self, pc_name: str, message: Message) -> None:
+        """Add a trickled remote candidate, held until its description is applied."""
         candidate = parse_candidate(message)
-        if candidate is None:
+        if candidate is None or self.closed:
             return
-        try:
-            if pc_name == PUBLISH:
-                async with self._publish_lock:
-                    await self._publish_pc.addIceCandidate(candidate)
-            else:
-                await self._subscribe_pc.addIceCandidate(candidate)
-        except _AIORTC_ERRORS as exc:
-            raise BadSignal(f"cannot add ICE candidate: {exc}") from exc
+        if pc_name == PUBLISH:
+            async with self._publish_lock:
+                await self._publish_candidates.add(candidate)
+        else:
+            await self._subscribe_candidates.add(candidate)
 
     # --- lifecycle -------------------------------------------------------
 

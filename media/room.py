@@ -109,6 +109,13 @@ class Room:
                 participant = await self.add_participant(participant_id)
             else:
                 raise UnknownParticipant(f"{participant_id} is not in room {self.id}")
+        elif kind == "offer" and pc == PUBLISH and participant.is_new_session(message):
+            # The client rebuilt its SFU session (aiortc has no ICE restart):
+            # start it over like a rejoin. The old connections close, the
+            # others stop receiving the old tracks and get the new ones once
+            # published, and the new participant gets a fresh subscribe offer.
+            logger.info("%r: %s starts a new session", self, participant_id)
+            participant = await self.add_participant(participant_id)
         if kind == "offer":
             if pc != PUBLISH:
                 raise BadSignal("the server offers on 'subscribe'; clients offer on 'publish'")
