@@ -91,25 +91,25 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         yield
         await store.close()
 
-    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The call service, with rate limits counted in Redis when several nodes
+        share it, else in process."""
+        redis: Redis | None = None
         limiter: RateLimiter
         if config.redis_url is None:
             logger.info("using single-node routing: in-process bus and rate limits")
             limiter = LocalRateLimiter()
-            app[CALLS] = CallService(store, config.limits, metrics, limiter, events, clock)
-            yield
-            return
-        redis = Redis.from_url(config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        app[REDIS] = redis
-
-        async def redis_ping() -> None:
-            await redis.ping()
-
-        readiness.add("redis", redis_ping)
-        limiter = RedisRateLimiter(redis)
+        else:
+            redis = Redis.from_url(config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+            app[REDIS] = redis
+            readiness.add("redis", redis.ping)
+            limiter = RedisRateLimiter(redis)
         app[CALLS] = CallService(store, config.limits, metrics, limiter, events, clock)
-        yield
-        await redis.aclose()
+        try:
+            yield
+        finally:
+            if redis is not None:
+                await redis.aclose()
 
     async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:
         notifier = create_notifier(
@@ -133,9 +133,9 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     async def on_shutdown(app: web.Application) -> None:
         readiness.shutting_down = True
 
-    app.cleanup_ctx.extend([store_ctx, notifier_ctx, redis_ctx, workers_ctx])
+    app.cleanup_ctx.extend([store_ctx, notifier_ctx, calls_ctx, workers_ctx])
     app.on_shutdown.append(on_shutdown)
-    setup_signaling(app)  # after redis_ctx: the hub needs app[CALLS]
+    setup_signaling(app)  # after calls_ctx: the hub needs app[CALLS]
     setup_media(app)  # after signaling: the SFU attaches to the hub, closes before it
     app.add_routes(misc_routes.routes)
     app.add_routes(call_routes.routes)

@@ -1,7 +1,7 @@
 """How the app factory plugs signaling in: the route, the hub's context, shutdown.
 
 ``create_app`` calls :func:`setup_signaling` once, after its own contexts (the
-hub needs the call service that ``redis_ctx`` creates). One node: ``LocalBus``
+hub needs the call service that ``calls_ctx`` creates). One node: ``LocalBus``
 and ``LocalPlacement``. ``HUDDLE_REDIS_URL`` set: ``RedisBus`` and
 ``RedisPlacement`` on a Redis client of the hub's own, without command retries
 so an outage shows at once instead of stalling every publish.
