@@ -25,11 +25,16 @@ from typing import Any
 
 import aioice.ice
 import aiortc
+import aiortc.codecs.vpx
+import aiortc.rtcdtlstransport
 import aiortc.rtcrtpreceiver
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+import aiortc.rtcrtpsender
+import aiortc.rtp
+from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtp import HeaderExtensionsMap
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,40 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (H264Encoder, "attr", "_packetize"),
     (H264Encoder, "attr", "_split_bitstream"),
     (aioice.ice, "attr", "get_host_addresses"),
+    # media.fastsend: the SFU's own RTP send loop and retransmission
+    (RTCRtpSender, "code:send", "_run_rtp"),
+    (RTCRtpSender, "code:_handle_rtcp_packet", "_retransmit"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__rtp_started"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__rtp_exited"),
+    (RTCRtpSender, "code:replaceTrack", "_RTCRtpSender__track"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__mid"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__rtp_header_extensions_map"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__rtx_payload_type"),
+    (RTCRtpSender, "code:__init__", "_ssrc"),
+    (RTCRtpSender, "code:__init__", "_rtx_ssrc"),
+    (RTCRtpSender, "code:__init__", "_enabled"),
+    (RTCRtpSender, "code:_run_rtcp", "_RTCRtpSender__ntp_timestamp"),
+    (RTCRtpSender, "code:_run_rtcp", "_RTCRtpSender__rtp_timestamp"),
+    (RTCRtpSender, "code:_run_rtcp", "_RTCRtpSender__octet_count"),
+    (RTCRtpSender, "code:_run_rtcp", "_RTCRtpSender__packet_count"),
+    (aiortc.rtcrtpsender, "attr", "random_sequence_number"),
+    (aiortc.rtp, "attr", "RTP_HISTORY_SIZE"),
+    (HeaderExtensionsMap, "attr", "set"),
+    (aiortc.codecs.vpx, "attr", "PACKET_MAX"),
+    (Vp8Encoder, "code:_packetize", "PACKET_MAX"),
+    (RTCDtlsTransport, "code:__init__", "_tx_srtp"),
+    (RTCDtlsTransport, "code:__init__", "_state"),
+    (RTCDtlsTransport, "code:__init__", "_RTCDtlsTransport__tx_bytes"),
+    (RTCDtlsTransport, "code:__init__", "_RTCDtlsTransport__tx_packets"),
+    (RTCDtlsTransport, "code:_send_rtp", "_tx_srtp"),
+    (aiortc.rtcdtlstransport, "attr", "State"),
+    (RTCIceTransport, "code:__init__", "_connection"),
+    (aioice.ice.Connection, "code:__init__", "_nominated"),
+    (aioice.ice.Connection, "code:sendto", "_nominated"),
+    (aioice.ice.CandidatePair, "code:__init__", "protocol"),
+    (aioice.ice.CandidatePair, "attr", "remote_addr"),
+    (aioice.ice, "attr", "StunProtocol"),
+    (aioice.ice.StunProtocol, "code:send_data", "transport"),
 )
 
 

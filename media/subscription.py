@@ -14,6 +14,7 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
+from .fastsend import install_fast_rtp
 from .forwarder import DownTrack, UpTrack
 from .metrics import MediaMetrics
 from .packer import install_packer
@@ -46,7 +47,9 @@ class Slot:
         self.transceiver: RTCRtpTransceiver = pc.addTransceiver(self.down, direction="sendonly")
         self.transceiver.setCodecPreferences(codec_preferences(up))
         sender = self.transceiver.sender
-        install_packer(sender, up.mime_type, up.codec.clockRate)
+        packer = install_packer(sender, up.mime_type, up.codec.clockRate)
+        # A lean send loop instead of aiortc's (media.fastsend).
+        self.fast = install_fast_rtp(sender, packer)
         # A subscriber's PLI/FIR would set a flag only the encode path reads:
         # relay it to the publisher instead.
         sender._send_keyframe = self.down.request_keyframe  # type: ignore[method-assign]

@@ -1,0 +1,102 @@
+"""media.fastsend builds the same packets aiortc's own sender would."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from aiortc import RTCRtpSender
+from aiortc.clock import current_ntp_time
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
+
+from media.fastsend import FastRtp, ntp_now
+from media.frames import EncodedFrame, time_base_for
+from media.packer import Packer, shared_vp8_chunks
+
+
+class _Transport:
+    state = "new"
+    _RTCDtlsTransport__tx_bytes = 0
+    _RTCDtlsTransport__tx_packets = 0
+
+
+def _sender() -> tuple[RTCRtpSender, HeaderExtensionsMap]:
+    sender = RTCRtpSender("video", _Transport())  # type: ignore[arg-type]
+    params = RTCRtpParameters(
+        headerExtensions=[
+            RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+            RTCRtpHeaderExtensionParameters(
+                id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+            ),
+        ]
+    )
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(params)
+    getattr(sender, "_RTCRtpSender__rtp_header_extensions_map").configure(params)  # noqa: B009
+    setattr(sender, "_RTCRtpSender__mid", "3")  # noqa: B010
+    return sender, ext_map
+
+
+def _fast(sender: RTCRtpSender) -> FastRtp:
+    from media.fastsend import _Layout
+
+    fast = FastRtp(sender, Packer("video/vp8", 90000))
+    fast.payload_type = 96
+    fast.sequence_number = 65534  # wraps inside the frame
+    fast.timestamp_origin = 0xFFFFFF00
+    fast.layout = _Layout(sender)
+    return fast
+
+
+async def test_vp8_packets_match_aiortc() -> None:
+    sender, ext_map = _sender()
+    fast = _fast(sender)
+    data = random.Random(1).randbytes(5000)
+    frame = EncodedFrame(data, 9000, time_base_for(90000), True)
+    picture_id = fast.packer.picture_id
+    before = current_ntp_time() >> 14
+    packets = [RtpPacket.parse(p, ext_map) for p in fast._packets(frame)]
+    after = current_ntp_time() >> 14
+
+    expected = Vp8Encoder._packetize(data, picture_id)
+    assert [p.payload for p in packets] == expected
+    assert [p.sequence_number for p in packets] == [65534, 65535, 0, 1]
+    assert [p.marker for p in packets] == [0, 0, 0, 1]
+    assert {p.timestamp for p in packets} == {(0xFFFFFF00 + 9000) & 0xFFFFFFFF}
+    assert {p.payload_type for p in packets} == {96}
+    assert {p.ssrc for p in packets} == {sender._ssrc}
+    for p in packets:
+        assert p.extensions.mid == "3"
+        assert p.extensions.abs_send_time is not None
+        assert (before - 1) & 0xFFFFFF <= p.extensions.abs_send_time <= (after + 1) & 0xFFFFFF
+    assert fast.packer.picture_id == (picture_id + 1) % (1 << 15)
+    # the split is shared between subscribers
+    assert shared_vp8_chunks(data) is shared_vp8_chunks(data)
+    assert abs(ntp_now() - current_ntp_time()) < (1 << 32) // 100  # within 10 ms
+
+
+async def test_retransmission_matches_wrap_rtx() -> None:
+    sender, ext_map = _sender()
+    fast = _fast(sender)
+    setattr(sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
+    frame = EncodedFrame(b"\x10" + bytes(2000), 3000, time_base_for(90000), False)
+    originals = [RtpPacket.parse(p, ext_map) for p in fast._packets(frame)]
+    sent: list[bytes] = []
+
+    def capture(data: bytes) -> Any:
+        sent.append(data)
+        return None
+
+    fast._send = capture  # type: ignore[method-assign]
+    rtx_seq = fast.rtx_sequence_number
+    await fast.retransmit(originals[1].sequence_number)
+    await fast.retransmit(1234)  # not in the history: ignored
+    assert len(sent) == 1
+    expected = wrap_rtx(
+        originals[1], payload_type=97, sequence_number=rtx_seq, ssrc=sender._rtx_ssrc
+    ).serialize(ext_map)
+    assert sent[0] == expected
+    await asyncio.sleep(0)
