@@ -99,6 +99,7 @@ class FastRtp:
         self.timestamp_origin = 0
         self.packets_sent = 0
         self.retransmitted = 0
+        self.direct_frames = 0  # sent from the fan-out by send_now
         self.tx_bytes = 0  # protected bytes not yet added to the DTLS transport's stats
 
     def _flush_stats(self, packets: int) -> None:
@@ -209,6 +210,7 @@ class FastRtp:
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
             return False
+        self.direct_frames += 1
         try:
             packets = self._packets(frame)
             protect = dtls._tx_srtp.protect

@@ -134,6 +134,9 @@ class DownTrack(MediaStreamTrack):
         self._offset: int | None = None
         self._last_pts: int | None = None  # last queued
         self._last_sent_pts: int | None = None  # last handed to the sender
+        # Set by the subscriber's sender: sends a frame at once when it can
+        # (returns False to have it queued for the sender's loop instead).
+        self.direct: Callable[[EncodedFrame], bool] | None = None
         self.frames_out = 0
         self.bytes_out = 0
         self.skips = 0
@@ -193,7 +196,13 @@ class DownTrack(MediaStreamTrack):
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1
         self._last_pts = pts
-        queue.append(EncodedFrame(frame.data, pts, frame.time_base, frame.keyframe))
+        out = EncodedFrame(frame.data, pts, frame.time_base, frame.keyframe)
+        direct = self.direct
+        if direct is not None and not queue and direct(out):
+            # Sent synchronously by the subscriber's sender (media.fastsend).
+            self._sent(out)
+            return
+        queue.append(out)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -209,15 +218,19 @@ class DownTrack(MediaStreamTrack):
             finally:
                 self._waiter = None
         frame = queue.popleft()
+        self._sent(frame)
+        return frame
+
+    def _sent(self, frame: EncodedFrame) -> None:
         self._last_sent_pts = frame.pts
         self.frames_out += 1
         self.bytes_out += len(frame.data)
         self._metrics.packets_forwarded(self.kind, 1, len(frame.data))
-        return frame
 
     def stop(self) -> None:
         """End the track for good (only when its sender goes too)."""
         self.detach()
+        self.direct = None
         super().stop()
         waiter = self._waiter
         if waiter is not None and not waiter.done():

@@ -48,8 +48,10 @@ class Slot:
         self.transceiver.setCodecPreferences(codec_preferences(up))
         sender = self.transceiver.sender
         packer = install_packer(sender, up.mime_type, up.codec.clockRate)
-        # A lean send loop instead of aiortc's (media.fastsend).
+        # A lean send loop instead of aiortc's (media.fastsend), which also
+        # sends straight from the publisher's fan-out while it has no backlog.
         self.fast = install_fast_rtp(sender, packer)
+        self.down.direct = self.fast.send_now
         # A subscriber's PLI/FIR would set a flag only the encode path reads:
         # relay it to the publisher instead.
         sender._send_keyframe = self.down.request_keyframe  # type: ignore[method-assign]

@@ -13,8 +13,27 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
 
 from media.fastsend import FastRtp, ntp_now
+from media.forwarder import DownTrack
 from media.frames import EncodedFrame, time_base_for
 from media.packer import Packer, shared_vp8_chunks
+
+from .conftest import Call, eventually
+
+
+async def test_room_sends_from_the_fan_out(call: Call) -> None:
+    for name in ("ana", "ben"):
+        await call.join(name)
+    slots = call.room.participants["ben"]._slots
+    assert slots
+
+    def direct() -> bool:
+        return all(slot.fast.direct_frames > 10 for slot in slots)
+
+    await eventually(direct, what="frames sent synchronously from the fan-out")
+    stats = call.clients["ben"].received_from("ana", "video")
+    assert stats is not None and stats.frames > 0
+    down: DownTrack = slots[0].down
+    assert down.frames_out >= slots[0].fast.direct_frames
 
 
 class _Transport:
