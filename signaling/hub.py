@@ -15,6 +15,13 @@ Envelopes on ``call:{call_id}`` (``kind``):
 - ``sync`` ``{node}``: ``node`` just subscribed; the others answer with their
   ``presence``.
 - ``sfu`` ``{owner, participant_id, message}``: for the SFU of the owning node only.
+
+A ``deliver`` to one participant (``to``) and an ``sfu`` envelope concern one
+node only: they go to that node's channel ``huddle:node:{node_id}`` (the
+participant's node as the ``presence`` envelopes tell it, the room's owner),
+and straight to the socket when it is on this node. Only while the
+participant's node is unknown does a targeted ``deliver`` take the call channel.
+Broadcasts (lifecycle events, ``presence``, ``sync``) always do.
 """
 
 from __future__ import annotations
@@ -259,8 +266,8 @@ class SignalingHub:
             elif target == pid:
                 raise SignalError(ErrorCode.INVALID_TARGET, "a message cannot target its sender")
             else:
-                await self._bus.publish(
-                    call_id, {"kind": "deliver", "message": message, "to": target}
+                await self._deliver_to(
+                    call_id, target, {"kind": "deliver", "message": message, "to": target}
                 )
 
     # -- the SFU's side -------------------------------------------------------------------
@@ -270,8 +277,8 @@ class SignalingHub:
         socket. Stamps ``sender_id: "sfu"``; lost (and logged) while the bus is down."""
         out = stamp(dict(message), sender_id=SFU_ID, call_id=call_id)
         try:
-            await self._bus.publish(
-                call_id, {"kind": "deliver", "message": out, "to": participant_id}
+            await self._deliver_to(
+                call_id, participant_id, {"kind": "deliver", "message": out, "to": participant_id}
             )
         except BusUnavailable as exc:
             logger.warning("Call(%s) SFU message to %s lost: %s", call_id, participant_id, exc)
@@ -298,6 +305,7 @@ class SignalingHub:
             await self._bus.publish(
                 call_id,
                 {"kind": "sfu", "owner": owner, "participant_id": pid, "message": message},
+                node=owner,
             )
 
     async def _sfu_signal(self, call_id: str, pid: str, message: Message) -> None:
@@ -320,7 +328,7 @@ class SignalingHub:
         error = error_message(code, text, call_id=call_id, request_id=about.get("id"))
         self.metrics.error(code)
         with contextlib.suppress(BusUnavailable):
-            await self._bus.publish(call_id, {"kind": "deliver", "message": error, "to": pid})
+            await self._deliver_to(call_id, pid, {"kind": "deliver", "message": error, "to": pid})
 
     async def _close_room(self, call_id: str) -> None:
         if call_id not in self._placement.owned:
@@ -512,6 +520,16 @@ class SignalingHub:
             await self._maybe_unsubscribe(call_id)
 
     # -- subscriptions and presence -------------------------------------------------------
+
+    async def _deliver_to(self, call_id: str, pid: str, envelope: Envelope) -> None:
+        """A ``deliver`` for one participant: to its socket when it is on this node,
+        else on its node's channel when known, else on the call's channel.
+        Raises :class:`BusUnavailable`."""
+        if pid in self._conns.get(call_id, {}):
+            await self._on_deliver(call_id, envelope)
+            return
+        node = self._remote.get(call_id, {}).get(pid)
+        await self._bus.publish(call_id, envelope, node=node)
 
     def _needs_channel(self, call_id: str) -> bool:
         return (

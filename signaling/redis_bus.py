@@ -1,7 +1,9 @@
 """The message bus over Redis pub/sub, for several nodes.
 
 One pub/sub connection per node carries every call channel this node serves
-(``call:{call_id}``); publishing uses the ordinary connection pool. When the
+(``call:{call_id}``) and the node's own channel (``huddle:node:{node_id}``,
+envelopes for this node only, each naming its ``call_id``); publishing uses the
+ordinary connection pool. When the
 pub/sub connection breaks, the hub hears :meth:`BusListener.on_bus_down` (and
 tells its clients ``signaling_degraded``); a reader task reconnects with
 backoff, subscribes to every wanted channel again, and reports
@@ -22,11 +24,11 @@ from redis.exceptions import RedisError
 
 from signaling.bus import (
     CALL_CHANNEL,
-    NODE_CHANNEL,
     BusListener,
     BusUnavailable,
     Envelope,
     call_channel,
+    node_channel,
 )
 from signaling.metrics import SignalingMetrics
 
@@ -50,7 +52,7 @@ class RedisBus:
     ) -> None:
         self._redis = redis
         self._metrics = metrics
-        self._node_channel = NODE_CHANNEL.format(node_id=node_id)
+        self._node_channel = node_channel(node_id)
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._subscribe_timeout_s = subscribe_timeout_s
@@ -74,10 +76,15 @@ class RedisBus:
             async with asyncio.timeout(self._subscribe_timeout_s):
                 await self._connected.wait()
 
-    async def publish(self, call_id: str, envelope: Envelope) -> None:
-        data = json.dumps(envelope, separators=(",", ":"))
+    async def publish(self, call_id: str, envelope: Envelope, *, node: str | None = None) -> None:
+        if node is None:
+            channel = call_channel(call_id)
+            data = json.dumps(envelope, separators=(",", ":"))
+        else:
+            channel = node_channel(node)
+            data = json.dumps({**envelope, "call_id": call_id}, separators=(",", ":"))
         try:
-            await self._redis.publish(call_channel(call_id), data)
+            await self._redis.publish(channel, data)
         except _CONNECTION_ERRORS as exc:
             self._metrics.bus_publish_failed.inc()
             raise BusUnavailable(f"Redis publish failed: {exc}") from exc
@@ -197,15 +204,27 @@ class RedisBus:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
-        if kind != "message" or not channel.startswith(_PREFIX):
+        if kind != "message":
             return
-        call_id = channel[len(_PREFIX) :]
+        if channel == self._node_channel:
+            call_id = None
+        elif channel.startswith(_PREFIX):
+            call_id = channel[len(_PREFIX) :]
+        else:
+            return
         try:
             envelope = json.loads(message["data"])
         except (TypeError, ValueError):
             logger.warning("dropping a malformed bus message on %s", channel)
             return
-        if self._listener is not None and isinstance(envelope, dict):
+        if not isinstance(envelope, dict):
+            return
+        if call_id is None:
+            call_id = envelope.pop("call_id", None)
+            if not isinstance(call_id, str):
+                logger.warning("dropping a node message without call_id")
+                return
+        if self._listener is not None:
             try:
                 await self._listener.on_bus_message(call_id, envelope)
             except Exception:

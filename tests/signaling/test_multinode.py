@@ -9,11 +9,16 @@ clients reconnecting.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
+
+from signaling.bus import call_channel, node_channel
+from tests.support.services import REDIS_URL
 
 from signaling.client import SignalingClient
 from tests.signaling.cluster import Cluster, cluster
@@ -92,6 +97,40 @@ async def test_offer_answer_ice_across_two_nodes(nodes: Sessions) -> None:
         await b.receive("ice_candidate", timeout=10, where=lambda m: m["candidate"] is not None)
         await a.receive("ice_candidate", timeout=10)
     assert (await b.receive("ice_candidate", timeout=10))["candidate"] is None
+
+
+async def test_targeted_messages_go_to_the_target_node_only(
+    two_nodes: Cluster, nodes: Sessions
+) -> None:
+    call_id, (ana, bob) = await call_between(nodes, "ana", "bob")
+    watcher = Redis.from_url(REDIS_URL)
+    pubsub = watcher.pubsub()
+    channels = [call_channel(call_id), node_channel(two_nodes.nodes[1].name)]
+    await pubsub.subscribe(*channels)
+    try:
+        a = await nodes.ws(0, call_id, ana)
+        b = await nodes.ws(1, call_id, bob)
+        # Node 1 knows bob's node once it told ana that bob is online.
+        await a.receive("presence", timeout=10, where=lambda m: m["online"])
+        await a.send(offer(bob.user_id))
+        assert (await b.receive("offer", timeout=10))["sender_id"] == ana.user_id
+        seen: dict[str, list[dict[str, Any]]] = {channel: [] for channel in channels}
+        while (message := await pubsub.get_message(timeout=0.5)) is not None:
+            if message["type"] == "message":
+                envelope = json.loads(message["data"])
+                seen[message["channel"].decode()].append(envelope)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await watcher.aclose()
+
+    def offers(channel: str) -> list[dict[str, Any]]:
+        return [e for e in seen[channel] if e.get("message", {}).get("type") == "offer"]
+
+    # The offer travelled on bob's node's channel only, naming its call; the
+    # call channel carried the broadcasts (presence, sync).
+    assert [e["call_id"] for e in offers(channels[1])] == [call_id]
+    assert offers(channels[0]) == []
+    assert any(e["kind"] == "presence" for e in seen[channels[0]])
 
 
 async def test_lifecycle_events_cross_nodes(nodes: Sessions) -> None:
