@@ -160,9 +160,13 @@ class Connection:
             self._pinged = True
             ping = stamp({"type": "ping"}, sender_id=SERVER_ID, call_id=self.call_id)
             return encode(ping)
+        if not self._queue.empty():
+            return self._queue.get_nowait()  # busy socket: no timer, no task
         deadline = self._last_heard + (self._drop_after_s if self._pinged else self._ping_after_s)
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout=max(0.0, deadline - now))
+            # asyncio.timeout, not wait_for: wait_for makes a task per call (3.11).
+            async with asyncio.timeout(max(0.0, deadline - now)):
+                return await self._queue.get()
         except TimeoutError:
             return None
 
