@@ -2,8 +2,10 @@
 
 One pub/sub connection per node carries every call channel this node serves
 (``call:{call_id}``) and the node's own channel (``huddle:node:{node_id}``,
-envelopes for this node only, each naming its ``call_id``); publishing uses the
-ordinary connection pool. When the
+envelopes for this node only, each naming its ``call_id``). Publishes are
+queued and sent by one flusher task, everything queued meanwhile in one
+pipeline (one write, one round trip), in the order they were made; each
+``publish`` returns once Redis acknowledged its batch. When the
 pub/sub connection breaks, the hub hears :meth:`BusListener.on_bus_down` (and
 tells its clients ``signaling_degraded``); a reader task reconnects with
 backoff, subscribes to every wanted channel again, and reports
@@ -63,6 +65,8 @@ class RedisBus:
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ever_connected = False
+        self._outbox: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -83,11 +87,33 @@ class RedisBus:
         else:
             channel = node_channel(node)
             data = json.dumps({**envelope, "call_id": call_id}, separators=(",", ":"))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append((channel, data, done))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="signaling:redis-publish")
+        await done
+
+    async def _flush(self) -> None:
+        """Send what is queued, batch after batch, until nothing is."""
+        batch: list[tuple[str, str, asyncio.Future[None]]] = []
         try:
-            await self._redis.publish(channel, data)
-        except _CONNECTION_ERRORS as exc:
-            self._metrics.bus_publish_failed.inc()
-            raise BusUnavailable(f"Redis publish failed: {exc}") from exc
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                pipe = self._redis.pipeline(transaction=False)
+                for channel, data, _ in batch:
+                    pipe.publish(channel, data)
+                try:
+                    await pipe.execute()
+                except _CONNECTION_ERRORS as exc:
+                    self._metrics.bus_publish_failed.inc(len(batch))
+                    _settle(batch, f"Redis publish failed: {exc}")
+                else:
+                    _settle(batch, None)
+        finally:
+            self._flusher = None
+            # Cancelled (close): nobody will send these.
+            _settle(batch + self._outbox, "the message bus is closed")
+            self._outbox.clear()
 
     async def subscribe(self, call_id: str) -> None:
         """Returns once Redis confirmed the subscription, or at once while degraded
@@ -123,6 +149,10 @@ class RedisBus:
                 logger.debug("Redis unsubscribe failed (reconnect drops it): %s", exc)
 
     async def close(self) -> None:
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -242,6 +272,17 @@ class RedisBus:
             if not waiter.done():
                 waiter.set_exception(BusUnavailable("Redis pub/sub connection lost"))
                 waiter.exception()  # retrieved: nobody may be waiting any more
+
+
+def _settle(batch: list[tuple[str, str, asyncio.Future[None]]], error: str | None) -> None:
+    """Wake the publishers of a batch (skipping those already woken or cancelled)."""
+    for _, _, done in batch:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(BusUnavailable(error))
 
 
 def _text(value: object) -> str:
