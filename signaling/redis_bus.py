@@ -4,8 +4,9 @@ One pub/sub connection per node carries every call channel this node serves
 (``call:{call_id}``) and the node's own channel (``huddle:node:{node_id}``,
 envelopes for this node only, each naming its ``call_id``). Publishes are
 queued and sent by one flusher task, everything queued meanwhile in one
-pipeline (one write, one round trip), in the order they were made; each
-``publish`` returns once Redis acknowledged its batch. When the
+pipeline (one write, one round trip), in the order they were made, with each
+run of envelopes for the same channel sent as one JSON list; each ``publish``
+returns once Redis acknowledged its batch. When the
 pub/sub connection breaks, the hub hears :meth:`BusListener.on_bus_down` (and
 tells its clients ``signaling_degraded``); a reader task reconnects with
 backoff, subscribes to every wanted channel again, and reports
@@ -100,7 +101,7 @@ class RedisBus:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
                 pipe = self._redis.pipeline(transaction=False)
-                for channel, data, _ in batch:
+                for channel, data in _coalesce(batch):
                     pipe.publish(channel, data)
                 try:
                     await pipe.execute()
@@ -243,22 +244,25 @@ class RedisBus:
         else:
             return
         try:
-            envelope = json.loads(message["data"])
+            payload = json.loads(message["data"])
         except (TypeError, ValueError):
             logger.warning("dropping a malformed bus message on %s", channel)
             return
-        if not isinstance(envelope, dict):
-            return
-        if call_id is None:
-            call_id = envelope.pop("call_id", None)
-            if not isinstance(call_id, str):
-                logger.warning("dropping a node message without call_id")
-                return
-        if self._listener is not None:
-            try:
-                await self._listener.on_bus_message(call_id, envelope)
-            except Exception:
-                logger.exception("Call(%s) bus message handler failed", call_id)
+        # One envelope, or a list of envelopes published back to back.
+        for envelope in payload if isinstance(payload, list) else (payload,):
+            if not isinstance(envelope, dict):
+                continue
+            envelope_call = call_id
+            if envelope_call is None:
+                envelope_call = envelope.pop("call_id", None)
+                if not isinstance(envelope_call, str):
+                    logger.warning("dropping a node message without call_id")
+                    continue
+            if self._listener is not None:
+                try:
+                    await self._listener.on_bus_message(envelope_call, envelope)
+                except Exception:
+                    logger.exception("Call(%s) bus message handler failed", envelope_call)
 
     async def _tell_down(self) -> None:
         if self._listener is not None:
@@ -272,6 +276,19 @@ class RedisBus:
             if not waiter.done():
                 waiter.set_exception(BusUnavailable("Redis pub/sub connection lost"))
                 waiter.exception()  # retrieved: nobody may be waiting any more
+
+
+def _coalesce(batch: list[tuple[str, str, asyncio.Future[None]]]) -> list[tuple[str, str]]:
+    """Runs of envelopes for the same channel as one JSON list each: fewer
+    messages for Redis and every subscriber to parse, and the order unchanged."""
+    out: list[tuple[str, str]] = []
+    run: list[str] = []
+    for index, (channel, data, _) in enumerate(batch):
+        run.append(data)
+        if index + 1 == len(batch) or batch[index + 1][0] != channel:
+            out.append((channel, run[0] if len(run) == 1 else "[" + ",".join(run) + "]"))
+            run = []
+    return out
 
 
 def _settle(batch: list[tuple[str, str, asyncio.Future[None]]], error: str | None) -> None:

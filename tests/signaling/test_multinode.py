@@ -18,13 +18,12 @@ import pytest
 from redis.asyncio import Redis
 
 from signaling.bus import call_channel, node_channel
-from tests.support.services import REDIS_URL
-
 from signaling.client import SignalingClient
 from tests.signaling.cluster import Cluster, cluster
 from tests.signaling.messages import answer, candidate, end_of_candidates, offer
 from tests.support.api import Api, User
 from tests.support.polling import eventually
+from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -117,8 +116,9 @@ async def test_targeted_messages_go_to_the_target_node_only(
         seen: dict[str, list[dict[str, Any]]] = {channel: [] for channel in channels}
         while (message := await pubsub.get_message(timeout=0.5)) is not None:
             if message["type"] == "message":
-                envelope = json.loads(message["data"])
-                seen[message["channel"].decode()].append(envelope)
+                payload = json.loads(message["data"])  # one envelope or a list
+                envelopes = payload if isinstance(payload, list) else [payload]
+                seen[message["channel"].decode()].extend(envelopes)
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await watcher.aclose()
