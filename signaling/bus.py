@@ -9,7 +9,8 @@ channel instead, so the other nodes of the call never decode it.
 One node: :class:`LocalBus` (the default). Several: :class:`~signaling.redis_bus.RedisBus`.
 
 Envelopes are JSON objects; ``kind`` says what the receiving hub does with one
-(see :mod:`signaling.hub`).
+(see :mod:`signaling.hub`). Over Redis, one message carries one envelope or a
+JSON list of envelopes published back to back for the same channel.
 """
 
 from __future__ import annotations
