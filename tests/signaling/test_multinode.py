@@ -120,7 +120,7 @@ async def test_targeted_messages_go_to_the_target_node_only(
                 envelopes = payload if isinstance(payload, list) else [payload]
                 seen[message["channel"].decode()].extend(envelopes)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await watcher.aclose()
 
     def offers(channel: str) -> list[dict[str, Any]]:
