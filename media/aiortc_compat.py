@@ -30,6 +30,8 @@ import aiortc.rtcdtlstransport
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import aiortc.rtp
+import pylibsrtp
+import pylibsrtp._binding
 from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
@@ -104,6 +106,11 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (aioice.ice.CandidatePair, "attr", "remote_addr"),
     (aioice.ice, "attr", "StunProtocol"),
     (aioice.ice.StunProtocol, "code:send_data", "transport"),
+    # media.udpout: in-place SRTP through pylibsrtp's session and binding
+    (pylibsrtp.Session, "code:__init__", "_srtp"),
+    (pylibsrtp._binding.lib, "attr", "srtp_protect"),
+    # media.loadtest: a receiver's remote streams (which publisher it carries)
+    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
 )
 
 
@@ -130,6 +137,13 @@ def check_aiortc() -> None:
     if aiortc.__version__ != AIORTC_VERSION:
         problems.append(f"aiortc {aiortc.__version__} installed, {AIORTC_VERSION} required")
     problems += [f"missing {name}" for name in _missing_names()]
+    protect = getattr(pylibsrtp._binding.lib, "srtp_protect", None)
+    if protect is not None:
+        args = [a.cname for a in pylibsrtp._binding.ffi.typeof(protect).args]
+        if args != ["struct srtp_ctx_t_ *", "void *", "int *"]:
+            problems.append(
+                f"pylibsrtp's srtp_protect takes ({', '.join(args)}), not libsrtp 2's in-place API"
+            )
     if problems:
         raise RuntimeError(
             "media: the SFU relies on private aiortc names that this installation "

@@ -32,6 +32,9 @@ class MediaConfig:
     this many seconds; extra requests are deferred and coalesced, never dropped.
     ``subscriber_queue_size``: frames buffered per subscriber track before it
     skips to the next keyframe.
+    ``udp_gso``: send a video frame's packets to a subscriber in one UDP GSO
+    ``sendmsg`` (falls back to one datagram per packet where the kernel
+    refuses); off sends one datagram per packet.
     ``incomplete_frame_timeout``: how long the forwarding buffer waits for the
     missing packets of a video frame before dropping it and asking for a keyframe.
     """
@@ -44,6 +47,7 @@ class MediaConfig:
     incomplete_frame_timeout: float = 0.2
     negotiation_timeout: float = 30.0
     max_participants: int = 10
+    udp_gso: bool = True
     #: Called for each new peer connection; adds servers whose credentials are
     #: short-lived (TURN REST), so a long-running node never hands out stale ones.
     ice_servers_provider: Callable[[], Sequence[IceServer]] | None = field(

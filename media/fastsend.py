@@ -15,9 +15,10 @@ forwarding sender all of that is per-subscriber, per-packet overhead.
   block (mid + abs-send-time) laid out once per sender with aiortc's own
   ``HeaderExtensionsMap``; abs-send-time is computed once per frame with
   ``time.time()`` arithmetic (all packets of a frame go out back to back);
-- protects with the DTLS transport's SRTP session and hands the datagram to
-  the selected candidate pair's UDP transport directly (TURN pairs still go
-  through aioice's ``send_data``);
+- protects with the DTLS transport's SRTP session, in place, and sends a
+  frame's packets to the selected candidate pair's socket in one UDP GSO
+  ``sendmsg`` (:mod:`media.udpout`; TURN pairs still go through aioice's
+  ``send_data``, one packet at a time);
 - keeps a 128-packet history of the unprotected packets for NACK, answered
   with RTX (or a plain resend when RTX was not negotiated), and updates the
   counters aiortc's own ``_run_rtcp`` puts in sender reports.
@@ -44,6 +45,7 @@ from aiortc.utils import random32
 
 from .frames import EncodedFrame
 from .packer import Packer, shared_vp8_chunks
+from .udpout import DatagramOut
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +89,11 @@ class _Layout:
 class FastRtp:
     """The replacement send loop and retransmission of one forwarding sender."""
 
-    def __init__(self, sender: RTCRtpSender, packer: Packer) -> None:
+    def __init__(self, sender: RTCRtpSender, packer: Packer, *, gso: bool = True) -> None:
         self.sender = sender
         self.packer = packer
+        self.gso = gso
+        self.out: DatagramOut | None = None
         self.history: list[tuple[int, bytes, int] | None] = [None] * RTP_HISTORY_SIZE
         self.rtx_sequence_number = random_sequence_number()
         self.layout: _Layout | None = None
@@ -195,6 +199,39 @@ class FastRtp:
         setattr(sender, name, getattr(sender, name) + len(packets))
         return packets
 
+    def _udp_out(self) -> DatagramOut | None:
+        """The in-place SRTP + GSO output for the selected pair, if it is plain UDP.
+
+        None while DTLS is not connected, when the pair relays through TURN,
+        or when someone wrapped the transport's send (loss simulation in
+        tests): those go through :meth:`_send`, one packet at a time.
+        """
+        dtls = self.sender.transport
+        if dtls._state != DtlsState.CONNECTED or "_send_rtp" in dtls.__dict__:
+            return None
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
+            return None
+        session = dtls._tx_srtp
+        transport = pair.protocol.transport
+        addr = pair.remote_addr
+        out = self.out
+        if out is not None and out.matches(session, transport, addr):
+            return out
+        if out is not None:
+            out.close()
+        self.out = out = DatagramOut(session, transport, addr, gso=self.gso)
+        return out
+
+    def _emit(self, packets: list[bytes]) -> bool:
+        """Send ``packets`` through the UDP output; False when there is none."""
+        out = self._udp_out()
+        if out is None:
+            return False
+        self.tx_bytes += out.send(packets)
+        self._flush_stats(len(packets))
+        return True
+
     def send_now(self, frame: EncodedFrame) -> bool:
         """Send ``frame`` synchronously, from the publisher's fan-out, if possible.
 
@@ -204,22 +241,13 @@ class FastRtp:
         """
         if not self.running or not self.sender._enabled:
             return False
-        dtls = self.sender.transport
-        if dtls._state != DtlsState.CONNECTED or "_send_rtp" in dtls.__dict__:
-            return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
-            return False
-        self.direct_frames += 1
         try:
+            out = self._udp_out()
+            if out is None:
+                return False
+            self.direct_frames += 1
             packets = self._packets(frame)
-            protect = dtls._tx_srtp.protect
-            sendto = pair.protocol.transport.sendto
-            addr = pair.remote_addr
-            for data in packets:
-                protected = protect(data)
-                self.tx_bytes += len(protected)
-                sendto(protected, addr)
+            self.tx_bytes += out.send(packets)
             self._flush_stats(len(packets))
         except Exception:
             # Never let one subscriber break the publisher's fan-out.
@@ -240,6 +268,7 @@ class FastRtp:
             logger.exception("forwarding sender failed")
         finally:
             self.running = False
+            self.close()
         track = getattr(sender, "_RTCRtpSender__track")  # noqa: B009
         if track is not None:
             track.stop()
@@ -264,11 +293,19 @@ class FastRtp:
             if not sender._enabled:
                 continue
             packets = self._packets(frame)
+            if self._emit(packets):
+                continue
             for data in packets:
                 pending = self._send(data)
                 if pending is not None:
                     await pending
             self._flush_stats(len(packets))
+
+    def close(self) -> None:
+        """Release the UDP output's socket duplicate (idempotent)."""
+        out, self.out = self.out, None
+        if out is not None:
+            out.close()
 
     async def retransmit(self, sequence_number: int) -> None:
         entry = self.history[sequence_number % RTP_HISTORY_SIZE]
@@ -297,9 +334,9 @@ class FastRtp:
         self._flush_stats(1)
 
 
-def install_fast_rtp(sender: RTCRtpSender, packer: Packer) -> FastRtp:
+def install_fast_rtp(sender: RTCRtpSender, packer: Packer, *, gso: bool = True) -> FastRtp:
     """Make ``sender`` (not yet started) send through :class:`FastRtp`."""
-    fast = FastRtp(sender, packer)
+    fast = FastRtp(sender, packer, gso=gso)
     sender._run_rtp = fast.run_rtp  # type: ignore[method-assign]
     sender._retransmit = fast.retransmit  # type: ignore[method-assign]
     return fast

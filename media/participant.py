@@ -276,7 +276,13 @@ class Participant:
                 free.reuse(up)
             else:
                 self._slots.append(
-                    Slot(self._subscribe_pc, up, self._config.subscriber_queue_size, self._metrics)
+                    Slot(
+                        self._subscribe_pc,
+                        up,
+                        self._config.subscriber_queue_size,
+                        self._metrics,
+                        gso=self._config.udp_gso,
+                    )
                 )
             changed = True
         return changed

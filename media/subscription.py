@@ -39,7 +39,13 @@ class Slot:
     """A subscriber transceiver and the down track its sender reads."""
 
     def __init__(
-        self, pc: RTCPeerConnection, up: UpTrack, queue_size: int, metrics: MediaMetrics
+        self,
+        pc: RTCPeerConnection,
+        up: UpTrack,
+        queue_size: int,
+        metrics: MediaMetrics,
+        *,
+        gso: bool = True,
     ) -> None:
         self.kind = up.kind
         self.mime_type = up.mime_type
@@ -50,7 +56,7 @@ class Slot:
         packer = install_packer(sender, up.mime_type, up.codec.clockRate)
         # A lean send loop instead of aiortc's (media.fastsend), which also
         # sends straight from the publisher's fan-out while it has no backlog.
-        self.fast = install_fast_rtp(sender, packer)
+        self.fast = install_fast_rtp(sender, packer, gso=gso)
         self.down.direct = self.fast.send_now
         # A subscriber's PLI/FIR would set a flag only the encode path reads:
         # relay it to the publisher instead.
@@ -126,5 +132,6 @@ class Slot:
 
     def close(self) -> None:
         self.down.stop()
+        self.fast.close()
         self.source = None
         self.pending = None

@@ -55,6 +55,7 @@ def media_config(config: Config) -> MediaConfig:
         ice_hosts=config.media.ice_hosts,
         announced_ip=config.media.public_ip,
         pli_min_interval=config.media.pli_min_interval_s,
+        udp_gso=config.media.udp_gso,
         max_participants=config.limits.max_participants,
         ice_servers_provider=provider if (turn.uris or turn.stun_uris) else None,
     )

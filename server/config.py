@@ -81,6 +81,7 @@ class MediaSettings:
     ice_hosts: tuple[str, ...] = ()  # empty: every non-loopback interface (aioice default)
     public_ip: str | None = None
     pli_min_interval_s: float = 0.5
+    udp_gso: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ice_hosts=env.csv("HUDDLE_ICE_HOSTS"),
         public_ip=env.raw("HUDDLE_PUBLIC_IP"),
         pli_min_interval_s=env.seconds("HUDDLE_PLI_MIN_INTERVAL", 0.5, low=0.05, high=10),
+        udp_gso=env.boolean("HUDDLE_UDP_GSO", True),
     )
     webhook_url = env.raw("HUDDLE_WEBHOOK_URL")
     webhook_secret = env.raw("HUDDLE_WEBHOOK_SECRET")

@@ -326,6 +326,7 @@ class Bench:
             self.args.mode,
             "--port",
             str(self.port),
+            *([] if self.args.gso else ["--no-gso"]),
         ]
         self.server = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
@@ -724,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for this 1-min load")
     parser.add_argument("--quiet-wait", type=float, default=300.0, help="at most this long")
     parser.add_argument("--no-pin", dest="pin", action="store_false")
+    parser.add_argument(
+        "--no-gso", dest="gso", action="store_false", help="server sends one datagram per packet"
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--profile", help="py-spy raw output of the server at the largest N")

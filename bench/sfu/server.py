@@ -193,8 +193,10 @@ class NaiveRelay:
 class HuddleBackend:
     """Huddle's :class:`Sfu` behind the benchmark's WebSocket signaling."""
 
-    def __init__(self, hub: WsHub) -> None:
-        config = MediaConfig(ice_hosts=("127.0.0.1",), ice_servers=(), max_participants=500)
+    def __init__(self, hub: WsHub, *, udp_gso: bool = True) -> None:
+        config = MediaConfig(
+            ice_hosts=("127.0.0.1",), ice_servers=(), max_participants=500, udp_gso=udp_gso
+        )
         self.sfu = Sfu(config, hub)
 
     async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
@@ -217,11 +219,11 @@ class HuddleBackend:
         return {"down_tracks": subscribers, "frames_out": frames_out}
 
 
-def make_app(mode: str) -> web.Application:
+def make_app(mode: str, *, udp_gso: bool = True) -> web.Application:
     hub = WsHub()
     backend: HuddleBackend | NaiveRelay
     if mode == "huddle":
-        backend = HuddleBackend(hub)
+        backend = HuddleBackend(hub, udp_gso=udp_gso)
     else:
         restrict_host_addresses(["127.0.0.1"])
         RTCRtpSender.getCapabilities("video")  # import the codecs before measuring
@@ -264,8 +266,8 @@ def make_app(mode: str) -> web.Application:
     return app
 
 
-async def serve(mode: str, port: int) -> None:
-    runner = web.AppRunner(make_app(mode), handle_signals=False)
+async def serve(mode: str, port: int, *, udp_gso: bool = True) -> None:
+    runner = web.AppRunner(make_app(mode, udp_gso=udp_gso), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
@@ -283,13 +285,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("huddle", "naive"), required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
+    parser.add_argument(
+        "--no-gso",
+        dest="gso",
+        action="store_false",
+        help="one sendto per packet (HUDDLE_UDP_GSO=0)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if not args.no_uvloop:
         import uvloop  # huddle serve runs on uvloop too
 
         uvloop.install()
-    asyncio.run(serve(args.mode, args.port))
+    asyncio.run(serve(args.mode, args.port, udp_gso=args.gso))
     return 0
 
 

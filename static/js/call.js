@@ -189,7 +189,12 @@ export class CallSession extends EventTarget {
   }
 
   connectSignaling() {
-    const signaling = new Signaling({ callId: this.callId, token: () => this.api.token });
+    const signaling = new Signaling({
+      callId: this.callId,
+      token: () => this.api.token,
+      // A refused handshake after the call ended (410) is not worth repeating.
+      worthRetrying: async () => (await this.api.call(this.callId)).status !== 'ended',
+    });
     this.signaling = signaling;
     signaling.addEventListener('state', ({ detail }) => {
       if (detail === 'reconnecting') this.setStatus('reconnecting', 'Reconnecting to the server…');

@@ -27,11 +27,21 @@ export class Signaling extends EventTarget {
    * @param {string} options.callId
    * @param {() => string} options.token  current access token
    * @param {number} [options.retryForMs]  how long to keep reconnecting (the grace period and then some)
+   * @param {() => Promise<boolean>} [options.worthRetrying]  asked after a refused handshake
+   *   (a browser cannot see why: 403, 410…); false stops reconnecting, e.g. once the call ended
    */
-  constructor({ callId, token, retryForMs = 20000, pingEveryMs = 15000, deadAfterMs = 40000 }) {
+  constructor({
+    callId,
+    token,
+    retryForMs = 20000,
+    pingEveryMs = 15000,
+    deadAfterMs = 40000,
+    worthRetrying = null,
+  }) {
     super();
     this.callId = callId;
     this.token = token;
+    this.worthRetrying = worthRetrying;
     this.retryForMs = retryForMs;
     this.pingEveryMs = pingEveryMs;
     this.deadAfterMs = deadAfterMs;
@@ -77,8 +87,10 @@ export class Signaling extends EventTarget {
       return;
     }
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
       if (ws !== this.ws) return;
+      opened = true;
       const reconnected = this.everOpened;
       if (reconnected) this.reconnects += 1;
       this.everOpened = true;
@@ -117,18 +129,35 @@ export class Signaling extends EventTarget {
         this.setState('closed');
         return;
       }
+      const close = { code: event.code, reason: event.reason };
       if (FINAL_CLOSE_CODES.has(event.code) || (!this.everOpened && this.attempt >= 3)) {
-        this.stopped = true;
-        this.setState('closed');
-        this.dispatchEvent(
-          new CustomEvent('closed', { detail: { code: event.code, reason: event.reason, final: true } }),
+        this.finalClose(close);
+        return;
+      }
+      if (!opened && this.worthRetrying) {
+        // Refused before the upgrade: ask (over HTTP) whether trying again can help.
+        this.worthRetrying().then(
+          (retry) => {
+            if (this.stopped || this.ws) return;
+            if (retry) this.scheduleReconnect(close);
+            else this.finalClose(close);
+          },
+          () => {
+            if (!this.stopped && !this.ws) this.scheduleReconnect(close);
+          },
         );
         return;
       }
-      this.scheduleReconnect({ code: event.code, reason: event.reason });
+      this.scheduleReconnect(close);
     };
     // onerror is always followed by onclose; nothing to do here but keep the console quiet.
     ws.onerror = () => {};
+  }
+
+  finalClose(close) {
+    this.stopped = true;
+    this.setState('closed');
+    this.dispatchEvent(new CustomEvent('closed', { detail: { ...close, final: true } }));
   }
 
   scheduleReconnect(close) {

@@ -1,0 +1,194 @@
+"""SRTP-protect RTP packets in place and send them with as few syscalls as possible.
+
+The forwarding path sends every packet once per subscriber, so the fixed cost
+of each ``protect`` call and each ``sendto`` syscall is what bounds an SFU's
+fan-out. :class:`DatagramOut` cuts both for one subscriber connection:
+
+- **SRTP in place.** Packets are copied into one scratch buffer and protected
+  there with libsrtp's ``srtp_protect`` (through pylibsrtp's cffi binding and
+  the session aiortc's DTLS transport keyed), instead of pylibsrtp's
+  ``Session.protect``, which allocates, copies in and copies out per call.
+- **UDP GSO.** The packets of one video frame all have the same size but the
+  last (the SFU splits frames that way), so they leave in one ``sendmsg``
+  with a ``UDP_SEGMENT`` control message: the kernel cuts the buffer into
+  ordinary datagrams (in the NIC, or in software before they hit the wire or
+  the receiving socket). Nothing changes for the receiver. Without kernel
+  support (Linux < 4.18, a device without checksum offload) the first failure
+  switches the connection to one ``sendto`` per packet.
+
+The socket is a duplicate of the selected candidate pair's socket (``dup``),
+so sending never goes through the event loop's transport and closing ours
+leaves aioice's open. A datagram the socket buffer cannot take right now
+(``EAGAIN``) is dropped, as the network would: the subscriber's NACK or PLI
+recovers it.
+
+Private names used (pylibsrtp ``Session._srtp``, its binding's
+``srtp_protect``) are guarded in :mod:`media.aiortc_compat`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+from typing import Any
+
+from pylibsrtp import Session
+from pylibsrtp._binding import ffi, lib
+
+logger = logging.getLogger(__name__)
+
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h
+#: Linux's UDP_MAX_SEGMENTS on older kernels (newer ones take 128).
+MAX_SEGMENTS = 64
+#: Payload bytes per GSO send: well below the 64 KiB UDP limit.
+MAX_BATCH_BYTES = 60_000
+#: libsrtp's largest trailer (tag + MKI), as pylibsrtp reserves it.
+MAX_TRAILER = 16 + 128
+_SCRATCH_SIZE = MAX_BATCH_BYTES + 2048
+_SEGMENT = struct.Struct("=H")
+
+_GSO_ERRNOS = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE}
+
+
+class _Scratch(threading.local):
+    """One protect-and-send buffer per thread (sends finish before returning)."""
+
+    def __init__(self) -> None:
+        self.cdata: Any = ffi.new("char[]", _SCRATCH_SIZE)
+        self.view = memoryview(ffi.buffer(self.cdata))
+        self.length: Any = ffi.new("int *")
+
+
+_scratch = _Scratch()
+_gso_warned = False
+
+
+class SrtpError(RuntimeError):
+    pass
+
+
+class DatagramOut:
+    """Protects and sends one connection's RTP packets to ``addr``."""
+
+    def __init__(self, session: Session, transport: Any, addr: Any, *, gso: bool = True) -> None:
+        self.session = session
+        self.transport = transport
+        self.addr = addr
+        self.gso = gso
+        self._srtp = session._srtp[0]
+        self._protect = lib.srtp_protect
+        fd = transport.get_extra_info("socket").fileno()
+        self._sock: socket.socket | None = socket.socket(fileno=os.dup(fd))
+        self._sock.setblocking(False)
+        self.datagrams = 0
+        self.syscalls = 0
+        self.dropped = 0
+        self._error_logged = False
+
+    def matches(self, session: Session, transport: Any, addr: Any) -> bool:
+        return session is self.session and transport is self.transport and addr == self.addr
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def close(self) -> None:
+        """Close our duplicate of the socket (idempotent)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def send(self, packets: list[bytes]) -> int:
+        """Protect and send ``packets`` in order; returns the protected bytes sent."""
+        if self._sock is None:
+            raise ConnectionError("datagram output closed")
+        scratch = _scratch
+        buf = scratch.cdata
+        view = scratch.view
+        length = scratch.length
+        protect = self._protect
+        srtp = self._srtp
+        total = 0
+        off = 0  # end of the batch in the scratch buffer
+        count = 0  # packets in the batch
+        plain = 0  # plaintext size of the batch's segments
+        seg = 0  # protected size of the batch's segments
+        closed = False  # the batch ended with a shorter (last) segment
+        for data in packets:
+            n = len(data)
+            if count and (
+                closed
+                or n > plain
+                or count >= MAX_SEGMENTS
+                or off + n + MAX_TRAILER > MAX_BATCH_BYTES
+            ):
+                total += self._flush(view, off, seg, count)
+                off = count = 0
+                closed = False
+            view[off : off + n] = data
+            length[0] = n
+            rc = protect(srtp, buf + off, length)
+            if rc:
+                raise SrtpError(f"srtp_protect failed ({rc})")
+            size = length[0]
+            if count == 0:
+                plain, seg = n, size
+            elif n < plain:
+                closed = True
+            off += size
+            count += 1
+        if count:
+            total += self._flush(view, off, seg, count)
+        return total
+
+    def _flush(self, view: memoryview, end: int, seg: int, count: int) -> int:
+        """Send ``count`` datagrams laid out every ``seg`` bytes up to ``end``."""
+        sock = self._sock
+        assert sock is not None
+        addr = self.addr
+        self.datagrams += count
+        if count > 1 and self.gso:
+            self.syscalls += 1
+            try:
+                sock.sendmsg(
+                    [view[:end]], [(socket.SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(seg))], 0, addr
+                )
+                return end
+            except BlockingIOError:
+                self.dropped += count
+                return 0
+            except OSError as exc:
+                if exc.errno not in _GSO_ERRNOS:
+                    self._failed(exc, count)
+                    return 0
+                self._gso_failed(exc)
+        sent = 0
+        for start in range(0, end, seg):
+            stop = min(start + seg, end)
+            self.syscalls += 1
+            try:
+                sock.sendto(view[start:stop], addr)
+                sent += stop - start
+            except BlockingIOError:
+                self.dropped += 1
+            except OSError as exc:
+                self._failed(exc, 1)
+        return sent
+
+    def _failed(self, exc: OSError, count: int) -> None:
+        """A send error (unreachable network, ...): drop, as the network would."""
+        self.dropped += count
+        if not self._error_logged:
+            self._error_logged = True
+            logger.warning("RTP send to %s failed: %s (dropping)", self.addr, exc)
+
+    def _gso_failed(self, exc: OSError) -> None:
+        global _gso_warned
+        self.gso = False
+        if not _gso_warned:
+            _gso_warned = True
+            logger.warning("UDP GSO unavailable (%s): sending one datagram per packet", exc)

@@ -1,0 +1,132 @@
+"""media.udpout: in-place SRTP and UDP GSO, checked with real sockets and libsrtp."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from media.udpout import MAX_SEGMENTS, DatagramOut
+
+KEY = bytes(range(30))
+
+
+def rtp(seq: int, size: int) -> bytes:
+    """An RTP packet of ``size`` bytes with a recognisable payload."""
+    header = struct.pack("!BBHLL", 0x80, 96, seq, 1000 + seq, 0x1234)
+    return header + bytes([seq % 251]) * (size - len(header))
+
+
+def sessions() -> tuple[Session, Session]:
+    tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    return tx, rx
+
+
+class Endpoints:
+    def __init__(self, transport: Any, receiver: socket.socket) -> None:
+        self.transport = transport
+        self.receiver = receiver
+        self.addr = receiver.getsockname()
+
+    def received(self, count: int) -> list[bytes]:
+        return [self.receiver.recv(65536) for _ in range(count)]
+
+    def nothing_more(self) -> bool:
+        try:
+            self.receiver.recv(65536)
+        except BlockingIOError:
+            return True
+        return False
+
+
+@pytest.fixture
+async def ends() -> AsyncIterator[Endpoints]:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+    yield Endpoints(transport, receiver)
+    receiver.close()
+    transport.close()
+
+
+def decrypt(rx: Session, datagrams: list[bytes]) -> list[bytes]:
+    return [rx.unprotect(d) for d in datagrams]
+
+
+@pytest.mark.parametrize("gso", [True, False])
+async def test_a_frame_arrives_as_separate_protected_datagrams(ends: Endpoints, gso: bool) -> None:
+    tx, rx = sessions()
+    out = DatagramOut(tx, ends.transport, ends.addr, gso=gso)
+    packets = [rtp(1, 1200), rtp(2, 1200), rtp(3, 1200), rtp(4, 345)]
+    sent = out.send(packets)
+    got = ends.received(4)
+    assert decrypt(rx, got) == packets
+    assert sent == sum(len(d) for d in got) == sum(len(p) + 10 for p in packets)
+    assert out.datagrams == 4 and out.dropped == 0
+    # One syscall for the frame with GSO (this kernel has it), one per packet without.
+    assert out.syscalls == (1 if gso else 4)
+    ends.receiver.setblocking(False)
+    assert ends.nothing_more()
+    out.close()
+
+
+async def test_sizes_that_cannot_share_a_segment_size_are_split(ends: Endpoints) -> None:
+    """GSO needs equal segments but the last: a larger packet or one after a short one
+    starts a new batch, and order is kept."""
+    tx, rx = sessions()
+    out = DatagramOut(tx, ends.transport, ends.addr)
+    sizes = [100, 800, 800, 300, 800, 900, 900, 900]
+    packets = [rtp(i, size) for i, size in enumerate(sizes)]
+    out.send(packets)
+    assert decrypt(rx, ends.received(len(packets))) == packets
+    # [100] [800 800 300] [800] [900 900 900]
+    assert out.syscalls == 4
+    out.close()
+
+
+async def test_more_packets_than_one_gso_send_takes(ends: Endpoints) -> None:
+    tx, rx = sessions()
+    out = DatagramOut(tx, ends.transport, ends.addr)
+    ends.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    packets = [rtp(i, 1100) for i in range(MAX_SEGMENTS + 10)]  # > 64 segments and > 60 kB
+    out.send(packets)
+    assert decrypt(rx, ends.received(len(packets))) == packets
+    assert out.syscalls >= 2 and out.dropped == 0
+    out.close()
+
+
+async def test_close_releases_only_its_duplicate(ends: Endpoints) -> None:
+    tx, _ = sessions()
+    before = len(os.listdir("/proc/self/fd"))
+    out = DatagramOut(tx, ends.transport, ends.addr)
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    out.close()
+    out.close()  # idempotent
+    assert out.closed
+    assert len(os.listdir("/proc/self/fd")) == before
+    # The transport's own socket still works.
+    ends.transport.sendto(b"still open", ends.addr)
+    assert ends.received(1) == [b"still open"]
+    with pytest.raises(ConnectionError):
+        out.send([rtp(1, 100)])
+
+
+async def test_matches_follows_session_transport_and_address(ends: Endpoints) -> None:
+    tx, _ = sessions()
+    other, _ = sessions()
+    out = DatagramOut(tx, ends.transport, ends.addr)
+    assert out.matches(tx, ends.transport, ends.addr)
+    assert not out.matches(other, ends.transport, ends.addr)
+    assert not out.matches(tx, ends.transport, ("127.0.0.1", 9))
+    out.close()
