@@ -106,6 +106,14 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (aioice.ice.CandidatePair, "attr", "remote_addr"),
     (aioice.ice, "attr", "StunProtocol"),
     (aioice.ice.StunProtocol, "code:send_data", "transport"),
+    # media.fastsend: the SFU's own sender reports
+    (RTCRtpSender, "code:send", "_run_rtcp"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__rtcp_started"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__rtcp_exited"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__cname"),
+    (RTCRtpSender, "code:_handle_rtcp_packet", "_RTCRtpSender__lsr"),
+    (RTCRtpSender, "code:_handle_rtcp_packet", "_RTCRtpSender__lsr_time"),
+    (RTCRtpSender, "attr", "_send_rtcp"),
     # media.udpout: in-place SRTP through pylibsrtp's session and binding
     (pylibsrtp.Session, "code:__init__", "_srtp"),
     (pylibsrtp._binding.lib, "attr", "srtp_protect"),

@@ -6,8 +6,9 @@ extensions through a generic map, and awaits three layers of coroutines
 (DTLS transport, ICE transport, aioice protocol) before ``sendto``. For a
 forwarding sender all of that is per-subscriber, per-packet overhead.
 
-:func:`install_fast_rtp` replaces a sender's ``_run_rtp`` and ``_retransmit``
-(instance attributes, so only the SFU's senders are affected) with a loop that:
+:func:`install_fast_rtp` replaces a sender's ``_run_rtp``, ``_run_rtcp`` and
+``_retransmit`` (instance attributes, so only the SFU's senders are affected)
+with a loop that:
 
 - reads frames from the sender's track and packs them with its
   :class:`~media.packer.Packer` exactly as aiortc would;
@@ -20,17 +21,25 @@ forwarding sender all of that is per-subscriber, per-packet overhead.
   ``sendmsg`` (:mod:`media.udpout`; TURN pairs still go through aioice's
   ``send_data``, one packet at a time);
 - keeps a 128-packet history of the unprotected packets for NACK, answered
-  with RTX (or a plain resend when RTX was not negotiated), and updates the
-  counters aiortc's own ``_run_rtcp`` puts in sender reports.
+  with RTX (or a plain resend when RTX was not negotiated);
+- keeps its packet/octet counters and last NTP/RTP timestamps in plain
+  attributes, sends aiortc's sender reports (SR + SDES, BYE at the end) from
+  them, and copies them into aiortc's sender and DTLS transport at each report
+  (for ``getStats()``), instead of four name-mangled updates per frame.
 
-Everything else (RTCP handling, PLI relay, sender reports, stop()) stays
-aiortc's. The private names used here are guarded in :mod:`media.aiortc_compat`.
+The publisher's fan-out calls :meth:`FastRtp.send_now` directly while the
+subscriber has no backlog, so a frame usually goes from the publisher's
+receiver to every subscriber's socket without a task switch.
+
+Everything else (RTCP reception, PLI relay, stop()) stays aiortc's. The
+private names used here are guarded in :mod:`media.aiortc_compat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import struct
 import time
 from typing import Any
@@ -40,10 +49,18 @@ from aiortc import RTCRtpCodecParameters, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpsender import random_sequence_number
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions
+from aiortc.rtp import (
+    RTP_HISTORY_SIZE,
+    HeaderExtensions,
+    RtcpByePacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+)
 from aiortc.utils import random32
 
-from .frames import EncodedFrame
+from .frames import EncodedFrame, time_base_for
 from .packer import Packer, shared_vp8_chunks
 from .udpout import DatagramOut
 
@@ -53,6 +70,7 @@ _HEADER = struct.Struct("!BBHLL")
 _OSN = struct.Struct("!H")
 _NTP_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _TWO32 = float(1 << 32)
+_CONNECTED = DtlsState.CONNECTED
 
 
 def ntp_now() -> int:
@@ -87,33 +105,73 @@ class _Layout:
 
 
 class FastRtp:
-    """The replacement send loop and retransmission of one forwarding sender."""
+    """The replacement send loop, retransmission and sender reports of one forwarding sender."""
 
     def __init__(self, sender: RTCRtpSender, packer: Packer, *, gso: bool = True) -> None:
         self.sender = sender
         self.packer = packer
         self.gso = gso
         self.out: DatagramOut | None = None
-        self.history: list[tuple[int, bytes, int] | None] = [None] * RTP_HISTORY_SIZE
+        # (dtls transport, its ICE connection's nominated pairs, pair, SRTP session, output)
+        self._route: tuple[Any, dict[int, Any], Any, Any, DatagramOut] | None = None
+        # Unprotected packets by sequence number modulo the size, for NACKs.
+        self.history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
         self.rtx_sequence_number = random_sequence_number()
         self.layout: _Layout | None = None
         self.running = False
         self.payload_type = 0
         self.sequence_number = 0
         self.timestamp_origin = 0
+        # What the next sender report says (synced into aiortc's sender then).
         self.packets_sent = 0
+        self.octets_sent = 0
+        self.ntp_timestamp = 0
+        self.rtp_timestamp = 0
         self.retransmitted = 0
         self.direct_frames = 0  # sent from the fan-out by send_now
         self.tx_bytes = 0  # protected bytes not yet added to the DTLS transport's stats
+        self.tx_packets = 0
+        # Derived once by prepare().
+        self._single = False  # one packet per frame (audio)
+        self._vp8 = False
+        self._time_base: Any = None
+        self._ssrc = 0
+        self._first_byte = 0x80
+        self._ext_pre = b""
+        self._ext_post = b""
+        self._has_abs = False
+        self.header_len = 12
 
-    def _flush_stats(self, packets: int) -> None:
-        """Add what was sent to the DTLS transport's counters (its getStats())."""
-        dtls = self.sender.transport
-        name = "_RTCDtlsTransport__tx_bytes"
-        setattr(dtls, name, getattr(dtls, name) + self.tx_bytes)
-        name = "_RTCDtlsTransport__tx_packets"
-        setattr(dtls, name, getattr(dtls, name) + packets)
-        self.tx_bytes = 0
+    def prepare(self, payload_type: int, sequence_number: int, timestamp_origin: int) -> None:
+        """Fix what every packet of this sender shares (once its codec is negotiated)."""
+        sender = self.sender
+        self.payload_type = payload_type
+        self.sequence_number = sequence_number
+        self.timestamp_origin = timestamp_origin
+        self.layout = layout = _Layout(sender)
+        self._ssrc = sender._ssrc
+        self._first_byte = layout.first_byte
+        self._ext_pre, self._ext_post, self._has_abs = layout.pre, layout.post, layout.has_abs
+        self.header_len = 12 + len(layout.pre) + len(layout.post) + (3 if layout.has_abs else 0)
+        mime = self.packer.mime_type
+        self._vp8 = mime == "video/vp8"
+        self._single = mime == "audio/opus"
+        self._time_base = time_base_for(self.packer.clock_rate)
+
+    def sync_stats(self) -> None:
+        """Copy the counters into aiortc's sender (reports, getStats) and DTLS transport."""
+        sender = self.sender
+        setattr(sender, "_RTCRtpSender__ntp_timestamp", self.ntp_timestamp)  # noqa: B010
+        setattr(sender, "_RTCRtpSender__rtp_timestamp", self.rtp_timestamp)  # noqa: B010
+        setattr(sender, "_RTCRtpSender__packet_count", self.packets_sent)  # noqa: B010
+        setattr(sender, "_RTCRtpSender__octet_count", self.octets_sent)  # noqa: B010
+        if self.tx_packets:
+            dtls = sender.transport
+            name = "_RTCDtlsTransport__tx_bytes"
+            setattr(dtls, name, getattr(dtls, name) + self.tx_bytes)
+            name = "_RTCDtlsTransport__tx_packets"
+            setattr(dtls, name, getattr(dtls, name) + self.tx_packets)
+            self.tx_bytes = self.tx_packets = 0
 
     # --- transport ---------------------------------------------------------
 
@@ -131,109 +189,122 @@ class FastRtp:
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         self.tx_bytes += len(protected)
+        self.tx_packets += 1
         protocol = pair.protocol
         if type(protocol) is aioice.ice.StunProtocol:
             protocol.transport.sendto(protected, pair.remote_addr)
             return None
         return protocol.send_data(protected, pair.remote_addr)
 
-    # --- frames ------------------------------------------------------------
-
-    def _packets(self, frame: EncodedFrame) -> list[bytes]:
-        """The RTP packets (unprotected) of one frame; records them for NACK."""
-        sender = self.sender
-        packer = self.packer
-        if packer.mime_type == "video/vp8":
-            # Split once per frame for every subscriber (shared_vp8_chunks) and
-            # prefix each chunk with this stream's own picture id.
-            chunks = shared_vp8_chunks(frame.data)
-            ts = packer.timestamp(frame)
-            pid = (0x8000 | packer.picture_id).to_bytes(2, "big")
-            packer.picture_id = (packer.picture_id + 1) % (1 << 15)
-            first, rest = b"\x90\x80" + pid, b"\x80\x80" + pid
-            descriptors = [first] + [rest] * (len(chunks) - 1)
-        else:
-            chunks, ts = packer.pack(frame)
-            descriptors = [b""] * len(chunks)
-        if not chunks:
-            return []
-        timestamp = (self.timestamp_origin + ts) & 0xFFFFFFFF
-        ssrc = sender._ssrc
-        payload_type = self.payload_type
-        sequence_number = self.sequence_number
-        history = self.history
-        pack_header = _HEADER.pack
-        ntp = ntp_now()
-        layout = self.layout
-        assert layout is not None
-        if layout.has_abs:
-            ext = layout.pre + ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big") + layout.post
-        else:
-            ext = layout.pre
-        header_len = 12 + len(ext)
-        first_byte = layout.first_byte
-        last = len(chunks) - 1
-        packets = []
-        octets = 0
-        for i, chunk in enumerate(chunks):
-            header = pack_header(
-                first_byte,
-                0x80 | payload_type if i == last else payload_type,
-                sequence_number,
-                timestamp,
-                ssrc,
-            )
-            descriptor = descriptors[i]
-            data = b"".join((header, ext, descriptor, chunk))
-            history[sequence_number % RTP_HISTORY_SIZE] = (sequence_number, data, header_len)
-            packets.append(data)
-            octets += len(descriptor) + len(chunk)
-            sequence_number = (sequence_number + 1) & 0xFFFF
-        self.sequence_number = sequence_number
-        self.packets_sent += len(packets)
-        setattr(sender, "_RTCRtpSender__ntp_timestamp", ntp)  # noqa: B010
-        setattr(sender, "_RTCRtpSender__rtp_timestamp", timestamp)  # noqa: B010
-        name = "_RTCRtpSender__octet_count"
-        setattr(sender, name, getattr(sender, name) + octets)
-        name = "_RTCRtpSender__packet_count"
-        setattr(sender, name, getattr(sender, name) + len(packets))
-        return packets
-
     def _udp_out(self) -> DatagramOut | None:
         """The in-place SRTP + GSO output for the selected pair, if it is plain UDP.
 
         None while DTLS is not connected, when the pair relays through TURN,
         or when someone wrapped the transport's send (loss simulation in
-        tests): those go through :meth:`_send`, one packet at a time.
+        tests): those go through :meth:`_send`, one packet at a time. The
+        route is checked by identity on every frame, so a new pair, a new
+        SRTP session or a closed transport takes effect at once.
         """
+        route = self._route
+        if route is not None:
+            dtls, nominated, pair, session, out = route
+            if (
+                dtls._state is _CONNECTED
+                and nominated.get(1) is pair
+                and dtls._tx_srtp is session
+                and "_send_rtp" not in dtls.__dict__
+            ):
+                return out
+        return self._resolve()
+
+    def _resolve(self) -> DatagramOut | None:
+        self._route = None
         dtls = self.sender.transport
-        if dtls._state != DtlsState.CONNECTED or "_send_rtp" in dtls.__dict__:
+        if dtls._state is not _CONNECTED or "_send_rtp" in dtls.__dict__:
             return None
-        pair = dtls.transport._connection._nominated.get(1)
+        nominated = dtls.transport._connection._nominated
+        pair = nominated.get(1)
         if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
             return None
         session = dtls._tx_srtp
         transport = pair.protocol.transport
         addr = pair.remote_addr
         out = self.out
-        if out is not None and out.matches(session, transport, addr):
-            return out
-        if out is not None:
-            out.close()
-        self.out = out = DatagramOut(session, transport, addr, gso=self.gso)
+        if out is None or not out.matches(session, transport, addr):
+            if out is not None:
+                out.close()
+            self.out = out = DatagramOut(session, transport, addr, gso=self.gso)
+        self._route = (dtls, nominated, pair, session, out)
         return out
 
-    def _emit(self, packets: list[bytes]) -> bool:
-        """Send ``packets`` through the UDP output; False when there is none."""
-        out = self._udp_out()
-        if out is None:
-            return False
-        self.tx_bytes += out.send(packets)
-        self._flush_stats(len(packets))
-        return True
+    # --- frames ------------------------------------------------------------
 
-    def send_now(self, frame: EncodedFrame) -> bool:
-        """Send ``frame`` synchronously, from the publisher's fan-out, if possible.
+    def _packets(self, frame: EncodedFrame, pts: int) -> list[bytes]:
+        """The RTP packets (unprotected) of ``frame`` at ``pts``; recorded for NACKs."""
+        data = frame.data
+        if frame.time_base is self._time_base:
+            ts = pts
+        else:
+            ts = self.packer.timestamp(EncodedFrame(data, pts, frame.time_base, frame.keyframe))
+        timestamp = (self.timestamp_origin + ts) & 0xFFFFFFFF
+        ntp = ntp_now()
+        if self._has_abs:
+            ext = self._ext_pre + ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big") + self._ext_post
+        else:
+            ext = self._ext_pre
+        seq = self.sequence_number
+        history = self.history
+        pt = self.payload_type
+        first_byte = self._first_byte
+        ssrc = self._ssrc
+        if self._single:
+            packet = b"".join(
+                (_HEADER.pack(first_byte, 0x80 | pt, seq, timestamp, ssrc), ext, data)
+            )
+            history[seq % RTP_HISTORY_SIZE] = packet
+            packets = [packet]
+            octets = len(data)
+            seq = (seq + 1) & 0xFFFF
+        else:
+            if self._vp8:
+                # Split once per frame for every subscriber (shared_vp8_chunks)
+                # behind this stream's own descriptor and picture id.
+                chunks = shared_vp8_chunks(data)
+                packer = self.packer
+                pid = (0x8000 | packer.picture_id).to_bytes(2, "big")
+                packer.picture_id = (packer.picture_id + 1) % (1 << 15)
+                first, rest = ext + b"\x90\x80" + pid, ext + b"\x80\x80" + pid
+                octets = len(data) + 4 * len(chunks)
+            else:
+                chunks, _ = self.packer.pack(
+                    EncodedFrame(data, pts, frame.time_base, frame.keyframe)
+                )
+                first = rest = ext
+                octets = sum(len(c) for c in chunks)
+            if not chunks:
+                return []
+            pack = _HEADER.pack
+            last = len(chunks) - 1
+            packets = []
+            for i, chunk in enumerate(chunks):
+                if i == 0:
+                    header = pack(first_byte, 0x80 | pt if last == 0 else pt, seq, timestamp, ssrc)
+                    packet = b"".join((header, first, chunk))
+                else:
+                    header = pack(first_byte, 0x80 | pt if i == last else pt, seq, timestamp, ssrc)
+                    packet = b"".join((header, rest, chunk))
+                history[seq % RTP_HISTORY_SIZE] = packet
+                packets.append(packet)
+                seq = (seq + 1) & 0xFFFF
+        self.sequence_number = seq
+        self.packets_sent += len(packets)
+        self.octets_sent += octets
+        self.ntp_timestamp = ntp
+        self.rtp_timestamp = timestamp
+        return packets
+
+    def send_now(self, frame: EncodedFrame, pts: int) -> bool:
+        """Send ``frame`` at ``pts`` synchronously, from the publisher's fan-out, if possible.
 
         Only while the send loop runs idle (the caller checks its track's
         queue is empty), the sender is enabled, and the selected pair is plain
@@ -246,15 +317,15 @@ class FastRtp:
             if out is None:
                 return False
             self.direct_frames += 1
-            packets = self._packets(frame)
+            packets = self._packets(frame, pts)
             self.tx_bytes += out.send(packets)
-            self._flush_stats(len(packets))
+            self.tx_packets += len(packets)
         except Exception:
             # Never let one subscriber break the publisher's fan-out.
             logger.exception("forwarding sender: direct send failed")
         return True
 
-    # --- loop --------------------------------------------------------------
+    # --- loops -------------------------------------------------------------
 
     async def run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         sender = self.sender
@@ -279,10 +350,7 @@ class FastRtp:
         sender = self.sender
         payload_type = codec.payloadType
         assert payload_type is not None
-        self.payload_type = payload_type
-        self.sequence_number = random_sequence_number()
-        self.timestamp_origin = random32()
-        self.layout = _Layout(sender)
+        self.prepare(payload_type, random_sequence_number(), random32())
         self.running = True
         while True:
             track = getattr(sender, "_RTCRtpSender__track")  # noqa: B009
@@ -292,26 +360,65 @@ class FastRtp:
             frame = await track.recv()
             if not sender._enabled:
                 continue
-            packets = self._packets(frame)
-            if self._emit(packets):
+            packets = self._packets(frame, frame.pts)
+            out = self._udp_out()
+            if out is not None:
+                self.tx_bytes += out.send(packets)
+                self.tx_packets += len(packets)
                 continue
             for data in packets:
                 pending = self._send(data)
                 if pending is not None:
                     await pending
-            self._flush_stats(len(packets))
+
+    async def run_rtcp(self) -> None:
+        """aiortc's ``_run_rtcp`` (SR + SDES every 0.5-1.5 s, BYE at the end), from our counters."""
+        sender = self.sender
+        getattr(sender, "_RTCRtpSender__rtcp_started").set()  # noqa: B009
+        try:
+            while True:
+                await asyncio.sleep(0.5 + random.random())
+                self.sync_stats()
+                packets: list[Any] = [
+                    RtcpSrPacket(
+                        ssrc=self._ssrc or sender._ssrc,
+                        sender_info=RtcpSenderInfo(
+                            ntp_timestamp=self.ntp_timestamp,
+                            rtp_timestamp=self.rtp_timestamp,
+                            packet_count=self.packets_sent & 0xFFFFFFFF,
+                            octet_count=self.octets_sent & 0xFFFFFFFF,
+                        ),
+                    )
+                ]
+                # For the round-trip time aiortc computes from receiver reports.
+                setattr(sender, "_RTCRtpSender__lsr", (self.ntp_timestamp >> 16) & 0xFFFFFFFF)  # noqa: B010
+                setattr(sender, "_RTCRtpSender__lsr_time", time.time())  # noqa: B010
+                cname = getattr(sender, "_RTCRtpSender__cname")  # noqa: B009
+                if cname is not None:
+                    packets.append(
+                        RtcpSdesPacket(
+                            chunks=[RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode())])]
+                        )
+                    )
+                await sender._send_rtcp(packets)
+        except asyncio.CancelledError:
+            pass
+        self.sync_stats()
+        await sender._send_rtcp([RtcpByePacket(sources=[sender._ssrc])])
+        getattr(sender, "_RTCRtpSender__rtcp_exited").set()  # noqa: B009
 
     def close(self) -> None:
         """Release the UDP output's socket duplicate (idempotent)."""
+        self._route = None
         out, self.out = self.out, None
         if out is not None:
             out.close()
 
     async def retransmit(self, sequence_number: int) -> None:
-        entry = self.history[sequence_number % RTP_HISTORY_SIZE]
-        if entry is None or entry[0] != sequence_number:
+        data = self.history[sequence_number % RTP_HISTORY_SIZE]
+        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
             return
-        _, data, header_len = entry
+        header_len = self.header_len
         rtx_payload_type = getattr(self.sender, "_RTCRtpSender__rtx_payload_type")  # noqa: B009
         if rtx_payload_type is not None:
             data = (
@@ -331,12 +438,12 @@ class FastRtp:
         pending = self._send(data)
         if pending is not None:
             await pending
-        self._flush_stats(1)
 
 
 def install_fast_rtp(sender: RTCRtpSender, packer: Packer, *, gso: bool = True) -> FastRtp:
     """Make ``sender`` (not yet started) send through :class:`FastRtp`."""
     fast = FastRtp(sender, packer, gso=gso)
     sender._run_rtp = fast.run_rtp  # type: ignore[method-assign]
+    sender._run_rtcp = fast.run_rtcp  # type: ignore[method-assign]
     sender._retransmit = fast.retransmit  # type: ignore[method-assign]
     return fast

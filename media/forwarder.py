@@ -79,8 +79,13 @@ class UpTrack:
 
     def _on_frame(self, frame: EncodedFrame) -> None:
         self.frames_in += 1
+        sent = 0
         for down in self._downs:
-            down.push(frame)
+            if down.push(frame):
+                sent += 1
+        if sent:
+            # Counted once per fan-out rather than per subscriber (hot path).
+            self._metrics.packets_forwarded(self.kind, sent, sent * len(frame.data))
 
     def _on_loss(self) -> None:
         self._metrics.frame_dropped_incomplete()
@@ -134,9 +139,9 @@ class DownTrack(MediaStreamTrack):
         self._offset: int | None = None
         self._last_pts: int | None = None  # last queued
         self._last_sent_pts: int | None = None  # last handed to the sender
-        # Set by the subscriber's sender: sends a frame at once when it can
-        # (returns False to have it queued for the sender's loop instead).
-        self.direct: Callable[[EncodedFrame], bool] | None = None
+        # Set by the subscriber's sender: sends a frame at the given (rebased)
+        # pts at once when it can (False: queue it for the sender's loop).
+        self.direct: Callable[[EncodedFrame, int], bool] | None = None
         self.frames_out = 0
         self.bytes_out = 0
         self.skips = 0
@@ -169,10 +174,11 @@ class DownTrack(MediaStreamTrack):
         if self.source is not None:
             self.source.request_keyframe()
 
-    def push(self, frame: EncodedFrame) -> None:
+    def push(self, frame: EncodedFrame) -> bool:
+        """Forward ``frame``; True when it was sent at once (not queued or dropped)."""
         if self._gated:
             if not frame.keyframe:
-                return
+                return False
             self._gated = False
         queue = self._queue
         if len(queue) >= self._queue_size:
@@ -186,7 +192,7 @@ class DownTrack(MediaStreamTrack):
                     self._gated = True
                     if self.source is not None:
                         self.source.request_keyframe()
-                    return
+                    return False
             else:
                 queue.popleft()
         if self._offset is None:
@@ -196,16 +202,19 @@ class DownTrack(MediaStreamTrack):
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1
         self._last_pts = pts
-        out = EncodedFrame(frame.data, pts, frame.time_base, frame.keyframe)
         direct = self.direct
-        if direct is not None and not queue and direct(out):
-            # Sent synchronously by the subscriber's sender (media.fastsend).
-            self._sent(out)
-            return
-        queue.append(out)
+        if direct is not None and not queue and direct(frame, pts):
+            # Sent synchronously by the subscriber's sender (media.fastsend);
+            # the caller counts it in the metrics.
+            self._last_sent_pts = pts
+            self.frames_out += 1
+            self.bytes_out += len(frame.data)
+            return True
+        queue.append(EncodedFrame(frame.data, pts, frame.time_base, frame.keyframe))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        return False
 
     async def recv(self) -> EncodedFrame:  # type: ignore[override]
         queue = self._queue
@@ -222,6 +231,7 @@ class DownTrack(MediaStreamTrack):
         return frame
 
     def _sent(self, frame: EncodedFrame) -> None:
+        """A queued frame went to the sender's loop."""
         self._last_sent_pts = frame.pts
         self.frames_out += 1
         self.bytes_out += len(frame.data)

@@ -85,6 +85,7 @@ class PrometheusMediaMetrics:
             ["kind"],
             registry=registry,
         )
+        self._forwarded: dict[str, tuple[Counter, Counter]] = {}
         self.plis_sent = Counter(
             f"{p}_sfu_pli_sent_total", "Keyframe requests sent to publishers", registry=registry
         )
@@ -121,8 +122,15 @@ class PrometheusMediaMetrics:
         self.participants_active.dec()
 
     def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None:
-        self.forwarded_frames.labels(kind).inc(frames)
-        self.forwarded_bytes.labels(kind).inc(nbytes)
+        # Called per frame per subscriber: resolve the labelled children once.
+        children = self._forwarded.get(kind)
+        if children is None:
+            children = self._forwarded[kind] = (
+                self.forwarded_frames.labels(kind),
+                self.forwarded_bytes.labels(kind),
+            )
+        children[0].inc(frames)
+        children[1].inc(nbytes)
 
     def pli_sent(self) -> None:
         self.plis_sent.inc()

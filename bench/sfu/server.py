@@ -219,6 +219,16 @@ class HuddleBackend:
         return {"down_tracks": subscribers, "frames_out": frames_out}
 
 
+async def tasks_handler(request: web.Request) -> web.Response:
+    """Live asyncio tasks by coroutine: what runs in the background during a window."""
+    counts: dict[str, int] = {}
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", type(coro).__name__)
+        counts[name] = counts.get(name, 0) + 1
+    return web.json_response(dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+
+
 def make_app(mode: str, *, udp_gso: bool = True) -> web.Application:
     hub = WsHub()
     backend: HuddleBackend | NaiveRelay
@@ -262,6 +272,7 @@ def make_app(mode: str, *, udp_gso: bool = True) -> web.Application:
     app = web.Application()
     app.router.add_get("/ws/{call_id}/{participant_id}", ws_handler)
     app.router.add_get("/stats", stats_handler)
+    app.router.add_get("/tasks", tasks_handler)
     app.on_cleanup.append(cleanup)
     return app
 

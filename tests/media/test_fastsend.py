@@ -65,13 +65,9 @@ def _sender() -> tuple[RTCRtpSender, HeaderExtensionsMap]:
 
 
 def _fast(sender: RTCRtpSender) -> FastRtp:
-    from media.fastsend import _Layout
-
     fast = FastRtp(sender, Packer("video/vp8", 90000))
-    fast.payload_type = 96
-    fast.sequence_number = 65534  # wraps inside the frame
-    fast.timestamp_origin = 0xFFFFFF00
-    fast.layout = _Layout(sender)
+    # The sequence number wraps inside the frame.
+    fast.prepare(payload_type=96, sequence_number=65534, timestamp_origin=0xFFFFFF00)
     return fast
 
 
@@ -82,7 +78,7 @@ async def test_vp8_packets_match_aiortc() -> None:
     frame = EncodedFrame(data, 9000, time_base_for(90000), True)
     picture_id = fast.packer.picture_id
     before = current_ntp_time() >> 14
-    packets = [RtpPacket.parse(p, ext_map) for p in fast._packets(frame)]
+    packets = [RtpPacket.parse(p, ext_map) for p in fast._packets(frame, frame.pts)]
     after = current_ntp_time() >> 14
 
     expected = Vp8Encoder._packetize(data, picture_id)
@@ -107,7 +103,7 @@ async def test_retransmission_matches_wrap_rtx() -> None:
     fast = _fast(sender)
     setattr(sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
     frame = EncodedFrame(b"\x10" + bytes(2000), 3000, time_base_for(90000), False)
-    originals = [RtpPacket.parse(p, ext_map) for p in fast._packets(frame)]
+    originals = [RtpPacket.parse(p, ext_map) for p in fast._packets(frame, frame.pts)]
     sent: list[bytes] = []
 
     def capture(data: bytes) -> Any:
@@ -124,3 +120,47 @@ async def test_retransmission_matches_wrap_rtx() -> None:
     ).serialize(ext_map)
     assert sent[0] == expected
     await asyncio.sleep(0)
+
+
+async def test_opus_packets_match_aiortc() -> None:
+    sender, ext_map = _sender()
+    fast = FastRtp(sender, Packer("audio/opus", 48000))
+    fast.prepare(payload_type=111, sequence_number=65535, timestamp_origin=7)
+    frames = [EncodedFrame(bytes([i]) * 80, 960 * i, time_base_for(48000), True) for i in (1, 2)]
+    packets = [RtpPacket.parse(fast._packets(f, f.pts)[0], ext_map) for f in frames]
+    assert [p.payload for p in packets] == [f.data for f in frames]
+    assert [p.sequence_number for p in packets] == [65535, 0]
+    assert [p.timestamp for p in packets] == [7 + 960, 7 + 1920]
+    assert {p.marker for p in packets} == {1}  # aiortc marks the last packet of each frame
+    assert {p.payload_type for p in packets} == {111}
+    assert {p.extensions.mid for p in packets} == {"3"}
+    assert fast.packets_sent == 2 and fast.octets_sent == 160
+    assert fast.rtp_timestamp == 7 + 1920
+
+
+async def test_sender_reports_carry_the_forwarded_counts(call: Call) -> None:
+    """Our own _run_rtcp: subscribers get SRs whose counts match what was sent."""
+    for name in ("ana", "ben"):
+        await call.join(name)
+    slot = next(s for s in call.room.participants["ben"]._slots if s.kind == "video")
+    receiver = next(
+        t.receiver
+        for t in call.clients["ben"].subscribe_pc.getTransceivers()
+        if t.kind == "video" and t.receiver.track is not None
+    )
+
+    async def reported() -> int:
+        stats = await receiver.getStats()
+        remote = [s for s in stats.values() if s.type == "remote-outbound-rtp"]
+        return remote[0].packetsSent if remote else 0
+
+    for _ in range(100):  # reports come every 0.5-1.5 s
+        count = await reported()
+        if count > 50:
+            break
+        await asyncio.sleep(0.1)
+    # A report counts what was sent up to it.
+    assert 50 < count <= slot.fast.packets_sent
+    sender_stats = await slot.transceiver.sender.getStats()
+    outbound = [s for s in sender_stats.values() if s.type == "outbound-rtp"]
+    assert outbound and 0 < outbound[0].packetsSent <= slot.fast.packets_sent
