@@ -22,6 +22,10 @@ leaves aioice's open. A datagram the socket buffer cannot take right now
 (``EAGAIN``) is dropped, as the network would: the subscriber's NACK or PLI
 recovers it.
 
+The loop runs in C (``media/_udpsend.c``, built by ``pip install`` where a
+compiler is available) or, as a fallback, in Python below: same algorithm,
+same results (tested against each other). ``ACCELERATED`` says which.
+
 Private names used (pylibsrtp ``Session._srtp``, its binding's
 ``srtp_protect``) are guarded in :mod:`media.aiortc_compat`.
 """
@@ -34,12 +38,22 @@ import os
 import socket
 import struct
 import threading
+from types import ModuleType
 from typing import Any
 
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi, lib
 
+_udpsend: ModuleType | None
+try:
+    from media import _udpsend
+except ImportError:  # not compiled here: the pure-Python loop below
+    _udpsend = None
+
 logger = logging.getLogger(__name__)
+
+#: Whether the C send loop is in use (``HUDDLE_UDPSEND_PYTHON=1`` forces Python).
+ACCELERATED = _udpsend is not None and os.environ.get("HUDDLE_UDPSEND_PYTHON") != "1"
 
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h
 #: Linux's UDP_MAX_SEGMENTS on older kernels (newer ones take 128).
@@ -72,35 +86,108 @@ class SrtpError(RuntimeError):
 
 
 class DatagramOut:
-    """Protects and sends one connection's RTP packets to ``addr``."""
+    """Protects and sends one connection's RTP packets to ``addr``.
 
-    def __init__(self, session: Session, transport: Any, addr: Any, *, gso: bool = True) -> None:
+    ``accelerated``: use the C loop (default: when it is built, see
+    ``ACCELERATED``); False forces the Python loop, as the tests compare both.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        transport: Any,
+        addr: Any,
+        *,
+        gso: bool = True,
+        accelerated: bool | None = None,
+    ) -> None:
         self.session = session
         self.transport = transport
         self.addr = addr
-        self.gso = gso
+        self._gso = gso
         self._srtp = session._srtp[0]
         self._protect = lib.srtp_protect
         fd = transport.get_extra_info("socket").fileno()
         self._sock: socket.socket | None = socket.socket(fileno=os.dup(fd))
         self._sock.setblocking(False)
-        self.datagrams = 0
-        self.syscalls = 0
-        self.dropped = 0
+        self._datagrams = 0
+        self._syscalls = 0
+        self._dropped = 0
         self._error_logged = False
+        self._gso_logged = False
+        self._c: Any = None
+        if ACCELERATED if accelerated is None else accelerated:
+            if _udpsend is None:
+                raise RuntimeError("media._udpsend is not built")
+            self._c = _udpsend.UdpOut(
+                self._sock.fileno(),
+                addr[0],
+                addr[1],
+                int(ffi.cast("uintptr_t", self._srtp)),
+                int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
+                gso,
+            )
+            self.send = self._send_c  # type: ignore[method-assign]
 
     def matches(self, session: Session, transport: Any, addr: Any) -> bool:
         return session is self.session and transport is self.transport and addr == self.addr
 
     @property
+    def accelerated(self) -> bool:
+        return self._c is not None
+
+    @property
     def closed(self) -> bool:
         return self._sock is None
+
+    @property
+    def gso(self) -> bool:
+        """Whether runs of packets still leave as one GSO send."""
+        return bool(self._c.gso) if self._c is not None else self._gso
+
+    @property
+    def datagrams(self) -> int:
+        """Datagrams handed to the kernel."""
+        return int(self._c.datagrams) if self._c is not None else self._datagrams
+
+    @property
+    def syscalls(self) -> int:
+        return int(self._c.syscalls) if self._c is not None else self._syscalls
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams the socket refused (full buffer, send error)."""
+        return int(self._c.dropped) if self._c is not None else self._dropped
 
     def close(self) -> None:
         """Close our duplicate of the socket (idempotent)."""
         sock, self._sock = self._sock, None
         if sock is not None:
+            if self._c is not None:
+                self._c.close()  # forget the descriptor before it can be reused
             sock.close()
+
+    # --- C loop -------------------------------------------------------------
+
+    def _send_c(self, packets: list[bytes]) -> int:
+        c = self._c
+        sent: int = c.send(packets)
+        if c.last_errno or c.gso_errno:
+            self._log_c_errors()
+        return sent
+
+    def _log_c_errors(self) -> None:
+        c = self._c
+        if c.gso_errno and not self._gso_logged:
+            self._gso_logged = True
+            _warn_gso(OSError(c.gso_errno, os.strerror(c.gso_errno)))
+        if c.last_errno and not self._error_logged:
+            self._error_logged = True
+            logger.warning(
+                "RTP send to %s failed: %s (dropping)", self.addr, os.strerror(c.last_errno)
+            )
+
+    # --- Python loop ----------------------------------------------------------
 
     def send(self, packets: list[bytes]) -> int:
         """Protect and send ``packets`` in order; returns the protected bytes sent."""
@@ -120,6 +207,8 @@ class DatagramOut:
         closed = False  # the batch ended with a shorter (last) segment
         for data in packets:
             n = len(data)
+            if n + MAX_TRAILER > MAX_BATCH_BYTES:
+                raise ValueError("RTP packet too large")
             if count and (
                 closed
                 or n > plain
@@ -133,6 +222,8 @@ class DatagramOut:
             length[0] = n
             rc = protect(srtp, buf + off, length)
             if rc:
+                if count:
+                    total += self._flush(view, off, seg, count)
                 raise SrtpError(f"srtp_protect failed ({rc})")
             size = length[0]
             if count == 0:
@@ -150,45 +241,46 @@ class DatagramOut:
         sock = self._sock
         assert sock is not None
         addr = self.addr
-        self.datagrams += count
-        if count > 1 and self.gso:
-            self.syscalls += 1
+        self._datagrams += count
+        if count > 1 and self._gso:
+            self._syscalls += 1
             try:
                 sock.sendmsg(
                     [view[:end]], [(socket.SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(seg))], 0, addr
                 )
                 return end
             except BlockingIOError:
-                self.dropped += count
+                self._dropped += count
                 return 0
             except OSError as exc:
                 if exc.errno not in _GSO_ERRNOS:
                     self._failed(exc, count)
                     return 0
-                self._gso_failed(exc)
+                self._gso = False
+                _warn_gso(exc)
         sent = 0
         for start in range(0, end, seg):
             stop = min(start + seg, end)
-            self.syscalls += 1
+            self._syscalls += 1
             try:
                 sock.sendto(view[start:stop], addr)
                 sent += stop - start
             except BlockingIOError:
-                self.dropped += 1
+                self._dropped += 1
             except OSError as exc:
                 self._failed(exc, 1)
         return sent
 
     def _failed(self, exc: OSError, count: int) -> None:
         """A send error (unreachable network, ...): drop, as the network would."""
-        self.dropped += count
+        self._dropped += count
         if not self._error_logged:
             self._error_logged = True
             logger.warning("RTP send to %s failed: %s (dropping)", self.addr, exc)
 
-    def _gso_failed(self, exc: OSError) -> None:
-        global _gso_warned
-        self.gso = False
-        if not _gso_warned:
-            _gso_warned = True
-            logger.warning("UDP GSO unavailable (%s): sending one datagram per packet", exc)
+
+def _warn_gso(exc: OSError) -> None:
+    global _gso_warned
+    if not _gso_warned:
+        _gso_warned = True
+        logger.warning("UDP GSO unavailable (%s): sending one datagram per packet", exc)

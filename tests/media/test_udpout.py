@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pylibsrtp import Policy, Session
 
+from media import udpout
 from media.udpout import MAX_SEGMENTS, DatagramOut
 
 KEY = bytes(range(30))
@@ -46,6 +47,26 @@ class Endpoints:
         return False
 
 
+@pytest.fixture(params=["c", "python"])
+def accelerated(request: pytest.FixtureRequest) -> bool:
+    """Every test runs against the C loop and the pure-Python fallback."""
+    if request.param == "c" and udpout._udpsend is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("media._udpsend was not built (pip install needs a C compiler)")
+        pytest.skip("media._udpsend not built")
+    return request.param == "c"
+
+
+def test_the_c_loop_is_used_by_default() -> None:
+    if udpout._udpsend is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("media._udpsend was not built (pip install needs a C compiler)")
+        pytest.skip("media._udpsend not built")
+    if os.environ.get("HUDDLE_UDPSEND_PYTHON") == "1":
+        pytest.skip("HUDDLE_UDPSEND_PYTHON=1 forces the Python loop")
+    assert udpout.ACCELERATED
+
+
 @pytest.fixture
 async def ends() -> AsyncIterator[Endpoints]:
     loop = asyncio.get_running_loop()
@@ -65,9 +86,12 @@ def decrypt(rx: Session, datagrams: list[bytes]) -> list[bytes]:
 
 
 @pytest.mark.parametrize("gso", [True, False])
-async def test_a_frame_arrives_as_separate_protected_datagrams(ends: Endpoints, gso: bool) -> None:
+async def test_a_frame_arrives_as_separate_protected_datagrams(
+    ends: Endpoints, gso: bool, accelerated: bool
+) -> None:
     tx, rx = sessions()
-    out = DatagramOut(tx, ends.transport, ends.addr, gso=gso)
+    out = DatagramOut(tx, ends.transport, ends.addr, gso=gso, accelerated=accelerated)
+    assert out.accelerated is accelerated
     packets = [rtp(1, 1200), rtp(2, 1200), rtp(3, 1200), rtp(4, 345)]
     sent = out.send(packets)
     got = ends.received(4)
@@ -81,11 +105,13 @@ async def test_a_frame_arrives_as_separate_protected_datagrams(ends: Endpoints, 
     out.close()
 
 
-async def test_sizes_that_cannot_share_a_segment_size_are_split(ends: Endpoints) -> None:
+async def test_sizes_that_cannot_share_a_segment_size_are_split(
+    ends: Endpoints, accelerated: bool
+) -> None:
     """GSO needs equal segments but the last: a larger packet or one after a short one
     starts a new batch, and order is kept."""
     tx, rx = sessions()
-    out = DatagramOut(tx, ends.transport, ends.addr)
+    out = DatagramOut(tx, ends.transport, ends.addr, accelerated=accelerated)
     sizes = [100, 800, 800, 300, 800, 900, 900, 900]
     packets = [rtp(i, size) for i, size in enumerate(sizes)]
     out.send(packets)
@@ -95,9 +121,9 @@ async def test_sizes_that_cannot_share_a_segment_size_are_split(ends: Endpoints)
     out.close()
 
 
-async def test_more_packets_than_one_gso_send_takes(ends: Endpoints) -> None:
+async def test_more_packets_than_one_gso_send_takes(ends: Endpoints, accelerated: bool) -> None:
     tx, rx = sessions()
-    out = DatagramOut(tx, ends.transport, ends.addr)
+    out = DatagramOut(tx, ends.transport, ends.addr, accelerated=accelerated)
     ends.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     packets = [rtp(i, 1100) for i in range(MAX_SEGMENTS + 10)]  # > 64 segments and > 60 kB
     out.send(packets)
@@ -106,10 +132,10 @@ async def test_more_packets_than_one_gso_send_takes(ends: Endpoints) -> None:
     out.close()
 
 
-async def test_close_releases_only_its_duplicate(ends: Endpoints) -> None:
+async def test_close_releases_only_its_duplicate(ends: Endpoints, accelerated: bool) -> None:
     tx, _ = sessions()
     before = len(os.listdir("/proc/self/fd"))
-    out = DatagramOut(tx, ends.transport, ends.addr)
+    out = DatagramOut(tx, ends.transport, ends.addr, accelerated=accelerated)
     assert len(os.listdir("/proc/self/fd")) == before + 1
     out.close()
     out.close()  # idempotent
@@ -129,4 +155,32 @@ async def test_matches_follows_session_transport_and_address(ends: Endpoints) ->
     assert out.matches(tx, ends.transport, ends.addr)
     assert not out.matches(other, ends.transport, ends.addr)
     assert not out.matches(tx, ends.transport, ("127.0.0.1", 9))
+    out.close()
+
+
+async def test_c_and_python_loops_send_the_same_bytes(ends: Endpoints) -> None:
+    if udpout._udpsend is None:
+        pytest.skip("media._udpsend not built")
+    sizes = [1200, 1200, 1200, 345, 90, 1200, 1300]
+    sent = {}
+    for accelerated in (True, False):
+        tx, _ = sessions()  # same key, fresh session: same keystream
+        out = DatagramOut(tx, ends.transport, ends.addr, accelerated=accelerated)
+        packets = [rtp(i, size) for i, size in enumerate(sizes)]
+        total = out.send(packets)
+        sent[accelerated] = (total, ends.received(len(packets)), out.syscalls, out.datagrams)
+        out.close()
+    assert sent[True] == sent[False]
+
+
+async def test_a_bad_packet_list_is_refused(ends: Endpoints, accelerated: bool) -> None:
+    tx, rx = sessions()
+    out = DatagramOut(tx, ends.transport, ends.addr, accelerated=accelerated)
+    with pytest.raises(ValueError):
+        out.send([rtp(1, 70_000)])
+    if accelerated:
+        with pytest.raises(TypeError):
+            out.send([rtp(3, 100), "not bytes"])  # type: ignore[list-item]
+    out.send([rtp(2, 200)])  # still usable
+    assert decrypt(rx, ends.received(1)) == [rtp(2, 200)]
     out.close()
