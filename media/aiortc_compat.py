@@ -117,6 +117,10 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     # media.udpout: in-place SRTP through pylibsrtp's session and binding
     (pylibsrtp.Session, "code:__init__", "_srtp"),
     (pylibsrtp._binding.lib, "attr", "srtp_protect"),
+    # media.rtpcount: header-only counting in load generators
+    (RTCDtlsTransport, "code:_recv_next", "_handle_rtp_data"),
+    (RTCDtlsTransport, "code:_handle_rtp_data", "_rtp_header_extensions_map"),
+    (RtpRouter, "attr", "route_rtp"),
     # media.loadtest: a receiver's remote streams (which publisher it carries)
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
 )

@@ -40,6 +40,7 @@ from .keyframes import KeyframeRequester
 from .packer import install_packer
 from .passthrough import PassthroughReceiver
 from .preencoded import EncodedClip
+from .rtpcount import RtpCounter
 from .signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class SfuClient:
         video: EncodedClip | None = None,
         audio: EncodedClip | None = None,
         decode: bool = False,
+        count_only: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = participant_id
@@ -179,6 +181,10 @@ class SfuClient:
         self._config = max_bundle(rtc_configuration)
         self._clips = [c for c in (audio, video) if c is not None]
         self._decode = decode
+        # Count RTP from headers instead of reassembling frames (media.rtpcount):
+        # no NACK, no PLI; for load generators that must stay cheap.
+        self._count_only = count_only
+        self.counter: RtpCounter | None = None
         self._clock = clock
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc = RTCPeerConnection(self._config)
@@ -296,6 +302,18 @@ class SfuClient:
             )
             return
 
+        if self._count_only:
+            self._stats_for(mid, kind)
+            transport = transceiver.receiver.transport
+            if self.counter is None or self.counter.transport is not transport:
+                self.counter = RtpCounter(self.subscribe_pc, transport, self._on_counted_frame)
+            # Still a pass-through receiver (no decoder thread), though the
+            # counter takes the packets before it would see them.
+            self._receivers.append(
+                PassthroughReceiver(transceiver, on_frame=lambda f: None, on_loss=lambda: None)
+            )
+            return
+
         def on_frame(frame: EncodedFrame) -> None:
             self._stats_for(mid, kind).add(len(frame.data), frame.keyframe, self._clock())
 
@@ -313,6 +331,9 @@ class SfuClient:
         requester = KeyframeRequester(send_pli, 0.3, name=f"client {self.id}")
         self._receivers.append(receiver)
         self._pli.append(requester)
+
+    def _on_counted_frame(self, mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
+        self._stats_for(mid, kind).add(nbytes, keyframe, self._clock())
 
     async def _consume(self, track: MediaStreamTrack, mid: str, kind: str) -> None:
         with contextlib.suppress(MediaStreamError):

@@ -77,7 +77,7 @@ def free_port() -> int:
 class Worker:
     """Publishers and subscribers of one load-generator process."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, count_only: bool = True) -> None:
         import aiohttp
 
         from bench.sfu.clips import audio_clip, video_clip
@@ -85,6 +85,7 @@ class Worker:
 
         restrict_host_addresses(["127.0.0.1"])
         self.port = port
+        self.count_only = count_only
         self.video = video_clip()
         self.audio = audio_clip()
         self.session = aiohttp.ClientSession()
@@ -111,6 +112,9 @@ class Worker:
             rtc_configuration=RTCConfiguration(iceServers=[]),
             video=self.video if publish else None,
             audio=self.audio if publish else None,
+            # Header-only counting (media.rtpcount): aiortc's receive path
+            # would make the generator, not the server, the bottleneck.
+            count_only=self.count_only,
         )
 
         async def pump() -> None:
@@ -156,9 +160,18 @@ class Worker:
                         default=None,
                     ),
                 }
-            # Read the receivers' own counters: getStats() reports a media
-            # stream and its RTX stream under one id, so one hides the other.
+            if client.counter is not None:
+                for kind, entry in kinds.items():
+                    totals = client.counter.totals(kind)
+                    entry["packets"] = totals["packets"]
+                    entry["lost"] = totals["lost"]
+                    if totals["rtx"]:
+                        entry["rtx"] = totals["rtx"]
+            # Otherwise read the receivers' own counters: getStats() reports a
+            # media stream and its RTX stream under one id, so one hides the other.
             for transceiver in client.subscribe_pc.getTransceivers():
+                if client.counter is not None:
+                    break
                 receiver = transceiver.receiver
                 streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
                 rtx = set(getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}))
@@ -194,9 +207,9 @@ class Worker:
         await self.session.close()
 
 
-async def worker_main(port: int) -> None:
+async def worker_main(port: int, *, count_only: bool = True) -> None:
     """Serve JSON-line commands from stdin, one reply line per command."""
-    worker = Worker(port)
+    worker = Worker(port, count_only=count_only)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -355,6 +368,7 @@ class Bench:
                 "--worker",
                 "--port",
                 str(self.port),
+                *([] if self.args.count_only else ["--full-receivers"]),
                 cwd=ROOT,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -732,12 +746,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--profile", help="py-spy raw output of the server at the largest N")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--full-receivers",
+        dest="count_only",
+        action="store_false",
+        help="subscribers use aiortc's whole receive path (NACK, PLI, reassembly) "
+        "instead of header-only counting; costs the generator ~3x more per packet",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import uvloop
 
     if args.worker:
-        uvloop.run(worker_main(args.port))
+        uvloop.run(worker_main(args.port, count_only=args.count_only))
         return 0
     if args.pin and (os.cpu_count() or 1) < 2:
         parser.error("needs 2 cores (or --no-pin)")

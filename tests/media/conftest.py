@@ -79,6 +79,7 @@ class Call:
         participant_id: str,
         *,
         decode: bool = False,
+        count_only: bool = False,
         rtc_configuration: RTCConfiguration | None = None,
     ) -> SfuClient:
         """A client that publishes at once; ``rtc_configuration`` defaults to the SFU's."""
@@ -93,6 +94,7 @@ class Call:
             video=self._video,
             audio=self._audio,
             decode=decode,
+            count_only=count_only,
         )
         self.clients[participant_id] = client
         self.signaling.clients[participant_id] = client

@@ -1,0 +1,176 @@
+"""Header-only counting of received RTP, for load generators.
+
+A load generator's subscriber exists to make the server send; what it must
+report is what arrived: packets, bytes, loss, frames, keyframes, freezes.
+aiortc's receive path (RTP parsing with header extensions, the remote bitrate
+estimator, NACK generation, jitter buffering) costs several times what the
+SFU spends forwarding the same packet, so with it one generator core cannot
+keep 64 subscribers fed, and the benchmark would measure the generator.
+
+:class:`RtpCounter` replaces one DTLS transport's ``_handle_rtp_data`` (after
+aiortc's SRTP ``unprotect``, so the payload is readable) with a counter that
+reads the fixed RTP header and, for VP8, the payload descriptor and frame tag:
+
+- per SSRC: packets, bytes, extended highest sequence number, loss as
+  RFC 3550 counts it (expected - received), RTX packets apart;
+- per media stream: a frame ends with the marker bit; its size, whether it
+  was a VP8 keyframe (or, for other codecs, the first frame), and the arrival
+  time go to ``on_frame(mid, kind, nbytes, keyframe)``.
+
+RTCP is untouched (aiortc still sends receiver reports), but a counting
+subscriber sends no NACK and no PLI: loss is reported as it happened. The
+mapping from SSRC to transceiver is aiortc's own (SDP ``a=ssrc`` lines, then
+the ``mid`` header extension through the router). Private names are guarded
+in :mod:`media.aiortc_compat`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCPeerConnection
+from aiortc.rtp import RtpPacket
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamCount:
+    """What arrived on one SSRC."""
+
+    mid: str
+    kind: str
+    rtx: bool
+    vp8: bool
+    packets: int = 0
+    bytes: int = 0
+    base_seq: int = -1
+    highest: int = -1  # extended (with wrap-arounds)
+    frame_bytes: int = 0
+    frame_key: bool = False
+    frames: int = 0
+
+    @property
+    def expected(self) -> int:
+        return 0 if self.base_seq < 0 else self.highest - self.base_seq + 1
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.expected - self.packets)
+
+
+def vp8_keyframe(payload: bytes) -> bool:
+    """Whether an RTP payload starts a VP8 keyframe (RFC 7741 descriptor, RFC 6386 tag)."""
+    if len(payload) < 2:
+        return False
+    first = payload[0]
+    if not first & 0x10 or first & 0x07:  # S bit, partition 0
+        return False
+    pos = 1
+    if first & 0x80:  # X
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            pos += 2 if pos < len(payload) and payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L
+            pos += 1
+        if ext & 0x30:  # T or K
+            pos += 1
+    return pos < len(payload) and payload[pos] & 0x01 == 0
+
+
+class RtpCounter:
+    """Counts the RTP arriving on ``pc``'s (bundled) DTLS transport."""
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        transport: Any,
+        on_frame: Callable[[str, str, int, bool], None],
+    ) -> None:
+        self._pc = pc
+        self.transport = transport
+        self._on_frame = on_frame
+        self.streams: dict[int, StreamCount | None] = {}
+        transport._handle_rtp_data = self._handle
+
+    async def _handle(self, data: bytes, arrival_time_ms: int) -> None:
+        if len(data) < 12:
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        streams = self.streams
+        if ssrc in streams:
+            stream = streams[ssrc]
+        else:
+            stream = streams[ssrc] = self._identify(ssrc, data)
+        if stream is None:
+            return
+        seq = (data[2] << 8) | data[3]
+        stream.packets += 1
+        stream.bytes += len(data)
+        if stream.base_seq < 0:
+            stream.base_seq = stream.highest = seq
+        else:
+            delta = (seq - stream.highest) & 0xFFFF
+            if delta < 0x8000:  # ahead (a later packet, maybe after a gap)
+                stream.highest += delta
+        if stream.rtx:
+            return
+        header = 12 + 4 * (data[0] & 0x0F)
+        if data[0] & 0x10 and len(data) >= header + 4:  # header extension
+            header += 4 + 4 * int.from_bytes(data[header + 2 : header + 4], "big")
+        payload = data[header:]
+        if stream.frame_bytes == 0:
+            if stream.vp8:
+                stream.frame_key = vp8_keyframe(payload)
+            else:  # every audio frame stands alone; other video: the first only
+                stream.frame_key = stream.kind == "audio" or stream.frames == 0
+        stream.frame_bytes += len(payload)
+        if data[1] & 0x80:  # marker: the frame is complete
+            stream.frames += 1
+            nbytes, stream.frame_bytes = stream.frame_bytes, 0
+            self._on_frame(stream.mid, stream.kind, nbytes, stream.frame_key)
+
+    def _identify(self, ssrc: int, data: bytes) -> StreamCount | None:
+        """The stream of a new SSRC, as aiortc's router maps it (None: unknown)."""
+        transport = self.transport
+        router = transport._rtp_router
+        receiver = router.ssrc_table.get(ssrc)
+        if receiver is None:
+            try:
+                packet = RtpPacket.parse(data, transport._rtp_header_extensions_map)
+            except ValueError:
+                return None
+            receiver = router.route_rtp(packet)
+        if receiver is None:
+            return None
+        transceiver = next((t for t in self._pc.getTransceivers() if t.receiver is receiver), None)
+        if transceiver is None:
+            return None
+        rtx_ssrcs = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+        codecs = getattr(transceiver, "_codecs", [])
+        mimes = {c.payloadType: str(c.mimeType).lower() for c in codecs}
+        rtx = ssrc in rtx_ssrcs or mimes.get(data[1] & 0x7F) == "video/rtx"
+        return StreamCount(
+            mid=str(transceiver.mid),
+            kind=str(transceiver.kind),
+            rtx=rtx,
+            vp8="video/vp8" in mimes.values(),
+        )
+
+    def totals(self, kind: str) -> dict[str, int]:
+        """Packets, loss and RTX packets of every stream of ``kind``."""
+        out = {"packets": 0, "lost": 0, "rtx": 0, "bytes": 0}
+        for stream in self.streams.values():
+            if stream is None or stream.kind != kind:
+                continue
+            out["packets"] += stream.packets
+            out["bytes"] += stream.bytes
+            if stream.rtx:
+                out["rtx"] += stream.packets
+            else:
+                out["lost"] += stream.lost
+        return out
