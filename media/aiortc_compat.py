@@ -121,6 +121,9 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCDtlsTransport, "code:_recv_next", "_handle_rtp_data"),
     (RTCDtlsTransport, "code:_handle_rtp_data", "_rtp_header_extensions_map"),
     (RtpRouter, "attr", "route_rtp"),
+    (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__remote_streams"),
+    (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__rtcp_ssrc"),
+    (RTCRtpReceiver, "attr", "_send_rtcp"),
     # media.loadtest: a receiver's remote streams (which publisher it carries)
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
 )

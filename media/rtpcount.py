@@ -17,8 +17,13 @@ reads the fixed RTP header and, for VP8, the payload descriptor and frame tag:
   was a VP8 keyframe (or, for other codecs, the first frame), and the arrival
   time go to ``on_frame(mid, kind, nbytes, keyframe)``.
 
-RTCP is untouched (aiortc still sends receiver reports), but a counting
-subscriber sends no NACK and no PLI: loss is reported as it happened. The
+The server still gets the feedback a real receiver sends, so its RTCP work
+is part of what a benchmark measures: each media stream's counts stand in
+for aiortc's ``StreamStatistics``, so the receiver's own RTCP loop sends
+receiver reports (fraction and cumulative lost, highest sequence number,
+LSR/DLSR; jitter is not computed and reads 0), and every video stream sends a
+REMB with its measured bitrate about once a second, as aiortc's estimator
+does. It sends no NACK and no PLI: loss is reported as it happened. The
 mapping from SSRC to transceiver is aiortc's own (SDP ``a=ssrc`` lines, then
 the ``mid`` header extension through the router). Private names are guarded
 in :mod:`media.aiortc_compat`.
@@ -27,12 +32,13 @@ in :mod:`media.aiortc_compat`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCPeerConnection
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,11 @@ class StreamCount:
     frame_bytes: int = 0
     frame_key: bool = False
     frames: int = 0
+    receiver: Any = None
+    remb_at: float = 0.0
+    remb_bytes: int = 0
+    _expected_prior: int = 0
+    _received_prior: int = 0
 
     @property
     def expected(self) -> int:
@@ -60,6 +71,35 @@ class StreamCount:
     @property
     def lost(self) -> int:
         return max(0, self.expected - self.packets)
+
+    # --- what aiortc's receiver reads of a StreamStatistics (RR, getStats) --
+
+    @property
+    def packets_received(self) -> int:
+        return self.packets
+
+    @property
+    def packets_lost(self) -> int:
+        return min(self.expected - self.packets, 0x7FFFFF)
+
+    @property
+    def max_seq(self) -> int:
+        return self.highest & 0xFFFF
+
+    @property
+    def jitter(self) -> int:
+        return 0
+
+    @property
+    def fraction_lost(self) -> int:
+        """Lost fraction since the last report, in 1/256 (read once per report)."""
+        expected, received = self.expected, self.packets
+        expected_interval = expected - self._expected_prior
+        lost_interval = expected_interval - (received - self._received_prior)
+        self._expected_prior, self._received_prior = expected, received
+        if expected_interval <= 0 or lost_interval <= 0:
+            return 0
+        return (lost_interval << 8) // expected_interval
 
 
 def vp8_keyframe(payload: bytes) -> bool:
@@ -133,6 +173,24 @@ class RtpCounter:
             stream.frames += 1
             nbytes, stream.frame_bytes = stream.frame_bytes, 0
             self._on_frame(stream.mid, stream.kind, nbytes, stream.frame_key)
+            if stream.kind == "video":
+                now = time.monotonic()
+                if now - stream.remb_at >= 1.0:
+                    await self._send_remb(ssrc, stream, now)
+
+    async def _send_remb(self, ssrc: int, stream: StreamCount, now: float) -> None:
+        """Receiver Estimated Maximum Bitrate: what arrived over the last second."""
+        elapsed = now - stream.remb_at
+        bitrate = int((stream.bytes - stream.remb_bytes) * 8 / elapsed) if stream.remb_at else 0
+        stream.remb_at, stream.remb_bytes = now, stream.bytes
+        receiver = stream.receiver
+        rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+        if bitrate <= 0 or rtcp_ssrc is None:
+            return
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, [ssrc])
+        )
+        await receiver._send_rtcp(packet)
 
     def _identify(self, ssrc: int, data: bytes) -> StreamCount | None:
         """The stream of a new SSRC, as aiortc's router maps it (None: unknown)."""
@@ -154,12 +212,19 @@ class RtpCounter:
         codecs = getattr(transceiver, "_codecs", [])
         mimes = {c.payloadType: str(c.mimeType).lower() for c in codecs}
         rtx = ssrc in rtx_ssrcs or mimes.get(data[1] & 0x7F) == "video/rtx"
-        return StreamCount(
+        stream = StreamCount(
             mid=str(transceiver.mid),
             kind=str(transceiver.kind),
             rtx=rtx,
             vp8="video/vp8" in mimes.values(),
+            receiver=receiver,
         )
+        if not rtx:
+            # aiortc's RTCP loop sends receiver reports for these (and
+            # getStats() reads them): ours stand in for its statistics.
+            remote = getattr(receiver, "_RTCRtpReceiver__remote_streams")  # noqa: B009
+            remote[ssrc] = stream
+        return stream
 
     def totals(self, kind: str) -> dict[str, int]:
         """Packets, loss and RTX packets of every stream of ``kind``."""

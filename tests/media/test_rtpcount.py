@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, unpack_remb_fci
 
 from media.rtpcount import vp8_keyframe
 
@@ -46,3 +49,32 @@ async def test_counting_subscriber_matches_the_full_one(call: Call) -> None:
     assert video["packets"] > 100 and audio["packets"] > 50
     assert video["lost"] == 0 and audio["lost"] == 0
     assert light.plis_sent == 0
+
+
+async def test_counting_subscriber_still_sends_reports_and_remb(call: Call) -> None:
+    """The server's RTCP work is part of a benchmark: RR and REMB keep coming."""
+    await call.join("ana")
+    await call.join("cy", count_only=True)
+    slot = next(s for s in call.room.participants["cy"]._slots if s.kind == "video")
+    sender = slot.transceiver.sender
+    seen: list[object] = []
+    original = sender._handle_rtcp_packet
+
+    async def record(packet: Any) -> None:
+        seen.append(packet)
+        await original(packet)
+
+    sender._handle_rtcp_packet = record  # type: ignore[method-assign]
+
+    def got_both() -> bool:
+        rr = [p for p in seen if isinstance(p, RtcpRrPacket) and p.reports]
+        remb = [p for p in seen if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_APP]
+        return bool(rr and remb)
+
+    await eventually(got_both, timeout=10, what="a receiver report and a REMB")
+    rr = next(p for p in seen if isinstance(p, RtcpRrPacket) and p.reports)
+    report = next(r for r in rr.reports if r.ssrc == sender._ssrc)
+    assert report.packets_lost == 0 and report.highest_sequence > 0
+    remb = next(p for p in seen if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_APP)
+    bitrate, ssrcs = unpack_remb_fci(remb.fci)
+    assert ssrcs == [sender._ssrc] and 50_000 < bitrate < 2_000_000
