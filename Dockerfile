@@ -14,18 +14,26 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
+# A C compiler for media/_udpsend.c, the SFU's protect-and-send loop (build
+# stage only; the runtime image gets the compiled module, not the compiler).
+# Without it pip would fall back silently to the slower pure-Python loop.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/huddle
 
 # Copy only what the package needs, so edits to tests or docs do not
 # invalidate the install layer. README/LICENSE are optional: the wildcards
 # may match nothing, and pyproject.toml keeps the COPY from being empty.
-COPY pyproject.toml README.md* LICENSE* ./
+COPY pyproject.toml setup.py README.md* LICENSE* ./
 COPY server ./server
 COPY signaling ./signaling
 COPY media ./media
 # aiortc, av, asyncpg, uvloop, cryptography ship manylinux wheels with their
-# native libraries bundled, so no compiler or -dev packages are needed.
-RUN /opt/huddle/bin/pip install .
+# native libraries bundled; only Huddle's own extension is compiled here.
+RUN /opt/huddle/bin/pip install . \
+    && /opt/huddle/bin/python -c "import media._udpsend"
 
 # --- runtime: the venv, the browser client, a non-root user ---
 FROM ${PYTHON_IMAGE}

@@ -6,15 +6,16 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint format bench services system-deps clean
 
-# The stamps re-run pip only when pyproject.toml changed, so `make run` also
+# The stamps re-run pip only when pyproject.toml, setup.py or the C source
+# changed (pip then compiles media/_udpsend.c), so `make run` also
 # starts offline once installed.
-$(VENV)/.installed-run: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml setup.py media/_udpsend.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml
+$(VENV)/.installed-dev: pyproject.toml setup.py media/_udpsend.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
