@@ -42,6 +42,7 @@ import logging
 import random
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
@@ -131,6 +132,8 @@ class FastRtp:
         self.direct_frames = 0  # sent from the fan-out by send_now
         self.tx_bytes = 0  # protected bytes not yet added to the DTLS transport's stats
         self.tx_packets = 0
+        #: Told how many packets the queued path sent (the fan-out counts its own).
+        self.on_packets: Callable[[int], None] | None = None
         # Derived once by prepare().
         self._single = False  # one packet per frame (audio)
         self._vp8 = False
@@ -303,27 +306,29 @@ class FastRtp:
         self.rtp_timestamp = timestamp
         return packets
 
-    def send_now(self, frame: EncodedFrame, pts: int) -> bool:
+    def send_now(self, frame: EncodedFrame, pts: int) -> int:
         """Send ``frame`` at ``pts`` synchronously, from the publisher's fan-out, if possible.
 
         Only while the send loop runs idle (the caller checks its track's
         queue is empty), the sender is enabled, and the selected pair is plain
-        UDP; otherwise returns False and the frame goes through the queue.
+        UDP. Returns the number of packets sent, or -1 when the frame must go
+        through the queue instead.
         """
         if not self.running or not self.sender._enabled:
-            return False
+            return -1
         try:
             out = self._udp_out()
             if out is None:
-                return False
+                return -1
             self.direct_frames += 1
             packets = self._packets(frame, pts)
             self.tx_bytes += out.send(packets)
             self.tx_packets += len(packets)
+            return len(packets)
         except Exception:
             # Never let one subscriber break the publisher's fan-out.
             logger.exception("forwarding sender: direct send failed")
-        return True
+            return 0
 
     # --- loops -------------------------------------------------------------
 
@@ -361,6 +366,8 @@ class FastRtp:
             if not sender._enabled:
                 continue
             packets = self._packets(frame, frame.pts)
+            if self.on_packets is not None:
+                self.on_packets(len(packets))
             out = self._udp_out()
             if out is not None:
                 self.tx_bytes += out.send(packets)

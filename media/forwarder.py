@@ -79,13 +79,15 @@ class UpTrack:
 
     def _on_frame(self, frame: EncodedFrame) -> None:
         self.frames_in += 1
-        sent = 0
+        sent = packets = 0
         for down in self._downs:
-            if down.push(frame):
+            n = down.push(frame)
+            if n >= 0:
                 sent += 1
+                packets += n
         if sent:
             # Counted once per fan-out rather than per subscriber (hot path).
-            self._metrics.packets_forwarded(self.kind, sent, sent * len(frame.data))
+            self._metrics.packets_forwarded(self.kind, sent, packets, sent * len(frame.data))
 
     def _on_loss(self) -> None:
         self._metrics.frame_dropped_incomplete()
@@ -140,8 +142,9 @@ class DownTrack(MediaStreamTrack):
         self._last_pts: int | None = None  # last queued
         self._last_sent_pts: int | None = None  # last handed to the sender
         # Set by the subscriber's sender: sends a frame at the given (rebased)
-        # pts at once when it can (False: queue it for the sender's loop).
-        self.direct: Callable[[EncodedFrame, int], bool] | None = None
+        # pts at once when it can and returns its packet count (-1: queue it
+        # for the sender's loop instead).
+        self.direct: Callable[[EncodedFrame, int], int] | None = None
         self.frames_out = 0
         self.bytes_out = 0
         self.skips = 0
@@ -174,11 +177,11 @@ class DownTrack(MediaStreamTrack):
         if self.source is not None:
             self.source.request_keyframe()
 
-    def push(self, frame: EncodedFrame) -> bool:
-        """Forward ``frame``; True when it was sent at once (not queued or dropped)."""
+    def push(self, frame: EncodedFrame) -> int:
+        """Forward ``frame``; its packet count when sent at once, -1 when queued or dropped."""
         if self._gated:
             if not frame.keyframe:
-                return False
+                return -1
             self._gated = False
         queue = self._queue
         if len(queue) >= self._queue_size:
@@ -192,7 +195,7 @@ class DownTrack(MediaStreamTrack):
                     self._gated = True
                     if self.source is not None:
                         self.source.request_keyframe()
-                    return False
+                    return -1
             else:
                 queue.popleft()
         if self._offset is None:
@@ -203,18 +206,20 @@ class DownTrack(MediaStreamTrack):
             pts = self._last_pts + 1
         self._last_pts = pts
         direct = self.direct
-        if direct is not None and not queue and direct(frame, pts):
-            # Sent synchronously by the subscriber's sender (media.fastsend);
-            # the caller counts it in the metrics.
-            self._last_sent_pts = pts
-            self.frames_out += 1
-            self.bytes_out += len(frame.data)
-            return True
+        if direct is not None and not queue:
+            packets = direct(frame, pts)
+            if packets >= 0:
+                # Sent synchronously by the subscriber's sender (media.fastsend);
+                # the caller counts it in the metrics.
+                self._last_sent_pts = pts
+                self.frames_out += 1
+                self.bytes_out += len(frame.data)
+                return packets
         queue.append(EncodedFrame(frame.data, pts, frame.time_base, frame.keyframe))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        return False
+        return -1
 
     async def recv(self) -> EncodedFrame:  # type: ignore[override]
         queue = self._queue
@@ -235,7 +240,7 @@ class DownTrack(MediaStreamTrack):
         self._last_sent_pts = frame.pts
         self.frames_out += 1
         self.bytes_out += len(frame.data)
-        self._metrics.packets_forwarded(self.kind, 1, len(frame.data))
+        self._metrics.packets_forwarded(self.kind, 1, 0, len(frame.data))  # packets: by the sender
 
     def stop(self) -> None:
         """End the track for good (only when its sender goes too)."""

@@ -19,7 +19,7 @@ class MediaMetrics(Protocol):
     def room_closed(self) -> None: ...
     def participant_joined(self) -> None: ...
     def participant_left(self) -> None: ...
-    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None: ...
+    def packets_forwarded(self, kind: str, frames: int, packets: int, nbytes: int) -> None: ...
     def pli_sent(self) -> None: ...
     def pli_relayed(self) -> None: ...
     def nack_received(self) -> None: ...
@@ -42,7 +42,7 @@ class NoopMediaMetrics:
     def participant_left(self) -> None:
         pass
 
-    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None:
+    def packets_forwarded(self, kind: str, frames: int, packets: int, nbytes: int) -> None:
         pass
 
     def pli_sent(self) -> None:
@@ -79,13 +79,19 @@ class PrometheusMediaMetrics:
             ["kind"],
             registry=registry,
         )
+        self.forwarded_packets = Counter(
+            f"{p}_sfu_forwarded_packets_total",
+            "RTP packets sent to subscribers (before SRTP; retransmissions not included)",
+            ["kind"],
+            registry=registry,
+        )
         self.forwarded_bytes = Counter(
             f"{p}_sfu_forwarded_bytes_total",
             "Encoded payload bytes handed to subscriber senders",
             ["kind"],
             registry=registry,
         )
-        self._forwarded: dict[str, tuple[Counter, Counter]] = {}
+        self._forwarded: dict[str, tuple[Counter, Counter, Counter]] = {}
         self.plis_sent = Counter(
             f"{p}_sfu_pli_sent_total", "Keyframe requests sent to publishers", registry=registry
         )
@@ -121,16 +127,21 @@ class PrometheusMediaMetrics:
     def participant_left(self) -> None:
         self.participants_active.dec()
 
-    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None:
+    def packets_forwarded(self, kind: str, frames: int, packets: int, nbytes: int) -> None:
         # Called per frame per subscriber: resolve the labelled children once.
         children = self._forwarded.get(kind)
         if children is None:
             children = self._forwarded[kind] = (
                 self.forwarded_frames.labels(kind),
+                self.forwarded_packets.labels(kind),
                 self.forwarded_bytes.labels(kind),
             )
-        children[0].inc(frames)
-        children[1].inc(nbytes)
+        if frames:
+            children[0].inc(frames)
+        if packets:
+            children[1].inc(packets)
+        if nbytes:
+            children[2].inc(nbytes)
 
     def pli_sent(self) -> None:
         self.plis_sent.inc()
@@ -166,8 +177,9 @@ class CountingMediaMetrics:
     def participant_left(self) -> None:
         self.counts["participants_left"] += 1
 
-    def packets_forwarded(self, kind: str, frames: int, nbytes: int) -> None:
+    def packets_forwarded(self, kind: str, frames: int, packets: int, nbytes: int) -> None:
         self.counts[f"{kind}_frames"] += frames
+        self.counts[f"{kind}_packets"] += packets
         self.counts[f"{kind}_bytes"] += nbytes
 
     def pli_sent(self) -> None:

@@ -58,6 +58,8 @@ class Slot:
         # sends straight from the publisher's fan-out while it has no backlog.
         self.fast = install_fast_rtp(sender, packer, gso=gso)
         self.down.direct = self.fast.send_now
+        kind = up.kind
+        self.fast.on_packets = lambda n: metrics.packets_forwarded(kind, 0, n, 0)
         # A subscriber's PLI/FIR would set a flag only the encode path reads:
         # relay it to the publisher instead.
         sender._send_keyframe = self.down.request_keyframe  # type: ignore[method-assign]

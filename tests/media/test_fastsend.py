@@ -39,6 +39,11 @@ async def test_room_sends_from_the_fan_out(call: Call) -> None:
     out = video.fast.out
     assert out is not None and out.dropped == 0
     assert out.syscalls < out.datagrams, (out.syscalls, out.datagrams)
+    # Forwarded packets are counted per kind: one per Opus frame, several per
+    # VP8 keyframe.
+    counts = call.metrics.counts
+    assert counts["audio_packets"] == counts["audio_frames"] > 0
+    assert counts["video_packets"] > counts["video_frames"] > 0
 
 
 class _Transport:
