@@ -130,6 +130,7 @@ class FastRtp:
         self.rtp_timestamp = 0
         self.retransmitted = 0
         self.direct_frames = 0  # sent from the fan-out by send_now
+        self.send_errors = 0
         self.tx_bytes = 0  # protected bytes not yet added to the DTLS transport's stats
         self.tx_packets = 0
         #: Told how many packets the queued path sent (the fan-out counts its own).
@@ -326,8 +327,11 @@ class FastRtp:
             self.tx_packets += len(packets)
             return len(packets)
         except Exception:
-            # Never let one subscriber break the publisher's fan-out.
-            logger.exception("forwarding sender: direct send failed")
+            # Never let one subscriber break the publisher's fan-out; log the
+            # first failure of this sender with its traceback, count the rest.
+            self.send_errors += 1
+            if self.send_errors == 1:
+                logger.exception("forwarding sender: direct send failed")
             return 0
 
     # --- loops -------------------------------------------------------------

@@ -119,15 +119,23 @@ class DatagramOut:
         if ACCELERATED if accelerated is None else accelerated:
             if _udpsend is None:
                 raise RuntimeError("media._udpsend is not built")
-            self._c = _udpsend.UdpOut(
-                self._sock.fileno(),
-                addr[0],
-                addr[1],
-                int(ffi.cast("uintptr_t", self._srtp)),
-                int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
-                gso,
-            )
-            self.send = self._send_c  # type: ignore[method-assign]
+            try:
+                # The C object keeps a pointer to libsrtp's context: self.session
+                # (which frees it when collected) lives as long as it does.
+                self._c = _udpsend.UdpOut(
+                    self._sock.fileno(),
+                    addr[0],
+                    addr[1],
+                    int(ffi.cast("uintptr_t", self._srtp)),
+                    int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
+                    gso,
+                )
+            except ValueError as exc:
+                # An address the C side does not parse (an IPv6 zone id,
+                # "fe80::1%eth0"): Python's socket module does.
+                logger.debug("C send loop unavailable for %s (%s): using Python", addr, exc)
+            else:
+                self.send = self._send_c  # type: ignore[method-assign]
 
     def matches(self, session: Session, transport: Any, addr: Any) -> bool:
         return session is self.session and transport is self.transport and addr == self.addr

@@ -184,3 +184,33 @@ async def test_a_bad_packet_list_is_refused(ends: Endpoints, accelerated: bool) 
     out.send([rtp(2, 200)])  # still usable
     assert decrypt(rx, ends.received(1)) == [rtp(2, 200)]
     out.close()
+
+
+async def test_ipv6_and_a_zone_id_the_c_loop_cannot_parse() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("::1", 0)
+        )
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    receiver = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    receiver.bind(("::1", 0))
+    receiver.settimeout(2)
+    try:
+        tx, rx = sessions()
+        out = DatagramOut(tx, transport, receiver.getsockname()[:2])
+        assert out.accelerated is (udpout.ACCELERATED)
+        packets = [rtp(1, 900), rtp(2, 900), rtp(3, 100)]
+        out.send(packets)
+        assert decrypt(rx, [receiver.recv(2048) for _ in packets]) == packets
+        out.close()
+        # A zone id: the C loop refuses the address, the Python loop takes over.
+        scoped = DatagramOut(tx, transport, ("fe80::1%lo", 9))
+        assert not scoped.accelerated
+        scoped.close()
+    finally:
+        receiver.close()
+        transport.close()
