@@ -477,6 +477,18 @@ class SignalingHub:
 
     # -- disconnect leaves ----------------------------------------------------------------
 
+    def expect_reconnect(self, call_id: str, pid: str, name: str | None) -> bool:
+        """Treat ``pid`` as just disconnected unless it has a socket here.
+
+        For participants whose sockets died with a previous process: they
+        leave after the grace period unless they reconnect first. Returns
+        whether a leave was scheduled.
+        """
+        if pid in self._conns.get(call_id, {}) or pid in self._pending.get(call_id, {}):
+            return False
+        self._schedule_leave(call_id, pid, name)
+        return True
+
     def _schedule_leave(self, call_id: str, pid: str, name: str | None) -> None:
         self._cancel_pending(call_id, pid)
         task = asyncio.create_task(

@@ -77,12 +77,44 @@ async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     logger.info(
         "signaling: %s bus, node %s", "Redis" if redis is not None else "in-process", config.node_id
     )
+    if redis is None:
+        await _reconcile_after_restart(app, hub)
     try:
         yield
     finally:
         await hub.close()
         if redis is not None:
             await redis.aclose()
+
+
+#: At most this many seats are reconciled at startup (a log line says when cut).
+RECONCILE_LIMIT = 10_000
+
+
+async def _reconcile_after_restart(app: web.Application, hub: SignalingHub) -> None:
+    """On a single node (in-process bus), nobody is connected at startup.
+
+    Participants still joined to a live call lost their sockets with the
+    previous process (a crash, a kill, a restart): treat them as just
+    disconnected, so each leaves after the grace period unless its client
+    reconnects first, and a call whose last participant leaves ends, instead
+    of seats being held until the stale-call sweep. With Redis other nodes
+    may hold those sockets, so nothing is assumed there.
+    """
+    try:
+        seats = await app[CALLS].store.joined_in_live_calls(limit=RECONCILE_LIMIT)
+    except Exception:
+        logger.exception("signaling: could not list joined participants after restart")
+        return
+    scheduled = sum(hub.expect_reconnect(call_id, pid, name) for call_id, pid, name in seats)
+    if scheduled:
+        logger.info(
+            "signaling: %d participant(s) of live calls have no socket after restart; "
+            "they leave after %.0f s unless they reconnect%s",
+            scheduled,
+            hub.options.disconnect_grace_s,
+            f" (first {RECONCILE_LIMIT} only)" if len(seats) >= RECONCILE_LIMIT else "",
+        )
 
 
 async def signaling_shutdown(app: web.Application) -> None:

@@ -164,3 +164,25 @@ async def test_sigterm_exits_zero_within_the_shutdown_timeout(tmp_path: object) 
             await process.wait()
         assert process.stderr is not None
         await process.stderr.read()
+
+
+async def test_a_restarted_single_node_frees_seats_on_both_backends(
+    make_client: AppFactory,
+) -> None:
+    """After a crash or restart (in-process bus), joined participants without a
+    socket leave after the grace period and the call ends; on both stores."""
+    first = await make_client(disconnect_grace_s=0.2)
+    api = Api(first)
+    ana, ben = await api.users("ana", "ben")
+    call = await api.group_call(ana, ben)
+    await api.action(call["call_id"], "join", ben)
+    await first.close()
+
+    second = await make_client(disconnect_grace_s=0.2)
+    api = Api(second)
+
+    async def ended() -> bool:
+        status = await api.status(call["call_id"], ana)
+        return bool(status["status"] == "ended")
+
+    await eventually(ended, timeout=10, message="the call ended after the restart")

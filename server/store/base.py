@@ -72,6 +72,9 @@ class Store(Protocol):
 
     async def count_live_calls(self) -> int: ...
 
+    async def joined_in_live_calls(self, *, limit: int) -> list[tuple[str, str, str | None]]:
+        """(call id, user id, name) of participants joined to a live call, oldest calls first."""
+
 
 class Tx(Protocol):
     """One open transaction. SQL uses ``$1``-style placeholders."""

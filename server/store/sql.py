@@ -273,6 +273,17 @@ class SqlStore:
             rows = await tx.fetch("SELECT COUNT(*) AS n FROM calls WHERE status <> 'ended'")
         return int(rows[0]["n"])
 
+    async def joined_in_live_calls(self, *, limit: int) -> list[tuple[str, str, str | None]]:
+        async with self._tx("joined_in_live_calls", write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT p.call_id, p.user_id, p.name FROM call_participants p"
+                " JOIN calls c ON c.call_id = p.call_id"
+                " WHERE c.status <> 'ended' AND p.joined_at IS NOT NULL AND p.left_at IS NULL"
+                " ORDER BY c.created_at, p.call_id, p.position LIMIT $1",
+                limit,
+            )
+        return [(str(r["call_id"]), str(r["user_id"]), r["name"]) for r in rows]
+
     # -- mapping -----------------------------------------------------------
 
     async def _load_call(self, tx: Tx, call_id: str, *, lock: bool) -> Call | None:
