@@ -74,6 +74,8 @@ class SignalingSettings:
     send_queue_size: int = 256
     ping_after_s: float = 20.0
     drop_after_s: float = 45.0
+    # With Redis: a node whose heartbeat is this old is dead; its seats are freed.
+    node_ttl_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
             "HUDDLE_MAX_MESSAGE_BYTES", 64 * 1024, low=1024, high=1024 * 1024
         ),
         messages_per_second=env.seconds("HUDDLE_MESSAGES_PER_SECOND", 50, low=1, high=10_000),
+        node_ttl_s=env.seconds("HUDDLE_NODE_TTL", 15, low=1, high=300),
     )
     media = MediaSettings(
         ice_hosts=env.csv("HUDDLE_ICE_HOSTS"),

@@ -32,6 +32,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from server.auth import Identity
 from server.calls import CallService
 from server.config import SignalingSettings
@@ -54,9 +56,14 @@ from signaling.protocol import (
     error_message,
     stamp,
 )
+from signaling.seats import SeatRegistry
 from signaling.sfu import SfuEndpoint
 
 logger = logging.getLogger(__name__)
+
+
+#: At most this many joined participants are checked per orphaned-seat scan.
+ORPHAN_SCAN_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,10 @@ class SignalingHub:
         *,
         node_id: str,
         options: HubOptions | None = None,
+        seats: SeatRegistry | None = None,
     ) -> None:
         self.calls = calls
+        self.seats = seats
         self.settings = settings
         self.metrics = metrics
         self.node_id = node_id
@@ -106,6 +115,11 @@ class SignalingHub:
     async def start(self) -> None:
         await self._bus.start(self)
         self.calls.events.add(self)
+        if self.seats is not None:
+            self.seats.start()
+            task = asyncio.create_task(self._adopt_loop(), name="signaling:adopt-orphans")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def attach_sfu(self, endpoint: SfuEndpoint | None) -> None:
         """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
@@ -131,6 +145,8 @@ class SignalingHub:
         self._pending.clear()
         for call_id in sorted(self._placement.owned):
             await self._close_room(call_id)
+        if self.seats is not None:
+            await self.seats.close()
         await self._placement.close()
         await self._bus.close()
         self._subscribed.clear()
@@ -176,6 +192,8 @@ class SignalingHub:
         if old is not None:
             old.close(CloseCode.REPLACED, "replaced by a newer connection")
         await self._ensure_subscribed(call_id)
+        if self.seats is not None:
+            await self.seats.attach(call_id, pid)
         if not was_online:
             self._presence_to_local(call_id, pid, online=True)
         try:
@@ -489,10 +507,16 @@ class SignalingHub:
         self._schedule_leave(call_id, pid, name)
         return True
 
-    def _schedule_leave(self, call_id: str, pid: str, name: str | None) -> None:
+    def _schedule_leave(
+        self, call_id: str, pid: str, name: str | None, lost_node: str | None = None
+    ) -> None:
+        """Leave after the grace period; ``lost_node``: the seat holder whose socket went away."""
         self._cancel_pending(call_id, pid)
+        if lost_node is None:
+            lost_node = self.seats.holder if self.seats is not None else self.node_id
         task = asyncio.create_task(
-            self._leave_after_grace(call_id, pid, name), name=f"signaling:leave:{pid}"
+            self._leave_after_grace(call_id, pid, name, lost_node),
+            name=f"signaling:leave:{pid}",
         )
         self._pending.setdefault(call_id, {})[pid] = task
         self._tasks.add(task)
@@ -508,7 +532,9 @@ class SignalingHub:
         if task is not None:
             task.cancel()
 
-    async def _leave_after_grace(self, call_id: str, pid: str, name: str | None) -> None:
+    async def _leave_after_grace(
+        self, call_id: str, pid: str, name: str | None, lost_node: str
+    ) -> None:
         await asyncio.sleep(self.options.disconnect_grace_s)
         # Out of the pending map first: the leave's own event must not cancel us.
         pending = self._pending.get(call_id, {})
@@ -516,6 +542,17 @@ class SignalingHub:
             del pending[pid]
             if not pending:
                 self._pending.pop(call_id, None)
+        if self.seats is not None:
+            try:
+                if await self.seats.held_elsewhere(call_id, pid, lost_node):
+                    logger.info("Call(%s) Participant(%s) reconnected elsewhere", call_id, pid)
+                    await self._maybe_unsubscribe(call_id)
+                    return
+            except RedisError as exc:
+                # Unknown: never kick someone who may have reconnected.
+                logger.warning("Call(%s) leave of %s skipped, Redis: %s", call_id, pid, exc)
+                await self._maybe_unsubscribe(call_id)
+                return
         try:
             await self.calls.leave(Identity(pid, name), call_id)
             self.metrics.cleanup_on_disconnect.inc()
@@ -530,6 +567,51 @@ class SignalingHub:
             logger.exception("Call(%s) disconnect leave of %s failed", call_id, pid)
         finally:
             await self._maybe_unsubscribe(call_id)
+
+    # -- seats of dead nodes ----------------------------------------------------------------
+
+    async def _adopt_loop(self) -> None:
+        assert self.seats is not None
+        while True:
+            await asyncio.sleep(self.seats.scan_interval_s)
+            try:
+                await self.adopt_orphans()
+            except (RedisError, HuddleError) as exc:
+                logger.warning("signaling: orphaned seat scan skipped: %s", exc)
+            except Exception:
+                logger.exception("signaling: orphaned seat scan failed")
+
+    async def adopt_orphans(self) -> int:
+        """Schedule the leave of participants whose socket's node is dead; returns how many."""
+        seats = self.seats
+        if seats is None:
+            return 0
+        joined = await self.calls.store.joined_in_live_calls(limit=ORPHAN_SCAN_LIMIT)
+        by_call: dict[str, list[tuple[str, str | None]]] = {}
+        for call_id, pid, name in joined:
+            by_call.setdefault(call_id, []).append((pid, name))
+        holders = await seats.holders(list(by_call))
+        nodes = {node for seat in holders.values() for node in seat.values()}
+        alive = await seats.alive(nodes)
+        adopted = 0
+        hold_s = self.options.disconnect_grace_s + seats.ttl_s
+        for call_id, members in by_call.items():
+            for pid, name in members:
+                node = holders[call_id].get(pid)
+                if node is None or node in alive or node == seats.holder:
+                    continue  # never connected, or its node is alive
+                if pid in self._conns.get(call_id, {}) or pid in self._pending.get(call_id, {}):
+                    continue
+                if await seats.claim(call_id, pid, hold_s):
+                    logger.info(
+                        "Call(%s) Participant(%s): node %s is gone, leaving after grace",
+                        call_id,
+                        pid,
+                        node,
+                    )
+                    self._schedule_leave(call_id, pid, name, lost_node=node)
+                    adopted += 1
+        return adopted
 
     # -- subscriptions and presence -------------------------------------------------------
 

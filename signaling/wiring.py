@@ -25,6 +25,7 @@ from signaling.keys import HUB
 from signaling.metrics import SignalingMetrics
 from signaling.placement import LocalPlacement, RedisPlacement, RoomPlacement
 from signaling.redis_bus import RedisBus
+from signaling.seats import SeatRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = SignalingMetrics(app[METRICS].registry)
     options = HubOptions(disconnect_grace_s=config.limits.disconnect_grace_s)
     redis: Redis | None = None
+    seats: SeatRegistry | None = None
     bus: MessageBus
     placement: RoomPlacement
     if config.redis_url is None:
@@ -54,6 +56,7 @@ async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
             retry=Retry(NoBackoff(), 0),
         )
         bus = RedisBus(redis, metrics, config.node_id)
+        seats = SeatRegistry(redis, config.node_id, ttl_s=config.signaling.node_ttl_s)
         placement = RedisPlacement(redis, config.node_id, lambda call_id: hub.on_room_lost(call_id))
     hub = SignalingHub(
         app[CALLS],
@@ -63,6 +66,7 @@ async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics,
         node_id=config.node_id,
         options=options,
+        seats=seats,
     )
     app[HUB] = hub
     if isinstance(placement, RedisPlacement):
