@@ -91,6 +91,7 @@ async def main_async(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         ramp_per_s=args.ramp,
         video_bitrate=args.video_bitrate,
+        light_receivers=args.light_receivers,
         thresholds=Thresholds(min_fps=args.min_fps),
     )
     if args.url:
@@ -117,6 +118,9 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=4.0)
     parser.add_argument("--video-bitrate", type=int, default=300_000)
     parser.add_argument("--min-fps", type=float, default=15.0)
+    parser.add_argument(
+        "--light-receivers", action="store_true", help="header-counting receivers (no NACK/PLI)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "loadtest")
     args = parser.parse_args()
     try:

@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     media.add_argument("--video-fps", type=int, default=30, help="default 30")
     media.add_argument("--audio-only", action="store_true", help="publish Opus only")
     media.add_argument(
+        "--light-receivers",
+        action="store_true",
+        help="count received RTP from headers instead of aiortc's receive path: "
+        "~4x less load-generator CPU per packet, but no NACK/PLI (loss is reported as is)",
+    )
+    media.add_argument(
         "--ice-host",
         action="append",
         default=None,
@@ -139,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         secret=args.secret or os.environ.get("HUDDLE_LOADTEST_SECRET") or None,
         ice_hosts=ice_hosts,
         settle_s=args.settle,
+        light_receivers=args.light_receivers,
         thresholds=Thresholds(
             max_missing_tracks=args.max_missing,
             max_failed_peers=args.max_failed,

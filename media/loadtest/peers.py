@@ -91,6 +91,7 @@ class SignaledPeer:
         rtc_configuration: RTCConfiguration | None = None,
         clock: Callable[[], float] = time.monotonic,
         started_at: float | None = None,
+        count_only: bool = False,
     ) -> None:
         self.user_id = user_id
         self.signaling = signaling
@@ -104,6 +105,7 @@ class SignaledPeer:
             video=video,
             audio=audio,
             clock=clock,
+            count_only=count_only,
         )
         self.publish_connected_at: float | None = None
         self.subscribe_connected_at: float | None = None
@@ -126,6 +128,7 @@ class SignaledPeer:
         rtc_configuration: RTCConfiguration | None = None,
         started_at: float | None = None,
         timeout: float = 10.0,  # noqa: ASYNC109 - the WebSocket handshake's
+        count_only: bool = False,
     ) -> SignaledPeer:
         """Open the signaling socket of a participant that already joined over HTTP."""
         signaling = await SignalingClient.open(
@@ -138,6 +141,7 @@ class SignaledPeer:
             audio=audio,
             rtc_configuration=rtc_configuration,
             started_at=started_at,
+            count_only=count_only,
         )
 
     # --- actions ---------------------------------------------------------

@@ -102,6 +102,7 @@ def scenario_line(report: LoadTestReport) -> str:
     return (
         f"{_plural(c['rooms'], 'room')} x ({_plural(c['publishers'], 'publisher')} + "
         f"{_plural(c['subscribers'], 'subscriber')}), {media}, against {c['url']}"
+        + (" (light receivers: header counting, no NACK/PLI)" if c.get("light_receivers") else "")
     )
 
 

@@ -121,6 +121,35 @@ async def test_two_rooms_of_three_peers(huddle_server: str, tmp_path: Path) -> N
     assert not re.search(r"""(src|href)\s*=""", page)
 
 
+async def test_light_receivers_count_every_track(huddle_server: str, tmp_path: Path) -> None:
+    """--light-receivers: header counting instead of aiortc's receive path."""
+    json_path = tmp_path / "light.json"
+    code, out, err = await run_cli(
+        "--url", huddle_server,
+        "--rooms", "1",
+        "--publishers", "2",
+        "--subscribers", "1",
+        "--duration", "3",
+        "--settle", "15",
+        "--min-fps", "5",
+        "--max-loss", "1",
+        "--light-receivers",
+        "--json", str(json_path),
+    )  # fmt: skip
+    report = json.loads(json_path.read_text())
+    assert code == 0, f"exit {code}\n{out}\n{err[-3000:]}"
+    assert "light receivers" in out
+    assert report["config"]["light_receivers"] is True
+    s = report["summary"]
+    assert s["tracks_expected"] == s["tracks_receiving"] == 8
+    for peer in by_name(report).values():
+        for track in peer["tracks"]:
+            assert track["frames"] > 20 and track["packets_received"] > 0, track
+            assert track["loss_pct"] is not None and track["loss_pct"] <= 1.0, track
+            if track["kind"] == "video":
+                assert track["keyframes"] >= 1, track
+
+
 async def test_bad_arguments_exit_2_without_running() -> None:
     code, _, err = await run_cli("--publishers", "1", "--subscribers", "0", timeout=60)
     assert code == 2
