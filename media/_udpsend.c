@@ -178,6 +178,10 @@ UdpOut_send(UdpOut *self, PyObject *packets)
         PyErr_SetString(PyExc_TypeError, "packets must be a list of bytes");
         return NULL;
     }
+    if (self->protect == NULL) { /* allocated but never initialised */
+        PyErr_SetString(PyExc_RuntimeError, "UdpOut not initialised");
+        return NULL;
+    }
     if (self->fd < 0) {
         PyErr_SetString(PyExc_ConnectionError, "datagram output closed");
         return NULL;

@@ -214,3 +214,11 @@ async def test_ipv6_and_a_zone_id_the_c_loop_cannot_parse() -> None:
     finally:
         receiver.close()
         transport.close()
+
+
+def test_an_uninitialised_c_object_refuses_to_send() -> None:
+    if udpout._udpsend is None:
+        pytest.skip("media._udpsend not built")
+    raw = udpout._udpsend.UdpOut.__new__(udpout._udpsend.UdpOut)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        raw.send([rtp(1, 100)])
