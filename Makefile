@@ -44,9 +44,16 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every benchmark in docs/benchmarks.md, each bounded in count and time (~20 min).
 bench: $(VENV)/.installed-dev services
+	mkdir -p var
 	$(BIN)/python -m bench.lifecycle --backend sqlite
 	$(BIN)/python -m bench.lifecycle --backend postgres
+	$(BIN)/python -m bench.signaling.run --pairs 60
+	$(BIN)/python -m bench.loadtest.run
+	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode huddle --json var/bench-sfu-huddle.json
+	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode naive --subscribers 0,1,8 --room 0 \
+		--json var/bench-sfu-naive.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
