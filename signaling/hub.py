@@ -549,10 +549,14 @@ class SignalingHub:
                     await self._maybe_unsubscribe(call_id)
                     return
             except RedisError as exc:
-                # Unknown: never kick someone who may have reconnected.
-                logger.warning("Call(%s) leave of %s skipped, Redis: %s", call_id, pid, exc)
-                await self._maybe_unsubscribe(call_id)
-                return
+                if lost_node != self.seats.holder:
+                    # An adopted seat, unknown state: never kick someone who
+                    # may have reconnected; the next scan tries again.
+                    logger.warning("Call(%s) leave of %s skipped, Redis: %s", call_id, pid, exc)
+                    await self._maybe_unsubscribe(call_id)
+                    return
+                # Our own socket dropped: leave as without a seat map.
+                logger.warning("Call(%s) seat of %s not checked, Redis: %s", call_id, pid, exc)
         try:
             await self.calls.leave(Identity(pid, name), call_id)
             self.metrics.cleanup_on_disconnect.inc()

@@ -219,3 +219,37 @@ async def test_redis_outage_degrades_then_heals_without_reconnects(
         "video_redis_pubsub_error_total 1.0" in metrics
         or "video_redis_pubsub_error_total" in metrics
     )
+
+
+async def test_a_socket_dropped_during_a_redis_outage_still_leaves(
+    two_nodes: Cluster, nodes: Sessions
+) -> None:
+    """The seat map cannot be read, but the socket was this node's: leave as before."""
+    call_id, (ana, bob) = await call_between(nodes, "ana", "bob")
+    a = await nodes.ws(0, call_id, ana)
+    b = await nodes.ws(1, call_id, bob)
+    await a.receive("presence", timeout=10, where=lambda m: m["online"])
+
+    two_nodes.cut_redis()
+    try:
+        await b.receive("error", timeout=15, where=lambda m: m["code"] == "signaling_degraded")
+        await b.ws.close()  # bob's socket on node 2 drops while Redis is away
+
+        async def bob_left() -> bool:
+            status = await nodes.api[0].status(call_id, ana)
+            seats = {p["user_id"]: p for p in status["participants"]}
+            return bool(seats[bob.user_id]["left_at"])
+
+        await eventually(bob_left, timeout=GRACE_S + 15, message="bob left after the grace")
+    finally:
+        two_nodes.restore_redis()
+
+    async def ready() -> bool:
+        for session in nodes.http:
+            response = await session.get("/ready")
+            await response.read()
+            if response.status != 200:
+                return False
+        return True
+
+    await eventually(ready, timeout=30, message="both nodes ready again")
