@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format bench services system-deps clean
+.PHONY: run test lint format bench reliability soak services system-deps clean
 
 # The stamps re-run pip only when pyproject.toml, setup.py or the C source
 # changed (pip then compiles media/_udpsend.c), so `make run` also
@@ -43,6 +43,11 @@ lint: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The fuzzers, the authorization matrix and the fault tests at full strength
+# (the suite runs them bounded); see docs/reliability.md.
+reliability: $(VENV)/.installed-dev system-deps services
+	HUDDLE_RELIABILITY=full $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
 # Every benchmark in docs/benchmarks.md, each bounded in count and time (~20 min).
 bench: $(VENV)/.installed-dev services
