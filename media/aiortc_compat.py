@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aioice.ice
@@ -126,6 +126,12 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpReceiver, "attr", "_send_rtcp"),
     # media.loadtest: a receiver's remote streams (which publisher it carries)
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
+    # media.inbound: the SFU's own receive path (intercept_srtp, send_srtcp)
+    (aioice.ice.Connection, "attr", "data_received"),
+    (RTCDtlsTransport, "code:__init__", "_rx_srtp"),
+    (RTCDtlsTransport, "code:_recv_next", "_rx_srtp"),
+    (RTCDtlsTransport, "code:_send_rtp", "_tx_srtp"),
+    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__decoder_queue"),
 )
 
 
@@ -191,6 +197,94 @@ def install_decoder_bypass() -> None:
             check_aiortc()
             _original_decoder_worker = aiortc.rtcrtpreceiver.decoder_worker
             aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
+
+
+# --- the SFU's own receive path ----------------------------------------------
+
+
+class _EndSignal(DecoderBypass):
+    """Stands in for a receiver's decoder queue: only ever sees the stop marker."""
+
+    def __init__(self, on_end: Callable[[], None]) -> None:
+        self._on_end: Callable[[], None] | None = on_end
+
+    def put(self, item: Any) -> None:
+        if item is None and self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end()
+
+    def get(self) -> None:  # never called: the decoder thread returns at once
+        return None
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[Any]:
+    """The codecs a transceiver negotiated (aiortc keeps them private), RTX included."""
+    return list(transceiver._codecs)
+
+
+def on_receiver_end(receiver: RTCRtpReceiver, on_end: Callable[[], None]) -> None:
+    """Call ``on_end`` when ``receiver`` stops; it never decodes (no decoder thread work).
+
+    The SFU's receive path takes every packet before aiortc's receiver would
+    see it, so the receiver is kept only for its place in aiortc's negotiation
+    and its ``stop()``, which is how a removed m-line ends a published track.
+    """
+    install_decoder_bypass()
+    setattr(receiver, "_RTCRtpReceiver__decoder_queue", _EndSignal(on_end))  # noqa: B010
+
+
+def dtls_transport_of(pc: Any) -> RTCDtlsTransport | None:
+    """The (bundled) DTLS transport of a connection, once it has transceivers."""
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None:
+            return transport  # type: ignore[no-any-return]
+    return None
+
+
+def intercept_srtp(dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None]) -> None:
+    """Hand every SRTP/SRTCP datagram of ``dtls`` to ``on_srtp(rx_session, data)``.
+
+    Installed on the ICE connection under the DTLS transport, so a media
+    datagram goes from the socket's ``datagram_received`` to ``on_srtp``
+    synchronously, skipping aioice's queue, the DTLS transport's receive task
+    and aiortc's RTP parsing, routing and receivers. STUN and DTLS keep their
+    usual path; so does SRTP until DTLS has keyed the session. Idempotent.
+    """
+    connection = dtls.transport._connection
+    if getattr(connection, "_huddle_intercepted", False):
+        return
+    original = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        session = dtls._rx_srtp
+        if session is not None and 127 < data[0] < 192:
+            on_srtp(session, data)
+            return
+        original(data, component)
+
+    connection.data_received = data_received  # type: ignore[method-assign]
+    setattr(connection, "_huddle_intercepted", True)  # noqa: B010
+
+
+def send_srtcp(dtls: RTCDtlsTransport, packet: bytes) -> Awaitable[None] | None:
+    """Protect and send an RTCP packet; returns an awaitable only for a TURN pair.
+
+    Plain UDP pairs are written at once (no task switch); a relayed pair
+    returns aioice's send coroutine for the caller to await or schedule.
+    Raises ``ConnectionError`` when the transport is not connected.
+    """
+    if dtls._state != aiortc.rtcdtlstransport.State.CONNECTED or dtls._tx_srtp is None:
+        raise ConnectionError("DTLS transport not connected")
+    protected = dtls._tx_srtp.protect_rtcp(packet)
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("no nominated ICE pair")
+    protocol = pair.protocol
+    if type(protocol) is aioice.ice.StunProtocol:
+        protocol.transport.sendto(protected, pair.remote_addr)
+        return None
+    return protocol.send_data(protected, pair.remote_addr)
 
 
 # --- ICE host addresses ---------------------------------------------------

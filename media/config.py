@@ -48,6 +48,9 @@ class MediaConfig:
     negotiation_timeout: float = 30.0
     max_participants: int = 10
     udp_gso: bool = True
+    #: The bitrate (bit/s) the SFU's REMB announces to each publisher for its
+    #: video: a ceiling, like Janus's per-room ``bitrate``.
+    max_publish_bitrate: int = 2_500_000
     #: Called for each new peer connection; adds servers whose credentials are
     #: short-lived (TURN REST), so a long-running node never hands out stale ones.
     ice_servers_provider: Callable[[], Sequence[IceServer]] | None = field(
@@ -67,6 +70,8 @@ class MediaConfig:
             raise ValueError("incomplete_frame_timeout must be in (0, 5] seconds")
         if self.negotiation_timeout <= 0:
             raise ValueError("negotiation_timeout must be > 0")
+        if self.max_publish_bitrate < 30_000:
+            raise ValueError("max_publish_bitrate must be >= 30000 bit/s")
         if self.max_participants < 1:
             raise ValueError("max_participants must be >= 1")
 

@@ -1,38 +1,31 @@
-"""A lean RTP send loop for the SFU's forwarding senders.
+"""The send side of a forwarding subscriber: header rewrite, protect, send.
 
-aiortc's ``RTCRtpSender._run_rtp`` builds an ``RtpPacket`` per packet, computes
-abs-send-time through ``datetime`` (twice per packet), serializes the header
-extensions through a generic map, and awaits three layers of coroutines
-(DTLS transport, ICE transport, aioice protocol) before ``sendto``. For a
-forwarding sender all of that is per-subscriber, per-packet overhead.
+:func:`install_fast_rtp` replaces a subscriber sender's ``_run_rtp``,
+``_run_rtcp`` and ``_retransmit`` (instance attributes, so only the SFU's
+senders are affected) with :class:`FastRtp`, which forwards packets, not
+frames:
 
-:func:`install_fast_rtp` replaces a sender's ``_run_rtp``, ``_run_rtcp`` and
-``_retransmit`` (instance attributes, so only the SFU's senders are affected)
-with a loop that:
+- :meth:`FastRtp.forward` takes one incoming packet (a
+  :class:`~media.forwarder.Forwardable`) and writes this subscriber's header
+  in front of the shared payload: its SSRC and payload type, sequence numbers
+  and timestamps offset so the stream stays continuous when its source
+  changes, the VP8 picture id and TL0PICIDX likewise, and its own header
+  extensions (mid, abs-send-time, the publisher's audio level) laid out once
+  per sender with aiortc's ``HeaderExtensionsMap``. Video starts at a
+  keyframe after every source change (the keyframe gate).
+- :meth:`FastRtp.flush` protects the queued packets with the DTLS transport's
+  SRTP session, in place, and sends them to the selected pair's socket in as
+  few UDP GSO ``sendmsg`` calls as their sizes allow (:mod:`media.udpout`);
+  TURN pairs (and transports whose send someone wrapped, as the loss tests
+  do) go through aiortc one packet at a time, from the send loop.
+- NACKs are answered from the publisher's packet cache (shared by all its
+  subscribers) by undoing this subscriber's sequence offset, sent as RTX
+  when negotiated.
+- Sender reports (SR + SDES, BYE at the end) come from plain counters,
+  copied into aiortc's sender and DTLS transport at each report (getStats).
 
-- reads frames from the sender's track and packs them with its
-  :class:`~media.packer.Packer` exactly as aiortc would;
-- builds each RTP header with one ``struct`` call plus a header-extension
-  block (mid + abs-send-time) laid out once per sender with aiortc's own
-  ``HeaderExtensionsMap``; abs-send-time is computed once per frame with
-  ``time.time()`` arithmetic (all packets of a frame go out back to back);
-- protects with the DTLS transport's SRTP session, in place, and sends a
-  frame's packets to the selected candidate pair's socket in one UDP GSO
-  ``sendmsg`` (:mod:`media.udpout`; TURN pairs still go through aioice's
-  ``send_data``, one packet at a time);
-- keeps a 128-packet history of the unprotected packets for NACK, answered
-  with RTX (or a plain resend when RTX was not negotiated);
-- keeps its packet/octet counters and last NTP/RTP timestamps in plain
-  attributes, sends aiortc's sender reports (SR + SDES, BYE at the end) from
-  them, and copies them into aiortc's sender and DTLS transport at each report
-  (for ``getStats()``), instead of four name-mangled updates per frame.
-
-The publisher's fan-out calls :meth:`FastRtp.send_now` directly while the
-subscriber has no backlog, so a frame usually goes from the publisher's
-receiver to every subscriber's socket without a task switch.
-
-Everything else (RTCP reception, PLI relay, stop()) stays aiortc's. The
-private names used here are guarded in :mod:`media.aiortc_compat`.
+RTCP reception, PLI relay and ``stop()`` stay aiortc's. The private names used
+here are guarded in :mod:`media.aiortc_compat`.
 """
 
 from __future__ import annotations
@@ -42,8 +35,9 @@ import logging
 import random
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioice.ice
 from aiortc import RTCRtpCodecParameters, RTCRtpSender
@@ -51,7 +45,6 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import (
-    RTP_HISTORY_SIZE,
     HeaderExtensions,
     RtcpByePacket,
     RtcpSdesPacket,
@@ -61,9 +54,11 @@ from aiortc.rtp import (
 )
 from aiortc.utils import random32
 
-from .frames import EncodedFrame, time_base_for
-from .packer import Packer, shared_vp8_chunks
+from .nack import seq_newer
 from .udpout import DatagramOut
+
+if TYPE_CHECKING:
+    from .forwarder import DownTrack, Forwardable
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +67,10 @@ _OSN = struct.Struct("!H")
 _NTP_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _TWO32 = float(1 << 32)
 _CONNECTED = DtlsState.CONNECTED
+#: Nominal frame durations that keep timestamps increasing across a source switch.
+_STEP = {"audio": 960, "video": 3000}
+#: Bursts queued for the send loop (TURN pairs) before video skips to a keyframe.
+MAX_QUEUED_BURSTS = 64
 
 
 def ntp_now() -> int:
@@ -80,87 +79,240 @@ def ntp_now() -> int:
 
 
 class _Layout:
-    """The header-extension block of one sender: prefix, abs-send-time, suffix."""
+    """The header-extension block of one sender, with where abs-send-time and audio level go."""
 
-    __slots__ = ("first_byte", "has_abs", "post", "pre")
+    __slots__ = ("abs_at", "first_byte", "level_at", "template")
 
     def __init__(self, sender: RTCRtpSender) -> None:
         ext_map = getattr(sender, "_RTCRtpSender__rtp_header_extensions_map")  # noqa: B009
         mid = getattr(sender, "_RTCRtpSender__mid")  # noqa: B009
-        blocks = []
-        for abs_send_time in (0, 0xFFFFFF):
-            profile, value = ext_map.set(HeaderExtensions(mid=mid, abs_send_time=abs_send_time))
-            blocks.append(struct.pack("!HH", profile, len(value) >> 2) + value if value else b"")
-        zero, ones = blocks
-        diff = [i for i, (a, b) in enumerate(zip(zero, ones, strict=True)) if a != b]
-        self.has_abs = bool(diff)
-        if diff:
-            start = diff[0]
-            if diff != [start, start + 1, start + 2]:
-                raise RuntimeError("media: unexpected abs-send-time extension layout")
-            self.pre, self.post = zero[:start], zero[start + 3 :]
-        else:
-            self.pre, self.post = zero, b""
+
+        def block(abs_send_time: int, level: tuple[bool, int]) -> bytes:
+            profile, value = ext_map.set(
+                HeaderExtensions(mid=mid, abs_send_time=abs_send_time, audio_level=level)
+            )
+            return struct.pack("!HH", profile, len(value) >> 2) + value if value else b""
+
+        base = block(0, (False, 0))
+        abs_diff = _diff(base, block(0xFFFFFF, (False, 0)))
+        level_diff = _diff(base, block(0, (True, 127)))
+        if (abs_diff and len(abs_diff) != 3) or len(level_diff) > 1:
+            raise RuntimeError("media: unexpected header extension layout")
+        if abs_diff and abs_diff != list(range(abs_diff[0], abs_diff[0] + 3)):
+            raise RuntimeError("media: unexpected abs-send-time extension layout")
+        self.template = base
+        self.abs_at = abs_diff[0] if abs_diff else -1
+        self.level_at = level_diff[0] if level_diff else -1
         # V=2, no padding, X when there are extensions, no CSRC.
-        self.first_byte = 0x90 if zero else 0x80
+        self.first_byte = 0x90 if base else 0x80
+
+    def render(self, abs_send_time: int, level: int) -> bytes:
+        """The block with this abs-send-time (24 bits) and audio level byte."""
+        if self.abs_at < 0 and self.level_at < 0:
+            return self.template
+        out = bytearray(self.template)
+        if self.abs_at >= 0:
+            out[self.abs_at : self.abs_at + 3] = (abs_send_time & 0xFFFFFF).to_bytes(3, "big")
+        if self.level_at >= 0:
+            out[self.level_at] = level
+        return bytes(out)
+
+
+def _diff(a: bytes, b: bytes) -> list[int]:
+    if len(a) != len(b):
+        raise RuntimeError("media: header extension size depends on its value")
+    return [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
 
 
 class FastRtp:
-    """The replacement send loop, retransmission and sender reports of one forwarding sender."""
+    """Header rewrite, send loop, retransmission and sender reports of one forwarding sender."""
 
-    def __init__(self, sender: RTCRtpSender, packer: Packer, *, gso: bool = True) -> None:
+    def __init__(self, sender: RTCRtpSender, kind: str, *, gso: bool = True) -> None:
         self.sender = sender
-        self.packer = packer
+        self.kind = kind
         self.gso = gso
+        self.down: DownTrack | None = None
         self.out: DatagramOut | None = None
         # (dtls transport, its ICE connection's nominated pairs, pair, SRTP session, output)
         self._route: tuple[Any, dict[int, Any], Any, Any, DatagramOut] | None = None
-        # Unprotected packets by sequence number modulo the size, for NACKs.
-        self.history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
         self.rtx_sequence_number = random_sequence_number()
         self.layout: _Layout | None = None
         self.running = False
         self.payload_type = 0
-        self.sequence_number = 0
+        self.sequence_number = 0  # the next one to send
         self.timestamp_origin = 0
+        # Rewrite state of the current source ("epoch"): offsets from its numbering.
+        self._gated = kind == "video"
+        self._epoch_seq: int | None = None  # first forwarded source sequence number
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._pid_offset = 0
+        self._tl0_offset = 0
+        self._last_ts: int | None = None
+        self._last_pid: int | None = None
+        self._last_tl0: int | None = None
+        self._pending: list[bytes] = []
+        self._burst_ext: bytes | None = None
+        self._queue: deque[list[bytes]] = deque()
+        self._wake: asyncio.Event | None = None
         # What the next sender report says (synced into aiortc's sender then).
         self.packets_sent = 0
         self.octets_sent = 0
         self.ntp_timestamp = 0
         self.rtp_timestamp = 0
         self.retransmitted = 0
-        self.direct_frames = 0  # sent from the fan-out by send_now
         self.send_errors = 0
         self.tx_bytes = 0  # protected bytes not yet added to the DTLS transport's stats
         self.tx_packets = 0
-        #: Told how many packets the queued path sent (the fan-out counts its own).
-        self.on_packets: Callable[[int], None] | None = None
-        # Derived once by prepare().
-        self._single = False  # one packet per frame (audio)
-        self._vp8 = False
-        self._time_base: Any = None
-        self._ssrc = 0
-        self._first_byte = 0x80
-        self._ext_pre = b""
-        self._ext_post = b""
-        self._has_abs = False
         self.header_len = 12
+        #: Told how many packets a retransmission sent (the fan-out counts the rest).
+        self.on_retransmit: Callable[[int], None] | None = None
+        #: The audio-level extension id on the publisher's connection (set by the slot).
+        self.level_id_in: int | None = None
+        self._ssrc = 0
 
     def prepare(self, payload_type: int, sequence_number: int, timestamp_origin: int) -> None:
         """Fix what every packet of this sender shares (once its codec is negotiated)."""
-        sender = self.sender
         self.payload_type = payload_type
         self.sequence_number = sequence_number
         self.timestamp_origin = timestamp_origin
-        self.layout = layout = _Layout(sender)
-        self._ssrc = sender._ssrc
-        self._first_byte = layout.first_byte
-        self._ext_pre, self._ext_post, self._has_abs = layout.pre, layout.post, layout.has_abs
-        self.header_len = 12 + len(layout.pre) + len(layout.post) + (3 if layout.has_abs else 0)
-        mime = self.packer.mime_type
-        self._vp8 = mime == "video/vp8"
-        self._single = mime == "audio/opus"
-        self._time_base = time_base_for(self.packer.clock_rate)
+        self.layout = _Layout(self.sender)
+        self._ssrc = self.sender._ssrc
+        self.header_len = 12 + len(self.layout.template)
+
+    # --- rewriting -----------------------------------------------------------
+
+    def switch(self) -> None:
+        """The source changes (or goes): start over at its next keyframe, numbering continuing."""
+        self._gated = self.kind == "video"
+        self._epoch_seq = None
+        self._pending.clear()
+
+    def _start_epoch(self, entry: Forwardable) -> None:
+        packet = entry.packet
+        self._epoch_seq = packet.sequence_number
+        self._seq_offset = (self.sequence_number - packet.sequence_number) & 0xFFFF
+        if self._last_ts is None:
+            start = self.timestamp_origin
+        else:
+            start = self._last_ts + _STEP.get(self.kind, 3000)
+        self._ts_offset = (start - packet.timestamp) & 0xFFFFFFFF
+        vp8 = entry.vp8
+        if vp8 is not None:
+            if vp8.picture_id is not None:
+                last = self._last_pid
+                self._pid_offset = 0 if last is None else (last + 1 - vp8.picture_id) & 0x7FFF
+            if vp8.tl0 is not None:
+                last = self._last_tl0
+                self._tl0_offset = 0 if last is None else (last + 1 - vp8.tl0) & 0xFF
+
+    def forward(self, entry: Forwardable) -> bool:
+        """Rewrite ``entry`` for this subscriber and queue it; False if not taken."""
+        if not self.running or not self.sender._enabled:
+            if self.kind == "video":
+                self._gated = True
+                self._epoch_seq = None
+            return False
+        packet = entry.packet
+        seq = packet.sequence_number
+        if self._gated:
+            if not entry.keyframe:
+                return False
+            self._gated = False
+            self._start_epoch(entry)
+        elif self._epoch_seq is None:
+            self._start_epoch(entry)
+        elif seq != self._epoch_seq and not seq_newer(seq, self._epoch_seq):
+            return False  # from before this source's first forwarded packet
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        data = self._build(entry, out_seq, self._burst_extension(packet))
+        self._pending.append(data)
+        if out_seq == self.sequence_number or seq_newer(out_seq, self.sequence_number):
+            self.sequence_number = (out_seq + 1) & 0xFFFF
+            self.rtp_timestamp = self._last_ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+            vp8 = entry.vp8
+            if vp8 is not None:
+                if vp8.picture_id is not None:
+                    self._last_pid = (vp8.picture_id + self._pid_offset) & 0x7FFF
+                if vp8.tl0 is not None:
+                    self._last_tl0 = (vp8.tl0 + self._tl0_offset) & 0xFF
+        self.packets_sent += 1
+        self.octets_sent += len(data) - self.header_len
+        return True
+
+    def _burst_extension(self, packet: Any) -> bytes:
+        layout = self.layout
+        assert layout is not None
+        if layout.level_at >= 0:
+            # Audio: the publisher's level (RFC 6464) per packet, when it sent one.
+            level = 0x7F
+            self.ntp_timestamp = ntp_now()
+            ext = packet.extensions
+            if ext is not None and self.level_id_in is not None:
+                value = ext.get(self.level_id_in)
+                if value:
+                    level = value[0]
+            return layout.render(self.ntp_timestamp >> 14, level)
+        ext_block = self._burst_ext
+        if ext_block is None:
+            # All packets of a burst leave together: one abs-send-time for them.
+            self.ntp_timestamp = ntp_now()
+            ext_block = self._burst_ext = layout.render(self.ntp_timestamp >> 14, 0)
+        return ext_block
+
+    def _build(self, entry: Forwardable, out_seq: int, ext: bytes) -> bytes:
+        packet = entry.packet
+        data = packet.data
+        timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+        second = (0x80 if packet.marker else 0) | self.payload_type
+        assert self.layout is not None
+        header = _HEADER.pack(self.layout.first_byte, second, out_seq, timestamp, self._ssrc)
+        start, end = packet.payload_start, packet.payload_end
+        vp8 = entry.vp8
+        if vp8 is not None and (vp8.picture_id is not None or vp8.tl0 is not None):
+            desc = bytearray(data[start : start + vp8.length])
+            if vp8.picture_id is not None:
+                pid = (vp8.picture_id + self._pid_offset) & 0x7FFF
+                at = vp8.picture_id_at
+                desc[at] = 0x80 | (pid >> 8)
+                desc[at + 1] = pid & 0xFF
+            if vp8.tl0 is not None:
+                desc[vp8.tl0_at] = (vp8.tl0 + self._tl0_offset) & 0xFF
+            return b"".join((header, ext, desc, memoryview(data)[start + vp8.length : end]))
+        return b"".join((header, ext, memoryview(data)[start:end]))
+
+    def flush(self) -> int:
+        """Send the queued packets (one burst); returns how many left at once."""
+        pending = self._pending
+        if not pending:
+            return 0
+        self._pending = []
+        self._burst_ext = None
+        try:
+            out = self._udp_out()
+            if out is not None:
+                self.tx_bytes += out.send(pending)
+                self.tx_packets += len(pending)
+                return len(pending)
+        except Exception:
+            # Never let one subscriber break the publisher's fan-out; log the
+            # first failure of this sender with its traceback, count the rest.
+            self.send_errors += 1
+            if self.send_errors == 1:
+                logger.exception("forwarding sender: send failed")
+            return 0
+        # TURN pair (or a wrapped send): the loop sends one packet at a time.
+        if len(self._queue) >= MAX_QUEUED_BURSTS:
+            self._queue.clear()
+            if self.kind == "video":
+                self.switch()  # restart at a keyframe rather than corrupt the picture
+                self._epoch_seq = None
+                if self.down is not None:
+                    self.down.request_keyframe()
+        self._queue.append(pending)
+        if self._wake is not None:
+            self._wake.set()
+        return 0
 
     def sync_stats(self) -> None:
         """Copy the counters into aiortc's sender (reports, getStats) and DTLS transport."""
@@ -243,97 +395,6 @@ class FastRtp:
 
     # --- frames ------------------------------------------------------------
 
-    def _packets(self, frame: EncodedFrame, pts: int) -> list[bytes]:
-        """The RTP packets (unprotected) of ``frame`` at ``pts``; recorded for NACKs."""
-        data = frame.data
-        if frame.time_base is self._time_base:
-            ts = pts
-        else:
-            ts = self.packer.timestamp(EncodedFrame(data, pts, frame.time_base, frame.keyframe))
-        timestamp = (self.timestamp_origin + ts) & 0xFFFFFFFF
-        ntp = ntp_now()
-        if self._has_abs:
-            ext = self._ext_pre + ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big") + self._ext_post
-        else:
-            ext = self._ext_pre
-        seq = self.sequence_number
-        history = self.history
-        pt = self.payload_type
-        first_byte = self._first_byte
-        ssrc = self._ssrc
-        if self._single:
-            packet = b"".join(
-                (_HEADER.pack(first_byte, 0x80 | pt, seq, timestamp, ssrc), ext, data)
-            )
-            history[seq % RTP_HISTORY_SIZE] = packet
-            packets = [packet]
-            octets = len(data)
-            seq = (seq + 1) & 0xFFFF
-        else:
-            if self._vp8:
-                # Split once per frame for every subscriber (shared_vp8_chunks)
-                # behind this stream's own descriptor and picture id.
-                chunks = shared_vp8_chunks(data)
-                packer = self.packer
-                pid = (0x8000 | packer.picture_id).to_bytes(2, "big")
-                packer.picture_id = (packer.picture_id + 1) % (1 << 15)
-                first, rest = ext + b"\x90\x80" + pid, ext + b"\x80\x80" + pid
-                octets = len(data) + 4 * len(chunks)
-            else:
-                chunks, _ = self.packer.pack(
-                    EncodedFrame(data, pts, frame.time_base, frame.keyframe)
-                )
-                first = rest = ext
-                octets = sum(len(c) for c in chunks)
-            if not chunks:
-                return []
-            pack = _HEADER.pack
-            last = len(chunks) - 1
-            packets = []
-            for i, chunk in enumerate(chunks):
-                if i == 0:
-                    header = pack(first_byte, 0x80 | pt if last == 0 else pt, seq, timestamp, ssrc)
-                    packet = b"".join((header, first, chunk))
-                else:
-                    header = pack(first_byte, 0x80 | pt if i == last else pt, seq, timestamp, ssrc)
-                    packet = b"".join((header, rest, chunk))
-                history[seq % RTP_HISTORY_SIZE] = packet
-                packets.append(packet)
-                seq = (seq + 1) & 0xFFFF
-        self.sequence_number = seq
-        self.packets_sent += len(packets)
-        self.octets_sent += octets
-        self.ntp_timestamp = ntp
-        self.rtp_timestamp = timestamp
-        return packets
-
-    def send_now(self, frame: EncodedFrame, pts: int) -> int:
-        """Send ``frame`` at ``pts`` synchronously, from the publisher's fan-out, if possible.
-
-        Only while the send loop runs idle (the caller checks its track's
-        queue is empty), the sender is enabled, and the selected pair is plain
-        UDP. Returns the number of packets sent, or -1 when the frame must go
-        through the queue instead.
-        """
-        if not self.running or not self.sender._enabled:
-            return -1
-        try:
-            out = self._udp_out()
-            if out is None:
-                return -1
-            self.direct_frames += 1
-            packets = self._packets(frame, pts)
-            self.tx_bytes += out.send(packets)
-            self.tx_packets += len(packets)
-            return len(packets)
-        except Exception:
-            # Never let one subscriber break the publisher's fan-out; log the
-            # first failure of this sender with its traceback, count the rest.
-            self.send_errors += 1
-            if self.send_errors == 1:
-                logger.exception("forwarding sender: direct send failed")
-            return 0
-
     # --- loops -------------------------------------------------------------
 
     async def run_rtp(self, codec: RTCRtpCodecParameters) -> None:
@@ -356,28 +417,19 @@ class FastRtp:
         getattr(sender, "_RTCRtpSender__rtp_exited").set()  # noqa: B009
 
     async def _loop(self, codec: RTCRtpCodecParameters) -> None:
-        sender = self.sender
         payload_type = codec.payloadType
         assert payload_type is not None
         self.prepare(payload_type, random_sequence_number(), random32())
+        self._wake = wake = asyncio.Event()
         self.running = True
+        if self.down is not None and self.kind == "video":
+            self.down.request_keyframe()  # the gate waits for one
+        queue = self._queue
         while True:
-            track = getattr(sender, "_RTCRtpSender__track")  # noqa: B009
-            if track is None:
-                await asyncio.sleep(0.02)
-                continue
-            frame = await track.recv()
-            if not sender._enabled:
-                continue
-            packets = self._packets(frame, frame.pts)
-            if self.on_packets is not None:
-                self.on_packets(len(packets))
-            out = self._udp_out()
-            if out is not None:
-                self.tx_bytes += out.send(packets)
-                self.tx_packets += len(packets)
-                continue
-            for data in packets:
+            while not queue:
+                wake.clear()
+                await wake.wait()
+            for data in queue.popleft():
                 pending = self._send(data)
                 if pending is not None:
                     await pending
@@ -426,9 +478,20 @@ class FastRtp:
             out.close()
 
     async def retransmit(self, sequence_number: int) -> None:
-        data = self.history[sequence_number % RTP_HISTORY_SIZE]
-        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
+        """Answer a subscriber's NACK from the publisher's packet cache."""
+        down = self.down
+        source = down.source if down is not None else None
+        epoch = self._epoch_seq
+        if source is None or epoch is None or self.layout is None:
             return
+        original = (sequence_number - self._seq_offset) & 0xFFFF
+        if original != epoch and not seq_newer(original, epoch):
+            return
+        entry = source.cached(original)
+        if entry is None:
+            return
+        data = self._build(entry, sequence_number, self._burst_extension(entry.packet))
+        self._burst_ext = None
         header_len = self.header_len
         rtx_payload_type = getattr(self.sender, "_RTCRtpSender__rtx_payload_type")  # noqa: B009
         if rtx_payload_type is not None:
@@ -446,14 +509,24 @@ class FastRtp:
             )
             self.rtx_sequence_number = (self.rtx_sequence_number + 1) & 0xFFFF
         self.retransmitted += 1
-        pending = self._send(data)
-        if pending is not None:
-            await pending
+        if self.on_retransmit is not None:
+            self.on_retransmit(1)
+        try:
+            out = self._udp_out()
+            if out is not None:
+                self.tx_bytes += out.send([data])
+                self.tx_packets += 1
+                return
+            pending = self._send(data)
+            if pending is not None:
+                await pending
+        except (ConnectionError, OSError):
+            pass
 
 
-def install_fast_rtp(sender: RTCRtpSender, packer: Packer, *, gso: bool = True) -> FastRtp:
+def install_fast_rtp(sender: RTCRtpSender, kind: str, *, gso: bool = True) -> FastRtp:
     """Make ``sender`` (not yet started) send through :class:`FastRtp`."""
-    fast = FastRtp(sender, packer, gso=gso)
+    fast = FastRtp(sender, kind, gso=gso)
     sender._run_rtp = fast.run_rtp  # type: ignore[method-assign]
     sender._run_rtcp = fast.run_rtcp  # type: ignore[method-assign]
     sender._retransmit = fast.retransmit  # type: ignore[method-assign]

@@ -1,10 +1,21 @@
 """Up tracks (one per published track) and down tracks (one per subscriber).
 
-An :class:`UpTrack` receives encoded frames from a publisher's receiver and
-fans them out, synchronously and without copying the payload, to its
-:class:`DownTrack`\\ s. A down track is the ``MediaStreamTrack`` a subscriber's
-``RTCRtpSender`` reads; it owns a bounded queue, a keyframe gate and pts
-rebasing, so a slow or late subscriber never slows the others.
+Packet-level forwarding: an :class:`UpTrack` gets each RTP packet of its
+publisher's stream from the receive path (:mod:`media.inbound`), reads once
+what every subscriber needs to know of it (does it start a keyframe, where
+is its VP8 picture id), keeps it in a packet cache shared by all subscribers
+(NACKs from any of them are answered from there), and hands it to every
+:class:`DownTrack`. A down track's sender (:class:`media.fastsend.FastRtp`)
+rewrites only the header (SSRC, sequence number, timestamp; the VP8 picture
+id and TL0PICIDX) onto the shared payload and queues it. Audio is sent at
+once; video when its frame is complete (the marker bit) or after
+``FLUSH_AFTER`` at the latest, so each subscriber gets a frame in as few
+``sendmsg`` calls as the packet sizes allow (UDP GSO) while a packet is never
+held back waiting for a lost one.
+
+A down track is the ``MediaStreamTrack`` behind a subscriber's
+``RTCRtpSender`` (aiortc needs one per sender); it never yields frames and
+never ends on its own, so its transceiver can carry another publisher later.
 """
 
 from __future__ import annotations
@@ -12,59 +23,84 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
+from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .frames import EncodedFrame
+from .aiortc_compat import negotiated_codecs, on_receiver_end
 from .keyframes import KeyframeRequester
 from .metrics import MediaMetrics
-from .passthrough import PassthroughReceiver
+from .nack import PacketCache
+from .payload import Vp8Descriptor, h264_keyframe_start, parse_vp8
+from .rtpheader import RtpPacket
+
+if TYPE_CHECKING:
+    from .fastsend import FastRtp
+    from .inbound import PublisherInbound
 
 logger = logging.getLogger(__name__)
 
-# Nominal frame durations used to keep pts increasing across a source switch.
-_STEP = {"audio": 960, "video": 3000}
+#: Packets of a publisher's video stream kept for subscribers' NACKs (~4 s at 2.5 Mbit/s).
+CACHE_PACKETS = 1024
+#: Longest a video packet waits for the rest of its frame before it is sent anyway.
+FLUSH_AFTER = 0.005
+
+
+class Forwardable:
+    """An incoming packet with what forwarding reads of it, computed once for all."""
+
+    __slots__ = ("keyframe", "packet", "vp8")
+
+    def __init__(self, packet: RtpPacket, keyframe: bool, vp8: Vp8Descriptor | None) -> None:
+        self.packet = packet
+        self.keyframe = keyframe  # first packet of a frame a decoder can start from
+        self.vp8 = vp8
 
 
 class UpTrack:
-    """One published track: receives frames, fans them out, asks for keyframes."""
+    """One published track: takes its packets, fans them out, asks for keyframes."""
 
     def __init__(
         self,
         participant_id: str,
         transceiver: RTCRtpTransceiver,
+        inbound: PublisherInbound,
         *,
         pli_min_interval: float,
-        incomplete_timeout: float,
         metrics: MediaMetrics,
         on_ended: Callable[[UpTrack], None],
     ) -> None:
         self.id = str(uuid.uuid4())
         self.participant_id = participant_id
         self.kind: str = transceiver.kind
-        self.mid: str | None = transceiver.mid
+        self.mid: str = str(transceiver.mid)
+        codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
+        if not codecs:
+            raise ValueError("transceiver has no negotiated codec")
+        self.codec: Any = codecs[0]
         self._metrics = metrics
         self._on_ended = on_ended
+        self._inbound = inbound
         self._downs: list[DownTrack] = []
         self.ended = False
-        self.frames_in = 0
-        self._receiver = PassthroughReceiver(
-            transceiver,
-            on_frame=self._on_frame,
-            on_end=self._end,
-            on_loss=self._on_loss,
-            incomplete_timeout=incomplete_timeout,
+        self.packets_in = 0
+        mime = self.mime_type
+        self._vp8 = mime == "video/vp8"
+        self._h264 = mime == "video/h264"
+        self.cache: PacketCache[Forwardable] | None = (
+            PacketCache(CACHE_PACKETS) if self.kind == "video" else None
         )
-        self.codec: RTCRtpCodecParameters = self._receiver.codec
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._keyframes = KeyframeRequester(
-            self._receiver.send_pli,
+            self._send_pli,
             pli_min_interval,
             on_sent=metrics.pli_sent,
             name=f"{participant_id}/{self.kind}",
         )
+        inbound.bind(self.mid, self)
+        on_receiver_end(transceiver.receiver, self._end)
 
     def __repr__(self) -> str:
         return f"UpTrack({self.participant_id}/{self.kind} {self.id[:8]})"
@@ -74,28 +110,75 @@ class UpTrack:
         return str(self.codec.mimeType).lower()
 
     @property
+    def audio_level_id(self) -> int | None:
+        """The audio-level extension id on the publisher's connection, if negotiated."""
+        return self._inbound.ids.audio_level if self.kind == "audio" else None
+
+    @property
     def subscriber_count(self) -> int:
         return len(self._downs)
 
-    def _on_frame(self, frame: EncodedFrame) -> None:
-        self.frames_in += 1
-        sent = packets = 0
-        for down in self._downs:
-            n = down.push(frame)
-            if n >= 0:
-                sent += 1
-                packets += n
-        if sent:
-            # Counted once per fan-out rather than per subscriber (hot path).
-            self._metrics.packets_forwarded(self.kind, sent, packets, sent * len(frame.data))
+    def downs(self) -> list[DownTrack]:
+        """The down tracks fed by this track (a copy)."""
+        return list(self._downs)
 
-    def _on_loss(self) -> None:
-        self._metrics.frame_dropped_incomplete()
-        self.request_keyframe()
+    # --- packets -------------------------------------------------------------
+
+    def on_packet(self, packet: RtpPacket) -> None:
+        """One packet from the receive path (original sequence number, RTX unwrapped)."""
+        if self.ended:
+            return
+        self.packets_in += 1
+        vp8 = None
+        if self._vp8:
+            vp8 = parse_vp8(packet.data, packet.payload_start, packet.payload_end)
+            keyframe = vp8 is not None and vp8.keyframe
+        elif self._h264:
+            keyframe = h264_keyframe_start(packet.data, packet.payload_start, packet.payload_end)
+        else:
+            keyframe = True  # audio: every packet stands alone
+        entry = Forwardable(packet, keyframe, vp8)
+        cache = self.cache
+        if cache is not None:
+            cache.put(packet.sequence_number, entry)
+        taken = 0
+        for down in self._downs:
+            if down.forward(entry):
+                taken += 1
+        if not taken:
+            return
+        self._metrics.packets_forwarded(
+            self.kind, taken if packet.marker else 0, taken, taken * packet.payload_size
+        )
+        if packet.marker or self.kind != "video":
+            # A whole frame (audio: a packet) is queued: each subscriber gets it
+            # in as few GSO sends as the sizes allow.
+            self._flush()
+        elif self._flush_timer is None:
+            # The frame's last packet may be lost or late: don't hold the rest.
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
+
+    def _flush(self) -> None:
+        timer, self._flush_timer = self._flush_timer, None
+        if timer is not None:
+            timer.cancel()
+        for down in self._downs:
+            down.flush()
+
+    def cached(self, sequence_number: int) -> Forwardable | None:
+        """A recent packet by its original sequence number (for retransmissions)."""
+        return self.cache.get(sequence_number) if self.cache is not None else None
+
+    # --- keyframes -----------------------------------------------------------
+
+    async def _send_pli(self) -> bool:
+        return self._inbound.send_pli(self.mid)
 
     def request_keyframe(self) -> None:
         if self.kind == "video" and not self.ended:
             self._keyframes.request()
+
+    # --- subscribers -----------------------------------------------------------
 
     def add_down(self, down: DownTrack) -> None:
         """Start feeding ``down``; asks the publisher for a keyframe for it."""
@@ -107,59 +190,56 @@ class UpTrack:
         if down in self._downs:
             self._downs.remove(down)
 
-    def _end(self) -> None:
+    def end(self) -> None:
+        """The published track is gone (m-line removed, connection closed)."""
         if not self.ended:
             self.ended = True
+            self._inbound.unbind(self.mid, self)
             self._on_ended(self)
+
+    _end = end  # aiortc's receiver-stop callback
 
     async def close(self) -> None:
         """Stop forwarding; detaches every down track (idempotent)."""
         self.ended = True
+        self._inbound.unbind(self.mid, self)
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         for down in list(self._downs):
             down.detach(self)
         self._downs.clear()
+        if self.cache is not None:
+            self.cache.clear()
         await self._keyframes.close()
 
 
 class DownTrack(MediaStreamTrack):
-    """A subscriber's forwarding track; yields :class:`EncodedFrame` objects.
+    """A subscriber's end of one forwarded track; its sender does the sending.
 
-    It never ends on its own (an aiortc sender stops for good when its track
-    raises ``MediaStreamError``): with no source attached, ``recv`` just waits,
-    so the transceiver can be reused for another publisher later.
+    ``sender`` (set by :class:`media.subscription.Slot`) rewrites and sends
+    what :meth:`forward` hands it. ``recv`` only waits: aiortc's own send loop
+    is replaced, but a sender still needs a track.
     """
 
-    def __init__(self, kind: str, queue_size: int, metrics: MediaMetrics) -> None:
+    def __init__(self, kind: str, metrics: MediaMetrics) -> None:
         super().__init__()
         self.kind = kind
-        self._queue_size = queue_size
         self._metrics = metrics
-        self._queue: deque[EncodedFrame] = deque()
-        self._waiter: asyncio.Future[None] | None = None
         self.source: UpTrack | None = None
-        self._gated = kind == "video"
-        self._offset: int | None = None
-        self._last_pts: int | None = None  # last queued
-        self._last_sent_pts: int | None = None  # last handed to the sender
-        # Set by the subscriber's sender: sends a frame at the given (rebased)
-        # pts at once when it can and returns its packet count (-1: queue it
-        # for the sender's loop instead).
-        self.direct: Callable[[EncodedFrame, int], int] | None = None
-        self.frames_out = 0
-        self.bytes_out = 0
-        self.skips = 0
+        self.sender: FastRtp | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self.packets_out = 0
 
     def attach(self, source: UpTrack) -> None:
-        """Forward ``source`` from its next keyframe on, pts continuing ours."""
+        """Forward ``source`` from its next keyframe on, numbering continuing ours."""
         if self.source is source:
             return
         if self.source is not None:
             self.source.remove_down(self)
         self.source = source
-        self._queue.clear()
-        self._last_pts = self._last_sent_pts  # continue from what the sender saw
-        self._gated = self.kind == "video"
-        self._offset = None
+        if self.sender is not None:
+            self.sender.switch()
         source.add_down(self)
 
     def detach(self, source: UpTrack | None = None) -> None:
@@ -169,84 +249,38 @@ class DownTrack(MediaStreamTrack):
             return
         self.source = None
         current.remove_down(self)
-        self._queue.clear()
+        if self.sender is not None:
+            self.sender.switch()
+
+    def forward(self, entry: Forwardable) -> bool:
+        """Rewrite and queue one packet; False if the gate or the sender refused it."""
+        sender = self.sender
+        if sender is None or not sender.forward(entry):
+            return False
+        self.packets_out += 1
+        return True
+
+    def flush(self) -> None:
+        if self.sender is not None:
+            self.sender.flush()
 
     def request_keyframe(self) -> None:
-        """The subscriber asked for a keyframe (PLI/FIR): relay it upstream."""
+        """The subscriber asked for a keyframe (PLI/FIR), or needs one: relay it upstream."""
         self._metrics.pli_relayed()
         if self.source is not None:
             self.source.request_keyframe()
 
-    def push(self, frame: EncodedFrame) -> int:
-        """Forward ``frame``; its packet count when sent at once, -1 when queued or dropped."""
-        if self._gated:
-            if not frame.keyframe:
-                return -1
-            self._gated = False
-        queue = self._queue
-        if len(queue) >= self._queue_size:
-            if self.kind == "video":
-                # Skipping frames corrupts a compressed stream: drop to the
-                # next keyframe instead.
-                queue.clear()
-                self.skips += 1
-                self._metrics.subscriber_skipped_to_keyframe()
-                if not frame.keyframe:
-                    self._gated = True
-                    if self.source is not None:
-                        self.source.request_keyframe()
-                    return -1
-            else:
-                queue.popleft()
-        if self._offset is None:
-            start = 0 if self._last_pts is None else self._last_pts + _STEP[self.kind]
-            self._offset = start - frame.pts
-        pts = frame.pts + self._offset
-        if self._last_pts is not None and pts <= self._last_pts:
-            pts = self._last_pts + 1
-        self._last_pts = pts
-        direct = self.direct
-        if direct is not None and not queue:
-            packets = direct(frame, pts)
-            if packets >= 0:
-                # Sent synchronously by the subscriber's sender (media.fastsend);
-                # the caller counts it in the metrics.
-                self._last_sent_pts = pts
-                self.frames_out += 1
-                self.bytes_out += len(frame.data)
-                return packets
-        queue.append(EncodedFrame(frame.data, pts, frame.time_base, frame.keyframe))
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        return -1
-
-    async def recv(self) -> EncodedFrame:  # type: ignore[override]
-        queue = self._queue
-        while not queue:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        frame = queue.popleft()
-        self._sent(frame)
-        return frame
-
-    def _sent(self, frame: EncodedFrame) -> None:
-        """A queued frame went to the sender's loop."""
-        self._last_sent_pts = frame.pts
-        self.frames_out += 1
-        self.bytes_out += len(frame.data)
-        self._metrics.packets_forwarded(self.kind, 1, 0, len(frame.data))  # packets: by the sender
+    async def recv(self) -> Any:
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        if self.readyState == "live":
+            await self._stopped
+        raise MediaStreamError
 
     def stop(self) -> None:
         """End the track for good (only when its sender goes too)."""
         self.detach()
-        self.direct = None
+        self.sender = None
         super().stop()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)

@@ -25,6 +25,13 @@ class MediaMetrics(Protocol):
     def nack_received(self) -> None: ...
     def subscriber_skipped_to_keyframe(self) -> None: ...
     def frame_dropped_incomplete(self) -> None: ...
+    def rtp_dropped(self, reason: str) -> None: ...
+    def nacks_sent(self, packets: int) -> None: ...
+    def retransmitted(self, packets: int) -> None: ...
+
+
+#: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
+DROP_REASONS = ("malformed", "unknown_ssrc", "srtp", "padding")
 
 
 class NoopMediaMetrics:
@@ -58,6 +65,15 @@ class NoopMediaMetrics:
         pass
 
     def frame_dropped_incomplete(self) -> None:
+        pass
+
+    def rtp_dropped(self, reason: str) -> None:
+        pass
+
+    def nacks_sent(self, packets: int) -> None:
+        pass
+
+    def retransmitted(self, packets: int) -> None:
         pass
 
 
@@ -113,6 +129,24 @@ class PrometheusMediaMetrics:
             "Incoming video frames dropped because packets were missing",
             registry=registry,
         )
+        self.dropped = Counter(
+            f"{p}_sfu_rtp_dropped_total",
+            "Incoming RTP/RTCP datagrams dropped, by reason "
+            "(malformed, unknown_ssrc, srtp: failed to unprotect, padding: no payload)",
+            ["reason"],
+            registry=registry,
+        )
+        self._dropped = {reason: self.dropped.labels(reason) for reason in DROP_REASONS}
+        self.nacked = Counter(
+            f"{p}_sfu_nack_sent_total",
+            "Packets the SFU asked publishers to retransmit (NACK items)",
+            registry=registry,
+        )
+        self.retransmissions = Counter(
+            f"{p}_sfu_retransmitted_packets_total",
+            "Packets resent to subscribers from the publisher packet cache",
+            registry=registry,
+        )
 
     def room_opened(self) -> None:
         self.rooms_active.inc()
@@ -158,6 +192,17 @@ class PrometheusMediaMetrics:
     def frame_dropped_incomplete(self) -> None:
         self.incomplete.inc()
 
+    def rtp_dropped(self, reason: str) -> None:
+        child = self._dropped.get(reason)
+        if child is not None:
+            child.inc()
+
+    def nacks_sent(self, packets: int) -> None:
+        self.nacked.inc(packets)
+
+    def retransmitted(self, packets: int) -> None:
+        self.retransmissions.inc(packets)
+
 
 class CountingMediaMetrics:
     """Plain counters, for tests and benchmarks."""
@@ -196,3 +241,12 @@ class CountingMediaMetrics:
 
     def frame_dropped_incomplete(self) -> None:
         self.counts["incomplete_dropped"] += 1
+
+    def rtp_dropped(self, reason: str) -> None:
+        self.counts[f"dropped_{reason}"] += 1
+
+    def nacks_sent(self, packets: int) -> None:
+        self.counts["nack_sent"] += packets
+
+    def retransmitted(self, packets: int) -> None:
+        self.counts["retransmitted"] += packets

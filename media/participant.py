@@ -17,9 +17,11 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
+from .aiortc_compat import negotiated_codecs
 from .config import MediaConfig
 from .errors import BadSignal
 from .forwarder import UpTrack
+from .inbound import PublisherInbound
 from .metrics import MediaMetrics
 from .signals import (
     PUBLISH,
@@ -127,6 +129,12 @@ class Participant:
         self._publish_lock = asyncio.Lock()
         self._publish_ufrag: str | None = None
         self._publish_candidates = HeldCandidates(self._publish_pc, PUBLISH)
+        # The publish connection's media goes through Huddle's own receive path.
+        self._inbound = PublisherInbound(
+            f"{room_id}/{participant_id}",
+            metrics=metrics,
+            remb_bitrate=config.max_publish_bitrate,
+        )
         self._subscribe_candidates = HeldCandidates(self._subscribe_pc, SUBSCRIBE)
         self._up_tracks: dict[str, UpTrack] = {}
         self._retired: list[UpTrack] = []
@@ -195,6 +203,7 @@ class Participant:
             except _AIORTC_ERRORS as exc:
                 raise BadSignal(f"cannot apply publish offer: {exc}") from exc
             self._publish_ufrag = ice_ufrag(description.sdp)
+            self._inbound.configure(self._publish_pc)
             await self._publish_candidates.release()
             self._sync_published()
             sdp = announce_ip(self._publish_pc.localDescription.sdp, self._config.announced_ip)
@@ -207,7 +216,7 @@ class Participant:
         )
         if transceiver is None or transceiver.mid in self._up_tracks:
             return
-        codecs = [c for c in transceiver._codecs if c.name.lower() != "rtx"]
+        codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
         mime = codecs[0].mimeType.lower() if codecs else "none"
         if mime not in FORWARDABLE:
             logger.warning("%r: cannot forward a %s track; ignored", self, mime)
@@ -215,8 +224,8 @@ class Participant:
         up = UpTrack(
             self.id,
             transceiver,
+            self._inbound,
             pli_min_interval=self._config.pli_min_interval,
-            incomplete_timeout=self._config.incomplete_frame_timeout,
             metrics=self._metrics,
             on_ended=self._on_up_ended,
         )
@@ -235,7 +244,7 @@ class Participant:
         for mid, other in list(self._up_tracks.items()):
             if other is up:
                 del self._up_tracks[mid]
-        for down in list(up._downs):
+        for down in up.downs():
             down.detach(up)
         self._retired.append(up)  # its keyframe task is awaited in close()
         if not self.closed:
@@ -279,7 +288,6 @@ class Participant:
                     Slot(
                         self._subscribe_pc,
                         up,
-                        self._config.subscriber_queue_size,
                         self._metrics,
                         gso=self._config.udp_gso,
                     )
@@ -383,6 +391,7 @@ class Participant:
         for up in ups:
             up._end()
         self._up_tracks.clear()
+        await self._inbound.close()
         async with self._publish_lock:
             await self._publish_pc.close()
         await self._subscribe_pc.close()

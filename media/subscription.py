@@ -17,7 +17,6 @@ from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 from .fastsend import install_fast_rtp
 from .forwarder import DownTrack, UpTrack
 from .metrics import MediaMetrics
-from .packer import install_packer
 
 logger = logging.getLogger(__name__)
 
@@ -42,24 +41,21 @@ class Slot:
         self,
         pc: RTCPeerConnection,
         up: UpTrack,
-        queue_size: int,
         metrics: MediaMetrics,
         *,
         gso: bool = True,
     ) -> None:
         self.kind = up.kind
         self.mime_type = up.mime_type
-        self.down = DownTrack(up.kind, queue_size, metrics)
+        self.down = DownTrack(up.kind, metrics)
         self.transceiver: RTCRtpTransceiver = pc.addTransceiver(self.down, direction="sendonly")
         self.transceiver.setCodecPreferences(codec_preferences(up))
         sender = self.transceiver.sender
-        packer = install_packer(sender, up.mime_type, up.codec.clockRate)
-        # A lean send loop instead of aiortc's (media.fastsend), which also
-        # sends straight from the publisher's fan-out while it has no backlog.
-        self.fast = install_fast_rtp(sender, packer, gso=gso)
-        self.down.direct = self.fast.send_now
-        kind = up.kind
-        self.fast.on_packets = lambda n: metrics.packets_forwarded(kind, 0, n, 0)
+        # Packet forwarding instead of aiortc's frame send loop (media.fastsend).
+        self.fast = install_fast_rtp(sender, up.kind, gso=gso)
+        self.fast.down = self.down
+        self.down.sender = self.fast
+        self.fast.on_retransmit = metrics.retransmitted
         # A subscriber's PLI/FIR would set a flag only the encode path reads:
         # relay it to the publisher instead.
         sender._send_keyframe = self.down.request_keyframe  # type: ignore[method-assign]
@@ -93,6 +89,7 @@ class Slot:
     def _set_stream(self, up: UpTrack) -> None:
         # msid stream id: the publisher, so a client groups its audio and video.
         self.transceiver.sender._stream_id = up.participant_id
+        self.fast.level_id_in = up.audio_level_id
 
     def reuse(self, up: UpTrack) -> None:
         """Carry ``up`` once the next answer re-enables this transceiver.

@@ -1,0 +1,475 @@
+"""The SFU's receive path: a publisher's SRTP in, parsed packets out to its tracks.
+
+One :class:`PublisherInbound` per publish connection takes every SRTP/SRTCP
+datagram straight from the ICE connection (:func:`media.aiortc_compat.intercept_srtp`),
+so aiortc's receivers never see media:
+
+    datagram -> unprotect -> parse_rtp -> stream by SSRC (then mid, then payload
+    type for unsignalled SSRCs; RTX by its own SSRC) -> loss/jitter statistics
+    and NACK tracking -> the track's sink (``UpTrack.on_packet``)
+
+and sends the publisher the RTCP a receiver owes it: NACKs for missing video
+packets (at once, then retried, see :class:`media.nack.NackTracker`), PLIs
+asked for by the tracks, and every 0.5-1.5 s a receiver report per stream
+plus a REMB announcing ``remb_bitrate`` for its video (a ceiling, like
+Janus's per-room ``bitrate``; the publisher's own loss-based control still
+works under it). Everything malformed is dropped and counted by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pylibsrtp
+from aiortc.sdp import SessionDescription
+
+from . import rtcp
+from .aiortc_compat import dtls_transport_of, intercept_srtp, send_srtcp
+from .metrics import MediaMetrics
+from .nack import NackTracker
+from .rtpheader import ExtensionIds, MalformedPacket, RtpPacket, parse_rtp, text_extension
+
+logger = logging.getLogger(__name__)
+
+
+class PacketSink(Protocol):
+    """Where a stream's packets go (an :class:`media.forwarder.UpTrack`)."""
+
+    def on_packet(self, packet: RtpPacket) -> None: ...
+    def request_keyframe(self) -> None: ...
+
+
+@dataclass
+class MLine:
+    """What the publisher's offer and our answer say about one m-line."""
+
+    mid: str
+    kind: str
+    clock_rate: int
+    media_pts: frozenset[int]
+    rtx_apt: dict[int, int]  # RTX payload type -> the payload type it repairs
+    ssrcs: list[int] = field(default_factory=list)  # signalled media SSRCs
+    rtx_ssrcs: dict[int, int] = field(default_factory=dict)  # RTX SSRC -> media SSRC (FID)
+    nack: bool = False
+
+
+class InboundStream:
+    """One incoming media SSRC: RFC 3550 reception statistics, NACK state, sink."""
+
+    def __init__(self, ssrc: int, mline: MLine, nack: NackTracker | None) -> None:
+        self.ssrc = ssrc
+        self.mline = mline
+        self.kind = mline.kind
+        self.clock_rate = mline.clock_rate
+        self.nack = nack
+        self.sink: PacketSink | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.base_seq = -1
+        self.max_seq = -1
+        self.cycles = 0
+        self.jitter = 0.0
+        self._transit: float | None = None
+        self._expected_prior = 0
+        self._received_prior = 0
+        self.sr_ntp_middle = 0
+        self.sr_at = 0.0
+
+    def received(self, seq: int, timestamp: int, now: float) -> bool:
+        """Count one packet; True when it opened a gap worth a NACK."""
+        self.packets += 1
+        if self.base_seq < 0:
+            self.base_seq = self.max_seq = seq
+        else:
+            delta = (seq - self.max_seq) & 0xFFFF
+            if 0 < delta < 0x8000:
+                if seq < self.max_seq:
+                    self.cycles += 1 << 16
+                self.max_seq = seq
+        # Interarrival jitter (RFC 3550 A.8), in timestamp units.
+        transit = now * self.clock_rate - timestamp
+        if self._transit is not None:
+            d = abs(transit - self._transit)
+            if d < self.clock_rate * 10:  # ignore timestamp jumps (source switch)
+                self.jitter += (d - self.jitter) / 16
+        self._transit = transit
+        nack = self.nack
+        return nack is not None and nack.received(seq, now)
+
+    def report(self, now: float) -> rtcp.ReportBlock:
+        extended = self.cycles + self.max_seq
+        expected = extended - self.base_seq + 1
+        lost = expected - self.packets
+        expected_interval = expected - self._expected_prior
+        received_interval = self.packets - self._received_prior
+        self._expected_prior, self._received_prior = expected, self.packets
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        dlsr = int((now - self.sr_at) * 65536) if self.sr_at else 0
+        return rtcp.ReportBlock(
+            self.ssrc, fraction, lost, extended, int(self.jitter), self.sr_ntp_middle, dlsr
+        )
+
+
+def parse_mlines(remote_sdp: str, local_sdp: str) -> tuple[dict[str, MLine], ExtensionIds]:
+    """The m-lines a publisher sends on, and the extension ids our answer accepted."""
+    remote = SessionDescription.parse(remote_sdp)
+    local = SessionDescription.parse(local_sdp)
+    extmap: list[tuple[int, str]] = []
+    nack_mids = set()
+    for media in local.media:
+        extmap.extend((int(ext.id), str(ext.uri)) for ext in media.rtp.headerExtensions)
+        for codec in media.rtp.codecs:
+            if any(fb.type == "nack" and not fb.parameter for fb in codec.rtcpFeedback):
+                nack_mids.add(media.rtp.muxId)
+    accepted = {(m.rtp.muxId, c.payloadType) for m in local.media for c in m.rtp.codecs}
+    mlines: dict[str, MLine] = {}
+    for media in remote.media:
+        mid = media.rtp.muxId
+        if not mid or media.kind not in ("audio", "video"):
+            continue
+        codecs = [c for c in media.rtp.codecs if (mid, c.payloadType) in accepted]
+        plain = [c for c in codecs if c.name.lower() != "rtx"]
+        if not plain:
+            continue
+        rtx_apt: dict[int, int] = {}
+        for codec in codecs:
+            apt = codec.parameters.get("apt")
+            if codec.name.lower() == "rtx" and codec.payloadType is not None and apt is not None:
+                rtx_apt[codec.payloadType] = int(apt)
+        mline = MLine(
+            mid=mid,
+            kind=media.kind,
+            clock_rate=int(plain[0].clockRate or 90000),
+            media_pts=frozenset(c.payloadType for c in plain if c.payloadType is not None),
+            rtx_apt=rtx_apt,
+            nack=media.kind == "video" and mid in nack_mids,
+        )
+        fid: dict[int, int] = {}
+        for group in media.ssrc_group:
+            if group.semantic == "FID" and len(group.items) == 2:
+                fid[int(group.items[1])] = int(group.items[0])
+        rtx = set(fid)
+        mline.ssrcs = [int(s.ssrc) for s in media.ssrc if int(s.ssrc) not in rtx]
+        mline.rtx_ssrcs = fid
+        mlines[mid] = mline
+    return mlines, ExtensionIds.from_extmap(extmap)
+
+
+class PublisherInbound:
+    """The receive path and upstream RTCP of one publish connection."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        metrics: MediaMetrics,
+        remb_bitrate: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._metrics = metrics
+        self._remb_bitrate = remb_bitrate
+        self._clock = clock
+        self.ssrc = random.getrandbits(32) or 1  # ours, as an RTCP sender
+        self._dtls: Any = None
+        self._mlines: dict[str, MLine] = {}
+        self.ids = ExtensionIds()
+        self._streams: dict[int, InboundStream] = {}  # media SSRC -> stream
+        self._rtx: dict[int, InboundStream] = {}  # RTX SSRC -> the stream it repairs
+        self._unknown: set[int] = set()  # SSRCs we could not place (counted once)
+        self._sinks: dict[str, PacketSink] = {}  # mid -> sink
+        self._nack_handle: asyncio.TimerHandle | None = None
+        self._nack_soon = False
+        self._pending_sends: set[asyncio.Future[Any]] = set()
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.dropped: dict[str, int] = {}
+        self.rtx_packets = 0
+
+    def __repr__(self) -> str:
+        return f"PublisherInbound({self.name})"
+
+    # --- configuration -------------------------------------------------------
+
+    def configure(self, pc: Any) -> None:
+        """Read the negotiated m-lines and take over the connection's media (idempotent).
+
+        Called after every publish negotiation; streams already seen stay.
+        """
+        if self._closed:
+            return
+        local, remote = pc.localDescription, pc.remoteDescription
+        if local is None or remote is None:
+            return
+        self._mlines, self.ids = parse_mlines(remote.sdp, local.sdp)
+        for mline in self._mlines.values():
+            for ssrc in mline.ssrcs:
+                if ssrc not in self._streams:
+                    self._add_stream(ssrc, mline)
+            for rtx_ssrc, media_ssrc in mline.rtx_ssrcs.items():
+                stream = self._streams.get(media_ssrc)
+                if stream is not None:
+                    self._rtx[rtx_ssrc] = stream
+        for ssrc, stream in list(self._streams.items()):
+            if stream.mline.mid not in self._mlines:
+                del self._streams[ssrc]
+            else:
+                stream.mline = self._mlines[stream.mline.mid]
+        dtls = dtls_transport_of(pc)
+        if dtls is not None and dtls is not self._dtls:
+            self._dtls = dtls
+            intercept_srtp(dtls, self._on_srtp)
+        if self._rtcp_task is None:
+            self._rtcp_task = asyncio.get_running_loop().create_task(
+                self._rtcp_loop(), name=f"rtcp {self.name}"
+            )
+
+    def bind(self, mid: str, sink: PacketSink) -> None:
+        """Send the packets of m-line ``mid`` to ``sink`` from now on."""
+        self._sinks[mid] = sink
+        for stream in self._streams.values():
+            if stream.mline.mid == mid:
+                stream.sink = sink
+
+    def unbind(self, mid: str, sink: PacketSink) -> None:
+        if self._sinks.get(mid) is sink:
+            del self._sinks[mid]
+            for stream in self._streams.values():
+                if stream.sink is sink:
+                    stream.sink = None
+
+    def media_ssrc(self, mid: str) -> int | None:
+        """The SSRC m-line ``mid`` is being received on (the first, if several)."""
+        for stream in self._streams.values():
+            if stream.mline.mid == mid and stream.packets:
+                return stream.ssrc
+        return None
+
+    def _add_stream(self, ssrc: int, mline: MLine) -> InboundStream:
+        nack = NackTracker() if mline.nack else None
+        stream = self._streams[ssrc] = InboundStream(ssrc, mline, nack)
+        stream.sink = self._sinks.get(mline.mid)
+        self._unknown.discard(ssrc)
+        return stream
+
+    # --- receive -------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self._metrics.rtp_dropped(reason)
+
+    def _on_srtp(self, session: Any, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            if rtcp.is_rtcp(data):
+                self._on_rtcp(session.unprotect_rtcp(data))
+            else:
+                self._on_rtp(session.unprotect(data))
+        except pylibsrtp.Error:
+            self._drop("srtp")
+        except Exception:
+            # A bug must not take the socket's protocol down with it.
+            logger.exception("%r: failed on an incoming packet", self)
+
+    def _on_rtp(self, data: bytes) -> None:
+        try:
+            packet = parse_rtp(data)
+        except MalformedPacket:
+            self._drop("malformed")
+            return
+        ssrc = packet.ssrc
+        stream = self._streams.get(ssrc)
+        if stream is None:
+            repaired = self._rtx.get(ssrc)
+            if repaired is None:
+                stream = self._learn(packet)
+                if stream is None:
+                    self._drop("unknown_ssrc")
+                    return
+            else:
+                stream = repaired
+        if stream.ssrc != ssrc:  # RTX (RFC 4588): the original sequence number first
+            if packet.payload_size < 2:
+                self._drop("padding")  # RTX padding: bandwidth probing, nothing to forward
+                return
+            start = packet.payload_start
+            apt = stream.mline.rtx_apt.get(packet.payload_type)
+            if apt is None:
+                self._drop("malformed")
+                return
+            self.rtx_packets += 1
+            packet = RtpPacket(
+                data,
+                packet.marker,
+                apt,
+                (data[start] << 8) | data[start + 1],
+                packet.timestamp,
+                stream.ssrc,
+                start + 2,
+                packet.payload_end,
+                packet.extensions,
+            )
+        elif packet.payload_type not in stream.mline.media_pts:
+            self._drop("malformed")
+            return
+        stream.bytes += len(data)
+        if stream.received(packet.sequence_number, packet.timestamp, self._clock()):
+            self._schedule_nacks()
+        if packet.payload_end == packet.payload_start:
+            self._drop("padding")
+            return
+        sink = stream.sink
+        if sink is not None:
+            sink.on_packet(packet)
+
+    def _learn(self, packet: RtpPacket) -> InboundStream | None:
+        """Place an unsignalled SSRC by its mid extension, else by a unique payload type."""
+        mid = text_extension(packet.extension(self.ids.mid))
+        candidates = [self._mlines[mid]] if mid in self._mlines else []
+        if not candidates and mid is None:
+            # No mid: only an m-line that has no stream yet, and only if the type is unique.
+            pt = packet.payload_type
+            candidates = [m for m in self._mlines.values() if pt in m.media_pts or pt in m.rtx_apt]
+            if len(candidates) == 1 and pt in candidates[0].media_pts:
+                if any(s.mline is candidates[0] for s in self._streams.values()):
+                    candidates = []
+        if len(candidates) != 1:
+            if packet.ssrc not in self._unknown:
+                self._unknown.add(packet.ssrc)
+                logger.debug("%r: cannot place SSRC %#x", self, packet.ssrc)
+            return None
+        mline = candidates[0]
+        if packet.payload_type in mline.rtx_apt:
+            media = [s for s in self._streams.values() if s.mline is mline]
+            if len(media) != 1:
+                return None
+            self._rtx[packet.ssrc] = media[0]
+            return media[0]
+        if packet.payload_type not in mline.media_pts:
+            return None
+        # A new media SSRC for this m-line replaces the old one (no simulcast yet).
+        for ssrc, stream in list(self._streams.items()):
+            if stream.mline is mline:
+                del self._streams[ssrc]
+        logger.info("%r: mid %s arrives on SSRC %#x", self, mline.mid, packet.ssrc)
+        return self._add_stream(packet.ssrc, mline)
+
+    def _on_rtcp(self, data: bytes) -> None:
+        for packet_type, _, packet in rtcp.iter_rtcp(data):
+            if packet_type == rtcp.RTCP_SR:
+                report = rtcp.parse_sender_report(packet)
+                if report is None:
+                    continue
+                stream = self._streams.get(report.ssrc)
+                if stream is not None:
+                    stream.sr_ntp_middle = (report.ntp >> 16) & 0xFFFFFFFF
+                    stream.sr_at = self._clock()
+
+    # --- upstream RTCP ---------------------------------------------------------
+
+    def _send(self, packet: bytes) -> bool:
+        dtls = self._dtls
+        if dtls is None or self._closed:
+            return False
+        try:
+            pending = send_srtcp(dtls, packet)
+        except (ConnectionError, OSError, pylibsrtp.Error):
+            return False
+        if pending is not None:
+            future = asyncio.ensure_future(pending)
+            self._pending_sends.add(future)
+            future.add_done_callback(self._sent)
+        return True
+
+    def _sent(self, future: asyncio.Future[Any]) -> None:
+        self._pending_sends.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            logger.debug("%r: RTCP send failed: %s", self, future.exception())
+
+    def send_pli(self, mid: str) -> bool:
+        """Ask the publisher for a keyframe on m-line ``mid``; False if nothing arrived yet."""
+        ssrc = self.media_ssrc(mid)
+        if ssrc is None:
+            return False
+        return self._send(rtcp.pli(self.ssrc, ssrc))
+
+    def _schedule_nacks(self) -> None:
+        # Once per burst of datagrams: the gaps they opened go out as one NACK each stream.
+        if not self._nack_soon:
+            self._nack_soon = True
+            asyncio.get_running_loop().call_soon(self._send_nacks)
+
+    def _send_nacks(self) -> None:
+        self._nack_soon = False
+        if self._nack_handle is not None:
+            self._nack_handle.cancel()
+            self._nack_handle = None
+        if self._closed:
+            return
+        now = self._clock()
+        next_due: float | None = None
+        for stream in list(self._streams.values()):
+            tracker = stream.nack
+            if tracker is None:
+                continue
+            gave_up = tracker.gave_up
+            due = tracker.due(now)
+            if due and self._send(rtcp.generic_nack(self.ssrc, stream.ssrc, due)):
+                self._metrics.nacks_sent(len(due))
+            if tracker.gave_up != gave_up and stream.sink is not None:
+                stream.sink.request_keyframe()  # lost for good: only a keyframe repairs it
+            when = tracker.next_due()
+            if when is not None and (next_due is None or when < next_due):
+                next_due = when
+        if next_due is not None:
+            delay = max(0.005, next_due - now)
+            self._nack_handle = asyncio.get_running_loop().call_later(delay, self._send_nacks)
+
+    def _reports(self) -> bytes:
+        now = self._clock()
+        streams = [s for s in self._streams.values() if s.packets]
+        packet = rtcp.receiver_report(self.ssrc, [s.report(now) for s in streams])
+        video = [s.ssrc for s in streams if s.kind == "video"]
+        if video and self._remb_bitrate > 0:
+            packet += rtcp.remb(self.ssrc, self._remb_bitrate, video)
+        return packet
+
+    async def _rtcp_loop(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(0.5 + random.random())
+                if self._streams:
+                    self._send(self._reports())
+        except asyncio.CancelledError:
+            pass
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop sending RTCP and forget every stream (idempotent)."""
+        self._closed = True
+        if self._nack_handle is not None:
+            self._nack_handle.cancel()
+            self._nack_handle = None
+        task, self._rtcp_task = self._rtcp_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        pending = list(self._pending_sends)
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._pending_sends.clear()
+        self._streams.clear()
+        self._rtx.clear()
+        self._sinks.clear()

@@ -1,0 +1,255 @@
+"""Packet-level forwarding: header rewrite, continuity across a source switch, keyframe gate.
+
+Outputs are read back with aiortc's own RTP parser, an implementation
+independent of Huddle's.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from aiortc import RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap
+from aiortc.rtp import RtpPacket as AiortcPacket
+
+from media.fastsend import FastRtp
+from media.forwarder import DownTrack, Forwardable
+from media.metrics import NoopMediaMetrics
+from media.nack import PacketCache
+from media.payload import parse_vp8
+from media.rtpheader import parse_rtp
+
+from .conftest import Call, eventually
+
+MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+
+
+class _Transport:
+    state = "new"
+    _state = "new"  # never connected: sends go through FastRtp._send
+    _RTCDtlsTransport__tx_bytes = 0
+    _RTCDtlsTransport__tx_packets = 0
+
+
+def _sender(kind: str) -> tuple[RTCRtpSender, HeaderExtensionsMap]:
+    sender = RTCRtpSender(kind, _Transport())  # type: ignore[arg-type]
+    second = (3, ABS) if kind == "video" else (2, LEVEL)
+    params = RTCRtpParameters(
+        headerExtensions=[
+            RTCRtpHeaderExtensionParameters(id=1, uri=MID),
+            RTCRtpHeaderExtensionParameters(id=second[0], uri=second[1]),
+        ]
+    )
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(params)
+    getattr(sender, "_RTCRtpSender__rtp_header_extensions_map").configure(params)  # noqa: B009
+    setattr(sender, "_RTCRtpSender__mid", "3")  # noqa: B010
+    return sender, ext_map
+
+
+def _fast(kind: str = "video", seq: int = 65534, ts: int = 0xFFFFFF00) -> tuple[FastRtp, Any]:
+    sender, ext_map = _sender(kind)
+    fast = FastRtp(sender, kind)
+    fast.prepare(payload_type=96 if kind == "video" else 111, sequence_number=seq,
+                 timestamp_origin=ts)  # fmt: skip
+    fast.running = True
+    return fast, ext_map
+
+
+def vp8(
+    seq: int,
+    ts: int,
+    pid: int,
+    *,
+    tl0: int | None = None,
+    start: bool = True,
+    key: bool = False,
+    marker: bool = False,
+    ssrc: int = 0x1111,
+    size: int = 60,
+) -> Forwardable:
+    """A publisher's VP8 packet (with a one-byte mid extension of its own, id 9)."""
+    ext = bytes([0x90, ord("a"), 0, 0])  # id 9, 1 byte "a", padding
+    header = struct.pack("!BBHII", 0x90, (0x80 if marker else 0) | 100, seq, ts, ssrc)
+    header += struct.pack("!HH", 0xBEDE, 1) + ext
+    x = 0x80 | (0x40 if tl0 is not None else 0)
+    desc = bytes([0x80 | (0x10 if start else 0), x, 0x80 | (pid >> 8), pid & 0xFF])
+    if tl0 is not None:
+        desc += bytes([tl0])
+    tag = bytes([0x00 if key else 0x01]) + bytes(size - 1)
+    packet = parse_rtp(header + desc + tag)
+    descriptor = parse_vp8(packet.data, packet.payload_start, packet.payload_end)
+    assert descriptor is not None
+    return Forwardable(packet, descriptor.keyframe, descriptor)
+
+
+def sent(fast: FastRtp, ext_map: HeaderExtensionsMap) -> list[AiortcPacket]:
+    packets = [AiortcPacket.parse(p, ext_map) for p in fast._pending]
+    fast._pending.clear()
+    return packets
+
+
+def picture_id(packet: AiortcPacket) -> int:
+    d = packet.payload
+    return ((d[2] & 0x7F) << 8) | d[3]
+
+
+async def test_gate_opens_at_a_keyframe_and_only_the_header_changes() -> None:
+    fast, ext_map = _fast()
+    assert not fast.forward(vp8(1000, 5000, 300))  # delta before any keyframe: held back
+    first = vp8(1001, 9000, 301, key=True)
+    assert fast.forward(first)
+    assert fast.forward(vp8(1002, 9000, 301, start=False, marker=True))
+    assert fast.forward(vp8(1003, 12000, 302, marker=True))
+    out = sent(fast, ext_map)
+    assert [p.sequence_number for p in out] == [65534, 65535, 0]
+    base = 0xFFFFFF00
+    assert [p.timestamp for p in out] == [base, base, (base + 3000) & 0xFFFFFFFF]
+    assert [p.marker for p in out] == [0, 1, 1]
+    assert {p.payload_type for p in out} == {96}
+    assert {p.ssrc for p in out} == {fast.sender._ssrc}
+    assert {p.extensions.mid for p in out} == {"3"}  # ours, not the publisher's "a"
+    assert all(p.extensions.abs_send_time is not None for p in out)
+    assert [picture_id(p) for p in out] == [301, 301, 302]
+    # The payload after the descriptor is the publisher's, byte for byte.
+    assert out[0].payload[4:] == first.packet.payload[4:]
+    assert fast.packets_sent == 3
+
+
+async def test_source_switch_keeps_numbering_continuous() -> None:
+    fast, ext_map = _fast(seq=100, ts=1_000_000)
+    fast.forward(vp8(7, 50_000, 1000, tl0=17, key=True, marker=True))
+    fast.forward(vp8(8, 53_000, 1001, tl0=18, marker=True))
+    before = sent(fast, ext_map)
+    fast.switch()  # another publisher takes this slot
+    assert not fast.forward(vp8(40_000, 7_777_777, 20, tl0=200, ssrc=0x2222, marker=True))
+    assert fast.forward(vp8(40_001, 7_780_777, 21, tl0=201, key=True, ssrc=0x2222, marker=True))
+    assert fast.forward(vp8(40_002, 7_783_777, 22, tl0=202, ssrc=0x2222, marker=True))
+    after = sent(fast, ext_map)
+    seqs = [p.sequence_number for p in before + after]
+    assert seqs == [100, 101, 102, 103]
+    stamps = [p.timestamp for p in before + after]
+    assert stamps == [1_000_000, 1_003_000, 1_006_000, 1_009_000]
+    assert [picture_id(p) for p in before + after] == [1000, 1001, 1002, 1003]
+    assert [p.payload[4] for p in before + after] == [17, 18, 19, 20]  # TL0PICIDX
+    assert {p.ssrc for p in before + after} == {fast.sender._ssrc}
+
+
+async def test_reordered_packets_keep_their_place_and_old_ones_are_dropped() -> None:
+    fast, ext_map = _fast(seq=500)
+    fast.forward(vp8(10, 0, 1, key=True))
+    fast.forward(vp8(12, 0, 1, start=False, marker=True))
+    fast.forward(vp8(11, 0, 1, start=False))  # late (a retransmission upstream)
+    assert not fast.forward(vp8(9, 0, 0, start=False))  # before the gate opened
+    assert [p.sequence_number for p in sent(fast, ext_map)] == [500, 502, 501]
+    assert fast.sequence_number == 503
+
+
+async def test_a_sender_that_is_not_running_closes_the_gate_again() -> None:
+    fast, ext_map = _fast()
+    fast.forward(vp8(1, 0, 1, key=True, marker=True))
+    fast.running = False
+    assert not fast.forward(vp8(2, 3000, 2, marker=True))
+    fast.running = True
+    assert not fast.forward(vp8(3, 6000, 3, marker=True))  # delta: must wait for a keyframe
+    assert fast.forward(vp8(4, 9000, 4, key=True, marker=True))
+    assert [p.sequence_number for p in sent(fast, ext_map)] == [65534, 65535]
+
+
+async def test_audio_level_is_forwarded() -> None:
+    fast, ext_map = _fast("audio", seq=1, ts=0)
+    fast.level_id_in = 5
+    header = struct.pack("!BBHII", 0x90, 0x80 | 111, 77, 960, 0x3333)
+    header += struct.pack("!HH", 0xBEDE, 1) + bytes([0x50, 0x80 | 33, 0, 0])  # id 5: VAD, -33
+    packet = parse_rtp(header + b"opus-frame")
+    assert fast.forward(Forwardable(packet, True, None))
+    (out,) = sent(fast, ext_map)
+    assert out.extensions.audio_level == (True, 33)
+    assert out.extensions.mid == "3"
+    assert out.payload == b"opus-frame"
+
+
+class FakeSource:
+    """An up track's cache for subscribers' NACKs."""
+
+    def __init__(self) -> None:
+        self.cache: PacketCache[Forwardable] = PacketCache(1024)
+        self.downs: list[DownTrack] = []
+        self.keyframes = 0
+
+    def cached(self, seq: int) -> Forwardable | None:
+        return self.cache.get(seq)
+
+    def add_down(self, down: DownTrack) -> None:
+        self.downs.append(down)
+
+    def remove_down(self, down: DownTrack) -> None:
+        self.downs.remove(down)
+
+    def request_keyframe(self) -> None:
+        self.keyframes += 1
+
+
+async def test_nacks_of_two_subscribers_are_answered_from_one_cached_packet() -> None:
+    source = FakeSource()
+    subscribers = []
+    for seq in (200, 40_000):  # each subscriber numbers its stream its own way
+        fast, ext_map = _fast(seq=seq)
+        setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
+        down = DownTrack("video", NoopMediaMetrics())
+        down.sender, fast.down = fast, down
+        down.attach(source)  # type: ignore[arg-type]
+        captured: list[bytes] = []
+        fast._send = captured.append  # type: ignore[assignment, method-assign]
+        subscribers.append((fast, ext_map, captured))
+    entries = [vp8(5000 + i, 90_000, 7, key=i == 0, start=i == 0, marker=i == 3) for i in range(4)]
+    for entry in entries:
+        source.cache.put(entry.packet.sequence_number, entry)
+        for fast, _, _ in subscribers:
+            assert fast.forward(entry)
+    for fast, ext_map, captured in subscribers:
+        first = sent(fast, ext_map)[0].sequence_number
+        await fast.retransmit((first + 2) & 0xFFFF)  # the third packet was lost on the way
+        await fast.retransmit((first + 9) & 0xFFFF)  # never sent: ignored
+        (rtx,) = [AiortcPacket.parse(p, ext_map) for p in captured]
+        assert rtx.payload_type == 97 and rtx.ssrc == fast.sender._rtx_ssrc
+        osn = int.from_bytes(rtx.payload[:2], "big")
+        assert osn == (first + 2) & 0xFFFF
+        assert rtx.payload[2 + 4 :] == entries[2].packet.payload[4:]
+        assert fast.retransmitted == 1
+    assert source.cache.hits == 2
+
+
+async def test_room_forwards_packets_and_answers_nacks_from_the_cache(call: Call) -> None:
+    for name in ("ana", "ben", "cy"):
+        await call.join(name)
+    ana = call.room.participants["ana"]
+    video_up = next(up for up in ana.published() if up.kind == "video")
+    slots = [
+        next(s for s in call.room.participants[n]._slots if s.current is video_up)
+        for n in ("ben", "cy")
+    ]
+
+    def flowing() -> bool:
+        return all(s.fast.packets_sent > 20 for s in slots)
+
+    await eventually(flowing, what="packets forwarded to both subscribers")
+    assert video_up.packets_in > 20
+    assert ana._inbound.dropped.get("malformed", 0) == 0
+    assert ana._inbound.dropped.get("unknown_ssrc", 0) == 0
+    # Video leaves in GSO batches where packet sizes allow.
+    out = slots[0].fast.out
+    assert out is not None and out.syscalls < out.datagrams
+    assert video_up.cache is not None
+    hits = video_up.cache.hits
+    for slot in slots:
+        await slot.fast.retransmit((slot.fast.sequence_number - 2) & 0xFFFF)
+        assert slot.fast.retransmitted == 1
+    assert video_up.cache.hits == hits + 2
+    counts = call.metrics.counts
+    assert counts["video_packets"] > counts["video_frames"] > 0
+    assert counts["retransmitted"] == 2
