@@ -340,9 +340,12 @@ class PublisherInbound:
             # No mid: only an m-line that has no stream yet, and only if the type is unique.
             pt = packet.payload_type
             candidates = [m for m in self._mlines.values() if pt in m.media_pts or pt in m.rtx_apt]
-            if len(candidates) == 1 and pt in candidates[0].media_pts:
-                if any(s.mline is candidates[0] for s in self._streams.values()):
-                    candidates = []
+            if (
+                len(candidates) == 1
+                and pt in candidates[0].media_pts
+                and any(s.mline is candidates[0] for s in self._streams.values())
+            ):
+                candidates = []
         if len(candidates) != 1:
             if packet.ssrc not in self._unknown:
                 self._unknown.add(packet.ssrc)
