@@ -180,6 +180,11 @@ class FastRtp:
         self._ssrc = self.sender._ssrc
         self.header_len = 12 + len(self.layout.template)
 
+    @property
+    def ready(self) -> bool:
+        """Whether forwarded packets would be sent now (the loop runs, the sender is enabled)."""
+        return self.running and bool(self.sender._enabled)
+
     # --- rewriting -----------------------------------------------------------
 
     def switch(self) -> None:
@@ -423,7 +428,9 @@ class FastRtp:
         self._wake = wake = asyncio.Event()
         self.running = True
         if self.down is not None and self.kind == "video":
-            self.down.request_keyframe()  # the gate waits for one
+            self.down.replay()  # the latest keyframe, from the publisher's cache
+            if self._gated:
+                self.down.request_keyframe()  # none cached recently enough: ask for one
         queue = self._queue
         while True:
             while not queue:

@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 CACHE_PACKETS = 1024
 #: Longest a video packet waits for the rest of its frame before it is sent anyway.
 FLUSH_AFTER = 0.005
+#: A new subscriber is sent the cached latest keyframe and what followed it, if
+#: that is at most this many packets; otherwise it waits for a fresh keyframe.
+MAX_REPLAY_PACKETS = 128
 
 
 class Forwardable:
@@ -93,6 +96,8 @@ class UpTrack:
             PacketCache(CACHE_PACKETS) if self.kind == "video" else None
         )
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._keyframe_seq: int | None = None  # where the latest cached keyframe starts
+        self._newest_seq: int | None = None
         self._keyframes = KeyframeRequester(
             self._send_pli,
             pli_min_interval,
@@ -140,7 +145,13 @@ class UpTrack:
         entry = Forwardable(packet, keyframe, vp8)
         cache = self.cache
         if cache is not None:
-            cache.put(packet.sequence_number, entry)
+            seq = packet.sequence_number
+            cache.put(seq, entry)
+            newest = self._newest_seq
+            if newest is None or 0 < ((seq - newest) & 0xFFFF) < 0x8000:
+                self._newest_seq = seq
+            if keyframe:
+                self._keyframe_seq = seq
         taken = 0
         for down in self._downs:
             if down.forward(entry):
@@ -163,6 +174,28 @@ class UpTrack:
         if timer is not None:
             timer.cancel()
         for down in self._downs:
+            down.flush()
+
+    def replay(self, down: DownTrack) -> None:
+        """Send ``down`` the cached latest keyframe and what followed, if recent enough.
+
+        A subscriber whose connection comes up (or whose slot switches to this
+        track) need not wait for the keyframe its PLI asks for: the one the
+        publisher sent last is usually still in the cache (Galène does the same).
+        """
+        start, newest, cache = self._keyframe_seq, self._newest_seq, self.cache
+        if cache is None or start is None or newest is None:
+            return
+        count = (newest - start) & 0xFFFF
+        if count >= MAX_REPLAY_PACKETS:
+            return
+        sent = 0
+        for i in range(count + 1):
+            entry = cache.get((start + i) & 0xFFFF)
+            if entry is not None and down.forward(entry):
+                sent += 1
+        if sent:
+            down.replays += 1
             down.flush()
 
     def cached(self, sequence_number: int) -> Forwardable | None:
@@ -230,6 +263,7 @@ class DownTrack(MediaStreamTrack):
         self.sender: FastRtp | None = None
         self._stopped: asyncio.Future[None] | None = None
         self.packets_out = 0
+        self.replays = 0  # times it started from the source's cached keyframe
 
     def attach(self, source: UpTrack) -> None:
         """Forward ``source`` from its next keyframe on, numbering continuing ours."""
@@ -241,6 +275,7 @@ class DownTrack(MediaStreamTrack):
         if self.sender is not None:
             self.sender.switch()
         source.add_down(self)
+        self.replay()
 
     def detach(self, source: UpTrack | None = None) -> None:
         """Stop forwarding (only if ``source`` is still ours, when given)."""
@@ -263,6 +298,12 @@ class DownTrack(MediaStreamTrack):
     def flush(self) -> None:
         if self.sender is not None:
             self.sender.flush()
+
+    def replay(self) -> None:
+        """Start from the source's cached keyframe now, if the sender can send."""
+        sender = self.sender
+        if self.source is not None and sender is not None and sender.ready:
+            self.source.replay(self)
 
     def request_keyframe(self) -> None:
         """The subscriber asked for a keyframe (PLI/FIR), or needs one: relay it upstream."""

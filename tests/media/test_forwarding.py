@@ -193,6 +193,9 @@ class FakeSource:
     def request_keyframe(self) -> None:
         self.keyframes += 1
 
+    def replay(self, down: DownTrack) -> None:
+        pass  # nothing cached before the test forwards
+
 
 async def test_nacks_of_two_subscribers_are_answered_from_one_cached_packet() -> None:
     source = FakeSource()
@@ -253,3 +256,20 @@ async def test_room_forwards_packets_and_answers_nacks_from_the_cache(call: Call
     counts = call.metrics.counts
     assert counts["video_packets"] > counts["video_frames"] > 0
     assert counts["retransmitted"] == 2
+
+
+async def test_a_late_joiner_starts_from_the_cached_keyframe(call: Call) -> None:
+    await call.join("ana")
+    ben = await call.join("ben")
+    await eventually(
+        lambda: (s := ben.received_from("ana", "video")) is not None and s.frames > 40,
+        what="ben receiving",
+    )
+    cy = await call.join("cy")
+    slot = next(s for s in call.room.participants["cy"]._slots if s.kind == "video")
+    await eventually(
+        lambda: (s := cy.received_from("ana", "video")) is not None and s.keyframes >= 1,
+        what="cy's first keyframe",
+    )
+    # Sent from the publisher's packet cache as soon as cy's connection was up.
+    assert slot.down.replays == 1
