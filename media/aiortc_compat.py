@@ -132,6 +132,7 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCDtlsTransport, "code:_recv_next", "_rx_srtp"),
     (RTCDtlsTransport, "code:_send_rtp", "_tx_srtp"),
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__decoder_queue"),
+    (RTCRtpTransceiver, "code:__init__", "_headerExtensions"),
 )
 
 
@@ -231,6 +232,46 @@ def on_receiver_end(receiver: RTCRtpReceiver, on_end: Callable[[], None]) -> Non
     """
     install_decoder_bypass()
     setattr(receiver, "_RTCRtpReceiver__decoder_queue", _EndSignal(on_end))  # noqa: B010
+
+
+def accept_transport_cc(pc: Any, uri: str) -> list[str]:
+    """Answer the remote offer's transport-wide congestion control where it offers it.
+
+    aiortc answers only the header extensions and RTCP feedback it implements
+    itself; the SFU's receive path implements transport-cc. Call between
+    ``setRemoteDescription(offer)`` and ``createAnswer()``. Returns the mids
+    where it was accepted.
+    """
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
+    from aiortc.sdp import SessionDescription
+
+    remote = pc.remoteDescription
+    if remote is None:
+        return []
+    offered = {m.rtp.muxId: m for m in SessionDescription.parse(remote.sdp).media}
+    accepted = []
+    for transceiver in pc.getTransceivers():
+        media = offered.get(transceiver.mid)
+        if media is None:
+            continue
+        ext = next((e for e in media.rtp.headerExtensions if e.uri == uri), None)
+        if ext is None:
+            continue
+        extensions = transceiver._headerExtensions
+        if not any(e.uri == uri for e in extensions):
+            extensions.append(RTCRtpHeaderExtensionParameters(id=ext.id, uri=uri))
+        wants_fb = {
+            c.payloadType
+            for c in media.rtp.codecs
+            if any(fb.type == "transport-cc" for fb in c.rtcpFeedback)
+        }
+        for codec in transceiver._codecs:
+            if codec.payloadType in wants_fb and not any(
+                fb.type == "transport-cc" for fb in codec.rtcpFeedback
+            ):
+                codec.rtcpFeedback.append(RTCRtcpFeedback(type="transport-cc"))
+        accepted.append(str(transceiver.mid))
+    return accepted
 
 
 def dtls_transport_of(pc: Any) -> RTCDtlsTransport | None:

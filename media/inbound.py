@@ -34,6 +34,10 @@ from .aiortc_compat import dtls_transport_of, intercept_srtp, send_srtcp
 from .metrics import MediaMetrics
 from .nack import NackTracker
 from .rtpheader import ExtensionIds, MalformedPacket, RtpPacket, parse_rtp, text_extension
+from .twcc import TwccRecorder
+
+#: How often transport-wide feedback goes to a publisher that negotiated it.
+TWCC_INTERVAL = 0.05
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +198,10 @@ class PublisherInbound:
         self._closed = False
         self.dropped: dict[str, int] = {}
         self.rtx_packets = 0
+        self._twcc: TwccRecorder | None = None
+        self._twcc_id: int | None = None
+        self._twcc_task: asyncio.Task[None] | None = None
+        self.twcc_feedbacks = 0
 
     def __repr__(self) -> str:
         return f"PublisherInbound({self.name})"
@@ -211,6 +219,12 @@ class PublisherInbound:
         if local is None or remote is None:
             return
         self._mlines, self.ids = parse_mlines(remote.sdp, local.sdp)
+        self._twcc_id = self.ids.transport_cc
+        if self._twcc_id is not None and self._twcc is None:
+            self._twcc = TwccRecorder()
+            self._twcc_task = asyncio.get_running_loop().create_task(
+                self._twcc_loop(), name=f"twcc {self.name}"
+            )
         for mline in self._mlines.values():
             for ssrc in mline.ssrcs:
                 if ssrc not in self._streams:
@@ -287,6 +301,12 @@ class PublisherInbound:
         except MalformedPacket:
             self._drop("malformed")
             return
+        twcc_id = self._twcc_id
+        if twcc_id is not None and packet.extensions is not None:
+            value = packet.extensions.get(twcc_id)
+            if value is not None and len(value) == 2 and self._twcc is not None:
+                # Every packet counts for the sender's estimate, padding and RTX too.
+                self._twcc.record((value[0] << 8) | value[1], time.monotonic_ns() // 1000)
         ssrc = packet.ssrc
         stream = self._streams.get(ssrc)
         if stream is None:
@@ -447,6 +467,20 @@ class PublisherInbound:
             packet += rtcp.remb(self.ssrc, self._remb_bitrate, video)
         return packet
 
+    async def _twcc_loop(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(TWCC_INTERVAL)
+                recorder = self._twcc
+                if recorder is None or not recorder.pending:
+                    continue
+                media = next(iter(self._streams), 0)
+                while (packet := recorder.feedback(self.ssrc, media)) is not None:
+                    if self._send(packet):
+                        self.twcc_feedbacks += 1
+        except asyncio.CancelledError:
+            pass
+
     async def _rtcp_loop(self) -> None:
         try:
             while True:
@@ -464,10 +498,11 @@ class PublisherInbound:
         if self._nack_handle is not None:
             self._nack_handle.cancel()
             self._nack_handle = None
-        task, self._rtcp_task = self._rtcp_task, None
-        if task is not None:
+        tasks = [t for t in (self._rtcp_task, self._twcc_task) if t is not None]
+        self._rtcp_task = self._twcc_task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         pending = list(self._pending_sends)
         for future in pending:
             future.cancel()

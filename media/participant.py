@@ -17,12 +17,13 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
-from .aiortc_compat import negotiated_codecs
+from .aiortc_compat import accept_transport_cc, negotiated_codecs
 from .config import MediaConfig
 from .errors import BadSignal
 from .forwarder import UpTrack
 from .inbound import PublisherInbound
 from .metrics import MediaMetrics
+from .rtpheader import URI_TRANSPORT_CC
 from .signals import (
     PUBLISH,
     SUBSCRIBE,
@@ -198,6 +199,7 @@ class Participant:
                 return
             try:
                 await self._publish_pc.setRemoteDescription(description)
+                accept_transport_cc(self._publish_pc, URI_TRANSPORT_CC)
                 answer = await self._publish_pc.createAnswer()
                 await self._publish_pc.setLocalDescription(answer)
             except _AIORTC_ERRORS as exc:

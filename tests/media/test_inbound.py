@@ -18,10 +18,12 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, unpack_remb_fci
 
+from media.aiortc_compat import accept_transport_cc
 from media.inbound import PublisherInbound
 from media.metrics import CountingMediaMetrics
 from media.nack import NackTracker
-from media.rtpheader import URI_MID, MalformedPacket, RtpPacket, parse_rtp
+from media.rtpheader import URI_MID, URI_TRANSPORT_CC, MalformedPacket, RtpPacket, parse_rtp
+from media.twcc import TwccRecorder
 
 from .conftest import eventually
 
@@ -304,3 +306,105 @@ def test_nack_tracker_retries_then_gives_up() -> None:
     assert tracker.missing == 0 and tracker.gave_up == 1 and tracker.recovered == 1
     assert tracker.received(2000, 1.0) is False  # a gap wider than max_missing: no NACK storm
     assert tracker.missing == 0
+
+
+# --- transport-wide congestion control ------------------------------------------------
+
+
+def parse_twcc(packet: bytes) -> tuple[int, int, list[int | None]]:
+    """A reference reader of one TWCC feedback: (base seq, fb count, arrival µs or None each).
+
+    Written from the draft's figures, independently of media.twcc.
+    """
+    assert packet[0] & 0x1F == 15 and packet[1] == 205
+    assert (struct.unpack_from("!H", packet, 2)[0] + 1) * 4 == len(packet)
+    base, count = struct.unpack_from("!HH", packet, 12)
+    word = struct.unpack_from("!I", packet, 16)[0]
+    reference, fb_count = word >> 8, word & 0xFF
+    pos, statuses = 20, []
+    while len(statuses) < count:
+        chunk = struct.unpack_from("!H", packet, pos)[0]
+        pos += 2
+        if not chunk & 0x8000:  # run length
+            statuses += [(chunk >> 13) & 3] * (chunk & 0x1FFF)
+        elif chunk & 0x4000:  # 7 two-bit symbols
+            statuses += [(chunk >> (12 - 2 * i)) & 3 for i in range(7)]
+        else:  # 14 one-bit symbols
+            statuses += [(chunk >> (13 - i)) & 1 for i in range(14)]
+    statuses = statuses[:count]
+    now = reference * 64_000
+    arrivals: list[int | None] = []
+    for status in statuses:
+        if status == 0:
+            arrivals.append(None)
+            continue
+        if status == 1:
+            delta = packet[pos]
+            pos += 1
+        else:
+            delta = struct.unpack_from("!h", packet, pos)[0]
+            pos += 2
+        now += delta * 250
+        arrivals.append(now)
+    assert len(packet) - pos < 4  # only padding left
+    return base, fb_count, arrivals
+
+
+def test_twcc_feedback_reports_arrivals_and_losses() -> None:
+    recorder = TwccRecorder()
+    t0 = 1_000_000_000
+    arrivals = {65533: t0, 65534: t0 + 1000, 0: t0 + 250, 1: t0 + 90_000, 3: t0 + 90_500}
+    for seq, at in arrivals.items():  # 65535 and 2 lost, 0 arrives before 65534's time
+        recorder.record(seq, at)
+    packet = recorder.feedback(0x11, 0x22)
+    assert packet is not None and recorder.feedback(0x11, 0x22) is None
+    base, fb_count, got = parse_twcc(packet)
+    assert (base, fb_count) == (65533, 0)
+    # Deltas (some negative, some over 255 ticks) add back up to the arrival times.
+    assert got == [t0, t0 + 1000, None, t0 + 250, t0 + 90_000, None, t0 + 90_500]
+    recorder.record(50, t0 + 100_000)  # a long run of losses: a run-length chunk
+    base, fb_count, got = parse_twcc(recorder.feedback(0x11, 0x22) or b"")
+    assert (base, fb_count) == (4, 1) and got[:-1] == [None] * 46 and got[-1] is not None
+
+
+async def test_transport_cc_is_answered_and_fed_back() -> None:
+
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client.addTransceiver("video", direction="sendonly")
+    await client.setLocalDescription(await client.createOffer())
+    video = describe(client.localDescription.sdp)[0]
+    assert video.ssrc is not None
+    # What Chrome offers on top of aiortc's offer.
+    offer = client.localDescription.sdp.replace(
+        f"a=rtpmap:{video.pt} VP8/90000\r\n",
+        f"a=rtpmap:{video.pt} VP8/90000\r\na=rtcp-fb:{video.pt} transport-cc\r\n",
+    ).replace("a=mid:", f"a=extmap:5 {URI_TRANSPORT_CC}\r\na=mid:", 1)
+    await server.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+    assert accept_transport_cc(server, URI_TRANSPORT_CC) == [video.mid]
+    await server.setLocalDescription(await server.createAnswer())
+    answer = server.localDescription.sdp
+    assert f"a=extmap:5 {URI_TRANSPORT_CC}" in answer
+    assert f"a=rtcp-fb:{video.pt} transport-cc" in answer
+    inbound = PublisherInbound("test", metrics=CountingMediaMetrics(), remb_bitrate=0)
+    upstream: list[bytes] = []
+
+    def capture(packet: bytes) -> bool:
+        upstream.append(packet)
+        return True
+
+    inbound._send = capture  # type: ignore[method-assign]
+    try:
+        inbound.configure(server)
+        assert inbound.ids.transport_cc == 5
+        for seq in range(10):
+            ext = bytes([0x51, 0x01, 100 + seq])  # id 5, two bytes: transport seq 356+seq
+            inbound._on_rtp(rtp(video.ssrc, 700 + seq, video.pt, extensions=ext))
+        await eventually(lambda: bool(upstream), timeout=5, what="TWCC feedback")
+        base, _, arrivals = parse_twcc(upstream[0])
+        assert base == 356 and len(arrivals) == 10 and None not in arrivals
+        assert inbound.twcc_feedbacks >= 1
+    finally:
+        await inbound.close()
+        await client.close()
+        await server.close()
