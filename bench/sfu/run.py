@@ -291,7 +291,7 @@ class Measurement:
     receiving: int  # subscribers that got video in the window
     rtx_packets: int = 0  # retransmissions, included in ``packets``
     stalled: list[dict[str, Any]] = field(default_factory=list)  # tracks under 1 fps
-    server_frames_out: int | None = None
+    server_packets_out: int | None = None
     late_join: dict[str, float | None] = field(default_factory=dict)
     publisher_keyframes_forced: int = 0
 
@@ -502,9 +502,9 @@ class Bench:
         forced = 0
         if publisher is not None and publisher in snap0 and publisher in snap1:
             forced = snap1[publisher]["keyframes_forced"] - snap0[publisher]["keyframes_forced"]
-        frames_out = None
-        if "frames_out" in stats0:
-            frames_out = stats1["frames_out"] - stats0["frames_out"]
+        packets_out = None
+        if "packets_out" in stats0:
+            packets_out = stats1["packets_out"] - stats0["packets_out"]
         return Measurement(
             scenario=scenario,
             subscribers=len(subscribers),
@@ -523,7 +523,7 @@ class Bench:
             receiving=receiving,
             rtx_packets=totals["rtx"],
             stalled=stalled,
-            server_frames_out=frames_out,
+            server_packets_out=packets_out,
             publisher_keyframes_forced=forced,
         )
 

@@ -209,14 +209,14 @@ class HuddleBackend:
         await self.sfu.close()
 
     def stats(self) -> dict[str, Any]:
-        frames_out = 0
+        packets_out = 0
         subscribers = 0
         for room in self.sfu.rooms.values():
             for participant in room.participants.values():
                 for slot in participant._slots:
-                    frames_out += slot.down.frames_out
+                    packets_out += slot.down.packets_out
                     subscribers += 1
-        return {"down_tracks": subscribers, "frames_out": frames_out}
+        return {"down_tracks": subscribers, "packets_out": packets_out}
 
 
 async def tasks_handler(request: web.Request) -> web.Response:

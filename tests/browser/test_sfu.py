@@ -29,6 +29,18 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 DOCS = ROOT / "docs"
 
+# The publish connection's negotiated transport-cc and Chrome's send-side estimate.
+PUBLISH_ESTIMATE = """async () => {
+  const pc = window.huddle.session.sfu.publishPc;
+  if (!/a=rtcp-fb:\\d+ transport-cc/.test(pc.remoteDescription.sdp)) return -1;
+  let estimate = null;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'candidate-pair' && s.nominated && s.availableOutgoingBitrate)
+      estimate = s.availableOutgoingBitrate;
+  });
+  return estimate;
+}"""
+
 
 async def everyone_decodes_everyone(group: dict[str, Participant]) -> None:
     """Each participant's frame counter for every other one keeps rising."""
@@ -72,6 +84,14 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
         state = await participant.state()
         assert state["peers"] == []  # no browser-to-browser connection in a group call
         assert state["sfu"] == {"publish": "connected", "subscribe": "connected"}
+
+    # Chrome estimates its uplink from the SFU's transport-cc feedback: with
+    # feedback it can use, the estimate climbs from its 300 kbit/s start.
+    async def uplink_estimate() -> float | None:
+        value = await caller.page.evaluate(PUBLISH_ESTIMATE)
+        return value if value and value > 600_000 else None
+
+    await eventually(uplink_estimate, message="Chrome's uplink estimate above 600 kbit/s")
 
     # Through the SFU too, a mute shows on the others and stops the audio.
     ana_id = users[0].user_id
