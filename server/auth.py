@@ -85,6 +85,10 @@ class TokenService:
         return user_id, self.issue(user_id, name, ttl_s=ttl_s)
 
     def verify(self, token: str) -> Identity:
+        if not token.isascii():
+            # A JWT is base64url and dots. aiohttp hands over undecodable header
+            # bytes as surrogate escapes, which PyJWT cannot even encode.
+            raise Unauthorized("the token is invalid: not ASCII", code="token_invalid")
         try:
             claims = jwt.decode(
                 token,

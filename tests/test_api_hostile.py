@@ -13,7 +13,8 @@ from typing import Any
 import jwt
 import pytest
 
-from server.auth import RESERVED_USER_IDS
+from server.auth import RESERVED_USER_IDS, TokenService
+from server.errors import Unauthorized
 from signaling.protocol import RESERVED_IDS
 from tests.conftest import TEST_SECRET, AppFactory
 from tests.support.api import Api, User, error_code
@@ -189,3 +190,13 @@ async def test_reserved_ids_are_refused_over_http(make_client: AppFactory, reser
     impostor = User(reserved, "x", _jwt(reserved))
     body = await api.call("GET", f"/v1/calls/{call['call_id']}", impostor, expect=401)
     assert error_code(body) == "token_invalid"
+
+
+@pytest.mark.parametrize("token", ["\udcff\udcfe", "\u00e9.\u00e9.\u00e9"])
+def test_undecodable_bearer_bytes_are_401(token: str) -> None:
+    """aiohttp decodes header bytes with surrogateescape; PyJWT then raised
+    UnicodeEncodeError (a 500). Found by tests/reliability/test_http_fuzz.py,
+    whose raw-socket case sends the bytes themselves."""
+    with pytest.raises(Unauthorized) as caught:
+        TokenService(TEST_SECRET).verify(token)
+    assert caught.value.code == "token_invalid"
