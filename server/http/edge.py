@@ -73,14 +73,7 @@ class EdgeRequestHandler(RequestHandler):
         if not isinstance(peer, tuple):
             return  # a Unix socket: no address to count by
         key = str(peer[0])
-        settings = self._edge.settings
         if not self._edge.admit_pending(key):
-            logger.warning(
-                "closing a connection from %s: %d connections from it are still "
-                "sending their request head (HUDDLE_MAX_PENDING_PER_IP)",
-                key,
-                settings.max_pending_per_ip,
-            )
             self._refuse(
                 transport,
                 503,
@@ -90,7 +83,7 @@ class EdgeRequestHandler(RequestHandler):
             return
         self._pending_key = key
         self._head_timer = asyncio.get_running_loop().call_later(
-            settings.header_timeout_s, self._head_too_slow, transport
+            self._edge.settings.header_timeout_s, self._head_too_slow, transport
         )
 
     def data_received(self, data: bytes) -> None:
@@ -116,7 +109,8 @@ class EdgeRequestHandler(RequestHandler):
         self._head_timer = None
         if self._pending_key is None:
             return
-        logger.info(
+        # Debug only: a slow client must not be able to flood the log either.
+        logger.debug(
             "closing a connection from %s: no request head within %g s (HUDDLE_HEADER_TIMEOUT)",
             self._pending_key,
             self._edge.settings.header_timeout_s,
@@ -167,12 +161,23 @@ class EdgeServer(web.Server):
         super().__init__(*args, **kwargs)
         self.settings = settings
         self._pending: Counter[str] = Counter()
+        # Addresses at the cap: warned about once until they drop below it, so
+        # refused connections cannot flood the log.
+        self._capped: set[str] = set()
 
     def pending(self, key: str) -> int:
         return self._pending[key]
 
     def admit_pending(self, key: str) -> bool:
         if self._pending[key] >= self.settings.max_pending_per_ip:
+            if key not in self._capped:
+                self._capped.add(key)
+                logger.warning(
+                    "refusing connections from %s: %d of its connections are still sending "
+                    "their request head (HUDDLE_MAX_PENDING_PER_IP)",
+                    key,
+                    self._pending[key],
+                )
             return False
         self._pending[key] += 1
         return True
@@ -181,6 +186,8 @@ class EdgeServer(web.Server):
         self._pending[key] -= 1
         if self._pending[key] <= 0:
             del self._pending[key]
+        if self._pending[key] < self.settings.max_pending_per_ip:
+            self._capped.discard(key)
 
     def __call__(self) -> RequestHandler:
         # The same arguments web.Server passes its RequestHandler.
