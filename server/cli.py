@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from server.config import ConfigError, load_config
+from server.config import ConfigError, is_loopback_host, load_config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,6 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("huddle").warning(
             "dev mode: /v1/dev/token issues tokens to anyone; set HUDDLE_JWT_SECRET in production"
         )
+        if not is_loopback_host(config.host):
+            logging.getLogger("huddle").warning(
+                "dev mode on %s (HUDDLE_DEV=1): anyone who can reach this address can mint tokens",
+                config.host,
+            )
     try:
         # aiohttp's run_app, through the edge server (JSON parser errors, slow-head limits).
         serve(
