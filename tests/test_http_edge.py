@@ -251,7 +251,9 @@ async def test_keep_alive_requests_are_not_counted_as_pending(tmp_path: Path) ->
                 writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
                 await writer.drain()
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-                length = int(re.search(rb"Content-Length: (\d+)", head, re.I)[1])  # type: ignore[index]
+                match = re.search(rb"Content-Length: (\d+)", head, re.I)
+                assert match is not None, head
+                length = int(match[1])
                 await asyncio.wait_for(reader.readexactly(length), 5)
                 assert head.startswith(b"HTTP/1.1 200")
                 assert server.pending("127.0.0.1") == 0
