@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # Huddle container image. Build:  docker build -t huddle .
-# Run:    docker run --rm -p 8080:8080 -v huddle-data:/data huddle
+# Run:    docker run --rm -p 8080:8080 -v huddle-data:/data \
+#           -e HUDDLE_JWT_SECRET="$(openssl rand -base64 48)" huddle
+#         (or -e HUDDLE_DEV=1 for a throwaway dev server: anyone can mint tokens)
 # See docs/container.md (compose with Postgres, Redis, coturn, two instances).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -49,10 +51,14 @@ RUN groupadd --system --gid 10001 huddle \
 COPY --from=build /opt/huddle /opt/huddle
 COPY static /usr/share/huddle/static
 
+# Production-safe by default: HUDDLE_DEV=0, so without HUDDLE_JWT_SECRET the
+# server refuses to start instead of minting tokens for anyone on 0.0.0.0.
+# Dev mode is an explicit `-e HUDDLE_DEV=1`.
 ENV PATH=/opt/huddle/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HUDDLE_HOST=0.0.0.0 \
+    HUDDLE_DEV=0 \
     HUDDLE_PORT=8080 \
     HUDDLE_DATABASE_URL=sqlite:////data/huddle.db \
     HUDDLE_STATIC_DIR=/usr/share/huddle/static

@@ -25,6 +25,7 @@ from server.health import Readiness
 from server.http import calls as call_routes
 from server.http import misc as misc_routes
 from server.http import openapi
+from server.http.edge import security_headers
 from server.http.middleware import edge_middleware
 from server.keys import CALLS, CONFIG, METRICS, READINESS, STORE, TOKENS
 from server.metrics import Metrics
@@ -135,6 +136,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
 
     app.cleanup_ctx.extend([store_ctx, notifier_ctx, calls_ctx, workers_ctx])
     app.on_shutdown.append(on_shutdown)
+    app.on_response_prepare.append(security_headers(config.http))
     setup_signaling(app)  # after calls_ctx: the hub needs app[CALLS]
     setup_media(app)  # after signaling: the SFU attaches to the hub, closes before it
     app.add_routes(misc_routes.routes)

@@ -14,8 +14,34 @@ from server.errors import Unauthorized
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 24 * 3600
 #: User ids are opaque to Huddle (they come from the operator's login), but bounded.
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+#: ``\Z``, not ``$``: ``$`` would also accept a trailing newline.
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")
+#: Ids the signaling protocol uses for itself (signaling.protocol.RESERVED_IDS):
+#: a user holding one could impersonate the SFU or the server in relayed messages.
+RESERVED_USER_IDS = frozenset({"sfu", "server"})
 MAX_NAME_LENGTH = 64
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def is_valid_user_id(value: str) -> bool:
+    return USER_ID_PATTERN.match(value) is not None
+
+
+def is_reserved_user_id(value: str) -> bool:
+    return value.lower() in RESERVED_USER_IDS
+
+
+def storable_text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text (SQLite and Postgres), or None.
+
+    A lone surrogate is not encodable as UTF-8 at all; Postgres ``text``
+    refuses NUL. Both are refused at the edge rather than failing in the store.
+    """
+    if "\x00" in value:
+        return "holds a NUL character"
+    if _SURROGATES.search(value) is not None:
+        return "holds a lone surrogate (not valid Unicode text)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,10 @@ class TokenService:
         ttl_s: int = DEFAULT_TTL_S,
         now: float | None = None,
     ) -> str:
+        if not is_valid_user_id(user_id) or is_reserved_user_id(user_id):
+            raise ValueError(f"not a valid, unreserved user id: {user_id!r}")
+        if name is not None and (problem := storable_text_problem(name)):
+            raise ValueError(f"the name {problem}")
         issued = int(now if now is not None else time.time())
         claims: dict[str, object] = {"sub": user_id, "iat": issued, "exp": issued + ttl_s}
         if name:
@@ -55,6 +85,10 @@ class TokenService:
         return user_id, self.issue(user_id, name, ttl_s=ttl_s)
 
     def verify(self, token: str) -> Identity:
+        if not token.isascii():
+            # A JWT is base64url and dots. aiohttp hands over undecodable header
+            # bytes as surrogate escapes, which PyJWT cannot even encode.
+            raise Unauthorized("the token is invalid: not ASCII", code="token_invalid")
         try:
             claims = jwt.decode(
                 token,
@@ -70,9 +104,16 @@ class TokenService:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"the token is invalid: {exc}", code="token_invalid") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not USER_ID_PATTERN.match(sub):
+        if not isinstance(sub, str) or not is_valid_user_id(sub):
             raise Unauthorized("the token's sub is not a valid user id", code="token_invalid")
-        return Identity(user_id=sub, name=clean_name(claims.get("name")))
+        if is_reserved_user_id(sub):
+            raise Unauthorized(f"the token's sub {sub!r} is a reserved id", code="token_invalid")
+        raw_name = claims.get("name")
+        if isinstance(raw_name, str) and (problem := storable_text_problem(raw_name)):
+            # It would be stored as the participant's name on join: refuse it
+            # here (401) rather than fail in the store (500) on every join.
+            raise Unauthorized(f"the token's name claim {problem}", code="token_invalid")
+        return Identity(user_id=sub, name=clean_name(raw_name))
 
 
 def bearer_token(header: str | None) -> str:

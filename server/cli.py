@@ -7,9 +7,7 @@ import logging
 import os
 import sys
 
-from aiohttp import web
-
-from server.config import ConfigError, load_config
+from server.config import ConfigError, is_loopback_host, load_config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -25,22 +23,25 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     from server.app import StartupError, create_app
+    from server.http.edge import serve
 
     if config.dev_mode:
         logging.getLogger("huddle").warning(
             "dev mode: /v1/dev/token issues tokens to anyone; set HUDDLE_JWT_SECRET in production"
         )
+        if not is_loopback_host(config.host):
+            logging.getLogger("huddle").warning(
+                "dev mode on %s (HUDDLE_DEV=1): anyone who can reach this address can mint tokens",
+                config.host,
+            )
     try:
-        web.run_app(
+        # aiohttp's run_app, through the edge server (JSON parser errors, slow-head limits).
+        serve(
             create_app(config),
-            host=config.host,
-            port=config.port,
-            shutdown_timeout=config.limits.shutdown_timeout_s,
-            handle_signals=True,
-            print=lambda message: logging.getLogger("huddle").info(
+            config,
+            on_ready=lambda: logging.getLogger("huddle").info(
                 "serving on http://%s:%d", config.host, config.port
             ),
-            access_log=None,
         )
     except StartupError as exc:
         print(f"huddle: startup failed: {exc}", file=sys.stderr)
@@ -56,10 +57,14 @@ def _token(args: argparse.Namespace) -> int:
     from server.auth import TokenService
 
     tokens = TokenService(secret)
-    if args.user_id:
-        user_id, token = args.user_id, tokens.issue(args.user_id, args.name, ttl_s=args.ttl)
-    else:
-        user_id, token = tokens.new_user(args.name, ttl_s=args.ttl)
+    try:
+        if args.user_id:
+            user_id, token = args.user_id, tokens.issue(args.user_id, args.name, ttl_s=args.ttl)
+        else:
+            user_id, token = tokens.new_user(args.name, ttl_s=args.ttl)
+    except ValueError as exc:  # a reserved or malformed user id, an unstorable name
+        print(f"huddle token: {exc}", file=sys.stderr)
+        return 2
     print(token)
     print(f"user_id={user_id}", file=sys.stderr)
     return 0

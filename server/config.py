@@ -1,13 +1,15 @@
 """Huddle's configuration: one frozen, typed tree read from ``HUDDLE_*`` variables.
 
 Every value has a default that runs a single node with no external services
-(SQLite file, in-process bus, dev mode). :func:`load_config` validates the whole
+(SQLite file, in-process bus, dev mode on loopback). :func:`load_config` validates the whole
 tree at startup and raises :class:`ConfigError` naming the offending variable,
 so a typo stops the server with one clear line instead of a late surprise.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +89,20 @@ class MediaSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP edge: framing of the client page and slow-client limits."""
+
+    # CSP frame-ancestors sources for the client page ("'self'": same-origin
+    # embedding only; add the embedding app's origin to allow its iframe).
+    frame_ancestors: tuple[str, ...] = ("'self'",)
+    # Connections per client address that have not yet sent a full request
+    # head (slowloris); more are closed at once.
+    max_pending_per_ip: int = 32
+    # Seconds a new connection gets to send its request line and headers.
+    header_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -102,6 +118,7 @@ class Config:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     signaling: SignalingSettings = field(default_factory=SignalingSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
     def is_postgres(self) -> bool:
@@ -183,11 +200,65 @@ def _check_redis_url(url: str | None) -> str | None:
     return url
 
 
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` only listens on loopback (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def _dev_mode(env: _Env, host: str, jwt_secret: str | None) -> bool:
+    """Dev mode (``/v1/dev/token`` mints tokens for anyone) is never a silent
+    default off loopback: on any other address it needs ``HUDDLE_DEV=1``."""
+    explicit = env.raw("HUDDLE_DEV")
+    if explicit is not None:
+        return env.boolean("HUDDLE_DEV", default=False)
+    if jwt_secret is not None:
+        return False
+    if not is_loopback_host(host):
+        raise ConfigError(
+            f"HUDDLE_JWT_SECRET is required when serving on HUDDLE_HOST={host!r} "
+            "(not loopback); set HUDDLE_DEV=1 to run dev mode there on purpose "
+            "(anyone who reaches it can mint tokens)"
+        )
+    return True
+
+
+_FRAME_SOURCE = re.compile(
+    r"^(?:'self'|'none'|\*|https?:|(?:https?://)?(?:\*\.)?[A-Za-z0-9.-]+(?::(?:[0-9]{1,5}|\*))?)$"
+)
+
+
+def _frame_ancestors(env: _Env) -> tuple[str, ...]:
+    value = env.raw("HUDDLE_FRAME_ANCESTORS")
+    if value is None:
+        return ("'self'",)
+    # Unquoted self/none are a common slip; CSP needs the quotes.
+    sources = tuple(
+        f"'{part}'" if part in {"self", "none"} else part
+        for part in re.split(r"[\s,]+", value)
+        if part
+    )
+    for source in sources:
+        if not _FRAME_SOURCE.match(source):
+            raise ConfigError(
+                f"HUDDLE_FRAME_ANCESTORS: {source!r} is not a CSP source "
+                "('self', 'none', https://app.example, *.example.org)"
+            )
+    if "'none'" in sources and len(sources) > 1:
+        raise ConfigError("HUDDLE_FRAME_ANCESTORS: 'none' cannot be combined with other sources")
+    return sources
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
     """Build and validate the configuration from ``environ`` (usually ``os.environ``)."""
     env = _Env(environ)
+    host = env.string("HUDDLE_HOST", "127.0.0.1")
     jwt_secret = env.raw("HUDDLE_JWT_SECRET")
-    dev_mode = env.boolean("HUDDLE_DEV", default=jwt_secret is None)
+    dev_mode = _dev_mode(env, host, jwt_secret)
     if jwt_secret is None:
         if not dev_mode:
             raise ConfigError("HUDDLE_JWT_SECRET is required when HUDDLE_DEV=0")
@@ -242,8 +313,13 @@ def load_config(environ: Mapping[str, str]) -> Config:
         base_s=env.seconds("HUDDLE_DB_RETRY_BASE", 1.0, low=0.01, high=60),
         cap_s=env.seconds("HUDDLE_DB_RETRY_CAP", 30.0, low=0.01, high=600),
     )
+    http = HttpSettings(
+        frame_ancestors=_frame_ancestors(env),
+        max_pending_per_ip=env.integer("HUDDLE_MAX_PENDING_PER_IP", 32, low=1, high=100_000),
+        header_timeout_s=env.seconds("HUDDLE_HEADER_TIMEOUT", 10, low=0.5, high=600),
+    )
     config = Config(
-        host=env.string("HUDDLE_HOST", "127.0.0.1"),
+        host=host,
         port=env.integer("HUDDLE_PORT", 8080, low=0, high=65535),
         database_url=_check_database_url(
             env.string("HUDDLE_DATABASE_URL", "sqlite:///var/huddle.db")
@@ -259,6 +335,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         webhook=WebhookSettings(url=webhook_url, secret=webhook_secret),
         signaling=signaling,
         media=media,
+        http=http,
     )
     _validate_turn(config.turn)
     return config

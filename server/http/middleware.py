@@ -64,7 +64,11 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        response = error_response(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:
+            # RFC 9110 15.5.6: a 405 must list the methods the resource allows.
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except TimeoutError:
         return error_response(503, "request_timeout", "the request took too long")
     except asyncio.CancelledError:

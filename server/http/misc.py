@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.auth import clean_name
+from server.auth import clean_name, storable_text_problem
 from server.errors import BadRequest, NotFound
 from server.http import validate
 from server.http.auth import identify
@@ -62,5 +62,10 @@ async def dev_token(request: web.Request) -> web.Response:
         raise BadRequest(
             "name must be a non-empty string of at most 64 characters", code="invalid_field"
         )
+    # json_body refuses these already; the token must never carry a name that
+    # every later join would fail to store.
+    problem = storable_text_problem(name)
+    if problem is not None:
+        raise BadRequest(f"name {problem}", code="invalid_field")
     user_id, token = request.app[TOKENS].new_user(name)
     return web.json_response({"token": token, "user_id": user_id, "name": name}, status=201)

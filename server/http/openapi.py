@@ -13,7 +13,7 @@ from aiohttp import web
 routes = web.RouteTableDef()
 
 _ERROR_CODES = {
-    "400": "Bad input (invalid_json, missing_field, invalid_field, invalid_id, ...)",
+    "400": "Bad input (invalid_json, missing_field, invalid_field, invalid_id, reserved_id, ...)",
     "401": "No or invalid token (token_missing, token_invalid, token_expired)",
     "403": "Not allowed (not_a_member, not_invited, not_joined)",
     "404": "Unknown (call_not_found, conversation_not_found)",
