@@ -478,6 +478,7 @@ class PublisherInbound:
                 while (packet := recorder.feedback(self.ssrc, media)) is not None:
                     if self._send(packet):
                         self.twcc_feedbacks += 1
+                        self._metrics.twcc_feedback_sent()
         except asyncio.CancelledError:
             pass
 

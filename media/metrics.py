@@ -28,6 +28,7 @@ class MediaMetrics(Protocol):
     def rtp_dropped(self, reason: str) -> None: ...
     def nacks_sent(self, packets: int) -> None: ...
     def retransmitted(self, packets: int) -> None: ...
+    def twcc_feedback_sent(self) -> None: ...
 
 
 #: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
@@ -74,6 +75,9 @@ class NoopMediaMetrics:
         pass
 
     def retransmitted(self, packets: int) -> None:
+        pass
+
+    def twcc_feedback_sent(self) -> None:
         pass
 
 
@@ -147,6 +151,11 @@ class PrometheusMediaMetrics:
             "Packets resent to subscribers from the publisher packet cache",
             registry=registry,
         )
+        self.twcc = Counter(
+            f"{p}_sfu_twcc_feedback_sent_total",
+            "Transport-wide congestion control feedback packets sent to publishers",
+            registry=registry,
+        )
 
     def room_opened(self) -> None:
         self.rooms_active.inc()
@@ -203,6 +212,9 @@ class PrometheusMediaMetrics:
     def retransmitted(self, packets: int) -> None:
         self.retransmissions.inc(packets)
 
+    def twcc_feedback_sent(self) -> None:
+        self.twcc.inc()
+
 
 class CountingMediaMetrics:
     """Plain counters, for tests and benchmarks."""
@@ -250,3 +262,6 @@ class CountingMediaMetrics:
 
     def retransmitted(self, packets: int) -> None:
         self.counts["retransmitted"] += packets
+
+    def twcc_feedback_sent(self) -> None:
+        self.counts["twcc_feedback"] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,9 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
         return value if value and value > 600_000 else None
 
     await eventually(uplink_estimate, message="Chrome's uplink estimate above 600 kbit/s")
+    _, metrics = server.request("GET", "/metrics")
+    feedback = re.search(r"^video_call_sfu_twcc_feedback_sent_total (\S+)$", metrics, re.M)
+    assert feedback is not None and float(feedback.group(1)) > 10
 
     # Through the SFU too, a mute shows on the others and stops the audio.
     ana_id = users[0].user_id
