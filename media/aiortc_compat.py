@@ -283,6 +283,12 @@ def dtls_transport_of(pc: Any) -> RTCDtlsTransport | None:
     return None
 
 
+def ice_connection(pc: Any) -> aioice.ice.Connection | None:
+    """The aioice connection under a (bundled) peer connection, once it has transceivers."""
+    dtls = dtls_transport_of(pc)
+    return None if dtls is None else dtls.transport._connection
+
+
 def intercept_srtp(dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None]) -> None:
     """Hand every SRTP/SRTCP datagram of ``dtls`` to ``on_srtp(rx_session, data)``.
 

@@ -1,11 +1,19 @@
-"""5% packet loss towards one subscriber: it recovers, the others don't notice."""
+"""5% packet loss on a subscriber's downlink, or on a publisher's uplink: both recover.
+
+Loss is injected where the network would lose packets, on the receiving end
+of a connection (its ICE connection's incoming datagrams), so the server's
+production send path (in-place SRTP, GSO, the C loop) is what is tested.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
+from aiortc import RTCPeerConnection
+
+from media.aiortc_compat import ice_connection
 from media.metrics import CountingMediaMetrics
 from media.peers import SfuClient, TrackStats
 
@@ -20,11 +28,26 @@ def video_from(client: SfuClient, other: str) -> TrackStats:
     return stats
 
 
-async def test_lossy_subscriber_recovers_and_others_are_unaffected(call: Call) -> None:
-    for name in ("ana", "ben", "lossy"):
-        await call.join(name)
-    lossy = call.clients["lossy"]
+def lose_incoming(pc: RTCPeerConnection, seed: int) -> Callable[[], int]:
+    """Drop ~5% of the SRTP/SRTCP datagrams ``pc`` receives; returns a drop counter."""
+    connection = ice_connection(pc)
+    assert connection is not None
+    deliver = connection.data_received
+    rng = random.Random(seed)
+    dropped = 0
 
+    def lossy(data: bytes, component: int) -> None:
+        nonlocal dropped
+        if 127 < data[0] < 192 and rng.random() < LOSS:
+            dropped += 1
+            return
+        deliver(data, component)
+
+    connection.data_received = lossy  # type: ignore[method-assign]
+    return lambda: dropped
+
+
+async def media_everywhere(call: Call) -> None:
     def flowing() -> bool:
         for name, client in call.clients.items():
             for other in call.clients:
@@ -36,50 +59,67 @@ async def test_lossy_subscriber_recovers_and_others_are_unaffected(call: Call) -
 
     await eventually(flowing, what="media everywhere before loss")
 
-    # Drop 5% of what the server sends to "lossy" (RTP, RTX and RTCP alike).
-    participant = call.room.participants["lossy"]
-    transport = participant._subscribe_pc.getTransceivers()[0].sender.transport
-    original: Callable[[bytes], Awaitable[None]] = transport._send_rtp
-    rng = random.Random(1234)
-    dropped = 0
 
-    async def lossy_send(data: bytes) -> None:
-        nonlocal dropped
-        if rng.random() < LOSS:
-            dropped += 1
-            return
-        await original(data)
-
-    transport._send_rtp = lossy_send  # type: ignore[method-assign]
-
-    before = {
+def frame_counts(call: Call) -> dict[tuple[str, str], int]:
+    return {
         (name, other): video_from(call.clients[name], other).frames
         for name in call.clients
         for other in call.clients
         if other != name
     }
-    for stats in lossy.stats:
-        stats.max_gap = 0.0
-    clean_stats = video_from(call.clients["ana"], "ben")
-    clean_stats.max_gap = 0.0
-    await asyncio.sleep(0)
-    window_start = clean_stats.frames
-    await eventually(lambda: clean_stats.frames >= window_start + 120, timeout=60, what="4 s")
 
-    got = {
-        key: video_from(call.clients[key[0]], key[1]).frames - count
-        for key, count in before.items()
-    }
+
+async def four_seconds(call: Call) -> dict[tuple[str, str], int]:
+    """Frames each subscriber got of each publisher over ~4 s of a clean stream."""
+    before = frame_counts(call)
+    for client in call.clients.values():
+        for stats in client.stats:
+            stats.max_gap = 0.0
+    clock = video_from(call.clients["ana"], "ben")
+    start = clock.frames
+    await eventually(lambda: clock.frames >= start + 120, timeout=60, what="4 s")
+    return {key: count - before[key] for key, count in frame_counts(call).items()}
+
+
+async def test_lossy_subscriber_recovers_and_others_are_unaffected(call: Call) -> None:
+    for name in ("ana", "ben", "lossy"):
+        await call.join(name)
+    lossy = call.clients["lossy"]
+    await media_everywhere(call)
+    dropped = lose_incoming(lossy.subscribe_pc, 1234)
+    await asyncio.sleep(0)
+    got = await four_seconds(call)
     clean = got[("ana", "ben")]
-    assert dropped > 0
+    assert dropped() > 0
     for other in ("ana", "ben"):
-        assert got[("lossy", other)] >= 0.85 * clean, (got, dropped, call.metrics.counts)
+        assert got[("lossy", other)] >= 0.85 * clean, (got, dropped(), call.metrics.counts)
         assert video_from(lossy, other).max_gap < 1.0, video_from(lossy, other)
-    # Repair happened: NACKs answered with RTX (see media.passthrough._route_rtx).
+    # Repair happened on the production path: NACKs answered from the packet cache.
     metrics = call.metrics
     assert isinstance(metrics, CountingMediaMetrics)
     assert metrics.counts["nack_received"] > 0, metrics.counts
+    assert metrics.counts["retransmitted"] > 0, metrics.counts
+    slots = call.room.participants["lossy"]._slots
+    assert all(slot.fast.out is not None for slot in slots)  # in-place SRTP + GSO output
     # The others keep a smooth stream.
     for name, other in (("ana", "ben"), ("ben", "ana"), ("ana", "lossy"), ("ben", "lossy")):
         assert got[(name, other)] >= 0.9 * clean, got
         assert video_from(call.clients[name], other).max_gap < 0.5
+
+
+async def test_loss_on_a_publishers_uplink_is_repaired_by_nacks(call: Call) -> None:
+    for name in ("ana", "ben", "cy"):
+        await call.join(name)
+    await media_everywhere(call)
+    cy = call.room.participants["cy"]
+    dropped = lose_incoming(cy._publish_pc, 99)  # what reaches the server from cy
+    got = await four_seconds(call)
+    clean = got[("ana", "ben")]
+    assert dropped() > 0
+    metrics = call.metrics
+    assert isinstance(metrics, CountingMediaMetrics)
+    assert metrics.counts["nack_sent"] > 0, metrics.counts  # the SFU asked cy to resend
+    assert cy._inbound.rtx_packets > 0  # and cy's retransmissions came back as RTX
+    for name in ("ana", "ben"):
+        assert got[(name, "cy")] >= 0.85 * clean, (got, dropped(), metrics.counts)
+        assert video_from(call.clients[name], "cy").max_gap < 1.0
