@@ -1,6 +1,6 @@
 /*
  * media._udpsend: SRTP-protect a frame's RTP packets in place and send them
- * with one UDP GSO sendmsg, in C.
+ * with one UDP GSO sendmsg, in C; and unprotect what arrives (SrtpIn).
  *
  * The same algorithm as media/udpout.py's pure-Python DatagramOut (which is
  * the reference and the fallback where this module is not built): packets are
@@ -297,6 +297,117 @@ static PyTypeObject UdpOutType = {
     .tp_getset = UdpOut_getset,
 };
 
+/* --- receive side: SRTP/SRTCP unprotect into a new bytes object ------------ */
+
+typedef struct {
+    PyObject_HEAD
+    void *ctx;
+    protect_fn unprotect;
+    protect_fn unprotect_rtcp;
+    unsigned long long failures;
+    int last_error; /* libsrtp's status of the last failure, 0 if none */
+} SrtpIn;
+
+static int
+SrtpIn_init(SrtpIn *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", "unprotect", "unprotect_rtcp", NULL};
+    unsigned long long ctx, unprotect, unprotect_rtcp;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKK", kwlist, &ctx, &unprotect,
+                                     &unprotect_rtcp))
+        return -1;
+    if (!ctx || !unprotect || !unprotect_rtcp) {
+        PyErr_SetString(PyExc_ValueError, "null libsrtp context or function");
+        return -1;
+    }
+    self->ctx = (void *)(uintptr_t)ctx;
+    self->unprotect = (protect_fn)(uintptr_t)unprotect;
+    self->unprotect_rtcp = (protect_fn)(uintptr_t)unprotect_rtcp;
+    self->failures = 0;
+    self->last_error = 0;
+    return 0;
+}
+
+/* The plaintext of ``data`` (RTP or RTCP), or None when libsrtp refuses it. */
+static PyObject *
+srtpin_run(SrtpIn *self, PyObject *arg, protect_fn fn)
+{
+    char *src;
+    Py_ssize_t size;
+    if (PyBytes_AsStringAndSize(arg, &src, &size) < 0)
+        return NULL;
+    if (size < 12 || size > 0xFFFF) {
+        self->failures++;
+        self->last_error = -1;
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(src, size);
+    if (out == NULL)
+        return NULL;
+    int len = (int)size;
+    int rc = fn(self->ctx, PyBytes_AS_STRING(out), &len);
+    if (rc != 0 || len < 0 || len > size) {
+        Py_DECREF(out);
+        self->failures++;
+        self->last_error = rc ? rc : -1;
+        Py_RETURN_NONE;
+    }
+    if (len != size && _PyBytes_Resize(&out, len) < 0)
+        return NULL;
+    return out;
+}
+
+static PyObject *
+SrtpIn_rtp(SrtpIn *self, PyObject *arg)
+{
+    return srtpin_run(self, arg, self->unprotect);
+}
+
+static PyObject *
+SrtpIn_rtcp(SrtpIn *self, PyObject *arg)
+{
+    return srtpin_run(self, arg, self->unprotect_rtcp);
+}
+
+static PyObject *
+SrtpIn_get_failures(SrtpIn *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->failures);
+}
+
+static PyObject *
+SrtpIn_get_last_error(SrtpIn *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLong(self->last_error);
+}
+
+static PyMethodDef SrtpIn_methods[] = {
+    {"rtp", (PyCFunction)SrtpIn_rtp, METH_O,
+     "rtp(data: bytes) -> bytes | None: unprotected RTP, None if refused"},
+    {"rtcp", (PyCFunction)SrtpIn_rtcp, METH_O,
+     "rtcp(data: bytes) -> bytes | None: unprotected RTCP, None if refused"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef SrtpIn_getset[] = {
+    {"failures", (getter)SrtpIn_get_failures, NULL, "packets libsrtp refused", NULL},
+    {"last_error", (getter)SrtpIn_get_last_error, NULL, "status of the last refusal", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SrtpInType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "media._udpsend.SrtpIn",
+    .tp_doc = "SrtpIn(ctx, unprotect, unprotect_rtcp): libsrtp unprotect without cffi",
+    .tp_basicsize = sizeof(SrtpIn),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SrtpIn_init,
+    .tp_methods = SrtpIn_methods,
+    .tp_getset = SrtpIn_getset,
+};
+
 static struct PyModuleDef udpsend_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "media._udpsend",
@@ -307,7 +418,7 @@ static struct PyModuleDef udpsend_module = {
 PyMODINIT_FUNC
 PyInit__udpsend(void)
 {
-    if (PyType_Ready(&UdpOutType) < 0)
+    if (PyType_Ready(&UdpOutType) < 0 || PyType_Ready(&SrtpInType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&udpsend_module);
     if (m == NULL)
@@ -315,6 +426,12 @@ PyInit__udpsend(void)
     Py_INCREF(&UdpOutType);
     if (PyModule_AddObject(m, "UdpOut", (PyObject *)&UdpOutType) < 0) {
         Py_DECREF(&UdpOutType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SrtpInType);
+    if (PyModule_AddObject(m, "SrtpIn", (PyObject *)&SrtpInType) < 0) {
+        Py_DECREF(&SrtpInType);
         Py_DECREF(m);
         return NULL;
     }

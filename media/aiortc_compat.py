@@ -128,6 +128,10 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
     # media.inbound: the SFU's own receive path (intercept_srtp, send_srtcp)
     (aioice.ice.Connection, "attr", "data_received"),
+    (aioice.ice.Connection, "code:__init__", "_protocols"),
+    (aioice.ice.StunProtocol, "attr", "datagram_received"),
+    (pylibsrtp._binding.lib, "attr", "srtp_unprotect"),
+    (pylibsrtp._binding.lib, "attr", "srtp_unprotect_rtcp"),
     (RTCDtlsTransport, "code:__init__", "_rx_srtp"),
     (RTCDtlsTransport, "code:_recv_next", "_rx_srtp"),
     (RTCDtlsTransport, "code:_send_rtp", "_tx_srtp"),
@@ -289,6 +293,12 @@ def ice_connection(pc: Any) -> aioice.ice.Connection | None:
     return None if dtls is None else dtls.transport._connection
 
 
+def ice_protocols(pc: Any) -> list[aioice.ice.StunProtocol]:
+    """The sockets' protocols of a connection's ICE transport (where datagrams arrive)."""
+    connection = ice_connection(pc)
+    return [] if connection is None else list(connection._protocols)
+
+
 def intercept_srtp(dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None]) -> None:
     """Hand every SRTP/SRTCP datagram of ``dtls`` to ``on_srtp(rx_session, data)``.
 
@@ -305,13 +315,35 @@ def intercept_srtp(dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None]
 
     def data_received(data: bytes, component: int) -> None:
         session = dtls._rx_srtp
-        if session is not None and 127 < data[0] < 192:
+        if session is not None and data and 127 < data[0] < 192:
             on_srtp(session, data)
             return
         original(data, component)
 
     connection.data_received = data_received  # type: ignore[method-assign]
     setattr(connection, "_huddle_intercepted", True)  # noqa: B010
+    # Earlier still: on each socket's protocol, before aioice tries to parse
+    # every media datagram as STUN. (The hook above catches what these miss.)
+    for protocol in connection._protocols:
+        if isinstance(protocol, aioice.ice.StunProtocol):
+            _intercept_protocol(protocol, dtls, on_srtp)
+
+
+def _intercept_protocol(
+    protocol: aioice.ice.StunProtocol,
+    dtls: RTCDtlsTransport,
+    on_srtp: Callable[[Any, bytes], None],
+) -> None:
+    original = protocol.datagram_received
+
+    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+        session = dtls._rx_srtp
+        if session is not None and data and isinstance(data, bytes) and 127 < data[0] < 192:
+            on_srtp(session, data)
+            return
+        original(data, addr)
+
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
 
 
 def send_srtcp(dtls: RTCDtlsTransport, packet: bytes) -> Awaitable[None] | None:

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!BBHLL")
+_pack = _HEADER.pack
 _OSN = struct.Struct("!H")
 _NTP_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _TWO32 = float(1 << 32)
@@ -148,9 +149,9 @@ class FastRtp:
         self._ts_offset = 0
         self._pid_offset = 0
         self._tl0_offset = 0
-        self._last_ts: int | None = None
-        self._last_pid: int | None = None
-        self._last_tl0: int | None = None
+        self._rewrite_vp8 = False  # picture id / TL0PICIDX offsets are not zero
+        self._last_entry: Forwardable | None = None  # newest packet sent (by sequence)
+        self._first_byte = 0x80
         self._pending: list[bytes] = []
         self._burst_ext: bytes | None = None
         self._queue: deque[list[bytes]] = deque()
@@ -159,7 +160,6 @@ class FastRtp:
         self.packets_sent = 0
         self.octets_sent = 0
         self.ntp_timestamp = 0
-        self.rtp_timestamp = 0
         self.retransmitted = 0
         self.send_errors = 0
         self.tx_bytes = 0  # protected bytes not yet added to the DTLS transport's stats
@@ -177,8 +177,15 @@ class FastRtp:
         self.sequence_number = sequence_number
         self.timestamp_origin = timestamp_origin
         self.layout = _Layout(self.sender)
+        self._first_byte = self.layout.first_byte
         self._ssrc = self.sender._ssrc
         self.header_len = 12 + len(self.layout.template)
+
+    @property
+    def rtp_timestamp(self) -> int:
+        """The RTP timestamp of the newest packet sent (for sender reports)."""
+        ts = self._last()[0]
+        return self.timestamp_origin if ts is None else ts
 
     @property
     def ready(self) -> bool:
@@ -193,26 +200,45 @@ class FastRtp:
         self._epoch_seq = None
         self._pending.clear()
 
-    def _start_epoch(self, entry: Forwardable) -> None:
-        packet = entry.packet
-        self._epoch_seq = packet.sequence_number
-        self._seq_offset = (self.sequence_number - packet.sequence_number) & 0xFFFF
-        if self._last_ts is None:
-            start = self.timestamp_origin
-        else:
-            start = self._last_ts + _STEP.get(self.kind, 3000)
-        self._ts_offset = (start - packet.timestamp) & 0xFFFFFFFF
+    def _last(self) -> tuple[int | None, int | None, int | None]:
+        """Timestamp, picture id and TL0PICIDX of the newest packet sent (None: none yet)."""
+        entry = self._last_entry
+        if entry is None:
+            return None, None, None
+        ts = (entry.packet.timestamp + self._ts_offset) & 0xFFFFFFFF
         vp8 = entry.vp8
+        pid = tl0 = None
         if vp8 is not None:
             if vp8.picture_id is not None:
-                last = self._last_pid
-                self._pid_offset = 0 if last is None else (last + 1 - vp8.picture_id) & 0x7FFF
+                pid = (vp8.picture_id + self._pid_offset) & 0x7FFF
             if vp8.tl0 is not None:
-                last = self._last_tl0
-                self._tl0_offset = 0 if last is None else (last + 1 - vp8.tl0) & 0xFF
+                tl0 = (vp8.tl0 + self._tl0_offset) & 0xFF
+        return ts, pid, tl0
+
+    def _start_epoch(self, entry: Forwardable) -> None:
+        packet = entry.packet
+        last_ts, last_pid, last_tl0 = self._last()
+        self._epoch_seq = packet.sequence_number
+        self._seq_offset = (self.sequence_number - packet.sequence_number) & 0xFFFF
+        step = _STEP.get(self.kind, 3000)
+        start = self.timestamp_origin if last_ts is None else last_ts + step
+        self._ts_offset = (start - packet.timestamp) & 0xFFFFFFFF
+        self._pid_offset = self._tl0_offset = 0
+        vp8 = entry.vp8
+        if vp8 is not None:
+            if vp8.picture_id is not None and last_pid is not None:
+                self._pid_offset = (last_pid + 1 - vp8.picture_id) & 0x7FFF
+            if vp8.tl0 is not None and last_tl0 is not None:
+                self._tl0_offset = (last_tl0 + 1 - vp8.tl0) & 0xFF
+        self._rewrite_vp8 = bool(self._pid_offset or self._tl0_offset)
+        self._last_entry = None
 
     def forward(self, entry: Forwardable) -> bool:
-        """Rewrite ``entry`` for this subscriber and queue it; False if not taken."""
+        """Rewrite ``entry`` for this subscriber and queue it; False if not taken.
+
+        The hot path of the SFU (once per packet per subscriber): no calls
+        beyond one ``struct.pack`` and one concatenation in the common case.
+        """
         if not self.running or not self.sender._enabled:
             if self.kind == "video":
                 self._gated = True
@@ -220,71 +246,87 @@ class FastRtp:
             return False
         packet = entry.packet
         seq = packet.sequence_number
+        epoch = self._epoch_seq
         if self._gated:
             if not entry.keyframe:
                 return False
             self._gated = False
             self._start_epoch(entry)
-        elif self._epoch_seq is None:
+        elif epoch is None:
             self._start_epoch(entry)
-        elif seq != self._epoch_seq and not seq_newer(seq, self._epoch_seq):
+        elif seq != epoch and ((seq - epoch) & 0xFFFF) >= 0x8000:
             return False  # from before this source's first forwarded packet
         out_seq = (seq + self._seq_offset) & 0xFFFF
-        data = self._build(entry, out_seq, self._burst_extension(packet))
+        ext = self._burst_ext
+        if ext is None:
+            ext = self._extension(packet)
+        header = _pack(
+            self._first_byte,
+            (0x80 | self.payload_type) if packet.marker else self.payload_type,
+            out_seq,
+            (packet.timestamp + self._ts_offset) & 0xFFFFFFFF,
+            self._ssrc,
+        )
+        if self._rewrite_vp8 and entry.vp8 is not None:
+            data = self._with_vp8_rewritten(entry, header + ext)
+        else:
+            data = header + ext + entry.body
         self._pending.append(data)
-        if out_seq == self.sequence_number or seq_newer(out_seq, self.sequence_number):
+        if ((out_seq - self.sequence_number) & 0xFFFF) < 0x8000:
             self.sequence_number = (out_seq + 1) & 0xFFFF
-            self.rtp_timestamp = self._last_ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-            vp8 = entry.vp8
-            if vp8 is not None:
-                if vp8.picture_id is not None:
-                    self._last_pid = (vp8.picture_id + self._pid_offset) & 0x7FFF
-                if vp8.tl0 is not None:
-                    self._last_tl0 = (vp8.tl0 + self._tl0_offset) & 0xFF
+            self._last_entry = entry
         self.packets_sent += 1
-        self.octets_sent += len(data) - self.header_len
+        self.octets_sent += entry.size
         return True
 
-    def _burst_extension(self, packet: Any) -> bytes:
+    def _extension(self, packet: Any) -> bytes:
+        """This sender's header extensions for ``packet`` (video: cached for the burst)."""
         layout = self.layout
         assert layout is not None
+        self.ntp_timestamp = ntp_now()
         if layout.level_at >= 0:
             # Audio: the publisher's level (RFC 6464) per packet, when it sent one.
             level = 0x7F
-            self.ntp_timestamp = ntp_now()
             ext = packet.extensions
             if ext is not None and self.level_id_in is not None:
                 value = ext.get(self.level_id_in)
                 if value:
                     level = value[0]
             return layout.render(self.ntp_timestamp >> 14, level)
-        ext_block = self._burst_ext
-        if ext_block is None:
-            # All packets of a burst leave together: one abs-send-time for them.
-            self.ntp_timestamp = ntp_now()
-            ext_block = self._burst_ext = layout.render(self.ntp_timestamp >> 14, 0)
-        return ext_block
+        # All packets of a burst leave together: one abs-send-time for them.
+        block = self._burst_ext = layout.render(self.ntp_timestamp >> 14, 0)
+        return block
 
-    def _build(self, entry: Forwardable, out_seq: int, ext: bytes) -> bytes:
-        packet = entry.packet
-        data = packet.data
-        timestamp = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        second = (0x80 if packet.marker else 0) | self.payload_type
-        assert self.layout is not None
-        header = _HEADER.pack(self.layout.first_byte, second, out_seq, timestamp, self._ssrc)
-        start, end = packet.payload_start, packet.payload_end
+    def _with_vp8_rewritten(self, entry: Forwardable, head: bytes) -> bytes:
+        """``head`` + the payload with this stream's picture id and TL0PICIDX."""
         vp8 = entry.vp8
-        if vp8 is not None and (vp8.picture_id is not None or vp8.tl0 is not None):
-            desc = bytearray(data[start : start + vp8.length])
-            if vp8.picture_id is not None:
-                pid = (vp8.picture_id + self._pid_offset) & 0x7FFF
-                at = vp8.picture_id_at
-                desc[at] = 0x80 | (pid >> 8)
-                desc[at + 1] = pid & 0xFF
-            if vp8.tl0 is not None:
-                desc[vp8.tl0_at] = (vp8.tl0 + self._tl0_offset) & 0xFF
-            return b"".join((header, ext, desc, memoryview(data)[start + vp8.length : end]))
-        return b"".join((header, ext, memoryview(data)[start:end]))
+        assert vp8 is not None
+        body = entry.body
+        desc = bytearray(body[: vp8.length])
+        if vp8.picture_id is not None:
+            pid = (vp8.picture_id + self._pid_offset) & 0x7FFF
+            at = vp8.picture_id_at
+            desc[at] = 0x80 | (pid >> 8)
+            desc[at + 1] = pid & 0xFF
+        if vp8.tl0 is not None:
+            desc[vp8.tl0_at] = (vp8.tl0 + self._tl0_offset) & 0xFF
+        return b"".join((head, desc, body[vp8.length :]))
+
+    def _build(self, entry: Forwardable, out_seq: int) -> bytes:
+        """``entry`` as this subscriber's packet ``out_seq`` (for retransmissions)."""
+        packet = entry.packet
+        header = _pack(
+            self._first_byte,
+            (0x80 if packet.marker else 0) | self.payload_type,
+            out_seq,
+            (packet.timestamp + self._ts_offset) & 0xFFFFFFFF,
+            self._ssrc,
+        )
+        ext = self._extension(packet)
+        self._burst_ext = None
+        if self._rewrite_vp8 and entry.vp8 is not None:
+            return self._with_vp8_rewritten(entry, header + ext)
+        return header + ext + entry.body
 
     def flush(self) -> int:
         """Send the queued packets (one burst); returns how many left at once."""
@@ -497,8 +539,7 @@ class FastRtp:
         entry = source.cached(original)
         if entry is None:
             return
-        data = self._build(entry, sequence_number, self._burst_extension(entry.packet))
-        self._burst_ext = None
+        data = self._build(entry, sequence_number)
         header_len = self.header_len
         rtx_payload_type = getattr(self.sender, "_RTCRtpSender__rtx_payload_type")  # noqa: B009
         if rtx_payload_type is not None:

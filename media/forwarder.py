@@ -54,12 +54,15 @@ MAX_REPLAY_PACKETS = 128
 class Forwardable:
     """An incoming packet with what forwarding reads of it, computed once for all."""
 
-    __slots__ = ("keyframe", "packet", "vp8")
+    __slots__ = ("body", "keyframe", "packet", "size", "vp8")
 
     def __init__(self, packet: RtpPacket, keyframe: bool, vp8: Vp8Descriptor | None) -> None:
         self.packet = packet
         self.keyframe = keyframe  # first packet of a frame a decoder can start from
         self.vp8 = vp8
+        #: The payload, shared by every subscriber's copy (no padding, no header).
+        self.body = memoryview(packet.data)[packet.payload_start : packet.payload_end]
+        self.size = packet.payload_end - packet.payload_start
 
 
 class UpTrack:
@@ -87,6 +90,7 @@ class UpTrack:
         self._on_ended = on_ended
         self._inbound = inbound
         self._downs: list[DownTrack] = []
+        self._senders: list[FastRtp] = []  # the downs' senders, for the hot path
         self.ended = False
         self.packets_in = 0
         mime = self.mime_type
@@ -153,8 +157,8 @@ class UpTrack:
             if keyframe:
                 self._keyframe_seq = seq
         taken = 0
-        for down in self._downs:
-            if down.forward(entry):
+        for sender in self._senders:
+            if sender.forward(entry):
                 taken += 1
         if not taken:
             return
@@ -217,11 +221,16 @@ class UpTrack:
         """Start feeding ``down``; asks the publisher for a keyframe for it."""
         if down not in self._downs:
             self._downs.append(down)
+            self._refresh_senders()
         self.request_keyframe()
 
     def remove_down(self, down: DownTrack) -> None:
         if down in self._downs:
             self._downs.remove(down)
+            self._refresh_senders()
+
+    def _refresh_senders(self) -> None:
+        self._senders = [d.sender for d in self._downs if d.sender is not None]
 
     def end(self) -> None:
         """The published track is gone (m-line removed, connection closed)."""
@@ -242,6 +251,7 @@ class UpTrack:
         for down in list(self._downs):
             down.detach(self)
         self._downs.clear()
+        self._senders = []
         if self.cache is not None:
             self.cache.clear()
         await self._keyframes.close()
@@ -262,7 +272,6 @@ class DownTrack(MediaStreamTrack):
         self.source: UpTrack | None = None
         self.sender: FastRtp | None = None
         self._stopped: asyncio.Future[None] | None = None
-        self.packets_out = 0
         self.replays = 0  # times it started from the source's cached keyframe
 
     def attach(self, source: UpTrack) -> None:
@@ -287,13 +296,15 @@ class DownTrack(MediaStreamTrack):
         if self.sender is not None:
             self.sender.switch()
 
+    @property
+    def packets_out(self) -> int:
+        """Packets its sender forwarded (from every source it carried)."""
+        return self.sender.packets_sent if self.sender is not None else 0
+
     def forward(self, entry: Forwardable) -> bool:
         """Rewrite and queue one packet; False if the gate or the sender refused it."""
         sender = self.sender
-        if sender is None or not sender.forward(entry):
-            return False
-        self.packets_out += 1
-        return True
+        return sender is not None and sender.forward(entry)
 
     def flush(self) -> None:
         if self.sender is not None:

@@ -34,6 +34,7 @@ from .aiortc_compat import dtls_transport_of, intercept_srtp, send_srtcp
 from .metrics import MediaMetrics
 from .nack import NackTracker
 from .rtpheader import ExtensionIds, MalformedPacket, RtpPacket, parse_rtp, text_extension
+from .srtpin import SrtpReceiver
 from .twcc import TwccRecorder
 
 #: How often transport-wide feedback goes to a publisher that negotiated it.
@@ -185,6 +186,7 @@ class PublisherInbound:
         self._clock = clock
         self.ssrc = random.getrandbits(32) or 1  # ours, as an RTCP sender
         self._dtls: Any = None
+        self._srtp: SrtpReceiver | None = None
         self._mlines: dict[str, MLine] = {}
         self.ids = ExtensionIds()
         self._streams: dict[int, InboundStream] = {}  # media SSRC -> stream
@@ -284,13 +286,22 @@ class PublisherInbound:
     def _on_srtp(self, session: Any, data: bytes) -> None:
         if self._closed:
             return
+        receiver = self._srtp
+        if receiver is None or receiver.session is not session:
+            receiver = self._srtp = SrtpReceiver(session)
         try:
             if rtcp.is_rtcp(data):
-                self._on_rtcp(session.unprotect_rtcp(data))
+                plain = receiver.rtcp(data)
+                if plain is None:
+                    self._drop("srtp")
+                else:
+                    self._on_rtcp(plain)
             else:
-                self._on_rtp(session.unprotect(data))
-        except pylibsrtp.Error:
-            self._drop("srtp")
+                plain = receiver.rtp(data)
+                if plain is None:
+                    self._drop("srtp")
+                else:
+                    self._on_rtp(plain)
         except Exception:
             # A bug must not take the socket's protocol down with it.
             logger.exception("%r: failed on an incoming packet", self)

@@ -12,6 +12,8 @@ import collections
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 class MediaMetrics(Protocol):
@@ -81,6 +83,44 @@ class NoopMediaMetrics:
         pass
 
 
+class _ForwardedCollector(Collector):
+    """The forwarded frames/packets/bytes counters, from plain integers."""
+
+    def __init__(self, prefix: str, counts: dict[str, list[int]]) -> None:
+        self._prefix = prefix
+        self._counts = counts
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        return list(self._families())
+
+    def _families(self) -> list[Metric]:
+        p = self._prefix
+        families = [
+            CounterMetricFamily(
+                f"{p}_sfu_forwarded_frames",
+                "Frames forwarded to subscribers (counted at each frame's last packet)",
+                labels=["kind"],
+            ),
+            CounterMetricFamily(
+                f"{p}_sfu_forwarded_packets",
+                "RTP packets sent to subscribers (before SRTP; retransmissions not included)",
+                labels=["kind"],
+            ),
+            CounterMetricFamily(
+                f"{p}_sfu_forwarded_bytes",
+                "Payload bytes forwarded to subscribers",
+                labels=["kind"],
+            ),
+        ]
+        for kind, values in sorted(self._counts.items()):
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([kind], value)
+        return list(families)
+
+
 class PrometheusMediaMetrics:
     """Prometheus collectors for the SFU, registered on ``registry``."""
 
@@ -93,25 +133,10 @@ class PrometheusMediaMetrics:
         self.participants_active = Gauge(
             f"{p}_sfu_participants_active", "Participants in SFU rooms", registry=registry
         )
-        self.forwarded_frames = Counter(
-            f"{p}_sfu_forwarded_frames_total",
-            "Encoded frames handed to subscriber senders",
-            ["kind"],
-            registry=registry,
-        )
-        self.forwarded_packets = Counter(
-            f"{p}_sfu_forwarded_packets_total",
-            "RTP packets sent to subscribers (before SRTP; retransmissions not included)",
-            ["kind"],
-            registry=registry,
-        )
-        self.forwarded_bytes = Counter(
-            f"{p}_sfu_forwarded_bytes_total",
-            "Encoded payload bytes handed to subscriber senders",
-            ["kind"],
-            registry=registry,
-        )
-        self._forwarded: dict[str, tuple[Counter, Counter, Counter]] = {}
+        # Counted on the packet path: plain integers, read by a collector at
+        # scrape time instead of three locked Counter.inc() per packet.
+        self._forwarded_counts: dict[str, list[int]] = {}
+        registry.register(_ForwardedCollector(p, self._forwarded_counts))
         self.plis_sent = Counter(
             f"{p}_sfu_pli_sent_total", "Keyframe requests sent to publishers", registry=registry
         )
@@ -171,20 +196,12 @@ class PrometheusMediaMetrics:
         self.participants_active.dec()
 
     def packets_forwarded(self, kind: str, frames: int, packets: int, nbytes: int) -> None:
-        # Called per frame per subscriber: resolve the labelled children once.
-        children = self._forwarded.get(kind)
-        if children is None:
-            children = self._forwarded[kind] = (
-                self.forwarded_frames.labels(kind),
-                self.forwarded_packets.labels(kind),
-                self.forwarded_bytes.labels(kind),
-            )
-        if frames:
-            children[0].inc(frames)
-        if packets:
-            children[1].inc(packets)
-        if nbytes:
-            children[2].inc(nbytes)
+        counts = self._forwarded_counts.get(kind)
+        if counts is None:
+            counts = self._forwarded_counts[kind] = [0, 0, 0]
+        counts[0] += frames
+        counts[1] += packets
+        counts[2] += nbytes
 
     def pli_sent(self) -> None:
         self.plis_sent.inc()

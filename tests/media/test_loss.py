@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from typing import Any
 
 from aiortc import RTCPeerConnection
 
-from media.aiortc_compat import ice_connection
+from media.aiortc_compat import ice_protocols
 from media.metrics import CountingMediaMetrics
 from media.peers import SfuClient, TrackStats
 
@@ -29,21 +30,24 @@ def video_from(client: SfuClient, other: str) -> TrackStats:
 
 
 def lose_incoming(pc: RTCPeerConnection, seed: int) -> Callable[[], int]:
-    """Drop ~5% of the SRTP/SRTCP datagrams ``pc`` receives; returns a drop counter."""
-    connection = ice_connection(pc)
-    assert connection is not None
-    deliver = connection.data_received
+    """Drop ~5% of the SRTP/SRTCP datagrams ``pc``'s sockets receive; returns a drop counter."""
+    protocols = ice_protocols(pc)
+    assert protocols
     rng = random.Random(seed)
     dropped = 0
 
-    def lossy(data: bytes, component: int) -> None:
-        nonlocal dropped
-        if 127 < data[0] < 192 and rng.random() < LOSS:
-            dropped += 1
-            return
-        deliver(data, component)
+    def wrap(deliver: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+        def lossy(data: Any, addr: Any) -> None:
+            nonlocal dropped
+            if data and 127 < data[0] < 192 and rng.random() < LOSS:
+                dropped += 1
+                return
+            deliver(data, addr)
 
-    connection.data_received = lossy  # type: ignore[method-assign]
+        return lossy
+
+    for protocol in protocols:
+        protocol.datagram_received = wrap(protocol.datagram_received)  # type: ignore[method-assign]
     return lambda: dropped
 
 
