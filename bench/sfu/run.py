@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -355,7 +356,8 @@ class Measurement:
     rtx_packets: int = 0  # retransmissions, included in ``packets``
     stalled: list[dict[str, Any]] = field(default_factory=list)  # tracks under 1 fps
     server_frames_out: int | None = None
-    late_join: dict[str, float | None] = field(default_factory=dict)
+    # Medians over the late joiners (``n``), and each one under ``samples``.
+    late_join: dict[str, Any] = field(default_factory=dict)
     publisher_keyframes_forced: int = 0
     media: str = "av"  # what each publisher sends: "av" (VP8 + Opus) or "video"
     # Joining the subscribers added for this point: server CPU from the first
@@ -876,15 +878,32 @@ async def run_fanout(
             out = Path(args.profile)
             await bench.profile(args.window, out)
         if n > 0:
-            m.late_join = await bench.late_join(
-                call, f"late{n}", args.join_timeout, kinds, steady_core=m.server_core
-            )
+            m.late_join = await late_joins(bench, call, f"late{n}", kinds, m.server_core)
         steady = m.server_core
         results.append(m)
         print(summary_line(m), flush=True)
     await bench.leave(["pub", *subs])
     await asyncio.sleep(3)
     return results
+
+
+async def late_joins(
+    bench: Bench, call: str, prefix: str, kinds: tuple[str, ...], steady_core: float
+) -> dict[str, Any]:
+    """``--late-joins`` late joiners one after another: medians, and every sample."""
+    samples = [
+        await bench.late_join(
+            call, f"{prefix}-{i}", bench.args.join_timeout, kinds, steady_core=steady_core
+        )
+        for i in range(max(1, bench.args.late_joins))
+    ]
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [v for sample in samples if (v := sample.get(key)) is not None]
+        out[key] = statistics.median(values) if len(values) == len(samples) else None
+    out["n"] = len(samples)
+    out["samples"] = samples
+    return out
 
 
 async def run_room(bench: Bench, size: int) -> Measurement:
@@ -907,8 +926,8 @@ async def run_room(bench: Bench, size: int) -> Measurement:
     m = await bench.measure("room", members, 2 * size * (size - 1), None)
     m.receiving = min(m.receiving, got)
     m.setup = setup
-    m.late_join = await bench.late_join(
-        call, f"late-room{size}", args.join_timeout, steady_core=m.server_core
+    m.late_join = await late_joins(
+        bench, call, f"late-room{size}", ("audio", "video"), m.server_core
     )
     print(summary_line(m), flush=True)
     await bench.leave(members)
@@ -988,11 +1007,16 @@ def derive_series(points: list[Measurement], idle_core: float | None) -> dict[st
 
 def summary_line(m: Measurement) -> str:
     us = f"{m.us_per_packet:.1f}" if m.us_per_packet else "-"
+    key = m.late_join.get("video_keyframe_s") or m.late_join.get("video_s")
+    late = f"{key * 1e3:.0f} ms" if key is not None else "-"
+    per = m.setup.get("cpu_ms_per_subscriber")
+    setup = f"{per:.1f} ms/sub" if per is not None else "-"
     return (
         f"{m.scenario} N={m.subscribers}: server {m.server_core * 100:.1f}% "
         f"gen {m.generator_core * 100:.1f}% pkts/s {m.packet_rate:.0f} µs/pkt {us} "
         f"fps {m.fps_mean:.1f}/{m.fps_min:.1f} loss {m.loss * 100:.2f}% "
-        f"recv {m.receiving}/{m.subscribers} late {m.late_join} load {m.load_before[0]:.2f}"
+        f"recv {m.receiving}/{m.subscribers} late {late} setup {setup} "
+        f"load {m.load_before[0]:.2f}"
     )
 
 
@@ -1026,6 +1050,9 @@ def main(argv: list[str] | None = None) -> int:
         "--netns",
         action="store_true",
         help="run in a private network namespace (always so in janus mode; needs root)",
+    )
+    parser.add_argument(
+        "--late-joins", type=int, default=3, help="late joiners after each window (medians)"
     )
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--window", type=float, default=15.0)
