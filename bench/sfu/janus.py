@@ -486,6 +486,7 @@ class JanusPeer:
         self._negotiating = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
+        self._closing = False
 
     async def open(self) -> None:
         await self.session.create()
@@ -498,6 +499,9 @@ class JanusPeer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing:  # e.g. a renegotiation cut short by leaving
+                    logger.debug("janus peer %s: %s ended by close: %r", self.id, what, exc)
+                    return
                 self.errors.append(f"{what}: {exc!r}")
                 logger.exception("janus peer %s: %s failed", self.id, what)
 
@@ -596,7 +600,7 @@ class JanusPeer:
     def _on_subscriber_event(self, event: JsonDict) -> None:
         # An offer Janus sends on its own (a feed left: it renegotiates).
         jsep = event.get("jsep")
-        if jsep is not None and jsep.get("type") == "offer":
+        if jsep is not None and jsep.get("type") == "offer" and not self._closing:
             data = event.get("plugindata", {}).get("data", {})
             self._spawn(self._renegotiate(data, jsep), "renegotiate")
 
@@ -633,6 +637,8 @@ class JanusPeer:
 
     async def close(self) -> None:
         """Destroy the session (Janus hangs up every handle), stop the tasks."""
+        self._closing = True
+        self.deliver = lambda message: None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,26 +1,37 @@
-"""Forwarding benchmark: 1 publisher → N subscribers, and a 6-person room.
+"""Forwarding benchmark: 1 publisher → N subscribers, and rooms where everyone publishes.
 
-Starts ``bench.sfu.server`` (Huddle's SFU or a naive decode/re-encode relay)
-pinned to core 0 and drives it from load-generator worker processes pinned to
-core 1. The publisher sends pre-encoded ~1 Mbps VP8 640x480 30 fps plus Opus
-(:mod:`bench.sfu.clips`), paced in real time and answering PLIs; subscribers
-never decode (:class:`media.peers.SfuClient`). For each subscriber count it
-waits until every subscriber receives video, warms up, then measures over a
-fixed window:
+Starts the server pinned to core 0 (``bench.sfu.server``: Huddle's SFU or a
+naive decode/re-encode relay; or Janus 1.1.2's VideoRoom, :mod:`bench.sfu.janus`)
+and drives it from load-generator worker processes pinned to core 1. A
+publisher sends pre-encoded ~1 Mbps VP8 640x480 30 fps, plus Opus where the
+scenario says so (:mod:`bench.sfu.clips`), paced in real time and answering
+PLIs; subscribers never decode (:class:`bench.sfu.client.BenchClient`, an
+:class:`media.peers.SfuClient`). The same peers talk to every server; only
+the signaling differs. Scenarios, in order: fan-out with video only
+(``--subscribers``), fan-out with video + Opus (``--av-subscribers``), rooms
+(``--room``). For each subscriber count it waits until every subscriber
+receives video, warms up, then measures over a fixed window:
 
 - server CPU (``utime + stime`` of the server process, all threads, from
   ``/proc/<pid>/stat``) and load-generator CPU the same way;
-- forwarded RTP packets: the sum of the subscribers' ``inbound-rtp``
-  ``packetsReceived`` (audio + video), so packets, not frames;
+- forwarded RTP packets: the sum of what the subscribers received (audio +
+  video, RTX included), so packets, not frames;
 - subscriber video frame rate (mean and worst) and packet loss;
 - µs of server CPU per forwarded packet, absolute and marginal between
-  subscriber counts;
-- then a late joiner's time from joining to its first video and audio frame.
+  subscriber counts; the fixed cost at 1 → 1; the receive path (publisher
+  alone vs idle server);
+- the setup CPU of the subscribers that joined for this point (server CPU
+  while they joined, less the previous steady rate);
+- then ``--late-joins`` late joiners, one at a time: time from joining to the
+  first keyframe / frame of each kind, and the server CPU each one cost.
 
-Every wait is bounded; everything stays on 127.0.0.1 with no STUN server.
+Every wait is bounded; everything stays on loopback with no STUN server
+(Janus, and ``--netns``, in a private network namespace: see
+:mod:`bench.sfu.janus`). ``python -m bench.sfu.compare`` puts runs side by side.
 
     python -m bench.sfu.run --mode huddle
-    python -m bench.sfu.run --mode naive --subscribers 0,1,8
+    python -m bench.sfu.run --mode janus --event-loops 1
+    python -m bench.sfu.run --mode naive --subscribers '' --av-subscribers 0,1,8 --room 0
 """
 
 from __future__ import annotations
