@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CORE = 0
 GENERATOR_CORE = 1
+LATE_JOIN_SPACING = 1.0  # s between late joiners (see late_joins)
 
 logger = logging.getLogger("bench.sfu.run")
 
@@ -263,6 +264,7 @@ class Worker:
                     1 for r in receivers if not getattr(r, "_RTCRtpReceiver__started", True)
                 ),
                 "subscribe_state": client.subscribe_pc.connectionState,
+                "subscribe_connected_at": client.subscribe_connected_at,
                 "joined_at": joined_at,
                 "kinds": kinds,
                 "plis_sent": client.plis_sent,
@@ -685,6 +687,9 @@ class Bench:
             snap = (await self.snapshot([pid])).get(pid)
             if snap is not None:
                 joined = snap["joined_at"]
+                if snap.get("subscribe_connected_at") is not None:
+                    # ICE + DTLS of the subscribe connection done
+                    result["connected_s"] = snap["subscribe_connected_at"] - joined
                 for kind in kinds:
                     first = snap["kinds"][kind]["first_frame_at"]
                     if first is not None:
@@ -901,13 +906,21 @@ async def run_fanout(
 async def late_joins(
     bench: Bench, call: str, prefix: str, kinds: tuple[str, ...], steady_core: float
 ) -> dict[str, Any]:
-    """``--late-joins`` late joiners one after another: medians, and every sample."""
-    samples = [
-        await bench.late_join(
-            call, f"{prefix}-{i}", bench.args.join_timeout, kinds, steady_core=steady_core
+    """``--late-joins`` late joiners one after another: medians, and every sample.
+
+    They are 1 s apart: the publisher answers keyframe requests at most every
+    300 ms (like Chrome) and servers rate-limit PLIs, so a joiner right after
+    another would measure that throttle rather than the join.
+    """
+    samples = []
+    for i in range(max(1, bench.args.late_joins)):
+        if i:
+            await asyncio.sleep(LATE_JOIN_SPACING)
+        samples.append(
+            await bench.late_join(
+                call, f"{prefix}-{i}", bench.args.join_timeout, kinds, steady_core=steady_core
+            )
         )
-        for i in range(max(1, bench.args.late_joins))
-    ]
     out: dict[str, Any] = {}
     for key in samples[0]:
         values = [v for sample in samples if (v := sample.get(key)) is not None]
