@@ -137,10 +137,19 @@ def janus_lib_dir() -> Path:
 
 
 def write_config(
-    directory: Path, port: int, *, event_loops: int | None = None, debug_level: int = 4
+    directory: Path,
+    port: int,
+    *,
+    event_loops: int | None = None,
+    debug_level: int = 4,
+    lib: Path | None = None,
 ) -> Path:
-    """Write janus.jcfg and the two plugin/transport files; returns janus.jcfg."""
-    lib = janus_lib_dir()
+    """Write janus.jcfg and the two plugin/transport files; returns janus.jcfg.
+
+    ``lib``: Janus's library directory (``plugins/``, ``transports/``),
+    found with :func:`janus_lib_dir` by default.
+    """
+    lib = lib or janus_lib_dir()
     for sub, name in (("plugins", "libjanus_videoroom.so"), ("transports", "libjanus_http.so")):
         folder = directory / sub
         folder.mkdir(parents=True, exist_ok=True)

@@ -978,6 +978,8 @@ def derive(results: list[Measurement], idle_core: float | None = None) -> dict[s
 def derive_series(points: list[Measurement], idle_core: float | None) -> dict[str, Any]:
     fan = [m for m in points if m.subscribers > 0]
     out: dict[str, Any] = {}
+    if not points:
+        return out
     one = next((m for m in fan if m.subscribers == 1), None)
     zero = next((m for m in points if m.subscribers == 0), None)
     if one is not None:
