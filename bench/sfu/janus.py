@@ -76,6 +76,7 @@ BASE_PATH = "/janus"
 KEEPALIVE_INTERVAL = 20.0
 REQUEST_TIMEOUT = 30.0
 MAX_PUBLISHERS = 200
+SUBSCRIBE_ATTEMPTS = 10  # per participant, over all its join/subscribe requests
 
 JsonDict = dict[str, Any]
 
@@ -258,6 +259,7 @@ class JanusServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_stop_with_parent,
         )
         log.close()
         deadline = time.monotonic() + limit_s
@@ -290,6 +292,19 @@ class JanusServer:
                 proc.kill()
                 proc.wait(10)
         return proc.returncode
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM (a clean Janus shutdown) if the benchmark dies.
+
+    Otherwise a benchmark killed hard would leave Janus running in its
+    namespace. ``PR_SET_PDEATHSIG`` survives the exec of ``taskset`` and
+    ``janus`` (neither is set-uid).
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def room_number(call_id: str) -> int:
@@ -581,7 +596,13 @@ class JanusPeer:
         self._wake.set()
 
     async def _subscriptions(self) -> None:
-        """Adds wanted feeds to the one subscriber handle, one negotiation at a time."""
+        """Adds wanted feeds to the one subscriber handle, one negotiation at a time.
+
+        A failed join/subscribe (say, a feed Janus does not list yet) is
+        retried after a pause, at most ``SUBSCRIBE_ATTEMPTS`` times in all.
+        """
+        failures = 0
+        joined = False
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -592,7 +613,7 @@ class JanusPeer:
                 self._sub_handle = await self.session.attach(self._on_subscriber_event)
             streams = [{"feed": feed} for feed in new]
             async with self._negotiating:
-                if not self._subscribed:
+                if not joined:
                     body = {
                         "request": "join",
                         "ptype": "subscriber",
@@ -602,7 +623,18 @@ class JanusPeer:
                 else:
                     body = {"request": "subscribe", "streams": streams}
                 self._subscribed.update(new)
-                data, jsep = await self.session.message(self._sub_handle, body)
+                try:
+                    data, jsep = await self.session.message(self._sub_handle, body)
+                except JanusError as exc:
+                    failures += 1
+                    self.errors.append(f"{body['request']}: {exc}")
+                    if failures >= SUBSCRIBE_ATTEMPTS:
+                        raise
+                    self._subscribed.difference_update(new)
+                    await asyncio.sleep(0.5)
+                    self._wake.set()
+                    continue
+                joined = True
                 if jsep is not None:
                     await self._answer_offer(data, jsep)
 

@@ -1113,7 +1113,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.pin and (os.cpu_count() or 1) < 2:
         parser.error("needs 2 cores (or --no-pin)")
+    if args.mode == "janus" and args.profile:
+        parser.error("--profile samples a Python server with py-spy; not for --mode janus")
     if (args.mode == "janus" or args.netns) and not in_netns():
+        if os.geteuid() != 0:
+            parser.error("--mode janus and --netns run in a new network namespace: needs root")
         # Janus offers no loopback candidate outside it (bench/sfu/janus.py).
         argv = [sys.executable, "-m", "bench.sfu.run", *(sys.argv[1:] if argv is None else argv)]
         env = {**os.environ, NETNS_ENV: "1", "PYTHONPATH": str(ROOT)}
