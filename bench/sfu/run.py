@@ -246,15 +246,15 @@ class Worker:
                 receiver = transceiver.receiver
                 streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
                 rtx = set(getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}))
-                entry = kinds.get(str(transceiver.kind))
-                if entry is None:
+                target = kinds.get(str(transceiver.kind))
+                if target is None:
                     continue
                 for ssrc, stream in list(streams.items()):
-                    entry["packets"] += stream.packets_received
+                    target["packets"] += stream.packets_received
                     if ssrc in rtx:
-                        entry["rtx"] = entry.get("rtx", 0) + stream.packets_received
+                        target["rtx"] = target.get("rtx", 0) + stream.packets_received
                     else:
-                        entry["lost"] += stream.packets_lost
+                        target["lost"] += stream.packets_lost
             publisher = client.tracks.get("video")
             receivers = [t.receiver for t in client.subscribe_pc.getTransceivers()]
             out[pid] = {
