@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format bench reliability soak services system-deps clean
+.PHONY: run test lint format bench bench-janus bench-deps reliability soak services system-deps clean
 
 # The stamps re-run pip only when pyproject.toml, setup.py or the C source
 # changed (pip then compiles media/_udpsend.c), so `make run` also
@@ -49,16 +49,32 @@ format: $(VENV)/.installed-dev
 reliability: $(VENV)/.installed-dev system-deps services
 	HUDDLE_RELIABILITY=full $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
-# Every benchmark in docs/benchmarks.md, each bounded in count and time (~20 min).
-bench: $(VENV)/.installed-dev services
+# Every benchmark in docs/benchmarks.md, each bounded in count and time (~40 min).
+bench: $(VENV)/.installed-dev services bench-deps
 	mkdir -p var
 	$(BIN)/python -m bench.lifecycle --backend sqlite
 	$(BIN)/python -m bench.lifecycle --backend postgres
 	$(BIN)/python -m bench.signaling.run --pairs 60
 	$(BIN)/python -m bench.loadtest.run
-	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode huddle --json var/bench-sfu-huddle.json
-	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode naive --subscribers 0,1,8 --room 0 \
-		--json var/bench-sfu-naive.json
+	$(MAKE) --no-print-directory bench-janus
+	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode naive --subscribers '' \
+		--av-subscribers 0,1,8 --room 0 --json var/bench-sfu-naive.json
+
+# Benchmark-only Debian packages (Janus); the test suite never needs them.
+bench-deps:
+	scripts/install-bench-deps.sh
+
+# Huddle's SFU beside Janus 1.1.2 (default threads, then event_loops = 1), one
+# load generator, same scenarios; the table goes to var/bench-sfu-compare.md
+# (~20 min; Janus runs in a private network namespace, so it needs root).
+bench-janus: $(VENV)/.installed-dev bench-deps
+	mkdir -p var
+	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode huddle --netns --json var/bench-sfu-huddle.json
+	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode janus --json var/bench-sfu-janus.json
+	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode janus --event-loops 1 \
+		--json var/bench-sfu-janus-el1.json
+	$(BIN)/python -m bench.sfu.compare var/bench-sfu-huddle.json var/bench-sfu-janus.json \
+		var/bench-sfu-janus-el1.json | tee var/bench-sfu-compare.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

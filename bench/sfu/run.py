@@ -1,26 +1,37 @@
-"""Forwarding benchmark: 1 publisher → N subscribers, and a 6-person room.
+"""Forwarding benchmark: 1 publisher → N subscribers, and rooms where everyone publishes.
 
-Starts ``bench.sfu.server`` (Huddle's SFU or a naive decode/re-encode relay)
-pinned to core 0 and drives it from load-generator worker processes pinned to
-core 1. The publisher sends pre-encoded ~1 Mbps VP8 640x480 30 fps plus Opus
-(:mod:`bench.sfu.clips`), paced in real time and answering PLIs; subscribers
-never decode (:class:`media.peers.SfuClient`). For each subscriber count it
-waits until every subscriber receives video, warms up, then measures over a
-fixed window:
+Starts the server pinned to core 0 (``bench.sfu.server``: Huddle's SFU or a
+naive decode/re-encode relay; or Janus 1.1.2's VideoRoom, :mod:`bench.sfu.janus`)
+and drives it from load-generator worker processes pinned to core 1. A
+publisher sends pre-encoded ~1 Mbps VP8 640x480 30 fps, plus Opus where the
+scenario says so (:mod:`bench.sfu.clips`), paced in real time and answering
+PLIs; subscribers never decode (:class:`bench.sfu.client.BenchClient`, an
+:class:`media.peers.SfuClient`). The same peers talk to every server; only
+the signaling differs. Scenarios, in order: fan-out with video only
+(``--subscribers``), fan-out with video + Opus (``--av-subscribers``), rooms
+(``--room``). For each subscriber count it waits until every subscriber
+receives video, warms up, then measures over a fixed window:
 
 - server CPU (``utime + stime`` of the server process, all threads, from
   ``/proc/<pid>/stat``) and load-generator CPU the same way;
-- forwarded RTP packets: the sum of the subscribers' ``inbound-rtp``
-  ``packetsReceived`` (audio + video), so packets, not frames;
+- forwarded RTP packets: the sum of what the subscribers received (audio +
+  video, RTX included), so packets, not frames;
 - subscriber video frame rate (mean and worst) and packet loss;
 - µs of server CPU per forwarded packet, absolute and marginal between
-  subscriber counts;
-- then a late joiner's time from joining to its first video and audio frame.
+  subscriber counts; the fixed cost at 1 → 1; the receive path (publisher
+  alone vs idle server);
+- the setup CPU of the subscribers that joined for this point (server CPU
+  while they joined, less the previous steady rate);
+- then ``--late-joins`` late joiners, one at a time: time from joining to the
+  first keyframe / frame of each kind, and the server CPU each one cost.
 
-Every wait is bounded; everything stays on 127.0.0.1 with no STUN server.
+Every wait is bounded; everything stays on loopback with no STUN server
+(Janus, and ``--netns``, in a private network namespace: see
+:mod:`bench.sfu.janus`). ``python -m bench.sfu.compare`` puts runs side by side.
 
     python -m bench.sfu.run --mode huddle
-    python -m bench.sfu.run --mode naive --subscribers 0,1,8
+    python -m bench.sfu.run --mode janus --event-loops 1
+    python -m bench.sfu.run --mode naive --subscribers '' --av-subscribers 0,1,8 --room 0
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import logging
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -42,10 +54,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.sfu.janus import NETNS_ENV, NETNS_HOST, in_netns, netns_command
+
 ROOT = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CORE = 0
 GENERATOR_CORE = 1
+LATE_JOIN_SPACING = 1.0  # s between late joiners (see late_joins)
 
 logger = logging.getLogger("bench.sfu.run")
 
@@ -54,10 +69,28 @@ logger = logging.getLogger("bench.sfu.run")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process (all its threads, live or exited), in seconds."""
+    return _ticks(Path(f"/proc/{pid}/stat").read_text()) / CLK_TCK
+
+
+def _ticks(stat_text: str) -> int:
+    fields = stat_text[stat_text.rfind(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds_fine(pid: int) -> float:
+    """CPU time of a process, all threads live or exited, in ns resolution.
+
+    For short intervals (one join), where the clock ticks (10 ms) of
+    :func:`cpu_seconds` are too coarse. Linux's CPU-time clock of another
+    process (what ``clock_getcpuclockid(pid)`` returns, which Python does
+    not wrap: ``(~pid << 3) | CPUCLOCK_SCHED``) sums every thread's run
+    time, including threads that have exited.
+    """
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        return cpu_seconds(pid)
 
 
 def loadavg() -> tuple[float, float, float]:
@@ -77,25 +110,45 @@ def free_port() -> int:
 class Worker:
     """Publishers and subscribers of one load-generator process."""
 
-    def __init__(self, port: int, *, count_only: bool = True) -> None:
+    def __init__(
+        self, port: int, *, count_only: bool = True, mode: str = "huddle", ice_host: str
+    ) -> None:
         import aiohttp
 
         from bench.sfu.clips import audio_clip, video_clip
         from media.aiortc_compat import restrict_host_addresses
 
-        restrict_host_addresses(["127.0.0.1"])
+        restrict_host_addresses([ice_host])
         self.port = port
+        self.mode = mode
         self.count_only = count_only
         self.video = video_clip()
         self.audio = audio_clip()
-        self.session = aiohttp.ClientSession()
-        self.peers: dict[str, Any] = {}  # id -> (client, ws, pump task, joined_at)
+        # No connection limit: every Janus participant holds a long poll open.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.peers: dict[str, Any] = {}  # id -> (client, ws or JanusPeer, pump task, joined_at)
 
-    async def join(self, call_id: str, participant_id: str, publish: bool) -> None:
+    def _client(self, participant_id: str, send: Any, media: str) -> Any:
         from aiortc import RTCConfiguration
 
-        from media.peers import SfuClient
+        from bench.sfu.client import BenchClient
 
+        return BenchClient(
+            participant_id,
+            send,
+            rtc_configuration=RTCConfiguration(iceServers=[]),
+            video=self.video if media in ("video", "av") else None,
+            audio=self.audio if media == "av" else None,
+            # Header-only counting (media.rtpcount): aiortc's receive path
+            # would make the generator, not the server, the bottleneck.
+            count_only=self.count_only,
+        )
+
+    async def join(self, call_id: str, participant_id: str, publish: bool, media: str) -> None:
+        """``media``: what a publisher sends, "av" (VP8 + Opus) or "video"."""
+        if self.mode == "janus":
+            await self._join_janus(call_id, participant_id, publish, media)
+            return
         joined_at = time.monotonic()
         ws = await self.session.ws_connect(
             f"http://127.0.0.1:{self.port}/ws/{call_id}/{participant_id}",
@@ -106,16 +159,8 @@ class Worker:
         async def send(message: dict[str, Any]) -> None:
             await ws.send_json(message)
 
-        client = SfuClient(
-            participant_id,
-            send,
-            rtc_configuration=RTCConfiguration(iceServers=[]),
-            video=self.video if publish else None,
-            audio=self.audio if publish else None,
-            # Header-only counting (media.rtpcount): aiortc's receive path
-            # would make the generator, not the server, the bottleneck.
-            count_only=self.count_only,
-        )
+        # A subscriber publishes nothing (an empty publish offer admits it).
+        client = self._client(participant_id, send, media if publish else "none")
 
         async def pump() -> None:
             async for msg in ws:
@@ -127,19 +172,44 @@ class Worker:
         self.peers[participant_id] = (client, ws, task, joined_at)
         await client.publish()
 
+    async def _join_janus(
+        self, call_id: str, participant_id: str, publish: bool, media: str
+    ) -> None:
+        from bench.sfu.janus import BASE_PATH, JanusPeer
+
+        joined_at = time.monotonic()
+        # A publisher also subscribes to the room's other publishers (in a
+        # room where everyone publishes; in fan-out there are none).
+        peer = JanusPeer(
+            self.session,
+            f"http://127.0.0.1:{self.port}{BASE_PATH}",
+            call_id,
+            participant_id,
+            subscribe=True,
+        )
+        await peer.open()
+        client = self._client(participant_id, peer.send, media if publish else "none")
+        peer.deliver = client.deliver
+        self.peers[participant_id] = (client, peer, None, joined_at)
+        if publish:
+            await client.publish()  # the offer goes to Janus as joinandconfigure
+        else:
+            await peer.subscribe_room()  # no publish connection at all
+
     async def leave(self, participant_id: str) -> None:
         entry = self.peers.pop(participant_id, None)
         if entry is None:
             return
         client, ws, task, _ = entry
-        await ws.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await ws.close()  # a WebSocket, or a JanusPeer (destroys its session)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await client.close()
 
     async def snapshot(self, ids: list[str] | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for pid, (client, _, _, joined_at) in list(self.peers.items()):
+        for pid, (client, ws_or_peer, _, joined_at) in list(self.peers.items()):
             if ids is not None and pid not in ids:
                 continue
             kinds: dict[str, dict[str, Any]] = {}
@@ -159,6 +229,7 @@ class Worker:
                         (d for s in tracks if (d := s.first_frame_delay) is not None),
                         default=None,
                     ),
+                    "first_keyframe_at": client.first_keyframe_at.get(kind),
                 }
             if client.counter is not None:
                 for kind, entry in kinds.items():
@@ -175,15 +246,15 @@ class Worker:
                 receiver = transceiver.receiver
                 streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
                 rtx = set(getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}))
-                entry = kinds.get(str(transceiver.kind))
-                if entry is None:
+                target = kinds.get(str(transceiver.kind))
+                if target is None:
                     continue
                 for ssrc, stream in list(streams.items()):
-                    entry["packets"] += stream.packets_received
+                    target["packets"] += stream.packets_received
                     if ssrc in rtx:
-                        entry["rtx"] = entry.get("rtx", 0) + stream.packets_received
+                        target["rtx"] = target.get("rtx", 0) + stream.packets_received
                     else:
-                        entry["lost"] += stream.packets_lost
+                        target["lost"] += stream.packets_lost
             publisher = client.tracks.get("video")
             receivers = [t.receiver for t in client.subscribe_pc.getTransceivers()]
             out[pid] = {
@@ -193,11 +264,13 @@ class Worker:
                     1 for r in receivers if not getattr(r, "_RTCRtpReceiver__started", True)
                 ),
                 "subscribe_state": client.subscribe_pc.connectionState,
+                "subscribe_connected_at": client.subscribe_connected_at,
                 "joined_at": joined_at,
                 "kinds": kinds,
                 "plis_sent": client.plis_sent,
                 "keyframe_requests": publisher.keyframe_requests if publisher else 0,
                 "keyframes_forced": publisher.keyframes_forced if publisher else 0,
+                "errors": list(getattr(ws_or_peer, "errors", []))[-3:],
             }
         return out
 
@@ -207,9 +280,11 @@ class Worker:
         await self.session.close()
 
 
-async def worker_main(port: int, *, count_only: bool = True) -> None:
+async def worker_main(
+    port: int, *, count_only: bool = True, mode: str = "huddle", ice_host: str = "127.0.0.1"
+) -> None:
     """Serve JSON-line commands from stdin, one reply line per command."""
-    worker = Worker(port, count_only=count_only)
+    worker = Worker(port, count_only=count_only, mode=mode, ice_host=ice_host)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -229,7 +304,9 @@ async def worker_main(port: int, *, count_only: bool = True) -> None:
             try:
                 if op == "join":
                     for pid in command["ids"]:
-                        await worker.join(command["call"], pid, command["publish"])
+                        await worker.join(
+                            command["call"], pid, command["publish"], command.get("media", "av")
+                        )
                     reply({"ok": True})
                 elif op == "leave":
                     for pid in command["ids"]:
@@ -292,8 +369,13 @@ class Measurement:
     rtx_packets: int = 0  # retransmissions, included in ``packets``
     stalled: list[dict[str, Any]] = field(default_factory=list)  # tracks under 1 fps
     server_packets_out: int | None = None
-    late_join: dict[str, float | None] = field(default_factory=dict)
+    # Medians over the late joiners (``n``), and each one under ``samples``.
+    late_join: dict[str, Any] = field(default_factory=dict)
     publisher_keyframes_forced: int = 0
+    media: str = "av"  # what each publisher sends: "av" (VP8 + Opus) or "video"
+    # Joining the subscribers added for this point: server CPU from the first
+    # join until all receive, less the previous steady rate over that time.
+    setup: dict[str, float] = field(default_factory=dict)
 
     @property
     def server_core(self) -> float:
@@ -326,10 +408,15 @@ class Bench:
         self.placement: dict[str, WorkerProc] = {}
         self.port = args.port or free_port()
         self.session: Any = None
+        self.janus: Any = None  # bench.sfu.janus.JanusServer in janus mode
+        self.janus_dir: Path | None = None
 
     # processes
 
     def start_server(self) -> None:
+        if self.args.mode == "janus":
+            self._start_janus()
+            return
         cmd = [
             *self._pin(SERVER_CORE),
             sys.executable,
@@ -355,6 +442,46 @@ class Bench:
                 break
         raise RuntimeError("the server did not start")
 
+    def _start_janus(self) -> None:
+        import tempfile
+
+        from bench.sfu.janus import JanusServer
+
+        self.janus_dir = Path(tempfile.mkdtemp(prefix="huddle-bench-janus-"))
+        self.janus = JanusServer(
+            self.janus_dir,
+            self.port,
+            event_loops=self.args.event_loops or None,
+            prefix=self._pin(SERVER_CORE),
+        )
+        self.server_pid = self.janus.start()
+        print(
+            f"janus {self.janus.version} pid {self.server_pid} event_loops "
+            f"{self.args.event_loops or 'default'} config {self.janus_dir}",
+            flush=True,
+        )
+
+    def _stop_janus(self) -> None:
+        import shutil
+
+        code = self.janus.stop()
+        if code not in (0, None) and self.janus_dir is not None:
+            print(f"janus exited with {code}; log kept in {self.janus.log_path}", flush=True)
+        elif self.janus_dir is not None:
+            shutil.rmtree(self.janus_dir, ignore_errors=True)
+
+    async def prepare_call(self, call_id: str) -> None:
+        """Janus needs its VideoRoom created first; Huddle creates rooms on join."""
+        if self.janus is None:
+            return
+        import aiohttp
+
+        from bench.sfu.janus import create_room
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        await create_room(self.session, self.janus.base_url, call_id)
+
     def _pin(self, core: int) -> list[str]:
         return ["taskset", "-c", str(core)] if self.args.pin else []
 
@@ -368,6 +495,8 @@ class Bench:
                 "--worker",
                 "--port",
                 str(self.port),
+                "--mode",
+                self.args.mode,
                 *([] if self.args.count_only else ["--full-receivers"]),
                 cwd=ROOT,
                 stdin=asyncio.subprocess.PIPE,
@@ -389,6 +518,8 @@ class Bench:
                 await asyncio.wait_for(worker.proc.wait(), 30)
             if worker.proc.returncode is None:
                 worker.proc.kill()
+        if self.janus is not None:
+            self._stop_janus()
         if self.server is not None and self.server.poll() is None:
             self.server.send_signal(signal.SIGTERM)
             try:
@@ -398,7 +529,7 @@ class Bench:
 
     # peers
 
-    async def join(self, call_id: str, ids: list[str], publish: bool) -> None:
+    async def join(self, call_id: str, ids: list[str], publish: bool, media: str = "av") -> None:
         groups: dict[int, list[str]] = {}
         for pid in ids:
             index = min(
@@ -409,7 +540,9 @@ class Bench:
             groups.setdefault(index, []).append(pid)
         await asyncio.gather(
             *(
-                self.workers[i].call({"op": "join", "call": call_id, "ids": g, "publish": publish})
+                self.workers[i].call(
+                    {"op": "join", "call": call_id, "ids": g, "publish": publish, "media": media}
+                )
                 for i, g in groups.items()
             )
         )
@@ -435,13 +568,18 @@ class Bench:
     async def server_stats(self) -> dict[str, Any]:
         import aiohttp
 
+        if self.janus is not None:
+            return {}
+
         if self.session is None:
             self.session = aiohttp.ClientSession()
         async with self.session.get(f"http://127.0.0.1:{self.port}/stats") as response:
             data: dict[str, Any] = await response.json()
             return data
 
-    async def wait_receiving(self, ids: list[str], tracks: int, limit_s: float) -> int:
+    async def wait_receiving(
+        self, ids: list[str], tracks: int, limit_s: float, poll_s: float = 1.0
+    ) -> int:
         """Until each of ``ids`` receives video on ``tracks`` tracks; returns how many do."""
         deadline = time.monotonic() + limit_s
         count = 0
@@ -456,7 +594,7 @@ class Bench:
             )
             if count == len(ids) or time.monotonic() > deadline:
                 return count
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(poll_s)
 
     # measurement
 
@@ -527,26 +665,89 @@ class Bench:
             publisher_keyframes_forced=forced,
         )
 
-    async def late_join(self, call_id: str, pid: str, limit_s: float) -> dict[str, float | None]:
+    async def late_join(
+        self,
+        call_id: str,
+        pid: str,
+        limit_s: float,
+        kinds: tuple[str, ...] = ("audio", "video"),
+        steady_core: float | None = None,
+    ) -> dict[str, float | None]:
+        """One more subscriber: time to its first frame / keyframe of each kind.
+
+        ``server_cpu_ms``: the server's CPU from the join until every kind
+        arrived, less ``steady_core`` (the window just measured) over that
+        time: what admitting one subscriber cost.
+        """
+        cpu0, t0 = cpu_seconds_fine(self.server_pid), time.monotonic()
         await self.join(call_id, [pid], publish=False)
-        deadline = time.monotonic() + limit_s
-        result: dict[str, float | None] = {"video_s": None, "audio_s": None}
+        deadline = t0 + limit_s
+        result: dict[str, float | None] = {f"{kind}_s": None for kind in kinds}
         while time.monotonic() < deadline:
             snap = (await self.snapshot([pid])).get(pid)
             if snap is not None:
                 joined = snap["joined_at"]
-                for kind in ("audio", "video"):
+                if snap.get("subscribe_connected_at") is not None:
+                    # ICE + DTLS of the subscribe connection done
+                    result["connected_s"] = snap["subscribe_connected_at"] - joined
+                for kind in kinds:
                     first = snap["kinds"][kind]["first_frame_at"]
                     if first is not None:
                         result[f"{kind}_s"] = first - joined
                         result[f"{kind}_after_announce_s"] = snap["kinds"][kind][
                             "announced_to_first"
                         ]
-                if result["video_s"] is not None and result["audio_s"] is not None:
+                    key = snap["kinds"][kind].get("first_keyframe_at")
+                    if key is not None:
+                        result[f"{kind}_keyframe_s"] = key - joined
+                if all(result[f"{kind}_s"] is not None for kind in kinds):
                     break
             await asyncio.sleep(0.05)
+        cpu1, t1 = cpu_seconds_fine(self.server_pid), time.monotonic()
+        if steady_core is not None and all(result[f"{kind}_s"] is not None for kind in kinds):
+            result["server_cpu_ms"] = (cpu1 - cpu0 - steady_core * (t1 - t0)) * 1e3
         await self.leave([pid])
         return result
+
+    async def join_measured(
+        self,
+        call_id: str,
+        ids: list[str],
+        everyone: list[str],
+        steady_core: float,
+        limit_s: float,
+    ) -> tuple[int, dict[str, float]]:
+        """Join ``ids`` as subscribers (batches of 8) until ``everyone`` receives video.
+
+        Returns how many of ``everyone`` receive and the setup cost of
+        ``ids``: server CPU over the joins less ``steady_core`` (the rate
+        before them) over that time.
+        """
+        cpu0, t0 = cpu_seconds_fine(self.server_pid), time.monotonic()
+        # In batches, so the join storm does not distort the window.
+        for start in range(0, len(ids), 8):
+            await self.join(call_id, ids[start : start + 8], publish=False)
+            await asyncio.sleep(0.5)
+        got = await self.wait_receiving(everyone, 1, limit_s, poll_s=0.25)
+        return got, self._setup(len(ids), steady_core, cpu0, t0)
+
+    def _setup(self, joined: int, steady_core: float, cpu0: float, t0: float) -> dict[str, float]:
+        """Setup cost since (``cpu0``, ``t0``) of ``joined`` participants."""
+        cpu1, t1 = cpu_seconds_fine(self.server_pid), time.monotonic()
+        extra = cpu1 - cpu0 - steady_core * (t1 - t0)
+        return {
+            "joined": joined,
+            "wall_s": t1 - t0,
+            "server_cpu_s": cpu1 - cpu0,
+            "steady_core": steady_core,
+            "cpu_ms_per_subscriber": extra / joined * 1e3 if joined else 0.0,
+        }
+
+    async def steady_core(self, seconds: float) -> float:
+        """The server's share of a core over ``seconds`` (a short baseline)."""
+        cpu0, t0 = cpu_seconds_fine(self.server_pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        return (cpu_seconds_fine(self.server_pid) - cpu0) / (time.monotonic() - t0)
 
     async def profile(self, seconds: float, out: Path) -> None:
         """py-spy the server for ``seconds`` (pinned to the generator's core)."""
@@ -612,56 +813,28 @@ async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bench.start_server()
         await bench.start_workers()
-        counts = sorted({int(n) for n in args.subscribers.split(",") if n.strip()})
-        if counts:
-            call = "fanout"
-            await bench.join(call, ["pub"], publish=True)
-            await asyncio.sleep(2)
-            subs: list[str] = []
-            for n in counts:
-                new = [f"sub{i}" for i in range(len(subs), n)]
-                # In batches, so the join storm does not distort the window.
-                for start in range(0, len(new), 8):
-                    await bench.join(call, new[start : start + 8], publish=False)
-                    await asyncio.sleep(0.5)
-                subs += new
-                got = await bench.wait_receiving(subs, 1, args.join_timeout) if subs else 0
-                await asyncio.sleep(args.warmup)
-                m = await bench.measure("fanout", subs, 2 * n, "pub")
-                m.receiving = min(m.receiving, got) if subs else 0
-                if args.profile and n == counts[-1]:
-                    out = Path(args.profile)
-                    await bench.profile(args.window, out)
-                    profile = {"file": str(out), "subscribers": n}
-                if n > 0:
-                    m.late_join = await bench.late_join(call, f"late{n}", args.join_timeout)
-                results.append(m)
-                print(summary_line(m), flush=True)
-            await bench.leave(["pub", *subs])
-            await asyncio.sleep(3)
-        if args.room > 0:
-            call = "room"
-            members = [f"member{i}" for i in range(args.room)]
-            # One at a time, so every member's first subscribe offer already
-            # carries all earlier members (see RESULTS.md: aiortc #1414 once
-            # left a receiver unstarted here).
-            for i, member in enumerate(members):
-                await bench.join(call, [member], publish=True)
-                await bench.wait_receiving(members[: i + 1], i, args.join_timeout)
-            got = await bench.wait_receiving(members, args.room - 1, args.join_timeout)
-            await asyncio.sleep(args.warmup)
-            m = await bench.measure("room", members, 2 * args.room * (args.room - 1), None)
-            m.receiving = min(m.receiving, got)
-            m.late_join = await bench.late_join(call, "late-room", args.join_timeout)
-            results.append(m)
-            print(summary_line(m), flush=True)
-            await bench.leave(members)
+        idle_core = await bench.steady_core(3.0)  # no participant yet
+        for scenario, media, spec in (
+            ("fanout", "video", args.subscribers),
+            ("fanout_av", "av", args.av_subscribers),
+        ):
+            counts = sorted({int(n) for n in spec.split(",") if n.strip()})
+            if counts:
+                results += await run_fanout(bench, scenario, media, counts)
+        for size in sorted({int(n) for n in args.room.split(",") if n.strip()} - {0}):
+            results.append(await run_room(bench, size))
+        if args.profile:
+            profile = {
+                "file": args.profile,
+                "subscribers": max(int(n) for n in args.subscribers.split(",") if n.strip()),
+            }
     finally:
         if bench.session is not None:
             await bench.session.close()
         await bench.stop()
     return {
         "mode": args.mode,
+        "server": bench_server_info(bench),
         "conditions": conditions,
         "clip": {
             "video_mbps": round(video.bitrate / 1e6, 3),
@@ -669,6 +842,7 @@ async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
             "audio_kbps": round(audio.bitrate / 1e3, 1),
         },
         "window_s": args.window,
+        "idle_core": idle_core,
         "measurements": [
             {
                 **asdict(m),
@@ -680,15 +854,155 @@ async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
             }
             for m in results
         ],
-        "derived": derive(results),
+        "derived": derive(results, idle_core),
         "profile": profile,
     }
 
 
-def derive(results: list[Measurement]) -> dict[str, Any]:
-    """Marginal µs per forwarded packet and extrapolated streams per core."""
-    fan = [m for m in results if m.scenario == "fanout" and m.subscribers > 0]
+def bench_server_info(bench: Bench) -> dict[str, Any]:
+    info: dict[str, Any] = {"mode": bench.args.mode, "netns": bool(os.environ.get(NETNS_ENV))}
+    if bench.janus is not None:
+        info["janus_version"] = bench.janus.version
+        info["event_loops"] = bench.args.event_loops or "default"
+    return info
+
+
+async def run_fanout(
+    bench: Bench, scenario: str, media: str, counts: list[int]
+) -> list[Measurement]:
+    """1 publisher (``media``) → each of ``counts`` subscribers in turn."""
+    args = bench.args
+    call = scenario
+    kinds = ("video",) if media == "video" else ("audio", "video")
+    results: list[Measurement] = []
+    await bench.prepare_call(call)
+    await bench.join(call, ["pub"], publish=True, media=media)
+    await asyncio.sleep(2)
+    steady = await bench.steady_core(3.0)  # the publisher alone
+    subs: list[str] = []
+    for n in counts:
+        new = [f"sub{i}" for i in range(len(subs), n)]
+        got, setup = await bench.join_measured(call, new, [*subs, *new], steady, args.join_timeout)
+        subs += new
+        await asyncio.sleep(args.warmup)
+        m = await bench.measure(scenario, subs, len(kinds) * n, "pub")
+        m.media = media
+        m.receiving = min(m.receiving, got) if subs else 0
+        if new:
+            m.setup = setup
+        if args.profile and n == counts[-1] and scenario == "fanout":
+            out = Path(args.profile)
+            await bench.profile(args.window, out)
+        if n > 0:
+            m.late_join = await late_joins(bench, call, f"late{n}", kinds, m.server_core)
+        steady = m.server_core
+        results.append(m)
+        print(summary_line(m), flush=True)
+    await bench.leave(["pub", *subs])
+    await asyncio.sleep(3)
+    return results
+
+
+async def late_joins(
+    bench: Bench, call: str, prefix: str, kinds: tuple[str, ...], steady_core: float
+) -> dict[str, Any]:
+    """``--late-joins`` late joiners one after another: medians, and every sample.
+
+    They are 1 s apart: the publisher answers keyframe requests at most every
+    300 ms (like Chrome) and servers rate-limit PLIs, so a joiner right after
+    another would measure that throttle rather than the join.
+    """
+    samples = []
+    for i in range(max(1, bench.args.late_joins)):
+        if i:
+            await asyncio.sleep(LATE_JOIN_SPACING)
+        samples.append(
+            await bench.late_join(
+                call, f"{prefix}-{i}", bench.args.join_timeout, kinds, steady_core=steady_core
+            )
+        )
     out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [v for sample in samples if (v := sample.get(key)) is not None]
+        out[key] = statistics.median(values) if len(values) == len(samples) else None
+    out["n"] = len(samples)
+    out["samples"] = samples
+    return out
+
+
+async def run_room(bench: Bench, size: int) -> Measurement:
+    """``size`` members, each publishing VP8 + Opus and receiving all the others."""
+    args = bench.args
+    call = f"room{size}"
+    await bench.prepare_call(call)
+    members = [f"member{i}" for i in range(size)]
+    steady = await bench.steady_core(2.0)
+    cpu0, t0 = cpu_seconds_fine(bench.server_pid), time.monotonic()
+    # One at a time, so every member's first subscribe offer already
+    # carries all earlier members (see RESULTS.md: aiortc #1414 once
+    # left a receiver unstarted here).
+    for i, member in enumerate(members):
+        await bench.join(call, [member], publish=True, media="av")
+        await bench.wait_receiving(members[: i + 1], i, args.join_timeout, poll_s=0.25)
+    got = await bench.wait_receiving(members, size - 1, args.join_timeout, poll_s=0.25)
+    setup = bench._setup(size, steady, cpu0, t0)
+    await asyncio.sleep(args.warmup)
+    m = await bench.measure("room", members, 2 * size * (size - 1), None)
+    m.receiving = min(m.receiving, got)
+    m.setup = setup
+    m.late_join = await late_joins(
+        bench, call, f"late-room{size}", ("audio", "video"), m.server_core
+    )
+    print(summary_line(m), flush=True)
+    await bench.leave(members)
+    await asyncio.sleep(3)
+    return m
+
+
+def derive(results: list[Measurement], idle_core: float | None = None) -> dict[str, Any]:
+    """Per fan-out series: marginal µs per forwarded packet, fit, fixed and setup cost.
+
+    The video-only series (``fanout``) is reported at the top level as
+    before; ``fanout_av`` under its own key.
+    """
+    out: dict[str, Any] = {}
+    for scenario in ("fanout", "fanout_av"):
+        series = derive_series([m for m in results if m.scenario == scenario], idle_core)
+        if scenario == "fanout":
+            out.update(series)
+        elif series:
+            out[scenario] = series
+    return out
+
+
+def derive_series(points: list[Measurement], idle_core: float | None) -> dict[str, Any]:
+    fan = [m for m in points if m.subscribers > 0]
+    out: dict[str, Any] = {}
+    if not points:
+        return out
+    one = next((m for m in fan if m.subscribers == 1), None)
+    zero = next((m for m in points if m.subscribers == 0), None)
+    if one is not None:
+        out["fixed_core_1_to_1"] = one.server_core
+        # One subscriber receives what the publisher sends: the incoming rate.
+        if zero is not None and idle_core is not None and one.packet_rate > 0:
+            out["receive_us_per_incoming_packet"] = (
+                (zero.server_core - idle_core) / one.packet_rate * 1e6
+            )
+    setups = [m.setup["cpu_ms_per_subscriber"] for m in fan if m.setup.get("joined")]
+    if setups:
+        joined = sum(m.setup["joined"] for m in fan if m.setup.get("joined"))
+        total = sum(
+            m.setup["cpu_ms_per_subscriber"] * m.setup["joined"]
+            for m in fan
+            if m.setup.get("joined")
+        )
+        out["setup_cpu_ms_per_subscriber"] = total / joined
+    late = {
+        m.subscribers: m.late_join.get("video_keyframe_s") or m.late_join.get("video_s")
+        for m in fan
+    }
+    out["late_join_first_keyframe_s"] = late
     if len(fan) >= 2:
         lo, hi = fan[0], fan[-1]
         dpk = hi.packet_rate - lo.packet_rate
@@ -713,25 +1027,59 @@ def derive(results: list[Measurement]) -> dict[str, Any]:
         if slope > 0:
             per_core = (1 - intercept) / slope
             out["subscribers_per_core"] = per_core
-            out["streams_per_core"] = 2 * per_core
+            out["streams_per_core"] = fan[-1].streams / fan[-1].subscribers * per_core
     return out
 
 
 def summary_line(m: Measurement) -> str:
     us = f"{m.us_per_packet:.1f}" if m.us_per_packet else "-"
+    key = m.late_join.get("video_keyframe_s") or m.late_join.get("video_s")
+    late = f"{key * 1e3:.0f} ms" if key is not None else "-"
+    per = m.setup.get("cpu_ms_per_subscriber")
+    setup = f"{per:.1f} ms/sub" if per is not None else "-"
     return (
         f"{m.scenario} N={m.subscribers}: server {m.server_core * 100:.1f}% "
         f"gen {m.generator_core * 100:.1f}% pkts/s {m.packet_rate:.0f} µs/pkt {us} "
         f"fps {m.fps_mean:.1f}/{m.fps_min:.1f} loss {m.loss * 100:.2f}% "
-        f"recv {m.receiving}/{m.subscribers} late {m.late_join} load {m.load_before[0]:.2f}"
+        f"recv {m.receiving}/{m.subscribers} late {late} setup {setup} "
+        f"load {m.load_before[0]:.2f}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("huddle", "naive"), default="huddle")
-    parser.add_argument("--subscribers", default="0,1,8,32,64", help="comma-separated counts")
-    parser.add_argument("--room", type=int, default=6, help="room size (0 to skip)")
+    parser.add_argument("--mode", choices=("huddle", "naive", "janus"), default="huddle")
+    parser.add_argument(
+        "--subscribers",
+        default="0,1,8,32,64",
+        help="fan-out with video only: comma-separated subscriber counts ('' to skip)",
+    )
+    parser.add_argument(
+        "--av-subscribers",
+        default="1,8,32,64",
+        help="fan-out with video + Opus: comma-separated subscriber counts ('' to skip)",
+    )
+    parser.add_argument(
+        "--room",
+        "--rooms",
+        dest="room",
+        default="6,10",
+        help="sizes of rooms where everyone publishes A+V (comma-separated; 0 to skip)",
+    )
+    parser.add_argument(
+        "--event-loops",
+        type=int,
+        default=0,
+        help="janus mode: Janus's event_loops (0: its default, one thread per handle)",
+    )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="run in a private network namespace (always so in janus mode; needs root)",
+    )
+    parser.add_argument(
+        "--late-joins", type=int, default=3, help="late joiners after each window (medians)"
+    )
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
@@ -758,10 +1106,22 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     if args.worker:
-        uvloop.run(worker_main(args.port, count_only=args.count_only))
+        host = NETNS_HOST if args.mode == "janus" else "127.0.0.1"
+        uvloop.run(
+            worker_main(args.port, count_only=args.count_only, mode=args.mode, ice_host=host)
+        )
         return 0
     if args.pin and (os.cpu_count() or 1) < 2:
         parser.error("needs 2 cores (or --no-pin)")
+    if args.mode == "janus" and args.profile:
+        parser.error("--profile samples a Python server with py-spy; not for --mode janus")
+    if (args.mode == "janus" or args.netns) and not in_netns():
+        if os.geteuid() != 0:
+            parser.error("--mode janus and --netns run in a new network namespace: needs root")
+        # Janus offers no loopback candidate outside it (bench/sfu/janus.py).
+        argv = [sys.executable, "-m", "bench.sfu.run", *(sys.argv[1:] if argv is None else argv)]
+        env = {**os.environ, NETNS_ENV: "1", "PYTHONPATH": str(ROOT)}
+        os.execvpe("unshare", netns_command(argv), env)
     result = uvloop.run(coordinate(args))
     text = json.dumps(result, indent=2, default=str)
     if args.json:
