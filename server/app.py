@@ -89,6 +89,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         readiness.add("database", store.ping)
         logger.info("store: %s", store.backend_name)
         yield
+        await readiness.close()
         await store.close()
 
     async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
