@@ -188,16 +188,19 @@ def leave(call: Call, user_id: str, now: datetime) -> Transition:
 
 
 def end(call: Call, user_id: str, now: datetime) -> Transition:
-    """End the call for everyone (any joined participant, or the caller)."""
+    """End the call for everyone: any participant joined right now.
+
+    The caller is joined from initiation, so it can cancel a ringing call; once it
+    has left it is an ordinary former participant and may not end the call for
+    those still in it (docs/api.md, "Authorization rules").
+    """
     out = Transition()
     participant = call.participant(user_id)
     if participant is None:
         raise Forbidden("you are not a participant of this call", code="not_invited")
     _require_live(call)
-    if not (participant.is_joined or user_id == call.caller_id):
-        raise Forbidden(
-            "only the caller or a joined participant may end the call", code="not_joined"
-        )
+    if not participant.is_joined:
+        raise Forbidden("only a joined participant may end the call", code="not_joined")
     reason = EndReason.COMPLETED if call.started_at is not None else EndReason.MISSED
     _end(call, reason, now, out)
     return out
