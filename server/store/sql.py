@@ -444,17 +444,24 @@ class SqlStore:
         now = t(utcnow())
 
         async def body(tx: Tx) -> None:
-            await tx.execute(
-                "UPDATE notification_outbox SET attempts = $2, last_error = $3,"
-                " next_attempt_at = COALESCE($4, next_attempt_at),"
-                " dead_at = CASE WHEN $4 IS NULL THEN $5 ELSE NULL END"
-                " WHERE message_id = $1",
-                message_id,
-                attempts,
-                error[:500],
-                t(retry_at),
-                now,
-            )
+            if retry_at is None:
+                await tx.execute(
+                    "UPDATE notification_outbox SET attempts = $2, last_error = $3,"
+                    " dead_at = $4 WHERE message_id = $1",
+                    message_id,
+                    attempts,
+                    error[:500],
+                    now,
+                )
+            else:
+                await tx.execute(
+                    "UPDATE notification_outbox SET attempts = $2, last_error = $3,"
+                    " next_attempt_at = $4 WHERE message_id = $1",
+                    message_id,
+                    attempts,
+                    error[:500],
+                    t(retry_at),
+                )
 
         await self._run("outbox_failed", body, write=True)
 
