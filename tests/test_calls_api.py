@@ -301,7 +301,7 @@ async def test_invite_into_running_call_switches_to_sfu_on_join(
     not_joined = await api.call(
         "POST", f"/v1/calls/{call_id}/invite", cid, json={"callee_ids": [cid.user_id]}, expect=403
     )
-    assert error_code(not_joined) == "not_joined"
+    assert error_code(not_joined) == "not_invited"  # not even a participant
 
     invited = await api.call(
         "POST", f"/v1/calls/{call_id}/invite", bob, json={"callee_ids": [cid.user_id]}, expect=200
