@@ -13,7 +13,7 @@ def create_store(database_url: str, *, timeout_s: float, metrics: DbMetrics) -> 
         from server.store.postgres import PostgresBackend
 
         return SqlStore(
-            PostgresBackend(database_url, release_timeout_s=timeout_s),
+            PostgresBackend(database_url, connect_timeout_s=timeout_s, release_timeout_s=timeout_s),
             timeout_s=timeout_s,
             metrics=metrics,
         )

@@ -114,8 +114,9 @@ class PostgresBackend:
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
-                await pool.close()
-            except Exception:  # a dead server must not block shutdown
+                # A frozen server would hold a graceful close forever.
+                await asyncio.wait_for(pool.close(), self._release_timeout_s)
+            except Exception:  # dead, frozen or timed out: must not block shutdown
                 pool.terminate()
 
     @asynccontextmanager

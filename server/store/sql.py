@@ -88,9 +88,17 @@ class SqlStore:
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
+        """Connect and migrate, bounded by the DB timeout like every other wait
+        (a frozen server fails this attempt instead of hanging startup)."""
         try:
-            await self._backend.connect()
-            await self._migrate()
+            async with asyncio.timeout(self._timeout_s):
+                await self._backend.connect()
+                await self._migrate()
+        except TimeoutError:
+            await self._backend.close()
+            raise StoreUnavailable(
+                f"the {self._backend.name} database did not answer within {self._timeout_s:g} s"
+            ) from None
         except self._backend.unavailable_errors as exc:
             await self._backend.close()
             raise StoreUnavailable(

@@ -8,6 +8,7 @@ byte moves: what SIGSTOP does to the server) or cuts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
+from server.app import StartupError, create_app
+from server.config import DatabaseRetry
 from tests.conftest import FakeClock, make_config
 from tests.support.api import Api, error_code
 from tests.support.freezable_proxy import FreezableProxy
@@ -111,3 +113,22 @@ async def test_pool_retry_warnings_are_one_line(
             assert record.exc_info is None, "traceback logged on a pool retry"
             assert "\n" not in record.getMessage()
             assert "Error" in record.getMessage()  # the reason is kept, on one line
+
+
+async def test_startup_against_a_frozen_postgres_fails_within_the_db_timeout(
+    proxied: tuple[str, FreezableProxy],
+) -> None:
+    url, proxy = proxied
+    proxy.freeze()
+    config = dataclasses.replace(
+        make_config(url, db_timeout_s=DB_TIMEOUT_S),
+        db_retry=DatabaseRetry(attempts=1),
+    )
+    app = create_app(config, clock=FakeClock())
+    server = TestServer(app, host="127.0.0.1")
+    started = time.monotonic()
+    with pytest.raises(StartupError, match="did not answer"):
+        await server.start_server()
+    took = time.monotonic() - started
+    await server.close()
+    assert took < DB_TIMEOUT_S + 1.5, f"startup took {took:.2f} s against a frozen database"
