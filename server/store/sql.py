@@ -38,6 +38,8 @@ R = TypeVar("R")
 MAX_ATTEMPTS = 5
 RETRY_BASE_S = 0.01
 RETRY_CAP_S = 0.2
+#: Bound on applying migrations at startup (when longer than the DB timeout).
+MIGRATION_TIMEOUT_S = 60.0
 
 _CALL_COLUMNS = (
     "call_id, conversation_id, caller_id, call_type, status, mode, end_reason, "
@@ -88,16 +90,21 @@ class SqlStore:
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect and migrate, bounded by the DB timeout like every other wait
-        (a frozen server fails this attempt instead of hanging startup)."""
+        """Connect (bounded by the DB timeout like every other wait: a frozen server
+        fails this attempt instead of hanging startup), then migrate (bounded by
+        :data:`MIGRATION_TIMEOUT_S` at least, as schema changes may be slow on
+        CockroachDB)."""
+        bound = self._timeout_s
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._backend.connect()
+            bound = max(self._timeout_s, MIGRATION_TIMEOUT_S)
+            async with asyncio.timeout(bound):
                 await self._migrate()
         except TimeoutError:
             await self._backend.close()
             raise StoreUnavailable(
-                f"the {self._backend.name} database did not answer within {self._timeout_s:g} s"
+                f"the {self._backend.name} database did not answer within {bound:g} s"
             ) from None
         except self._backend.unavailable_errors as exc:
             await self._backend.close()
