@@ -8,8 +8,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
+
+from tests.support.services import unreachable
 
 
 def free_port() -> int:
@@ -33,7 +34,7 @@ class OwnRedis:
     def _spawn(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed (scripts/install-system-deps.sh)")
+            unreachable("redis-server", FileNotFoundError("redis-server is not installed"))
         arguments = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         self._process = subprocess.Popen(
             [binary, *arguments, "--appendonly", "no", "--dir", str(self._folder)],
