@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from signaling.client import SignalingClient, SignalingRejected
 from tests.conftest import AppFactory
 from tests.support.api import Api, User
 
@@ -114,6 +115,15 @@ def read_conversation(actor: str, state: str) -> int:
 @_auth
 def initiate(actor: str, state: str) -> int:
     return 403 if actor == "stranger" else 201
+
+
+@_auth
+def signaling(actor: str, state: str) -> int:
+    if actor in ("stranger", "member"):
+        return 403
+    if state == "ended":
+        return 410
+    return 101 if actor in ("joined", "caller") else 403  # join over HTTP first
 
 
 @dataclass
@@ -232,6 +242,22 @@ async def _run_matrix(api: Api) -> list[str]:
                     "POST", f"/v1/calls/{scene.call_id}/{endpoint}", actor, json=payload(scene)
                 )
                 check(f"POST {endpoint}", actor, state, got, expect(actor, state), body)
+
+        for actor in actors:  # the signaling WebSocket's upgrade
+            scene = await m.scene(state)
+            token = {"no_token": "", "bad_token": "forged.token.value"}.get(actor)
+            if token is None:
+                token = users[actor].token
+            try:
+                client = await SignalingClient.open(
+                    str(api.client.make_url("/")), scene.call_id, token, timeout=5
+                )
+            except SignalingRejected as exc:
+                got = exc.status
+            else:
+                got = 101
+                await client.close()
+            check("WS /v1/calls/ws/signaling", actor, state, got, signaling(actor, state), None)
 
         if state == "ringing":  # initiating does not depend on another call's state
             for actor in ACTORS:
