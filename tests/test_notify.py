@@ -40,6 +40,7 @@ from server.notify import (
     verify,
 )
 from server.store import SqlStore, create_store
+from tests.support.services import postgres_schema
 
 SECRET = "s3cret-for-tests"
 FAST: dict[str, Any] = {
@@ -454,3 +455,33 @@ async def test_prometheus_metrics_in_own_registry(receiver: Receiver, store: Sql
     finally:
         await notifier.close()
     assert registry.get_sample_value("video_notification_retried_total") == 1.0
+
+
+async def test_two_nodes_share_a_postgres_outbox_and_deliver_each_once(
+    receiver: Receiver,
+) -> None:
+    async with postgres_schema() as url:
+        stores = [create_store(url, timeout_s=5.0, metrics=Metrics()) for _ in range(2)]
+        for s in stores:
+            await s.open()
+        nodes = [
+            # Small batches, so that both nodes claim while the other delivers.
+            WebhookNotifier(s, receiver.url, SECRET, metrics=CountingMetrics(), batch=5, **FAST)
+            for s in stores
+        ]
+        try:
+            ids = await enqueue(
+                stores[0], nodes[0], *(make_notification(call_id=f"c{i}") for i in range(40))
+            )
+            for node in nodes:
+                await node.start()
+                node.wake()
+            await eventually(lambda: sum(counts(n).sent for n in nodes) == 40, within=15)
+            delivered = [r.headers["X-Huddle-Notification-Id"] for r in receiver.requests]
+            assert sorted(delivered) == sorted(ids)  # each once, none twice
+            assert await stores[1].outbox_pending() == 0
+        finally:
+            for node in nodes:
+                await node.close()
+            for s in stores:
+                await s.close()
