@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from server.config import ConfigError, MembershipSettings, load_config
 from server.notify import verify
-from tests.conftest import AppFactory, make_config
+from tests.conftest import AppFactory, FakeClock, make_config
 from tests.support.api import Api, error_code
 
 MEMBERSHIP_SECRET = "membership-secret-for-tests"
@@ -58,12 +58,13 @@ async def test_ringing_query_is_validated(make_client: AppFactory) -> None:
 
 
 async def test_only_invitees_read_a_call_and_history_shows_their_calls(
-    make_client: AppFactory,
+    make_client: AppFactory, clock: FakeClock
 ) -> None:
     api = Api(await make_client())
     ana, bob, carl = await api.users("ana", "bob", "carl")
     conversation_id = await api.conversation(ana, bob, carl)
     private = await api.initiate(ana, conversation_id, bob)
+    clock.advance(1)  # history is newest first
     everyone = await api.initiate(ana, conversation_id, bob, carl)
 
     body = await api.call("GET", f"/v1/calls/{private['call_id']}", carl, expect=403)
