@@ -108,10 +108,11 @@ DOCUMENT: dict[str, Any] = {
         },
         "/v1/conversations": {
             "post": _op(
-                "Create a conversation (the caller is a member)",
+                "Create a conversation (the caller is a member); with HUDDLE_MEMBERSHIP_URL"
+                " the membership service approves the members first (403 when it refuses)",
                 "201",
                 _ref("Conversation"),
-                ("400", "401", "413", "503"),
+                ("400", "401", "403", "413", "503"),
                 body="ConversationRequest",
             )
         },
