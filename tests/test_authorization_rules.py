@@ -49,7 +49,11 @@ async def test_ringing_query_is_validated(make_client: AppFactory) -> None:
     api = Api(await make_client())
     ana, bob = await api.users("ana", "bob")
     conversation_id = await api.conversation(ana, bob)
-    for query in ("status=active", f"status=ringing&conversation_id={conversation_id}"):
+    for query in (
+        "status=active",
+        f"status=ringing&conversation_id={conversation_id}",
+        "status=ringing&before=2026-01-01T00:00:00Z",
+    ):
         body = await api.call("GET", f"/v1/calls?{query}", ana, expect=400)
         assert error_code(body) == "invalid_field"
     assert error_code(await api.call("GET", "/v1/calls?status=ringing", None, expect=401)) == (

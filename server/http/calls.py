@@ -67,9 +67,12 @@ async def history(request: web.Request) -> web.Response:
     if "status" in request.query:
         # ?status=ringing: the calls ringing for me, in any conversation (after a
         # reconnect, a client lists what it may still answer).
-        if request.query["status"] != "ringing" or "conversation_id" in request.query:
+        if request.query["status"] != "ringing" or not request.query.keys() <= {
+            "status",
+            "limit",
+        }:
             raise BadRequest(
-                "status must be 'ringing', without conversation_id", code="invalid_field"
+                "status must be 'ringing', with no parameter besides limit", code="invalid_field"
             )
         limit = validate.query_int(request, "limit", 50, low=1, high=200)
         calls = await request.app[CALLS].ringing_for(who, limit=limit)
