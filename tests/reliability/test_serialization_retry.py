@@ -88,9 +88,10 @@ async def test_a_conflicting_transaction_is_retried(
         )
 
         async def store_waits_for_the_lock() -> bool:
+            # Blocked by exactly our conflicting transaction (other suites share
+            # this Postgres, so nothing looser than that).
             rows = await watcher.fetch(
-                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE '%FOR UPDATE%' AND pid <> $1",
+                "SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
                 other.get_server_pid(),
             )
             return bool(rows)
