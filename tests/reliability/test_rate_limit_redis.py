@@ -1,9 +1,11 @@
 """The Redis rate limiter against a real Redis: it counts across nodes, and it
-fails closed (503 ``rate_limiter_unavailable``) while Redis is down."""
+fails closed (503 ``rate_limiter_unavailable``) while Redis is down; /ready
+stays bounded with Redis frozen (SIGSTOP)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from server.ratelimit import RateLimiterUnavailable, RedisRateLimiter
 from tests.conftest import FakeClock, make_config
 from tests.support.api import Api, error_code
 from tests.support.own_redis import OwnRedis
+from tests.support.polling import eventually
 
 
 @pytest.fixture
@@ -86,4 +89,37 @@ async def test_initiate_answers_503_while_redis_is_down(
         )
         assert error_code(body) == "rate_limiter_unavailable"
     finally:
+        await client.close()
+
+
+async def test_ready_reports_each_dependency_within_a_second_with_redis_frozen(
+    own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(
+        make_config(f"sqlite:///{tmp_path}/huddle.db"), redis_url=own_redis.url
+    )
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(config, clock=FakeClock()), host="127.0.0.1")
+    )
+    await client.start_server()
+    try:
+        assert (await client.get("/ready")).status == 200
+        own_redis.freeze()
+        for _ in range(3):
+            started = time.monotonic()
+            response = await client.get("/ready")
+            took = time.monotonic() - started
+            body = await response.json()
+            assert response.status == 503, body
+            assert body["checks"]["redis"]["status"] == "down", body
+            assert body["checks"]["database"]["status"] == "up", body
+            assert took < 1.5, f"/ready took {took:.2f} s with Redis frozen"
+        own_redis.thaw()
+
+        async def ready() -> bool:
+            return (await client.get("/ready")).status == 200
+
+        await eventually(ready, timeout=10, message="/ready after Redis thawed")
+    finally:
+        own_redis.thaw()
         await client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -56,8 +57,18 @@ class OwnRedis:
         finally:
             await client.aclose()
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None:
+            process.send_signal(signal.SIGCONT)  # a stopped process dies only when resumed
             process.kill()
             process.wait(timeout=10)
