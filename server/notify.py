@@ -322,6 +322,8 @@ class OutboxStore(Protocol):
         self, message_id: str, *, attempts: int, error: str, retry_at: datetime | None
     ) -> None: ...
 
+    async def purge_outbox(self, *, dead_before: datetime) -> int: ...
+
 
 class CircuitState(StrEnum):
     CLOSED = "closed"
@@ -356,6 +358,9 @@ class WebhookNotifier:
     used up). After ``breaker_reset`` seconds it is half-open: one row is a
     trial; success closes the circuit, failure opens it again.
 
+    Dead rows are kept ``keep_dead`` seconds (7 days) for an operator, then
+    deleted, checked every ``purge_interval`` seconds.
+
     The HTTP session comes from ``session_factory`` (default
     ``aiohttp.ClientSession()``), is opened in :meth:`start` and closed by
     :meth:`close`, which also hands back rows claimed but not yet attempted.
@@ -377,6 +382,8 @@ class WebhookNotifier:
         lease: float = 30.0,
         poll_interval: float = 1.0,
         batch: int = 50,
+        keep_dead: float = 7 * 86_400.0,
+        purge_interval: float = 3_600.0,
         metrics: NotifierMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -406,6 +413,9 @@ class WebhookNotifier:
         self._lease = timedelta(seconds=lease)
         self._poll_interval = poll_interval
         self._batch = batch
+        self._keep_dead = timedelta(seconds=keep_dead)
+        self._purge_interval = purge_interval
+        self._purged_at: float | None = None
         self.metrics: NotifierMetrics = metrics if metrics is not None else CountingMetrics()
         self._clock = clock
 
@@ -457,6 +467,7 @@ class WebhookNotifier:
         while True:
             try:
                 await self._drain()
+                await self._purge()
             except asyncio.CancelledError:
                 raise
             except Unavailable as exc:
@@ -499,6 +510,15 @@ class WebhookNotifier:
                 # (best effort; the lease expires anyway).
                 if remaining:
                     await asyncio.shield(self._release(remaining))
+
+    async def _purge(self) -> None:
+        now = self._clock()
+        if self._purged_at is not None and now - self._purged_at < self._purge_interval:
+            return
+        self._purged_at = now
+        purged = await self._store.purge_outbox(dead_before=datetime.now(UTC) - self._keep_dead)
+        if purged:
+            logger.info("Webhook(%s) purged %d dead notification(s)", self._target, purged)
 
     async def _release(self, messages: list[OutboxMessage]) -> None:
         now = datetime.now(UTC)

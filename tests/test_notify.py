@@ -40,6 +40,7 @@ from server.notify import (
     verify,
 )
 from server.store import SqlStore, create_store
+from tests.support.polling import eventually as poll
 from tests.support.services import postgres_schema
 
 SECRET = "s3cret-for-tests"
@@ -485,3 +486,23 @@ async def test_two_nodes_share_a_postgres_outbox_and_deliver_each_once(
                 await node.close()
             for s in stores:
                 await s.close()
+
+
+async def test_dead_rows_are_kept_then_purged(
+    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], store: SqlStore
+) -> None:
+    receiver.statuses.extend([410, 410])
+    keeper = notifiers(receiver.url)  # dead rows kept for days
+    await keeper.start()
+    await enqueue(store, keeper, make_notification())
+    await eventually(lambda: counts(keeper).failed == 1)
+    assert await store.outbox_dead() == 1
+    await keeper.close()
+
+    purger = notifiers(receiver.url, keep_dead=0.0, purge_interval=0.0)
+    await purger.start()
+
+    async def purged() -> bool:
+        return await store.outbox_dead() == 0
+
+    await poll(purged, timeout=5, message="dead rows purged")

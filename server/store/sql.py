@@ -480,6 +480,29 @@ class SqlStore:
 
         await self._run("outbox_failed", body, write=True)
 
+    async def purge_outbox(self, *, dead_before: datetime) -> int:
+        """Delete rows given up on before ``dead_before``; returns how many."""
+        t = self._backend.to_db_time
+
+        async def body(tx: Tx) -> int:
+            rows = await tx.fetch(
+                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at < $1",
+                t(dead_before),
+            )
+            await tx.execute("DELETE FROM notification_outbox WHERE dead_at < $1", t(dead_before))
+            return int(rows[0]["n"])
+
+        return await self._run("purge_outbox", body, write=True)
+
+    async def outbox_dead(self) -> int:
+        async def body(tx: Tx) -> int:
+            rows = await tx.fetch(
+                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at IS NOT NULL"
+            )
+            return int(rows[0]["n"])
+
+        return await self._run("outbox_dead", body, write=False)
+
     async def outbox_pending(self) -> int:
         async def body(tx: Tx) -> int:
             rows = await tx.fetch(
