@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 
 from media.wiring import setup_media
 from server.auth import TokenService
-from server.call_notifications import CallNotifications
+from server.call_notifications import CallNotifications, DurableNotifications
 from server.calls import CallService
 from server.config import Config, DatabaseRetry
-from server.events import EventFanout
+from server.events import EventFanout, Outbox
 from server.health import Readiness
 from server.http import calls as call_routes
 from server.http import misc as misc_routes
@@ -28,9 +28,10 @@ from server.http import openapi
 from server.http.edge import security_headers
 from server.http.middleware import edge_middleware
 from server.keys import CALLS, CONFIG, METRICS, READINESS, STORE, TOKENS
+from server.membership import Membership, OpenMembership, WebhookMembership
 from server.metrics import Metrics
 from server.models import utcnow
-from server.notify import create_notifier, notification_metrics
+from server.notify import LogNotifier, WebhookNotifier, notification_metrics
 from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from server.store import SqlStore, StoreUnavailable, create_store
 from server.turn import log_turn_status
@@ -90,6 +91,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         readiness.add("database", store.ping)
         logger.info("store: %s", store.backend_name)
         yield
+        await readiness.close()
         await store.close()
 
     async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -105,25 +107,59 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
             app[REDIS] = redis
             readiness.add("redis", redis.ping)
             limiter = RedisRateLimiter(redis)
-        app[CALLS] = CallService(store, config.limits, metrics, limiter, events, clock)
+        membership: Membership = OpenMembership()
+        if config.membership.url is not None and config.membership.secret is not None:
+            membership = WebhookMembership(
+                config.membership.url,
+                config.membership.secret,
+                timeout_s=config.membership.timeout_s,
+            )
+        elif not config.dev_mode:
+            logger.warning(
+                "HUDDLE_MEMBERSHIP_URL is unset: conversation members are whoever the "
+                "creator lists (docs/api.md, Authorization rules)"
+            )
+        app[CALLS] = CallService(
+            store,
+            config.limits,
+            metrics,
+            limiter,
+            events,
+            clock,
+            outbox=outboxes[0] if outboxes else None,
+            membership=membership,
+        )
         try:
             yield
         finally:
+            await membership.close()
             if redis is not None:
                 await redis.aclose()
 
+    outboxes: list[Outbox] = []
+
     async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:
-        notifier = create_notifier(
+        """Webhook notifications go through the durable outbox; without a webhook
+        they are only logged, after each transition."""
+        if config.webhook.url is None or config.webhook.secret is None:
+            listener = CallNotifications(LogNotifier())
+            events.add(listener)
+            yield
+            events.remove(listener)
+            return
+        notifier = WebhookNotifier(
+            store,
             config.webhook.url,
             config.webhook.secret,
             metrics=notification_metrics(metrics.registry),
         )
         await notifier.start()
-        listener = CallNotifications(notifier)
-        events.add(listener)
-        yield
-        events.remove(listener)
-        await notifier.close()
+        outboxes.append(DurableNotifications(notifier))
+        try:
+            yield
+        finally:
+            outboxes.clear()
+            await notifier.close()
 
     async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         sweeper = call_sweeper(app[CALLS])

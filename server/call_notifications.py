@@ -1,4 +1,4 @@
-"""Turns lifecycle events into notifications for the configured notifier."""
+"""Turns lifecycle events into notifications: logged, or written to the outbox."""
 
 from __future__ import annotations
 
@@ -7,73 +7,82 @@ from collections.abc import Mapping
 from server import notify
 from server.events import CallEvent
 from server.lifecycle import EventKind
-from server.models import EndReason, utcnow
+from server.models import EndReason, OutboxMessage, utcnow
+
+
+def notifications_for(event: CallEvent) -> list[notify.Notification]:
+    """Ringing goes to each callee; missed to the callees who never answered; ended,
+    joined and left to everyone invited."""
+    call = event.call
+    invited = tuple(p.user_id for p in call.participants if p.invited)
+    base: dict[str, object] = {
+        "caller_id": call.caller_id,
+        "call_type": call.call_type.value,
+        "mode": call.mode.value,
+    }
+    out: list[notify.Notification] = []
+
+    def send(name: str, recipients: tuple[str, ...], data: Mapping[str, object]) -> None:
+        if recipients:
+            out.append(
+                notify.Notification(
+                    event=name,
+                    call_id=call.call_id,
+                    conversation_id=call.conversation_id,
+                    recipient_ids=recipients,
+                    occurred_at=call.updated_at or utcnow(),
+                    data=data,
+                )
+            )
+
+    if event.kind == EventKind.RINGING:
+        send(notify.EVENT_CALL_RINGING, event.user_ids, base)
+    elif event.kind == EventKind.INVITED:
+        send(notify.EVENT_CALL_RINGING, event.user_ids, {**base, "invited_by": event.user_id})
+    elif event.kind == EventKind.JOINED:
+        send(notify.EVENT_PARTICIPANT_JOINED, invited, {**base, "user_id": event.user_id})
+    elif event.kind == EventKind.LEFT:
+        send(notify.EVENT_PARTICIPANT_LEFT, invited, {**base, "user_id": event.user_id})
+    elif event.kind == EventKind.ENDED:
+        reason = call.end_reason.value if call.end_reason else None
+        if call.end_reason is EndReason.MISSED:
+            unanswered = tuple(
+                p.user_id
+                for p in call.participants
+                if p.invited and p.joined_at is None and p.declined_at is None
+            )
+            send(notify.EVENT_CALL_MISSED, unanswered, base)
+        send(
+            notify.EVENT_CALL_ENDED,
+            invited,
+            {**base, "end_reason": reason, "duration_seconds": call.duration_seconds},
+        )
+    return out
 
 
 class CallNotifications:
-    """A :class:`server.events.CallEventListener` feeding a :class:`notify.Notifier`.
-
-    Ringing goes to each callee; missed to the callees who never answered; ended,
-    joined and left to everyone invited. ``notify()`` only enqueues, so this never
-    slows a transition down.
-    """
+    """A :class:`server.events.CallEventListener` handing notifications to a
+    :class:`notify.Notifier` after the transition is committed (the log path:
+    nothing to deliver, nothing to store)."""
 
     def __init__(self, notifier: notify.Notifier) -> None:
         self._notifier = notifier
 
     async def on_call_event(self, event: CallEvent) -> None:
-        call = event.call
-        invited = tuple(p.user_id for p in call.participants if p.invited)
-        base: dict[str, object] = {
-            "caller_id": call.caller_id,
-            "call_type": call.call_type.value,
-            "mode": call.mode.value,
-        }
-        if event.kind == EventKind.RINGING:
-            self._send(notify.EVENT_CALL_RINGING, event, event.user_ids, base)
-        elif event.kind == EventKind.INVITED:
-            self._send(
-                notify.EVENT_CALL_RINGING,
-                event,
-                event.user_ids,
-                {**base, "invited_by": event.user_id},
-            )
-        elif event.kind == EventKind.JOINED:
-            self._send(
-                notify.EVENT_PARTICIPANT_JOINED, event, invited, {**base, "user_id": event.user_id}
-            )
-        elif event.kind == EventKind.LEFT:
-            self._send(
-                notify.EVENT_PARTICIPANT_LEFT, event, invited, {**base, "user_id": event.user_id}
-            )
-        elif event.kind == EventKind.ENDED:
-            reason = call.end_reason.value if call.end_reason else None
-            if call.end_reason is EndReason.MISSED:
-                unanswered = tuple(
-                    p.user_id
-                    for p in call.participants
-                    if p.invited and p.joined_at is None and p.declined_at is None
-                )
-                self._send(notify.EVENT_CALL_MISSED, event, unanswered, base)
-            self._send(
-                notify.EVENT_CALL_ENDED,
-                event,
-                invited,
-                {**base, "end_reason": reason, "duration_seconds": call.duration_seconds},
-            )
+        for notification in notifications_for(event):
+            self._notifier.notify(notification)
 
-    def _send(
-        self, name: str, event: CallEvent, recipients: tuple[str, ...], data: Mapping[str, object]
-    ) -> None:
-        if not recipients:
-            return
-        self._notifier.notify(
-            notify.Notification(
-                event=name,
-                call_id=event.call.call_id,
-                conversation_id=event.call.conversation_id,
-                recipient_ids=recipients,
-                occurred_at=event.call.updated_at or utcnow(),
-                data=data,
-            )
-        )
+
+class DurableNotifications:
+    """A :class:`server.events.Outbox`: the call service writes the rows this
+    returns in the transaction of the transition; the webhook notifier delivers
+    them once committed."""
+
+    def __init__(self, notifier: notify.WebhookNotifier) -> None:
+        self._notifier = notifier
+
+    def messages(self, event: CallEvent) -> list[OutboxMessage]:
+        return [notify.outbox_message(n) for n in notifications_for(event)]
+
+    def wake(self) -> None:
+        self._notifier.wake()

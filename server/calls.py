@@ -16,10 +16,19 @@ from server import lifecycle
 from server.auth import Identity
 from server.config import Limits
 from server.errors import Forbidden, HuddleError, NotFound, RateLimited
-from server.events import CallEvent, EventFanout
-from server.lifecycle import EventKind, Transition
+from server.events import CallEvent, EventFanout, Outbox
+from server.lifecycle import Event, EventKind, Transition
+from server.membership import Membership, OpenMembership
 from server.metrics import Metrics
-from server.models import Call, CallStatus, CallType, Conversation, Participant, utcnow
+from server.models import (
+    Call,
+    CallStatus,
+    CallType,
+    Conversation,
+    OutboxMessage,
+    Participant,
+    utcnow,
+)
 from server.ratelimit import RateLimiter
 from server.store import Store
 
@@ -37,8 +46,13 @@ class CallService:
         rate_limiter: RateLimiter,
         events: EventFanout,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        outbox: Outbox | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.store = store
+        self.outbox = outbox
+        self.membership: Membership = membership or OpenMembership()
         self.limits = limits
         self.events = events
         self._metrics = metrics
@@ -51,6 +65,7 @@ class CallService:
         self, who: Identity, member_ids: list[str], title: str | None
     ) -> Conversation:
         members = list(dict.fromkeys([who.user_id, *member_ids]))
+        await self.membership.check(who.user_id, members)
         conversation = Conversation(
             conversation_id=str(uuid.uuid4()),
             title=title,
@@ -103,29 +118,40 @@ class CallService:
                 *(Participant(user_id=user_id, invited_at=now) for user_id in callees),
             ],
         )
-        await self.store.create_call(call)
+        ringing = CallEvent(EventKind.RINGING, call, who.user_id, tuple(callees))
+        await self.store.create_call(
+            call, self.outbox.messages(ringing) if self.outbox is not None else ()
+        )
         self._metrics.call_created.inc()
         logger.info("Call(%s) ringing: %s calls %d", call.call_id, who.user_id, len(callees))
-        await self.events.publish(CallEvent(EventKind.RINGING, call, who.user_id, tuple(callees)))
+        if self.outbox is not None:
+            self.outbox.wake()
+        await self.events.publish(ringing)
         return call
 
     async def get_call(self, who: Identity, call_id: str) -> Call:
+        """A call's status: for the people invited to it only (docs/api.md,
+        "Authorization rules"); other conversation members get 403."""
         call = await self.store.get_call(call_id)
         if call is None:
             raise NotFound(f"no call {call_id}", code="call_not_found")
-        if call.participant(who.user_id) is None:
-            conversation = await self.store.get_conversation(call.conversation_id)
-            if conversation is None or who.user_id not in conversation.member_ids:
-                raise Forbidden(
-                    "you are not a member of this call's conversation", code="not_a_member"
-                )
+        me = call.participant(who.user_id)
+        if me is None or not me.invited:
+            raise Forbidden("you are not invited to this call", code="not_invited")
         return call
 
     async def history(
         self, who: Identity, conversation_id: str, *, limit: int, before: datetime | None
     ) -> list[Call]:
+        """A member's view of a conversation's calls: those they were invited to."""
         await self.get_conversation(who, conversation_id)
-        return await self.store.list_calls(conversation_id, limit=limit, before=before)
+        return await self.store.list_calls(
+            conversation_id, limit=limit, before=before, invited=who.user_id
+        )
+
+    async def ringing_for(self, who: Identity, *, limit: int) -> list[Call]:
+        """Live calls ringing for ``who``: invited, neither joined nor declined yet."""
+        return await self.store.ringing_for(who.user_id, limit=limit)
 
     async def join(self, who: Identity, call_id: str) -> Call:
         try:
@@ -204,14 +230,31 @@ class CallService:
     # -- internals ---------------------------------------------------------------
 
     async def _apply(self, call_id: str, rule: Rule, *, by_worker: bool = False) -> Call:
-        call, transition = await self.store.mutate_call(call_id, rule)
+        outbox = self.outbox
+
+        def messages(call: Call, transition: Transition) -> list[OutboxMessage]:
+            # Runs inside the transaction: the rows commit with the transition.
+            assert outbox is not None
+            return [
+                message
+                for event in transition.events
+                for message in outbox.messages(_call_event(event, call, by_worker))
+            ]
+
+        call, transition = await self.store.mutate_call(
+            call_id, rule, messages if outbox is not None else None
+        )
+        if outbox is not None and transition.events:
+            outbox.wake()
         for event in transition.events:
             if event.kind == EventKind.ENDED and call.end_reason is not None:
                 self._metrics.call_finished(
                     call.end_reason.value, call.duration_seconds, by_worker=by_worker
                 )
                 logger.info("Call(%s) ended: %s", call.call_id, call.end_reason.value)
-            await self.events.publish(
-                CallEvent(event.kind, call, event.user_id, event.user_ids, by_worker)
-            )
+            await self.events.publish(_call_event(event, call, by_worker))
         return call
+
+
+def _call_event(event: Event, call: Call, by_worker: bool) -> CallEvent:
+    return CallEvent(event.kind, call, event.user_id, event.user_ids, by_worker)

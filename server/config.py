@@ -67,6 +67,15 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class MembershipSettings:
+    """``HUDDLE_MEMBERSHIP_URL``: the service that approves conversation members."""
+
+    url: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class SignalingSettings:
     allowed_origins: tuple[str, ...] = ()  # empty: same origin only
     max_connections: int = 2_000
@@ -116,6 +125,7 @@ class Config:
     db_retry: DatabaseRetry = field(default_factory=DatabaseRetry)
     turn: TurnSettings = field(default_factory=TurnSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    membership: MembershipSettings = field(default_factory=MembershipSettings)
     signaling: SignalingSettings = field(default_factory=SignalingSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -308,6 +318,21 @@ def load_config(environ: Mapping[str, str]) -> Config:
         if webhook_secret is None:
             raise ConfigError("HUDDLE_WEBHOOK_SECRET is required when HUDDLE_WEBHOOK_URL is set")
 
+    membership_url = env.raw("HUDDLE_MEMBERSHIP_URL")
+    membership_secret = env.raw("HUDDLE_MEMBERSHIP_SECRET")
+    if membership_url is not None:
+        if urlsplit(membership_url).scheme not in {"http", "https"}:
+            raise ConfigError(f"HUDDLE_MEMBERSHIP_URL={membership_url!r} must be http(s)://")
+        if membership_secret is None:
+            raise ConfigError(
+                "HUDDLE_MEMBERSHIP_SECRET is required when HUDDLE_MEMBERSHIP_URL is set"
+            )
+    membership = MembershipSettings(
+        url=membership_url,
+        secret=membership_secret,
+        timeout_s=env.seconds("HUDDLE_MEMBERSHIP_TIMEOUT", 2.0, low=0.1, high=30),
+    )
+
     db_retry = DatabaseRetry(
         attempts=env.integer("HUDDLE_DB_CONNECT_ATTEMPTS", 5, low=1, high=100),
         base_s=env.seconds("HUDDLE_DB_RETRY_BASE", 1.0, low=0.01, high=60),
@@ -333,6 +358,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         db_retry=db_retry,
         turn=turn,
         webhook=WebhookSettings(url=webhook_url, secret=webhook_secret),
+        membership=membership,
         signaling=signaling,
         media=media,
         http=http,

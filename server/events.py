@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.models import Call
+from server.models import Call, OutboxMessage
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,16 @@ class CallEvent:
 
 class CallEventListener(Protocol):
     async def on_call_event(self, event: CallEvent) -> None: ...
+
+
+class Outbox(Protocol):
+    """Durable side effects of events, written in the transition's own transaction."""
+
+    def messages(self, event: CallEvent) -> list[OutboxMessage]:
+        """The outbox rows ``event`` causes (pure: runs inside the transaction)."""
+
+    def wake(self) -> None:
+        """Rows were committed: deliver them now."""
 
 
 class EventFanout:

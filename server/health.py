@@ -1,4 +1,11 @@
-"""Readiness: each dependency registers a check; /ready reports all of them."""
+"""Readiness: each dependency registers a check; /ready reports all of them.
+
+Every check is bounded by ``timeout_s`` (under a second by default) and the
+report never waits longer, whatever a dependency does: a check that has not
+answered in time is reported down and cancelled without being awaited (a
+client stuck in its cleanup, such as a driver talking to a frozen server, must
+not hold the probe). Orchestrators can therefore probe with a short timeout.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,10 @@ Check = Callable[[], Awaitable[None]]
 
 
 class Readiness:
-    def __init__(self, timeout_s: float = 2.0) -> None:
+    def __init__(self, timeout_s: float = 0.8) -> None:
         self._checks: dict[str, Check] = {}
         self._timeout_s = timeout_s
+        self._stragglers: set[asyncio.Task[None]] = set()
         self.shutting_down = False
 
     def add(self, name: str, check: Check) -> None:
@@ -19,19 +27,43 @@ class Readiness:
         self._checks[name] = check
 
     async def report(self) -> tuple[bool, dict[str, dict[str, str]]]:
-        names = list(self._checks)
-        results = await asyncio.gather(*(self._run(self._checks[name]) for name in names))
-        report = dict(zip(names, results, strict=True))
-        ok = not self.shutting_down and all(r["status"] == "up" for r in results)
+        tasks = {
+            name: asyncio.create_task(self._call(check), name=f"ready-{name}")
+            for name, check in self._checks.items()
+        }
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=self._timeout_s)
+        report = {name: self._result(task) for name, task in tasks.items()}
+        ok = not self.shutting_down and all(r["status"] == "up" for r in report.values())
         return ok, report
 
-    async def _run(self, check: Check) -> dict[str, str]:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await check()
-        except TimeoutError:
+    async def close(self) -> None:
+        """Cancel and await checks still running from earlier probes."""
+        stragglers = list(self._stragglers)
+        for task in stragglers:
+            task.cancel()
+        await asyncio.gather(*stragglers, return_exceptions=True)
+
+    @staticmethod
+    async def _call(check: Check) -> None:
+        await check()
+
+    def _result(self, task: asyncio.Task[None]) -> dict[str, str]:
+        if not task.done():
+            task.cancel()
+            self._stragglers.add(task)
+            task.add_done_callback(self._stragglers.discard)
+            task.add_done_callback(_consume)
             return {"status": "down", "error": f"no answer within {self._timeout_s:g} s"}
-        except Exception as exc:  # any failure means "down"; the message says why
-            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            return {"status": "down", "error": message}
-        return {"status": "up"}
+        exc = task.exception()
+        if exc is None:
+            return {"status": "up"}
+        # Any failure means "down"; the message says why.
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        return {"status": "down", "error": message}
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    # Retrieve the straggler's outcome so asyncio never logs it as unretrieved.
+    if not task.cancelled():
+        task.exception()

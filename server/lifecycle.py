@@ -118,8 +118,11 @@ def invite(
     """A joined participant invites more conversation members."""
     out = Transition()
     inviter = call.participant(inviter_id)
+    if inviter is None or not inviter.invited:
+        # Before any state check: someone outside the call learns nothing of it.
+        raise Forbidden("you are not a participant of this call", code="not_invited")
     _require_live(call)
-    if inviter is None or not inviter.is_joined:
+    if not inviter.is_joined:
         raise Forbidden("only a joined participant may invite", code="not_joined")
     outsiders = sorted(set(user_ids) - members)
     if outsiders:
@@ -153,7 +156,7 @@ def decline(call: Call, user_id: str, now: datetime) -> Transition:
     if participant is None or not participant.invited or user_id == call.caller_id:
         raise Forbidden("only an invited callee may decline", code="not_invited")
     _require_live(call)
-    if participant.is_joined:
+    if participant.joined_at is not None:  # joined, or joined and left since
         raise Conflict("you have joined this call; leave it instead", code="already_joined")
     if participant.declined_at is not None:
         raise Conflict("you have already declined this call", code="already_declined")
@@ -188,16 +191,19 @@ def leave(call: Call, user_id: str, now: datetime) -> Transition:
 
 
 def end(call: Call, user_id: str, now: datetime) -> Transition:
-    """End the call for everyone (any joined participant, or the caller)."""
+    """End the call for everyone: any participant joined right now.
+
+    The caller is joined from initiation, so it can cancel a ringing call; once it
+    has left it is an ordinary former participant and may not end the call for
+    those still in it (docs/api.md, "Authorization rules").
+    """
     out = Transition()
     participant = call.participant(user_id)
     if participant is None:
         raise Forbidden("you are not a participant of this call", code="not_invited")
     _require_live(call)
-    if not (participant.is_joined or user_id == call.caller_id):
-        raise Forbidden(
-            "only the caller or a joined participant may end the call", code="not_joined"
-        )
+    if not participant.is_joined:
+        raise Forbidden("only a joined participant may end the call", code="not_joined")
     reason = EndReason.COMPLETED if call.started_at is not None else EndReason.MISSED
     _end(call, reason, now, out)
     return out

@@ -85,6 +85,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.db_retries = Counter(
+            "db_transaction_retry_total",
+            "Database transactions run again after a serialization failure (SQLSTATE 40001)",
+            ["operation"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
         )
@@ -106,6 +112,9 @@ class Metrics:
 
     def db_timeout(self, operation: str) -> None:
         self.db_timeouts.labels(operation).inc()
+
+    def db_retry(self, operation: str) -> None:
+        self.db_retries.labels(operation).inc()
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

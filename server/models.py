@@ -144,3 +144,19 @@ class Call:
             "duration_seconds": self.duration_seconds,
             "participants": [p.to_json() for p in self.participants],
         }
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A notification waiting in the durable outbox (table ``notification_outbox``).
+
+    ``body`` is the exact webhook body, written once, so that every attempt
+    sends (and signs) the same bytes; ``message_id`` is its idempotency id.
+    """
+
+    message_id: str
+    event: str
+    call_id: str
+    body: str
+    created_at: datetime
+    attempts: int = 0

@@ -1,23 +1,31 @@
 """Call notifications: incoming, missed and ended calls, joins and leaves.
 
-Domain code builds a :class:`Notification` and hands it to a :class:`Notifier`.
-``notify()`` never waits on the network: it only enqueues (or drops and
-counts), so a slow or dead receiver can never slow a call down.
+Domain code builds a :class:`Notification`. Two ways out:
 
-Two implementations:
-
-* :class:`LogNotifier` (default): one INFO log line per notification.
-* :class:`WebhookNotifier`: a signed HTTP POST per notification, delivered by
-  one owned worker task from a bounded queue, with retries (exponential
-  backoff and jitter) and a circuit breaker.
+* :class:`LogNotifier` (default, no webhook configured): one INFO log line per
+  notification, after the transition is committed.
+* :class:`WebhookNotifier` (``HUDDLE_WEBHOOK_URL``): a signed HTTP POST per
+  notification, delivered **at least once** from a durable outbox -- the
+  ``notification_outbox`` table, written in the same database transaction as
+  the call transition that caused it (:func:`outbox_message`). A worker claims
+  due rows (with a lease, so several nodes share the work and a crashed node's
+  claims come back), posts them, deletes what was delivered and reschedules
+  failures with exponential backoff and jitter; a circuit breaker pauses
+  delivery while the receiver is down (the rows wait; nothing is dropped). A
+  notification survives a restart of the server or of the receiver.
 
 Webhook wire format
 -------------------
-``POST <url>`` with body ``json.dumps(notification.to_json())`` (UTF-8, compact
-separators, sorted keys) and these headers:
+``POST <url>`` with body ``encode_body(notification, notification_id)`` --
+``notification.to_json()`` plus ``"notification_id"``, as compact JSON with
+sorted keys, UTF-8 -- and these headers:
 
 * ``Content-Type: application/json``
 * ``X-Huddle-Event: <event>``
+* ``X-Huddle-Notification-Id: <uuid>`` -- the idempotency id: the same on every
+  attempt of one notification (also inside the signed body). Delivery is at
+  least once, so a receiver that must not act twice records the ids it has
+  handled and ignores repeats.
 * ``X-Huddle-Timestamp: <unix seconds, integer>``
 * ``X-Huddle-Signature: sha256=<hex>``, where ``<hex>`` is the lowercase hex
   HMAC-SHA256, keyed with the shared secret (UTF-8), of the bytes
@@ -27,12 +35,15 @@ separators, sorted keys) and these headers:
 Receivers check it with :func:`verify` (or the same three lines in any
 language) and reject timestamps older than a few minutes to stop replays. The
 timestamp and signature are made afresh for every attempt, so a retried
-delivery is not rejected as stale.
+delivery is not rejected as stale. A 2xx answer means delivered; 429 and 5xx
+(or no answer) are retried; any other status is final (the row is kept as dead,
+``dead_at`` set, for an operator to inspect or requeue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -40,10 +51,9 @@ import logging
 import random
 import time
 import uuid
-from collections import Counter as TallyCounter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 from types import MappingProxyType
 from typing import Final, Protocol
@@ -51,6 +61,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
+
+from server.errors import Unavailable
+from server.models import OutboxMessage
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +81,6 @@ EVENTS: Final = frozenset(
         EVENT_PARTICIPANT_LEFT,
     }
 )
-
-# Reasons a notification is dropped without a delivery attempt: the only
-# values of the ``reason`` label, so the label stays bounded.
-DROP_QUEUE_FULL: Final = "queue_full"
-DROP_CIRCUIT_OPEN: Final = "circuit_open"
-DROP_CLOSED: Final = "closed"
-DROP_SHUTDOWN: Final = "shutdown"
-DROP_REASONS: Final = (DROP_QUEUE_FULL, DROP_CIRCUIT_OPEN, DROP_CLOSED, DROP_SHUTDOWN)
 
 SIGNATURE_PREFIX: Final = "sha256="
 
@@ -139,11 +144,24 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def encode_body(n: Notification) -> bytes:
-    """The exact bytes POSTed (and signed) for ``n``."""
+def encode_body(n: Notification, notification_id: str) -> bytes:
+    """The exact bytes POSTed (and signed) for ``n`` under its idempotency id."""
+    payload = {**n.to_json(), "notification_id": notification_id}
     return json.dumps(
-        n.to_json(), separators=(",", ":"), sort_keys=True, default=_json_default
+        payload, separators=(",", ":"), sort_keys=True, default=_json_default
     ).encode()
+
+
+def outbox_message(n: Notification, now: datetime | None = None) -> OutboxMessage:
+    """``n`` as an outbox row with a fresh idempotency id (the body is fixed here)."""
+    message_id = str(uuid.uuid4())
+    return OutboxMessage(
+        message_id=message_id,
+        event=n.event,
+        call_id=n.call_id,
+        body=encode_body(n, message_id).decode(),
+        created_at=now or datetime.now(UTC),
+    )
 
 
 # -- signatures ---------------------------------------------------------------
@@ -198,12 +216,11 @@ class NotifierMetrics(Protocol):
     def record_sent(self) -> None:
         """A notification was delivered (2xx)."""
 
-    def record_failed(self) -> None:
-        """A delivery was attempted and finally failed (retries exhausted or 4xx)."""
+    def record_retry(self) -> None:
+        """An attempt failed and the notification is scheduled again."""
 
-    def record_dropped(self, reason: str) -> None:
-        """A notification was discarded without (finishing) a delivery; ``reason``
-        is one of :data:`DROP_REASONS`."""
+    def record_failed(self) -> None:
+        """A notification was given up on (rejected with 4xx, or out of attempts)."""
 
 
 @dataclass
@@ -211,17 +228,17 @@ class CountingMetrics:
     """In-memory counters; the default, and handy in tests."""
 
     sent: int = 0
+    retried: int = 0
     failed: int = 0
-    dropped: TallyCounter[str] = field(default_factory=TallyCounter)
 
     def record_sent(self) -> None:
         self.sent += 1
 
+    def record_retry(self) -> None:
+        self.retried += 1
+
     def record_failed(self) -> None:
         self.failed += 1
-
-    def record_dropped(self, reason: str) -> None:
-        self.dropped[reason] += 1
 
 
 @dataclass(frozen=True)
@@ -229,66 +246,52 @@ class NotificationMetrics:
     """Prometheus counters for notifications; implements :class:`NotifierMetrics`."""
 
     sent: Counter
+    retried: Counter
     failed: Counter
-    dropped: Counter
 
     def record_sent(self) -> None:
         self.sent.inc()
 
+    def record_retry(self) -> None:
+        self.retried.inc()
+
     def record_failed(self) -> None:
         self.failed.inc()
-
-    def record_dropped(self, reason: str) -> None:
-        self.dropped.labels(reason=reason).inc()
 
 
 def notification_metrics(registry: CollectorRegistry) -> NotificationMetrics:
     """Create the notification counters in ``registry`` (never the global one).
 
     Exposed as ``video_notification_sent_total``,
-    ``video_notification_failed_total`` and
-    ``video_notification_dropped_total{reason}``.
+    ``video_notification_retried_total`` and ``video_notification_failed_total``.
     """
-    metrics = NotificationMetrics(
+    return NotificationMetrics(
         sent=Counter(
             "video_notification_sent",
             "Notifications delivered to the webhook (2xx).",
             registry=registry,
         ),
-        failed=Counter(
-            "video_notification_failed",
-            "Notification deliveries that failed after all retries, or were rejected (4xx).",
+        retried=Counter(
+            "video_notification_retried",
+            "Webhook attempts that failed and were scheduled again.",
             registry=registry,
         ),
-        dropped=Counter(
-            "video_notification_dropped",
-            "Notifications discarded without delivery, by reason.",
-            ["reason"],
+        failed=Counter(
+            "video_notification_failed",
+            "Notifications given up on: rejected (4xx) or out of attempts.",
             registry=registry,
         ),
     )
-    for reason in DROP_REASONS:
-        metrics.dropped.labels(reason=reason)  # export zeros from the start
-    return metrics
 
 
 # -- notifiers ----------------------------------------------------------------
 
 
 class Notifier(Protocol):
-    """Where the call lifecycle sends notifications."""
+    """Where the call lifecycle sends notifications it does not store (logs)."""
 
     def notify(self, n: Notification) -> None:
-        """Hand over ``n``; returns at once and never raises for delivery problems.
-
-        Must be called from the event loop thread.
-        """
-
-    async def start(self) -> None:
-        """Acquire resources and start delivering."""
-
-    async def close(self) -> None:
-        """Deliver what is queued within a bounded time, then stop. Idempotent."""
+        """Hand over ``n``; returns at once and never raises for delivery problems."""
 
 
 class LogNotifier:
@@ -305,11 +308,21 @@ class LogNotifier:
             dict(n.data),
         )
 
-    async def start(self) -> None:
-        return None
 
-    async def close(self) -> None:
-        return None
+class OutboxStore(Protocol):
+    """The part of :class:`server.store.base.Store` the webhook worker uses."""
+
+    async def claim_outbox(
+        self, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxMessage]: ...
+
+    async def outbox_delivered(self, message_id: str) -> None: ...
+
+    async def outbox_failed(
+        self, message_id: str, *, attempts: int, error: str, retry_at: datetime | None
+    ) -> None: ...
+
+    async def purge_outbox(self, *, dead_before: datetime) -> int: ...
 
 
 class CircuitState(StrEnum):
@@ -321,52 +334,56 @@ class CircuitState(StrEnum):
 class _Outcome(Enum):
     DELIVERED = "delivered"
     REJECTED = "rejected"  # the receiver answered 4xx: it is up, but won't take it
-    FAILED = "failed"  # unreachable, timed out, or kept answering 5xx/429
+    FAILED = "failed"  # unreachable, timed out, or answered 5xx/429
 
 
 _RETRY_STATUSES: Final = frozenset({429})
 
 
 class WebhookNotifier:
-    """POSTs signed notifications to ``url`` (see the module docstring).
+    """Delivers the outbox to ``url`` as signed POSTs (see the module docstring).
 
-    Delivery: one worker task takes notifications from a queue of at most
-    ``queue_size``; a full queue drops the new notification (reason
-    ``queue_full``). Each delivery is tried up to ``max_attempts`` times, each
-    attempt bounded by ``timeout`` seconds; network errors, timeouts, 5xx and
-    429 are retried after ``min(backoff_cap, backoff_base * 2**(attempt-1))``
-    seconds with equal jitter (half fixed, half random), or after a numeric
-    ``Retry-After`` (capped the same way). Any other non-2xx is not retried
-    and counts as failed.
+    One worker task claims up to ``batch`` due rows at a time, each for
+    ``lease`` seconds (longer than one attempt; a node that dies mid-delivery
+    leaves its rows to be retried after it). Each attempt is bounded by
+    ``timeout`` seconds. A failed attempt (network error, timeout, 5xx, 429) is
+    due again after ``min(backoff_cap, backoff_base * 2**(attempts-1))`` seconds
+    with equal jitter, or after a numeric ``Retry-After`` (capped the same way);
+    after ``max_attempts`` attempts, or at once on any other non-2xx, the row is
+    kept as dead. :meth:`wake` (called after a transition wrote rows) starts a
+    pass at once; otherwise the outbox is polled every ``poll_interval`` s.
 
-    Circuit breaker: ``breaker_threshold`` consecutive failed deliveries
-    (retries exhausted -- a 4xx shows the receiver is up and does not count)
-    open the circuit. While open, ``notify()`` drops at once (reason
-    ``circuit_open``) and the worker drops what was already queued. After
-    ``breaker_reset`` seconds it is half-open: the next notification is a
-    single-attempt trial; success closes the circuit, failure opens it again.
+    Circuit breaker: ``breaker_threshold`` consecutive failed attempts open the
+    circuit; while open nothing is attempted (rows wait, their attempts are not
+    used up). After ``breaker_reset`` seconds it is half-open: one row is a
+    trial; success closes the circuit, failure opens it again.
 
-    The HTTP session comes from ``session_factory`` (called in :meth:`start`;
-    default ``aiohttp.ClientSession()``) and is owned and closed by this
-    notifier. :meth:`close` waits up to ``close_timeout`` seconds for the
-    queue to drain, then cancels the worker; whatever is left is dropped
-    (reason ``shutdown``).
+    Dead rows are kept ``keep_dead`` seconds (7 days) for an operator, then
+    deleted, checked every ``purge_interval`` seconds.
+
+    The HTTP session comes from ``session_factory`` (default
+    ``aiohttp.ClientSession()``), is opened in :meth:`start` and closed by
+    :meth:`close`, which also hands back rows claimed but not yet attempted.
     """
 
     def __init__(
         self,
+        store: OutboxStore,
         url: str,
         secret: str | bytes,
         *,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
-        queue_size: int = 1000,
         timeout: float = 5.0,
-        max_attempts: int = 4,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
+        max_attempts: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
         breaker_threshold: int = 5,
         breaker_reset: float = 30.0,
-        close_timeout: float = 5.0,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        batch: int = 50,
+        keep_dead: float = 7 * 86_400.0,
+        purge_interval: float = 3_600.0,
         metrics: NotifierMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -375,10 +392,13 @@ class WebhookNotifier:
             raise ValueError("webhook url must be an absolute http(s) URL")
         if not secret:
             raise ValueError("webhook secret must not be empty")
-        if queue_size < 1 or max_attempts < 1 or breaker_threshold < 1:
-            raise ValueError("queue_size, max_attempts and breaker_threshold must be >= 1")
-        if min(timeout, backoff_base, backoff_cap, breaker_reset, close_timeout) < 0:
+        if max_attempts < 1 or breaker_threshold < 1 or batch < 1:
+            raise ValueError("max_attempts, breaker_threshold and batch must be >= 1")
+        if min(timeout, backoff_base, backoff_cap, breaker_reset, poll_interval) < 0:
             raise ValueError("timings must not be negative")
+        if lease <= timeout:
+            raise ValueError("lease must be longer than one attempt's timeout")
+        self._store = store
         self._url = url
         # For logs: never the path or query, which may carry a token.
         self._target = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
@@ -390,15 +410,19 @@ class WebhookNotifier:
         self._backoff_cap = backoff_cap
         self._breaker_threshold = breaker_threshold
         self._breaker_reset = breaker_reset
-        self._close_timeout = close_timeout
+        self._lease = timedelta(seconds=lease)
+        self._poll_interval = poll_interval
+        self._batch = batch
+        self._keep_dead = timedelta(seconds=keep_dead)
+        self._purge_interval = purge_interval
+        self._purged_at: float | None = None
         self.metrics: NotifierMetrics = metrics if metrics is not None else CountingMetrics()
         self._clock = clock
 
-        self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
         self._session: aiohttp.ClientSession | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._closing = False
-        self._closed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._store_down = False
 
         self._state = CircuitState.CLOSED
         self._consecutive_failures = 0
@@ -417,165 +441,166 @@ class WebhookNotifier:
             logger.info("Webhook(%s) circuit half-open: next notification is a trial", self._target)
         return self._state
 
-    @property
-    def pending(self) -> int:
-        """Notifications queued and not yet taken by the worker."""
-        return self._queue.qsize()
-
-    def notify(self, n: Notification) -> None:
-        if self._closing:
-            self.metrics.record_dropped(DROP_CLOSED)
-            return
-        if self.circuit_state is CircuitState.OPEN:
-            self.metrics.record_dropped(DROP_CIRCUIT_OPEN)
-            return
-        try:
-            self._queue.put_nowait(n)
-        except asyncio.QueueFull:
-            self.metrics.record_dropped(DROP_QUEUE_FULL)
-            logger.warning(
-                "Webhook(%s) queue full, dropping %s for call %s",
-                self._target,
-                n.event,
-                n.call_id,
-            )
+    def wake(self) -> None:
+        """New rows were committed: deliver now rather than at the next poll."""
+        self._wake.set()
 
     async def start(self) -> None:
-        """Open the HTTP session and start the worker. Notifications queued
-        before this are delivered once started."""
-        if self._closing:
-            raise RuntimeError("WebhookNotifier is closed")
         if self._worker is not None:
             return
         self._session = self._session_factory()
         self._worker = asyncio.create_task(self._run(), name="webhook-notifier")
 
     async def close(self) -> None:
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        try:
-            worker = self._worker
-            if worker is not None and not worker.done():
-                try:
-                    await asyncio.wait_for(self._queue.join(), self._close_timeout)
-                except TimeoutError:
-                    logger.warning(
-                        "Webhook(%s) close: about %d notification(s) undelivered after %.1fs",
-                        self._target,
-                        self._queue.qsize() + 1,
-                        self._close_timeout,
-                    )
-                worker.cancel()
-                # wait() does not raise the worker's CancelledError, but a
-                # cancellation of close() itself still propagates.
-                await asyncio.wait([worker])
-            while not self._queue.empty():
-                self._queue.get_nowait()
-                self._queue.task_done()
-                self.metrics.record_dropped(DROP_SHUTDOWN)
-            if self._session is not None:
-                await self._session.close()
-                self._session = None
-        finally:
-            self._closed.set()
+        """Stop delivering; undelivered rows stay in the outbox. Idempotent."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.wait([worker])
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     # -- worker ---------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            n = await self._queue.get()
             try:
-                await self._handle(n)
+                await self._drain()
+                await self._purge()
             except asyncio.CancelledError:
-                self.metrics.record_dropped(DROP_SHUTDOWN)
                 raise
+            except Unavailable as exc:
+                if not self._store_down:
+                    logger.warning("Webhook(%s) outbox unreachable: %s", self._target, exc)
+                self._store_down = True
             except Exception:
-                # A bug (e.g. unserialisable data) must not kill the worker.
-                self.metrics.record_failed()
-                logger.exception(
-                    "Webhook(%s) could not deliver %s for call %s",
-                    self._target,
-                    n.event,
-                    n.call_id,
-                )
-            finally:
-                self._queue.task_done()
-
-    async def _handle(self, n: Notification) -> None:
-        state = self.circuit_state
-        if state is CircuitState.OPEN:
-            self.metrics.record_dropped(DROP_CIRCUIT_OPEN)
-            return
-        trial = state is CircuitState.HALF_OPEN
-        body = encode_body(n)
-        outcome = await self._deliver(n, body, 1 if trial else self._max_attempts)
-        if outcome is _Outcome.DELIVERED:
-            self.metrics.record_sent()
-        else:
-            self.metrics.record_failed()
-        if outcome is _Outcome.FAILED:
-            self._on_failure(trial)
-        else:
-            self._on_success()
-
-    async def _deliver(self, n: Notification, body: bytes, attempts: int) -> _Outcome:
-        assert self._session is not None
-        for attempt in range(1, attempts + 1):
-            retry_after: float | None = None
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "huddle-webhook",
-                "X-Huddle-Event": n.event,
-                "X-Huddle-Timestamp": timestamp,
-                "X-Huddle-Signature": sign(self._secret, timestamp, body),
-            }
-            try:
-                async with self._session.post(
-                    self._url, data=body, headers=headers, timeout=self._timeout
-                ) as resp:
-                    status = resp.status
-                    if status in _RETRY_STATUSES:
-                        retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                logger.exception("Webhook(%s) outbox pass failed", self._target)
             else:
-                if 200 <= status < 300:
-                    return _Outcome.DELIVERED
-                if status < 500 and status not in _RETRY_STATUSES:
-                    logger.warning(
-                        "Webhook(%s) rejected %s for call %s with HTTP %d; not retrying",
-                        self._target,
-                        n.event,
-                        n.call_id,
-                        status,
+                if self._store_down:
+                    logger.info("Webhook(%s) outbox reachable again", self._target)
+                self._store_down = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
+
+    async def _drain(self) -> None:
+        while True:
+            state = self.circuit_state
+            if state is CircuitState.OPEN:
+                return
+            now = datetime.now(UTC)
+            claimed = await self._store.claim_outbox(
+                now=now,
+                lease_until=now + self._lease,
+                limit=1 if state is CircuitState.HALF_OPEN else self._batch,
+            )
+            if not claimed:
+                return
+            remaining = list(claimed)
+            try:
+                while remaining:
+                    message = remaining[0]
+                    if self.circuit_state is CircuitState.OPEN:
+                        break
+                    await self._handle(message, trial=state is CircuitState.HALF_OPEN)
+                    remaining.pop(0)
+            finally:
+                # Shutting down or circuit open: hand back what was not attempted
+                # (best effort; the lease expires anyway).
+                if remaining:
+                    await asyncio.shield(self._release(remaining))
+
+    async def _purge(self) -> None:
+        now = self._clock()
+        if self._purged_at is not None and now - self._purged_at < self._purge_interval:
+            return
+        self._purged_at = now
+        purged = await self._store.purge_outbox(dead_before=datetime.now(UTC) - self._keep_dead)
+        if purged:
+            logger.info("Webhook(%s) purged %d dead notification(s)", self._target, purged)
+
+    async def _release(self, messages: list[OutboxMessage]) -> None:
+        now = datetime.now(UTC)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                for m in messages:
+                    await self._store.outbox_failed(
+                        m.message_id, attempts=m.attempts, error="released", retry_at=now
                     )
-                    return _Outcome.REJECTED
-                problem = f"HTTP {status}"
-            if attempt == attempts:
-                logger.warning(
-                    "Webhook(%s) gave up on %s for call %s after %d attempt(s): %s",
-                    self._target,
-                    n.event,
-                    n.call_id,
-                    attempts,
-                    problem,
-                )
-                break
-            delay = self._backoff(attempt, retry_after)
-            logger.info(
-                "Webhook(%s) attempt %d/%d for %s failed (%s); retrying in %.2fs",
+
+    async def _handle(self, message: OutboxMessage, *, trial: bool) -> None:
+        outcome, problem, retry_after = await self._attempt(message)
+        attempts = message.attempts + 1
+        if outcome is _Outcome.DELIVERED:
+            await self._store.outbox_delivered(message.message_id)
+            self.metrics.record_sent()
+            self._on_success()
+            return
+        if outcome is _Outcome.REJECTED:
+            self._on_success()  # the receiver is up
+            final = True
+        else:
+            self._on_failure(trial)
+            final = attempts >= self._max_attempts
+        if final:
+            self.metrics.record_failed()
+            logger.warning(
+                "Webhook(%s) gave up on %s %s for call %s after %d attempt(s): %s",
                 self._target,
-                attempt,
+                message.event,
+                message.message_id,
+                message.call_id,
                 attempts,
-                n.event,
+                problem,
+            )
+            retry_at = None
+        else:
+            self.metrics.record_retry()
+            delay = self._backoff(attempts, retry_after)
+            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+            logger.info(
+                "Webhook(%s) attempt %d/%d for %s %s failed (%s); retrying in %.2fs",
+                self._target,
+                attempts,
+                self._max_attempts,
+                message.event,
+                message.message_id,
                 problem,
                 delay,
             )
-            await asyncio.sleep(delay)
-        return _Outcome.FAILED
+        await self._store.outbox_failed(
+            message.message_id, attempts=attempts, error=problem, retry_at=retry_at
+        )
+
+    async def _attempt(self, message: OutboxMessage) -> tuple[_Outcome, str, float | None]:
+        assert self._session is not None
+        body = message.body.encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "huddle-webhook",
+            "X-Huddle-Event": message.event,
+            "X-Huddle-Notification-Id": message.message_id,
+            "X-Huddle-Timestamp": timestamp,
+            "X-Huddle-Signature": sign(self._secret, timestamp, body),
+        }
+        retry_after: float | None = None
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                status = resp.status
+                if status in _RETRY_STATUSES:
+                    retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return _Outcome.FAILED, problem, None
+        if 200 <= status < 300:
+            return _Outcome.DELIVERED, "", None
+        if status < 500 and status not in _RETRY_STATUSES:
+            return _Outcome.REJECTED, f"HTTP {status} (not retried)", None
+        return _Outcome.FAILED, f"HTTP {status}", retry_after
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -595,15 +620,16 @@ class WebhookNotifier:
     def _on_failure(self, trial: bool) -> None:
         self._consecutive_failures += 1
         if trial or self._consecutive_failures >= self._breaker_threshold:
+            if self._state is not CircuitState.OPEN:
+                logger.warning(
+                    "Webhook(%s) circuit open after %d consecutive failed attempts; "
+                    "pausing delivery for %.1fs",
+                    self._target,
+                    self._consecutive_failures,
+                    self._breaker_reset,
+                )
             self._state = CircuitState.OPEN
             self._opened_at = self._clock()
-            logger.warning(
-                "Webhook(%s) circuit open after %d consecutive failed deliveries; "
-                "dropping notifications for %.1fs",
-                self._target,
-                self._consecutive_failures,
-                self._breaker_reset,
-            )
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -615,18 +641,3 @@ def _parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
-
-
-def create_notifier(
-    webhook_url: str | None,
-    webhook_secret: str | None,
-    *,
-    metrics: NotifierMetrics | None = None,
-) -> Notifier:
-    """The notifier the configuration asks for: a webhook when
-    ``HUDDLE_WEBHOOK_URL`` is set (its secret is then required), else logs."""
-    if not webhook_url:
-        return LogNotifier()
-    if not webhook_secret:
-        raise ValueError("HUDDLE_WEBHOOK_SECRET is required when HUDDLE_WEBHOOK_URL is set")
-    return WebhookNotifier(webhook_url, webhook_secret, metrics=metrics)

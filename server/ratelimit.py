@@ -11,15 +11,26 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.errors import Unavailable
+
 logger = logging.getLogger(__name__)
 
 #: Redis key of one user's counter in one window: ``huddle:rate:{name}:{key}:{window}``.
 REDIS_RATE_KEY = "huddle:rate:{name}:{key}:{window}"
 
 
+class RateLimiterUnavailable(Unavailable):
+    """The shared rate-limit counters cannot be reached: refuse rather than guess."""
+
+    code = "rate_limiter_unavailable"
+
+
 class RateLimiter(Protocol):
     async def hit(self, name: str, key: str, limit: int, window_s: float) -> float | None:
-        """Count one event; None if allowed, else the seconds to wait before retrying."""
+        """Count one event; None if allowed, else the seconds to wait before retrying.
+
+        Raises :class:`RateLimiterUnavailable` when the count cannot be kept.
+        """
 
 
 class LocalRateLimiter:
@@ -47,11 +58,19 @@ class LocalRateLimiter:
 
 
 class RedisRateLimiter:
-    """Fixed window shared by every node. Fails open (allows) while Redis is down:
-    refusing every call because the limiter's store is unreachable would be worse."""
+    """Fixed window shared by every node.
+
+    Fails closed: while Redis is down every hit raises
+    :class:`RateLimiterUnavailable` (HTTP 503 ``rate_limiter_unavailable``).
+    Letting everything through would turn a Redis outage into an open door for
+    the abuse the limit exists to stop; a limited operation (initiating a call)
+    is refused, nothing already running is affected. One warning is logged
+    when Redis goes away and one line when it is back.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._down = False
 
     async def hit(self, name: str, key: str, limit: int, window_s: float) -> float | None:
         now = time.time()
@@ -63,8 +82,17 @@ class RedisRateLimiter:
                 pipe.expire(redis_key, math.ceil(window_s) + 1)
                 count, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
-            logger.warning("rate limiter: Redis unavailable, allowing (%s)", exc)
-            return None
+            if not self._down:
+                logger.warning(
+                    "rate limiter: Redis unavailable, refusing limited requests (%s)", exc
+                )
+            self._down = True
+            raise RateLimiterUnavailable(
+                "the rate limiter cannot reach Redis; retry later"
+            ) from exc
+        if self._down:
+            logger.info("rate limiter: Redis reachable again")
+            self._down = False
         if int(count) > limit:
             return (window + 1) * window_s - now
         return None

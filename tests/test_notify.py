@@ -1,7 +1,8 @@
-"""Notifications: payload, signatures, webhook delivery, retries, breaker, shutdown.
+"""Notifications: payload, signatures, outbox delivery, retries, breaker, restarts.
 
-Webhooks go to a real aiohttp server on 127.0.0.1; timings are shortened
-through the notifier's constructor, and every wait polls with a deadline.
+Webhooks go to a real aiohttp server on 127.0.0.1 from a real outbox (a SQLite
+store in the test's folder); timings are shortened through the notifier's
+constructor, and every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,29 +26,30 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from server.metrics import Metrics
 from server.notify import (
-    DROP_CIRCUIT_OPEN,
-    DROP_CLOSED,
-    DROP_QUEUE_FULL,
-    DROP_SHUTDOWN,
     CircuitState,
     CountingMetrics,
     LogNotifier,
     Notification,
     WebhookNotifier,
-    create_notifier,
     encode_body,
     notification_metrics,
+    outbox_message,
     sign,
     verify,
 )
+from server.store import SqlStore, create_store
+from tests.support.polling import eventually as poll
+from tests.support.services import postgres_schema
 
 SECRET = "s3cret-for-tests"
 FAST: dict[str, Any] = {
     "timeout": 2.0,
     "backoff_base": 0.01,
     "backoff_cap": 0.05,
-    "close_timeout": 2.0,
+    "lease": 3.0,
+    "poll_interval": 0.05,
 }
 
 
@@ -117,19 +120,42 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def notifiers() -> AsyncIterator[Callable[..., WebhookNotifier]]:
-    """Builds notifiers and closes every one of them after the test."""
+async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    store = create_store(f"sqlite:///{tmp_path}/outbox.db", timeout_s=5.0, metrics=Metrics())
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def notifiers(store: SqlStore) -> AsyncIterator[Callable[..., WebhookNotifier]]:
+    """Builds notifiers over the test's outbox and closes every one after the test."""
     made: list[WebhookNotifier] = []
 
     def build(url: str, **kwargs: Any) -> WebhookNotifier:
         options = {**FAST, **kwargs}
-        n = WebhookNotifier(url, SECRET, metrics=CountingMetrics(), **options)
+        n = WebhookNotifier(store, url, SECRET, metrics=CountingMetrics(), **options)
         made.append(n)
         return n
 
     yield build
     for n in made:
         await asyncio.wait_for(n.close(), 10)
+
+
+async def enqueue(
+    store: SqlStore, notifier: WebhookNotifier, *notifications: Notification
+) -> list[str]:
+    """Commit ``notifications`` to the outbox, as a transition does; their ids."""
+    messages = [outbox_message(n) for n in notifications]
+    await store.enqueue_outbox(messages)
+    notifier.wake()
+    return [m.message_id for m in messages]
+
+
+def body_json(req: Received) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(req.body)
+    return body
 
 
 def counts(n: WebhookNotifier) -> CountingMetrics:
@@ -165,7 +191,7 @@ def test_notification_json_shape() -> None:
         "occurred_at": "2024-05-06T07:08:09Z",
         "data": {"end_reason": "completed"},
     }
-    assert json.loads(encode_body(n)) == n.to_json()
+    assert json.loads(encode_body(n, "id-1")) == {**n.to_json(), "notification_id": "id-1"}
 
 
 def test_notification_is_validated_and_immutable() -> None:
@@ -189,7 +215,7 @@ def test_body_serialises_datetimes_in_data() -> None:
         datetime.now(UTC),
         {"joined_at": datetime(2024, 1, 1, tzinfo=UTC), "user_id": "u"},
     )
-    assert json.loads(encode_body(n))["data"]["joined_at"] == "2024-01-01T00:00:00Z"
+    assert json.loads(encode_body(n, "i"))["data"]["joined_at"] == "2024-01-01T00:00:00Z"
 
 
 def test_sign_and_verify() -> None:
@@ -216,254 +242,267 @@ def test_signed_string_is_timestamp_dot_body() -> None:
     assert sign("k", 1700000000, b"{}") == "sha256=" + expected
 
 
-def test_constructor_and_factory_validation() -> None:
+def test_constructor_validation(store: SqlStore) -> None:
     with pytest.raises(ValueError):
-        WebhookNotifier("ftp://example.invalid/", SECRET)
+        WebhookNotifier(store, "ftp://example.invalid/", SECRET)
     with pytest.raises(ValueError):
-        WebhookNotifier("http://127.0.0.1:1/hook", "")
+        WebhookNotifier(store, "http://127.0.0.1:1/hook", "")
     with pytest.raises(ValueError):
-        create_notifier("http://127.0.0.1:1/hook", None)
-    assert isinstance(create_notifier(None, None), LogNotifier)
-    assert isinstance(create_notifier("http://127.0.0.1:1/hook", SECRET), WebhookNotifier)
+        WebhookNotifier(store, "http://127.0.0.1:1/hook", SECRET, timeout=10, lease=5)
+
+
+def test_unserialisable_data_fails_when_queued() -> None:
+    # The body is fixed when the row is written (inside the transition), so a
+    # bad payload is a bug that shows at once, not a poisoned row.
+    bad = Notification("call.ended", "c", "v", ("u",), datetime.now(UTC), {"x": object()})
+    with pytest.raises(TypeError):
+        outbox_message(bad)
 
 
 async def test_log_notifier_logs_at_info(caplog: pytest.LogCaptureFixture) -> None:
     notifier = LogNotifier()
-    await notifier.start()
     with caplog.at_level(logging.INFO, logger="server.notify"):
         notifier.notify(make_notification())
-    await notifier.close()
-    await notifier.close()
     [record] = caplog.records
     assert record.levelno == logging.INFO
     assert record.args is not None and "call.ringing" in record.args
     assert "bob,carol" in record.getMessage()
 
 
-# -- webhook delivery ---------------------------------------------------------
+# -- webhook delivery from the outbox -------------------------------------------
 
 
-async def test_delivers_signed_webhook(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier]
+async def test_delivers_signed_webhook_with_idempotency_id(
+    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], store: SqlStore
 ) -> None:
     notifier = notifiers(receiver.url)
     await notifier.start()
     n = make_notification()
-    notifier.notify(n)
+    [message_id] = await enqueue(store, notifier, n)
     await eventually(lambda: counts(notifier).sent == 1)
 
     [req] = receiver.requests
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["X-Huddle-Event"] == "call.ringing"
+    assert req.headers["X-Huddle-Notification-Id"] == message_id
     assert abs(int(req.headers["X-Huddle-Timestamp"]) - time.time()) < 60
     assert verify(
         SECRET, req.headers["X-Huddle-Timestamp"], req.body, req.headers["X-Huddle-Signature"]
     )
-    assert json.loads(req.body) == n.to_json()
+    assert body_json(req) == {**n.to_json(), "notification_id": message_id}
     assert counts(notifier).failed == 0
     assert notifier.circuit_state is CircuitState.CLOSED
+    assert await store.outbox_pending() == 0  # delivered rows are deleted
 
 
 @pytest.mark.parametrize("transient", [500, 503, 429])
-async def test_transient_errors_are_retried(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], transient: int
+async def test_transient_errors_are_retried_with_the_same_id(
+    receiver: Receiver,
+    notifiers: Callable[..., WebhookNotifier],
+    store: SqlStore,
+    transient: int,
 ) -> None:
     receiver.statuses.extend([transient, transient, 200])
     notifier = notifiers(receiver.url)
     await notifier.start()
-    notifier.notify(make_notification())
+    [message_id] = await enqueue(store, notifier, make_notification())
     await eventually(lambda: counts(notifier).sent == 1)
 
     assert len(receiver.requests) == 3
-    assert counts(notifier).failed == 0
-    # Every attempt is signed afresh and verifies.
+    assert counts(notifier).retried == 2 and counts(notifier).failed == 0
+    # Every attempt is signed afresh and verifies, under one idempotency id.
     for req in receiver.requests:
         ts, sig = req.headers["X-Huddle-Timestamp"], req.headers["X-Huddle-Signature"]
         assert verify(SECRET, ts, req.body, sig)
+        assert req.headers["X-Huddle-Notification-Id"] == message_id
+    assert len({req.body for req in receiver.requests}) == 1
 
 
 async def test_retries_stop_after_max_attempts(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier]
+    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], store: SqlStore
 ) -> None:
     receiver.statuses.extend([500] * 10)
     notifier = notifiers(receiver.url, max_attempts=3, breaker_threshold=10)
     await notifier.start()
-    notifier.notify(make_notification())
+    await enqueue(store, notifier, make_notification())
     await eventually(lambda: counts(notifier).failed == 1)
     assert len(receiver.requests) == 3
     assert counts(notifier).sent == 0
     assert notifier.circuit_state is CircuitState.CLOSED
+    assert await store.outbox_pending() == 0  # kept as dead, not due again
 
 
 async def test_client_error_is_not_retried(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier]
+    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], store: SqlStore
 ) -> None:
     receiver.statuses.extend([400])
     notifier = notifiers(receiver.url, breaker_threshold=1)
+    await enqueue(store, notifier, make_notification(call_id="rejected"))
+    await enqueue(store, notifier, make_notification(call_id="accepted"))
     await notifier.start()
-    notifier.notify(make_notification(call_id="rejected"))
-    notifier.notify(make_notification(call_id="accepted"))
-    # One worker delivers in order: once the second has arrived, the first
-    # has had every chance to be retried.
-    await eventually(lambda: counts(notifier).sent == 1)
+    await eventually(lambda: counts(notifier).sent == 1 and counts(notifier).failed == 1)
 
-    call_ids = [json.loads(r.body)["call_id"] for r in receiver.requests]
-    assert call_ids == ["rejected", "accepted"]
-    assert counts(notifier).failed == 1
+    call_ids = sorted(body_json(r)["call_id"] for r in receiver.requests)
+    assert call_ids == ["accepted", "rejected"]
+    assert await store.outbox_pending() == 0  # the rejected one is dead: never retried
     # A 4xx shows the receiver is up: it does not trip the breaker.
     assert notifier.circuit_state is CircuitState.CLOSED
 
 
-async def test_dead_endpoint_opens_breaker_then_trial_closes_it(
-    notifiers: Callable[..., WebhookNotifier],
+async def test_dead_endpoint_opens_breaker_and_nothing_is_lost(
+    notifiers: Callable[..., WebhookNotifier], store: SqlStore
 ) -> None:
     port = free_port()
-    url = f"http://127.0.0.1:{port}/hook"
-    notifier = notifiers(url, max_attempts=2, breaker_threshold=2, breaker_reset=0.3)
+    notifier = notifiers(
+        f"http://127.0.0.1:{port}/hook", max_attempts=10, breaker_threshold=2, breaker_reset=0.3
+    )
     await notifier.start()
-
-    notifier.notify(make_notification(call_id="a"))
-    notifier.notify(make_notification(call_id="b"))
+    ids = await enqueue(
+        store, notifier, make_notification(call_id="a"), make_notification(call_id="b")
+    )
     await eventually(lambda: notifier.circuit_state is CircuitState.OPEN)
-    assert counts(notifier).failed == 2
+    attempts_when_opened = counts(notifier).retried
 
-    # While open, notify() drops at once and queues nothing.
-    started = time.perf_counter()
-    for i in range(50):
-        notifier.notify(make_notification(call_id=f"dropped-{i}"))
-    assert time.perf_counter() - started < 0.5
-    assert notifier.pending == 0
-    assert counts(notifier).dropped[DROP_CIRCUIT_OPEN] == 50
+    # While open, new notifications wait in the outbox: no attempt, no loss.
+    ids += await enqueue(store, notifier, *(make_notification(call_id=f"w{i}") for i in range(5)))
+    assert await store.outbox_pending() == 7
+    assert counts(notifier).retried == attempts_when_opened
 
-    # The endpoint comes back on the same port.
+    # The endpoint comes back on the same port: a trial closes the circuit and
+    # every notification arrives, each once.
     receiver = Receiver()
     receiver.server = TestServer(make_app(receiver), host="127.0.0.1", port=port)
     await receiver.server.start_server()
     try:
-        await eventually(lambda: notifier.circuit_state is CircuitState.HALF_OPEN)
-        notifier.notify(make_notification(call_id="trial"))
-        await eventually(lambda: counts(notifier).sent == 1)
+        await eventually(lambda: counts(notifier).sent == 7)
         assert notifier.circuit_state is CircuitState.CLOSED
-        assert [json.loads(r.body)["call_id"] for r in receiver.requests] == ["trial"]
-
-        notifier.notify(make_notification(call_id="after"))
-        await eventually(lambda: counts(notifier).sent == 2)
+        delivered = [r.headers["X-Huddle-Notification-Id"] for r in receiver.requests]
+        assert sorted(delivered) == sorted(ids)
+        assert await store.outbox_pending() == 0
     finally:
         await receiver.server.close()
 
 
 async def test_failed_trial_reopens_breaker(
-    notifiers: Callable[..., WebhookNotifier],
+    notifiers: Callable[..., WebhookNotifier], store: SqlStore
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/hook"
-    notifier = notifiers(url, max_attempts=3, breaker_threshold=1, breaker_reset=0.2)
+    notifier = notifiers(url, max_attempts=10, breaker_threshold=1, breaker_reset=0.2)
     await notifier.start()
-    notifier.notify(make_notification())
+    await enqueue(store, notifier, make_notification())
     await eventually(lambda: notifier.circuit_state is CircuitState.OPEN)
-
-    await eventually(lambda: notifier.circuit_state is CircuitState.HALF_OPEN)
-    notifier.notify(make_notification(call_id="trial"))
-    await eventually(lambda: counts(notifier).failed == 2)
+    await eventually(lambda: counts(notifier).retried == 2)  # the trial, after the reset
     assert notifier.circuit_state is CircuitState.OPEN
-    notifier.notify(make_notification(call_id="dropped"))
-    assert counts(notifier).dropped[DROP_CIRCUIT_OPEN] == 1
+    assert counts(notifier).failed == 0
+    assert await store.outbox_pending() == 1
 
 
-async def test_queue_overflow_drops_and_counts(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier]
-) -> None:
-    notifier = notifiers(receiver.url, queue_size=2)
-    # Not started yet: nothing drains the queue.
-    for i in range(5):
-        notifier.notify(make_notification(call_id=str(i)))
-    assert notifier.pending == 2
-    assert counts(notifier).dropped[DROP_QUEUE_FULL] == 3
-
-    await notifier.start()
-    await eventually(lambda: counts(notifier).sent == 2)
-    assert [json.loads(r.body)["call_id"] for r in receiver.requests] == ["0", "1"]
-
-
-async def test_close_drains_queue(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier]
-) -> None:
-    notifier = notifiers(receiver.url)
-    await notifier.start()
-    for i in range(5):
-        notifier.notify(make_notification(call_id=str(i)))
-    await asyncio.wait_for(notifier.close(), 5)
-    assert counts(notifier).sent == 5
-    assert len(receiver.requests) == 5
-
-
-async def test_close_is_idempotent_and_bounded(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier]
+async def test_close_is_idempotent_bounded_and_keeps_the_row(
+    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], store: SqlStore
 ) -> None:
     receiver.hold = asyncio.Event()  # the endpoint accepts and never answers
-    notifier = notifiers(receiver.url, timeout=30.0, close_timeout=0.2)
+    notifier = notifiers(receiver.url, timeout=30.0, lease=60.0)
     await notifier.start()
-    notifier.notify(make_notification(call_id="in-flight"))
-    notifier.notify(make_notification(call_id="queued"))
+    await enqueue(store, notifier, make_notification(call_id="in-flight"))
+    await enqueue(store, notifier, make_notification(call_id="queued"))
     await eventually(lambda: len(receiver.requests) == 1)
 
     started = time.monotonic()
     await asyncio.wait_for(asyncio.gather(notifier.close(), notifier.close()), 5)
     assert time.monotonic() - started < 3
     await asyncio.wait_for(notifier.close(), 1)
-    assert counts(notifier).dropped[DROP_SHUTDOWN] == 2
     assert counts(notifier).sent == 0
-
-    notifier.notify(make_notification(call_id="late"))
-    assert counts(notifier).dropped[DROP_CLOSED] == 1
-    with pytest.raises(RuntimeError):
-        await notifier.start()
+    assert await store.outbox_pending() == 2  # both survive, to be delivered later
 
 
-async def test_close_without_start_drops_queued(
-    notifiers: Callable[..., WebhookNotifier],
+async def test_a_notification_survives_a_restart_and_is_delivered_once(
+    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], store: SqlStore
 ) -> None:
-    notifier = notifiers("http://127.0.0.1:9/hook")
-    notifier.notify(make_notification())
-    await asyncio.wait_for(notifier.close(), 1)
-    assert counts(notifier).dropped[DROP_SHUTDOWN] == 1
+    # The first process queues it and stops before it could deliver (its
+    # receiver is down); the next one, on the same database, delivers it once.
+    first = notifiers(f"http://127.0.0.1:{free_port()}/hook", breaker_threshold=1)
+    await first.start()
+    [message_id] = await enqueue(store, first, make_notification(call_id="durable"))
+    await eventually(lambda: first.circuit_state is CircuitState.OPEN)
+    await first.close()
+    assert await store.outbox_pending() == 1
+
+    second = notifiers(receiver.url)
+    await second.start()
+    await eventually(lambda: counts(second).sent == 1, within=10)
+    assert await store.outbox_pending() == 0  # delivered and deleted: no second delivery
+    [req] = receiver.requests
+    assert req.headers["X-Huddle-Notification-Id"] == message_id
+    assert body_json(req)["notification_id"] == message_id
 
 
-async def test_bad_data_counts_as_failed_and_worker_survives(
-    receiver: Receiver, notifiers: Callable[..., WebhookNotifier]
-) -> None:
-    notifier = notifiers(receiver.url)
-    await notifier.start()
-    bad = Notification("call.ended", "c", "v", ("u",), datetime.now(UTC), {"x": object()})
-    notifier.notify(bad)
-    notifier.notify(make_notification())
-    await eventually(lambda: counts(notifier).sent == 1)
-    assert counts(notifier).failed == 1
-    assert len(receiver.requests) == 1
-
-
-async def test_prometheus_metrics_in_own_registry(receiver: Receiver) -> None:
+async def test_prometheus_metrics_in_own_registry(receiver: Receiver, store: SqlStore) -> None:
     registry = CollectorRegistry()
     metrics = notification_metrics(registry)
     # A second registry gets its own counters: nothing global is touched.
     notification_metrics(CollectorRegistry())
     assert REGISTRY.get_sample_value("video_notification_sent_total") is None
 
-    receiver.statuses.extend([400])
-    notifier = WebhookNotifier(receiver.url, SECRET, metrics=metrics, queue_size=1, **FAST)
+    receiver.statuses.extend([500, 400])
+    notifier = WebhookNotifier(store, receiver.url, SECRET, metrics=metrics, **FAST)
     try:
-        notifier.notify(make_notification())
-        notifier.notify(make_notification())  # queue full
         await notifier.start()
+        await enqueue(store, notifier, make_notification())
         await eventually(
             lambda: registry.get_sample_value("video_notification_failed_total") == 1.0
         )
-        notifier.notify(make_notification())
+        await enqueue(store, notifier, make_notification())
         await eventually(lambda: registry.get_sample_value("video_notification_sent_total") == 1.0)
     finally:
         await notifier.close()
+    assert registry.get_sample_value("video_notification_retried_total") == 1.0
 
-    def dropped(reason: str) -> float | None:
-        return registry.get_sample_value("video_notification_dropped_total", {"reason": reason})
 
-    assert dropped(DROP_QUEUE_FULL) == 1.0
-    assert dropped(DROP_CIRCUIT_OPEN) == 0.0
+async def test_two_nodes_share_a_postgres_outbox_and_deliver_each_once(
+    receiver: Receiver,
+) -> None:
+    async with postgres_schema() as url:
+        stores = [create_store(url, timeout_s=5.0, metrics=Metrics()) for _ in range(2)]
+        for s in stores:
+            await s.open()
+        nodes = [
+            # Small batches, so that both nodes claim while the other delivers.
+            WebhookNotifier(s, receiver.url, SECRET, metrics=CountingMetrics(), batch=5, **FAST)
+            for s in stores
+        ]
+        try:
+            ids = await enqueue(
+                stores[0], nodes[0], *(make_notification(call_id=f"c{i}") for i in range(40))
+            )
+            for node in nodes:
+                await node.start()
+                node.wake()
+            await eventually(lambda: sum(counts(n).sent for n in nodes) == 40, within=15)
+            delivered = [r.headers["X-Huddle-Notification-Id"] for r in receiver.requests]
+            assert sorted(delivered) == sorted(ids)  # each once, none twice
+            assert await stores[1].outbox_pending() == 0
+        finally:
+            for node in nodes:
+                await node.close()
+            for s in stores:
+                await s.close()
+
+
+async def test_dead_rows_are_kept_then_purged(
+    receiver: Receiver, notifiers: Callable[..., WebhookNotifier], store: SqlStore
+) -> None:
+    receiver.statuses.extend([410, 410])
+    keeper = notifiers(receiver.url)  # dead rows kept for days
+    await keeper.start()
+    await enqueue(store, keeper, make_notification())
+    await eventually(lambda: counts(keeper).failed == 1)
+    assert await store.outbox_dead() == 1
+    await keeper.close()
+
+    purger = notifiers(receiver.url, keep_dead=0.0, purge_interval=0.0)
+    await purger.start()
+
+    async def purged() -> bool:
+        return await store.outbox_dead() == 0
+
+    await poll(purged, timeout=5, message="dead rows purged")

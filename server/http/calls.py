@@ -64,6 +64,19 @@ async def initiate(request: web.Request) -> web.Response:
 @routes.get("/v1/calls")
 async def history(request: web.Request) -> web.Response:
     who = identify(request)
+    if "status" in request.query:
+        # ?status=ringing: the calls ringing for me, in any conversation (after a
+        # reconnect, a client lists what it may still answer).
+        if request.query["status"] != "ringing" or not request.query.keys() <= {
+            "status",
+            "limit",
+        }:
+            raise BadRequest(
+                "status must be 'ringing', with no parameter besides limit", code="invalid_field"
+            )
+        limit = validate.query_int(request, "limit", 50, low=1, high=200)
+        calls = await request.app[CALLS].ringing_for(who, limit=limit)
+        return web.json_response({"calls": [call.to_json() for call in calls]})
     if "conversation_id" not in request.query:
         raise BadRequest("conversation_id is required", code="missing_field")
     conversation_id = validate.uuid_value(request.query["conversation_id"], "conversation_id")

@@ -108,10 +108,11 @@ DOCUMENT: dict[str, Any] = {
         },
         "/v1/conversations": {
             "post": _op(
-                "Create a conversation (the caller is a member)",
+                "Create a conversation (the caller is a member); with HUDDLE_MEMBERSHIP_URL"
+                " the membership service approves the members first (403 when it refuses)",
                 "201",
                 _ref("Conversation"),
-                ("400", "401", "413", "503"),
+                ("400", "401", "403", "413", "503"),
                 body="ConversationRequest",
             )
         },
@@ -135,7 +136,9 @@ DOCUMENT: dict[str, Any] = {
         },
         "/v1/calls": {
             "get": _op(
-                "Call history of a conversation, newest first",
+                "Call history of a conversation, newest first (the calls you were invited"
+                " to); or, with status=ringing and no conversation_id, the live calls"
+                " ringing for you (invited, neither joined nor declined)",
                 "200",
                 {
                     "type": "object",
@@ -143,7 +146,18 @@ DOCUMENT: dict[str, Any] = {
                 },
                 ("400", "401", "403", "404", "503"),
                 params=[
-                    {"name": "conversation_id", "in": "query", "required": True, "schema": _UUID},
+                    {
+                        "name": "conversation_id",
+                        "in": "query",
+                        "description": "required unless status=ringing",
+                        "schema": _UUID,
+                    },
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "ringing: calls ringing for you, in every conversation",
+                        "schema": {"type": "string", "enum": ["ringing"]},
+                    },
                     {
                         "name": "limit",
                         "in": "query",

@@ -12,7 +12,11 @@ def create_store(database_url: str, *, timeout_s: float, metrics: DbMetrics) -> 
     if database_url.startswith(("postgresql://", "postgres://")):
         from server.store.postgres import PostgresBackend
 
-        return SqlStore(PostgresBackend(database_url), timeout_s=timeout_s, metrics=metrics)
+        return SqlStore(
+            PostgresBackend(database_url, connect_timeout_s=timeout_s, release_timeout_s=timeout_s),
+            timeout_s=timeout_s,
+            metrics=metrics,
+        )
     from server.store.sqlite import SqliteBackend
 
     return SqlStore(SqliteBackend(database_url), timeout_s=timeout_s, metrics=metrics)

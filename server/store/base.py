@@ -12,13 +12,13 @@ transactions and the few dialect differences.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from server.errors import Unavailable
-from server.models import Call, Conversation
+from server.models import Call, Conversation, OutboxMessage
 
 R = TypeVar("R")
 
@@ -29,6 +29,12 @@ class StoreUnavailable(Unavailable):
 
 class StoreTimeout(Unavailable):
     code = "database_timeout"
+
+
+class StoreConflict(Unavailable):
+    """A transaction kept failing with serialization conflicts past its retries."""
+
+    code = "database_conflict"
 
 
 class Store(Protocol):
@@ -44,20 +50,37 @@ class Store(Protocol):
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
-    async def create_call(self, call: Call) -> None: ...
+    async def create_call(self, call: Call, outbox: Sequence[OutboxMessage] = ()) -> None:
+        """Insert a new call, and ``outbox`` in the same transaction."""
 
     async def get_call(self, call_id: str) -> Call | None: ...
 
     async def list_calls(
-        self, conversation_id: str, *, limit: int, before: datetime | None = None
+        self,
+        conversation_id: str,
+        *,
+        limit: int,
+        before: datetime | None = None,
+        invited: str | None = None,
     ) -> list[Call]:
-        """Calls of a conversation, newest first."""
+        """Calls of a conversation, newest first; only those ``invited`` was invited to."""
 
-    async def mutate_call(self, call_id: str, mutate: Callable[[Call], R]) -> tuple[Call, R]:
+    async def ringing_for(self, user_id: str, *, limit: int) -> list[Call]:
+        """Live calls in which ``user_id`` is invited and has neither joined nor declined."""
+
+    async def mutate_call(
+        self,
+        call_id: str,
+        mutate: Callable[[Call], R],
+        outbox: Callable[[Call, R], Sequence[OutboxMessage]] | None = None,
+    ) -> tuple[Call, R]:
         """Atomically load ``call_id`` under a lock, apply ``mutate``, persist.
 
-        Raises NotFound when the call does not exist; an exception from
-        ``mutate`` rolls the transaction back and propagates.
+        ``outbox(call, result)``, when given, names notifications written in the
+        same transaction. Raises NotFound when the call does not exist; an
+        exception from ``mutate`` rolls the transaction back and propagates. On a
+        serialization failure the whole transaction, ``mutate`` included, runs
+        again on freshly loaded state.
         """
 
     async def due_call_ids(
@@ -75,6 +98,22 @@ class Store(Protocol):
     async def joined_in_live_calls(self, *, limit: int) -> list[tuple[str, str, str | None]]:
         """(call id, user id, name) of participants joined to a live call, oldest calls first."""
 
+    async def enqueue_outbox(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+    async def claim_outbox(
+        self, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxMessage]: ...
+
+    async def outbox_delivered(self, message_id: str) -> None: ...
+
+    async def outbox_failed(
+        self, message_id: str, *, attempts: int, error: str, retry_at: datetime | None
+    ) -> None: ...
+
+    async def purge_outbox(self, *, dead_before: datetime) -> int: ...
+
+    async def outbox_pending(self) -> int: ...
+
 
 class Tx(Protocol):
     """One open transaction. SQL uses ``$1``-style placeholders."""
@@ -90,8 +129,13 @@ class Backend(Protocol):
     name: str
     #: Appended to the SELECT that loads a call for mutation.
     lock_suffix: str
+    #: Appended to the SELECT that claims outbox rows (skip rows another node holds).
+    claim_suffix: str
     #: Exceptions that mean "the database is unreachable" rather than a bug.
     unavailable_errors: tuple[type[BaseException], ...]
+    #: Exceptions after which the whole transaction may simply run again
+    #: (serialization failures, deadlocks).
+    retryable_errors: tuple[type[BaseException], ...]
 
     async def connect(self) -> None: ...
 

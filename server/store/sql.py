@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any, Protocol, TypeVar
@@ -24,13 +24,22 @@ from server.models import (
     CallType,
     Conversation,
     EndReason,
+    OutboxMessage,
     Participant,
+    utcnow,
 )
-from server.store.base import Backend, StoreTimeout, StoreUnavailable, Tx
+from server.store.base import Backend, StoreConflict, StoreTimeout, StoreUnavailable, Tx
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+#: Attempts of one transaction that keeps hitting serialization failures.
+MAX_ATTEMPTS = 5
+RETRY_BASE_S = 0.01
+RETRY_CAP_S = 0.2
+#: Bound on applying migrations at startup (when longer than the DB timeout).
+MIGRATION_TIMEOUT_S = 60.0
 
 _CALL_COLUMNS = (
     "call_id, conversation_id, caller_id, call_type, status, mode, end_reason, "
@@ -46,6 +55,8 @@ class DbMetrics(Protocol):
     def db_query(self, operation: str, seconds: float) -> None: ...
 
     def db_timeout(self, operation: str) -> None: ...
+
+    def db_retry(self, operation: str) -> None: ...
 
 
 def migrations(backend_name: str) -> list[tuple[int, str]]:
@@ -79,9 +90,22 @@ class SqlStore:
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
+        """Connect (bounded by the DB timeout like every other wait: a frozen server
+        fails this attempt instead of hanging startup), then migrate (bounded by
+        :data:`MIGRATION_TIMEOUT_S` at least, as schema changes may be slow on
+        CockroachDB)."""
+        bound = self._timeout_s
         try:
-            await self._backend.connect()
-            await self._migrate()
+            async with asyncio.timeout(self._timeout_s):
+                await self._backend.connect()
+            bound = max(self._timeout_s, MIGRATION_TIMEOUT_S)
+            async with asyncio.timeout(bound):
+                await self._migrate()
+        except TimeoutError:
+            await self._backend.close()
+            raise StoreUnavailable(
+                f"the {self._backend.name} database did not answer within {bound:g} s"
+            ) from None
         except self._backend.unavailable_errors as exc:
             await self._backend.close()
             raise StoreUnavailable(
@@ -113,14 +137,38 @@ class SqlStore:
                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 )
 
-    @asynccontextmanager
-    async def _tx(self, operation: str, *, write: bool) -> AsyncIterator[Tx]:
-        """A transaction bounded by the DB timeout, timed, with errors mapped to 503s."""
+    async def _run(self, operation: str, body: Callable[[Tx], Awaitable[R]], *, write: bool) -> R:
+        """Run ``body`` in one transaction, all attempts bounded by the DB timeout.
+
+        A serialization failure (SQLSTATE 40001, which CockroachDB and Postgres at
+        ``SERIALIZABLE`` raise when two transactions conflict) or a deadlock rolls
+        the transaction back; ``body`` then runs again in a fresh one, after a
+        jittered backoff, up to :data:`MAX_ATTEMPTS` times in all.
+        """
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
-                async with self._backend.transaction(write=write) as tx:
-                    yield tx
+                for attempt in range(1, MAX_ATTEMPTS + 1):
+                    try:
+                        async with self._backend.transaction(write=write) as tx:
+                            return await body(tx)
+                    except self._backend.retryable_errors as exc:
+                        if attempt == MAX_ATTEMPTS:
+                            raise StoreConflict(
+                                f"{operation} kept conflicting with concurrent "
+                                f"transactions ({attempt} attempts): {exc}"
+                            ) from exc
+                        self._metrics.db_retry(operation)
+                        delay = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1))
+                        logger.info(
+                            "%s: serialization conflict (attempt %d/%d), retrying: %s",
+                            operation,
+                            attempt,
+                            MAX_ATTEMPTS,
+                            exc,
+                        )
+                        await asyncio.sleep(random.uniform(delay / 2, delay))
+                raise AssertionError("unreachable")  # the loop returns or raises
         except TimeoutError:
             self._metrics.db_timeout(operation)
             raise StoreTimeout(
@@ -132,14 +180,17 @@ class SqlStore:
             self._metrics.db_query(operation, time.perf_counter() - started)
 
     async def ping(self) -> None:
-        async with self._tx("ping", write=False) as tx:
+        async def body(tx: Tx) -> None:
             await tx.fetch("SELECT 1 AS ok")
+
+        await self._run("ping", body, write=False)
 
     # -- conversations -----------------------------------------------------
 
     async def create_conversation(self, conversation: Conversation) -> None:
         t = self._backend.to_db_time
-        async with self._tx("create_conversation", write=True) as tx:
+
+        async def body(tx: Tx) -> None:
             await tx.execute(
                 "INSERT INTO conversations (conversation_id, title, created_by, created_at) "
                 "VALUES ($1, $2, $3, $4)",
@@ -157,8 +208,10 @@ class SqlStore:
                 ],
             )
 
+        await self._run("create_conversation", body, write=True)
+
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        async with self._tx("get_conversation", write=False) as tx:
+        async def body(tx: Tx) -> Conversation | None:
             rows = await tx.fetch(
                 "SELECT conversation_id, title, created_by, created_at FROM conversations "
                 "WHERE conversation_id = $1",
@@ -171,62 +224,102 @@ class SqlStore:
                 "ORDER BY position",
                 conversation_id,
             )
-        row = rows[0]
-        created_at = self._backend.from_db_time(row["created_at"])
-        assert created_at is not None
-        return Conversation(
-            conversation_id=row["conversation_id"],
-            title=row["title"],
-            member_ids=[m["user_id"] for m in members],
-            created_by=row["created_by"],
-            created_at=created_at,
-        )
+            row = rows[0]
+            created_at = self._backend.from_db_time(row["created_at"])
+            assert created_at is not None
+            return Conversation(
+                conversation_id=row["conversation_id"],
+                title=row["title"],
+                member_ids=[m["user_id"] for m in members],
+                created_by=row["created_by"],
+                created_at=created_at,
+            )
+
+        return await self._run("get_conversation", body, write=False)
 
     # -- calls -------------------------------------------------------------
 
-    async def create_call(self, call: Call) -> None:
-        async with self._tx("create_call", write=True) as tx:
+    async def create_call(self, call: Call, outbox: Sequence[OutboxMessage] = ()) -> None:
+        async def body(tx: Tx) -> None:
             await tx.execute(
                 f"INSERT INTO calls ({_CALL_COLUMNS}, duration_seconds) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 *self._call_row(call),
             )
             await self._write_participants(tx, call)
+            await self._write_outbox(tx, outbox)
+
+        await self._run("create_call", body, write=True)
 
     async def get_call(self, call_id: str) -> Call | None:
-        async with self._tx("get_call", write=False) as tx:
+        async def body(tx: Tx) -> Call | None:
             return await self._load_call(tx, call_id, lock=False)
 
+        return await self._run("get_call", body, write=False)
+
     async def list_calls(
-        self, conversation_id: str, *, limit: int, before: datetime | None = None
+        self,
+        conversation_id: str,
+        *,
+        limit: int,
+        before: datetime | None = None,
+        invited: str | None = None,
     ) -> list[Call]:
         t = self._backend.to_db_time
         where = "conversation_id = $1"
-        args: list[object] = [conversation_id]
+        args: list[object] = [conversation_id, limit]
         if before is not None:
-            where += " AND created_at < $3"
-        async with self._tx("list_calls", write=False) as tx:
-            newest = f"SELECT call_id FROM calls WHERE {where} ORDER BY created_at DESC LIMIT $2"
-            args.append(limit)
-            if before is not None:
-                args.append(t(before))
+            args.append(t(before))
+            where += f" AND created_at < ${len(args)}"
+        if invited is not None:
+            args.append(invited)
+            where += (
+                " AND call_id IN (SELECT call_id FROM call_participants"
+                f" WHERE user_id = ${len(args)} AND invited = TRUE)"
+            )
+        newest = f"SELECT call_id FROM calls WHERE {where} ORDER BY created_at DESC LIMIT $2"
+        return await self._calls_where(
+            "list_calls", f"call_id IN ({newest})", args, order="created_at DESC"
+        )
+
+    async def ringing_for(self, user_id: str, *, limit: int) -> list[Call]:
+        """Live calls in which ``user_id`` is invited and has neither joined nor declined."""
+        matching = (
+            "SELECT p.call_id FROM call_participants p JOIN calls c ON c.call_id = p.call_id"
+            " WHERE p.user_id = $1 AND p.invited = TRUE AND p.joined_at IS NULL"
+            " AND p.declined_at IS NULL AND c.status <> 'ended'"
+            " ORDER BY c.created_at DESC LIMIT $2"
+        )
+        return await self._calls_where(
+            "ringing_for", f"call_id IN ({matching})", [user_id, limit], order="created_at DESC"
+        )
+
+    async def _calls_where(
+        self, operation: str, where: str, args: list[object], *, order: str
+    ) -> list[Call]:
+        async def body(tx: Tx) -> list[Call]:
             call_rows = await tx.fetch(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id IN ({newest}) "
-                "ORDER BY created_at DESC",
-                *args,
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE {where} ORDER BY {order}", *args
             )
             participant_rows = await tx.fetch(
                 f"SELECT {_PARTICIPANT_COLUMNS} FROM call_participants "
-                f"WHERE call_id IN ({newest}) ORDER BY position",
+                f"WHERE {where} ORDER BY position",
                 *args,
             )
-        by_call: dict[str, list[Participant]] = {}
-        for row in participant_rows:
-            by_call.setdefault(row["call_id"], []).append(self._participant(row))
-        return [self._call(row, by_call.get(row["call_id"], [])) for row in call_rows]
+            by_call: dict[str, list[Participant]] = {}
+            for row in participant_rows:
+                by_call.setdefault(row["call_id"], []).append(self._participant(row))
+            return [self._call(row, by_call.get(row["call_id"], [])) for row in call_rows]
 
-    async def mutate_call(self, call_id: str, mutate: Callable[[Call], R]) -> tuple[Call, R]:
-        async with self._tx("mutate_call", write=True) as tx:
+        return await self._run(operation, body, write=False)
+
+    async def mutate_call(
+        self,
+        call_id: str,
+        mutate: Callable[[Call], R],
+        outbox: Callable[[Call, R], Sequence[OutboxMessage]] | None = None,
+    ) -> tuple[Call, R]:
+        async def body(tx: Tx) -> tuple[Call, R]:
             call = await self._load_call(tx, call_id, lock=True)
             if call is None:
                 raise NotFound(f"no call {call_id}", code="call_not_found")
@@ -244,7 +337,11 @@ class SqlStore:
                 call.duration_seconds if call.ended_at else None,
             )
             await self._write_participants(tx, call)
-        return call, result
+            if outbox is not None:
+                await self._write_outbox(tx, outbox(call, result))
+            return call, result
+
+        return await self._run("mutate_call", body, write=True)
 
     async def due_call_ids(
         self,
@@ -255,7 +352,8 @@ class SqlStore:
         limit: int,
     ) -> list[str]:
         t = self._backend.to_db_time
-        async with self._tx("due_call_ids", write=False) as tx:
+
+        async def body(tx: Tx) -> list[str]:
             rows = await tx.fetch(
                 "SELECT call_id FROM calls WHERE status <> 'ended' AND ("
                 "(status = 'ringing' AND created_at <= $1) OR "
@@ -266,15 +364,19 @@ class SqlStore:
                 t(idle_before),
                 limit,
             )
-        return [row["call_id"] for row in rows]
+            return [row["call_id"] for row in rows]
+
+        return await self._run("due_call_ids", body, write=False)
 
     async def count_live_calls(self) -> int:
-        async with self._tx("count_live_calls", write=False) as tx:
+        async def body(tx: Tx) -> int:
             rows = await tx.fetch("SELECT COUNT(*) AS n FROM calls WHERE status <> 'ended'")
-        return int(rows[0]["n"])
+            return int(rows[0]["n"])
+
+        return await self._run("count_live_calls", body, write=False)
 
     async def joined_in_live_calls(self, *, limit: int) -> list[tuple[str, str, str | None]]:
-        async with self._tx("joined_in_live_calls", write=False) as tx:
+        async def body(tx: Tx) -> list[tuple[str, str, str | None]]:
             rows = await tx.fetch(
                 "SELECT p.call_id, p.user_id, p.name FROM call_participants p"
                 " JOIN calls c ON c.call_id = p.call_id"
@@ -282,7 +384,133 @@ class SqlStore:
                 " ORDER BY c.created_at, p.call_id, p.position LIMIT $1",
                 limit,
             )
-        return [(str(r["call_id"]), str(r["user_id"]), r["name"]) for r in rows]
+            return [(str(r["call_id"]), str(r["user_id"]), r["name"]) for r in rows]
+
+        return await self._run("joined_in_live_calls", body, write=False)
+
+    # -- notification outbox -----------------------------------------------
+
+    async def _write_outbox(self, tx: Tx, messages: Sequence[OutboxMessage]) -> None:
+        t = self._backend.to_db_time
+        await tx.executemany(
+            "INSERT INTO notification_outbox (message_id, event, call_id, body, created_at, "
+            "next_attempt_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, 0)",
+            [
+                (m.message_id, m.event, m.call_id, m.body, t(m.created_at), t(m.created_at))
+                for m in messages
+            ],
+        )
+
+    async def enqueue_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        async def body(tx: Tx) -> None:
+            await self._write_outbox(tx, messages)
+
+        await self._run("enqueue_outbox", body, write=True)
+
+    async def claim_outbox(
+        self, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxMessage]:
+        """Take up to ``limit`` due messages; none is due again before ``lease_until``,
+        so another node (or this one after a crash) retries it only after the lease."""
+        t = self._backend.to_db_time
+        f = self._backend.from_db_time
+
+        async def body(tx: Tx) -> list[OutboxMessage]:
+            rows = await tx.fetch(
+                "SELECT message_id, event, call_id, body, created_at, attempts"
+                " FROM notification_outbox WHERE dead_at IS NULL AND next_attempt_at <= $1"
+                f" ORDER BY next_attempt_at LIMIT $2{self._backend.claim_suffix}",
+                t(now),
+                limit,
+            )
+            await tx.executemany(
+                "UPDATE notification_outbox SET next_attempt_at = $2 WHERE message_id = $1",
+                [(row["message_id"], t(lease_until)) for row in rows],
+            )
+            messages = []
+            for row in rows:
+                created_at = f(row["created_at"])
+                assert created_at is not None
+                messages.append(
+                    OutboxMessage(
+                        message_id=row["message_id"],
+                        event=row["event"],
+                        call_id=row["call_id"],
+                        body=row["body"],
+                        created_at=created_at,
+                        attempts=int(row["attempts"]),
+                    )
+                )
+            return messages
+
+        return await self._run("claim_outbox", body, write=True)
+
+    async def outbox_delivered(self, message_id: str) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.execute("DELETE FROM notification_outbox WHERE message_id = $1", message_id)
+
+        await self._run("outbox_delivered", body, write=True)
+
+    async def outbox_failed(
+        self, message_id: str, *, attempts: int, error: str, retry_at: datetime | None
+    ) -> None:
+        """Record a failed attempt: due again at ``retry_at``, or dead when it is None."""
+        t = self._backend.to_db_time
+        now = t(utcnow())
+
+        async def body(tx: Tx) -> None:
+            if retry_at is None:
+                await tx.execute(
+                    "UPDATE notification_outbox SET attempts = $2, last_error = $3,"
+                    " dead_at = $4 WHERE message_id = $1",
+                    message_id,
+                    attempts,
+                    error[:500],
+                    now,
+                )
+            else:
+                await tx.execute(
+                    "UPDATE notification_outbox SET attempts = $2, last_error = $3,"
+                    " next_attempt_at = $4 WHERE message_id = $1",
+                    message_id,
+                    attempts,
+                    error[:500],
+                    t(retry_at),
+                )
+
+        await self._run("outbox_failed", body, write=True)
+
+    async def purge_outbox(self, *, dead_before: datetime) -> int:
+        """Delete rows given up on before ``dead_before``; returns how many."""
+        t = self._backend.to_db_time
+
+        async def body(tx: Tx) -> int:
+            rows = await tx.fetch(
+                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at < $1",
+                t(dead_before),
+            )
+            await tx.execute("DELETE FROM notification_outbox WHERE dead_at < $1", t(dead_before))
+            return int(rows[0]["n"])
+
+        return await self._run("purge_outbox", body, write=True)
+
+    async def outbox_dead(self) -> int:
+        async def body(tx: Tx) -> int:
+            rows = await tx.fetch(
+                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at IS NOT NULL"
+            )
+            return int(rows[0]["n"])
+
+        return await self._run("outbox_dead", body, write=False)
+
+    async def outbox_pending(self) -> int:
+        async def body(tx: Tx) -> int:
+            rows = await tx.fetch(
+                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at IS NULL"
+            )
+            return int(rows[0]["n"])
+
+        return await self._run("outbox_pending", body, write=False)
 
     # -- mapping -----------------------------------------------------------
 

@@ -51,7 +51,9 @@ class _SqliteTx:
 class SqliteBackend:
     name = "sqlite"
     lock_suffix = ""  # BEGIN IMMEDIATE already holds the database's write lock
+    claim_suffix = ""
     unavailable_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError, OSError)
+    retryable_errors: tuple[type[BaseException], ...] = ()  # one writer at a time
 
     def __init__(self, url: str) -> None:
         self._path = sqlite_path(url)
