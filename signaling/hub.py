@@ -236,6 +236,8 @@ class SignalingHub:
             del self._conns[call_id]
         self.metrics.connections.dec()
         code = conn.close_code
+        if code in (CloseCode.TOO_SLOW, CloseCode.HEARTBEAT_TIMEOUT):
+            self.metrics.close(code)  # decided by the connection's writer, counted here
         if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.REPLACED):
             self._schedule_leave(call_id, pid, conn.name)
         if code != CloseCode.REPLACED and not self._is_online(call_id, pid):
