@@ -266,3 +266,40 @@ class RawWebSocket:
 
     def close(self) -> None:
         self._sock.close()
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Bytes as they are, for frames that break RFC 6455 on purpose."""
+        await asyncio.get_running_loop().sock_sendall(self._sock, data)
+
+    async def close_code(self, timeout: float = 5.0) -> int | None:
+        """Read frames until the server's close frame; its code (None: no code, or EOF)."""
+        loop = asyncio.get_running_loop()
+        buffer = b""
+
+        async def need(count: int) -> bool:
+            nonlocal buffer
+            while len(buffer) < count:
+                chunk = await loop.sock_recv(self._sock, 65536)
+                if not chunk:
+                    return False
+                buffer += chunk
+            return True
+
+        async with asyncio.timeout(timeout):
+            while await need(2):
+                opcode, length = buffer[0] & 0x0F, buffer[1] & 0x7F
+                offset = 2
+                if length == 126:
+                    if not await need(4):
+                        return None
+                    length, offset = struct.unpack("!H", buffer[2:4])[0], 4
+                elif length == 127:
+                    if not await need(10):
+                        return None
+                    length, offset = struct.unpack("!Q", buffer[2:10])[0], 10
+                if not await need(offset + length):
+                    return None
+                payload, buffer = buffer[offset : offset + length], buffer[offset + length :]
+                if opcode == 0x8:
+                    return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else None
+        return None
