@@ -719,13 +719,15 @@ class SignalingHub:
         ``connect_timeout_s`` has passed since they joined.
 
         Without Redis: no socket here and no leave pending. With Redis: no
-        seat record at all (seen so for a whole node TTL, so that every live
+        seat record at all (seen so for two node TTLs, so that every live
         node's heartbeat has written back the seats Redis may have lost), or a
         seat of this very node whose socket is gone with no leave pending.
         Seats of other nodes are theirs (alive) or adopted (dead)."""
         seats = self.seats
         now = time.monotonic()
-        hold_s = seats.ttl_s if seats is not None else 0.0
+        # Two TTLs: every live node's heartbeat (every third of one) has had
+        # several chances to write back seats Redis lost.
+        hold_s = 2 * seats.ttl_s if seats is not None else 0.0
         unseated: dict[tuple[str, str], float] = {}
         candidates: dict[str, list[tuple[str, str | None, str]]] = {}
         for call_id, members in by_call.items():

@@ -23,7 +23,7 @@ after the grace period unless, by then, its seat points to a live node (it
 reconnected somewhere). Participants without a seat record (they never opened
 a socket, or their node died while Redis had lost its records) leave once
 ``HUDDLE_CONNECT_TIMEOUT`` has passed since they joined and they have been
-seen seatless for a whole TTL (every live node has rebuilt its seats by
+seen seatless for two TTLs (every live node has rebuilt its seats by
 then). Redis errors make a scan skip, never kick anyone.
 """
 

@@ -9,7 +9,8 @@ past its bound:
   after the database is back;
 - a dead node: ``HUDDLE_NODE_TTL`` + a scan (a third of it) + the grace;
 - a frozen client: ``HUDDLE_DROP_AFTER`` + the grace;
-- a client that never reads: dropped when its send queue fills (4031), then the grace.
+- a client that never reads: dropped when its send queue fills (4031), then the grace;
+- a participant who joins and never connects: ``HUDDLE_CONNECT_TIMEOUT`` + a scan.
 
 Short settings keep the module around half a minute; ``make reliability``
 repeats the outages (``scale.seconds``).
@@ -43,6 +44,7 @@ LEAVE_RETRY_S = 0.5
 PING_AFTER_S = 1.0
 DROP_AFTER_S = 2.0
 SCAN_S = NODE_TTL_S / 3
+CONNECT_TIMEOUT_S = 4.0
 #: Reconnecting to a restarted database or Redis, process scheduling on a busy machine.
 SLACK_S = 3.0
 #: /ready must change its answer within this long of a dependency going or coming.
@@ -54,7 +56,7 @@ ENV = {
     "HUDDLE_LEAVE_RETRY": str(LEAVE_RETRY_S),
     "HUDDLE_PING_AFTER": str(PING_AFTER_S),
     "HUDDLE_DROP_AFTER": str(DROP_AFTER_S),
-    "HUDDLE_CONNECT_TIMEOUT": "30",
+    "HUDDLE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S),
     "HUDDLE_RINGING_TIMEOUT": "3",
     "HUDDLE_SWEEP_INTERVAL": "0.5",
     "HUDDLE_DB_TIMEOUT": "2",
@@ -151,6 +153,32 @@ async def metric(http: aiohttp.ClientSession, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+async def test_a_participant_who_never_connects_is_released_once(
+    rig: Rig, sessions: list[aiohttp.ClientSession]
+) -> None:
+    n1, _ = rig.nodes
+    api1, api2 = Api(sessions[0]), Api(sessions[1])  # type: ignore[arg-type]
+    pat, quinn = await api1.users("pat", "quinn")
+    call = await api1.group_call(pat, quinn)
+    call_id = call["call_id"]
+    await api2.action(call_id, "join", quinn)  # over HTTP on the other node, then nothing
+    joined_at = time.monotonic()
+    p = await open_ws(n1, call_id, pat)
+    try:
+        await p.receive(
+            "leave",
+            timeout=CONNECT_TIMEOUT_S + SCAN_S + SLACK_S,
+            where=lambda m: m["participant_id"] == quinn.user_id,
+        )
+        assert time.monotonic() - joined_at >= CONNECT_TIMEOUT_S - 0.5
+        assert not await joined(api1, call_id, pat, quinn)
+        assert await joined(api1, call_id, pat, pat) and not p.closed
+        released = [await metric(s, "video_call_connect_timeout_total") for s in sessions]
+        assert sum(released) == 1, released  # one node took charge
+    finally:
+        await p.close()
 
 
 async def test_postgres_restart_mid_call(rig: Rig, sessions: list[aiohttp.ClientSession]) -> None:
@@ -285,7 +313,11 @@ async def test_redis_restarts_empty_then_a_node_dies(
     n = await open_ws(survivor, shared, ned)
     clients.append(n)
     try:
-        assert any(abandoned in key for key in rig.redis.keys("huddle:seats:*"))
+        await eventually(
+            lambda: f"huddle:seats:{abandoned}" in rig.redis.keys("huddle:seats:*"),
+            timeout=SLACK_S,
+            message="seats recorded",
+        )
         rig.redis.stop()
         for http in sessions:
             await ready_becomes(http, 503, "/ready reports Redis down")
