@@ -1,5 +1,6 @@
-"""Seats the server frees by itself: leaves retried through a database outage,
-and participants who join over HTTP but never open the signaling socket."""
+"""Transitions the server starts by itself: leaves retried through a database
+outage, participants who join over HTTP but never open the signaling socket,
+and the sweeper's timeouts that fall due while the database is away."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.keys import METRICS
 from signaling.client import SignalingClient
+from tests.conftest import FakeClock, make_config
 from tests.signaling.conftest import Node, NodeFactory, signaling_config
 from tests.support.api import Api, User
 from tests.support.polling import eventually
@@ -114,4 +116,56 @@ async def test_a_disconnect_leave_lost_to_a_database_outage_is_retried(
         assert sample(node, "video_call_cleanup_on_disconnect_total") == 1
     finally:
         await node.stack.aclose()
+        await client.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("limits", "answered", "reason"),
+    [
+        ({"ringing_timeout_s": 60.0}, False, "missed"),
+        ({"max_duration_s": 60.0}, True, "expired"),
+        ({"stale_after_s": 60.0, "max_duration_s": 7 * 86_400.0}, True, "cleaned"),
+    ],
+)
+async def test_worker_transitions_due_during_a_database_outage_land_after_it(
+    postgres_behind_proxy: tuple[str, TcpProxy],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    limits: dict[str, float],
+    answered: bool,
+    reason: str,
+) -> None:
+    """Ringing timeout, max duration, staleness: the sweep that fails while the
+    database is away is run again, and the call ends once it is back."""
+    database_url, proxy = postgres_behind_proxy
+    config = make_config(database_url, sweep_interval_s=0.1, **limits)
+    client = TestClient(TestServer(create_app(config, clock=clock), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        api = Api(client)
+        ana, bob = await api.users("ana", "bob")
+        call_id = (await api.group_call(ana, bob))["call_id"]
+        if answered:
+            await api.action(call_id, "join", bob)
+        await proxy.cut()
+        clock.advance(61)  # due now, while nothing can be written
+
+        def sweep_failed() -> bool:
+            return any("worker call-sweeper" in r.getMessage() for r in caplog.records)
+
+        await eventually(sweep_failed, timeout=10, message="a sweep failed during the outage")
+        await proxy.start()
+
+        async def ended() -> bool:
+            response = await client.get(f"/v1/calls/{call_id}", headers=ana.headers)
+            if response.status != 200:
+                return False
+            body = await response.json()
+            return bool(body["status"] == "ended")
+
+        await eventually(ended, timeout=10, message="the due call ended after the outage")
+        status = await api.status(call_id, ana)
+        assert status["end_reason"] == reason
+    finally:
         await client.close()
