@@ -345,6 +345,11 @@ async def test_redis_restarts_empty_then_a_node_dies(
         ):
             assert await joined(api, call_id, asking, user), rig.logs()
 
+        # Signaling across the nodes works again (the bus resubscribed).
+        await clients[2].send({"type": "offer", "target_id": ned.user_id, "sdp": SDP, "id": 1})
+        relayed = await n.receive("offer", timeout=SLACK_S)
+        assert relayed["sender_id"] == mo.user_id
+
         doomed.process.kill()
         doomed.process.wait(10)
         died = time.monotonic()
