@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Debian packages the test suite drives for real: coturn (TURN relay tests) and
-# Chromium (browser tests). Installed only when missing; needs root (CI is).
+# Debian packages the test suite drives for real: coturn (TURN relay tests),
+# Chromium (browser tests), Redis and Postgres servers (fault tests). Installed
+# only when missing; needs root (CI is).
 set -euo pipefail
 
 missing=()
 command -v turnserver >/dev/null || missing+=(coturn)
 command -v chromium >/dev/null || missing+=(chromium)
+# The fault tests (tests/reliability/test_faults.py) start a Redis and a Postgres of their own.
+command -v redis-server >/dev/null || missing+=(redis-server)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -87,6 +87,11 @@ class SignalingSettings:
     drop_after_s: float = 45.0
     # With Redis: a node whose heartbeat is this old is dead; its seats are freed.
     node_ttl_s: float = 15.0
+    # A joined participant who never opens a signaling socket leaves after this.
+    connect_timeout_s: float = 60.0
+    # A leave the server starts itself (grace period, dead node, connect timeout)
+    # that fails (database away) is tried again, backing off up to this interval.
+    leave_retry_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -302,8 +307,14 @@ def load_config(environ: Mapping[str, str]) -> Config:
             "HUDDLE_MAX_MESSAGE_BYTES", 64 * 1024, low=1024, high=1024 * 1024
         ),
         messages_per_second=env.seconds("HUDDLE_MESSAGES_PER_SECOND", 50, low=1, high=10_000),
+        ping_after_s=env.seconds("HUDDLE_PING_AFTER", 20, low=0.1, high=3600),
+        drop_after_s=env.seconds("HUDDLE_DROP_AFTER", 45, low=0.2, high=3600),
         node_ttl_s=env.seconds("HUDDLE_NODE_TTL", 15, low=1, high=300),
+        connect_timeout_s=env.seconds("HUDDLE_CONNECT_TIMEOUT", 60, low=1, high=86_400),
+        leave_retry_s=env.seconds("HUDDLE_LEAVE_RETRY", 2, low=0.05, high=60),
     )
+    if signaling.drop_after_s <= signaling.ping_after_s:
+        raise ConfigError("HUDDLE_DROP_AFTER must be longer than HUDDLE_PING_AFTER")
     media = MediaSettings(
         ice_hosts=env.csv("HUDDLE_ICE_HOSTS"),
         public_ip=env.raw("HUDDLE_PUBLIC_IP"),

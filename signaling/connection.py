@@ -3,7 +3,8 @@
 The request handler reads (:mod:`signaling.handler`); :class:`Connection` owns
 the writer task, which also keeps the heartbeat: after ``ping_after_s`` of
 silence from the client it sends ``ping``, after ``drop_after_s`` it closes.
-A client whose queue fills up, or whose socket takes longer than the write
+A client whose queue fills up (the TCP connection is aborted at once, no close
+frame: it would not be read), or whose socket takes longer than the write
 timeout, is dropped rather than allowed to slow anyone else.
 """
 
@@ -103,6 +104,9 @@ class Connection:
         except asyncio.QueueFull:
             logger.warning("%r fell behind (send queue full): dropping it", self)
             self.close(CloseCode.TOO_SLOW, "too slow", flush=False)
+            # The writer is stuck behind a client that does not read: a close
+            # frame would wait for the write timeout. Cut the connection now.
+            self._abort()
             return False
         return True
 

@@ -135,6 +135,14 @@ async def _read(hub: SignalingHub, conn: Connection) -> None:
                 violation(hub, conn, CloseCode.TOO_MANY_ERRORS, "too many invalid messages")
         except ProtocolViolation as exc:
             violation(hub, conn, exc.close_code, exc.reason)
+        except Exception:
+            # A bug, or a dependency failing in a way nothing above expected:
+            # answer it on this socket and keep the seat, never let it escape
+            # (aiohttp would write a raw HTTP 500 into the upgraded stream).
+            logger.exception("%r: unexpected error handling a frame", conn)
+            answer_error(hub, conn, ErrorCode.INTERNAL_ERROR, "internal error handling the message")
+            if not abuse.take():
+                violation(hub, conn, CloseCode.TOO_MANY_ERRORS, "too many invalid messages")
 
 
 async def _handle_text(hub: SignalingHub, conn: Connection, text: str) -> None:

@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -40,7 +42,7 @@ from server.config import SignalingSettings
 from server.errors import HuddleError
 from server.events import CallEvent
 from server.lifecycle import EventKind
-from server.models import Call
+from server.models import Call, utcnow
 from signaling.bus import BusUnavailable, Envelope, MessageBus
 from signaling.connection import Connection
 from signaling.metrics import SignalingMetrics
@@ -109,6 +111,11 @@ class SignalingHub:
         self._idle = asyncio.Event()
         self._idle.set()
         self._shutting_down = False
+        #: (call, participant) -> when a scan first saw it joined without any socket.
+        self._unseated: dict[tuple[str, str], float] = {}
+        if seats is not None:
+            seats.local_seats = self._local_seats
+            seats.on_rebuilt = self.metrics.seats_rebuilt.inc
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -117,9 +124,9 @@ class SignalingHub:
         self.calls.events.add(self)
         if self.seats is not None:
             self.seats.start()
-            task = asyncio.create_task(self._adopt_loop(), name="signaling:adopt-orphans")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        task = asyncio.create_task(self._scan_loop(), name="signaling:seat-scan")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def attach_sfu(self, endpoint: SfuEndpoint | None) -> None:
         """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
@@ -229,6 +236,8 @@ class SignalingHub:
             del self._conns[call_id]
         self.metrics.connections.dec()
         code = conn.close_code
+        if code in (CloseCode.TOO_SLOW, CloseCode.HEARTBEAT_TIMEOUT):
+            self.metrics.close(code)  # decided by the connection's writer, counted here
         if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.REPLACED):
             self._schedule_leave(call_id, pid, conn.name)
         if code != CloseCode.REPLACED and not self._is_online(call_id, pid):
@@ -508,14 +517,21 @@ class SignalingHub:
         return True
 
     def _schedule_leave(
-        self, call_id: str, pid: str, name: str | None, lost_node: str | None = None
+        self,
+        call_id: str,
+        pid: str,
+        name: str | None,
+        lost_node: str | None = None,
+        *,
+        never_connected: bool = False,
     ) -> None:
-        """Leave after the grace period; ``lost_node``: the seat holder whose socket went away."""
+        """Leave after the grace period (at once when ``never_connected``);
+        ``lost_node``: the seat holder whose socket went away."""
         self._cancel_pending(call_id, pid)
         if lost_node is None:
             lost_node = self.seats.holder if self.seats is not None else self.node_id
         task = asyncio.create_task(
-            self._leave_after_grace(call_id, pid, name, lost_node),
+            self._leave_after_grace(call_id, pid, name, lost_node, never_connected),
             name=f"signaling:leave:{pid}",
         )
         self._pending.setdefault(call_id, {})[pid] = task
@@ -533,68 +549,147 @@ class SignalingHub:
             task.cancel()
 
     async def _leave_after_grace(
-        self, call_id: str, pid: str, name: str | None, lost_node: str
+        self, call_id: str, pid: str, name: str | None, lost_node: str, never_connected: bool
     ) -> None:
-        await asyncio.sleep(self.options.disconnect_grace_s)
-        # Out of the pending map first: the leave's own event must not cancel us.
+        """Leave once the grace period is over, retrying (backing off up to
+        ``settings.leave_retry_s``) while the database or Redis is away, until
+        the leave lands, is moot (already left, call ended), or the participant
+        is back (a socket here, or a seat on another live node)."""
+        if not never_connected:
+            await asyncio.sleep(self.options.disconnect_grace_s)
+        delay = min(0.25, self.settings.leave_retry_s)
+        attempts = 0
+        try:
+            while True:
+                # Out of the pending map first: the leave's own event must not cancel us.
+                self._unpend(call_id, pid)
+                attempts += 1
+                if await self._try_leave(call_id, pid, name, lost_node, attempts, never_connected):
+                    return
+                if pid in self._conns.get(call_id, {}) or pid in self._pending.get(call_id, {}):
+                    return  # reconnected here during the attempt: its socket holds the seat
+                # Pending again while we wait, so a reconnect (here or elsewhere) cancels us.
+                task = asyncio.current_task()
+                assert task is not None
+                self._pending.setdefault(call_id, {})[pid] = task
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.leave_retry_s)
+        finally:
+            await self._maybe_unsubscribe(call_id)
+
+    def _unpend(self, call_id: str, pid: str) -> None:
         pending = self._pending.get(call_id, {})
         if pending.get(pid) is asyncio.current_task():
             del pending[pid]
             if not pending:
                 self._pending.pop(call_id, None)
+
+    async def _try_leave(
+        self,
+        call_id: str,
+        pid: str,
+        name: str | None,
+        lost_node: str,
+        attempt: int,
+        never_connected: bool = False,
+    ) -> bool:
+        """One attempt at a server-started leave; False: try again later."""
         if self.seats is not None:
             try:
                 if await self.seats.held_elsewhere(call_id, pid, lost_node):
                     logger.info("Call(%s) Participant(%s) reconnected elsewhere", call_id, pid)
-                    await self._maybe_unsubscribe(call_id)
-                    return
+                    return True
             except RedisError as exc:
                 if lost_node != self.seats.holder:
                     # An adopted seat, unknown state: never kick someone who
-                    # may have reconnected; the next scan tries again.
-                    logger.warning("Call(%s) leave of %s skipped, Redis: %s", call_id, pid, exc)
-                    await self._maybe_unsubscribe(call_id)
-                    return
+                    # may have reconnected; ask Redis again shortly.
+                    if attempt == 1:
+                        logger.warning(
+                            "Call(%s) leave of %s waits for Redis: %s", call_id, pid, exc
+                        )
+                    return False
                 # Our own socket dropped: leave as without a seat map.
                 logger.warning("Call(%s) seat of %s not checked, Redis: %s", call_id, pid, exc)
         try:
             await self.calls.leave(Identity(pid, name), call_id)
-            self.metrics.cleanup_on_disconnect.inc()
-            logger.info("Call(%s) Participant(%s) left after disconnect grace", call_id, pid)
         except HuddleError as exc:
-            if exc.status >= 500:
-                self.metrics.cleanup_failed.inc()
-                logger.warning("Call(%s) disconnect leave of %s failed: %s", call_id, pid, exc)
-            # else: already left, or the call ended meanwhile: nothing to clean.
-        except Exception:
-            self.metrics.cleanup_failed.inc()
-            logger.exception("Call(%s) disconnect leave of %s failed", call_id, pid)
-        finally:
-            await self._maybe_unsubscribe(call_id)
+            if exc.status < 500:
+                return True  # already left, or the call ended meanwhile: nothing to clean
+            self._leave_failed(call_id, pid, attempt, exc.message)
+            return False
+        except Exception as exc:
+            if attempt == 1:
+                logger.exception("Call(%s) disconnect leave of %s failed", call_id, pid)
+            self._leave_failed(call_id, pid, attempt, repr(exc))
+            return False
+        (
+            self.metrics.connect_timeouts if never_connected else self.metrics.cleanup_on_disconnect
+        ).inc()
+        logger.info(
+            "Call(%s) Participant(%s) left %s%s",
+            call_id,
+            pid,
+            "without ever connecting" if never_connected else "after disconnect grace",
+            f" (attempt {attempt})" if attempt > 1 else "",
+        )
+        return True
+
+    def _leave_failed(self, call_id: str, pid: str, attempt: int, why: str) -> None:
+        self.metrics.cleanup_failed.inc()
+        log = logger.warning if attempt == 1 else logger.debug
+        log(
+            "Call(%s) disconnect leave of %s failed (attempt %d), retrying within %.1f s: %s",
+            call_id,
+            pid,
+            attempt,
+            self.settings.leave_retry_s,
+            why,
+        )
 
     # -- seats of dead nodes ----------------------------------------------------------------
 
-    async def _adopt_loop(self) -> None:
-        assert self.seats is not None
+    @property
+    def scan_interval_s(self) -> float:
+        """How often joined participants are checked (dead nodes, never connected)."""
+        if self.seats is not None:
+            return min(self.seats.scan_interval_s, self.settings.connect_timeout_s / 4)
+        return max(0.05, min(5.0, self.settings.connect_timeout_s / 4))
+
+    async def _scan_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.seats.scan_interval_s)
+            await asyncio.sleep(self.scan_interval_s)
             try:
-                await self.adopt_orphans()
+                await self.scan_seats()
             except (RedisError, HuddleError) as exc:
-                logger.warning("signaling: orphaned seat scan skipped: %s", exc)
+                logger.warning("signaling: seat scan skipped: %s", exc)
             except Exception:
-                logger.exception("signaling: orphaned seat scan failed")
+                logger.exception("signaling: seat scan failed")
 
     async def adopt_orphans(self) -> int:
         """Schedule the leave of participants whose socket's node is dead; returns how many."""
-        seats = self.seats
-        if seats is None:
-            return 0
+        adopted, _ = await self.scan_seats()
+        return adopted
+
+    async def scan_seats(self) -> tuple[int, int]:
+        """One scan of the participants joined to live calls: adopt the seats of
+        dead nodes, release those who never connected; returns (adopted, released)."""
         joined = await self.calls.store.joined_in_live_calls(limit=ORPHAN_SCAN_LIMIT)
         by_call: dict[str, list[tuple[str, str | None]]] = {}
         for call_id, pid, name in joined:
             by_call.setdefault(call_id, []).append((pid, name))
-        holders = await seats.holders(list(by_call))
+        holders: dict[str, dict[str, str]] = {}
+        adopted = 0
+        if self.seats is not None:
+            holders = await self.seats.holders(list(by_call))
+            adopted = await self._adopt(by_call, holders)
+        released = await self._release_unconnected(by_call, holders)
+        return adopted, released
+
+    async def _adopt(
+        self, by_call: dict[str, list[tuple[str, str | None]]], holders: dict[str, dict[str, str]]
+    ) -> int:
+        seats = self.seats
+        assert seats is not None
         nodes = {node for seat in holders.values() for node in seat.values()}
         alive = await seats.alive(nodes)
         adopted = 0
@@ -616,6 +711,69 @@ class SignalingHub:
                     self._schedule_leave(call_id, pid, name, lost_node=node)
                     adopted += 1
         return adopted
+
+    async def _release_unconnected(
+        self, by_call: dict[str, list[tuple[str, str | None]]], holders: dict[str, dict[str, str]]
+    ) -> int:
+        """Joined participants with no socket anywhere leave once
+        ``connect_timeout_s`` has passed since they joined.
+
+        Without Redis: no socket here and no leave pending. With Redis: no
+        seat record at all (seen so for two node TTLs, so that every live
+        node's heartbeat has written back the seats Redis may have lost), or a
+        seat of this very node whose socket is gone with no leave pending.
+        Seats of other nodes are theirs (alive) or adopted (dead)."""
+        seats = self.seats
+        now = time.monotonic()
+        # Two TTLs: every live node's heartbeat (every third of one) has had
+        # several chances to write back seats Redis lost.
+        hold_s = 2 * seats.ttl_s if seats is not None else 0.0
+        unseated: dict[tuple[str, str], float] = {}
+        candidates: dict[str, list[tuple[str, str | None, str]]] = {}
+        for call_id, members in by_call.items():
+            for pid, name in members:
+                if pid in self._conns.get(call_id, {}) or pid in self._pending.get(call_id, {}):
+                    continue
+                node = None
+                if seats is not None:
+                    node = holders.get(call_id, {}).get(pid)
+                    if node is not None and node != seats.holder:
+                        continue
+                key = (call_id, pid)
+                since = unseated[key] = self._unseated.get(key, now)
+                if now - since >= hold_s:
+                    # lost_node: a seat of ours whose socket is gone, or nobody ("").
+                    candidates.setdefault(call_id, []).append((pid, name, node or ""))
+        self._unseated = unseated
+        released = 0
+        if not candidates:
+            return 0
+        deadline = utcnow() - timedelta(seconds=self.settings.connect_timeout_s)
+        for call_id, waiting in candidates.items():
+            call = await self.calls.store.get_call(call_id)
+            if call is None or call.is_ended:
+                continue
+            for pid, name, lost_node in waiting:
+                participant = call.participant(pid)
+                if participant is None or participant.joined_at is None:
+                    continue
+                if not participant.is_joined or participant.joined_at > deadline:
+                    continue
+                if seats is not None and not await seats.claim(
+                    call_id, pid, self.settings.connect_timeout_s
+                ):
+                    continue  # another node is releasing it
+                logger.info(
+                    "Call(%s) Participant(%s) joined %.0f s ago and never opened a "
+                    "signaling socket: releasing the seat",
+                    call_id,
+                    pid,
+                    (utcnow() - participant.joined_at).total_seconds(),
+                )
+                self._unseated.pop((call_id, pid), None)
+                self._schedule_leave(call_id, pid, name, lost_node, never_connected=True)
+                released += 1
+        return released
 
     # -- subscriptions and presence -------------------------------------------------------
 
@@ -670,6 +828,9 @@ class SignalingHub:
                 conn.send_text(text)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _local_seats(self) -> list[tuple[str, str]]:
+        return [(call_id, pid) for call_id, conns in self._conns.items() for pid in conns]
 
     def _all_connections(self) -> list[Connection]:
         return [conn for conns in self._conns.values() for conn in conns.values()]

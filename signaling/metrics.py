@@ -48,7 +48,17 @@ class SignalingMetrics:
         )
         self.cleanup_failed = Counter(
             "video_call_cleanup_failed_total",
-            "Disconnect leaves that failed (the stale-call sweeper cleans up later)",
+            "Attempts at a server-started leave that failed (each is retried until it lands)",
+            registry=r,
+        )
+        self.connect_timeouts = Counter(
+            "video_call_connect_timeout_total",
+            "Joined participants released for never opening a signaling socket",
+            registry=r,
+        )
+        self.seats_rebuilt = Counter(
+            "video_signaling_seats_rebuilt_total",
+            "Seat records written again after Redis lost them",
             registry=r,
         )
         self.redis_subscribe_failed = Counter(

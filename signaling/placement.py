@@ -2,8 +2,8 @@
 
 One node: always this one (:class:`LocalPlacement`). Several: the first node
 that needs the room claims it with ``SET NX`` on ``huddle:room:{call_id}`` and
-keeps the key alive with a heartbeat; when a node dies its claims expire and
-the next SFU message re-places the room.
+keeps the key alive with a heartbeat (writing it back if Redis lost it); when
+a node dies its claims expire and the next SFU message re-places the room.
 """
 
 from __future__ import annotations
@@ -22,10 +22,17 @@ logger = logging.getLogger(__name__)
 
 LostCallback = Callable[[str], Awaitable[None]]
 
-# Compare-and-set scripts: only the owner may refresh or delete its claim.
+# Compare-and-set scripts: only the owner may refresh or delete its claim. A
+# claim Redis lost (a restart with no persistence, a flush) is written back by
+# the node still serving the room, unless another node claimed it meanwhile.
 _REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
 end
 return 0
 """
@@ -149,21 +156,27 @@ class RedisPlacement:
         interval = self._ttl_ms / 3000
         while True:
             await asyncio.sleep(interval)
-            for call_id in list(self._owned):
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Keep (or write back) this node's claims; a claim another node holds is lost."""
+        for call_id in list(self._owned):
+            try:
+                kept = await self._redis.eval(  # type: ignore[misc]
+                    _REFRESH, 1, room_owner_key(call_id), self._node_id, str(self._ttl_ms)
+                )
+            except (RedisError, OSError) as exc:
+                # Keep the room: the key outlives a short outage by its TTL.
+                logger.warning("Room(%s) heartbeat failed: %s", call_id, exc)
+                continue
+            except asyncio.CancelledError:
+                raise
+            if kept == 2:
+                logger.info("Room(%s) placement written back (Redis had lost it)", call_id)
+            if not kept and call_id in self._owned:
+                self._owned.discard(call_id)
+                logger.warning("Room(%s) lost its placement on this node", call_id)
                 try:
-                    kept = await self._redis.eval(  # type: ignore[misc]
-                        _REFRESH, 1, room_owner_key(call_id), self._node_id, str(self._ttl_ms)
-                    )
-                except (RedisError, OSError) as exc:
-                    # Keep the room: the key outlives a short outage by its TTL.
-                    logger.warning("Room(%s) heartbeat failed: %s", call_id, exc)
-                    continue
-                except asyncio.CancelledError:
-                    raise
-                if not kept and call_id in self._owned:
-                    self._owned.discard(call_id)
-                    logger.warning("Room(%s) lost its placement on this node", call_id)
-                    try:
-                        await self._on_lost(call_id)
-                    except Exception:
-                        logger.exception("Room(%s) lost-room callback failed", call_id)
+                    await self._on_lost(call_id)
+                except Exception:
+                    logger.exception("Room(%s) lost-room callback failed", call_id)

@@ -106,6 +106,9 @@ def decode(text: str) -> dict[str, Any]:
         raw = json.loads(text)
     except ValueError:
         raise SignalError(ErrorCode.INVALID_JSON, "the frame is not valid JSON") from None
+    except RecursionError:
+        # Deeply nested arrays/objects: the decoder gives up before any limit of ours.
+        raise SignalError(ErrorCode.INVALID_JSON, "the frame is nested too deeply") from None
     if not isinstance(raw, dict):
         raise SignalError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
     return raw

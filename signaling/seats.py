@@ -10,15 +10,21 @@ until the stale-call sweep. With Redis, :class:`SeatRegistry` keeps:
   stop; ``run`` is random per process, so a node restarted under the same
   ``HUDDLE_NODE_ID`` does not pass for its dead predecessor;
 - ``huddle:seats:{call_id}``: a hash participant → ``node_id:run``, written
-  when a socket opens there (a reconnect elsewhere overwrites it);
+  when a socket opens there (a reconnect elsewhere overwrites it), and written
+  again (``HSETNX``, never over another node's newer seat) by every heartbeat
+  for the sockets still open here, so seats lost with Redis (a restart with
+  ``--save ''``, a flush, a failover) are back within a third of the TTL;
 - ``huddle:orphan:{call_id}:{participant}``: ``SET NX`` by the one node that
   takes charge of an orphaned seat, so a leave is scheduled once.
 
 Every node scans the participants joined to live calls every third of the
 TTL; a seat whose node key has expired is adopted: the participant leaves
 after the grace period unless, by then, its seat points to a live node (it
-reconnected somewhere). Participants that never opened a socket are not
-touched. Redis errors make a scan skip, never kick anyone.
+reconnected somewhere). Participants without a seat record (they never opened
+a socket, or their node died while Redis had lost its records) leave once
+``HUDDLE_CONNECT_TIMEOUT`` has passed since they joined and they have been
+seen seatless for two TTLs (every live node has rebuilt its seats by
+then). Redis errors make a scan skip, never kick anyone.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import cast
 
 from redis.asyncio import Redis
@@ -53,8 +59,18 @@ def orphan_key(call_id: str, participant_id: str) -> str:
 class SeatRegistry:
     """This node's liveness and its participants' seats, in Redis."""
 
-    def __init__(self, redis: Redis, node_id: str, *, ttl_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        node_id: str,
+        *,
+        ttl_s: float = 15.0,
+    ) -> None:
         self._redis = redis
+        #: (call_id, participant_id) of the sockets open on this node; set by the hub.
+        self.local_seats: Callable[[], Iterable[tuple[str, str]]] = tuple
+        #: Called with how many seat records a heartbeat wrote back.
+        self.on_rebuilt: Callable[[int], None] | None = None
         self.node_id = node_id
         #: What this process writes into seats: the node id and a per-run token.
         self.holder = f"{node_id}:{secrets.token_hex(4)}"
@@ -86,12 +102,36 @@ class SeatRegistry:
             logger.warning("signaling: could not drop node key (expires by TTL): %s", exc)
 
     async def _heartbeat(self) -> None:
+        failing = False
         while True:
             try:
-                await self._redis.set(node_key(self.holder), "1", px=self._ttl_ms)
+                await self.beat()
+                if failing:
+                    logger.info("signaling: node heartbeat restored")
+                failing = False
             except RedisError as exc:
-                logger.warning("signaling: node heartbeat failed: %s", exc)
+                if not failing:
+                    logger.warning("signaling: node heartbeat failed: %s", exc)
+                failing = True
             await asyncio.sleep(self.scan_interval_s)
+
+    async def beat(self) -> int:
+        """Refresh the node key and write back missing seats of local sockets;
+        returns how many seats were missing (Redis lost them). Raises RedisError."""
+        seats = sorted(set(self.local_seats()))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(node_key(self.holder), "1", px=self._ttl_ms)
+            for call_id, participant_id in seats:
+                pipe.hsetnx(seats_key(call_id), participant_id, self.holder)
+            for call_id in sorted({call_id for call_id, _ in seats}):
+                pipe.expire(seats_key(call_id), SEATS_TTL_S)
+            results = await pipe.execute()
+        rebuilt = sum(1 for written in results[1 : 1 + len(seats)] if written)
+        if rebuilt:
+            logger.info("signaling: wrote %d seat record(s) Redis had lost", rebuilt)
+            if self.on_rebuilt is not None:
+                self.on_rebuilt(rebuilt)
+        return rebuilt
 
     async def attach(self, call_id: str, participant_id: str) -> None:
         """``participant_id``'s socket for ``call_id`` is on this node now (best effort)."""

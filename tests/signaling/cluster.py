@@ -133,6 +133,37 @@ class Cluster:
         self.background.run(self.proxy.start())
 
 
+def start_node(
+    tmp_path: Path, prefix: str, *, database_url: str, redis_url: str | None, **env: str
+) -> ServerProcess:
+    """Spawn one ``huddle serve`` (not waited for: see :func:`wait_healthy`)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    log = tmp_path / f"{name}.log"
+    environ = {
+        **os.environ,
+        "HUDDLE_HOST": "127.0.0.1",
+        "HUDDLE_PORT": str(port),
+        "HUDDLE_DATABASE_URL": database_url,
+        "HUDDLE_JWT_SECRET": TEST_SECRET,
+        "HUDDLE_DEV": "1",
+        "HUDDLE_NODE_ID": name,
+        "HUDDLE_INITIATE_PER_MINUTE": "100000",
+        "HUDDLE_LOG_LEVEL": "INFO",
+        **({"HUDDLE_REDIS_URL": redis_url} if redis_url else {}),
+        **env,
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve"],
+            cwd=ROOT,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return ServerProcess(name, port, process, log)
+
+
 @contextmanager
 def cluster(tmp_path: Path, *, nodes: int = 2, **env: str) -> Iterator[Cluster]:
     """Start ``nodes`` servers on one fresh Postgres schema and Redis (via a proxy)."""
@@ -147,31 +178,13 @@ def cluster(tmp_path: Path, *, nodes: int = 2, **env: str) -> Iterator[Cluster]:
         background.run(proxy.start())
         db = urlsplit(REDIS_URL).path or "/0"
         for index in range(nodes):
-            name = f"node{index + 1}-{uuid.uuid4().hex[:6]}"
-            port = free_port()
-            log = tmp_path / f"{name}.log"
-            environ = {
-                **os.environ,
-                "HUDDLE_HOST": "127.0.0.1",
-                "HUDDLE_PORT": str(port),
-                "HUDDLE_DATABASE_URL": database_url,
-                "HUDDLE_REDIS_URL": f"redis://127.0.0.1:{proxy.port}{db}",
-                "HUDDLE_JWT_SECRET": TEST_SECRET,
-                "HUDDLE_DEV": "1",
-                "HUDDLE_NODE_ID": name,
-                "HUDDLE_INITIATE_PER_MINUTE": "100000",
-                "HUDDLE_LOG_LEVEL": "INFO",
+            server = start_node(
+                tmp_path,
+                f"node{index + 1}",
+                database_url=database_url,
+                redis_url=f"redis://127.0.0.1:{proxy.port}{db}",
                 **env,
-            }
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "server.cli", "serve"],
-                    cwd=ROOT,
-                    env=environ,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            server = ServerProcess(name, port, process, log)
+            )
             servers.append(server)
             wait_healthy(server)  # one at a time: the first applies the migrations
         yield Cluster(servers, proxy, background)

@@ -139,6 +139,26 @@ async def test_every_bad_input_gets_its_error_and_the_socket_stays(node: Node) -
     assert not a.closed
 
 
+async def test_deeply_nested_json_gets_invalid_json_and_the_seat_stays(node: Node) -> None:
+    """3 KB of ``[[[[`` made the decoder raise RecursionError out of the handler:
+    aiohttp wrote a raw ``HTTP/1.1 500`` into the upgraded stream and the
+    sender lost its socket (then its seat)."""
+    ana, bob = await node.api.users("ana", "bob")
+    call_id = await node.joined_call(ana, bob)
+    a = await node.ws(call_id, ana)
+    await settled(a)
+    for frame in ("[" * 3000, "[" * 3000 + "]" * 3000, '{"a":' * 1500 + "1" + "}" * 1500):
+        await a.send_raw(frame)
+        error = await a.receive("error")
+        assert error["code"] == "invalid_json", error
+    await a.send({"type": "ping"})
+    await a.receive("pong")
+    assert not a.closed
+    status = await node.api.status(call_id, ana)
+    seat = next(p for p in status["participants"] if p["user_id"] == ana.user_id)
+    assert seat["joined_at"] and not seat["left_at"]
+
+
 async def test_sfu_message_without_sfu_gets_sfu_unavailable(node: Node) -> None:
     node.app[HUB].attach_sfu(None)  # whatever the app wired (media's SFU), take it out
     ana, bob = await node.api.users("ana", "bob")
