@@ -56,6 +56,7 @@ def media_config(config: Config) -> MediaConfig:
         announced_ip=config.media.public_ip,
         pli_min_interval=config.media.pli_min_interval_s,
         udp_gso=config.media.udp_gso,
+        max_publish_bitrate=config.media.max_publish_bitrate,
         max_participants=config.limits.max_participants,
         ice_servers_provider=provider if (turn.uris or turn.stun_uris) else None,
     )

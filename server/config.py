@@ -100,6 +100,7 @@ class MediaSettings:
     public_ip: str | None = None
     pli_min_interval_s: float = 0.5
     udp_gso: bool = True
+    max_publish_bitrate: int = 2_500_000
 
 
 @dataclass(frozen=True)
@@ -320,6 +321,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
         public_ip=env.raw("HUDDLE_PUBLIC_IP"),
         pli_min_interval_s=env.seconds("HUDDLE_PLI_MIN_INTERVAL", 0.5, low=0.05, high=10),
         udp_gso=env.boolean("HUDDLE_UDP_GSO", True),
+        max_publish_bitrate=env.integer(
+            "HUDDLE_MAX_PUBLISH_BITRATE", 2_500_000, low=30_000, high=100_000_000
+        ),
     )
     webhook_url = env.raw("HUDDLE_WEBHOOK_URL")
     webhook_secret = env.raw("HUDDLE_WEBHOOK_SECRET")

@@ -39,8 +39,10 @@ def test_scale_out_settings() -> None:
             "HUDDLE_REDIS_URL": "redis://cache:6379/0",
             "HUDDLE_ICE_HOSTS": "10.0.0.5, 127.0.0.1",
             "HUDDLE_ALLOWED_ORIGINS": "https://a.example,https://b.example",
+            "HUDDLE_MAX_PUBLISH_BITRATE": "1200000",
         }
     )
+    assert config.media.max_publish_bitrate == 1_200_000
     assert config.is_postgres
     assert config.redis_url == "redis://cache:6379/0"
     assert config.media.ice_hosts == ("10.0.0.5", "127.0.0.1")
@@ -63,6 +65,7 @@ def test_scale_out_settings() -> None:
         ({"HUDDLE_DB_TIMEOUT": "0"}, "HUDDLE_DB_TIMEOUT=0 is out of range"),
         ({"HUDDLE_WEBHOOK_URL": "ftp://x"}, "HUDDLE_WEBHOOK_URL='ftp://x' must be http(s)"),
         ({"HUDDLE_WEBHOOK_URL": "https://x"}, "HUDDLE_WEBHOOK_SECRET is required"),
+        ({"HUDDLE_MAX_PUBLISH_BITRATE": "100"}, "HUDDLE_MAX_PUBLISH_BITRATE=100 is out of range"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -308,7 +308,17 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop  # huddle serve runs on uvloop too
 
         uvloop.install()
-    asyncio.run(serve(args.mode, args.port, udp_gso=args.gso))
+    profile_to = os.environ.get("HUDDLE_BENCH_CPROFILE")
+    if not profile_to:
+        asyncio.run(serve(args.mode, args.port, udp_gso=args.gso))
+        return 0
+    # Deterministic per-function profile of the whole run (its overhead
+    # inflates Python time; read it for where the time goes, not how much).
+    import cProfile
+
+    with cProfile.Profile() as profile:
+        asyncio.run(serve(args.mode, args.port, udp_gso=args.gso))
+    profile.dump_stats(profile_to)
     return 0
 
 
