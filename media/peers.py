@@ -208,7 +208,14 @@ class SfuClient:
     # --- outbound --------------------------------------------------------
 
     async def publish(self) -> None:
-        """Create the publish connection and send its offer."""
+        """Create the publish connection and send its offer.
+
+        With nothing to publish, enter the room receive-only instead
+        (``subscribe``): no publish connection at all.
+        """
+        if not self._clips:
+            await self._send({"type": "subscribe", "target_id": SFU_ID})
+            return
         pc = self.publish_pc = RTCPeerConnection(self._config)
         for clip in self._clips:
             track = ClipTrack(clip)

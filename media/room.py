@@ -98,10 +98,16 @@ class Room:
             await self.close()
 
     async def handle_signal(self, participant_id: str, message: Message) -> None:
-        """Apply one client → server message; a publish offer admits the sender."""
+        """Apply one client → server message; a publish offer or ``subscribe`` admits the sender."""
         kind = message.get("type")
         if self._closed:
             raise RoomClosed(f"room {self.id} is closed")
+        if kind == "subscribe":
+            # Receive only: enter the room (a subscribe offer follows once
+            # there is something to receive), no publish connection needed.
+            if participant_id not in self._participants:
+                await self.add_participant(participant_id)
+            return
         pc = parse_pc(message)
         participant = self._participants.get(participant_id)
         if participant is None:

@@ -65,7 +65,7 @@ def media_config(config: Config) -> MediaConfig:
 class SfuEndpoint:
     """The hub's :class:`signaling.sfu.SfuEndpoint` over this node's :class:`Sfu`.
 
-    A publish offer for a call in P2P mode is refused: a 1:1 call's media flows
+    A publish offer (or ``subscribe``) for a call in P2P mode is refused: a 1:1 call's media flows
     between the two browsers and the SFU holds nothing for it.
     """
 
@@ -74,7 +74,7 @@ class SfuEndpoint:
         self._app = app
 
     async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
-        if self._sfu.room(call_id) is None and message.get("type") == "offer":
+        if self._sfu.room(call_id) is None and message.get("type") in ("offer", "subscribe"):
             call = await self._app[CALLS].store.get_call(call_id)
             if call is not None and call.mode is CallMode.P2P:
                 raise WrongMode("this call is peer-to-peer; send media to the other participant")

@@ -33,7 +33,7 @@ SUBSCRIBE = "subscribe"
 
 #: What a client may send.
 CLIENT_TYPES = frozenset(
-    {"join", "leave", "offer", "answer", "ice_candidate", "mute", "ping", "pong"}
+    {"join", "leave", "offer", "answer", "ice_candidate", "subscribe", "mute", "ping", "pong"}
 )
 #: Relayed to one participant (``target_id``) or to the SFU (``target_id: "sfu"``).
 TARGETED_TYPES = frozenset({"offer", "answer", "ice_candidate"})
@@ -143,6 +143,11 @@ def validate(raw: dict[str, Any]) -> Message:
             message["candidate"] = validate_candidate(raw)
         else:
             message["sdp"] = validate_sdp(raw)
+    elif kind == "subscribe":
+        # A receive-only participant enters the SFU room without a publish offer.
+        if _target(raw) != SFU_ID:
+            raise SignalError(ErrorCode.INVALID_TARGET, "subscribe goes to target_id 'sfu'")
+        message["target_id"] = SFU_ID
     elif kind == "mute":
         for name in ("muted", "video"):
             if name in raw:

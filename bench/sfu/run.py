@@ -159,7 +159,7 @@ class Worker:
         async def send(message: dict[str, Any]) -> None:
             await ws.send_json(message)
 
-        # A subscriber publishes nothing (an empty publish offer admits it).
+        # A subscriber publishes nothing (a `subscribe` message admits it).
         client = self._client(participant_id, send, media if publish else "none")
 
         async def pump() -> None:

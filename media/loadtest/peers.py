@@ -147,8 +147,8 @@ class SignaledPeer:
     # --- actions ---------------------------------------------------------
 
     async def publish(self) -> None:
-        """Send the publish offer (with no media for a receive-only peer: the SFU
-        admits a participant on its publish offer)."""
+        """Send the publish offer; a receive-only peer sends ``subscribe`` instead
+        (the SFU admits it without a publish connection)."""
         await self.media.publish()
         if self.media.publish_pc is not None:
             self._watch(self.media.publish_pc, "publish")

@@ -81,8 +81,10 @@ class Call:
         decode: bool = False,
         count_only: bool = False,
         rtc_configuration: RTCConfiguration | None = None,
+        publish: bool = True,
     ) -> SfuClient:
-        """A client that publishes at once; ``rtc_configuration`` defaults to the SFU's."""
+        """A client that publishes at once (or, ``publish=False``, only receives);
+        ``rtc_configuration`` defaults to the SFU's."""
 
         async def send(message: dict[str, object]) -> None:
             await self.room.handle_signal(participant_id, message)
@@ -91,8 +93,8 @@ class Call:
             participant_id,
             send,
             rtc_configuration=rtc_configuration or self.config.rtc_configuration(),
-            video=self._video,
-            audio=self._audio,
+            video=self._video if publish else None,
+            audio=self._audio if publish else None,
             decode=decode,
             count_only=count_only,
         )

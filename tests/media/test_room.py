@@ -144,3 +144,26 @@ async def test_last_participant_out_closes_room(call: Call) -> None:
     started = time.monotonic()
     await call.room.close()  # idempotent
     assert time.monotonic() - started < 1
+
+
+async def test_a_viewer_enters_receive_only_without_a_publish_connection(call: Call) -> None:
+    await call.join("ana")
+    await call.join("ben")
+    viewer = await call.join("viewer", publish=False)
+    assert viewer.publish_pc is None  # it sent {"type": "subscribe"} instead of an offer
+    participant = call.room.participants["viewer"]
+    assert participant._publish_pc.getTransceivers() == []
+
+    def receiving() -> bool:
+        return all(
+            (s := viewer.received_from(who, "video")) is not None and s.frames > 5
+            for who in ("ana", "ben")
+        )
+
+    await eventually(receiving, what="the viewer receiving both publishers")
+    assert not participant.published()
+    assert ("viewer", "video") not in call.clients["ana"].sources()
+    await call.room.handle_signal(
+        "viewer", {"type": "subscribe", "target_id": "sfu"}
+    )  # again: no-op
+    assert call.room.participants["viewer"] is participant

@@ -106,6 +106,8 @@ def test_end_of_candidates_forms() -> None:
         ({"type": "mute"}, ErrorCode.MISSING_FIELD),
         ({"type": "mute", "muted": "yes"}, ErrorCode.INVALID_FIELD),
         ({"type": "ping", "id": ["x"]}, ErrorCode.INVALID_FIELD),
+        ({"type": "subscribe"}, ErrorCode.MISSING_FIELD),
+        ({"type": "subscribe", "target_id": PEER}, ErrorCode.INVALID_TARGET),
     ],
 )
 def test_invalid_messages(raw: dict[str, Any], code: str) -> None:
@@ -128,3 +130,8 @@ def test_only_defined_fields_survive() -> None:
     assert validate(raw) == {"type": "offer", "id": "r1", "target_id": PEER, "sdp": SDP}
     sfu = validate(answer("sfu", pc="subscribe"))
     assert sfu["pc"] == "subscribe"
+
+
+def test_subscribe_goes_to_the_sfu_only() -> None:
+    raw = {"type": "subscribe", "target_id": "sfu", "pc": "publish", "sdp": SDP}
+    assert validate(raw) == {"type": "subscribe", "target_id": "sfu"}

@@ -95,3 +95,20 @@ async def test_detached_sfu_answers_sfu_unavailable(node: Node) -> None:
     a = await node.ws(call_id, ana)
     await a.send(offer("sfu", pc="publish"))
     assert (await a.receive("error"))["code"] == ErrorCode.SFU_UNAVAILABLE
+
+
+async def test_a_subscribe_message_reaches_the_sfu(node: Node) -> None:
+    sfu = FakeSfu()
+    node.app[HUB].attach_sfu(sfu)
+    ana, bob, cyd = await node.api.users("ana", "bob", "cyd")
+    call_id = await node.joined_call(ana, bob, cyd)
+    a = await node.ws(call_id, ana)
+    assert (await a.receive("mode"))["mode"] == "sfu"
+    await a.send({"type": "subscribe", "target_id": "sfu"})
+
+    async def arrived() -> bool:
+        return len(sfu.signals) == 1
+
+    await eventually(arrived, timeout=5)
+    assert sfu.signals[0][:2] == (call_id, ana.user_id)
+    assert sfu.signals[0][2]["type"] == "subscribe"
