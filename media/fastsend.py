@@ -54,10 +54,10 @@ from aiortc.rtp import (
 )
 from aiortc.utils import random32
 
-from .nack import seq_newer
 from .udpout import DatagramOut
 
 if TYPE_CHECKING:
+    from .feedback import StreamReport
     from .forwarder import DownTrack, Forwardable
 
 logger = logging.getLogger(__name__)
@@ -167,6 +167,8 @@ class FastRtp:
         self.header_len = 12
         #: Told how many packets a retransmission sent (the fan-out counts the rest).
         self.on_retransmit: Callable[[int], None] | None = None
+        #: The subscriber's latest receiver report about this stream (media.feedback).
+        self.last_report: StreamReport | None = None
         #: The audio-level extension id on the publisher's connection (set by the slot).
         self.level_id_in: int | None = None
         self._ssrc = 0
@@ -526,50 +528,82 @@ class FastRtp:
         if out is not None:
             out.close()
 
+    # --- feedback (media.feedback) ----------------------------------------------
+
+    @property
+    def ssrc(self) -> int:
+        """The SSRC this sender sends on (0 until its codec is negotiated)."""
+        return self._ssrc
+
+    def keyframe_wanted(self) -> None:
+        """The subscriber sent PLI or FIR: relay it to the publisher."""
+        if self.down is not None:
+            self.down.request_keyframe()
+
+    def reported(self, report: StreamReport) -> None:
+        """The subscriber's latest receiver report about this stream."""
+        self.last_report = report
+
     async def retransmit(self, sequence_number: int) -> None:
-        """Answer a subscriber's NACK from the publisher's packet cache."""
+        """aiortc's NACK hook (unused while media.feedback reads the RTCP)."""
+        self.resend([sequence_number])
+
+    def resend(self, sequence_numbers: list[int]) -> int:
+        """Answer a subscriber's NACK from the publisher's packet cache; returns packets sent.
+
+        RTX when negotiated (RFC 4588: this stream's header on the RTX SSRC and
+        sequence, the original sequence number first in the payload), the
+        original packet otherwise. Packets no longer cached are skipped: the
+        subscriber's PLI recovers those.
+        """
         down = self.down
         source = down.source if down is not None else None
         epoch = self._epoch_seq
         if source is None or epoch is None or self.layout is None:
-            return
-        original = (sequence_number - self._seq_offset) & 0xFFFF
-        if original != epoch and not seq_newer(original, epoch):
-            return
-        entry = source.cached(original)
-        if entry is None:
-            return
-        data = self._build(entry, sequence_number)
-        header_len = self.header_len
+            return 0
         rtx_payload_type = getattr(self.sender, "_RTCRtpSender__rtx_payload_type")  # noqa: B009
-        if rtx_payload_type is not None:
-            data = (
-                _HEADER.pack(
-                    data[0],
-                    (data[1] & 0x80) | rtx_payload_type,
-                    self.rtx_sequence_number,
-                    int.from_bytes(data[4:8], "big"),
-                    self.sender._rtx_ssrc,
+        header_len = self.header_len
+        out = []
+        for sequence_number in sequence_numbers:
+            original = (sequence_number - self._seq_offset) & 0xFFFF
+            if original != epoch and ((original - epoch) & 0xFFFF) >= 0x8000:
+                continue  # from before this source
+            entry = source.cached(original)
+            if entry is None:
+                continue
+            data = self._build(entry, sequence_number)
+            if rtx_payload_type is not None:
+                data = (
+                    _HEADER.pack(
+                        data[0],
+                        (data[1] & 0x80) | rtx_payload_type,
+                        self.rtx_sequence_number,
+                        int.from_bytes(data[4:8], "big"),
+                        self.sender._rtx_ssrc,
+                    )
+                    + data[12:header_len]
+                    + _OSN.pack(sequence_number)
+                    + data[header_len:]
                 )
-                + data[12:header_len]
-                + _OSN.pack(sequence_number)
-                + data[header_len:]
-            )
-            self.rtx_sequence_number = (self.rtx_sequence_number + 1) & 0xFFFF
-        self.retransmitted += 1
+                self.rtx_sequence_number = (self.rtx_sequence_number + 1) & 0xFFFF
+            out.append(data)
+        if not out:
+            return 0
+        self.retransmitted += len(out)
         if self.on_retransmit is not None:
-            self.on_retransmit(1)
+            self.on_retransmit(len(out))
         try:
-            out = self._udp_out()
-            if out is not None:
-                self.tx_bytes += out.send([data])
-                self.tx_packets += 1
-                return
-            pending = self._send(data)
-            if pending is not None:
-                await pending
+            udp = self._udp_out()
         except (ConnectionError, OSError):
-            pass
+            return 0
+        if udp is not None:
+            self.tx_bytes += udp.send(out)
+            self.tx_packets += len(out)
+        else:
+            self._queue.append(out)  # TURN pair: the send loop sends them
+            if self._wake is not None:
+                self._wake.set()
+        return len(out)
 
 
 def install_fast_rtp(sender: RTCRtpSender, kind: str, *, gso: bool = True) -> FastRtp:

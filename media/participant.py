@@ -20,6 +20,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from .aiortc_compat import accept_transport_cc, negotiated_codecs
 from .config import MediaConfig
 from .errors import BadSignal
+from .feedback import FeedbackTarget, SubscriberFeedback
 from .forwarder import UpTrack
 from .inbound import PublisherInbound
 from .metrics import MediaMetrics
@@ -137,6 +138,10 @@ class Participant:
             remb_bitrate=config.max_publish_bitrate,
         )
         self._subscribe_candidates = HeldCandidates(self._subscribe_pc, SUBSCRIBE)
+        # ... and its subscribers' RTCP through Huddle's own feedback handling.
+        self._feedback = SubscriberFeedback(
+            f"{room_id}/{participant_id}", self._sender_for, metrics=metrics
+        )
         self._up_tracks: dict[str, UpTrack] = {}
         self._retired: list[UpTrack] = []
         self._slots: list[Slot] = []
@@ -341,9 +346,17 @@ class Participant:
             )
             self._dirty.set()  # offer again
             return
+        self._feedback.configure(pc)
         for slot in self._slots:
             slot.activate_pending()
         await self._subscribe_candidates.release()
+
+    def _sender_for(self, ssrc: int) -> FeedbackTarget | None:
+        """The subscribe sender on media SSRC ``ssrc`` (for its subscriber's RTCP)."""
+        for slot in self._slots:
+            if slot.fast.ssrc == ssrc and ssrc:
+                return slot.fast
+        return None
 
     # --- ICE -------------------------------------------------------------
 
@@ -394,6 +407,7 @@ class Participant:
             up._end()
         self._up_tracks.clear()
         await self._inbound.close()
+        self._feedback.close()
         async with self._publish_lock:
             await self._publish_pc.close()
         await self._subscribe_pc.close()

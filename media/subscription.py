@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
-from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
 
 from .fastsend import install_fast_rtp
 from .forwarder import DownTrack, UpTrack
@@ -56,17 +55,8 @@ class Slot:
         self.fast.down = self.down
         self.down.sender = self.fast
         self.fast.on_retransmit = metrics.retransmitted
-        # A subscriber's PLI/FIR would set a flag only the encode path reads:
-        # relay it to the publisher instead.
-        sender._send_keyframe = self.down.request_keyframe  # type: ignore[method-assign]
-        original = sender._handle_rtcp_packet
-
-        async def handle_rtcp(packet: Any) -> None:
-            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-                metrics.nack_received()
-            await original(packet)
-
-        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+        # The subscriber's RTCP (NACK, PLI/FIR, REMB, RR) is read by
+        # media.feedback, which calls the sender's resend/keyframe_wanted.
         self.source: UpTrack | None = None
         self.pending: UpTrack | None = None
         self._set_stream(up)

@@ -206,19 +206,19 @@ async def test_nacks_of_two_subscribers_are_answered_from_one_cached_packet() ->
         down = DownTrack("video", NoopMediaMetrics())
         down.sender, fast.down = fast, down
         down.attach(source)  # type: ignore[arg-type]
-        captured: list[bytes] = []
-        fast._send = captured.append  # type: ignore[assignment, method-assign]
-        subscribers.append((fast, ext_map, captured))
+        subscribers.append((fast, ext_map))
     entries = [vp8(5000 + i, 90_000, 7, key=i == 0, start=i == 0, marker=i == 3) for i in range(4)]
     for entry in entries:
         source.cache.put(entry.packet.sequence_number, entry)
-        for fast, _, _ in subscribers:
+        for fast, _ in subscribers:
             assert fast.forward(entry)
-    for fast, ext_map, captured in subscribers:
+    for fast, ext_map in subscribers:
         first = sent(fast, ext_map)[0].sequence_number
-        await fast.retransmit((first + 2) & 0xFFFF)  # the third packet was lost on the way
-        await fast.retransmit((first + 9) & 0xFFFF)  # never sent: ignored
-        (rtx,) = [AiortcPacket.parse(p, ext_map) for p in captured]
+        # The third packet was lost on the way; the tenth was never sent.
+        assert fast.resend([(first + 2) & 0xFFFF, (first + 9) & 0xFFFF]) == 1
+        # Not connected here: queued for the send loop (the TURN path) instead of sent.
+        (batch,) = fast._queue
+        (rtx,) = [AiortcPacket.parse(p, ext_map) for p in batch]
         assert rtx.payload_type == 97 and rtx.ssrc == fast.sender._rtx_ssrc
         osn = int.from_bytes(rtx.payload[:2], "big")
         assert osn == (first + 2) & 0xFFFF
@@ -250,7 +250,7 @@ async def test_room_forwards_packets_and_answers_nacks_from_the_cache(call: Call
     assert video_up.cache is not None
     hits = video_up.cache.hits
     for slot in slots:
-        await slot.fast.retransmit((slot.fast.sequence_number - 2) & 0xFFFF)
+        assert slot.fast.resend([(slot.fast.sequence_number - 2) & 0xFFFF]) == 1
         assert slot.fast.retransmitted == 1
     assert video_up.cache.hits == hits + 2
     counts = call.metrics.counts
