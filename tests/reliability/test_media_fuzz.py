@@ -54,7 +54,7 @@ from media.reassembly import (
     VideoForwardingBuffer,
 )
 from media.room import Room
-from media.rtpcount import vp8_keyframe
+from media.rtpcount import RtpCounter, StreamCount, vp8_keyframe
 from media.signals import announce_ip, parse_candidate, parse_description
 from tests.reliability.scale import examples
 from tests.support.polling import eventually
@@ -225,6 +225,45 @@ def test_keyframe_detectors_never_raise(payload: bytes) -> None:
     assert isinstance(vp8_keyframe(payload), bool)
     for name in ("vp8", "h264", "opus", "VP8", ""):
         assert isinstance(is_keyframe(name, payload), bool)
+
+
+async def _counter(frames: list[tuple[str, str, int, bool]]) -> tuple[RTCPeerConnection, Any]:
+    pc = RTCPeerConnection()
+    transceiver = pc.addTransceiver("video", direction="recvonly")
+
+    def on_frame(mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
+        frames.append((mid, kind, nbytes, keyframe))
+
+    counter = RtpCounter(pc, transceiver.receiver.transport, on_frame)
+    # SSRC 3 is a known VP8 stream (as after the first packet of a negotiated one).
+    counter.streams[3] = StreamCount(mid="0", kind="video", rtx=False, vp8=True)
+    return pc, counter
+
+
+def test_load_generator_rtp_counter_takes_any_packet() -> None:
+    """media.rtpcount reads headers by hand (load generators): any packet is counted or skipped."""
+    frames: list[tuple[str, str, int, bool]] = []
+    loop = asyncio.new_event_loop()
+    try:
+        pc, counter = loop.run_until_complete(_counter(frames))
+
+        @FUZZ
+        @given(data=st.one_of(st.binary(max_size=300), rtp_packets()), known=st.booleans())
+        @example(data=WRONG_SIZE_EXTENSIONS[0], known=False)
+        def count(data: bytes, known: bool) -> None:
+            if known and len(data) >= 12:
+                data = data[:8] + (3).to_bytes(4, "big") + data[12:]
+            before = counter.streams[3].packets
+            loop.run_until_complete(counter._handle(data, 0))
+            stream = counter.streams[3]
+            assert stream.packets in (before, before + 1)
+            assert stream.lost >= 0 and stream.frame_bytes >= 0
+
+        count()
+        assert all(nbytes >= 0 for _, _, nbytes, _ in frames)
+        loop.run_until_complete(pc.close())
+    finally:
+        loop.close()
 
 
 class _Clock:
