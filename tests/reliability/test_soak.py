@@ -73,6 +73,7 @@ async def test_soak_has_no_errors_and_no_growth(tmp_path: Path) -> None:
     def own_fds(sample: dict[str, int]) -> int:
         return sample["open_fds"] - (sample["db_connections"] or 0)
 
+    assert before["asyncio_tasks"] is not None, "no huddle_asyncio_tasks on /metrics"
     assert own_fds(after) <= own_fds(before) + 4, report
     assert after["asyncio_tasks"] <= before["asyncio_tasks"] + 2, report
     assert after["db_connections"] <= 10 + 1, report  # the pool's max_size, plus one
