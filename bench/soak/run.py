@@ -292,19 +292,23 @@ async def run_soak(config: SoakConfig, out: Path, *, progress: bool = True) -> d
         # Idle again: sockets, peer connections and timers of the run must go.
         say("settling")
         settle_started = time.monotonic()
+
+        def quiet(sample: Sample) -> bool:
+            return _own_fds(sample) <= _own_fds(baseline) + config.fd_slack and (
+                sample.asyncio_tasks is None
+                or baseline.asyncio_tasks is None
+                or sample.asyncio_tasks <= baseline.asyncio_tasks + config.task_slack
+            )
+
         after = await probe.sample("settle")
         while time.monotonic() - settle_started < config.settle_timeout_s:
-            quiet = _own_fds(after) <= _own_fds(baseline) + config.fd_slack and (
-                after.asyncio_tasks is None
-                or baseline.asyncio_tasks is None
-                or after.asyncio_tasks <= baseline.asyncio_tasks + config.task_slack
-            )
             # Unanswered and dropped calls end by the server's timers.
-            if quiet and time.monotonic() - settle_started > RINGING_TIMEOUT_S + 3:
+            if quiet(after) and time.monotonic() - settle_started > RINGING_TIMEOUT_S + 3:
                 break
             await asyncio.sleep(1.0)
             after = await probe.sample("settle")
         settle_s = time.monotonic() - settle_started
+        back_to_baseline = quiet(after)
         unended = await cycler.unended()
         if unended:
             await asyncio.sleep(RINGING_TIMEOUT_S + DISCONNECT_GRACE_S)
@@ -355,17 +359,24 @@ async def run_soak(config: SoakConfig, out: Path, *, progress: bool = True) -> d
         "server_log_error_count": len(log_errors),
         "baseline": baseline.to_json(),
         "after": after.to_json(),
+        "back_to_baseline": back_to_baseline,
         "trends": trends(probe.samples, ("load", "between")),
         "trends_between_rounds": trends(probe.samples, ("between",)) if media else None,
         "samples": [s.to_json() for s in probe.samples],
     }
     media_failed = media.stats.failed_rounds if media else 0
+    # Growth is judged where no media peer is connected, when there are such points.
+    judged = result["trends_between_rounds"] or result["trends"]
+    growing = sorted(k for k, v in judged.items() if v is not None and v["verdict"] == "grows")
+    result["growing"] = growing
     result["passed"] = (
         stats.request_errors == 0
         and failed == 0
         and not unended
         and media_failed == 0
         and not log_errors
+        and back_to_baseline
+        and not growing
     )
     return result
 
@@ -395,6 +406,11 @@ def summary_text(result: dict[str, Any]) -> str:
             f"{media['packets_received']:,} packets, {media['packets_lost']:,} lost"
         )
     lines.append(f"server    {result['server_log_error_count']} ERROR lines in its log")
+    lines.append(
+        "idle      "
+        + ("back to the baseline" if result["back_to_baseline"] else "NOT back to the baseline")
+        + (f"; growing: {', '.join(result['growing'])}" if result["growing"] else "")
+    )
     base, after = result["baseline"], result["after"]
     tables = [("every sample after the warm-up", result["trends"])]
     if result.get("trends_between_rounds"):
