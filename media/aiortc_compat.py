@@ -6,8 +6,8 @@ without decoding. :func:`check_aiortc` verifies, at import and again at SFU
 start-up, that every such name still exists, and fails with a
 ``RuntimeError`` naming each missing one rather than misbehaving later.
 
-This module is the only place that patches module globals, and both patches
-are behaviour-preserving for code that does not opt in:
+This module is the only place that patches module globals, and every patch
+is behaviour-preserving for code that does not opt in:
 
 * ``aiortc.rtcrtpreceiver.decoder_worker`` returns at once for receivers whose
   decoder queue is a pass-through sink (see :mod:`media.passthrough`); every
