@@ -49,6 +49,14 @@ format: $(VENV)/.installed-dev
 reliability: $(VENV)/.installed-dev system-deps services
 	HUDDLE_RELIABILITY=full $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
+# The soak (bench/soak): a real server cycling calls through the whole lifecycle
+# plus load-tester media rooms, sampling RSS, FDs, asyncio tasks and database
+# connections; 10 minutes unless SOAK_DURATION (seconds) says otherwise.
+SOAK_DURATION ?= 600
+soak: $(VENV)/.installed-dev services
+	mkdir -p var
+	$(BIN)/python -m bench.soak.run --duration $(SOAK_DURATION) $(SOAK_ARGS)
+
 # Every benchmark in docs/benchmarks.md, each bounded in count and time (~40 min).
 bench: $(VENV)/.installed-dev services bench-deps
 	mkdir -p var

@@ -6,19 +6,22 @@ without decoding. :func:`check_aiortc` verifies, at import and again at SFU
 start-up, that every such name still exists, and fails with a
 ``RuntimeError`` naming each missing one rather than misbehaving later.
 
-This module is the only place that patches module globals, and both patches
-are behaviour-preserving for code that does not opt in:
+This module is the only place that patches module globals, and every patch
+is behaviour-preserving for code that does not opt in:
 
 * ``aiortc.rtcrtpreceiver.decoder_worker`` returns at once for receivers whose
   decoder queue is a pass-through sink (see :mod:`media.passthrough`); every
   other receiver in the process decodes as usual.
 * ``aioice.ice.get_host_addresses`` is replaced only when
   :func:`restrict_host_addresses` is called with a list of addresses.
+* :func:`install_receive_guards` (at import) keeps malformed network input
+  from ending a connection's receive loop; valid input sees no difference.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -117,6 +120,10 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     # media.udpout: in-place SRTP through pylibsrtp's session and binding
     (pylibsrtp.Session, "code:__init__", "_srtp"),
     (pylibsrtp._binding.lib, "attr", "srtp_protect"),
+    # install_receive_guards
+    (HeaderExtensionsMap, "attr", "get"),
+    (aioice.ice.Connection, "attr", "data_received"),
+    (RTCDtlsTransport, "code:_recv_next", "_recv"),
     # media.rtpcount: header-only counting in load generators
     (RTCDtlsTransport, "code:_recv_next", "_handle_rtp_data"),
     (RTCDtlsTransport, "code:_handle_rtp_data", "_rtp_header_extensions_map"),
@@ -391,4 +398,41 @@ def restrict_host_addresses(hosts: Sequence[str]) -> None:
     logger.info("ICE host addresses restricted to %s", ", ".join(allowed))
 
 
+# --- receive-path guards --------------------------------------------------
+
+_original_extensions_get = HeaderExtensionsMap.get
+_original_data_received = aioice.ice.Connection.data_received
+
+
+def _extensions_get(self: HeaderExtensionsMap, profile: int, value: bytes) -> Any:
+    try:
+        return _original_extensions_get(self, profile, value)
+    except struct.error as exc:  # an extension element of the wrong size
+        raise ValueError(f"malformed RTP header extension: {exc}") from exc
+
+
+def _data_received(self: aioice.ice.Connection, data: bytes, component: int) -> None:
+    if data:  # an empty datagram carries nothing for anyone
+        _original_data_received(self, data, component)
+
+
+def install_receive_guards() -> None:
+    """Drop, not die on, two kinds of input a peer controls (idempotent).
+
+    aiortc 1.16 ends a DTLS transport's receive loop, and with it the
+    connection, on any exception but ``ConnectionError``:
+
+    * ``RtpPacket.parse`` lets ``struct.error`` out for a header extension of
+      the wrong size (abs-send-time, toffset, audio level, transport-cc)
+      where the transport drops packets that raise ``ValueError``: now it is one;
+    * an empty UDP datagram is not STUN, so aioice hands it up as data and
+      ``_recv_next`` reads ``data[0]``: anyone who can reach the port could
+      end the connection. aioice now drops empty datagrams.
+    """
+    with _install_lock:
+        setattr(HeaderExtensionsMap, "get", _extensions_get)  # noqa: B010
+        setattr(aioice.ice.Connection, "data_received", _data_received)  # noqa: B010
+
+
 check_aiortc()
+install_receive_guards()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aiortc import RTCIceCandidate, RTCSessionDescription
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from .errors import BadSignal
 
@@ -49,6 +49,12 @@ def parse_description(message: Message, expected_type: str) -> RTCSessionDescrip
     sdp = message.get("sdp")
     if not isinstance(sdp, str) or not sdp.strip():
         raise BadSignal(f"{expected_type} needs an 'sdp' string")
+    # aiortc's parser raises IndexError, KeyError, AssertionError, ... on
+    # malformed input; parsed here first, each is a BadSignal.
+    try:
+        SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise BadSignal(f"malformed SDP: {type(exc).__name__}: {exc}") from exc
     return RTCSessionDescription(sdp=sdp, type=expected_type)
 
 
@@ -68,8 +74,8 @@ def parse_candidate(message: Message) -> RTCIceCandidate | None:
         text = text[len("candidate:") :]
     try:
         candidate = candidate_from_sdp(text)
-    except (ValueError, IndexError) as exc:
-        raise BadSignal(f"malformed ICE candidate: {exc}") from exc
+    except Exception as exc:  # ValueError, IndexError, AssertionError (short lines), ...
+        raise BadSignal(f"malformed ICE candidate: {type(exc).__name__}: {exc}") from exc
     mid = raw.get("sdpMid")
     index = raw.get("sdpMLineIndex")
     candidate.sdpMid = mid if isinstance(mid, str) else None

@@ -7,6 +7,8 @@ Names follow the old Go service where one existed.
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -18,6 +20,13 @@ from prometheus_client import (
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _CALL_DURATION_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
+def _asyncio_task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped outside the event loop (no running loop)
+        return 0.0
 
 
 class Metrics:
@@ -104,6 +113,11 @@ class Metrics:
         self.turn_config_valid = Gauge(
             "video_turn_config_valid", "1 when TURN is configured and valid, else 0", registry=r
         )
+        # Read at scrape time (the soak watches it for leaked tasks).
+        self.asyncio_tasks = Gauge(
+            "huddle_asyncio_tasks", "Tasks alive in the server's event loop", registry=r
+        )
+        self.asyncio_tasks.set_function(_asyncio_task_count)
 
     # -- helpers called by domain code ---------------------------------------
 
