@@ -486,10 +486,14 @@ class PublisherInbound:
                 if recorder is None or not recorder.pending:
                     continue
                 media = next(iter(self._streams), 0)
-                while (packet := recorder.feedback(self.ssrc, media)) is not None:
-                    if self._send(packet):
-                        self.twcc_feedbacks += 1
-                        self._metrics.twcc_feedback_sent()
+                try:
+                    while (packet := recorder.feedback(self.ssrc, media)) is not None:
+                        if self._send(packet):
+                            self.twcc_feedbacks += 1
+                            self._metrics.twcc_feedback_sent()
+                except Exception:  # a bug must not end feedback for good
+                    logger.exception("%r: transport-cc feedback failed", self)
+                    self._twcc = TwccRecorder()  # start over from the next packets
         except asyncio.CancelledError:
             pass
 
@@ -498,7 +502,10 @@ class PublisherInbound:
             while True:
                 await asyncio.sleep(0.5 + random.random())
                 if self._streams:
-                    self._send(self._reports())
+                    try:
+                        self._send(self._reports())
+                    except Exception:  # a bug must not end the reports for good
+                        logger.exception("%r: receiver report failed", self)
         except asyncio.CancelledError:
             pass
 

@@ -63,6 +63,10 @@ class TwccRecorder:
         if not arrivals or self._next is None:
             return None
         base = self._next
+        if min(arrivals) - base >= MAX_STATUS_COUNT:
+            # A jump of over MAX_STATUS_COUNT sequence numbers: report from the
+            # next one that arrived rather than a feedback of nothing but losses.
+            base = self._next = min(arrivals)
         end = min(max(arrivals), base + MAX_STATUS_COUNT - 1)
         first_arrival = min(arrivals[s] for s in range(base, end + 1) if s in arrivals)
         reference = first_arrival // REFERENCE_US

@@ -367,6 +367,18 @@ def test_twcc_feedback_reports_arrivals_and_losses() -> None:
     assert (base, fb_count) == (4, 1) and got[:-1] == [None] * 46 and got[-1] is not None
 
 
+def test_twcc_feedback_survives_a_jump_in_sequence_numbers() -> None:
+    recorder = TwccRecorder()
+    recorder.record(10, 1_000_000)
+    recorder.record(30_000, 1_001_000)  # 29,990 later: a sender restart or a forged packet
+    first = recorder.feedback(1, 2)
+    second = recorder.feedback(1, 2)
+    assert first is not None and second is not None and recorder.feedback(1, 2) is None
+    assert parse_twcc(first)[0] == 10
+    base, _, arrivals = parse_twcc(second)
+    assert base == 30_000 and arrivals == [1_001_000]
+
+
 async def test_transport_cc_is_answered_and_fed_back() -> None:
 
     client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
