@@ -30,21 +30,15 @@ class MediaConfig:
     server sits behind a 1:1 NAT.
     ``pli_min_interval``: at most one keyframe request per publisher track per
     this many seconds; extra requests are deferred and coalesced, never dropped.
-    ``subscriber_queue_size``: frames buffered per subscriber track before it
-    skips to the next keyframe.
     ``udp_gso``: send a video frame's packets to a subscriber in one UDP GSO
     ``sendmsg`` (falls back to one datagram per packet where the kernel
     refuses); off sends one datagram per packet.
-    ``incomplete_frame_timeout``: how long the forwarding buffer waits for the
-    missing packets of a video frame before dropping it and asking for a keyframe.
     """
 
     ice_hosts: tuple[str, ...] = ()
     ice_servers: tuple[IceServer, ...] = ()
     announced_ip: str | None = None
     pli_min_interval: float = 0.5
-    subscriber_queue_size: int = 64
-    incomplete_frame_timeout: float = 0.2
     negotiation_timeout: float = 30.0
     max_participants: int = 10
     udp_gso: bool = True
@@ -64,10 +58,6 @@ class MediaConfig:
             ip_address(self.announced_ip)
         if self.pli_min_interval < 0:
             raise ValueError("pli_min_interval must be >= 0")
-        if self.subscriber_queue_size < 2:
-            raise ValueError("subscriber_queue_size must be >= 2")
-        if not 0 < self.incomplete_frame_timeout <= 5:
-            raise ValueError("incomplete_frame_timeout must be in (0, 5] seconds")
         if self.negotiation_timeout <= 0:
             raise ValueError("negotiation_timeout must be > 0")
         if self.max_publish_bitrate < 30_000:
