@@ -72,6 +72,11 @@ _CONNECTED = DtlsState.CONNECTED
 _STEP = {"audio": 960, "video": 3000}
 #: Bursts queued for the send loop (TURN pairs) before video skips to a keyframe.
 MAX_QUEUED_BURSTS = 64
+#: NACK answers per subscriber stream: a packet resent at most once per this many
+#: seconds, and a token bucket of this many packets refilled at this rate.
+RESEND_HOLDOFF = 0.1
+RESEND_BURST = 128
+RESEND_RATE = 500.0
 
 
 def ntp_now() -> int:
@@ -161,6 +166,12 @@ class FastRtp:
         self.octets_sent = 0
         self.ntp_timestamp = 0
         self.retransmitted = 0
+        self.resends_refused = 0  # NACKed packets not resent (hold-off, rate limit)
+        self._resent: dict[int, float] = {}  # sequence number -> when it was last resent
+        #: The clock of the resend bounds (tests set their own).
+        self.clock: Callable[[], float] = time.monotonic
+        self._tokens = float(RESEND_BURST)
+        self._tokens_at = self.clock()
         self.send_errors = 0
         self.tx_bytes = 0  # protected bytes not yet added to the DTLS transport's stats
         self.tx_packets = 0
@@ -555,22 +566,43 @@ class FastRtp:
         sequence, the original sequence number first in the payload), the
         original packet otherwise. Packets no longer cached are skipped: the
         subscriber's PLI recovers those.
+
+        NACKs cost the subscriber 4 bytes per lost packet and us a whole
+        packet, so repairs are bounded: one resend of a packet per
+        ``RESEND_HOLDOFF`` and at most ``RESEND_BURST`` packets, refilled at
+        ``RESEND_RATE`` per second (a token bucket), per subscriber stream.
         """
         down = self.down
         source = down.source if down is not None else None
         epoch = self._epoch_seq
         if source is None or epoch is None or self.layout is None:
             return 0
+        now = self.clock()
+        self._tokens = min(RESEND_BURST, self._tokens + (now - self._tokens_at) * RESEND_RATE)
+        self._tokens_at = now
+        resent = self._resent
+        if len(resent) > 4 * RESEND_BURST:
+            for old in [q for q, at in resent.items() if now - at > RESEND_HOLDOFF]:
+                del resent[old]
         rtx_payload_type = getattr(self.sender, "_RTCRtpSender__rtx_payload_type")  # noqa: B009
         header_len = self.header_len
         out = []
         for sequence_number in sequence_numbers:
+            if self._tokens < 1:
+                self.resends_refused += 1
+                break
+            last = resent.get(sequence_number)
+            if last is not None and now - last < RESEND_HOLDOFF:
+                self.resends_refused += 1
+                continue
             original = (sequence_number - self._seq_offset) & 0xFFFF
             if original != epoch and ((original - epoch) & 0xFFFF) >= 0x8000:
                 continue  # from before this source
             entry = source.cached(original)
             if entry is None:
                 continue
+            resent[sequence_number] = now
+            self._tokens -= 1
             data = self._build(entry, sequence_number)
             if rtx_payload_type is not None:
                 data = (

@@ -273,3 +273,28 @@ async def test_a_late_joiner_starts_from_the_cached_keyframe(call: Call) -> None
     )
     # Sent from the publisher's packet cache as soon as cy's connection was up.
     assert slot.down.replays == 1
+
+
+async def test_nack_answers_are_bounded_per_subscriber() -> None:
+    """A subscriber cannot turn 4-byte NACK items into a flood of resends."""
+    from media.fastsend import RESEND_BURST
+
+    source = FakeSource()
+    fast, ext_map = _fast(seq=0)
+    now = [1000.0]
+    fast.clock = lambda: now[0]
+    fast._tokens_at = now[0]
+    down = DownTrack("video", NoopMediaMetrics())
+    down.sender, fast.down = fast, down
+    down.attach(source)  # type: ignore[arg-type]
+    entries = [vp8(i, 90_000, 7, key=i == 0, start=i == 0) for i in range(600)]
+    for entry in entries:
+        source.cache.put(entry.packet.sequence_number, entry)
+        assert fast.forward(entry)
+    sent(fast, ext_map)
+    assert fast.resend([5]) == 1
+    assert fast.resend([5]) == 0  # the same packet again at once: held off
+    assert fast.resend(list(range(10, 600))) == RESEND_BURST - 1  # the bucket runs dry
+    assert fast.resends_refused > 0
+    now[0] += 0.2  # refilled at RESEND_RATE; the hold-off on 5 is over
+    assert fast.resend([5]) == 1
