@@ -379,6 +379,8 @@ class PublisherInbound:
                 candidates = []
         if len(candidates) != 1:
             if packet.ssrc not in self._unknown:
+                if len(self._unknown) >= 256:
+                    self._unknown.clear()  # bounded: a peer can send any SSRC
                 self._unknown.add(packet.ssrc)
                 logger.debug("%r: cannot place SSRC %#x", self, packet.ssrc)
             return None
