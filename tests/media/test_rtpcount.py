@@ -57,9 +57,11 @@ async def test_counting_subscriber_still_sends_reports_and_remb(call: Call) -> N
     feedback = participant._feedback  # the server's reader of cy's RTCP (media.feedback)
 
     def got_both() -> bool:
-        return slot.fast.last_report is not None and feedback.remb is not None
+        report = slot.fast.last_report
+        # A report sent before cy saw any of our sender reports has no RTT yet.
+        return report is not None and report.rtt is not None and feedback.remb is not None
 
-    await eventually(got_both, timeout=10, what="a receiver report and a REMB")
+    await eventually(got_both, timeout=10, what="a receiver report with an RTT and a REMB")
     report = slot.fast.last_report
     assert report is not None and report.cumulative_lost == 0 and report.fraction_lost == 0
     assert report.rtt is not None and 0 <= report.rtt < 1.0  # LSR/DLSR against our SRs
