@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 FORWARDABLE = frozenset({"audio/opus", "video/vp8", "video/h264"})
 _AIORTC_ERRORS = (ValueError, InternalError, InvalidAccessError, InvalidStateError, OperationError)
+# Applying a remote description: aiortc also raises AttributeError, KeyError,
+# TypeError, ... for SDP that parses but lacks what it relies on (an m-line
+# without a DTLS fingerprint, say). Any of them is the peer's bad input.
+_DESCRIPTION_ERRORS = (Exception,)
 # Remote candidates held for a connection without a remote description yet (a
 # browser gathers a handful per connection; more means a misbehaving client).
 MAX_HELD_CANDIDATES = 64
@@ -207,8 +211,8 @@ class Participant:
                 accept_transport_cc(self._publish_pc, URI_TRANSPORT_CC)
                 answer = await self._publish_pc.createAnswer()
                 await self._publish_pc.setLocalDescription(answer)
-            except _AIORTC_ERRORS as exc:
-                raise BadSignal(f"cannot apply publish offer: {exc}") from exc
+            except _DESCRIPTION_ERRORS as exc:
+                raise BadSignal(f"cannot apply publish offer: {type(exc).__name__}: {exc}") from exc
             self._publish_ufrag = ice_ufrag(description.sdp)
             self._inbound.configure(self._publish_pc)
             await self._publish_candidates.release()
@@ -339,8 +343,8 @@ class Participant:
         self._answer = None
         try:
             await pc.setRemoteDescription(answer)
-        except _AIORTC_ERRORS as exc:
-            logger.warning("%r: bad subscribe answer: %s", self, exc)
+        except _DESCRIPTION_ERRORS as exc:
+            logger.warning("%r: bad subscribe answer: %r", self, exc)
             await self._send(
                 {"type": "error", "code": "bad_request", "message": f"bad subscribe answer: {exc}"}
             )

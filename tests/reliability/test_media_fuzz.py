@@ -585,6 +585,9 @@ async def test_malformed_offers_get_bad_signal_and_the_room_keeps_working(room: 
     rng = random.Random(13)
     base = await make_offer()
     offers = [mutated_sdp_example(rng, base) for _ in range(examples(25, 300))]
+    # Parses, but aiortc cannot apply it: AttributeError with no fingerprint and setup.
+    lines = base.split("\r\n")
+    offers.insert(0, "\r\n".join(x for x in lines if "fingerprint" not in x and "setup" not in x))
     refused = 0
     for sdp in offers:
         try:
