@@ -677,7 +677,11 @@ class _Target:
         assert (0 <= report.fraction_lost < 1 and report.rtt is None) or report.rtt >= 0
 
 
-@FUZZ
+@settings(
+    max_examples=examples(200, 3000),  # an event loop per example: fewer than FUZZ
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(
     packets=st.lists(st.one_of(rtp_packets(), st.binary(max_size=80)), max_size=20),
     compounds=st.lists(rtcp_compounds(), max_size=5),

@@ -88,6 +88,10 @@ class Arena:
 
 
 async def _setup(tmp_path: Path, **signaling: Any) -> tuple[TestServer, aiohttp.ClientSession, Any]:
+    # Under make reliability the fuzzing outlasts the 60 s connect timeout:
+    # between its sockets, the fuzzing participant must not be released as
+    # "never connected".
+    signaling.setdefault("connect_timeout_s", 3600.0)
     config = signaling_config(tmp_path, grace_s=GRACE_S, **signaling)
     app = create_app(config)
     server = TestServer(app, host="127.0.0.1")
