@@ -16,26 +16,11 @@ from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpTransceiver
 
-from .aiortc_compat import DecoderBypass, install_decoder_bypass
+from .aiortc_compat import install_decoder_bypass, on_receiver_end
 from .frames import EncodedFrame
 from .reassembly import AudioForwardingBuffer, VideoForwardingBuffer
 
 logger = logging.getLogger(__name__)
-
-
-class _EndSignal(DecoderBypass):
-    """Stands in for the receiver's decoder queue: only ever sees the stop marker."""
-
-    def __init__(self, on_end: Callable[[], None]) -> None:
-        self._on_end: Callable[[], None] | None = on_end
-
-    def put(self, item: Any) -> None:
-        if item is None and self._on_end is not None:
-            on_end, self._on_end = self._on_end, None
-            on_end()
-
-    def get(self) -> None:  # never called: the decoder thread returns at once
-        return None
 
 
 def _route_rtx(receiver: RTCRtpReceiver) -> None:
@@ -90,7 +75,7 @@ class PassthroughReceiver:
             )
         # Name-mangled privates of aiortc 1.16 (checked by media.aiortc_compat).
         setattr(receiver, "_RTCRtpReceiver__jitter_buffer", self._buffer)  # noqa: B010
-        setattr(receiver, "_RTCRtpReceiver__decoder_queue", _EndSignal(on_end))  # noqa: B010
+        on_receiver_end(receiver, on_end)
         original_receive = receiver.receive
 
         async def receive(parameters: Any) -> None:
