@@ -17,46 +17,15 @@
  * The GIL is held throughout: sends are non-blocking, and the static scratch
  * buffer relies on it.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-
-#define MAX_SEGMENTS 64
-#define MAX_BATCH_BYTES 60000
-#define MAX_TRAILER (16 + 128)
-#define SCRATCH_SIZE (MAX_BATCH_BYTES + 2048)
-
-typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
+#include "_udpsend.h"
 
 static unsigned char scratch[SCRATCH_SIZE];
-
-typedef struct {
-    PyObject_HEAD
-    int fd;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    void *ctx;
-    protect_fn protect;
-    int gso;
-    unsigned long long datagrams;
-    unsigned long long syscalls;
-    unsigned long long dropped;
-    int last_errno;   /* the last send error other than EAGAIN, 0 if none */
-    int gso_errno;    /* why GSO was switched off, 0 if it was not */
-} UdpOut;
 
 static int
 is_gso_errno(int err)
@@ -68,12 +37,13 @@ is_gso_errno(int err)
 static int
 UdpOut_init(UdpOut *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "host", "port", "ctx", "protect", "gso", NULL};
+    static char *kwlist[] = {"fd", "host", "port", "ctx", "protect", "gso", "keep", NULL};
     int fd, port, gso = 1;
     const char *host;
     unsigned long long ctx, protect;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "isiKK|p", kwlist, &fd, &host, &port, &ctx,
-                                     &protect, &gso))
+    PyObject *keep = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "isiKK|pO", kwlist, &fd, &host, &port, &ctx,
+                                     &protect, &gso, &keep))
         return -1;
     if (port < 0 || port > 65535) {
         PyErr_SetString(PyExc_ValueError, "port out of range");
@@ -84,9 +54,12 @@ UdpOut_init(UdpOut *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     memset(&self->addr, 0, sizeof self->addr);
+    self->addrlen = 0;
     struct sockaddr_in *v4 = (struct sockaddr_in *)&self->addr;
     struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&self->addr;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+    if (fd < 0) {
+        fd = -1; /* protect only */
+    } else if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
         v4->sin_family = AF_INET;
         v4->sin_port = htons((uint16_t)port);
         self->addrlen = sizeof *v4;
@@ -101,20 +74,32 @@ UdpOut_init(UdpOut *self, PyObject *args, PyObject *kwds)
     self->fd = fd;
     self->ctx = (void *)(uintptr_t)ctx;
     self->protect = (protect_fn)(uintptr_t)protect;
+    Py_INCREF(keep);
+    Py_XSETREF(self->keep, keep);
     self->gso = gso;
     self->datagrams = self->syscalls = self->dropped = 0;
     self->last_errno = self->gso_errno = 0;
     return 0;
 }
 
-/* Send `count` datagrams laid out every `seg` bytes in scratch[0:end]. */
-static Py_ssize_t
-flush(UdpOut *self, size_t end, size_t seg, int count)
+static void
+UdpOut_dealloc(UdpOut *self)
+{
+    Py_CLEAR(self->keep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+Py_ssize_t
+udpout_send_run(UdpOut *self, unsigned char *buf, size_t end, size_t seg, int count)
 {
     ssize_t r;
+    if (self->fd < 0) {
+        self->dropped += count;
+        return 0;
+    }
     self->datagrams += count;
     if (count > 1 && self->gso) {
-        struct iovec iov = {scratch, end};
+        struct iovec iov = {buf, end};
         union {
             char buf[CMSG_SPACE(sizeof(uint16_t))];
             struct cmsghdr align;
@@ -157,7 +142,7 @@ flush(UdpOut *self, size_t end, size_t seg, int count)
         size_t len = end - start < seg ? end - start : seg;
         self->syscalls++;
         do {
-            r = sendto(self->fd, scratch + start, len, 0, (struct sockaddr *)&self->addr,
+            r = sendto(self->fd, buf + start, len, 0, (struct sockaddr *)&self->addr,
                        self->addrlen);
         } while (r < 0 && errno == EINTR);
         if (r >= 0) {
@@ -183,7 +168,7 @@ UdpOut_send(UdpOut *self, PyObject *packets)
         return NULL;
     }
     if (self->fd < 0) {
-        PyErr_SetString(PyExc_ConnectionError, "datagram output closed");
+        PyErr_SetString(PyExc_ConnectionError, "datagram output closed (or protect-only)");
         return NULL;
     }
     Py_ssize_t n_packets = PyList_GET_SIZE(packets);
@@ -203,7 +188,7 @@ UdpOut_send(UdpOut *self, PyObject *packets)
         }
         if (count && (closed || n > plain || count >= MAX_SEGMENTS
                       || off + n + MAX_TRAILER > MAX_BATCH_BYTES)) {
-            total += flush(self, off, seg, count);
+            total += udpout_send_run(self, scratch, off, seg, count);
             off = 0;
             count = 0;
             closed = 0;
@@ -214,7 +199,7 @@ UdpOut_send(UdpOut *self, PyObject *packets)
         if (rc != 0) {
             /* Send what was protected before the failure, then report it. */
             if (count)
-                total += flush(self, off, seg, count);
+                total += udpout_send_run(self, scratch, off, seg, count);
             PyErr_Format(PyExc_RuntimeError, "srtp_protect failed (%d)", rc);
             return NULL;
         }
@@ -228,7 +213,7 @@ UdpOut_send(UdpOut *self, PyObject *packets)
         count++;
     }
     if (count)
-        total += flush(self, off, seg, count);
+        total += udpout_send_run(self, scratch, off, seg, count);
     return PyLong_FromSsize_t(total);
 }
 
@@ -284,11 +269,12 @@ static PyGetSetDef UdpOut_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject UdpOutType = {
+PyTypeObject UdpOutType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "media._udpsend.UdpOut",
     .tp_doc = "UdpOut(fd, host, port, ctx, protect, gso=True): in-place SRTP + UDP GSO output",
     .tp_basicsize = sizeof(UdpOut),
+    .tp_dealloc = (destructor)UdpOut_dealloc,
     .tp_itemsize = 0,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -408,17 +394,29 @@ static PyTypeObject SrtpInType = {
     .tp_getset = SrtpIn_getset,
 };
 
+static PyMethodDef udpsend_functions[] = {
+    {"forward", (PyCFunction)(void (*)(void))fanout_forward, METH_FASTCALL,
+     "forward(downs: list[Down], packet: tuple, flush: bool) -> int: rewrite, protect and "
+     "queue one packet for every down that takes it (sending the queues when flush); "
+     "returns how many took it"},
+    {"flush", (PyCFunction)fanout_flush, METH_O, "flush(downs: list[Down]): send what they queued"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef udpsend_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "media._udpsend",
-    .m_doc = "In-place SRTP protection and UDP GSO sends for the SFU (see media/udpout.py).",
+    .m_doc = "In-place SRTP protection and UDP GSO sends for the SFU (see media/udpout.py), "
+             "and the per-subscriber fan-out (see media/downstream.py).",
     .m_size = -1,
+    .m_methods = udpsend_functions,
 };
 
 PyMODINIT_FUNC
 PyInit__udpsend(void)
 {
-    if (PyType_Ready(&UdpOutType) < 0 || PyType_Ready(&SrtpInType) < 0)
+    if (PyType_Ready(&UdpOutType) < 0 || PyType_Ready(&SrtpInType) < 0
+        || PyType_Ready(&DownType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&udpsend_module);
     if (m == NULL)
@@ -432,6 +430,12 @@ PyInit__udpsend(void)
     Py_INCREF(&SrtpInType);
     if (PyModule_AddObject(m, "SrtpIn", (PyObject *)&SrtpInType) < 0) {
         Py_DECREF(&SrtpInType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&DownType);
+    if (PyModule_AddObject(m, "Down", (PyObject *)&DownType) < 0) {
+        Py_DECREF(&DownType);
         Py_DECREF(m);
         return NULL;
     }

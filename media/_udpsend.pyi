@@ -1,4 +1,6 @@
-"""Types of the C extension built from media/_udpsend.c."""
+"""Types of the C extension built from media/_udpsend.c and media/_fanout.c."""
+
+from collections.abc import Callable
 
 MAX_SEGMENTS: int
 MAX_BATCH_BYTES: int
@@ -11,7 +13,14 @@ class UdpOut:
     last_errno: int
     gso_errno: int
     def __init__(
-        self, fd: int, host: str, port: int, ctx: int, protect: int, gso: bool = True
+        self,
+        fd: int,
+        host: str,
+        port: int,
+        ctx: int,
+        protect: int,
+        gso: bool = True,
+        keep: object = None,
     ) -> None: ...
     def send(self, packets: list[bytes], /) -> int: ...
     def close(self) -> None: ...
@@ -22,3 +31,42 @@ class SrtpIn:
     def __init__(self, ctx: int, unprotect: int, unprotect_rtcp: int) -> None: ...
     def rtp(self, data: bytes, /) -> bytes | None: ...
     def rtcp(self, data: bytes, /) -> bytes | None: ...
+
+PacketTuple = tuple[bytes, int, int, int, int, bool, bool, int, int, int, int, int]
+
+class Down:
+    out: UdpOut | None
+    spill: Callable[[list[bytes]], None] | None
+    ready: bool
+    epoch: int | None
+    rtp_timestamp: int
+    gated: bool
+    packets_sent: int
+    octets_sent: int
+    send_errors: int
+    ntp: int
+    last_srtp_error: int
+    seq_offset: int
+    sequence_number: int
+    ssrc: int
+    queued: int
+    def __init__(self, video: bool, step: int) -> None: ...
+    def configure(
+        self,
+        ssrc: int,
+        payload_type: int,
+        first_byte: int,
+        ext: bytes,
+        abs_at: int,
+        level_at: int,
+        sequence_number: int,
+        timestamp_origin: int,
+    ) -> None: ...
+    def switch(self) -> None: ...
+    def flush(self) -> None: ...
+    def build(self, packet: PacketTuple, out_seq: int, /) -> bytes | None: ...
+    def send(self, packets: list[bytes], /) -> int: ...
+    def take_tx(self) -> tuple[int, int]: ...
+
+def forward(downs: list[Down], packet: PacketTuple, flush: bool, /) -> int: ...
+def flush(downs: list[Down], /) -> None: ...

@@ -87,6 +87,8 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpSender, "code:__init__", "_ssrc"),
     (RTCRtpSender, "code:__init__", "_rtx_ssrc"),
     (RTCRtpSender, "code:__init__", "_enabled"),
+    (RTCRtpTransceiver, "code:_setCurrentDirection", "_enabled"),
+    (RTCRtpSender, "code:__init__", "_RTCRtpSender__cname"),
     (RTCRtpSender, "code:_run_rtcp", "_RTCRtpSender__ntp_timestamp"),
     (RTCRtpSender, "code:_run_rtcp", "_RTCRtpSender__rtp_timestamp"),
     (RTCRtpSender, "code:_run_rtcp", "_RTCRtpSender__octet_count"),
@@ -371,6 +373,178 @@ def send_srtcp(dtls: RTCDtlsTransport, packet: bytes) -> Awaitable[None] | None:
         protocol.transport.sendto(protected, pair.remote_addr)
         return None
     return protocol.send_data(protected, pair.remote_addr)
+
+
+# --- the SFU's own send path (media.fastsend) ----------------------------------
+
+
+class SenderInternals:
+    """The private state of one ``RTCRtpSender`` whose loops the SFU replaces.
+
+    :class:`media.fastsend.FastRtp` runs a forwarding sender's RTP and RTCP
+    loops and answers its NACKs; aiortc keeps negotiating it, stopping it and
+    reporting its stats. This is everything FastRtp reads or writes of the
+    sender, by name.
+    """
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self.sender = sender
+
+    def install(
+        self,
+        run_rtp: Callable[[Any], Awaitable[None]],
+        run_rtcp: Callable[[], Awaitable[None]],
+        retransmit: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """Replace the sender's RTP loop, RTCP loop and NACK answer (this instance only)."""
+        setattr(self.sender, "_run_rtp", run_rtp)  # noqa: B010
+        setattr(self.sender, "_run_rtcp", run_rtcp)  # noqa: B010
+        setattr(self.sender, "_retransmit", retransmit)  # noqa: B010
+
+    def _get(self, name: str) -> Any:
+        return getattr(self.sender, f"_RTCRtpSender__{name}")
+
+    @property
+    def header_extensions_map(self) -> HeaderExtensionsMap:
+        return self._get("rtp_header_extensions_map")  # type: ignore[no-any-return]
+
+    @property
+    def mid(self) -> str | None:
+        return self._get("mid")  # type: ignore[no-any-return]
+
+    @property
+    def ssrc(self) -> int:
+        return int(self.sender._ssrc)
+
+    @property
+    def rtx_ssrc(self) -> int:
+        return int(self.sender._rtx_ssrc)
+
+    @property
+    def rtx_payload_type(self) -> int | None:
+        return self._get("rtx_payload_type")  # type: ignore[no-any-return]
+
+    @property
+    def cname(self) -> str | None:
+        return self._get("cname")  # type: ignore[no-any-return]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sender._enabled)
+
+    def loop_started(self, which: str) -> None:
+        """Tell ``stop()`` that the ``rtp`` or ``rtcp`` loop started."""
+        self._get(f"{which}_started").set()
+
+    def loop_exited(self, which: str) -> None:
+        """Tell ``stop()`` that the ``rtp`` or ``rtcp`` loop is over (or it hangs)."""
+        self._get(f"{which}_exited").set()
+
+    def stop_track(self) -> None:
+        """What aiortc's RTP loop does at its end: stop and forget the track."""
+        track = self._get("track")
+        if track is not None:
+            track.stop()
+            setattr(self.sender, "_RTCRtpSender__track", None)  # noqa: B010
+
+    def report(self, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+        """Copy the send counters where aiortc's stats and RTT computation read them."""
+        sender = self.sender
+        setattr(sender, "_RTCRtpSender__ntp_timestamp", ntp_timestamp)  # noqa: B010
+        setattr(sender, "_RTCRtpSender__rtp_timestamp", rtp_timestamp)  # noqa: B010
+        setattr(sender, "_RTCRtpSender__packet_count", packets)  # noqa: B010
+        setattr(sender, "_RTCRtpSender__octet_count", octets)  # noqa: B010
+
+    def sender_report_sent(self, lsr: int, at: float) -> None:
+        """For the round-trip time aiortc computes from receiver reports."""
+        setattr(self.sender, "_RTCRtpSender__lsr", lsr)  # noqa: B010
+        setattr(self.sender, "_RTCRtpSender__lsr_time", at)  # noqa: B010
+
+    async def send_rtcp(self, packets: list[Any]) -> None:
+        await self.sender._send_rtcp(packets)
+
+    def watch_enabled(self, on_change: Callable[[bool], None]) -> None:
+        """Call ``on_change(enabled)`` whenever negotiation sets the sender's direction.
+
+        aiortc flips ``sender._enabled`` (a plain attribute) from
+        ``RTCRtpTransceiver._setCurrentDirection``; the sender's class is
+        swapped for a subclass whose ``_enabled`` is a property that reports
+        each change. Nothing else about the sender changes. Idempotent.
+        """
+        sender = self.sender
+        state = sender.__dict__
+        state["_huddle_on_enabled"] = on_change
+        if "_huddle_enabled" in state:
+            return
+        state["_huddle_enabled"] = bool(state.pop("_enabled", True))
+        sender.__class__ = _watched_sender_class(type(sender))
+
+
+_WATCHED_SENDERS: dict[type, type] = {}
+
+
+def _watched_sender_class(cls: type) -> type:
+    watched = _WATCHED_SENDERS.get(cls)
+    if watched is not None:
+        return watched
+
+    def get(self: Any) -> bool:
+        return bool(self.__dict__["_huddle_enabled"])
+
+    def set_(self: Any, value: bool) -> None:
+        self.__dict__["_huddle_enabled"] = bool(value)
+        on_change = self.__dict__.get("_huddle_on_enabled")
+        if on_change is not None:
+            on_change(bool(value))
+
+    watched = type(cls.__name__, (cls,), {"_enabled": property(get, set_)})
+    watched.__module__ = cls.__module__
+    watched.__qualname__ = cls.__qualname__
+    _WATCHED_SENDERS[cls] = watched
+    return watched
+
+
+class SendRoute:
+    """Where a DTLS transport's RTP goes now: its SRTP session and the selected pair."""
+
+    __slots__ = ("addr", "key", "pair", "session", "udp")
+
+    def __init__(self, session: Any, pair: Any) -> None:
+        self.session = session
+        self.pair = pair
+        self.addr = pair.remote_addr
+        #: The pair's datagram transport if it is plain UDP, None for a TURN relay.
+        self.udp: Any = (
+            pair.protocol.transport if type(pair.protocol) is aioice.ice.StunProtocol else None
+        )
+        self.key = (id(session), id(pair))
+
+    def send_relayed(self, data: bytes) -> Awaitable[None]:
+        """Send one protected datagram through a TURN pair (aioice's coroutine)."""
+        return self.pair.protocol.send_data(data, self.addr)  # type: ignore[no-any-return]
+
+
+def send_route(dtls: RTCDtlsTransport) -> SendRoute | None:
+    """The transport's current route, or None while it cannot send RTP.
+
+    None too when someone replaced the transport's ``_send_rtp`` on the
+    instance (instrumentation): the SFU's fast path would bypass it.
+    """
+    if dtls._state is not aiortc.rtcdtlstransport.State.CONNECTED or "_send_rtp" in dtls.__dict__:
+        return None
+    session = dtls._tx_srtp
+    pair = dtls.transport._connection._nominated.get(1)
+    if session is None or pair is None:
+        return None
+    return SendRoute(session, pair)
+
+
+def add_transport_tx(dtls: RTCDtlsTransport, octets: int, packets: int) -> None:
+    """Count what the SFU sent past the DTLS transport in its stats (getStats)."""
+    name = "_RTCDtlsTransport__tx_bytes"
+    setattr(dtls, name, getattr(dtls, name) + octets)
+    name = "_RTCDtlsTransport__tx_packets"
+    setattr(dtls, name, getattr(dtls, name) + packets)
 
 
 # --- ICE host addresses ---------------------------------------------------

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from . import downstream
 from .aiortc_compat import negotiated_codecs, on_receiver_end
 from .keyframes import KeyframeRequester
 from .metrics import MediaMetrics
@@ -54,15 +55,30 @@ MAX_REPLAY_PACKETS = 128
 class Forwardable:
     """An incoming packet with what forwarding reads of it, computed once for all."""
 
-    __slots__ = ("body", "keyframe", "packet", "size", "vp8")
+    __slots__ = ("keyframe", "packet", "packet_tuple", "vp8")
 
-    def __init__(self, packet: RtpPacket, keyframe: bool, vp8: Vp8Descriptor | None) -> None:
+    def __init__(
+        self, packet: RtpPacket, keyframe: bool, vp8: Vp8Descriptor | None, level: int = -1
+    ) -> None:
         self.packet = packet
         self.keyframe = keyframe  # first packet of a frame a decoder can start from
         self.vp8 = vp8
-        #: The payload, shared by every subscriber's copy (no padding, no header).
-        self.body = memoryview(packet.data)[packet.payload_start : packet.payload_end]
-        self.size = packet.payload_end - packet.payload_start
+        #: What every subscriber's down reads of it (media.downstream.describe).
+        self.packet_tuple = downstream.describe(
+            packet.data,
+            packet.payload_start,
+            packet.payload_end,
+            packet.sequence_number,
+            packet.timestamp,
+            packet.marker,
+            keyframe,
+            vp8,
+            level,
+        )
+
+    @property
+    def size(self) -> int:
+        return self.packet.payload_end - self.packet.payload_start
 
 
 class UpTrack:
@@ -90,12 +106,16 @@ class UpTrack:
         self._on_ended = on_ended
         self._inbound = inbound
         self._downs: list[DownTrack] = []
-        self._senders: list[FastRtp] = []  # the downs' senders, for the hot path
+        self._senders: list[FastRtp] = []
+        # The downs' streams by implementation (C or Python), for the hot path.
+        self._fanout: list[tuple[Callable[[list[Any], Any, bool], int], list[Any]]] = []
+        self._flushes: list[tuple[Callable[[list[Any]], None], list[Any]]] = []
         self.ended = False
         self.packets_in = 0
         mime = self.mime_type
         self._vp8 = mime == "video/vp8"
         self._h264 = mime == "video/h264"
+        self._video = self.kind == "video"
         self.cache: PacketCache[Forwardable] | None = (
             PacketCache(CACHE_PACKETS) if self.kind == "video" else None
         )
@@ -146,7 +166,13 @@ class UpTrack:
             keyframe = h264_keyframe_start(packet.data, packet.payload_start, packet.payload_end)
         else:
             keyframe = True  # audio: every packet stands alone
-        entry = Forwardable(packet, keyframe, vp8)
+        level = -1
+        if not self._video and packet.extensions is not None:
+            level_id = self._inbound.ids.audio_level
+            value = packet.extensions.get(level_id) if level_id is not None else None
+            if value:
+                level = value[0]  # RFC 6464: V bit and level, forwarded as sent
+        entry = Forwardable(packet, keyframe, vp8, level)
         cache = self.cache
         if cache is not None:
             seq = packet.sequence_number
@@ -156,20 +182,22 @@ class UpTrack:
                 self._newest_seq = seq
             if keyframe:
                 self._keyframe_seq = seq
+        # A whole frame (audio: a packet) queued: each subscriber gets it in
+        # as few GSO sends as the sizes allow.
+        complete = packet.marker or not self._video
         taken = 0
-        for sender in self._senders:
-            if sender.forward(entry):
-                taken += 1
+        packet_tuple = entry.packet_tuple
+        for forward, streams in self._fanout:
+            taken += forward(streams, packet_tuple, complete)
+        if complete and self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if not taken:
             return
         self._metrics.packets_forwarded(
             self.kind, taken if packet.marker else 0, taken, taken * packet.payload_size
         )
-        if packet.marker or self.kind != "video":
-            # A whole frame (audio: a packet) is queued: each subscriber gets it
-            # in as few GSO sends as the sizes allow.
-            self._flush()
-        elif self._flush_timer is None:
+        if not complete and self._flush_timer is None:
             # The frame's last packet may be lost or late: don't hold the rest.
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
 
@@ -177,8 +205,8 @@ class UpTrack:
         timer, self._flush_timer = self._flush_timer, None
         if timer is not None:
             timer.cancel()
-        for down in self._downs:
-            down.flush()
+        for flush, streams in self._flushes:
+            flush(streams)
 
     def replay(self, down: DownTrack) -> None:
         """Send ``down`` the cached latest keyframe and what followed, if recent enough.
@@ -231,6 +259,11 @@ class UpTrack:
 
     def _refresh_senders(self) -> None:
         self._senders = [d.sender for d in self._downs if d.sender is not None]
+        groups: dict[downstream.Implementation, list[Any]] = {}
+        for sender in self._senders:
+            groups.setdefault(sender.impl, []).append(sender.stream)
+        self._fanout = [(impl.forward, streams) for impl, streams in groups.items()]
+        self._flushes = [(impl.flush, streams) for impl, streams in groups.items()]
 
     def end(self) -> None:
         """The published track is gone (m-line removed, connection closed)."""
@@ -252,6 +285,8 @@ class UpTrack:
             down.detach(self)
         self._downs.clear()
         self._senders = []
+        self._fanout = []
+        self._flushes = []
         if self.cache is not None:
             self.cache.clear()
         await self._keyframes.close()

@@ -79,7 +79,6 @@ class Slot:
     def _set_stream(self, up: UpTrack) -> None:
         # msid stream id: the publisher, so a client groups its audio and video.
         self.transceiver.sender._stream_id = up.participant_id
-        self.fast.level_id_in = up.audio_level_id
 
     def reuse(self, up: UpTrack) -> None:
         """Carry ``up`` once the next answer re-enables this transceiver.

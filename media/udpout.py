@@ -107,35 +107,65 @@ class DatagramOut:
         self._gso = gso
         self._srtp = session._srtp[0]
         self._protect = lib.srtp_protect
-        fd = transport.get_extra_info("socket").fileno()
-        self._sock: socket.socket | None = socket.socket(fileno=os.dup(fd))
-        self._sock.setblocking(False)
+        self._sock: socket.socket | None = None
+        if transport is not None:
+            fd = transport.get_extra_info("socket").fileno()
+            self._sock = socket.socket(fileno=os.dup(fd))
+            self._sock.setblocking(False)
+        self._closed = False
         self._datagrams = 0
         self._syscalls = 0
         self._dropped = 0
         self._error_logged = False
         self._gso_logged = False
         self._c: Any = None
-        if ACCELERATED if accelerated is None else accelerated:
-            if _udpsend is None:
-                raise RuntimeError("media._udpsend is not built")
+        #: The C output a fan-out down (media.downstream) sends through: ours,
+        #: or one that only protects (no socket, or an address C cannot parse).
+        self.c_output: Any = None
+        use_c = ACCELERATED if accelerated is None else accelerated
+        if use_c and _udpsend is None:
+            raise RuntimeError("media._udpsend is not built")
+        if _udpsend is not None:
+            ctx = int(ffi.cast("uintptr_t", self._srtp))
+            protect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+            if use_c and self._sock is not None:
+                try:
+                    # The C object keeps the session (which frees libsrtp's
+                    # context when collected) alive as long as it needs it.
+                    self._c = _udpsend.UdpOut(
+                        self._sock.fileno(), addr[0], addr[1], ctx, protect, gso, session
+                    )
+                except ValueError as exc:
+                    # An address the C side does not parse (an IPv6 zone id,
+                    # "fe80::1%eth0"): Python's socket module does.
+                    logger.debug("C send loop unavailable for %s (%s): using Python", addr, exc)
+                else:
+                    self.send = self._send_c  # type: ignore[method-assign]
+            self.c_output = self._c or _udpsend.UdpOut(-1, "", 0, ctx, protect, False, session)
+
+    @property
+    def has_socket(self) -> bool:
+        """Whether ``send`` reaches the network (False: protect only, a TURN pair)."""
+        return self._sock is not None
+
+    def protect(self, data: bytes) -> bytes:
+        """One protected datagram (for a TURN pair's send, or a spilled batch)."""
+        return self.session.protect(data)
+
+    def send_protected(self, datagrams: list[bytes]) -> None:
+        """Send datagrams protected elsewhere (a C down spilling to a Python socket)."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError("datagram output has no socket")
+        for data in datagrams:
+            self._syscalls += 1
+            self._datagrams += 1
             try:
-                # The C object keeps a pointer to libsrtp's context: self.session
-                # (which frees it when collected) lives as long as it does.
-                self._c = _udpsend.UdpOut(
-                    self._sock.fileno(),
-                    addr[0],
-                    addr[1],
-                    int(ffi.cast("uintptr_t", self._srtp)),
-                    int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
-                    gso,
-                )
-            except ValueError as exc:
-                # An address the C side does not parse (an IPv6 zone id,
-                # "fe80::1%eth0"): Python's socket module does.
-                logger.debug("C send loop unavailable for %s (%s): using Python", addr, exc)
-            else:
-                self.send = self._send_c  # type: ignore[method-assign]
+                sock.sendto(data, self.addr)
+            except BlockingIOError:
+                self._dropped += 1
+            except OSError as exc:
+                self._failed(exc, 1)
 
     def matches(self, session: Session, transport: Any, addr: Any) -> bool:
         return session is self.session and transport is self.transport and addr == self.addr
@@ -146,7 +176,7 @@ class DatagramOut:
 
     @property
     def closed(self) -> bool:
-        return self._sock is None
+        return self._closed
 
     @property
     def gso(self) -> bool:
@@ -169,10 +199,11 @@ class DatagramOut:
 
     def close(self) -> None:
         """Close our duplicate of the socket (idempotent)."""
+        self._closed = True
         sock, self._sock = self._sock, None
+        if self._c is not None:
+            self._c.close()  # forget the descriptor before it can be reused
         if sock is not None:
-            if self._c is not None:
-                self._c.close()  # forget the descriptor before it can be reused
             sock.close()
 
     # --- C loop -------------------------------------------------------------

@@ -6,20 +6,26 @@ independent of Huddle's.
 
 from __future__ import annotations
 
+import socket
 import struct
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap
 from aiortc.rtp import RtpPacket as AiortcPacket
+from pylibsrtp import Policy, Session
 
+from media import downstream
 from media.fastsend import FastRtp
 from media.forwarder import DownTrack, Forwardable
 from media.metrics import NoopMediaMetrics
 from media.nack import PacketCache
 from media.payload import parse_vp8
 from media.rtpheader import parse_rtp
+from media.udpout import DatagramOut
 
 from .conftest import Call, eventually
 
@@ -28,11 +34,87 @@ ABS = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
+KEY = bytes(range(30))
+
+
 class _Transport:
     state = "new"
-    _state = "new"  # never connected: sends go through FastRtp._send
+    _state = "new"  # never connected: the tests give the sender its output
     _RTCDtlsTransport__tx_bytes = 0
     _RTCDtlsTransport__tx_packets = 0
+
+
+class _SocketTransport:
+    """What DatagramOut reads of an asyncio datagram transport."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+
+class Wire:
+    """A real loopback UDP path with real SRTP: what a subscriber would receive."""
+
+    def __init__(self) -> None:
+        # As aiortc keys it: a retransmission without RTX repeats a sequence number.
+        policy = Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+        policy.allow_repeat_tx = True
+        self.tx = Session(policy)
+        self.rx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        self.sender_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sender_sock.bind(("127.0.0.1", 0))
+        self.receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.receiver.bind(("127.0.0.1", 0))
+        self.receiver.setblocking(False)
+        self.outputs: list[DatagramOut] = []
+
+    def output(self) -> DatagramOut:
+        out = DatagramOut(
+            self.tx,
+            _SocketTransport(self.sender_sock),
+            self.receiver.getsockname(),
+            accelerated=IMPL.accelerated,
+        )
+        self.outputs.append(out)
+        return out
+
+    def received(self) -> list[bytes]:
+        """The plaintext of every datagram that arrived so far."""
+        packets = []
+        while True:
+            try:
+                data = self.receiver.recv(65536)
+            except BlockingIOError:
+                return packets
+            packets.append(self.rx.unprotect(data))
+
+    def close(self) -> None:
+        for out in self.outputs:
+            out.close()
+        self.sender_sock.close()
+        self.receiver.close()
+
+
+IMPL = downstream.PYTHON  # set per test by the fixture below
+WIRES: list[Wire] = []
+
+
+@pytest.fixture(params=["c", "python"])
+def implementation(request: pytest.FixtureRequest) -> Iterator[downstream.Implementation]:
+    """Every test runs on the C fan-out and on its Python reference."""
+    global IMPL
+    if request.param == "c":
+        if downstream.C is None:
+            pytest.skip("media._udpsend not built")
+        IMPL = downstream.C
+    else:
+        IMPL = downstream.PYTHON
+    yield IMPL
+    for wire in WIRES:
+        wire.close()
+    WIRES.clear()
 
 
 def _sender(kind: str) -> tuple[RTCRtpSender, HeaderExtensionsMap]:
@@ -51,13 +133,35 @@ def _sender(kind: str) -> tuple[RTCRtpSender, HeaderExtensionsMap]:
     return sender, ext_map
 
 
+class Sent:
+    """A sender under test and what its subscriber received."""
+
+    def __init__(self, fast: FastRtp, ext_map: HeaderExtensionsMap, wire: Wire) -> None:
+        self.fast = fast
+        self.ext_map = ext_map
+        self.wire = wire
+
+
+_SENT: dict[int, Sent] = {}
+
+
 def _fast(kind: str = "video", seq: int = 65534, ts: int = 0xFFFFFF00) -> tuple[FastRtp, Any]:
     sender, ext_map = _sender(kind)
-    fast = FastRtp(sender, kind)
+    fast = FastRtp(sender, kind, implementation=IMPL)
     fast.prepare(payload_type=96 if kind == "video" else 111, sequence_number=seq,
                  timestamp_origin=ts)  # fmt: skip
+    wire = Wire()
+    WIRES.append(wire)
     fast.running = True
+    fast.use_output(wire.output())
+    assert fast.ready
+    _SENT[id(fast)] = Sent(fast, ext_map, wire)
     return fast, ext_map
+
+
+def set_running(fast: FastRtp, running: bool) -> None:
+    fast.running = running
+    fast.use_output(fast.out)
 
 
 def vp8(
@@ -88,9 +192,10 @@ def vp8(
 
 
 def sent(fast: FastRtp, ext_map: HeaderExtensionsMap) -> list[AiortcPacket]:
-    packets = [AiortcPacket.parse(p, ext_map) for p in fast._pending]
-    fast._pending.clear()
-    return packets
+    """Flush ``fast`` and parse what its subscriber received (SRTP-unprotected)."""
+    fast.flush()
+    wire = _SENT[id(fast)].wire
+    return [AiortcPacket.parse(p, ext_map) for p in wire.received()]
 
 
 def picture_id(packet: AiortcPacket) -> int:
@@ -98,6 +203,7 @@ def picture_id(packet: AiortcPacket) -> int:
     return ((d[2] & 0x7F) << 8) | d[3]
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_gate_opens_at_a_keyframe_and_only_the_header_changes() -> None:
     fast, ext_map = _fast()
     assert not fast.forward(vp8(1000, 5000, 300))  # delta before any keyframe: held back
@@ -120,6 +226,7 @@ async def test_gate_opens_at_a_keyframe_and_only_the_header_changes() -> None:
     assert fast.packets_sent == 3
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_source_switch_keeps_numbering_continuous() -> None:
     fast, ext_map = _fast(seq=100, ts=1_000_000)
     fast.forward(vp8(7, 50_000, 1000, tl0=17, key=True, marker=True))
@@ -139,6 +246,7 @@ async def test_source_switch_keeps_numbering_continuous() -> None:
     assert {p.ssrc for p in before + after} == {fast.sender._ssrc}
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_reordered_packets_keep_their_place_and_old_ones_are_dropped() -> None:
     fast, ext_map = _fast(seq=500)
     fast.forward(vp8(10, 0, 1, key=True))
@@ -149,24 +257,28 @@ async def test_reordered_packets_keep_their_place_and_old_ones_are_dropped() -> 
     assert fast.sequence_number == 503
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_a_sender_that_is_not_running_closes_the_gate_again() -> None:
     fast, ext_map = _fast()
     fast.forward(vp8(1, 0, 1, key=True, marker=True))
-    fast.running = False
+    set_running(fast, False)
     assert not fast.forward(vp8(2, 3000, 2, marker=True))
-    fast.running = True
+    set_running(fast, True)
     assert not fast.forward(vp8(3, 6000, 3, marker=True))  # delta: must wait for a keyframe
     assert fast.forward(vp8(4, 9000, 4, key=True, marker=True))
     assert [p.sequence_number for p in sent(fast, ext_map)] == [65534, 65535]
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_audio_level_is_forwarded() -> None:
     fast, ext_map = _fast("audio", seq=1, ts=0)
-    fast.level_id_in = 5
     header = struct.pack("!BBHII", 0x90, 0x80 | 111, 77, 960, 0x3333)
     header += struct.pack("!HH", 0xBEDE, 1) + bytes([0x50, 0x80 | 33, 0, 0])  # id 5: VAD, -33
     packet = parse_rtp(header + b"opus-frame")
-    assert fast.forward(Forwardable(packet, True, None))
+    assert packet.extensions is not None
+    # The up track reads the level once (at the publisher's id) for every subscriber.
+    level = packet.extensions[5][0]
+    assert fast.forward(Forwardable(packet, True, None, level))
     (out,) = sent(fast, ext_map)
     assert out.extensions.audio_level == (True, 33)
     assert out.extensions.mid == "3"
@@ -197,6 +309,7 @@ class FakeSource:
         pass  # nothing cached before the test forwards
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_nacks_of_two_subscribers_are_answered_from_one_cached_packet() -> None:
     source = FakeSource()
     subscribers = []
@@ -214,11 +327,10 @@ async def test_nacks_of_two_subscribers_are_answered_from_one_cached_packet() ->
             assert fast.forward(entry)
     for fast, ext_map in subscribers:
         first = sent(fast, ext_map)[0].sequence_number
+        assert first == fast.sequence_number - 4
         # The third packet was lost on the way; the tenth was never sent.
         assert fast.resend([(first + 2) & 0xFFFF, (first + 9) & 0xFFFF]) == 1
-        # Not connected here: queued for the send loop (the TURN path) instead of sent.
-        (batch,) = fast._queue
-        (rtx,) = [AiortcPacket.parse(p, ext_map) for p in batch]
+        (rtx,) = sent(fast, ext_map)
         assert rtx.payload_type == 97 and rtx.ssrc == fast.sender._rtx_ssrc
         osn = int.from_bytes(rtx.payload[:2], "big")
         assert osn == (first + 2) & 0xFFFF
@@ -276,12 +388,15 @@ async def test_a_late_joiner_starts_from_the_cached_keyframe(call: Call) -> None
     assert slot.down.replays == 1
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_nack_answers_are_bounded_per_subscriber() -> None:
     """A subscriber cannot turn 4-byte NACK items into a flood of resends."""
     from media.fastsend import RESEND_BURST
 
     source = FakeSource()
     fast, ext_map = _fast(seq=0)
+    # As RTX (libsrtp refuses to repeat a sequence number this far behind).
+    setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
     now = [1000.0]
     fast.clock = lambda: now[0]
     fast._tokens_at = now[0]

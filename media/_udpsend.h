@@ -1,0 +1,59 @@
+/*
+ * What media/_udpsend.c (the UDP output, SRTP in) and media/_fanout.c (the
+ * per-subscriber rewrite and batching) share: one extension, two files.
+ */
+#ifndef HUDDLE_UDPSEND_H
+#define HUDDLE_UDPSEND_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+#define MAX_SEGMENTS 64
+#define MAX_BATCH_BYTES 60000
+#define MAX_TRAILER (16 + 128)
+#define SCRATCH_SIZE (MAX_BATCH_BYTES + 2048)
+
+typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
+
+/*
+ * One subscriber connection's output: libsrtp's session (by address) and,
+ * when the selected pair is plain UDP, the socket and peer address. With
+ * fd < 0 it only protects (TURN pairs: Python sends what it protected).
+ */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    void *ctx;
+    protect_fn protect;
+    PyObject *keep; /* the owner of ctx (pylibsrtp's Session): alive as long as we are */
+    int gso;
+    unsigned long long datagrams;
+    unsigned long long syscalls;
+    unsigned long long dropped;
+    int last_errno; /* the last send error other than EAGAIN, 0 if none */
+    int gso_errno;  /* why GSO was switched off, 0 if it was not */
+} UdpOut;
+
+extern PyTypeObject UdpOutType;
+extern PyTypeObject DownType;
+
+/* Send `count` protected datagrams laid out every `seg` bytes in buf[0:end]
+ * (the last may be shorter); returns the bytes the kernel took. */
+Py_ssize_t udpout_send_run(UdpOut *self, unsigned char *buf, size_t end, size_t seg, int count);
+
+PyObject *fanout_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *fanout_flush(PyObject *module, PyObject *downs);
+
+#endif
