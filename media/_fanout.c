@@ -323,8 +323,9 @@ down_take(Down *self, const Packet *p, uint64_t ntp)
         return 0;
     }
     down_write(self, p, out_seq, ntp, self->buf + self->off);
-    if (down_commit(self, n) < 0)
-        return 0;
+    /* A packet libsrtp refuses (counted in send_errors) is taken and lost, as on
+     * the network: its number is spent, the subscriber's NACK may recover it. */
+    down_commit(self, n);
     if (((uint16_t)(out_seq - self->next_seq)) < 0x8000) {
         self->next_seq = (uint16_t)(out_seq + 1);
         self->have_last = 1;
@@ -448,8 +449,8 @@ Down_configure(Down *self, PyObject *args, PyObject *kwds)
                                      &first_byte, &ext, &abs_at, &level_at, &seq, &ts))
         return NULL;
     if (ext.len > MAX_EXT || ext.len % 4 || payload_type > 127 || first_byte > 255
-        || abs_at < -1 || level_at < -1 || (abs_at >= 0 && abs_at + 3 > ext.len)
-        || (level_at >= 0 && level_at + 1 > ext.len)) {
+        || abs_at < -1 || level_at < -1 || (abs_at >= 0 && (abs_at < 4 || abs_at + 3 > ext.len))
+        || (level_at >= 0 && (level_at < 4 || level_at + 1 > ext.len))) {
         PyBuffer_Release(&ext);
         PyErr_SetString(PyExc_ValueError, "bad stream layout");
         return NULL;

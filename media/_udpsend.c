@@ -400,6 +400,10 @@ static PyMethodDef udpsend_functions[] = {
      "queue one packet for every down that takes it (sending the queues when flush); "
      "returns how many took it"},
     {"flush", (PyCFunction)fanout_flush, METH_O, "flush(downs: list[Down]): send what they queued"},
+    {"parse_rtp", (PyCFunction)rtp_parse, METH_O,
+     "parse_rtp(data: bytes) -> RtpPacket | str: the packet, or why it is malformed"},
+    {"vp8_packet", (PyCFunction)(void (*)(void))rtp_vp8_packet, METH_FASTCALL,
+     "vp8_packet(packet: RtpPacket, level: int) -> tuple | None: the fan-out's packet tuple"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -416,7 +420,7 @@ PyMODINIT_FUNC
 PyInit__udpsend(void)
 {
     if (PyType_Ready(&UdpOutType) < 0 || PyType_Ready(&SrtpInType) < 0
-        || PyType_Ready(&DownType) < 0)
+        || PyType_Ready(&DownType) < 0 || PyType_Ready(&RtpPacketType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&udpsend_module);
     if (m == NULL)
@@ -430,6 +434,12 @@ PyInit__udpsend(void)
     Py_INCREF(&SrtpInType);
     if (PyModule_AddObject(m, "SrtpIn", (PyObject *)&SrtpInType) < 0) {
         Py_DECREF(&SrtpInType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RtpPacketType);
+    if (PyModule_AddObject(m, "RtpPacket", (PyObject *)&RtpPacketType) < 0) {
+        Py_DECREF(&RtpPacketType);
         Py_DECREF(m);
         return NULL;
     }

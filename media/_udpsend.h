@@ -56,4 +56,8 @@ Py_ssize_t udpout_send_run(UdpOut *self, unsigned char *buf, size_t end, size_t 
 PyObject *fanout_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *fanout_flush(PyObject *module, PyObject *downs);
 
+extern PyTypeObject RtpPacketType;
+PyObject *rtp_parse(PyObject *module, PyObject *data);
+PyObject *rtp_vp8_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 #endif

@@ -70,3 +70,34 @@ class Down:
 
 def forward(downs: list[Down], packet: PacketTuple, flush: bool, /) -> int: ...
 def flush(downs: list[Down], /) -> None: ...
+
+class RtpPacket:
+    data: bytes
+    extensions: dict[int, bytes] | None
+    marker: bool
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    payload_start: int
+    payload_end: int
+    def __init__(
+        self,
+        data: bytes,
+        marker: bool,
+        payload_type: int,
+        sequence_number: int,
+        timestamp: int,
+        ssrc: int,
+        payload_start: int,
+        payload_end: int,
+        extensions: dict[int, bytes] | None,
+    ) -> None: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def payload_size(self) -> int: ...
+    def extension(self, ext_id: int | None, /) -> bytes | None: ...
+
+def parse_rtp(data: bytes, /) -> RtpPacket | str: ...
+def vp8_packet(packet: RtpPacket, level: int, /) -> PacketTuple | None: ...

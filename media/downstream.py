@@ -13,7 +13,9 @@ subscriber's packet and queues it, protected, for the next send:
   audio level written in, in front of the shared payload;
 - the **batch**: SRTP-protected datagrams in runs of one size, each run sent
   with one UDP GSO ``sendmsg`` when the frame is complete (:func:`flush`), or
-  handed to ``spill`` (TURN pairs) to be sent by the event loop.
+  handed to ``spill`` (TURN pairs) to be sent by the event loop. (The Python
+  reference sends one datagram per ``sendto``.) A packet libsrtp refuses is
+  taken and lost, as on the network, and counted in ``send_errors``.
 
 :func:`forward` does that for every down of a track at once. The C version
 (``media._udpsend.Down``, ``forward``, ``flush``, in ``media/_fanout.c``) runs
@@ -141,14 +143,17 @@ class PyDown:
         sequence_number: int,
         timestamp_origin: int,
     ) -> None:
+        """``ext``: the header-extension block (its 4-byte header included);
+        ``abs_at`` / ``level_at``: where in it abs-send-time and the audio
+        level go, after that header (-1: not negotiated)."""
         if (
             len(ext) > 256
             or len(ext) % 4
             or not 0 <= payload_type <= 127
             or abs_at < -1
             or level_at < -1
-            or (abs_at >= 0 and abs_at + 3 > len(ext))
-            or (level_at >= 0 and level_at + 1 > len(ext))
+            or (abs_at >= 0 and (abs_at < 4 or abs_at + 3 > len(ext)))
+            or (level_at >= 0 and (level_at < 4 or level_at + 1 > len(ext)))
         ):
             raise ValueError("bad stream layout")
         self.ssrc = ssrc
@@ -194,6 +199,7 @@ class PyDown:
 
     def take(self, p: PacketTuple, ntp: int) -> bool:
         """The gate, the rewrite and the batch for one packet; True if taken."""
+        p = _checked(p)
         if not self._ready or self.out is None or not self._configured:
             if self.video:
                 self.gated = True
@@ -216,7 +222,7 @@ class PyDown:
             return False
         if len(self._pending) >= MAX_SEGMENTS:
             self.flush()
-        self._pending.append(data)
+        self._queue(data)
         if ((out_seq - self.sequence_number) & 0xFFFF) < 0x8000:
             self.sequence_number = (out_seq + 1) & 0xFFFF
             ts = (p[4] + self._ts_offset) & 0xFFFFFFFF
@@ -273,6 +279,15 @@ class PyDown:
             payload = bytes(body)
         return header + ext + payload
 
+    def _queue(self, data: bytes) -> None:
+        """Protect one packet into the batch (one libsrtp refuses is lost, counted)."""
+        out = self.out
+        assert out is not None
+        try:
+            self._pending.append(out.protect(data))
+        except Exception:
+            self.send_errors += 1
+
     def flush(self) -> None:
         pending = self._pending
         if not pending:
@@ -280,27 +295,19 @@ class PyDown:
         self._pending = []
         out = self.out
         if out is not None and not out.closed and out.has_socket:
-            try:
-                self._tx_bytes += out.send(pending)
-            except Exception:
-                self.send_errors += len(pending)
-                return
-            self._tx_packets += len(pending)
-        elif out is not None and self.spill is not None:
-            try:
-                protected = [out.protect(data) for data in pending]
-            except Exception:
-                self.send_errors += len(pending)
-                return
-            self.spill(protected)
-            self._tx_bytes += sum(map(len, protected))
-            self._tx_packets += len(protected)
+            out.send_protected(pending)
+        elif self.spill is not None:
+            self.spill(pending)
         else:
             self.send_errors += len(pending)
+            return
+        self._tx_bytes += sum(map(len, pending))
+        self._tx_packets += len(pending)
 
     # --- retransmissions -------------------------------------------------------------
 
     def build(self, packet: PacketTuple, out_seq: int) -> bytes | None:
+        packet = _checked(packet)
         if not self._configured:
             return None
         self.ntp = ntp_now()
@@ -309,11 +316,30 @@ class PyDown:
     def send(self, packets: list[bytes]) -> int:
         if self.out is None:
             return 0
-        taken = [p for p in packets if len(p) >= 12 and len(p) + MAX_TRAILER <= MAX_BATCH_BYTES]
-        self.send_errors += len(packets) - len(taken)
-        self._pending.extend(taken)
+        taken = 0
+        for data in packets:
+            if len(data) < 12 or len(data) + MAX_TRAILER > MAX_BATCH_BYTES:
+                self.send_errors += 1
+                continue
+            errors = self.send_errors
+            self._queue(data)
+            taken += self.send_errors == errors
         self.flush()
-        return len(taken)
+        return taken
+
+
+def _checked(p: PacketTuple) -> PacketTuple:
+    """``p`` with a picture id or TL0PICIDX whose position lies outside the payload unset."""
+    data, start, end, seq, ts, marker, keyframe, pid, pid_at, tl0, tl0_at, level = p
+    if not 0 <= start <= end <= len(data):
+        raise ValueError("payload bounds outside the packet")
+    length = end - start
+    if pid >= 0 and not (pid_at >= 0 and pid_at + 2 <= length):
+        pid = -1
+    if tl0 >= 0 and not (tl0_at >= 0 and tl0_at + 1 <= length):
+        tl0 = -1
+    return (data, start, end, seq & 0xFFFF, ts & 0xFFFFFFFF, marker, keyframe,
+            pid, pid_at, tl0, tl0_at, level)  # fmt: skip
 
 
 def py_forward(downs: list[Any], packet: PacketTuple, flush: bool) -> int:
@@ -352,6 +378,50 @@ def describe(
         if vp8.tl0 is not None:
             tl0, tl0_at = vp8.tl0, vp8.tl0_at
     return (data, start, end, seq, ts, marker, keyframe, pid, pid_at, tl0, tl0_at, level)
+
+
+def py_vp8_packet(packet: Any, level: int) -> PacketTuple | None:
+    """The packet tuple of a VP8 packet; None if its descriptor is truncated."""
+    from .payload import parse_vp8
+
+    vp8 = parse_vp8(packet.data, packet.payload_start, packet.payload_end)
+    if vp8 is None:
+        return None
+    return describe(
+        packet.data,
+        packet.payload_start,
+        packet.payload_end,
+        packet.sequence_number,
+        packet.timestamp,
+        packet.marker,
+        vp8.keyframe,
+        vp8,
+        level,
+    )
+
+
+def packet_of(packet: Any, keyframe: bool, level: int = -1) -> PacketTuple:
+    """The packet tuple of a packet whose payload forwarding does not read (audio, H.264)."""
+    return (
+        packet.data,
+        packet.payload_start,
+        packet.payload_end,
+        packet.sequence_number,
+        packet.timestamp,
+        packet.marker,
+        keyframe,
+        -1,
+        -1,
+        -1,
+        -1,
+        level,
+    )
+
+
+#: The VP8 reading of the receive path: C where it is built (same result).
+vp8_packet: Callable[[Any, int], PacketTuple | None] = (
+    _udpsend.vp8_packet if ACCELERATED and _udpsend is not None else py_vp8_packet
+)
 
 
 class Implementation:

@@ -220,7 +220,7 @@ class FastRtp:
 
     def forward(self, entry: Forwardable) -> bool:
         """Rewrite and queue one packet for this subscriber alone (replays, tests)."""
-        return bool(self.impl.forward([self.stream], entry.packet_tuple, False))
+        return bool(self.impl.forward([self.stream], entry, False))
 
     def flush(self) -> None:
         """Send what is queued."""
@@ -428,7 +428,7 @@ class FastRtp:
             entry = source.cached(original)
             if entry is None:
                 continue
-            data = stream.build(entry.packet_tuple, sequence_number)
+            data = stream.build(entry, sequence_number)
             if data is None:
                 continue
             resent[sequence_number] = now

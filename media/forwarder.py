@@ -31,10 +31,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import downstream
 from .aiortc_compat import negotiated_codecs, on_receiver_end
+from .downstream import PacketTuple, describe, packet_of, vp8_packet
 from .keyframes import KeyframeRequester
 from .metrics import MediaMetrics
 from .nack import PacketCache
-from .payload import Vp8Descriptor, h264_keyframe_start, parse_vp8
+from .payload import Vp8Descriptor, h264_keyframe_start
 from .rtpheader import RtpPacket
 
 if TYPE_CHECKING:
@@ -52,33 +53,26 @@ FLUSH_AFTER = 0.005
 MAX_REPLAY_PACKETS = 128
 
 
-class Forwardable:
-    """An incoming packet with what forwarding reads of it, computed once for all."""
+#: An incoming packet as forwarding reads it, computed once for every
+#: subscriber (:func:`media.downstream.describe`); what the packet cache keeps.
+Forwardable = PacketTuple
 
-    __slots__ = ("keyframe", "packet", "packet_tuple", "vp8")
 
-    def __init__(
-        self, packet: RtpPacket, keyframe: bool, vp8: Vp8Descriptor | None, level: int = -1
-    ) -> None:
-        self.packet = packet
-        self.keyframe = keyframe  # first packet of a frame a decoder can start from
-        self.vp8 = vp8
-        #: What every subscriber's down reads of it (media.downstream.describe).
-        self.packet_tuple = downstream.describe(
-            packet.data,
-            packet.payload_start,
-            packet.payload_end,
-            packet.sequence_number,
-            packet.timestamp,
-            packet.marker,
-            keyframe,
-            vp8,
-            level,
-        )
-
-    @property
-    def size(self) -> int:
-        return self.packet.payload_end - self.packet.payload_start
+def forwardable(
+    packet: RtpPacket, keyframe: bool, vp8: Vp8Descriptor | None = None, level: int = -1
+) -> Forwardable:
+    """The packet tuple of ``packet`` (``keyframe``: a decoder can start from it)."""
+    return describe(
+        packet.data,
+        packet.payload_start,
+        packet.payload_end,
+        packet.sequence_number,
+        packet.timestamp,
+        packet.marker,
+        keyframe,
+        vp8,
+        level,
+    )
 
 
 class UpTrack:
@@ -158,21 +152,25 @@ class UpTrack:
         if self.ended:
             return
         self.packets_in += 1
-        vp8 = None
         if self._vp8:
-            vp8 = parse_vp8(packet.data, packet.payload_start, packet.payload_end)
-            keyframe = vp8 is not None and vp8.keyframe
-        elif self._h264:
-            keyframe = h264_keyframe_start(packet.data, packet.payload_start, packet.payload_end)
+            entry = vp8_packet(packet, -1)
+            if entry is None:  # a truncated descriptor: forwarded, never a keyframe
+                entry = packet_of(packet, False)
+        elif self._video:
+            keyframe = self._h264 and h264_keyframe_start(
+                packet.data, packet.payload_start, packet.payload_end
+            )
+            entry = packet_of(packet, keyframe)
         else:
-            keyframe = True  # audio: every packet stands alone
-        level = -1
-        if not self._video and packet.extensions is not None:
-            level_id = self._inbound.ids.audio_level
-            value = packet.extensions.get(level_id) if level_id is not None else None
-            if value:
-                level = value[0]  # RFC 6464: V bit and level, forwarded as sent
-        entry = Forwardable(packet, keyframe, vp8, level)
+            # Audio: every packet stands alone; its level (RFC 6464) forwarded as sent.
+            level = -1
+            extensions = packet.extensions
+            if extensions is not None:
+                level_id = self._inbound.ids.audio_level
+                value = extensions.get(level_id) if level_id is not None else None
+                if value:
+                    level = value[0]
+            entry = packet_of(packet, True, level)
         cache = self.cache
         if cache is not None:
             seq = packet.sequence_number
@@ -180,15 +178,14 @@ class UpTrack:
             newest = self._newest_seq
             if newest is None or 0 < ((seq - newest) & 0xFFFF) < 0x8000:
                 self._newest_seq = seq
-            if keyframe:
+            if entry[6]:  # a keyframe
                 self._keyframe_seq = seq
         # A whole frame (audio: a packet) queued: each subscriber gets it in
         # as few GSO sends as the sizes allow.
         complete = packet.marker or not self._video
         taken = 0
-        packet_tuple = entry.packet_tuple
         for forward, streams in self._fanout:
-            taken += forward(streams, packet_tuple, complete)
+            taken += forward(streams, entry, complete)
         if complete and self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None

@@ -33,7 +33,7 @@ from . import rtcp
 from .aiortc_compat import dtls_transport_of, intercept_srtp, send_srtcp
 from .metrics import MediaMetrics
 from .nack import NackTracker
-from .rtpheader import ExtensionIds, MalformedPacket, RtpPacket, parse_rtp, text_extension
+from .rtpheader import ExtensionIds, RtpPacket, parse_or_reason, text_extension
 from .srtpin import SrtpReceiver
 from .twcc import TwccRecorder
 
@@ -307,9 +307,8 @@ class PublisherInbound:
             logger.exception("%r: failed on an incoming packet", self)
 
     def _on_rtp(self, data: bytes) -> None:
-        try:
-            packet = parse_rtp(data)
-        except MalformedPacket:
+        packet = parse_or_reason(data)
+        if isinstance(packet, str):
             self._drop("malformed")
             return
         twcc_id = self._twcc_id

@@ -15,8 +15,11 @@ transport-wide sequence number).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .udpout import ACCELERATED, _udpsend
 
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
@@ -37,8 +40,12 @@ class MalformedPacket(ValueError):
         self.reason = reason
 
 
-class RtpPacket:
-    """One parsed RTP packet; the payload is ``data[payload_start:payload_end]``."""
+class PyRtpPacket:
+    """One parsed RTP packet; the payload is ``data[payload_start:payload_end]``.
+
+    The reference of ``media._udpsend.RtpPacket`` (the C type :func:`parse_rtp`
+    returns where the extension is built), which has the same attributes.
+    """
 
     __slots__ = (
         "data",
@@ -131,7 +138,15 @@ def _parse_extensions(data: bytes, profile: int, start: int, end: int) -> dict[i
     return elements
 
 
-def parse_rtp(data: bytes) -> RtpPacket:
+def py_parse_or_reason(data: bytes) -> PyRtpPacket | str:
+    """The packet, or why it is malformed (the reference of the C parser)."""
+    try:
+        return py_parse_rtp(data)
+    except MalformedPacket as exc:
+        return exc.reason
+
+
+def py_parse_rtp(data: bytes) -> PyRtpPacket:
     """Parse ``data`` (an unprotected RTP packet) or raise :class:`MalformedPacket`."""
     size = len(data)
     if size < 12:
@@ -159,9 +174,33 @@ def parse_rtp(data: bytes) -> RtpPacket:
         if padding == 0 or pos + padding > size:
             raise MalformedPacket("bad padding length")
         end -= padding
-    return RtpPacket(
+    return PyRtpPacket(
         data, bool(second & 0x80), second & 0x7F, seq, timestamp, ssrc, pos, end, extensions
     )
+
+
+# The packet type the receive path makes: the C one where it is built.
+if TYPE_CHECKING:
+    RtpPacket = PyRtpPacket
+    parse_or_reason: Callable[[bytes], PyRtpPacket | str]
+elif ACCELERATED and _udpsend is not None:
+    RtpPacket = _udpsend.RtpPacket
+    parse_or_reason = _udpsend.parse_rtp
+else:
+    RtpPacket = PyRtpPacket
+    parse_or_reason = py_parse_or_reason
+
+
+def parse_rtp(data: bytes) -> RtpPacket:
+    """Parse ``data`` (an unprotected RTP packet) or raise :class:`MalformedPacket`.
+
+    The receive path calls :data:`parse_or_reason` (one C call, a ``str``
+    reason instead of an exception) directly.
+    """
+    packet = parse_or_reason(data)
+    if isinstance(packet, str):
+        raise MalformedPacket(packet)
+    return packet
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,12 @@ receives video, warms up, then measures over a fixed window:
   video, RTX included), so packets, not frames;
 - subscriber video frame rate (mean and worst) and packet loss;
 - µs of server CPU per forwarded packet, absolute and marginal between
-  subscriber counts; the fixed cost at 1 → 1; the receive path (publisher
-  alone vs idle server);
+  subscriber counts; the fixed cost at 1 → 1;
+- the receive path (``--publishers K``): K publishers of video, each alone in
+  its own call, nobody subscribed; the server's CPU above idle over K times
+  the publisher's packet rate (what one subscriber receives at 1 → 1) is the
+  cost of taking in one packet, with everything a publisher costs the server
+  (RTCP, congestion feedback, NACK tracking) included;
 - the setup CPU of the subscribers that joined for this point (server CPU
   while they joined, less the previous steady rate);
 - then ``--late-joins`` late joiners, one at a time: time from joining to the
@@ -823,6 +827,8 @@ async def coordinate(args: argparse.Namespace) -> dict[str, Any]:
                 results += await run_fanout(bench, scenario, media, counts)
         for size in sorted({int(n) for n in args.room.split(",") if n.strip()} - {0}):
             results.append(await run_room(bench, size))
+        if args.publishers > 0:
+            results.append(await run_publishers(bench, args.publishers, idle_core))
         if args.profile:
             profile = {
                 "file": args.profile,
@@ -959,6 +965,27 @@ async def run_room(bench: Bench, size: int) -> Measurement:
     return m
 
 
+async def run_publishers(bench: Bench, count: int, idle_core: float) -> Measurement:
+    """``count`` video publishers, each alone in its own call: the receive path."""
+    args = bench.args
+    ids = [f"alone{i}" for i in range(count)]
+    for i, pid in enumerate(ids):
+        await bench.prepare_call(f"alone{i}")
+        await bench.join(f"alone{i}", [pid], publish=True, media="video")
+    await asyncio.sleep(2 + args.warmup)
+    m = await bench.measure("publishers", [], 0, None)
+    m.subscribers = 0
+    m.streams = count
+    m.media = "video"
+    print(
+        f"publishers K={count}: server {m.server_core:.1%} (idle {idle_core:.2%})",
+        flush=True,
+    )
+    await bench.leave(ids)
+    await asyncio.sleep(3)
+    return m
+
+
 def derive(results: list[Measurement], idle_core: float | None = None) -> dict[str, Any]:
     """Per fan-out series: marginal µs per forwarded packet, fit, fixed and setup cost.
 
@@ -972,6 +999,12 @@ def derive(results: list[Measurement], idle_core: float | None = None) -> dict[s
             out.update(series)
         elif series:
             out[scenario] = series
+    one = next((m for m in results if m.scenario == "fanout" and m.subscribers == 1), None)
+    alone = next((m for m in results if m.scenario == "publishers"), None)
+    if alone is not None and one is not None and idle_core is not None and one.packet_rate:
+        incoming = alone.streams * one.packet_rate
+        out["receive_us_per_incoming_packet"] = (alone.server_core - idle_core) / incoming * 1e6
+        out["receive_publishers"] = alone.streams
     return out
 
 
@@ -981,14 +1014,8 @@ def derive_series(points: list[Measurement], idle_core: float | None) -> dict[st
     if not points:
         return out
     one = next((m for m in fan if m.subscribers == 1), None)
-    zero = next((m for m in points if m.subscribers == 0), None)
     if one is not None:
         out["fixed_core_1_to_1"] = one.server_core
-        # One subscriber receives what the publisher sends: the incoming rate.
-        if zero is not None and idle_core is not None and one.packet_rate > 0:
-            out["receive_us_per_incoming_packet"] = (
-                (zero.server_core - idle_core) / one.packet_rate * 1e6
-            )
     setups = [m.setup["cpu_ms_per_subscriber"] for m in fan if m.setup.get("joined")]
     if setups:
         joined = sum(m.setup["joined"] for m in fan if m.setup.get("joined"))
@@ -1065,6 +1092,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="room",
         default="6,10",
         help="sizes of rooms where everyone publishes A+V (comma-separated; 0 to skip)",
+    )
+    parser.add_argument(
+        "--publishers",
+        type=int,
+        default=0,
+        help="the receive path: this many video publishers alone in their calls "
+        "(needs 1 in --subscribers for the packet rate; 0 to skip)",
     )
     parser.add_argument(
         "--event-loops",

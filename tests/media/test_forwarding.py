@@ -20,7 +20,7 @@ from pylibsrtp import Policy, Session
 
 from media import downstream
 from media.fastsend import FastRtp
-from media.forwarder import DownTrack, Forwardable
+from media.forwarder import DownTrack, Forwardable, forwardable
 from media.metrics import NoopMediaMetrics
 from media.nack import PacketCache
 from media.payload import parse_vp8
@@ -188,7 +188,7 @@ def vp8(
     packet = parse_rtp(header + desc + tag)
     descriptor = parse_vp8(packet.data, packet.payload_start, packet.payload_end)
     assert descriptor is not None
-    return Forwardable(packet, descriptor.keyframe, descriptor)
+    return forwardable(packet, descriptor.keyframe, descriptor)
 
 
 def sent(fast: FastRtp, ext_map: HeaderExtensionsMap) -> list[AiortcPacket]:
@@ -196,6 +196,10 @@ def sent(fast: FastRtp, ext_map: HeaderExtensionsMap) -> list[AiortcPacket]:
     fast.flush()
     wire = _SENT[id(fast)].wire
     return [AiortcPacket.parse(p, ext_map) for p in wire.received()]
+
+
+def payload(entry: Forwardable) -> bytes:
+    return entry[0][entry[1] : entry[2]]
 
 
 def picture_id(packet: AiortcPacket) -> int:
@@ -222,7 +226,7 @@ async def test_gate_opens_at_a_keyframe_and_only_the_header_changes() -> None:
     assert all(p.extensions.abs_send_time is not None for p in out)
     assert [picture_id(p) for p in out] == [301, 301, 302]
     # The payload after the descriptor is the publisher's, byte for byte.
-    assert out[0].payload[4:] == first.packet.payload[4:]
+    assert out[0].payload[4:] == payload(first)[4:]
     assert fast.packets_sent == 3
 
 
@@ -278,7 +282,7 @@ async def test_audio_level_is_forwarded() -> None:
     assert packet.extensions is not None
     # The up track reads the level once (at the publisher's id) for every subscriber.
     level = packet.extensions[5][0]
-    assert fast.forward(Forwardable(packet, True, None, level))
+    assert fast.forward(forwardable(packet, True, None, level))
     (out,) = sent(fast, ext_map)
     assert out.extensions.audio_level == (True, 33)
     assert out.extensions.mid == "3"
@@ -322,7 +326,7 @@ async def test_nacks_of_two_subscribers_are_answered_from_one_cached_packet() ->
         subscribers.append((fast, ext_map))
     entries = [vp8(5000 + i, 90_000, 7, key=i == 0, start=i == 0, marker=i == 3) for i in range(4)]
     for entry in entries:
-        source.cache.put(entry.packet.sequence_number, entry)
+        source.cache.put(entry[3], entry)
         for fast, _ in subscribers:
             assert fast.forward(entry)
     for fast, ext_map in subscribers:
@@ -334,7 +338,7 @@ async def test_nacks_of_two_subscribers_are_answered_from_one_cached_packet() ->
         assert rtx.payload_type == 97 and rtx.ssrc == fast.sender._rtx_ssrc
         osn = int.from_bytes(rtx.payload[:2], "big")
         assert osn == (first + 2) & 0xFFFF
-        assert rtx.payload[2 + 4 :] == entries[2].packet.payload[4:]
+        assert rtx.payload[2 + 4 :] == payload(entries[2])[4:]
         assert fast.retransmitted == 1
     assert source.cache.hits == 2
 
@@ -405,7 +409,7 @@ async def test_nack_answers_are_bounded_per_subscriber() -> None:
     down.attach(source)  # type: ignore[arg-type]
     entries = [vp8(i, 90_000, 7, key=i == 0, start=i == 0) for i in range(600)]
     for entry in entries:
-        source.cache.put(entry.packet.sequence_number, entry)
+        source.cache.put(entry[3], entry)
         assert fast.forward(entry)
     sent(fast, ext_map)
     assert fast.resend([5]) == 1
