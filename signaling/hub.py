@@ -27,13 +27,12 @@ from media.seam import SfuEndpoint
 from server.auth import Identity
 from server.calls import CallService
 from server.config import SignalingSettings
-from server.errors import HuddleError
 from server.events import CallEvent
 from server.models import Call
 from signaling.adoption import SeatScan
 from signaling.bus import BusUnavailable, Envelope, MessageBus
 from signaling.connection import Connection
-from signaling.errors import CloseCode, ErrorCode, SignalError, error_message
+from signaling.errors import CloseCode, ErrorCode, SignalError
 from signaling.grace import DisconnectGrace
 from signaling.lifecycle_relay import LifecycleRelay
 from signaling.metrics import SignalingMetrics
@@ -84,6 +83,7 @@ class SignalingHub:
         self.presence = Presence(
             self.registry,
             self._get_call,
+            metrics,
             window_s=self.options.roster_window_s,
             on_moved=self._moved_away,
         )
@@ -162,27 +162,8 @@ class SignalingHub:
     def connection_count(self) -> int:
         return sum(len(conns) for conns in self.registry.conns.values())
 
-    @property
-    def scan_interval_s(self) -> float:
-        return self.scan.interval_s
-
     def pending_leaves(self, call_id: str) -> int:
         return self.grace.pending_leaves(call_id)
-
-    def expect_reconnect(self, call_id: str, pid: str, name: str | None) -> bool:
-        """Treat ``pid`` as just disconnected unless it has a socket here (for
-        participants whose sockets died with a previous process); returns
-        whether a leave was scheduled."""
-        if self.registry.held_here(call_id, pid):
-            return False
-        self.grace.schedule_leave(call_id, pid, name)
-        return True
-
-    async def scan_seats(self) -> tuple[int, int]:
-        return await self.scan.scan_seats()
-
-    async def adopt_orphans(self) -> int:
-        return await self.scan.adopt_orphans()
 
     def try_acquire(self) -> bool:
         """Reserve a connection slot for an upgrade in progress; False when full."""
@@ -218,8 +199,8 @@ class SignalingHub:
         try:
             await self.presence.announce(call_id, pid, online=True)
         except BusUnavailable as exc:
-            self._degraded(conn, exc)
-        await self.send_welcome(conn)
+            self.presence.degraded(conn, exc)
+        await self.presence.welcome(conn)
 
     def connection_ended(self, conn: Connection) -> asyncio.Task[None]:
         """The reader ended: stop the writer and unregister, in a task the hub owns."""
@@ -258,16 +239,6 @@ class SignalingHub:
             self.presence.batcher.drop(call_id)
         await registry.maybe_unsubscribe(call_id)
 
-    async def send_welcome(self, conn: Connection) -> None:
-        """The roster and the call's mode, as they are now."""
-        call = await self._get_call(conn.call_id)
-        if call is None or call.is_ended:
-            conn.close(CloseCode.NORMAL, "call ended")
-            return
-        conn.send_text(encode(self.presence.roster(call)))
-        mode = {"type": "mode", "mode": call.mode.value}
-        conn.send_text(encode(self.registry.server_message(call.call_id, mode)))
-
     # -- client messages ------------------------------------------------------------------
 
     async def handle(self, conn: Connection, message: Message) -> None:
@@ -281,7 +252,7 @@ class SignalingHub:
         elif kind == "pong":
             pass
         elif kind == "join":
-            await self.send_welcome(conn)
+            await self.presence.welcome(conn)
         elif kind == "leave":
             await self.calls.leave(Identity(pid, conn.name), call_id)
             conn.close(CloseCode.NORMAL, "left the call")
@@ -335,24 +306,10 @@ class SignalingHub:
             await self.sfu.signal(call_id, envelope["participant_id"], envelope["message"])
 
     async def on_bus_down(self, call_ids: list[str]) -> None:
-        for call_id in call_ids:
-            for conn in list(self.registry.local(call_id).values()):
-                self._degraded(conn, BusUnavailable("the message bus is down"))
-        logger.warning(
-            "signaling degraded for %d calls (%s)", len(call_ids), ErrorCode.SIGNALING_DEGRADED
-        )
+        await self.presence.on_bus_down(call_ids)
 
     async def on_bus_restored(self, call_ids: list[str]) -> None:
-        for call_id in call_ids:
-            with contextlib.suppress(BusUnavailable):
-                await self._bus.publish(call_id, {"kind": "sync", "node": self.node_id})
-            for conn in list(self.registry.local(call_id).values()):
-                try:
-                    await self.send_welcome(conn)
-                except HuddleError as exc:
-                    logger.warning("%r: roster refresh failed: %s", conn, exc.message)
-
-    # -- helpers ----------------------------------------------------------------------------
+        await self.presence.on_bus_restored(call_ids)
 
     def _moved_away(self, call_id: str, pid: str) -> None:
         """``pid`` came online on another node: its seat is kept there."""
@@ -360,12 +317,3 @@ class SignalingHub:
         local = self.registry.local(call_id).get(pid)
         if local is not None:
             local.close(CloseCode.REPLACED, "reconnected on another node")
-
-    def _degraded(self, conn: Connection, exc: Exception) -> None:
-        self.metrics.error(ErrorCode.SIGNALING_DEGRADED)
-        error = error_message(
-            ErrorCode.SIGNALING_DEGRADED,
-            f"signaling is degraded, messages may be lost: {exc}",
-            call_id=conn.call_id,
-        )
-        conn.send_text(encode(error))

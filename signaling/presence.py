@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from server.errors import HuddleError
 from server.models import Call
 from signaling.bus import BusUnavailable, Envelope
+from signaling.connection import Connection
+from signaling.errors import CloseCode, SignalError, edge_error, error_message
+from signaling.metrics import SignalingMetrics
 from signaling.protocol import Message, encode
 from signaling.registry import SocketRegistry
 
@@ -151,12 +154,14 @@ class Presence:
         self,
         registry: SocketRegistry,
         get_call: Callable[[str], Awaitable[Call | None]],
+        metrics: SignalingMetrics,
         *,
         window_s: float = ROSTER_WINDOW_S,
         on_moved: Callable[[str, str], None],
     ) -> None:
         self._registry = registry
         self._get_call = get_call
+        self._metrics = metrics
         self._on_moved = on_moved
         self.batcher = RosterBatcher(registry, self._current_roster, window_s)
 
@@ -174,6 +179,42 @@ class Presence:
         return self._registry.server_message(
             call.call_id, {"type": "participants", "participants": entries}
         )
+
+    async def welcome(self, conn: Connection) -> None:
+        """The roster and the call's mode, as they are now (on connect, on ``join``)."""
+        call = await self._get_call(conn.call_id)
+        if call is None or call.is_ended:
+            conn.close(CloseCode.NORMAL, "call ended")
+            return
+        conn.send_text(encode(self.roster(call)))
+        mode = {"type": "mode", "mode": call.mode.value}
+        conn.send_text(encode(self._registry.server_message(call.call_id, mode)))
+
+    def degraded(self, conn: Connection, exc: Exception) -> None:
+        """Tell one socket that messages may be lost (the bus is down)."""
+        error = edge_error(exc)
+        assert isinstance(error, SignalError)
+        self._metrics.error(error.code)
+        text = f"signaling is degraded, messages may be lost: {error.message}"
+        conn.send_text(encode(error_message(error.code, text, call_id=conn.call_id)))
+
+    async def on_bus_down(self, call_ids: list[str]) -> None:
+        for call_id in call_ids:
+            for conn in list(self._registry.local(call_id).values()):
+                self.degraded(conn, BusUnavailable("the message bus is down"))
+        logger.warning("signaling degraded for %d calls", len(call_ids))
+
+    async def on_bus_restored(self, call_ids: list[str]) -> None:
+        """Resubscribed: ask the other nodes who is online, refresh every roster."""
+        registry = self._registry
+        for call_id in call_ids:
+            with contextlib.suppress(BusUnavailable):
+                await registry.publish(call_id, {"kind": "sync", "node": registry.node_id})
+            for conn in list(registry.local(call_id).values()):
+                try:
+                    await self.welcome(conn)
+                except HuddleError as exc:
+                    logger.warning("%r: roster refresh failed: %s", conn, exc.message)
 
     async def _current_roster(self, call_id: str) -> Message | None:
         call = await self._get_call(call_id)

@@ -87,7 +87,7 @@ async def reconcile_after_restart(calls: CallService, hub: SignalingHub) -> None
     except Exception:
         logger.exception("signaling: could not list joined participants after restart")
         return
-    scheduled = sum(hub.expect_reconnect(call_id, pid, name) for call_id, pid, name in seats)
+    scheduled = sum(hub.grace.expect_reconnect(call_id, pid, name) for call_id, pid, name in seats)
     if scheduled:
         logger.info(
             "signaling: %d participant(s) of live calls have no socket after restart; "
