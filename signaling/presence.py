@@ -68,6 +68,8 @@ class RosterBatcher:
         self.window_s = window_s
         self._windows: dict[str, _Window] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Held per call while a flush is being sent, so whatever follows it waits.
+        self._sending: dict[str, asyncio.Lock] = {}
 
     def post(self, call_id: str, pid: str, message: Message, *, skip_self: bool = False) -> None:
         """A stamped roster update about ``pid`` for every local socket of the call."""
@@ -88,32 +90,42 @@ class RosterBatcher:
 
     async def _wait(self, call_id: str) -> None:
         await asyncio.sleep(self.window_s)
-        window = self._windows.pop(call_id, None)
-        if window is None or not window.held:
-            return
-        self._open(call_id)  # a steady stream of updates keeps being coalesced
-        await self._flush(call_id, window.held)
+        async with self._sending.setdefault(call_id, asyncio.Lock()):
+            window = self._windows.get(call_id)
+            if window is None or window.task is not asyncio.current_task():
+                return  # flushed or dropped meanwhile
+            del self._windows[call_id]
+            if not window.held:
+                return
+            self._open(call_id)  # a steady stream of updates keeps being coalesced
+            await self._flush(call_id, window.held)
 
     async def flush(self, call_id: str | None = None) -> None:
-        """Send what is held now (for one call, or all), ending their windows."""
+        """Send what is held now (for one call, or all), ending their windows; returns
+        once any flush already under way for the call is sent too."""
         for cid in [call_id] if call_id is not None else list(self._windows):
-            window = self._windows.pop(cid, None)
-            if window is None:
-                continue
-            if window.task is not None and window.task is not asyncio.current_task():
-                window.task.cancel()
-            if window.held:
-                await self._flush(cid, window.held)
+            async with self._sending.setdefault(cid, asyncio.Lock()):
+                window = self._windows.pop(cid, None)
+                if window is None:
+                    continue
+                if window.task is not None:
+                    window.task.cancel()
+                if window.held:
+                    await self._flush(cid, window.held)
 
     def drop(self, call_id: str) -> None:
         """The call is over here: discard what is held for it."""
         window = self._windows.pop(call_id, None)
         if window is not None and window.task is not None:
             window.task.cancel()
+        lock = self._sending.get(call_id)
+        if lock is not None and not lock.locked():
+            del self._sending[call_id]
 
     async def close(self) -> None:
         tasks = list(self._tasks)
         self._windows.clear()
+        self._sending.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -143,3 +143,30 @@ async def test_a_lost_room_is_released_even_when_the_sfu_fails(node: Node) -> No
     await hub.on_room_lost(call_id)
     assert sfu.events[-1] == RoomEnded(call_id)
     assert call_id not in hub.registry.subscribed
+
+
+async def test_held_updates_go_out_before_a_leave(node: Node) -> None:
+    """A held roster update never arrives after (and so undoes) a later broadcast."""
+    hub = node.app[HUB]
+    hub.presence.batcher.window_s = 3600.0
+    ana, bob, cyd = await node.api.users("ana", "bob", "cyd")
+    call_id = await node.joined_call(ana, bob, cyd)
+    a = await node.ws(call_id, ana)
+    await a.receive("mode")
+    await hub.presence.batcher.flush(call_id)
+    b = await node.ws(call_id, bob)  # at once: the window opens
+    await b.receive("mode")
+    c = await node.ws(call_id, cyd)  # held
+    await c.receive("mode")
+    await node.api.action(call_id, "leave", cyd)
+
+    def seen() -> list[tuple[str, str, bool | None]]:
+        return [
+            (m["type"], m["participant_id"], m.get("online"))
+            for m in a.messages
+            if m["type"] in ("presence", "leave")
+        ]
+
+    await eventually(lambda: ("leave", cyd.user_id, None) in seen(), timeout=5)
+    order = seen()
+    assert order.index(("presence", cyd.user_id, True)) < order.index(("leave", cyd.user_id, None))
