@@ -1,4 +1,4 @@
-"""The SFU of one node: rooms by call id."""
+"""The SFU of one node: rooms by call id; signaling's :class:`~media.seam.SfuEndpoint`."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from .config import MediaConfig
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .room import Room
-from .signals import Message, SfuSignaling
+from .seam import Message, ParticipantLeft, RoomEnded, RoomEvent, SignalingPort
 
 logger = logging.getLogger(__name__)
 
 
 class _BoundSignaling:
-    """A room's view of the node-wide signaling: fixes the call id."""
+    """A room's view of the node-wide signaling port: fixes the call id."""
 
-    def __init__(self, signaling: SfuSignaling, call_id: str) -> None:
+    def __init__(self, signaling: SignalingPort, call_id: str) -> None:
         self._signaling = signaling
         self._call_id = call_id
 
     async def send(self, participant_id: str, message: Message) -> None:
-        await self._signaling.send(self._call_id, participant_id, message)
+        await self._signaling.send_to(self._call_id, participant_id, message)
 
 
 class Sfu:
@@ -37,7 +37,7 @@ class Sfu:
     def __init__(
         self,
         config: MediaConfig,
-        signaling: SfuSignaling,
+        signaling: SignalingPort,
         metrics: MediaMetrics | None = None,
     ) -> None:
         check_aiortc()
@@ -57,6 +57,10 @@ class Sfu:
 
     def room(self, call_id: str) -> Room | None:
         return self._rooms.get(call_id)
+
+    def has_room(self, call_id: str) -> bool:
+        room = self._rooms.get(call_id)
+        return room is not None and not room.closed
 
     def _get_or_create(self, call_id: str) -> Room:
         if self._closed:
@@ -91,6 +95,13 @@ class Sfu:
         if room is None or room.closed:
             room = self._get_or_create(call_id)
         await room.handle_signal(participant_id, message)
+
+    async def on_event(self, event: RoomEvent) -> None:
+        """A lifecycle event from signaling (:class:`~media.seam.SfuEndpoint`)."""
+        if isinstance(event, ParticipantLeft):
+            await self.remove_participant(event.call_id, event.participant_id)
+        elif isinstance(event, RoomEnded):
+            await self.close_room(event.call_id)
 
     async def remove_participant(self, call_id: str, participant_id: str) -> None:
         room = self._rooms.get(call_id)

@@ -1,8 +1,8 @@
 """The SFU's seam to the signaling layer, and the message shapes it uses.
 
-Outbound messages (server → client) go through :class:`RoomSignaling` /
-:class:`SfuSignaling`; the signaling layer stamps ``call_id`` and
-``timestamp``. Inbound messages reach ``Room.handle_signal`` /
+Outbound messages (server → client) go through :class:`RoomSignaling` (a
+room's view of :class:`media.seam.SignalingPort`); the signaling layer stamps
+``call_id`` and ``timestamp``. Inbound messages reach ``Room.handle_signal`` /
 ``Sfu.handle_signal`` shaped as in DESIGN.md ("SFU").
 """
 
@@ -26,12 +26,6 @@ class RoomSignaling(Protocol):
     """Delivers a server → client message to one participant of a room."""
 
     async def send(self, participant_id: str, message: Message) -> None: ...
-
-
-class SfuSignaling(Protocol):
-    """Delivers a server → client message to one participant of a call."""
-
-    async def send(self, call_id: str, participant_id: str, message: Message) -> None: ...
 
 
 def description_message(kind: str, pc: str, sdp: str) -> Message:

@@ -2,6 +2,8 @@
 
 The same code path serves one embedded node (SQLite, in-process bus) and
 several scaled-out nodes (Postgres, Redis); only the choices below differ.
+Start-up order is the order of ``app.cleanup_ctx`` in :func:`create_app`;
+shut-down runs it backwards (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from pathlib import Path
 
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from media.wiring import setup_media
+from media.metrics import PrometheusMediaMetrics
+from media.sfu import Sfu
 from server.auth import TokenService
 from server.call_notifications import CallNotifications, DurableNotifications
 from server.calls import CallService
@@ -35,8 +40,12 @@ from server.notify import LogNotifier, WebhookNotifier, notification_metrics
 from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from server.store import SqlStore, StoreUnavailable, create_store
 from server.turn import log_turn_status
+from server.wiring.media import SFU, media_config
+from server.wiring.signaling import build_hub, reconcile_after_restart
 from server.workers import call_sweeper
-from signaling.wiring import setup_signaling
+from signaling.handler import PATH, SignalingEndpoint
+from signaling.hub import SignalingHub
+from signaling.keys import HUB
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,20 @@ async def open_with_retry(store: SqlStore, retry: DatabaseRetry) -> None:
             await asyncio.sleep(delay)
 
 
+def shared_redis(url: str) -> Redis:
+    """The app's one Redis client (rate limits, bus, placement, seats): short
+    timeouts and no command retries, so an outage shows at once instead of
+    stalling every request and publish."""
+    client: Redis = Redis.from_url(
+        url,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client
+
+
 def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web.Application:
     app = web.Application(
         middlewares=[edge_middleware], client_max_size=config.limits.max_body_bytes
@@ -77,14 +100,33 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     metrics = Metrics()
     readiness = Readiness()
     events = EventFanout()
+    tokens = TokenService(config.jwt_secret)
     store = create_store(config.database_url, timeout_s=config.limits.db_timeout_s, metrics=metrics)
+    signaling = SignalingEndpoint(tokens)
     app[CONFIG] = config
     app[METRICS] = metrics
     app[READINESS] = readiness
-    app[TOKENS] = TokenService(config.jwt_secret)
+    app[TOKENS] = tokens
     app[STORE] = store
     metrics.turn_config_valid.set(1 if config.turn.uris else 0)
     log_turn_status(config.turn)
+    redis: Redis | None = None
+    outboxes: list[Outbox] = []
+    hub: SignalingHub | None = None
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        nonlocal redis
+        if config.redis_url is None:
+            logger.info("using single-node routing: in-process bus and rate limits")
+            yield
+            return
+        redis = shared_redis(config.redis_url)
+        app[REDIS] = redis
+        readiness.add("redis", redis.ping)
+        try:
+            yield
+        finally:
+            await redis.aclose()
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await open_with_retry(store, config.db_retry)
@@ -94,19 +136,33 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         await readiness.close()
         await store.close()
 
+    async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:
+        """Webhook notifications go through the durable outbox; without a webhook
+        they are only logged, after each transition."""
+        if config.webhook.url is None or config.webhook.secret is None:
+            listener = CallNotifications(LogNotifier())
+            events.add(listener)
+            yield
+            events.remove(listener)
+            return
+        notifier = WebhookNotifier(
+            store,
+            config.webhook.url,
+            config.webhook.secret,
+            metrics=notification_metrics(metrics.registry),
+        )
+        await notifier.start()
+        outboxes.append(DurableNotifications(notifier))
+        try:
+            yield
+        finally:
+            outboxes.clear()
+            await notifier.close()
+
     async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
         """The call service, with rate limits counted in Redis when several nodes
         share it, else in process."""
-        redis: Redis | None = None
-        limiter: RateLimiter
-        if config.redis_url is None:
-            logger.info("using single-node routing: in-process bus and rate limits")
-            limiter = LocalRateLimiter()
-        else:
-            redis = Redis.from_url(config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-            app[REDIS] = redis
-            readiness.add("redis", redis.ping)
-            limiter = RedisRateLimiter(redis)
+        limiter: RateLimiter = LocalRateLimiter() if redis is None else RedisRateLimiter(redis)
         membership: Membership = OpenMembership()
         if config.membership.url is not None and config.membership.secret is not None:
             membership = WebhookMembership(
@@ -133,33 +189,6 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
             yield
         finally:
             await membership.close()
-            if redis is not None:
-                await redis.aclose()
-
-    outboxes: list[Outbox] = []
-
-    async def notifier_ctx(app: web.Application) -> AsyncIterator[None]:
-        """Webhook notifications go through the durable outbox; without a webhook
-        they are only logged, after each transition."""
-        if config.webhook.url is None or config.webhook.secret is None:
-            listener = CallNotifications(LogNotifier())
-            events.add(listener)
-            yield
-            events.remove(listener)
-            return
-        notifier = WebhookNotifier(
-            store,
-            config.webhook.url,
-            config.webhook.secret,
-            metrics=notification_metrics(metrics.registry),
-        )
-        await notifier.start()
-        outboxes.append(DurableNotifications(notifier))
-        try:
-            yield
-        finally:
-            outboxes.clear()
-            await notifier.close()
 
     async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         sweeper = call_sweeper(app[CALLS])
@@ -167,14 +196,63 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         yield
         await sweeper.close()
 
+    async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
+        nonlocal hub
+        calls = app[CALLS]
+        hub = build_hub(config, calls, metrics, readiness, redis)
+        app[HUB] = hub
+        await hub.start()
+        signaling.hub = hub
+        logger.info(
+            "signaling: %s bus, node %s",
+            "Redis" if redis is not None else "in-process",
+            config.node_id,
+        )
+        if redis is None:
+            await reconcile_after_restart(calls, hub)
+        try:
+            yield
+        finally:
+            signaling.hub = None
+            await hub.close()
+
+    async def media_ctx(app: web.Application) -> AsyncIterator[None]:
+        assert hub is not None
+        sfu = Sfu(media_config(config), hub, PrometheusMediaMetrics(metrics.registry))
+        app[SFU] = sfu
+        hub.attach_sfu(sfu)
+        logger.info(
+            "media: SFU ready (ICE hosts: %s)",
+            ", ".join(config.media.ice_hosts) or "all non-loopback interfaces",
+        )
+        try:
+            yield
+        finally:
+            hub.attach_sfu(None)
+            await sfu.close()
+
     async def on_shutdown(app: web.Application) -> None:
         readiness.shutting_down = True
+        if hub is not None:
+            await hub.shutdown()  # every socket closes with 1001 before the contexts unwind
 
-    app.cleanup_ctx.extend([store_ctx, notifier_ctx, calls_ctx, workers_ctx])
+    # Start-up order; shut-down runs it backwards, so the SFU closes its rooms
+    # before the hub goes away, the hub before the call service and the store,
+    # and the Redis client last.
+    app.cleanup_ctx.extend(
+        [
+            redis_ctx,  # the one Redis client, when HUDDLE_REDIS_URL is set
+            store_ctx,  # the database (retried at start-up)
+            notifier_ctx,  # webhooks through the outbox, or a log
+            calls_ctx,  # the call service: store, rate limits, outbox, membership
+            workers_ctx,  # the sweeper of stale and timed-out calls
+            signaling_ctx,  # the hub: bus, placement, seats; listens to call events
+            media_ctx,  # the SFU, plugged into the hub through media.seam
+        ]
+    )
     app.on_shutdown.append(on_shutdown)
     app.on_response_prepare.append(security_headers(config.http))
-    setup_signaling(app)  # after calls_ctx: the hub needs app[CALLS]
-    setup_media(app)  # after signaling: the SFU attaches to the hub, closes before it
+    app.router.add_get(PATH, signaling.handle)
     app.add_routes(misc_routes.routes)
     app.add_routes(call_routes.routes)
     app.add_routes(openapi.routes)

@@ -125,3 +125,11 @@ def bearer_token(header: str | None) -> str:
             "the Authorization header must be 'Bearer <token>'", code="token_missing"
         )
     return token.strip()
+
+
+def identify(tokens: TokenService, header: str | None, query_token: str | None = None) -> Identity:
+    """Who is asking: the ``Authorization: Bearer`` header, else (WebSockets only)
+    the ``access_token`` query parameter given as ``query_token``."""
+    if header is None and query_token is not None:
+        return tokens.verify(query_token)
+    return tokens.verify(bearer_token(header))

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from server.errors import ConfigError as ConfigError
+from server.turn_settings import TurnSettings as TurnSettings
+from server.turn_settings import validate_turn_settings
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,6 @@ class DatabaseRetry:
     attempts: int = 5
     base_s: float = 1.0
     cap_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class TurnSettings:
-    """TURN REST (draft-uberti-behave-turn-rest-00) settings; validated in server.turn."""
-
-    uris: tuple[str, ...] = ()
-    stun_uris: tuple[str, ...] = ()
-    secret: str | None = None
-    ttl_s: int = 14_400
 
 
 @dataclass(frozen=True)
@@ -378,12 +368,5 @@ def load_config(environ: Mapping[str, str]) -> Config:
         media=media,
         http=http,
     )
-    _validate_turn(config.turn)
+    validate_turn_settings(config.turn)
     return config
-
-
-def _validate_turn(turn: TurnSettings) -> None:
-    # Imported here so that config stays importable while server.turn grows.
-    from server.turn import validate_turn_settings
-
-    validate_turn_settings(turn)

@@ -8,6 +8,10 @@ hub turns them into ``error`` messages or WebSocket close codes.
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
 class HuddleError(Exception):
     status = 500
     code = "internal_error"

@@ -1,6 +1,4 @@
-"""Call notifications: incoming, missed and ended calls, joins and leaves.
-
-Domain code builds a :class:`Notification`. Two ways out:
+"""Call notifications out: a log line, or signed webhooks from a durable outbox.
 
 * :class:`LogNotifier` (default, no webhook configured): one INFO log line per
   notification, after the transition is committed.
@@ -14,299 +12,47 @@ Domain code builds a :class:`Notification`. Two ways out:
   delivery while the receiver is down (the rows wait; nothing is dropped). A
   notification survives a restart of the server or of the receiver.
 
-Webhook wire format
--------------------
-``POST <url>`` with body ``encode_body(notification, notification_id)`` --
-``notification.to_json()`` plus ``"notification_id"``, as compact JSON with
-sorted keys, UTF-8 -- and these headers:
-
-* ``Content-Type: application/json``
-* ``X-Huddle-Event: <event>``
-* ``X-Huddle-Notification-Id: <uuid>`` -- the idempotency id: the same on every
-  attempt of one notification (also inside the signed body). Delivery is at
-  least once, so a receiver that must not act twice records the ids it has
-  handled and ignores repeats.
-* ``X-Huddle-Timestamp: <unix seconds, integer>``
-* ``X-Huddle-Signature: sha256=<hex>``, where ``<hex>`` is the lowercase hex
-  HMAC-SHA256, keyed with the shared secret (UTF-8), of the bytes
-  ``<timestamp> + "." + <body>`` -- the decimal timestamp exactly as sent in
-  ``X-Huddle-Timestamp``, one ASCII dot, then the raw request body.
-
-Receivers check it with :func:`verify` (or the same three lines in any
-language) and reject timestamps older than a few minutes to stop replays. The
-timestamp and signature are made afresh for every attempt, so a retried
-delivery is not rejected as stale. A 2xx answer means delivered; 429 and 5xx
-(or no answer) are retried; any other status is final (the row is kept as dead,
-``dead_at`` set, for an operator to inspect or requeue).
+What a notification says and its wire format: :mod:`server.notification`;
+the counters: :mod:`server.notify_metrics`. Both are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 import random
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
-from types import MappingProxyType
 from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter
 
 from server.errors import Unavailable
 from server.models import OutboxMessage
+from server.notification import EVENT_CALL_ENDED as EVENT_CALL_ENDED
+from server.notification import EVENT_CALL_MISSED as EVENT_CALL_MISSED
+from server.notification import EVENT_CALL_RINGING as EVENT_CALL_RINGING
+from server.notification import EVENT_PARTICIPANT_JOINED as EVENT_PARTICIPANT_JOINED
+from server.notification import EVENT_PARTICIPANT_LEFT as EVENT_PARTICIPANT_LEFT
+from server.notification import EVENTS as EVENTS
+from server.notification import LogNotifier as LogNotifier
+from server.notification import Notification as Notification
+from server.notification import Notifier as Notifier
+from server.notification import _key
+from server.notification import encode_body as encode_body
+from server.notification import outbox_message as outbox_message
+from server.notification import sign as sign
+from server.notification import verify as verify
+from server.notify_metrics import CountingMetrics as CountingMetrics
+from server.notify_metrics import NotificationMetrics as NotificationMetrics
+from server.notify_metrics import NotifierMetrics as NotifierMetrics
+from server.notify_metrics import notification_metrics as notification_metrics
 
 logger = logging.getLogger(__name__)
-
-EVENT_CALL_RINGING: Final = "call.ringing"
-EVENT_CALL_MISSED: Final = "call.missed"
-EVENT_CALL_ENDED: Final = "call.ended"
-EVENT_PARTICIPANT_JOINED: Final = "call.participant_joined"
-EVENT_PARTICIPANT_LEFT: Final = "call.participant_left"
-EVENTS: Final = frozenset(
-    {
-        EVENT_CALL_RINGING,
-        EVENT_CALL_MISSED,
-        EVENT_CALL_ENDED,
-        EVENT_PARTICIPANT_JOINED,
-        EVENT_PARTICIPANT_LEFT,
-    }
-)
-
-SIGNATURE_PREFIX: Final = "sha256="
-
-
-def _iso_utc(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Notification:
-    """Something happened to a call that users outside it should hear about.
-
-    ``recipient_ids`` are the users to tell (each callee for ``call.ringing``,
-    the callees who never answered for ``call.missed``, ...). ``data`` carries
-    event details such as ``caller_id``, ``call_type``, ``end_reason`` or
-    ``user_id``; its values must be JSON-serialisable (datetimes and UUIDs are
-    converted).
-    """
-
-    event: str
-    call_id: str
-    conversation_id: str
-    recipient_ids: tuple[str, ...]
-    occurred_at: datetime
-    data: Mapping[str, object] = field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        if self.event not in EVENTS:
-            raise ValueError(f"unknown notification event {self.event!r}")
-        if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:
-            raise ValueError("occurred_at must be timezone-aware")
-        # Frozen means frozen: normalise to UTC and keep private copies, so a
-        # caller mutating its list or dict later cannot change what is sent.
-        object.__setattr__(self, "occurred_at", self.occurred_at.astimezone(UTC))
-        object.__setattr__(self, "recipient_ids", tuple(self.recipient_ids))
-        object.__setattr__(self, "data", MappingProxyType(dict(self.data)))
-
-    def to_json(self) -> dict[str, object]:
-        """The JSON-ready payload (the webhook body)."""
-        return {
-            "event": self.event,
-            "call_id": self.call_id,
-            "conversation_id": self.conversation_id,
-            "recipient_ids": list(self.recipient_ids),
-            "occurred_at": _iso_utc(self.occurred_at),
-            "data": dict(self.data),
-        }
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise TypeError("naive datetime in notification data")
-        return _iso_utc(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple | frozenset | set):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def encode_body(n: Notification, notification_id: str) -> bytes:
-    """The exact bytes POSTed (and signed) for ``n`` under its idempotency id."""
-    payload = {**n.to_json(), "notification_id": notification_id}
-    return json.dumps(
-        payload, separators=(",", ":"), sort_keys=True, default=_json_default
-    ).encode()
-
-
-def outbox_message(n: Notification, now: datetime | None = None) -> OutboxMessage:
-    """``n`` as an outbox row with a fresh idempotency id (the body is fixed here)."""
-    message_id = str(uuid.uuid4())
-    return OutboxMessage(
-        message_id=message_id,
-        event=n.event,
-        call_id=n.call_id,
-        body=encode_body(n, message_id).decode(),
-        created_at=now or datetime.now(UTC),
-    )
-
-
-# -- signatures ---------------------------------------------------------------
-
-
-def _key(secret: str | bytes) -> bytes:
-    return secret.encode() if isinstance(secret, str) else secret
-
-
-def sign(secret: str | bytes, timestamp: int | str, body: bytes) -> str:
-    """``"sha256=" + hex(HMAC-SHA256(secret, f"{timestamp}." + body))``."""
-    message = str(timestamp).encode("ascii") + b"." + body
-    return SIGNATURE_PREFIX + hmac.new(_key(secret), message, hashlib.sha256).hexdigest()
-
-
-def verify(
-    secret: str | bytes,
-    timestamp: int | str,
-    body: bytes,
-    signature: str,
-    tolerance_s: float = 300,
-    *,
-    now: float | None = None,
-) -> bool:
-    """Whether ``signature`` is :func:`sign` of these inputs and fresh.
-
-    ``timestamp`` is the ``X-Huddle-Timestamp`` header (unix seconds); it must
-    be within ``tolerance_s`` of ``now`` (default: the current time) either
-    way. The comparison is constant-time.
-    """
-    try:
-        ts = int(timestamp)
-    except (TypeError, ValueError):
-        return False
-    current = time.time() if now is None else now
-    if abs(current - ts) > tolerance_s:
-        return False
-    expected = sign(secret, ts, body)
-    # compare_digest on str requires ASCII; a forged header may not be.
-    try:
-        return hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii"))
-    except UnicodeEncodeError:
-        return False
-
-
-# -- metrics ------------------------------------------------------------------
-
-
-class NotifierMetrics(Protocol):
-    """Counters a notifier reports to (see :func:`notification_metrics`)."""
-
-    def record_sent(self) -> None:
-        """A notification was delivered (2xx)."""
-
-    def record_retry(self) -> None:
-        """An attempt failed and the notification is scheduled again."""
-
-    def record_failed(self) -> None:
-        """A notification was given up on (rejected with 4xx, or out of attempts)."""
-
-
-@dataclass
-class CountingMetrics:
-    """In-memory counters; the default, and handy in tests."""
-
-    sent: int = 0
-    retried: int = 0
-    failed: int = 0
-
-    def record_sent(self) -> None:
-        self.sent += 1
-
-    def record_retry(self) -> None:
-        self.retried += 1
-
-    def record_failed(self) -> None:
-        self.failed += 1
-
-
-@dataclass(frozen=True)
-class NotificationMetrics:
-    """Prometheus counters for notifications; implements :class:`NotifierMetrics`."""
-
-    sent: Counter
-    retried: Counter
-    failed: Counter
-
-    def record_sent(self) -> None:
-        self.sent.inc()
-
-    def record_retry(self) -> None:
-        self.retried.inc()
-
-    def record_failed(self) -> None:
-        self.failed.inc()
-
-
-def notification_metrics(registry: CollectorRegistry) -> NotificationMetrics:
-    """Create the notification counters in ``registry`` (never the global one).
-
-    Exposed as ``video_notification_sent_total``,
-    ``video_notification_retried_total`` and ``video_notification_failed_total``.
-    """
-    return NotificationMetrics(
-        sent=Counter(
-            "video_notification_sent",
-            "Notifications delivered to the webhook (2xx).",
-            registry=registry,
-        ),
-        retried=Counter(
-            "video_notification_retried",
-            "Webhook attempts that failed and were scheduled again.",
-            registry=registry,
-        ),
-        failed=Counter(
-            "video_notification_failed",
-            "Notifications given up on: rejected (4xx) or out of attempts.",
-            registry=registry,
-        ),
-    )
-
-
-# -- notifiers ----------------------------------------------------------------
-
-
-class Notifier(Protocol):
-    """Where the call lifecycle sends notifications it does not store (logs)."""
-
-    def notify(self, n: Notification) -> None:
-        """Hand over ``n``; returns at once and never raises for delivery problems."""
-
-
-class LogNotifier:
-    """Logs each notification at INFO; the default when no webhook is configured."""
-
-    def notify(self, n: Notification) -> None:
-        logger.info(
-            "notification %s call=%s conversation=%s recipients=%s at=%s data=%s",
-            n.event,
-            n.call_id,
-            n.conversation_id,
-            ",".join(n.recipient_ids),
-            _iso_utc(n.occurred_at),
-            dict(n.data),
-        )
 
 
 class OutboxStore(Protocol):

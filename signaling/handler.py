@@ -3,8 +3,12 @@
 Everything that can be refused is refused before the upgrade, as an HTTP error
 through the edge middleware: full node (503), bad ``Origin`` (403), no or bad
 token (401), unknown call (404), not a joined participant (403), ended call
-(410). After the upgrade, :func:`answer_error` and :func:`violation` are the
-one place mapping problems to ``error`` messages and close codes.
+(410). After the upgrade, whatever is raised goes through
+:func:`signaling.errors.edge_error` to :func:`answer` (an ``error`` message)
+or :func:`violation` (a close code).
+
+The app factory registers one :class:`SignalingEndpoint` as the route and
+hands it the hub once the hub is up.
 """
 
 from __future__ import annotations
@@ -15,39 +19,50 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
+from server.auth import TokenService, identify
 from server.errors import BadRequest, Forbidden, Gone, HuddleError, Unavailable
-from server.http.auth import identify
-from server.http.validate import uuid_value
+from server.validation import uuid_value
 from signaling.bus import BusUnavailable
 from signaling.connection import Connection, TokenBucket
-from signaling.hub import SignalingHub
-from signaling.keys import HUB
-from signaling.protocol import (
-    MAX_ID_LENGTH,
-    RESERVED_IDS,
+from signaling.errors import (
     CloseCode,
     ErrorCode,
     ProtocolViolation,
     SignalError,
-    decode,
-    encode,
+    edge_error,
     error_message,
-    validate,
 )
+from signaling.hub import SignalingHub
+from signaling.protocol import MAX_ID_LENGTH, RESERVED_IDS, decode, encode, validate
 
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/calls/ws/signaling"
 
 
-async def signaling_ws(request: web.Request) -> web.StreamResponse:
-    hub = request.app[HUB]
+class SignalingEndpoint:
+    """``GET /v1/calls/ws/signaling``: the request handler, given its hub at start-up."""
+
+    def __init__(self, tokens: TokenService) -> None:
+        self.tokens = tokens
+        self.hub: SignalingHub | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        hub = self.hub
+        if hub is None:
+            raise Unavailable("signaling is not running")
+        return await signaling_ws(request, hub, self.tokens)
+
+
+async def signaling_ws(
+    request: web.Request, hub: SignalingHub, tokens: TokenService
+) -> web.StreamResponse:
     if not hub.try_acquire():
         hub.metrics.rejected.labels("full").inc()
         raise Unavailable("this node has no room for more connections", code="node_full")
     try:
         try:
-            conn = await _admit(request, hub)
+            conn = await _admit(request, hub, tokens)
         except HuddleError as exc:
             hub.metrics.rejected.labels(exc.code).inc()
             raise
@@ -75,10 +90,10 @@ def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
     raise Forbidden(f"origin {origin} is not allowed", code="origin_not_allowed")
 
 
-async def _admit(request: web.Request, hub: SignalingHub) -> Connection:
+async def _admit(request: web.Request, hub: SignalingHub, tokens: TokenService) -> Connection:
     settings = hub.settings
     check_origin(request, settings.allowed_origins)
-    who = identify(request, allow_query=True)
+    who = identify(tokens, request.headers.get("Authorization"), request.query.get("access_token"))
     if "call_id" not in request.query:
         raise BadRequest("call_id is required", code="missing_field")
     call_id = uuid_value(request.query["call_id"], "call_id")
@@ -129,18 +144,14 @@ async def _read(hub: SignalingHub, conn: Connection) -> None:
             if frame.type is not WSMsgType.TEXT:
                 raise SignalError(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames")
             await _handle_text(hub, conn, frame.data)
-        except SignalError as exc:
-            answer_error(hub, conn, exc.code, exc.message, exc.request_id)
-            if not abuse.take():
-                violation(hub, conn, CloseCode.TOO_MANY_ERRORS, "too many invalid messages")
-        except ProtocolViolation as exc:
-            violation(hub, conn, exc.close_code, exc.reason)
-        except Exception:
-            # A bug, or a dependency failing in a way nothing above expected:
-            # answer it on this socket and keep the seat, never let it escape
-            # (aiohttp would write a raw HTTP 500 into the upgraded stream).
-            logger.exception("%r: unexpected error handling a frame", conn)
-            answer_error(hub, conn, ErrorCode.INTERNAL_ERROR, "internal error handling the message")
+        except Exception as exc:
+            # Never let anything escape (aiohttp would write a raw HTTP 500 into
+            # the upgraded stream): an error message, or a close.
+            error = edge_error(exc, about=f"a frame from {conn!r}")
+            if isinstance(error, ProtocolViolation):
+                violation(hub, conn, error.close_code, error.reason)
+                continue
+            answer(hub, conn, error)
             if not abuse.take():
                 violation(hub, conn, CloseCode.TOO_MANY_ERRORS, "too many invalid messages")
 
@@ -162,13 +173,17 @@ async def _handle_text(hub: SignalingHub, conn: Connection, text: str) -> None:
         hub.metrics.candidate(valid=True)
     try:
         await hub.handle(conn, message)
-    except SignalError as exc:
-        exc.request_id = message.get("id")
-        raise
-    except HuddleError as exc:
-        answer_error(hub, conn, exc.code, exc.message, message.get("id"))
-    except BusUnavailable as exc:
-        answer_error(hub, conn, ErrorCode.SIGNALING_DEGRADED, str(exc), message.get("id"))
+    except Exception as exc:
+        error = edge_error(exc, about=f"a {kind} from {conn!r}")
+        if isinstance(error, SignalError):
+            error.request_id = message.get("id")
+            if isinstance(exc, HuddleError | BusUnavailable):
+                # Not the client's fault (the call service, the bus): not counted as abuse.
+                answer(hub, conn, error)
+                return
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def _frame_error(hub: SignalingHub, conn: Connection, error: object) -> None:
@@ -179,11 +194,13 @@ def _frame_error(hub: SignalingHub, conn: Connection, error: object) -> None:
     logger.info("%r: bad frame, closed with %s: %s", conn, code, error)
 
 
-def answer_error(
-    hub: SignalingHub, conn: Connection, code: str, text: str, request_id: object = None
-) -> None:
-    hub.metrics.error(code)
-    conn.send_text(encode(error_message(code, text, call_id=conn.call_id, request_id=request_id)))
+def answer(hub: SignalingHub, conn: Connection, error: SignalError) -> None:
+    """The ``error`` message for ``error`` on this socket (counted per code)."""
+    hub.metrics.error(error.code)
+    message = error_message(
+        error.code, error.message, call_id=conn.call_id, request_id=error.request_id
+    )
+    conn.send_text(encode(message))
 
 
 def violation(hub: SignalingHub, conn: Connection, code: CloseCode, reason: str) -> None:

@@ -8,7 +8,6 @@ constants below are the names it uses.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import json
 import re
@@ -16,6 +15,23 @@ from typing import Any
 
 from server.auth import USER_ID_PATTERN
 from server.models import iso, utcnow
+from signaling.errors import (
+    SERVER_ID,
+    CloseCode,
+    ErrorCode,
+    ProtocolViolation,
+    SignalError,
+    error_message,
+)
+
+__all__ = [
+    "SERVER_ID",
+    "CloseCode",
+    "ErrorCode",
+    "ProtocolViolation",
+    "SignalError",
+    "error_message",
+]
 
 PROTOCOL_VERSION = 1
 
@@ -23,8 +39,6 @@ Message = dict[str, Any]
 
 #: ``target_id`` of messages for the SFU, and ``sender_id`` of the SFU's answers.
 SFU_ID = "sfu"
-#: ``sender_id`` of messages the server itself originates (lifecycle, roster, errors).
-SERVER_ID = "server"
 #: Ids no user may have: they name the server side of the protocol.
 RESERVED_IDS = frozenset({SFU_ID, SERVER_ID})
 
@@ -39,62 +53,6 @@ CLIENT_TYPES = frozenset(
 TARGETED_TYPES = frozenset({"offer", "answer", "ice_candidate"})
 
 MAX_ID_LENGTH = 64
-
-
-class CloseCode(enum.IntEnum):
-    """WebSocket close codes the server uses (docs/protocol.md, "Close codes")."""
-
-    NORMAL = 1000  # left the call, or the call ended
-    GOING_AWAY = 1001  # server shutting down: reconnect (to another node)
-    MESSAGE_TOO_BIG = 1009  # a frame over the size limit
-    INTERNAL_ERROR = 1011
-    REPLACED = 4001  # the same participant connected again (here or on another node)
-    HEARTBEAT_TIMEOUT = 4008  # silent for longer than drop_after_s
-    RATE_LIMITED = 4029  # message flood
-    TOO_MANY_ERRORS = 4030  # repeated invalid messages
-    TOO_SLOW = 4031  # fell behind: send queue full or a write timed out
-
-
-class ErrorCode:
-    """``code`` of ``error`` messages produced by validation and routing.
-
-    Errors from the call service keep their own codes (``not_joined``,
-    ``call_ended``…), as in the HTTP API.
-    """
-
-    INVALID_JSON = "invalid_json"
-    INVALID_MESSAGE = "invalid_message"
-    BINARY_NOT_SUPPORTED = "binary_not_supported"
-    UNKNOWN_TYPE = "unknown_type"
-    MISSING_FIELD = "missing_field"
-    INVALID_FIELD = "invalid_field"
-    INVALID_TARGET = "invalid_target"
-    INVALID_SDP = "invalid_sdp"
-    INVALID_CANDIDATE = "invalid_candidate"
-    SFU_UNAVAILABLE = "sfu_unavailable"
-    SFU_ERROR = "sfu_error"
-    SIGNALING_DEGRADED = "signaling_degraded"
-    INTERNAL_ERROR = "internal_error"
-
-
-class SignalError(Exception):
-    """Bad input: answered with an ``error`` message; the connection stays up."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        #: The offending message's ``id``, echoed in the ``error`` reply.
-        self.request_id: str | int | None = None
-
-
-class ProtocolViolation(Exception):
-    """Abuse: the connection is closed with ``close_code``."""
-
-    def __init__(self, close_code: CloseCode, reason: str) -> None:
-        super().__init__(reason)
-        self.close_code = close_code
-        self.reason = reason
 
 
 # -- validation ------------------------------------------------------------------------
@@ -269,13 +227,6 @@ def stamp(message: Message, *, sender_id: str, call_id: str) -> Message:
     message["call_id"] = call_id
     message["timestamp"] = iso(utcnow())
     return message
-
-
-def error_message(code: str, text: str, *, call_id: str, request_id: object = None) -> Message:
-    message: Message = {"type": "error", "code": code, "message": text}
-    if request_id is not None:
-        message["id"] = request_id
-    return stamp(message, sender_id=SERVER_ID, call_id=call_id)
 
 
 def encode(message: Message) -> str:

@@ -10,8 +10,8 @@ import pytest
 
 from media.aiortc_compat import restrict_host_addresses
 from media.preencoded import EncodedClip, opus_clip, vp8_clip
-from media.wiring import SFU
 from server.config import MediaSettings
+from server.wiring.media import SFU
 from tests.conftest import AppFactory, make_config
 from tests.support.api import Api
 from tests.support.polling import eventually

@@ -56,7 +56,7 @@ class WsHub:
     def __init__(self) -> None:
         self.sockets: dict[tuple[str, str], web.WebSocketResponse] = {}
 
-    async def send(self, call_id: str, participant_id: str, message: Message) -> None:
+    async def send_to(self, call_id: str, participant_id: str, message: Message) -> None:
         ws = self.sockets.get((call_id, participant_id))
         if ws is not None and not ws.closed:
             await ws.send_json({**message, "sender_id": SFU_ID})
@@ -87,7 +87,7 @@ class NaivePeer:
         pc = self.publish_pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        await self.relay.hub.send(
+        await self.relay.hub.send_to(
             self.call_id,
             self.id,
             {"type": "answer", "pc": PUBLISH, "sdp": pc.localDescription.sdp},
@@ -140,8 +140,8 @@ class NaivePeer:
                     }
                 )
         self._answer = asyncio.get_running_loop().create_future()
-        await self.relay.hub.send(self.call_id, self.id, {"type": "tracks", "tracks": tracks})
-        await self.relay.hub.send(
+        await self.relay.hub.send_to(self.call_id, self.id, {"type": "tracks", "tracks": tracks})
+        await self.relay.hub.send_to(
             self.call_id,
             self.id,
             {"type": "offer", "pc": SUBSCRIBE, "sdp": pc.localDescription.sdp},

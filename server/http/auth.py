@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.auth import Identity, bearer_token
+from server import auth
+from server.auth import Identity
 from server.keys import TOKENS
 
 
 def identify(request: web.Request, *, allow_query: bool = False) -> Identity:
-    header = request.headers.get("Authorization")
-    if header is None and allow_query and "access_token" in request.query:
-        return request.app[TOKENS].verify(request.query["access_token"])
-    return request.app[TOKENS].verify(bearer_token(header))
+    query_token = request.query.get("access_token") if allow_query else None
+    return auth.identify(request.app[TOKENS], request.headers.get("Authorization"), query_token)

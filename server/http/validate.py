@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +12,7 @@ from aiohttp import web
 from server.auth import is_reserved_user_id, is_valid_user_id, storable_text_problem
 from server.errors import BadRequest, PayloadTooLarge
 from server.keys import CONFIG
+from server.validation import uuid_value as uuid_value
 
 #: No request body of the API nests deeper than 2; 32 leaves room and stops
 #: deeply nested bodies long before the parser's recursion limit.
@@ -71,15 +71,6 @@ def _check_tree(body: dict[str, Any]) -> None:
                 stack.append((item, key if where == "body" else f"{where}.{key}", depth + 1))
         else:
             stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
-
-
-def uuid_value(value: object, field: str) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{field} must be a UUID string", code="invalid_id")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise BadRequest(f"{field} is not a valid UUID: {value!r}", code="invalid_id") from None
 
 
 def path_uuid(request: web.Request, name: str) -> str:

@@ -11,24 +11,20 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from server.errors import NotFound
 from server.models import (
     Call,
-    CallMode,
-    CallStatus,
-    CallType,
-    Conversation,
-    EndReason,
     OutboxMessage,
     Participant,
-    utcnow,
 )
 from server.store.base import Backend, StoreConflict, StoreTimeout, StoreUnavailable, Tx
+from server.store.queries import ConversationQueries, OutboxQueries
+from server.store.rows import call_from_row, call_row, participant_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +70,7 @@ def _statements(script: str) -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
-class SqlStore:
+class SqlStore(ConversationQueries, OutboxQueries):
     """:class:`server.store.base.Store` over any :class:`Backend`."""
 
     def __init__(self, backend: Backend, *, timeout_s: float, metrics: DbMetrics) -> None:
@@ -185,58 +181,6 @@ class SqlStore:
 
         await self._run("ping", body, write=False)
 
-    # -- conversations -----------------------------------------------------
-
-    async def create_conversation(self, conversation: Conversation) -> None:
-        t = self._backend.to_db_time
-
-        async def body(tx: Tx) -> None:
-            await tx.execute(
-                "INSERT INTO conversations (conversation_id, title, created_by, created_at) "
-                "VALUES ($1, $2, $3, $4)",
-                conversation.conversation_id,
-                conversation.title,
-                conversation.created_by,
-                t(conversation.created_at),
-            )
-            await tx.executemany(
-                "INSERT INTO conversation_members (conversation_id, user_id, position) "
-                "VALUES ($1, $2, $3)",
-                [
-                    (conversation.conversation_id, user_id, index)
-                    for index, user_id in enumerate(conversation.member_ids)
-                ],
-            )
-
-        await self._run("create_conversation", body, write=True)
-
-    async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        async def body(tx: Tx) -> Conversation | None:
-            rows = await tx.fetch(
-                "SELECT conversation_id, title, created_by, created_at FROM conversations "
-                "WHERE conversation_id = $1",
-                conversation_id,
-            )
-            if not rows:
-                return None
-            members = await tx.fetch(
-                "SELECT user_id FROM conversation_members WHERE conversation_id = $1 "
-                "ORDER BY position",
-                conversation_id,
-            )
-            row = rows[0]
-            created_at = self._backend.from_db_time(row["created_at"])
-            assert created_at is not None
-            return Conversation(
-                conversation_id=row["conversation_id"],
-                title=row["title"],
-                member_ids=[m["user_id"] for m in members],
-                created_by=row["created_by"],
-                created_at=created_at,
-            )
-
-        return await self._run("get_conversation", body, write=False)
-
     # -- calls -------------------------------------------------------------
 
     async def create_call(self, call: Call, outbox: Sequence[OutboxMessage] = ()) -> None:
@@ -244,7 +188,7 @@ class SqlStore:
             await tx.execute(
                 f"INSERT INTO calls ({_CALL_COLUMNS}, duration_seconds) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                *self._call_row(call),
+                *call_row(self._backend, call),
             )
             await self._write_participants(tx, call)
             await self._write_outbox(tx, outbox)
@@ -308,8 +252,13 @@ class SqlStore:
             )
             by_call: dict[str, list[Participant]] = {}
             for row in participant_rows:
-                by_call.setdefault(row["call_id"], []).append(self._participant(row))
-            return [self._call(row, by_call.get(row["call_id"], [])) for row in call_rows]
+                by_call.setdefault(row["call_id"], []).append(
+                    participant_from_row(self._backend, row)
+                )
+            return [
+                call_from_row(self._backend, row, by_call.get(row["call_id"], []))
+                for row in call_rows
+            ]
 
         return await self._run(operation, body, write=False)
 
@@ -388,131 +337,7 @@ class SqlStore:
 
         return await self._run("joined_in_live_calls", body, write=False)
 
-    # -- notification outbox -----------------------------------------------
-
-    async def _write_outbox(self, tx: Tx, messages: Sequence[OutboxMessage]) -> None:
-        t = self._backend.to_db_time
-        await tx.executemany(
-            "INSERT INTO notification_outbox (message_id, event, call_id, body, created_at, "
-            "next_attempt_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, 0)",
-            [
-                (m.message_id, m.event, m.call_id, m.body, t(m.created_at), t(m.created_at))
-                for m in messages
-            ],
-        )
-
-    async def enqueue_outbox(self, messages: Sequence[OutboxMessage]) -> None:
-        async def body(tx: Tx) -> None:
-            await self._write_outbox(tx, messages)
-
-        await self._run("enqueue_outbox", body, write=True)
-
-    async def claim_outbox(
-        self, *, now: datetime, lease_until: datetime, limit: int
-    ) -> list[OutboxMessage]:
-        """Take up to ``limit`` due messages; none is due again before ``lease_until``,
-        so another node (or this one after a crash) retries it only after the lease."""
-        t = self._backend.to_db_time
-        f = self._backend.from_db_time
-
-        async def body(tx: Tx) -> list[OutboxMessage]:
-            rows = await tx.fetch(
-                "SELECT message_id, event, call_id, body, created_at, attempts"
-                " FROM notification_outbox WHERE dead_at IS NULL AND next_attempt_at <= $1"
-                f" ORDER BY next_attempt_at LIMIT $2{self._backend.claim_suffix}",
-                t(now),
-                limit,
-            )
-            await tx.executemany(
-                "UPDATE notification_outbox SET next_attempt_at = $2 WHERE message_id = $1",
-                [(row["message_id"], t(lease_until)) for row in rows],
-            )
-            messages = []
-            for row in rows:
-                created_at = f(row["created_at"])
-                assert created_at is not None
-                messages.append(
-                    OutboxMessage(
-                        message_id=row["message_id"],
-                        event=row["event"],
-                        call_id=row["call_id"],
-                        body=row["body"],
-                        created_at=created_at,
-                        attempts=int(row["attempts"]),
-                    )
-                )
-            return messages
-
-        return await self._run("claim_outbox", body, write=True)
-
-    async def outbox_delivered(self, message_id: str) -> None:
-        async def body(tx: Tx) -> None:
-            await tx.execute("DELETE FROM notification_outbox WHERE message_id = $1", message_id)
-
-        await self._run("outbox_delivered", body, write=True)
-
-    async def outbox_failed(
-        self, message_id: str, *, attempts: int, error: str, retry_at: datetime | None
-    ) -> None:
-        """Record a failed attempt: due again at ``retry_at``, or dead when it is None."""
-        t = self._backend.to_db_time
-        now = t(utcnow())
-
-        async def body(tx: Tx) -> None:
-            if retry_at is None:
-                await tx.execute(
-                    "UPDATE notification_outbox SET attempts = $2, last_error = $3,"
-                    " dead_at = $4 WHERE message_id = $1",
-                    message_id,
-                    attempts,
-                    error[:500],
-                    now,
-                )
-            else:
-                await tx.execute(
-                    "UPDATE notification_outbox SET attempts = $2, last_error = $3,"
-                    " next_attempt_at = $4 WHERE message_id = $1",
-                    message_id,
-                    attempts,
-                    error[:500],
-                    t(retry_at),
-                )
-
-        await self._run("outbox_failed", body, write=True)
-
-    async def purge_outbox(self, *, dead_before: datetime) -> int:
-        """Delete rows given up on before ``dead_before``; returns how many."""
-        t = self._backend.to_db_time
-
-        async def body(tx: Tx) -> int:
-            rows = await tx.fetch(
-                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at < $1",
-                t(dead_before),
-            )
-            await tx.execute("DELETE FROM notification_outbox WHERE dead_at < $1", t(dead_before))
-            return int(rows[0]["n"])
-
-        return await self._run("purge_outbox", body, write=True)
-
-    async def outbox_dead(self) -> int:
-        async def body(tx: Tx) -> int:
-            rows = await tx.fetch(
-                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at IS NOT NULL"
-            )
-            return int(rows[0]["n"])
-
-        return await self._run("outbox_dead", body, write=False)
-
-    async def outbox_pending(self) -> int:
-        async def body(tx: Tx) -> int:
-            rows = await tx.fetch(
-                "SELECT COUNT(*) AS n FROM notification_outbox WHERE dead_at IS NULL"
-            )
-            return int(rows[0]["n"])
-
-        return await self._run("outbox_pending", body, write=False)
-
-    # -- mapping -----------------------------------------------------------
+    # -- calls: rows --------------------------------------------------------
 
     async def _load_call(self, tx: Tx, call_id: str, *, lock: bool) -> Call | None:
         suffix = self._backend.lock_suffix if lock else ""
@@ -526,7 +351,11 @@ class SqlStore:
             "ORDER BY position",
             call_id,
         )
-        return self._call(rows[0], [self._participant(row) for row in participants])
+        return call_from_row(
+            self._backend,
+            rows[0],
+            [participant_from_row(self._backend, row) for row in participants],
+        )
 
     async def _write_participants(self, tx: Tx, call: Call) -> None:
         t = self._backend.to_db_time
@@ -554,54 +383,4 @@ class SqlStore:
                 )
                 for index, p in enumerate(call.participants)
             ],
-        )
-
-    def _call_row(self, call: Call) -> tuple[object, ...]:
-        t = self._backend.to_db_time
-        return (
-            call.call_id,
-            call.conversation_id,
-            call.caller_id,
-            call.call_type.value,
-            call.status.value,
-            call.mode.value,
-            call.end_reason.value if call.end_reason else None,
-            t(call.created_at),
-            t(call.updated_at),
-            t(call.started_at),
-            t(call.ended_at),
-            call.duration_seconds if call.ended_at else None,
-        )
-
-    def _call(self, row: Mapping[str, Any], participants: list[Participant]) -> Call:
-        f = self._backend.from_db_time
-        created_at, updated_at = f(row["created_at"]), f(row["updated_at"])
-        assert created_at is not None and updated_at is not None
-        return Call(
-            call_id=row["call_id"],
-            conversation_id=row["conversation_id"],
-            caller_id=row["caller_id"],
-            call_type=CallType(row["call_type"]),
-            status=CallStatus(row["status"]),
-            mode=CallMode(row["mode"]),
-            end_reason=EndReason(row["end_reason"]) if row["end_reason"] else None,
-            created_at=created_at,
-            updated_at=updated_at,
-            started_at=f(row["started_at"]),
-            ended_at=f(row["ended_at"]),
-            participants=participants,
-        )
-
-    def _participant(self, row: Mapping[str, Any]) -> Participant:
-        f = self._backend.from_db_time
-        return Participant(
-            user_id=row["user_id"],
-            name=row["name"],
-            invited=bool(row["invited"]),
-            invited_at=f(row["invited_at"]),
-            joined_at=f(row["joined_at"]),
-            left_at=f(row["left_at"]),
-            declined_at=f(row["declined_at"]),
-            muted=bool(row["muted"]),
-            video=bool(row["video"]),
         )

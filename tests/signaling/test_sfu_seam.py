@@ -1,19 +1,19 @@
-"""The SFU seam on one node: a fake SfuEndpoint stands in for media's room manager."""
+"""The SFU seam on one node: a recording SfuEndpoint stands in for media's room manager."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from media.seam import MediaError, ParticipantLeft, RoomEnded, RoomEvent, SfuEndpoint
 from signaling.keys import HUB
 from signaling.protocol import ErrorCode
-from signaling.sfu import SfuEndpoint
 from tests.signaling.conftest import Node
 from tests.signaling.messages import answer, candidate, offer
 from tests.support.polling import eventually
 
 
-class Rejected(Exception):
+class Rejected(MediaError):
     code = "bad_request"
 
 
@@ -22,19 +22,25 @@ class FakeSfu:
     signals: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     gone: list[tuple[str, str]] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
+    rooms: set[str] = field(default_factory=set)
+
+    def has_room(self, call_id: str) -> bool:
+        return call_id in self.rooms
 
     async def handle_signal(
         self, call_id: str, participant_id: str, message: dict[str, Any]
     ) -> None:
         if message.get("sdp", "").endswith("a=reject\r\n"):
             raise Rejected("the SFU refuses this offer")
+        self.rooms.add(call_id)
         self.signals.append((call_id, participant_id, message))
 
-    async def participant_gone(self, call_id: str, participant_id: str) -> None:
-        self.gone.append((call_id, participant_id))
-
-    async def close_room(self, call_id: str) -> None:
-        self.closed.append(call_id)
+    async def on_event(self, event: RoomEvent) -> None:
+        if isinstance(event, ParticipantLeft):
+            self.gone.append((event.call_id, event.participant_id))
+        elif isinstance(event, RoomEnded):
+            self.rooms.discard(event.call_id)
+            self.closed.append(event.call_id)
 
 
 async def test_sfu_messages_reach_the_endpoint_and_answers_come_back(node: Node) -> None:
@@ -62,7 +68,7 @@ async def test_sfu_messages_reach_the_endpoint_and_answers_come_back(node: Node)
     await hub.send_to(call_id, ana.user_id, {"type": "answer", "pc": "publish", "sdp": "v=0"})
     got = await a.receive("answer")
     assert (got["sender_id"], got["call_id"], got["pc"]) == ("sfu", call_id, "publish")
-    await hub.send(call_id, bob.user_id, {"type": "tracks", "tracks": []})
+    await hub.send_to(call_id, bob.user_id, {"type": "tracks", "tracks": []})
     assert (await b.receive("tracks"))["sender_id"] == "sfu"
     assert not [m for m in a.messages if m["type"] == "tracks"]
 

@@ -1,0 +1,73 @@
+"""The one seam between signaling and the SFU, owned by the media plane.
+
+Light on purpose (no aiortc import): the signaling layer imports it to talk to
+whatever SFU the app factory plugs in.
+
+- Signaling → SFU: :class:`SfuEndpoint`, called only on the node that owns
+  the call's room: client messages with ``target_id: "sfu"``
+  (:meth:`SfuEndpoint.handle_signal`, raising :class:`MediaError` for what it
+  refuses) and lifecycle events as typed :data:`RoomEvent` values
+  (:meth:`SfuEndpoint.on_event`).
+- SFU → signaling: :class:`SignalingPort`, one method delivering a message to
+  one participant on whichever node holds its socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from media.errors import MediaError
+
+__all__ = [
+    "MediaError",
+    "Message",
+    "ParticipantLeft",
+    "RoomEnded",
+    "RoomEvent",
+    "SfuEndpoint",
+    "SignalingPort",
+]
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ParticipantLeft:
+    """The participant left the call (not merely dropped its socket): free its media."""
+
+    call_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True)
+class RoomEnded:
+    """The call ended, or this node lost the room: release everything of it."""
+
+    call_id: str
+
+
+RoomEvent = ParticipantLeft | RoomEnded
+
+
+class SignalingPort(Protocol):
+    """What the SFU may call on signaling."""
+
+    async def send_to(self, call_id: str, participant_id: str, message: Message) -> None:
+        """Deliver a server → client message (signaling stamps ``sender_id: "sfu"``,
+        ``call_id`` and ``timestamp``); lost, and logged, while the bus is down."""
+
+
+class SfuEndpoint(Protocol):
+    """The SFU as signaling sees it (implemented by :class:`media.sfu.Sfu`)."""
+
+    def has_room(self, call_id: str) -> bool:
+        """Whether this node holds a room for the call."""
+
+    async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
+        """A validated ``offer``/``answer``/``ice_candidate``/``subscribe`` with ``pc`` and
+        the server-stamped ``sender_id``/``call_id``/``timestamp``. Raises
+        :class:`MediaError` (its ``code`` answers the sender) for what it refuses."""
+
+    async def on_event(self, event: RoomEvent) -> None:
+        """A lifecycle event for a room of this node."""

@@ -1,0 +1,153 @@
+"""The SFU relay: client messages for the SFU to the room's owner node, answers back.
+
+A message with ``target_id: "sfu"`` goes to the node that owns the call's room
+(claimed by the first node with an SFU to see one), over that node's channel
+as an ``sfu`` envelope ``{owner, participant_id, message}`` unless it is this
+node. There it meets the :class:`~media.seam.SfuEndpoint`; the SFU answers
+through :meth:`SfuRelay.send_to` (its :class:`~media.seam.SignalingPort`),
+which stamps ``sender_id: "sfu"`` and delivers on whichever node holds the
+participant's socket. Lifecycle reaches the room as typed
+:data:`~media.seam.RoomEvent` values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from media.seam import Message, ParticipantLeft, RoomEnded, RoomEvent, SfuEndpoint
+from server.models import Call, CallMode
+from signaling.bus import BusUnavailable
+from signaling.errors import ErrorCode, SignalError, edge_error, error_message
+from signaling.metrics import SignalingMetrics
+from signaling.protocol import SFU_ID, stamp
+from signaling.registry import SocketRegistry
+
+logger = logging.getLogger(__name__)
+
+#: Client messages that would open a room: refused for a call in P2P mode.
+_OPENING = frozenset({"offer", "subscribe"})
+
+
+class SfuRelay:
+    def __init__(
+        self,
+        registry: SocketRegistry,
+        metrics: SignalingMetrics,
+        get_call: Callable[[str], Awaitable[Call | None]],
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._get_call = get_call
+        self._sfu: SfuEndpoint | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self._sfu is not None
+
+    def attach(self, endpoint: SfuEndpoint | None) -> None:
+        """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
+        self._sfu = endpoint
+
+    # -- client → SFU -----------------------------------------------------------------
+
+    async def to_sfu(self, call_id: str, pid: str, message: Message) -> None:
+        """Route a stamped client message to the room's owner. Raises
+        :class:`SignalError` (no SFU) or :class:`BusUnavailable`."""
+        placement = self._registry.placement
+        node_id = self._registry.node_id
+        if call_id in placement.owned:
+            owner: str | None = node_id
+        elif self._sfu is not None:
+            owner = await placement.claim(call_id)
+            if owner == node_id:
+                await self._registry.ensure_subscribed(call_id)
+        else:
+            owner = await placement.owner(call_id)
+        if owner is None or (owner == node_id and self._sfu is None):
+            raise SignalError(ErrorCode.SFU_UNAVAILABLE, "no SFU serves this call")
+        if owner == node_id:
+            await self.signal(call_id, pid, message)
+        else:
+            await self._registry.publish(
+                call_id,
+                {"kind": "sfu", "owner": owner, "participant_id": pid, "message": message},
+                node=owner,
+            )
+
+    async def signal(self, call_id: str, pid: str, message: Message) -> None:
+        """On the owner: hand the message to the SFU; whatever it refuses is answered
+        to the sender (on its node) through :func:`edge_error`."""
+        try:
+            sfu = self._sfu
+            if sfu is None:
+                raise SignalError(ErrorCode.SFU_UNAVAILABLE, "no SFU here")
+            if not sfu.has_room(call_id) and message.get("type") in _OPENING:
+                await self._refuse_p2p(call_id)
+            await sfu.handle_signal(call_id, pid, message)
+        except Exception as exc:
+            error = edge_error(
+                exc, about=f"an SFU {message.get('type')}", fallback=ErrorCode.SFU_ERROR
+            )
+            if isinstance(error, SignalError):
+                await self.reply_error(call_id, pid, error, message.get("id"))
+
+    async def _refuse_p2p(self, call_id: str) -> None:
+        """A 1:1 call's media flows between the two browsers: the SFU holds nothing."""
+        call = await self._get_call(call_id)
+        if call is not None and call.mode is CallMode.P2P:
+            raise SignalError(
+                ErrorCode.WRONG_MODE,
+                "this call is peer-to-peer; send media to the other participant",
+            )
+
+    async def reply_error(
+        self, call_id: str, pid: str, error: SignalError, request_id: object = None
+    ) -> None:
+        self._metrics.error(error.code)
+        message = error_message(error.code, error.message, call_id=call_id, request_id=request_id)
+        with contextlib.suppress(BusUnavailable):
+            await self._registry.deliver_to(call_id, pid, message)
+
+    # -- SFU → client (media.seam.SignalingPort) -----------------------------------------
+
+    async def send_to(self, call_id: str, participant_id: str, message: Message) -> None:
+        """Deliver an SFU message to one participant, on whichever node holds its
+        socket. Stamps ``sender_id: "sfu"``; lost (and logged) while the bus is down."""
+        out = stamp(dict(message), sender_id=SFU_ID, call_id=call_id)
+        if out.get("type") == "error" and isinstance(out.get("code"), str):
+            self._metrics.error(out["code"])
+        try:
+            await self._registry.deliver_to(call_id, participant_id, out)
+        except BusUnavailable as exc:
+            logger.warning("Call(%s) SFU message to %s lost: %s", call_id, participant_id, exc)
+
+    # -- lifecycle → the room -----------------------------------------------------------
+
+    async def participant_left(self, call_id: str, pid: str) -> None:
+        if call_id in self._registry.placement.owned:
+            await self._tell(ParticipantLeft(call_id, pid))
+
+    async def close_room(self, call_id: str) -> None:
+        """The call ended: close the room if this node owns it, and release the claim."""
+        placement = self._registry.placement
+        if call_id not in placement.owned:
+            return
+        await self._tell(RoomEnded(call_id))
+        await placement.release(call_id)
+
+    async def on_room_lost(self, call_id: str) -> None:
+        """Placement lost this node's claim (e.g. the key expired during an outage):
+        close the room, whatever the SFU raises, and drop the channel if unused."""
+        await self._tell(RoomEnded(call_id))
+        await self._registry.maybe_unsubscribe(call_id)
+
+    async def _tell(self, event: RoomEvent) -> None:
+        sfu = self._sfu
+        if sfu is None:
+            return
+        try:
+            await sfu.on_event(event)
+        except Exception:
+            logger.exception("Room(%s) failed on %s", event.call_id, type(event).__name__)

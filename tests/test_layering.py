@@ -1,0 +1,59 @@
+"""The layering check of ``make lint`` (scripts/check_imports.py): this tree passes,
+and a cycle or an upward import fails."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def checker() -> ModuleType:
+    path = ROOT / "scripts" / "check_imports.py"
+    spec = importlib.util.spec_from_file_location("check_imports", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tree(root: Path, files: dict[str, str]) -> Path:
+    for package in ("server", "server/http", "signaling", "media"):
+        (root / package).mkdir(parents=True, exist_ok=True)
+        (root / package / "__init__.py").write_text("")
+    for name, text in files.items():
+        (root / name).write_text(text)
+    return root
+
+
+def test_this_tree_keeps_its_layers() -> None:
+    assert checker().check(ROOT) == []
+
+
+def test_a_cycle_and_upward_imports_fail(tmp_path: Path) -> None:
+    root = tree(
+        tmp_path,
+        {
+            "server/config.py": "def f():\n    from server.turn import g\n",
+            "server/turn.py": "from server.config import f\n",
+            "server/http/auth.py": "",
+            "server/app.py": "import signaling.handler\n",
+            "signaling/handler.py": "from server.http import auth\n",
+            "media/wiring.py": "from server.app import create_app\n",
+            "server/calls.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import media.sfu\n"
+                "import signaling.hub\n"
+            ),
+            "signaling/hub.py": "",
+            "media/sfu.py": "",
+        },
+    )
+    assert sorted(checker().check(root)) == [
+        "import cycle: server.config -> server.turn",
+        "media.wiring: signaling/ and media/ must not import server.app",
+        "server.calls: the domain must not import signaling.hub",
+        "signaling.handler: signaling/ and media/ must not import server.http",
+        "signaling.handler: signaling/ and media/ must not import server.http.auth",
+    ]
