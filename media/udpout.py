@@ -152,20 +152,28 @@ class DatagramOut:
         """One protected datagram (for a TURN pair's send, or a spilled batch)."""
         return self.session.protect(data)
 
-    def send_protected(self, datagrams: list[bytes]) -> None:
-        """Send datagrams protected elsewhere (a C down spilling to a Python socket)."""
-        sock = self._sock
-        if sock is None:
+    def send_protected(self, datagrams: list[bytes]) -> int:
+        """Send datagrams protected elsewhere (by a down), in GSO runs; returns bytes sent."""
+        if self._sock is None:
             raise ConnectionError("datagram output has no socket")
+        sent = 0
+        run: list[bytes] = []
+        size = 0
         for data in datagrams:
-            self._syscalls += 1
-            self._datagrams += 1
-            try:
-                sock.sendto(data, self.addr)
-            except BlockingIOError:
-                self._dropped += 1
-            except OSError as exc:
-                self._failed(exc, 1)
+            n = len(data)
+            if run and (
+                n > len(run[0])
+                or len(run[-1]) < len(run[0])
+                or len(run) >= MAX_SEGMENTS
+                or size + n > MAX_BATCH_BYTES
+            ):
+                sent += self._flush(memoryview(b"".join(run)), size, len(run[0]), len(run))
+                run, size = [], 0
+            run.append(data)
+            size += n
+        if run:
+            sent += self._flush(memoryview(b"".join(run)), size, len(run[0]), len(run))
+        return sent
 
     def matches(self, session: Session, transport: Any, addr: Any) -> bool:
         return session is self.session and transport is self.transport and addr == self.addr

@@ -105,6 +105,19 @@ async def test_a_frame_arrives_as_separate_protected_datagrams(
     out.close()
 
 
+async def test_datagrams_protected_elsewhere_leave_in_gso_runs(ends: Endpoints) -> None:
+    """send_protected (the Python fan-out's send) batches runs of one size like send."""
+    tx, rx = sessions()
+    out = DatagramOut(tx, ends.transport, ends.addr, accelerated=False)
+    packets = [rtp(1, 1200), rtp(2, 1200), rtp(3, 345), rtp(4, 1200), rtp(5, 800)]
+    protected = [out.protect(p) for p in packets]
+    assert out.send_protected(protected) == sum(map(len, protected))
+    assert decrypt(rx, ends.received(5)) == packets
+    # 1200, 1200, 345 | 1200, 800: two runs, two syscalls.
+    assert out.datagrams == 5 and out.syscalls == 2
+    out.close()
+
+
 async def test_sizes_that_cannot_share_a_segment_size_are_split(
     ends: Endpoints, accelerated: bool
 ) -> None:
