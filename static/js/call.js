@@ -190,6 +190,7 @@ export class CallSession extends EventTarget {
   async onSignalingClosed(close) {
     if (this.over || this.leaving) return;
     const ending = await judgeClose({ api: this.api, callId: this.callId, userId: this.me.user_id }, close);
+    if (this.over) return;
     if (ending) {
       this.finish(ending.code, ending.message);
       return;
@@ -200,6 +201,7 @@ export class CallSession extends EventTarget {
       this.finish(err.code || 'signaling_lost', explain(err.code, err.message));
       return;
     }
+    if (this.over) return; // left while rejoining
     this.notice('info', 'rejoined', 'Rejoined the call after losing the connection.');
     this.resetMedia();
     this.connectSignaling();
