@@ -13,6 +13,8 @@ from tests.support.polling import eventually
 #: The browser tests' polling timeout: generous, for two cores running several
 #: Chromium renderers and an aiortc SFU at once.
 EVENTUALLY_S = 30.0
+#: …and its interval: each poll evaluates in a page (often a getStats()), not free.
+POLL_S = 0.25
 
 # Console noise that is not an error of the page (e.g. Chromium's own complaints).
 _IGNORED_CONSOLE = ("favicon.ico",)
@@ -89,6 +91,7 @@ async def decodes_from(viewer: Participant, user_id: str, *, more_than: int = 0)
         rising,
         message=f"{viewer.name} decoding video of {user_id} beyond {more_than} frames",
         timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     return result
 
@@ -157,7 +160,7 @@ async def steady(sample: Callable[[], Awaitable[int]], *, window: float = 2.0) -
         return after if after == before else None
 
     result = await eventually(
-        lambda: unchanged(), message="counter standing still", timeout=EVENTUALLY_S
+        lambda: unchanged(), message="counter standing still", timeout=EVENTUALLY_S, interval=POLL_S
     )
     return int(result)
 

@@ -11,6 +11,7 @@ import pytest
 from tests.browser.conftest import Server
 from tests.browser.support import (
     EVENTUALLY_S,
+    POLL_S,
     Participant,
     api,
     decodes_from,
@@ -53,7 +54,10 @@ async def test_mute_shows_on_the_other_side_and_stops_the_audio(
     audio = lambda: bob.audio_packets_from(ana_id)  # noqa: E731
     flowing = await audio()
     await eventually(
-        lambda: _more(audio, flowing), message="ana's audio reaching bob", timeout=EVENTUALLY_S
+        lambda: _more(audio, flowing),
+        message="ana's audio reaching bob",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
 
     await ana.page.get_by_role("button", name="Mute microphone").click()
@@ -73,7 +77,10 @@ async def test_mute_shows_on_the_other_side_and_stops_the_audio(
     await ana.page.keyboard.press("Enter")
     await tile.locator(".badge-muted").wait_for(state="hidden")
     await eventually(
-        lambda: _more(audio, stopped), message="ana's audio flowing again", timeout=EVENTUALLY_S
+        lambda: _more(audio, stopped),
+        message="ana's audio flowing again",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
 
 
@@ -125,7 +132,10 @@ async def test_signaling_reconnects_and_keeps_the_seat(
     dropped = time.monotonic()
     await bob.page.evaluate("() => window.huddle.session.signaling.dropSocket()")
     await eventually(
-        lambda: _reconnected(bob), message="bob's signaling reconnected", timeout=EVENTUALLY_S
+        lambda: _reconnected(bob),
+        message="bob's signaling reconnected",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     # Past the server's disconnect grace period (10 s)…
     await asyncio.sleep(max(0.0, dropped + GRACE_S + 2 - time.monotonic()))

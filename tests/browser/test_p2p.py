@@ -10,6 +10,7 @@ import pytest
 from tests.browser.conftest import Server
 from tests.browser.support import (
     EVENTUALLY_S,
+    POLL_S,
     Participant,
     accept,
     decodes_from,
@@ -72,6 +73,7 @@ async def test_one_to_one_call_decodes_both_ways_over_p2p(
         lambda: tile.get_attribute("data-has-video"),
         message="bob's tile shows video",
         timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     assert await tile.get_attribute("data-has-video") == "true"
 
@@ -94,10 +96,16 @@ async def test_audio_call_has_no_camera_and_carries_audio_both_ways(
     ana_id, bob_id = await me(ana), await me(bob)
 
     await eventually(
-        lambda: bob.audio_packets_from(ana_id), message="ana's audio at bob", timeout=EVENTUALLY_S
+        lambda: bob.audio_packets_from(ana_id),
+        message="ana's audio at bob",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     await eventually(
-        lambda: ana.audio_packets_from(bob_id), message="bob's audio at ana", timeout=EVENTUALLY_S
+        lambda: ana.audio_packets_from(bob_id),
+        message="bob's audio at ana",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     for viewer, other in ((ana, bob_id), (bob, ana_id)):
         assert not await viewer.page.get_by_role("button", name="Turn camera off").is_visible()

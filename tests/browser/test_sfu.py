@@ -14,6 +14,7 @@ import pytest
 from tests.browser.conftest import ROOT, Server
 from tests.browser.support import (
     EVENTUALLY_S,
+    POLL_S,
     Participant,
     accept,
     decodes_from,
@@ -82,6 +83,7 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
             lambda p=participant: mode_is(p, "sfu"),
             message=f"{participant.name} in sfu",
             timeout=EVENTUALLY_S,
+            interval=POLL_S,
         )
     await everyone_decodes_everyone(group)
     for participant in group.values():
@@ -96,7 +98,10 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
         return value if value and value > 600_000 else None
 
     await eventually(
-        uplink_estimate, message="Chrome's uplink estimate above 600 kbit/s", timeout=EVENTUALLY_S
+        uplink_estimate,
+        message="Chrome's uplink estimate above 600 kbit/s",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     _, metrics = server.request("GET", "/metrics")
     feedback = re.search(r"^video_call_sfu_twcc_feedback_sent_total (\S+)$", metrics, re.M)
@@ -110,6 +115,7 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
                 lambda v=viewer: v.audio_packets_from(ana_id),
                 message="ana's audio arriving",
                 timeout=EVENTUALLY_S,
+                interval=POLL_S,
             )
     await caller.page.get_by_role("button", name="Mute microphone").click()
     for viewer_id, viewer in group.items():
@@ -160,6 +166,7 @@ async def test_inviting_a_third_into_a_p2p_call_switches_everyone_to_the_sfu(
             lambda p=participant: mode_is(p, "sfu"),
             message=f"{participant.name} in sfu",
             timeout=EVENTUALLY_S,
+            interval=POLL_S,
         )
     await everyone_decodes_everyone(group)
     for participant in group.values():
@@ -180,6 +187,7 @@ async def save_screenshot(viewer: Participant, tmp_path: Path) -> None:
         lambda: page.locator(".tile .stats-overlay", has_text="fps").count(),
         message="stats overlay filled",
         timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     # Let the toasts of the switch fade so they do not cover the tiles.
     await page.locator(".toast").first.wait_for(state="detached", timeout=15_000)
