@@ -21,6 +21,13 @@ $(VENV)/.installed-dev: pyproject.toml setup.py media/_udpsend.c media/_fanout.c
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed-run
 
+# The browser client's lint and type-check tools (ESLint, tsc --checkJs), pinned in
+# package.json / package-lock.json; users need none of it (static/ has no build step).
+NODE_BIN := node_modules/.bin
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
 run: $(VENV)/.installed-run
 	mkdir -p var
 	$(BIN)/huddle serve
@@ -34,12 +41,14 @@ services:
 test: $(VENV)/.installed-dev system-deps services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python scripts/check_imports.py
 	$(BIN)/hadolint Dockerfile
+	$(NODE_BIN)/eslint --max-warnings 0 .
+	$(NODE_BIN)/tsc -p jsconfig.json
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
@@ -86,4 +95,4 @@ bench-janus: $(VENV)/.installed-dev bench-deps
 		var/bench-sfu-janus-el1.json | tee var/bench-sfu-compare.md
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache node_modules

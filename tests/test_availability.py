@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import AppFactory, make_config
 from tests.support.api import Api, error_code
 from tests.support.polling import eventually
+from tests.support.serve import spawn_serve
 from tests.support.services import postgres_schema
 from tests.support.tcpproxy import TcpProxy
 
@@ -124,46 +125,23 @@ async def test_bad_configuration_names_the_variable() -> None:
     assert "HUDDLE_PORT='eighty' is not an integer" in stderr.decode()
 
 
-async def test_sigterm_exits_zero_within_the_shutdown_timeout(tmp_path: object) -> None:
-    port = _free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        env=_env(
-            HUDDLE_PORT=str(port),
-            HUDDLE_DATABASE_URL=f"sqlite:///{tmp_path}/h.db",
-            HUDDLE_SHUTDOWN_TIMEOUT="5",
-        ),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+async def test_sigterm_exits_zero_within_the_shutdown_timeout(tmp_path: Path) -> None:
+    server = spawn_serve(
+        tmp_path,
+        HUDDLE_DATABASE_URL=f"sqlite:///{tmp_path}/h.db",
+        HUDDLE_SHUTDOWN_TIMEOUT="5",
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as session:
-
-            async def healthy() -> bool:
-                try:
-                    async with session.get(f"{base}/health") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(healthy, timeout=30)
-            async with session.post(f"{base}/v1/dev/token", json={"name": "ana"}) as response:
-                assert response.status == 201
+        await asyncio.to_thread(server.wait_healthy)
+        token_url = f"{server.base_url}/v1/dev/token"
+        async with aiohttp.request("POST", token_url, json={"name": "ana"}) as response:
+            assert response.status == 201
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), timeout=10)
-        assert process.returncode == 0
+        returncode = await asyncio.to_thread(server.stop, 10)
+        assert returncode == 0, server.tail()
         assert time.monotonic() - started < 5
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        assert process.stderr is not None
-        await process.stderr.read()
+        server.stop()
 
 
 async def test_a_restarted_single_node_frees_seats_on_both_backends(

@@ -9,11 +9,9 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from server.config import HttpSettings
@@ -21,15 +19,14 @@ from server.http.edge import EdgeServer
 from tests.conftest import AppFactory, make_config
 from tests.support.api import error_code
 from tests.support.edge import (
-    SERVE_COMMAND,
     edge_server,
-    free_port,
     parse_response,
     raw_request,
     read_all,
-    serve_env,
+    serve_settings,
 )
 from tests.support.polling import eventually
+from tests.support.serve import spawn_serve
 
 _sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -68,35 +65,14 @@ async def test_parser_errors_are_json(tmp_path: Path, data: bytes) -> None:
 async def test_huddle_serve_answers_parser_errors_with_json(tmp_path: Path) -> None:
     """The same through the real command line, which is what an operator runs;
     and SIGTERM still stops it cleanly (exit 0)."""
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        *SERVE_COMMAND,
-        env=serve_env(tmp_path, port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    server = spawn_serve(tmp_path, **serve_settings(tmp_path))
     try:
-        async with aiohttp.ClientSession() as session:
-
-            async def healthy() -> bool:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(healthy, timeout=30, message="huddle serve up")
-        _assert_json_error(await raw_request(port, HUGE_HEADER), 400)
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), timeout=15)
-        assert process.returncode == 0
+        await asyncio.to_thread(server.wait_healthy)
+        _assert_json_error(await raw_request(server.port, HUGE_HEADER), 400)
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        assert process.stderr is not None
-        stderr = (await process.stderr.read()).decode()
-    assert "Traceback" not in stderr, stderr
+        returncode = await asyncio.to_thread(server.stop)
+    assert returncode == 0, server.tail()
+    assert "Traceback" not in server.log(), server.log()
 
 
 @_sqlite_only

@@ -40,7 +40,7 @@ from server.notify import (
     verify,
 )
 from server.store import SqlStore, create_store
-from tests.support.polling import eventually as poll
+from tests.support.polling import eventually
 from tests.support.services import postgres_schema
 
 SECRET = "s3cret-for-tests"
@@ -62,15 +62,6 @@ def make_notification(event: str = "call.ringing", call_id: str = "c1") -> Notif
         occurred_at=datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC),
         data={"caller_id": "ana", "call_type": "video"},
     )
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; TimeoutError after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
 
 
 @dataclass
@@ -360,7 +351,7 @@ async def test_dead_endpoint_opens_breaker_and_nothing_is_lost(
     ids = await enqueue(
         store, notifier, make_notification(call_id="a"), make_notification(call_id="b")
     )
-    await eventually(lambda: notifier.circuit_state is CircuitState.OPEN)
+    await eventually(lambda: notifier.circuit_state is CircuitState.OPEN, interval=0.01)
     attempts_when_opened = counts(notifier).retried
 
     # While open, new notifications wait in the outbox: no attempt, no loss.
@@ -390,8 +381,9 @@ async def test_failed_trial_reopens_breaker(
     notifier = notifiers(url, max_attempts=10, breaker_threshold=1, breaker_reset=0.2)
     await notifier.start()
     await enqueue(store, notifier, make_notification())
-    await eventually(lambda: notifier.circuit_state is CircuitState.OPEN)
-    await eventually(lambda: counts(notifier).retried == 2)  # the trial, after the reset
+    await eventually(lambda: notifier.circuit_state is CircuitState.OPEN, interval=0.01)
+    # The trial, after the reset.
+    await eventually(lambda: counts(notifier).retried == 2, interval=0.01)
     assert notifier.circuit_state is CircuitState.OPEN
     assert counts(notifier).failed == 0
     assert await store.outbox_pending() == 1
@@ -423,13 +415,13 @@ async def test_a_notification_survives_a_restart_and_is_delivered_once(
     first = notifiers(f"http://127.0.0.1:{free_port()}/hook", breaker_threshold=1)
     await first.start()
     [message_id] = await enqueue(store, first, make_notification(call_id="durable"))
-    await eventually(lambda: first.circuit_state is CircuitState.OPEN)
+    await eventually(lambda: first.circuit_state is CircuitState.OPEN, interval=0.01)
     await first.close()
     assert await store.outbox_pending() == 1
 
     second = notifiers(receiver.url)
     await second.start()
-    await eventually(lambda: counts(second).sent == 1, within=10)
+    await eventually(lambda: counts(second).sent == 1, timeout=10)
     assert await store.outbox_pending() == 0  # delivered and deleted: no second delivery
     [req] = receiver.requests
     assert req.headers["X-Huddle-Notification-Id"] == message_id
@@ -477,7 +469,7 @@ async def test_two_nodes_share_a_postgres_outbox_and_deliver_each_once(
             for node in nodes:
                 await node.start()
                 node.wake()
-            await eventually(lambda: sum(counts(n).sent for n in nodes) == 40, within=15)
+            await eventually(lambda: sum(counts(n).sent for n in nodes) == 40, timeout=15)
             delivered = [r.headers["X-Huddle-Notification-Id"] for r in receiver.requests]
             assert sorted(delivered) == sorted(ids)  # each once, none twice
             assert await stores[1].outbox_pending() == 0
@@ -505,4 +497,4 @@ async def test_dead_rows_are_kept_then_purged(
     async def purged() -> bool:
         return await store.outbox_dead() == 0
 
-    await poll(purged, timeout=5, message="dead rows purged")
+    await eventually(purged, timeout=5, message="dead rows purged")

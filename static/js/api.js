@@ -30,7 +30,7 @@ export class Api {
     } catch (err) {
       throw new ApiError(0, 'network_error', 'Cannot reach the server. Check your connection.');
     }
-    let data = null;
+    let data;
     try {
       data = await response.json();
     } catch (err) {

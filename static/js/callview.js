@@ -1,6 +1,7 @@
 // The call screen: one tile per participant plus your own preview, the controls,
 // connection state, speaking indicators and the stats overlay.
 
+import { byId } from './dom.js';
 import { StatsCollector, formatStats } from './stats.js';
 
 const SPEAKING_LEVEL = 0.03;
@@ -28,20 +29,20 @@ export class CallView {
   constructor(session, ui) {
     this.session = session;
     this.ui = ui;
-    this.grid = document.getElementById('tiles');
-    this.template = document.getElementById('tile-template');
-    this.statusEl = document.getElementById('call-status');
+    this.grid = byId('tiles');
+    this.template = byId('tile-template', HTMLTemplateElement);
+    this.statusEl = byId('call-status');
     this.tiles = new Map();
     this.showStats = false;
     this.stats = new StatsCollector(session);
     this.timers = [];
     this.buttons = {
-      mute: document.getElementById('btn-mute'),
-      camera: document.getElementById('btn-camera'),
-      invite: document.getElementById('btn-invite'),
-      stats: document.getElementById('btn-stats'),
-      leave: document.getElementById('btn-leave'),
-      end: document.getElementById('btn-end'),
+      mute: byId('btn-mute', HTMLButtonElement),
+      camera: byId('btn-camera', HTMLButtonElement),
+      invite: byId('btn-invite', HTMLButtonElement),
+      stats: byId('btn-stats', HTMLButtonElement),
+      leave: byId('btn-leave', HTMLButtonElement),
+      end: byId('btn-end', HTMLButtonElement),
     };
     this.grid.replaceChildren();
     this.bind();
@@ -50,6 +51,7 @@ export class CallView {
   bind() {
     const s = this.session;
     const b = this.buttons;
+    /** @type {[HTMLElement, string, () => void][]} */
     this.listeners = [
       [b.mute, 'click', () => s.setMuted(!s.muted)],
       [b.camera, 'click', () => s.setCamera(!s.cameraOn)],
@@ -91,7 +93,7 @@ export class CallView {
   tile(key) {
     let tile = this.tiles.get(key);
     if (!tile) {
-      tile = this.template.content.firstElementChild.cloneNode(true);
+      tile = /** @type {HTMLElement} */ (this.template.content.firstElementChild.cloneNode(true));
       tile.dataset.participant = key;
       tile.querySelector('.stats-overlay').hidden = !this.showStats;
       if (key === 'self') tile.classList.add('self');
@@ -221,7 +223,7 @@ export class CallView {
 
   renderStatus(remotes) {
     const s = this.session;
-    let text = '';
+    let text;
     let level = 'info';
     const others = remotes.filter((r) => r.online).length;
     const modeText = s.mode === 'sfu' ? 'group call via server' : 'direct call';

@@ -17,7 +17,7 @@ export class Embed {
     this.embedded = window.parent !== window;
     const params = new URLSearchParams(location.search);
     this.allowedOrigin = params.get('parent_origin');
-    let referrerOrigin = null;
+    let referrerOrigin;
     try {
       referrerOrigin = document.referrer ? new URL(document.referrer).origin : null;
     } catch (err) {

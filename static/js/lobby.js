@@ -3,9 +3,12 @@
 // ring some of them, and invite more from inside the call.
 
 import { Api, ApiError } from './api.js';
-import { explain } from './call.js';
+import { byId, checkedValues } from './dom.js';
+import { explain } from './texts.js';
 
-const $ = (id) => document.getElementById(id);
+const $ = byId;
+/** @param {string} id */
+const field = (id) => byId(id, HTMLInputElement);
 
 function splitList(text) {
   return (text || '')
@@ -49,7 +52,7 @@ export class Lobby {
     this.bound = true;
     $('name-form').addEventListener('submit', (event) => {
       event.preventDefault();
-      this.pickName($('name-input').value);
+      this.pickName(field('name-input').value);
     });
     $('conversation-form').addEventListener('submit', (event) => {
       event.preventDefault();
@@ -59,7 +62,7 @@ export class Lobby {
     $('start-audio').addEventListener('click', () => this.startCall('audio'));
     $('link-form').addEventListener('submit', (event) => {
       event.preventDefault();
-      this.openLink($('link-input').value);
+      this.openLink(field('link-input').value);
     });
     $('btn-invite').addEventListener('click', () => this.openInviteDialog());
     $('invite-dialog').addEventListener('close', () => this.onInviteDialogClosed());
@@ -102,8 +105,8 @@ export class Lobby {
   async createConversation() {
     const errorEl = $('conversation-error');
     showError(errorEl, '');
-    const names = splitList($('member-names').value);
-    const ids = splitList($('member-ids').value);
+    const names = splitList(field('member-names').value);
+    const ids = splitList(field('member-ids').value);
     if (!names.length && !ids.length) {
       showError(errorEl, 'Add at least one person: a name or a user id.');
       return;
@@ -116,9 +119,9 @@ export class Lobby {
         created.push(answer.user_id);
       }
       this.save();
-      const title = $('conversation-title').value.trim();
+      const title = field('conversation-title').value.trim();
       this.conversation = await this.api.createConversation([...created, ...ids], title || null);
-      $('conversation-form').reset();
+      byId('conversation-form', HTMLFormElement).reset();
       this.renderConversation();
       $('start-video').focus();
     } catch (err) {
@@ -172,7 +175,7 @@ export class Lobby {
   async startCall(callType) {
     const errorEl = $('start-error');
     showError(errorEl, '');
-    const callees = [...$('member-list').querySelectorAll('input:checked')].map((box) => box.value);
+    const callees = checkedValues($('member-list'));
     if (!callees.length) {
       showError(errorEl, 'Pick at least one person to ring.');
       return;
@@ -273,7 +276,7 @@ export class Lobby {
   async openInviteDialog() {
     const session = this.app.session;
     if (!session) return;
-    const dialog = $('invite-dialog');
+    const dialog = byId('invite-dialog', HTMLDialogElement);
     const list = $('invite-members');
     showError($('invite-error'), '');
     list.replaceChildren();
@@ -299,15 +302,15 @@ export class Lobby {
       list.append(li);
     }
     $('invite-empty').hidden = members.length > 0;
-    $('invite-submit').disabled = members.length === 0;
+    byId('invite-submit', HTMLButtonElement).disabled = members.length === 0;
     dialog.showModal();
   }
 
   async onInviteDialogClosed() {
-    const dialog = $('invite-dialog');
+    const dialog = byId('invite-dialog', HTMLDialogElement);
     const session = this.app.session;
     if (dialog.returnValue !== 'invite' || !session) return;
-    const ids = [...$('invite-members').querySelectorAll('input:checked')].map((box) => box.value);
+    const ids = checkedValues($('invite-members'));
     if (!ids.length) return;
     try {
       await session.invite(ids);

@@ -8,12 +8,15 @@
 // The page exposes `window.huddle` (state(), stats(), session) for tests and embedders.
 
 import { Api, ApiError, tokenClaims } from './api.js';
-import { CallSession, explain } from './call.js';
+import { CallSession } from './call.js';
 import { CallView } from './callview.js';
 import { Embed } from './embed.js';
 import { Lobby } from './lobby.js';
+import { byId } from './dom.js';
+import { on } from './events.js';
+import { explain } from './texts.js';
 
-const $ = (id) => document.getElementById(id);
+const $ = byId;
 
 const SCREENS = ['loading', 'name', 'lobby', 'incoming', 'call', 'message'];
 
@@ -26,10 +29,11 @@ class App {
     this.lobby = new Lobby(this);
     this.embed = new Embed(this);
     this.screen = 'loading';
-    window.huddle = {
+    const app = this;
+    /** @type {any} */ (window).huddle = {
       state: () => this.state(),
       stats: () => (this.view ? this.view.stats.snapshot.remotes : {}),
-      messages: () => (this.session ? this.session.messageLog : []),
+      messages: () => (this.session ? this.session.messageLog.entries : []),
       collectStats: async () => (this.view ? (await this.view.stats.collect()).remotes : {}),
       get session() {
         return app.session;
@@ -48,7 +52,7 @@ class App {
 
   focusScreen() {
     const heading = $(`screen-${this.screen}`).querySelector('h2, h3');
-    if (heading) {
+    if (heading instanceof HTMLElement) {
       heading.setAttribute('tabindex', '-1');
       heading.focus({ preventScroll: true });
     }
@@ -182,7 +186,7 @@ class App {
       directory: this.contacts,
     });
     this.session = session;
-    session.addEventListener('status', ({ detail }) => {
+    on(session, 'status', (detail) => {
       const texts = {
         joining: 'Joining…',
         connecting: 'Connecting…',
@@ -196,11 +200,11 @@ class App {
       document.body.dataset.callStatus = detail.status;
       this.embed.post({ type: 'huddle:status', status: detail.status, message: detail.message || null });
     });
-    session.addEventListener('notice', ({ detail }) => {
+    on(session, 'notice', (detail) => {
       this.toast(detail.level, detail.message);
       if (detail.level === 'error') this.embed.post({ type: 'huddle:error', code: detail.code, message: detail.message });
     });
-    session.addEventListener('ended', ({ detail }) => {
+    on(session, 'ended', (detail) => {
       this.embed.post({ type: 'huddle:ended', code: detail.code, message: detail.message });
       this.showMessage(detail.code, detail.message, { callId, token });
     });

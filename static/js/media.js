@@ -32,6 +32,11 @@ export function describeMediaError(err, what) {
   return new MediaError('media_error', `Could not start your ${what}: ${(err && err.message) || err}`);
 }
 
+/**
+ * What is sent: the local stream and its tracks (null when muted, off or missing).
+ * @typedef {{stream: MediaStream, audio: MediaStreamTrack | null, video: MediaStreamTrack | null}} LocalTracks
+ */
+
 export class LocalMedia {
   constructor() {
     this.stream = new MediaStream();

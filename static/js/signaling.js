@@ -9,16 +9,16 @@
 //   'message' detail: the parsed server message
 //   'closed'  detail: {code, reason, final: boolean}
 
-// Close codes after which reconnecting would not help (docs/protocol.md, "Close codes").
+// Close codes after which reconnecting would not help: of the codes the server sends
+// (docs/protocol.md, "Close codes"; signaling/protocol.py CloseCode), only these two.
+// Every other one (1001 going away, 1009 frame too big, 1011 internal error, 4008
+// heartbeat timeout, 4029 flood, 4030 too many invalid messages, 4031 too slow, and
+// aiohttp's 1002/1007 for a broken frame) keeps the seat for the grace period, so a
+// reconnect is worth it. A refusal before the upgrade (401/403/404/410/503) reaches a
+// browser as a bare 1006: `worthRetrying` asks over HTTP instead.
 const FINAL_CLOSE_CODES = new Set([
   1000, // left the call, or the call ended
-  1008, // policy: bad token, not allowed
-  4001, // the same participant connected again elsewhere
-  4003, // forbidden
-  4401, // unauthorized
-  4403, // forbidden
-  4404, // not found
-  4410, // gone
+  4001, // replaced: the same participant connected again (another tab, device or node)
 ]);
 
 export class Signaling extends EventTarget {
@@ -27,6 +27,8 @@ export class Signaling extends EventTarget {
    * @param {string} options.callId
    * @param {() => string} options.token  current access token
    * @param {number} [options.retryForMs]  how long to keep reconnecting (the grace period and then some)
+   * @param {number} [options.pingEveryMs]  how often to ping the server
+   * @param {number} [options.deadAfterMs]  silence after which the socket is taken for dead
    * @param {() => Promise<boolean>} [options.worthRetrying]  asked after a refused handshake
    *   (a browser cannot see why: 403, 410…); false stops reconnecting, e.g. once the call ended
    */

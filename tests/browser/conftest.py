@@ -1,7 +1,8 @@
 """Browser tests: a real ``huddle serve`` and Debian's headless Chromium via Playwright.
 
-One server per test module (a subprocess on a free 127.0.0.1 port, SQLite in a
-temporary folder, dev mode, ICE restricted to loopback), one Chromium per test,
+One server per test module (tests.support.serve: a subprocess on a free
+127.0.0.1 port, SQLite in a temporary folder, dev mode, ICE restricted to
+loopback), one Chromium per test,
 one browser *context* per participant so each has its own fake camera,
 microphone, storage and permissions. Missing Chromium or Playwright skips these
 tests locally and fails them in CI (``CI=true``).
@@ -13,11 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.browser.support import Participant
+from tests.support.serve import ServeProcess, huddle_serve
 
 CHROMIUM = os.environ.get("HUDDLE_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,21 +44,18 @@ def _missing(what: str) -> None:
     pytest.skip(f"browser tests need {what}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Server:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    """The module's ``huddle serve``, with a JSON client for the test's own requests."""
+
+    serve: ServeProcess
+
+    @property
+    def base_url(self) -> str:
+        return self.serve.base_url
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.serve.log()
 
     def request(
         self, method: str, path: str, token: str | None = None, body: Any = None
@@ -87,54 +81,17 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``huddle serve`` in a subprocess; SIGTERM (by its PID) at the end."""
+    """``huddle serve`` in a subprocess (dev mode, SQLite, ICE on loopback)."""
     folder = tmp_path_factory.mktemp("huddle")
-    port = _free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("HUDDLE_") or key == "HUDDLE_CHROMIUM"
-    }
-    env.update(
-        HUDDLE_HOST="127.0.0.1",
-        HUDDLE_PORT=str(port),
+    with huddle_serve(
+        folder,
+        name="server",
         HUDDLE_DATABASE_URL=f"sqlite:///{folder}/h.db",
         HUDDLE_ICE_HOSTS="127.0.0.1",
         HUDDLE_MAX_PARTICIPANTS="3",
         HUDDLE_INITIATE_PER_MINUTE="1000",
-        PYTHONUNBUFFERED="1",
-    )
-    log_path = folder / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"huddle serve exited with {process.returncode}:\n{server.log()}")
-            with contextlib.suppress(OSError):
-                status, _ = server.request("GET", "/health")
-                if status == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"huddle serve did not become healthy:\n{server.log()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    ) as serve:
+        yield Server(serve)
 
 
 @pytest.fixture

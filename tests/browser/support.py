@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-#: Generous: two cores, several Chromium renderers and an aiortc SFU at once.
+from tests.support.polling import eventually
+
+#: The browser tests' polling timeout: generous, for two cores running several
+#: Chromium renderers and an aiortc SFU at once.
 EVENTUALLY_S = 30.0
+#: …and its interval: each poll evaluates in a page (often a getStats()), not free.
+POLL_S = 0.25
 
 # Console noise that is not an error of the page (e.g. Chromium's own complaints).
 _IGNORED_CONSOLE = ("favicon.ico",)
@@ -76,25 +80,6 @@ def call_url(call_id: str, token: str, *, ring: bool = False) -> str:
     return "/?" + urlencode(query)
 
 
-async def eventually(
-    condition: Callable[[], Awaitable[Any]],
-    *,
-    timeout: float = EVENTUALLY_S,
-    interval: float = 0.25,
-    message: str = "condition",
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await condition()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} not met within {timeout:g} s (last: {last!r})")
-        await asyncio.sleep(interval)
-
-
 async def decodes_from(viewer: Participant, user_id: str, *, more_than: int = 0) -> int:
     """Wait until ``viewer`` has decoded more than ``more_than`` frames of ``user_id``'s video."""
 
@@ -103,7 +88,10 @@ async def decodes_from(viewer: Participant, user_id: str, *, more_than: int = 0)
         return frames if frames > more_than + 10 else 0
 
     result: int = await eventually(
-        rising, message=f"{viewer.name} decoding video of {user_id} beyond {more_than} frames"
+        rising,
+        message=f"{viewer.name} decoding video of {user_id} beyond {more_than} frames",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     return result
 
@@ -171,7 +159,9 @@ async def steady(sample: Callable[[], Awaitable[int]], *, window: float = 2.0) -
         after = await sample()
         return after if after == before else None
 
-    result = await eventually(lambda: unchanged(), message="counter standing still")
+    result = await eventually(
+        lambda: unchanged(), message="counter standing still", timeout=EVENTUALLY_S, interval=POLL_S
+    )
     return int(result)
 
 

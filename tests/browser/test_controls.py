@@ -10,16 +10,18 @@ import pytest
 
 from tests.browser.conftest import Server
 from tests.browser.support import (
+    EVENTUALLY_S,
+    POLL_S,
     Participant,
     api,
     decodes_from,
-    eventually,
     join_by_link,
     make_call,
     make_user,
     new_participant,
     steady,
 )
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -51,7 +53,12 @@ async def test_mute_shows_on_the_other_side_and_stops_the_audio(
     ana, bob, ana_id, _, _ = await two_in_a_call(browser, server, people)
     audio = lambda: bob.audio_packets_from(ana_id)  # noqa: E731
     flowing = await audio()
-    await eventually(lambda: _more(audio, flowing), message="ana's audio reaching bob")
+    await eventually(
+        lambda: _more(audio, flowing),
+        message="ana's audio reaching bob",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
 
     await ana.page.get_by_role("button", name="Mute microphone").click()
     tile = bob.page.locator(f'.tile[data-participant="{ana_id}"]')
@@ -69,7 +76,12 @@ async def test_mute_shows_on_the_other_side_and_stops_the_audio(
     await ana.page.get_by_role("button", name="Unmute microphone").focus()
     await ana.page.keyboard.press("Enter")
     await tile.locator(".badge-muted").wait_for(state="hidden")
-    await eventually(lambda: _more(audio, stopped), message="ana's audio flowing again")
+    await eventually(
+        lambda: _more(audio, stopped),
+        message="ana's audio flowing again",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
 
 
 @pytest.mark.timeout(180)
@@ -119,7 +131,12 @@ async def test_signaling_reconnects_and_keeps_the_seat(
     ana, bob, ana_id, bob_id, call_id = await two_in_a_call(browser, server, people)
     dropped = time.monotonic()
     await bob.page.evaluate("() => window.huddle.session.signaling.dropSocket()")
-    await eventually(lambda: _reconnected(bob), message="bob's signaling reconnected")
+    await eventually(
+        lambda: _reconnected(bob),
+        message="bob's signaling reconnected",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
     # Past the server's disconnect grace period (10 s)…
     await asyncio.sleep(max(0.0, dropped + GRACE_S + 2 - time.monotonic()))
     # …bob is still in the call…

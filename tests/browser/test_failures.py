@@ -8,14 +8,16 @@ import pytest
 
 from tests.browser.conftest import Server
 from tests.browser.support import (
+    EVENTUALLY_S,
+    POLL_S,
     Participant,
     api,
     call_url,
-    eventually,
     make_call,
     make_user,
     new_participant,
 )
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.browser
 
@@ -96,7 +98,12 @@ async def test_declining_ends_a_one_to_one_call_for_the_caller(
 
     # Decline only once the caller is connected: otherwise its handshake is
     # refused with 410 (logged by Chromium), a different scenario.
-    await eventually(caller_signaling_open, message="caller's signaling open")
+    await eventually(
+        caller_signaling_open,
+        message="caller's signaling open",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
     await callee.page.goto(call_url(call_id, bob.token, ring=True))
     await callee.page.get_by_role("heading", name="ana is calling").wait_for()
     await callee.page.get_by_role("button", name="Decline").click()

@@ -9,14 +9,16 @@ import pytest
 
 from tests.browser.conftest import Server
 from tests.browser.support import (
+    EVENTUALLY_S,
+    POLL_S,
     Participant,
     accept,
     decodes_from,
-    eventually,
     me,
     new_participant,
     start_call_from_lobby,
 )
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -67,7 +69,12 @@ async def test_one_to_one_call_decodes_both_ways_over_p2p(
     # Tiles show names; the remote tile has video and no failure text.
     tile = ana.page.locator(f'.tile[data-participant="{bob_id}"]')
     await tile.locator(".name", has_text="bob").wait_for()
-    await eventually(lambda: tile.get_attribute("data-has-video"), message="bob's tile shows video")
+    await eventually(
+        lambda: tile.get_attribute("data-has-video"),
+        message="bob's tile shows video",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
     assert await tile.get_attribute("data-has-video") == "true"
 
     # Leaving ends the call for the last one: bob leaves, ana sees the call end.
@@ -88,8 +95,18 @@ async def test_audio_call_has_no_camera_and_carries_audio_both_ways(
     await accept(bob, links["bob"])
     ana_id, bob_id = await me(ana), await me(bob)
 
-    await eventually(lambda: bob.audio_packets_from(ana_id), message="ana's audio at bob")
-    await eventually(lambda: ana.audio_packets_from(bob_id), message="bob's audio at ana")
+    await eventually(
+        lambda: bob.audio_packets_from(ana_id),
+        message="ana's audio at bob",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
+    await eventually(
+        lambda: ana.audio_packets_from(bob_id),
+        message="bob's audio at ana",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
     for viewer, other in ((ana, bob_id), (bob, ana_id)):
         assert not await viewer.page.get_by_role("button", name="Turn camera off").is_visible()
         tile = viewer.page.locator(f'.tile[data-participant="{other}"]')

@@ -13,10 +13,11 @@ import pytest
 
 from tests.browser.conftest import ROOT, Server
 from tests.browser.support import (
+    EVENTUALLY_S,
+    POLL_S,
     Participant,
     accept,
     decodes_from,
-    eventually,
     join_by_link,
     make_call,
     make_user,
@@ -25,6 +26,7 @@ from tests.browser.support import (
     start_call_from_lobby,
     steady,
 )
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -78,7 +80,10 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
 
     for participant in group.values():
         await eventually(
-            lambda p=participant: mode_is(p, "sfu"), message=f"{participant.name} in sfu"
+            lambda p=participant: mode_is(p, "sfu"),
+            message=f"{participant.name} in sfu",
+            timeout=EVENTUALLY_S,
+            interval=POLL_S,
         )
     await everyone_decodes_everyone(group)
     for participant in group.values():
@@ -92,7 +97,12 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
         value = await caller.page.evaluate(PUBLISH_ESTIMATE)
         return value if value and value > 600_000 else None
 
-    await eventually(uplink_estimate, message="Chrome's uplink estimate above 600 kbit/s")
+    await eventually(
+        uplink_estimate,
+        message="Chrome's uplink estimate above 600 kbit/s",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
     _, metrics = server.request("GET", "/metrics")
     feedback = re.search(r"^video_call_sfu_twcc_feedback_sent_total (\S+)$", metrics, re.M)
     assert feedback is not None and float(feedback.group(1)) > 10
@@ -102,7 +112,10 @@ async def test_three_way_call_through_the_sfu_survives_a_leave(
     for viewer_id, viewer in group.items():
         if viewer_id != ana_id:
             await eventually(
-                lambda v=viewer: v.audio_packets_from(ana_id), message="ana's audio arriving"
+                lambda v=viewer: v.audio_packets_from(ana_id),
+                message="ana's audio arriving",
+                timeout=EVENTUALLY_S,
+                interval=POLL_S,
             )
     await caller.page.get_by_role("button", name="Mute microphone").click()
     for viewer_id, viewer in group.items():
@@ -150,7 +163,10 @@ async def test_inviting_a_third_into_a_p2p_call_switches_everyone_to_the_sfu(
     group = {ana_id: ana, bob_id: bob, cyd_id: cyd}
     for participant in group.values():
         await eventually(
-            lambda p=participant: mode_is(p, "sfu"), message=f"{participant.name} in sfu"
+            lambda p=participant: mode_is(p, "sfu"),
+            message=f"{participant.name} in sfu",
+            timeout=EVENTUALLY_S,
+            interval=POLL_S,
         )
     await everyone_decodes_everyone(group)
     for participant in group.values():
@@ -170,6 +186,8 @@ async def save_screenshot(viewer: Participant, tmp_path: Path) -> None:
     await eventually(
         lambda: page.locator(".tile .stats-overlay", has_text="fps").count(),
         message="stats overlay filled",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
     )
     # Let the toasts of the switch fade so they do not cover the tiles.
     await page.locator(".toast").first.wait_for(state="detached", timeout=15_000)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.loadtest.conftest import ROOT
+from tests.support.serve import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -157,7 +157,7 @@ async def test_bad_arguments_exit_2_without_running() -> None:
 
 
 async def test_unreachable_server_exits_2(tmp_path: Path) -> None:
-    from tests.loadtest.conftest import free_port
+    from tests.support.serve import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = await run_cli("--url", url, "--duration", "1", timeout=60)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiortc import RTCConfiguration
@@ -43,17 +41,6 @@ def rare_keyframe_clip() -> EncodedClip:
 @pytest.fixture(scope="session")
 def audio_clip() -> EncodedClip:
     return opus_clip()
-
-
-async def eventually(
-    predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05, what: str = ""
-) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what or predicate}")
-        await asyncio.sleep(interval)
 
 
 class Call:

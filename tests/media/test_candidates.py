@@ -10,8 +10,9 @@ from media.errors import BadSignal
 from media.participant import MAX_HELD_CANDIDATES
 from media.peers import SfuClient
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 KINDS = ("audio", "video")
 
@@ -126,7 +127,7 @@ async def test_subscribe_candidates_before_the_answer_are_added_after_it(
     await eventually(
         lambda: all((s := ana.received_from("ben", k)) and s.frames >= 15 for k in KINDS),
         timeout=30,
-        what="ana receives ben",
+        message="ana receives ben",
     )
     # Held while the answer was not applied, then added to the connection and
     # its remote description, in the order they came.
@@ -154,7 +155,7 @@ async def test_publish_candidates_before_the_offer_are_added_after_it(
     await eventually(
         lambda: all((s := ben.received_from("ana", k)) and s.frames >= 15 for k in KINDS),
         timeout=30,
-        what="ben receives ana",
+        message="ben receives ana",
     )
     assert trickler.candidates
     assert trickler.held_before_description == len(trickler.candidates)

@@ -26,8 +26,9 @@ from media.nack import PacketCache
 from media.payload import parse_vp8
 from media.rtpheader import parse_rtp
 from media.udpout import DatagramOut
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -356,7 +357,7 @@ async def test_room_forwards_packets_and_answers_nacks_from_the_cache(call: Call
     def flowing() -> bool:
         return all(s.fast.packets_sent > 20 for s in slots)
 
-    await eventually(flowing, what="packets forwarded to both subscribers")
+    await eventually(flowing, message="packets forwarded to both subscribers")
     assert video_up.packets_in > 20
     assert ana._inbound.dropped.get("malformed", 0) == 0
     assert ana._inbound.dropped.get("unknown_ssrc", 0) == 0
@@ -380,13 +381,13 @@ async def test_a_late_joiner_starts_from_the_cached_keyframe(call: Call) -> None
     ben = await call.join("ben")
     await eventually(
         lambda: (s := ben.received_from("ana", "video")) is not None and s.frames > 40,
-        what="ben receiving",
+        message="ben receiving",
     )
     cy = await call.join("cy")
     slot = next(s for s in call.room.participants["cy"]._slots if s.kind == "video")
     await eventually(
         lambda: (s := cy.received_from("ana", "video")) is not None and s.keyframes >= 1,
-        what="cy's first keyframe",
+        message="cy's first keyframe",
     )
     # Sent from the publisher's packet cache as soon as cy's connection was up.
     assert slot.down.replays == 1

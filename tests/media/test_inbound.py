@@ -24,8 +24,7 @@ from media.metrics import CountingMediaMetrics
 from media.nack import NackTracker
 from media.rtpheader import URI_MID, URI_TRANSPORT_CC, MalformedPacket, RtpPacket, parse_rtp
 from media.twcc import TwccRecorder
-
-from .conftest import eventually
+from tests.support.polling import eventually
 
 
 def rtp(
@@ -277,7 +276,7 @@ async def test_gaps_are_nacked_and_reports_carry_loss_and_remb(
     inbound._send = capture  # type: ignore[method-assign]
     for seq in (10, 11, 14, 15):
         inbound._on_rtp(rtp(video.ssrc, seq, video.pt))
-    await eventually(lambda: bool(upstream), timeout=5, what="a NACK")
+    await eventually(lambda: bool(upstream), timeout=5, message="a NACK")
     (nack,) = RtcpPacket.parse(upstream[0])
     assert isinstance(nack, RtcpRtpfbPacket) and nack.fmt == 1
     assert nack.media_ssrc == video.ssrc and sorted(nack.lost) == [12, 13]
@@ -412,7 +411,7 @@ async def test_transport_cc_is_answered_and_fed_back() -> None:
         for seq in range(10):
             ext = bytes([0x51, 0x01, 100 + seq])  # id 5, two bytes: transport seq 356+seq
             inbound._on_rtp(rtp(video.ssrc, 700 + seq, video.pt, extensions=ext))
-        await eventually(lambda: bool(upstream), timeout=5, what="TWCC feedback")
+        await eventually(lambda: bool(upstream), timeout=5, message="TWCC feedback")
         base, _, arrivals = parse_twcc(upstream[0])
         assert base == 356 and len(arrivals) == 10 and None not in arrivals
         assert inbound.twcc_feedbacks >= 1

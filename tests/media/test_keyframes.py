@@ -9,8 +9,7 @@ import asyncio
 import time
 
 from media.keyframes import KeyframeRequester
-
-from .conftest import eventually
+from tests.support.polling import eventually
 
 
 async def test_burst_is_coalesced_into_one_deferred_pli() -> None:

@@ -12,8 +12,9 @@ import pytest
 
 from media.config import MediaConfig
 from media.preencoded import EncodedClip
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 CYCLES = int(os.environ.get("HUDDLE_LEAK_CYCLES", "100"))
 
@@ -27,10 +28,22 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0.05)
-        gc.collect()
+def resources() -> tuple[int, int, int]:
+    """Tasks, file descriptors and threads in use now (after a full collection)."""
+    gc.collect()
+    return len(asyncio.all_tasks()), open_fds(), threading.active_count()
+
+
+async def settled() -> tuple[int, int, int]:
+    """:func:`resources` once two samples a poll apart agree (nothing left closing)."""
+    samples: list[tuple[int, int, int]] = []
+
+    def steady() -> tuple[int, int, int] | None:
+        samples.append(resources())
+        return samples[-1] if len(samples) > 1 and samples[-1] == samples[-2] else None
+
+    result: tuple[int, int, int] = await eventually(steady, message="resources settled")
+    return result
 
 
 async def one_room(config: MediaConfig, video: EncodedClip, audio: EncodedClip) -> None:
@@ -48,7 +61,7 @@ async def one_room(config: MediaConfig, video: EncodedClip, audio: EncodedClip) 
                             return False
             return True
 
-        await eventually(flowing, timeout=30, what="media in every direction")
+        await eventually(flowing, timeout=30, message="media in every direction")
         for name in ("a", "b", "c"):
             await call.leave(name)
         assert call.room.closed
@@ -64,19 +77,23 @@ async def test_join_leave_cycles_return_to_baseline(
     # Warm up allocator pools, caches and lazily imported modules first.
     for _ in range(3):
         await one_room(config, video_clip, audio_clip)
-    await settle()
-    tasks0 = len(asyncio.all_tasks())
-    fds0 = open_fds()
-    threads0 = threading.active_count()
+    tasks0, fds0, threads0 = await settled()
     rss0 = rss_bytes()
     started = time.monotonic()
     for _ in range(CYCLES):
         await one_room(config, video_clip, audio_clip)
     elapsed = time.monotonic() - started
-    await settle()
-    assert len(asyncio.all_tasks()) <= tasks0, [t.get_name() for t in asyncio.all_tasks()]
-    assert open_fds() <= fds0
-    assert threading.active_count() <= threads0
+
+    def released() -> bool:
+        tasks, fds, threads = resources()
+        return tasks <= tasks0 and fds <= fds0 and threads <= threads0
+
+    try:
+        await eventually(released, timeout=10, message="tasks, FDs and threads back to baseline")
+    except AssertionError:
+        names = [t.get_name() for t in asyncio.all_tasks()]
+        now = resources()
+        raise AssertionError(f"baseline {(tasks0, fds0, threads0)}, now {now}: {names}") from None
     growth = rss_bytes() - rss0
     assert growth < 20 * 1024 * 1024, f"RSS grew {growth / 1e6:.1f} MB over {CYCLES} rooms"
     print(f"{CYCLES} rooms of 3 in {elapsed:.1f} s, RSS growth {growth / 1e6:.1f} MB")

@@ -17,8 +17,9 @@ from aiortc import RTCPeerConnection
 from media.aiortc_compat import ice_protocols
 from media.metrics import CountingMediaMetrics
 from media.peers import SfuClient, TrackStats
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 LOSS = 0.05
 
@@ -61,7 +62,7 @@ async def media_everywhere(call: Call) -> None:
                         return False
         return True
 
-    await eventually(flowing, what="media everywhere before loss")
+    await eventually(flowing, message="media everywhere before loss")
 
 
 def frame_counts(call: Call) -> dict[tuple[str, str], int]:
@@ -81,7 +82,7 @@ async def four_seconds(call: Call) -> dict[tuple[str, str], int]:
             stats.max_gap = 0.0
     clock = video_from(call.clients["ana"], "ben")
     start = clock.frames
-    await eventually(lambda: clock.frames >= start + 120, timeout=60, what="4 s")
+    await eventually(lambda: clock.frames >= start + 120, timeout=60, message="4 s")
     return {key: count - before[key] for key, count in frame_counts(call).items()}
 
 

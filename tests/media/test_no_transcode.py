@@ -13,8 +13,9 @@ import pytest
 from aiortc.codecs import h264, opus, vpx
 
 from media.peers import SfuClient
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 CODEC_CLASSES = [
     vpx.Vp8Decoder,
@@ -68,7 +69,7 @@ async def test_three_peers_exchange_video_without_codecs(
 ) -> None:
     for name in ("ana", "ben", "cleo"):
         await call.join(name)
-    await eventually(lambda: all_flowing(call, 60), what="2 s of media everywhere")
+    await eventually(lambda: all_flowing(call, 60), message="2 s of media everywhere")
     assert sum(codec_counts.values()) == 0, dict(codec_counts)
 
 
@@ -82,7 +83,7 @@ async def test_a_decoding_peer_in_the_same_process_still_decodes(
         stats = viewer.received_from("ana", "video")
         return stats is not None and stats.decoded >= 10
 
-    await eventually(decoded, what="viewer decodes ana's video")
+    await eventually(decoded, message="viewer decodes ana's video")
     # Only the viewer's receivers opened decoders; nothing encoded anywhere.
     assert codec_counts["Vp8Decoder"] >= 1
     assert codec_counts["Vp8Encoder"] == codec_counts["OpusEncoder"] == 0

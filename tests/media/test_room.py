@@ -10,8 +10,9 @@ from aiortc import RTCConfiguration
 from media.config import MediaConfig
 from media.peers import SfuClient, unbundled_mids
 from media.preencoded import EncodedClip
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 KINDS = {"audio", "video"}
 
@@ -32,7 +33,7 @@ async def test_three_participants_receive_each_other(call: Call) -> None:
     for name in names:
         others = [n for n in names if n != name]
         client = call.clients[name]
-        await eventually(lambda c=client, o=others: receives_all(c, o), what=f"{name} media")
+        await eventually(lambda c=client, o=others: receives_all(c, o), message=f"{name} media")
         assert client.sources() == {(o, k) for o in others for k in ("audio", "video")}
         for other in others:
             video = client.received_from(other, "video")
@@ -41,30 +42,35 @@ async def test_three_participants_receive_each_other(call: Call) -> None:
         assert client.received_from(name, "video") is None
 
 
-async def test_late_joiner_gets_video_within_a_second(
+async def test_late_joiner_gets_a_keyframe_asked_for_on_subscribe(
     config: MediaConfig, rare_keyframe_clip: EncodedClip, audio_clip: EncodedClip
 ) -> None:
-    # Publishers send a keyframe only every 3 s on their own: a first frame
-    # within a second needs the SFU's keyframe request on subscribe (and the
-    # keyframe held for the subscriber until its connection is up).
+    # Publishers send a keyframe only every 3 s on their own: a late joiner
+    # starts at once only because the SFU asks each publisher for a keyframe
+    # when it subscribes (and holds back what cannot be decoded until then).
     call = Call(config, rare_keyframe_clip, audio_clip)
+    publishers = ("ana", "ben", "cleo")
     try:
-        for name in ("ana", "ben", "cleo"):
+        for name in publishers:
             await call.join(name)
         await eventually(lambda: receives_all(call.clients["ana"], ["ben", "cleo"]))
+        asked_before = {n: call.clients[n].tracks["video"].keyframe_requests for n in publishers}
         late = await call.join("dan")
-        await eventually(lambda: receives_all(late, ["ana", "ben", "cleo"], frames=1))
-        connected = late.subscribe_connected_at
-        assert connected is not None
-        for other in ("ana", "ben", "cleo"):
+
+        def asked_for_dan() -> bool:
+            return all(
+                call.clients[n].tracks["video"].keyframe_requests > asked_before[n]
+                for n in publishers
+            )
+
+        await eventually(asked_for_dan, message="a keyframe request to every publisher")
+        await eventually(lambda: receives_all(late, list(publishers), frames=1))
+        assert late.subscribe_connected_at is not None
+        for other in publishers:
             stats = late.received_from(other, "video")
             assert stats is not None and stats.first_frame_at is not None
-            assert stats.keyframes >= 1
-            # From the moment media can flow (ICE and DTLS of the new
-            # connection done: their duration is the machine's, not the
-            # SFU's) to the first forwarded frame.
-            delay = stats.first_frame_at - max(connected, stats.announced_at)
-            assert delay < 1.0, (other, delay, stats.first_frame_delay)
+            # What dan got is decodable: it starts at a keyframe.
+            assert stats.keyframes >= 1, (other, stats)
         # The others also start receiving the late joiner.
         await eventually(lambda: receives_all(call.clients["ana"], ["dan"], frames=5))
     finally:
@@ -98,7 +104,7 @@ async def test_concurrent_joiners_with_default_aiortc_config_receive_every_publi
             for n in names
         )
 
-    await eventually(all_published, what="everyone publishes")
+    await eventually(all_published, message="everyone publishes")
     # Joining now, dan's first subscribe offer carries all three video tracks.
     await call.join("dan", rtc_configuration=plain())
     names.append("dan")
@@ -107,7 +113,7 @@ async def test_concurrent_joiners_with_default_aiortc_config_receive_every_publi
         others = [n for n in names if n != name]
         client = call.clients[name]
         await eventually(
-            lambda c=client, o=others: receives_all(c, o), timeout=30, what=f"{name} media"
+            lambda c=client, o=others: receives_all(c, o), timeout=30, message=f"{name} media"
         )
         assert unbundled_mids(client.subscribe_pc) == []
         for other in others:
@@ -123,13 +129,13 @@ async def test_leaving_removes_tracks_from_others(call: Call) -> None:
     for name in ("ana", "ben"):
         client = call.clients[name]
         await eventually(
-            lambda c=client: not any(p == "cleo" for p, _ in c.sources()), what="cleo gone"
+            lambda c=client: not any(p == "cleo" for p, _ in c.sources()), message="cleo gone"
         )
     # Remaining media keeps flowing.
     stats = call.clients["ana"].received_from("ben", "video")
     assert stats is not None
     before = stats.frames
-    await eventually(lambda: stats.frames >= before + 15, what="ben still flows")
+    await eventually(lambda: stats.frames >= before + 15, message="ben still flows")
     assert set(call.room.participants) == {"ana", "ben"}
 
 
@@ -160,7 +166,7 @@ async def test_a_viewer_enters_receive_only_without_a_publish_connection(call: C
             for who in ("ana", "ben")
         )
 
-    await eventually(receiving, what="the viewer receiving both publishers")
+    await eventually(receiving, message="the viewer receiving both publishers")
     assert not participant.published()
     assert ("viewer", "video") not in call.clients["ana"].sources()
     await call.room.handle_signal(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from media.rtpcount import vp8_keyframe
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 
 def test_vp8_keyframe_reads_the_descriptor_and_frame_tag() -> None:
@@ -30,15 +29,21 @@ async def test_counting_subscriber_matches_the_full_one(call: Call) -> None:
         b = light.received_from("ana", "video")
         return bool(a and b and a.frames > 60 and b.frames > 60)
 
-    await eventually(both_receiving, what="frames at both subscribers")
-    await asyncio.sleep(1.0)
-    for kind in ("audio", "video"):
-        a = full.received_from("ana", kind)
-        b = light.received_from("ana", kind)
-        assert a is not None and b is not None
+    await eventually(both_receiving, message="frames at both subscribers")
+
+    def counts_agree() -> bool:
         # The same stream, sampled a moment apart: frame counts agree closely.
-        assert abs(a.frames - b.frames) <= max(5, a.frames // 20), (kind, a, b)
-        assert b.keyframes >= 1 and b.first_frame_at is not None
+        for kind in ("audio", "video"):
+            a = full.received_from("ana", kind)
+            b = light.received_from("ana", kind)
+            if a is None or b is None or abs(a.frames - b.frames) > max(5, a.frames // 20):
+                return False
+        return True
+
+    await eventually(counts_agree, message="the counting and the full subscriber agreeing")
+    for kind in ("audio", "video"):
+        b = light.received_from("ana", kind)
+        assert b is not None and b.keyframes >= 1 and b.first_frame_at is not None
     counter = light.counter
     assert counter is not None
     video = counter.totals("video")
@@ -61,7 +66,7 @@ async def test_counting_subscriber_still_sends_reports_and_remb(call: Call) -> N
         # A report sent before cy saw any of our sender reports has no RTT yet.
         return report is not None and report.rtt is not None and feedback.remb is not None
 
-    await eventually(got_both, timeout=10, what="a receiver report with an RTT and a REMB")
+    await eventually(got_both, timeout=10, message="a receiver report with an RTT and a REMB")
     report = slot.fast.last_report
     assert report is not None and report.cumulative_lost == 0 and report.fraction_lost == 0
     assert report.rtt is not None and 0 <= report.rtt < 1.0  # LSR/DLSR against our SRs

@@ -10,8 +10,9 @@ from aiortc import RTCPeerConnection
 from media.participant import Participant, ice_ufrag
 from media.peers import SfuClient
 from media.signals import PUBLISH, SFU_ID
+from tests.support.polling import eventually
 
-from .conftest import Call, eventually
+from .conftest import Call
 
 NAMES = ["ana", "ben", "cleo"]
 KINDS = ("audio", "video")
@@ -55,7 +56,7 @@ async def test_rebuilt_session_receives_and_is_received_again(call: Call, failur
     for name in NAMES:
         others = [n for n in NAMES if n != name]
         client = call.clients[name]
-        await eventually(lambda c=client, o=others: receives_all(c, o), what=f"{name} media")
+        await eventually(lambda c=client, o=others: receives_all(c, o), message=f"{name} media")
     old_client = call.clients["cleo"]
     old = call.room.participants["cleo"]
     joined = call.metrics.counts["participants_joined"]
@@ -80,7 +81,7 @@ async def test_rebuilt_session_receives_and_is_received_again(call: Call, failur
                 old._publish_pc.connectionState == "closed"
                 and old._subscribe_pc.connectionState == "closed"
             ),
-            what="old server connections closed",
+            message="old server connections closed",
         )
         # From here on, any media from "cleo" is the new session's.
         baseline = {
@@ -96,7 +97,7 @@ async def test_rebuilt_session_receives_and_is_received_again(call: Call, failur
         assert offers[0].count("\r\nm=audio ") == 2
 
         await eventually(
-            lambda: receives_all(new_client, ["ana", "ben"]), timeout=30, what="cleo receives"
+            lambda: receives_all(new_client, ["ana", "ben"]), timeout=30, message="cleo receives"
         )
         assert new_client.sources() == {(o, k) for o in ("ana", "ben") for k in KINDS}
         for other in ("ana", "ben"):
@@ -111,7 +112,7 @@ async def test_rebuilt_session_receives_and_is_received_again(call: Call, failur
                     frames_from(c, "cleo", k) >= baseline[(n, k)] + 15 for k in KINDS
                 ),
                 timeout=30,
-                what=f"{name} receives the new cleo",
+                message=f"{name} receives the new cleo",
             )
             other = "ben" if name == "ana" else "ana"
             assert client.sources() == {(p, k) for p in (other, "cleo") for k in KINDS}
@@ -121,7 +122,7 @@ async def test_rebuilt_session_receives_and_is_received_again(call: Call, failur
             stats = client.received_from(other, "video")
             assert stats is not None
             before = stats.frames
-            await eventually(lambda s=stats, b=before: s.frames >= b + 5, what="still flows")
+            await eventually(lambda s=stats, b=before: s.frames >= b + 5, message="still flows")
             assert not client.errors
 
         # Nothing leaked: three participants, one pair of server connections each.
@@ -149,7 +150,7 @@ async def test_rebuilt_session_receives_and_is_received_again(call: Call, failur
 async def test_renegotiating_a_healthy_session_keeps_the_participant(call: Call) -> None:
     for name in ("ana", "ben"):
         await call.join(name)
-    await eventually(lambda: receives_all(call.clients["ana"], ["ben"]), what="ana media")
+    await eventually(lambda: receives_all(call.clients["ana"], ["ben"]), message="ana media")
     ben = call.clients["ben"]
     participant = call.room.participants["ben"]
     stats = call.clients["ana"].received_from("ben", "video")
@@ -161,14 +162,14 @@ async def test_renegotiating_a_healthy_session_keeps_the_participant(call: Call)
     await call.room.handle_signal(
         "ben", {"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": pc.localDescription.sdp}
     )
-    await eventually(lambda: pc.signalingState == "stable", what="ben applied the answer")
+    await eventually(lambda: pc.signalingState == "stable", message="ben applied the answer")
 
     assert call.room.participants["ben"] is participant
     assert not participant.closed
     assert participant._publish_pc.connectionState == "connected"
     assert {up.kind for up in participant.published()} == set(KINDS)
     before = stats.frames
-    await eventually(lambda: stats.frames >= before + 15, what="ben keeps flowing")
+    await eventually(lambda: stats.frames >= before + 15, message="ben keeps flowing")
     assert call.clients["ana"].received_from("ben", "video") is stats  # the same track
 
 

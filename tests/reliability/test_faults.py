@@ -30,11 +30,12 @@ import pytest
 
 from signaling.client import SignalingClient
 from tests.reliability.scale import examples
-from tests.signaling.cluster import ServerProcess, start_node, wait_healthy
+from tests.signaling.cluster import start_node
 from tests.signaling.messages import SDP
 from tests.support.api import Api, User
 from tests.support.own_services import OwnPostgres, OwnRedis, RawWebSocket, own_postgres, own_redis
 from tests.support.polling import eventually
+from tests.support.serve import ServeProcess
 
 pytestmark = [pytest.mark.slow]
 
@@ -68,7 +69,7 @@ ENV = {
 class Rig:
     redis: OwnRedis
     postgres: OwnPostgres
-    nodes: list[ServerProcess]
+    nodes: list[ServeProcess]
 
     def logs(self) -> str:
         return "\n\n".join(f"== {n.name}\n{n.tail(60)}" for n in self.nodes)
@@ -78,7 +79,7 @@ class Rig:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     workdir = tmp_path_factory.mktemp("faults")
     with own_redis(workdir) as redis_server, own_postgres() as postgres:
-        nodes: list[ServerProcess] = []
+        nodes: list[ServeProcess] = []
         try:
             for index in range(2):
                 node = start_node(
@@ -89,7 +90,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                     **ENV,
                 )
                 nodes.append(node)
-                wait_healthy(node)  # one at a time: the first applies the migrations
+                node.wait_healthy(60)  # one at a time: the first applies the migrations
             yield Rig(redis_server, postgres, nodes)
         finally:
             for node in nodes:
@@ -134,7 +135,7 @@ async def joined(api: Api, call_id: str, asking: User, user: User) -> bool:
     return bool(seat["joined_at"]) and not seat["left_at"]
 
 
-async def open_ws(node: ServerProcess, call_id: str, user: User) -> SignalingClient:
+async def open_ws(node: ServeProcess, call_id: str, user: User) -> SignalingClient:
     client = await SignalingClient.open(node.base_url, call_id, user.token)
     await client.receive("participants")
     return client

@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, settings
 
 from server.http.openapi import DOCUMENT
 from tests.reliability.scale import examples
-from tests.support.edge import huddle_serve_sync, parse_response
+from tests.support.edge import parse_response, serve_settings
+from tests.support.serve import huddle_serve
 
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 MAX_EXAMPLES = examples(bounded=50, full=1000)
@@ -71,12 +72,13 @@ class Target:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    with huddle_serve_sync(tmp, HUDDLE_INITIATE_PER_MINUTE="100000") as base:
-        target = Target(base)
+    settings = {**serve_settings(tmp), "HUDDLE_INITIATE_PER_MINUTE": "100000"}
+    with huddle_serve(tmp, **settings) as server:
+        target = Target(server.base_url)
         yield target
         target.session.close()
         # The server logged no unhandled error while being fuzzed.
-        log = (tmp / "serve.log").read_text()
+        log = server.log()
         assert "unhandled error" not in log, log
         assert "Traceback" not in log, log
 

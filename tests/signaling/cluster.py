@@ -8,13 +8,7 @@ that the processes (slow to start) can be shared by a whole test module.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
@@ -27,11 +21,11 @@ import asyncpg
 import redis
 
 from tests.conftest import TEST_SECRET
+from tests.support.serve import ServeProcess, spawn_serve
 from tests.support.services import POSTGRES_URL, REDIS_URL, postgres_schema, unreachable
 from tests.support.tcpproxy import TcpProxy
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class BackgroundLoop:
@@ -49,52 +43,6 @@ class BackgroundLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
-
-
-@dataclass
-class ServerProcess:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_healthy(server: ServerProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited:\n{server.tail()}")
-        try:
-            with urllib.request.urlopen(server.base_url + "/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.name} not healthy within {timeout:g} s:\n{server.tail()}")
 
 
 def check_redis() -> tuple[str, int]:
@@ -122,7 +70,7 @@ def check_postgres() -> None:
 
 @dataclass
 class Cluster:
-    nodes: list[ServerProcess]
+    nodes: list[ServeProcess]
     proxy: TcpProxy
     background: BackgroundLoop
 
@@ -135,15 +83,10 @@ class Cluster:
 
 def start_node(
     tmp_path: Path, prefix: str, *, database_url: str, redis_url: str | None, **env: str
-) -> ServerProcess:
-    """Spawn one ``huddle serve`` (not waited for: see :func:`wait_healthy`)."""
+) -> ServeProcess:
+    """Spawn one dev-mode node (not waited for: see :meth:`ServeProcess.wait_healthy`)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    port = free_port()
-    log = tmp_path / f"{name}.log"
-    environ = {
-        **os.environ,
-        "HUDDLE_HOST": "127.0.0.1",
-        "HUDDLE_PORT": str(port),
+    settings = {
         "HUDDLE_DATABASE_URL": database_url,
         "HUDDLE_JWT_SECRET": TEST_SECRET,
         "HUDDLE_DEV": "1",
@@ -153,15 +96,7 @@ def start_node(
         **({"HUDDLE_REDIS_URL": redis_url} if redis_url else {}),
         **env,
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"],
-            cwd=ROOT,
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return ServerProcess(name, port, process, log)
+    return spawn_serve(tmp_path, name=name, **settings)
 
 
 @contextmanager
@@ -171,7 +106,7 @@ def cluster(tmp_path: Path, *, nodes: int = 2, **env: str) -> Iterator[Cluster]:
     check_postgres()
     background = BackgroundLoop()
     schema: AbstractAsyncContextManager[str] = postgres_schema()
-    servers: list[ServerProcess] = []
+    servers: list[ServeProcess] = []
     proxy = TcpProxy(redis_host, redis_port)
     try:
         database_url = background.run(schema.__aenter__())
@@ -186,7 +121,7 @@ def cluster(tmp_path: Path, *, nodes: int = 2, **env: str) -> Iterator[Cluster]:
                 **env,
             )
             servers.append(server)
-            wait_healthy(server)  # one at a time: the first applies the migrations
+            server.wait_healthy(60)  # one at a time: the first applies the migrations
         yield Cluster(servers, proxy, background)
     finally:
         for server in servers:

@@ -1,5 +1,5 @@
 """Real servers for edge tests: the app behind the production edge in process,
-or a whole ``huddle serve`` subprocess, and a raw-socket HTTP client."""
+or the settings of a whole ``huddle serve`` subprocess, and a raw-socket HTTP client."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
-import socket
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,61 +82,13 @@ async def edge_server(tmp_path: Path, settings: HttpSettings | None = None) -> A
         await runner.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def serve_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUDDLE_")}
-    env.update(
-        HUDDLE_HOST="127.0.0.1",
-        HUDDLE_PORT=str(port),
-        HUDDLE_DATABASE_URL=f"sqlite:///{tmp_path}/serve.db",
-        HUDDLE_JWT_SECRET=TEST_SECRET,
-        HUDDLE_DEV="1",
-        HUDDLE_ICE_HOSTS="127.0.0.1",
-    )
-    env.update(extra)
-    return env
-
-
-SERVE_COMMAND = [sys.executable, "-m", "server.cli", "--log-level", "WARNING", "serve"]
-
-
-@contextlib.contextmanager
-def huddle_serve_sync(tmp_path: Path, **extra: str) -> Iterator[str]:
-    """A ``huddle serve`` subprocess on 127.0.0.1 for sync tests (schemathesis);
-    yields its base URL once ``/health`` answers; SIGTERM, then kill, at the end."""
-    import subprocess
-    import time
-    import urllib.request
-
-    port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        SERVE_COMMAND, env=serve_env(tmp_path, port, **extra), stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        "huddle serve did not come up: " + (tmp_path / "serve.log").read_text()
-                    ) from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+def serve_settings(tmp_path: Path) -> dict[str, str]:
+    """``HUDDLE_*`` settings of a dev-mode ``huddle serve`` for the edge tests
+    (run with :func:`tests.support.serve.huddle_serve`)."""
+    return {
+        "HUDDLE_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
+        "HUDDLE_JWT_SECRET": TEST_SECRET,
+        "HUDDLE_DEV": "1",
+        "HUDDLE_ICE_HOSTS": "127.0.0.1",
+        "HUDDLE_LOG_LEVEL": "WARNING",
+    }

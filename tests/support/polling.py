@@ -1,4 +1,5 @@
-"""Poll a condition with a deadline instead of sleeping a fixed time."""
+"""The one polling helper of the suite: wait for a condition with a deadline
+instead of sleeping a fixed time."""
 
 from __future__ import annotations
 
@@ -6,23 +7,25 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 async def eventually(
-    condition: Callable[[], Awaitable[bool] | bool],
+    condition: Callable[[], Awaitable[Any] | Any],
     *,
-    timeout: float = 10.0,
+    timeout: float = 20.0,
     interval: float = 0.05,
     message: str = "condition",
-) -> None:
-    """Return once ``condition()`` (sync or async) is true; fail after ``timeout`` s."""
+) -> Any:
+    """Poll ``condition()`` (sync or async) until it returns something truthy, and
+    return that; fail after ``timeout`` seconds, naming ``message`` and the last value."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return
+            return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"{message} not met within {timeout:g} s")
+            raise AssertionError(f"{message} not met within {timeout:g} s (last: {result!r})")
         await asyncio.sleep(interval)

@@ -1,0 +1,116 @@
+"""The one way the suite runs a real ``huddle serve``: spawn it as a subprocess
+(its output in a log file), wait until ``/health`` answers, stop it with SIGTERM
+(then kill)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE_COMMAND = [sys.executable, "-m", "server.cli", "serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_env(**settings: str) -> dict[str, str]:
+    """This process's environment without its ``HUDDLE_*`` variables, plus ``settings``
+    (so a developer's own configuration never leaks into a test server)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HUDDLE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(settings)
+    return env
+
+
+@dataclass
+class ServeProcess:
+    """A spawned ``huddle serve`` on 127.0.0.1:``port``."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def healthy(self) -> bool:
+        """Whether ``/health`` answers 200 now."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Block until ``/health`` answers; fail (with the log) if the process exits or
+        the deadline passes. Async tests run it with ``asyncio.to_thread``."""
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.name} not healthy within {timeout:g} s:\n{self.tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (a graceful shutdown), then kill after ``timeout`` s; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def spawn_serve(log_dir: Path, *, name: str = "huddle", **settings: str) -> ServeProcess:
+    """Start ``huddle serve`` on 127.0.0.1 (not waited for: see
+    :meth:`ServeProcess.wait_healthy`). ``settings`` are ``HUDDLE_*`` variables."""
+    port = free_port()
+    env = serve_env(HUDDLE_HOST="127.0.0.1", HUDDLE_PORT=str(port), **settings)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            SERVE_COMMAND, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return ServeProcess(name, port, process, log_path)
+
+
+@contextlib.contextmanager
+def huddle_serve(
+    log_dir: Path, *, name: str = "huddle", timeout: float = 30.0, **settings: str
+) -> Iterator[ServeProcess]:
+    """A healthy ``huddle serve`` for the block; stopped at its end."""
+    server = spawn_serve(log_dir, name=name, **settings)
+    try:
+        server.wait_healthy(timeout)
+        yield server
+    finally:
+        server.stop()
