@@ -1,10 +1,10 @@
-"""media.rtpcount: header-only counting sees what the full receive path sees."""
+"""media.loadtest.rtpcount: header-only counting sees what the full receive path sees."""
 
 from __future__ import annotations
 
 import asyncio
 
-from media.rtpcount import vp8_keyframe
+from media.loadtest.rtpcount import vp8_keyframe
 
 from .conftest import Call, eventually
 
