@@ -1,17 +1,21 @@
-"""Guard and hooks for the private aiortc/aioice names the SFU relies on.
+"""The one module of the SFU that touches private aiortc, aioice and pylibsrtp names.
 
 aiortc is pinned to exactly 1.16.0 (see ``recipes/aiortc-forwarding.md``): the
-SFU reaches into private receiver/sender state to forward encoded frames
-without decoding. :func:`check_aiortc` verifies, at import and again at SFU
-start-up, that every such name still exists, and fails with a
-``RuntimeError`` naming each missing one rather than misbehaving later.
+SFU keeps aiortc for ICE, DTLS and SDP but runs its own RTP layer, which
+reaches into private transport, receiver and sender state. Every such name is
+used here (or, until it is contained, in :mod:`media.fastsend`) and nowhere
+else in ``media/`` (``tests/media/test_containment.py`` keeps it so; the load
+tester's own names are in :mod:`media.loadtest.aiortc_compat`).
+:func:`check_aiortc` verifies, at import and again at SFU start-up, that every
+such name still exists, and fails with a ``RuntimeError`` naming each missing
+one rather than misbehaving later.
 
 This module is the only place that patches module globals, and every patch
 is behaviour-preserving for code that does not opt in:
 
 * ``aiortc.rtcrtpreceiver.decoder_worker`` returns at once for receivers whose
-  decoder queue is a pass-through sink (see :mod:`media.passthrough`); every
-  other receiver in the process decodes as usual.
+  decoder queue is a :class:`DecoderBypass` (see :func:`on_receiver_end`);
+  every other receiver in the process decodes as usual.
 * ``aioice.ice.get_host_addresses`` is replaced only when
   :func:`restrict_host_addresses` is called with a list of addresses.
 * :func:`install_receive_guards` (at import) keeps malformed network input
@@ -23,57 +27,48 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aioice.ice
 import aiortc
-import aiortc.codecs.vpx
 import aiortc.rtcdtlstransport
+import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import aiortc.rtp
 import pylibsrtp
 import pylibsrtp._binding
 from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc.codecs.h264 import H264Encoder
-from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import HeaderExtensionsMap
 
 logger = logging.getLogger(__name__)
 
 AIORTC_VERSION = "1.16.0"
 
-# (owner, where the name must appear, name): "attr" means a class/module
-# attribute, "code:<function>" means a name used inside that function's code
-# (instance attributes assigned in __init__, name-mangled privates, globals).
+#: pylibsrtp's cffi binding (a private module): its ``ffi`` and libsrtp's
+#: ``lib``, for SRTP in place (:mod:`media.udpout`, :mod:`media.srtpin`).
+srtp_ffi: Any = pylibsrtp._binding.ffi
+srtp_lib: Any = pylibsrtp._binding.lib
+
+# (owner, where the name must appear, name): see missing_names(). The load
+# tester's own names are in media.loadtest.aiortc_compat.
 _REQUIRED: tuple[tuple[Any, str, str], ...] = (
+    # decoder bypass and on_receiver_end: a published track's end signal
     (aiortc.rtcrtpreceiver, "attr", "decoder_worker"),
     (aiortc.rtcrtpreceiver, "attr", "RemoteStreamTrack"),
-    (RTCRtpReceiver, "attr", "_send_rtcp_pli"),
-    (RTCRtpReceiver, "attr", "_handle_rtp_packet"),
-    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__jitter_buffer"),
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__decoder_queue"),
     (RTCRtpReceiver, "code:__init__", "_track"),
     (RTCRtpReceiver, "code:receive", "decoder_worker"),
-    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__rtx_ssrc"),
-    (RTCDtlsTransport, "code:__init__", "_rtp_router"),
-    (RtpRouter, "code:__init__", "ssrc_table"),
-    (RtpRouter, "code:route_rtp", "ssrc_table"),
-    (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__jitter_buffer"),
     (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__decoder_queue"),
-    (RTCRtpReceiver, "code:_handle_rtp_packet", "_send_rtcp_pli"),
-    (RTCRtpSender, "attr", "_send_keyframe"),
-    (RTCRtpSender, "code:__init__", "_RTCRtpSender__encoder"),
-    (RTCRtpSender, "code:__init__", "_stream_id"),
-    (RTCRtpSender, "code:_next_encoded_frame", "_RTCRtpSender__encoder"),
-    (RTCRtpSender, "code:_next_encoded_frame", "pack"),
-    (RTCRtpSender, "code:_handle_rtcp_packet", "_send_keyframe"),
+    # negotiated_codecs, accept_transport_cc
     (RTCRtpTransceiver, "code:__init__", "_codecs"),
-    (Vp8Encoder, "attr", "_packetize"),
-    (H264Encoder, "attr", "_packetize"),
-    (H264Encoder, "attr", "_split_bitstream"),
+    (RTCRtpTransceiver, "code:__init__", "_headerExtensions"),
+    # set_stream_id: the msid a subscriber's transceiver announces
+    (RTCRtpSender, "code:__init__", "_stream_id"),
+    (aiortc.rtcpeerconnection, "code:create_media_description_for_transceiver", "_stream_id"),
+    # restrict_host_addresses
     (aioice.ice, "attr", "get_host_addresses"),
     # media.fastsend: the SFU's own RTP send loop and retransmission
     (RTCRtpSender, "code:send", "_run_rtp"),
@@ -96,8 +91,6 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (aiortc.rtcrtpsender, "attr", "random_sequence_number"),
     (aiortc.rtp, "attr", "RTP_HISTORY_SIZE"),
     (HeaderExtensionsMap, "attr", "set"),
-    (aiortc.codecs.vpx, "attr", "PACKET_MAX"),
-    (Vp8Encoder, "code:_packetize", "PACKET_MAX"),
     (RTCDtlsTransport, "code:__init__", "_tx_srtp"),
     (RTCDtlsTransport, "code:__init__", "_state"),
     (RTCDtlsTransport, "code:__init__", "_RTCDtlsTransport__tx_bytes"),
@@ -119,39 +112,34 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpSender, "code:_handle_rtcp_packet", "_RTCRtpSender__lsr"),
     (RTCRtpSender, "code:_handle_rtcp_packet", "_RTCRtpSender__lsr_time"),
     (RTCRtpSender, "attr", "_send_rtcp"),
-    # media.udpout: in-place SRTP through pylibsrtp's session and binding
+    # media.udpout, media.srtpin: SRTP in place through pylibsrtp's session
+    # and binding (srtp_context, srtp_ffi, srtp_lib)
     (pylibsrtp.Session, "code:__init__", "_srtp"),
     (pylibsrtp._binding.lib, "attr", "srtp_protect"),
+    (pylibsrtp._binding.lib, "attr", "srtp_unprotect"),
+    (pylibsrtp._binding.lib, "attr", "srtp_unprotect_rtcp"),
     # install_receive_guards
     (HeaderExtensionsMap, "attr", "get"),
     (aioice.ice.Connection, "attr", "data_received"),
     (RTCDtlsTransport, "code:_recv_next", "_recv"),
-    # media.rtpcount: header-only counting in load generators
-    (RTCDtlsTransport, "code:_recv_next", "_handle_rtp_data"),
-    (RTCDtlsTransport, "code:_handle_rtp_data", "_rtp_header_extensions_map"),
-    (RtpRouter, "attr", "route_rtp"),
-    (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__remote_streams"),
-    (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__rtcp_ssrc"),
-    (RTCRtpReceiver, "attr", "_send_rtcp"),
-    # media.loadtest: a receiver's remote streams (which publisher it carries)
-    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
     # media.inbound: the SFU's own receive path (intercept_srtp, send_srtcp)
-    (aioice.ice.Connection, "attr", "data_received"),
     (aioice.ice.Connection, "code:__init__", "_protocols"),
     (aioice.ice.StunProtocol, "attr", "datagram_received"),
-    (pylibsrtp._binding.lib, "attr", "srtp_unprotect"),
-    (pylibsrtp._binding.lib, "attr", "srtp_unprotect_rtcp"),
     (RTCDtlsTransport, "code:__init__", "_rx_srtp"),
     (RTCDtlsTransport, "code:_recv_next", "_rx_srtp"),
-    (RTCDtlsTransport, "code:_send_rtp", "_tx_srtp"),
-    (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__decoder_queue"),
-    (RTCRtpTransceiver, "code:__init__", "_headerExtensions"),
 )
 
 
-def _missing_names() -> list[str]:
+def missing_names(required: Iterable[tuple[Any, str, str]]) -> list[str]:
+    """Which of ``required`` the installed aiortc/aioice/pylibsrtp lack.
+
+    Each entry is ``(owner, where, name)``: ``where`` is ``"attr"`` for a
+    class or module attribute, or ``"code:<function>"`` for a name used
+    inside that function's code (instance attributes assigned in
+    ``__init__``, name-mangled privates, globals).
+    """
     missing = []
-    for owner, where, name in _REQUIRED:
+    for owner, where, name in required:
         label = f"{getattr(owner, '__module__', None) or owner.__name__}."
         label += f"{getattr(owner, '__qualname__', owner.__name__)}"
         if where == "attr":
@@ -166,24 +154,34 @@ def _missing_names() -> list[str]:
     return missing
 
 
+def version_problems() -> list[str]:
+    """Empty if the installed aiortc is the one these names were checked against."""
+    if aiortc.__version__ != AIORTC_VERSION:
+        return [f"aiortc {aiortc.__version__} installed, {AIORTC_VERSION} required"]
+    return []
+
+
+def fail_if(problems: Sequence[str], user: str) -> None:
+    """Raise the ``RuntimeError`` every guard raises, naming each problem."""
+    if problems:
+        raise RuntimeError(
+            f"{user} relies on private aiortc names that this installation "
+            "lacks: " + "; ".join(problems) + ". Install aiortc==" + AIORTC_VERSION + "."
+        )
+
+
 def check_aiortc() -> None:
     """Fail with a clear message unless aiortc provides what the SFU uses."""
-    problems = []
-    if aiortc.__version__ != AIORTC_VERSION:
-        problems.append(f"aiortc {aiortc.__version__} installed, {AIORTC_VERSION} required")
-    problems += [f"missing {name}" for name in _missing_names()]
-    protect = getattr(pylibsrtp._binding.lib, "srtp_protect", None)
+    problems = version_problems()
+    problems += [f"missing {name}" for name in missing_names(_REQUIRED)]
+    protect = getattr(srtp_lib, "srtp_protect", None)
     if protect is not None:
-        args = [a.cname for a in pylibsrtp._binding.ffi.typeof(protect).args]
+        args = [a.cname for a in srtp_ffi.typeof(protect).args]
         if args != ["struct srtp_ctx_t_ *", "void *", "int *"]:
             problems.append(
                 f"pylibsrtp's srtp_protect takes ({', '.join(args)}), not libsrtp 2's in-place API"
             )
-    if problems:
-        raise RuntimeError(
-            "media: the SFU relies on private aiortc names that this installation "
-            "lacks: " + "; ".join(problems) + ". Install aiortc==" + AIORTC_VERSION + "."
-        )
+    fail_if(problems, "media: the SFU")
 
 
 # --- decoder bypass -------------------------------------------------------
@@ -234,6 +232,20 @@ class _EndSignal(DecoderBypass):
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[Any]:
     """The codecs a transceiver negotiated (aiortc keeps them private), RTX included."""
     return list(transceiver._codecs)
+
+
+def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
+    """Announce ``sender``'s track in stream ``stream_id`` (the msid of the next offer)."""
+    sender._stream_id = stream_id
+
+
+def srtp_context(session: pylibsrtp.Session) -> Any:
+    """libsrtp's ``srtp_t`` of a pylibsrtp session (a cffi pointer).
+
+    Valid while ``session`` lives: keep a reference to it for as long as the
+    pointer is used.
+    """
+    return session._srtp[0]
 
 
 def on_receiver_end(receiver: RTCRtpReceiver, on_end: Callable[[], None]) -> None:

@@ -6,8 +6,9 @@ receive path that is most of what a packet costs before parsing.
 :class:`SrtpReceiver` calls the same libsrtp (pylibsrtp's, by address) from
 the C extension (``media._udpsend.SrtpIn``): one copy into the result, and
 ``None`` instead of an exception for a packet libsrtp refuses. Without the
-extension it falls back to pylibsrtp. Private names (``Session._srtp``, the
-binding's ``srtp_unprotect``) are guarded in :mod:`media.aiortc_compat`.
+extension it falls back to pylibsrtp. The private names this needs
+(``Session._srtp``, the binding's ``srtp_unprotect``) are reached through
+:mod:`media.aiortc_compat`, which guards them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import pylibsrtp
-from pylibsrtp._binding import ffi, lib
 
+from .aiortc_compat import srtp_context
+from .aiortc_compat import srtp_ffi as ffi
+from .aiortc_compat import srtp_lib as lib
 from .udpout import ACCELERATED, _udpsend
 
 
@@ -31,7 +34,7 @@ class SrtpReceiver:
             if _udpsend is None:
                 raise RuntimeError("media._udpsend is not built")
             self._c = _udpsend.SrtpIn(
-                int(ffi.cast("uintptr_t", session._srtp[0])),
+                int(ffi.cast("uintptr_t", srtp_context(session))),
                 int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect"))),
                 int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect_rtcp"))),
             )

@@ -26,8 +26,9 @@ The loop runs in C (``media/_udpsend.c``, built by ``pip install`` where a
 compiler is available) or, as a fallback, in Python below: same algorithm,
 same results (tested against each other). ``ACCELERATED`` says which.
 
-Private names used (pylibsrtp ``Session._srtp``, its binding's
-``srtp_protect``) are guarded in :mod:`media.aiortc_compat`.
+The private names this needs (pylibsrtp's ``Session._srtp``, its binding's
+``srtp_protect``) are reached through :mod:`media.aiortc_compat`, which
+guards them.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ from types import ModuleType
 from typing import Any
 
 from pylibsrtp import Session
-from pylibsrtp._binding import ffi, lib
+
+from .aiortc_compat import srtp_context
+from .aiortc_compat import srtp_ffi as ffi
+from .aiortc_compat import srtp_lib as lib
 
 _udpsend: ModuleType | None
 try:
@@ -105,7 +109,7 @@ class DatagramOut:
         self.transport = transport
         self.addr = addr
         self._gso = gso
-        self._srtp = session._srtp[0]
+        self._srtp = srtp_context(session)
         self._protect = lib.srtp_protect
         self._sock: socket.socket | None = None
         if transport is not None:

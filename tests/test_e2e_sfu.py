@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from media.aiortc_compat import restrict_host_addresses
-from media.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.peers import SignaledPeer
+from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
 from server.config import MediaSettings
 from server.wiring.media import SFU
 from tests.conftest import AppFactory, make_config
-from tests.support.api import Api
+from tests.support.api import Api, User
 from tests.support.polling import eventually
-from tests.support.sfu_peer import SignaledPeer
 
 pytestmark = [pytest.mark.parametrize("database_url", ["sqlite"], indirect=True), pytest.mark.slow]
 
@@ -40,6 +40,15 @@ async def peers() -> AsyncIterator[list[SignaledPeer]]:
     yield opened
     for peer in reversed(opened):
         await peer.close()
+
+
+async def connect(
+    base: str, call_id: str, user: User, *, video: EncodedClip, audio: EncodedClip
+) -> SignaledPeer:
+    """The load tester's peer, leaving non-SFU messages in ``signaling`` for the test."""
+    return await SignaledPeer.connect(
+        base, call_id, user.token, user.user_id, video=video, audio=audio, sfu_messages_only=True
+    )
 
 
 def receives(peer: SignaledPeer, others: list[str], frames: int = 10) -> bool:
@@ -73,7 +82,7 @@ async def test_group_call_media_flows_through_the_sfu(
         await api.action(call["call_id"], "join", user)
     video, audio = clips
     for user in (ana, bob, cid):
-        peer = await SignaledPeer.connect(base, call["call_id"], user, video=video, audio=audio)
+        peer = await connect(base, call["call_id"], user, video=video, audio=audio)
         peers.append(peer)
         mode = await peer.signaling.receive("mode", timeout=10)
         assert mode["mode"] == "sfu"
@@ -137,7 +146,7 @@ async def test_one_to_one_is_p2p_then_switches_to_sfu_when_a_third_joins(
     await api.action(call_id, "join", bob)
     video, audio = clips
     for user in (ana, bob):
-        peer = await SignaledPeer.connect(base, call_id, user, video=video, audio=audio)
+        peer = await connect(base, call_id, user, video=video, audio=audio)
         peers.append(peer)
         assert (await peer.signaling.receive("mode", timeout=10))["mode"] == "p2p"
 
@@ -167,8 +176,8 @@ async def test_one_to_one_is_p2p_then_switches_to_sfu_when_a_third_joins(
         assert switched["mode"] == "sfu"
     # Clients drop their P2P connection and publish to the SFU (a fresh client here).
     await peers[0].close()
-    peers[0] = await SignaledPeer.connect(base, call_id, ana, video=video, audio=audio)
-    third = await SignaledPeer.connect(base, call_id, cid, video=video, audio=audio)
+    peers[0] = await connect(base, call_id, ana, video=video, audio=audio)
+    third = await connect(base, call_id, cid, video=video, audio=audio)
     peers.append(third)
     for peer in peers:
         if peer.media.publish_pc is None:

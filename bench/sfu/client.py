@@ -1,4 +1,5 @@
-"""The load generator's participant: :class:`media.peers.SfuClient` plus first-keyframe times.
+"""The load generator's participant: an :class:`~media.loadtest.sfuclient.SfuClient` plus
+first-keyframe times.
 
 Both benchmark modes (Huddle's WebSocket signaling and Janus's VideoRoom, see
 :mod:`bench.sfu.janus`) drive this same class, so the peers, their pacing and
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from media.peers import SfuClient
+from media.loadtest.sfuclient import SfuClient
 
 
 class BenchClient(SfuClient):

@@ -1,6 +1,6 @@
 """The benchmark's pre-encoded media, encoded once and cached on disk.
 
-:func:`media.preencoded.vp8_clip` encodes a noisy test pattern that libvpx
+:func:`media.loadtest.preencoded.vp8_clip` encodes a noisy test pattern that libvpx
 cannot squeeze below ~1.6 Mbps at 640x480; the issue asks for ~1 Mbps, so this
 module encodes a calmer pattern (gradient plus a small moving noise tile) with
 libvpx in CBR mode. Encoding 640x480 takes tens of seconds on a busy machine,
@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 from av.video.frame import PictureType
 
-from media.preencoded import EncodedClip, opus_clip
+from media.loadtest.preencoded import EncodedClip, opus_clip
 
 CACHE_VERSION = 1
 

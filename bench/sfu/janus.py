@@ -17,7 +17,7 @@ Three pieces, all driven by :mod:`bench.sfu.run` with ``--mode janus``:
 * :class:`JanusPeer` is a VideoRoom participant for the load generator. It
   speaks Janus's HTTP long-poll API (create a session, attach
   ``janus.plugin.videoroom``, keepalives) and drives the same
-  :class:`media.peers.SfuClient` that Huddle mode uses, by translating
+  :class:`media.loadtest.sfuclient.SfuClient` that Huddle mode uses, by translating
   messages: the client's publish offer becomes a ``joinandconfigure`` as a
   publisher and Janus's answer is handed back; a subscriber is one
   subscriber handle using VideoRoom's multistream subscriptions (one

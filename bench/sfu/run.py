@@ -6,7 +6,7 @@ and drives it from load-generator worker processes pinned to core 1. A
 publisher sends pre-encoded ~1 Mbps VP8 640x480 30 fps, plus Opus where the
 scenario says so (:mod:`bench.sfu.clips`), paced in real time and answering
 PLIs; subscribers never decode (:class:`bench.sfu.client.BenchClient`, an
-:class:`media.peers.SfuClient`). The same peers talk to every server; only
+:class:`media.loadtest.sfuclient.SfuClient`). The same peers talk to every server; only
 the signaling differs. Scenarios, in order: fan-out with video only
 (``--subscribers``), fan-out with video + Opus (``--av-subscribers``), rooms
 (``--room``). For each subscriber count it waits until every subscriber
@@ -143,7 +143,7 @@ class Worker:
             rtc_configuration=RTCConfiguration(iceServers=[]),
             video=self.video if media in ("video", "av") else None,
             audio=self.audio if media == "av" else None,
-            # Header-only counting (media.rtpcount): aiortc's receive path
+            # Header-only counting (media.loadtest.rtpcount): aiortc's receive path
             # would make the generator, not the server, the bottleneck.
             count_only=self.count_only,
         )

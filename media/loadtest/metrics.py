@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from media.peers import GAP_THRESHOLD
+from media.loadtest.sfuclient import GAP_THRESHOLD
 
 from .peers import PUBLISHER, PacketCounts, SignaledPeer
 

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from media.aiortc_compat import restrict_host_addresses
-from media.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
 
 from .api import ApiError, HuddleApi, Identity
 from .metrics import (
@@ -77,7 +77,7 @@ class LoadTestConfig:
     secret: str | None = None  # mint tokens locally instead of /v1/dev/token
     ice_hosts: tuple[str, ...] = ("127.0.0.1",)
     settle_s: float = 20.0
-    # Receivers count RTP from headers (media.rtpcount) instead of aiortc's
+    # Receivers count RTP from headers (media.loadtest.rtpcount) instead of aiortc's
     # receive path: ~4x cheaper per packet, but they send no NACK or PLI.
     light_receivers: bool = False
     sample_interval_s: float = 1.0

@@ -1,14 +1,15 @@
-"""Load peers: an :class:`~media.peers.SfuClient` over the real signaling WebSocket.
+"""Load peers: an :class:`~media.loadtest.sfuclient.SfuClient` over the real signaling socket.
 
-:class:`SignaledPeer` is the library form of ``tests/support/sfu_peer.py``: SFU
-messages (``sender_id == "sfu"``) go to the media client, everything else is
-read and dropped here (so nothing piles up over a long run) except ``error``
-and ``call_ended``, which are recorded. It adds what a load run measures:
-when each connection came up, and per-track RTP packet counters.
+:class:`SignaledPeer` (also the end-to-end tests' peer): SFU messages
+(``sender_id == "sfu"``) go to the media client, everything else is read and
+dropped here (so nothing piles up over a long run) except ``error`` and
+``call_ended``, which are recorded. It adds what a load run measures: when
+each connection came up, and per-track RTP packet counters.
 
-Publishers send pre-encoded clips (:mod:`media.preencoded`) through
-:class:`~media.peers.ClipTrack`, which answers a PLI with a keyframe from the
-clip; nobody decodes: received frames are counted from the encoded stream.
+Publishers send pre-encoded clips (:mod:`media.loadtest.preencoded`) through
+:class:`~media.loadtest.sfuclient.ClipTrack`, which answers a PLI with a
+keyframe from the clip; nobody decodes: received frames are counted from the
+encoded stream.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from media.peers import SfuClient, TrackStats
-from media.preencoded import EncodedClip
 from media.signals import SFU_ID
 from signaling.client import SignalingClient, SignalingClosed
+
+from .aiortc_compat import receiver_remote_streams, receiver_rtx_ssrcs
+from .preencoded import EncodedClip
+from .sfuclient import SfuClient, TrackStats
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,8 @@ class PacketCounts:
 def _receiver_counts(receiver: Any) -> PacketCounts:
     # aiortc 1.16 keeps per-SSRC statistics privately; getStats() reports only
     # one SSRC per receiver (RTX overwrites media), so read them directly.
-    streams: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams", {}) or {}
-    rtx: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}) or {}
+    streams = receiver_remote_streams(receiver) or {}
+    rtx = receiver_rtx_ssrcs(receiver)
     counts = PacketCounts()
     for ssrc, stream in list(streams.items()):
         if ssrc in rtx:
@@ -79,6 +82,10 @@ class SignaledPeer:
 
     ``video``/``audio`` are the clips it publishes (both None: it only
     receives). Construct with :meth:`connect`, then :meth:`publish`.
+
+    ``sfu_messages_only``: take only the SFU's messages off the socket and
+    leave every other one in ``signaling`` for the caller to read (as tests
+    do); ``error`` and ``call_ended`` are then not recorded here.
     """
 
     def __init__(
@@ -92,8 +99,10 @@ class SignaledPeer:
         clock: Callable[[], float] = time.monotonic,
         started_at: float | None = None,
         count_only: bool = False,
+        sfu_messages_only: bool = False,
     ) -> None:
         self.user_id = user_id
+        self._sfu_messages_only = sfu_messages_only
         self.signaling = signaling
         self.role = PUBLISHER if (video is not None or audio is not None) else SUBSCRIBER
         self._clock = clock
@@ -129,6 +138,7 @@ class SignaledPeer:
         started_at: float | None = None,
         timeout: float = 10.0,  # noqa: ASYNC109 - the WebSocket handshake's
         count_only: bool = False,
+        sfu_messages_only: bool = False,
     ) -> SignaledPeer:
         """Open the signaling socket of a participant that already joined over HTTP."""
         signaling = await SignalingClient.open(
@@ -142,6 +152,7 @@ class SignaledPeer:
             rtc_configuration=rtc_configuration,
             started_at=started_at,
             count_only=count_only,
+            sfu_messages_only=sfu_messages_only,
         )
 
     # --- actions ---------------------------------------------------------
@@ -208,9 +219,10 @@ class SignaledPeer:
 
     async def _run(self) -> None:
         # Bounded by close(): it cancels this task; a closed socket ends it too.
+        where = (lambda m: m.get("sender_id") == SFU_ID) if self._sfu_messages_only else None
         while True:
             try:
-                message = await self.signaling.receive(timeout=60)
+                message = await self.signaling.receive(where=where, timeout=60)
             except TimeoutError:
                 continue
             except SignalingClosed as exc:

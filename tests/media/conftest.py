@@ -9,9 +9,9 @@ from aiortc import RTCConfiguration
 
 from media.aiortc_compat import restrict_host_addresses
 from media.config import MediaConfig
+from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.sfuclient import LocalSignaling, SfuClient
 from media.metrics import CountingMediaMetrics, MediaMetrics
-from media.peers import LocalSignaling, SfuClient
-from media.preencoded import EncodedClip, opus_clip, vp8_clip
 from media.room import Room
 
 

@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from media.errors import BadSignal
+from media.loadtest.sfuclient import SfuClient
 from media.participant import MAX_HELD_CANDIDATES
-from media.peers import SfuClient
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
 from tests.support.polling import eventually
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from media.config import MediaConfig
-from media.preencoded import EncodedClip
+from media.loadtest.preencoded import EncodedClip
 from tests.support.polling import eventually
 
 from .conftest import Call

@@ -15,8 +15,8 @@ from typing import Any
 from aiortc import RTCPeerConnection
 
 from media.aiortc_compat import ice_protocols
+from media.loadtest.sfuclient import SfuClient, TrackStats
 from media.metrics import CountingMediaMetrics
-from media.peers import SfuClient, TrackStats
 from tests.support.polling import eventually
 
 from .conftest import Call

@@ -12,7 +12,7 @@ import aiortc.rtcrtpsender
 import pytest
 from aiortc.codecs import h264, opus, vpx
 
-from media.peers import SfuClient
+from media.loadtest.sfuclient import SfuClient
 from tests.support.polling import eventually
 
 from .conftest import Call

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from media.frames import EncodedFrame
-from media.reassembly import AudioForwardingBuffer, VideoForwardingBuffer
+from media.loadtest.frames import EncodedFrame
+from media.loadtest.reassembly import AudioForwardingBuffer, VideoForwardingBuffer
 
 VP8 = {96: "vp8"}
 

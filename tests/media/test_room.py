@@ -8,8 +8,8 @@ import time
 from aiortc import RTCConfiguration
 
 from media.config import MediaConfig
-from media.peers import SfuClient, unbundled_mids
-from media.preencoded import EncodedClip
+from media.loadtest.preencoded import EncodedClip
+from media.loadtest.sfuclient import SfuClient, unbundled_mids
 from tests.support.polling import eventually
 
 from .conftest import Call

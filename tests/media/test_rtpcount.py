@@ -1,8 +1,8 @@
-"""media.rtpcount: header-only counting sees what the full receive path sees."""
+"""media.loadtest.rtpcount: header-only counting sees what the full receive path sees."""
 
 from __future__ import annotations
 
-from media.rtpcount import vp8_keyframe
+from media.loadtest.rtpcount import vp8_keyframe
 from tests.support.polling import eventually
 
 from .conftest import Call

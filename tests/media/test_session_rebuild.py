@@ -7,8 +7,8 @@ import gc
 import pytest
 from aiortc import RTCPeerConnection
 
+from media.loadtest.sfuclient import SfuClient
 from media.participant import Participant, ice_ufrag
-from media.peers import SfuClient
 from media.signals import PUBLISH, SFU_ID
 from tests.support.polling import eventually
 

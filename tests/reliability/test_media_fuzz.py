@@ -3,7 +3,7 @@
 The SFU's receive loop is aiortc's: a DTLS transport reads datagrams, SRTP
 unprotects them, ``RtpPacket.parse`` / ``RtcpPacket.parse`` read them (a
 ``ValueError`` drops the packet), the receiver depayloads (``ValueError``
-drops it) and hands it to :mod:`media.reassembly`. Any other exception ends
+drops it) and hands it to :mod:`media.loadtest.reassembly`. Any other exception ends
 that transport's loop, and with it the participant's connection. So the
 contract checked here is: each parser returns or raises its documented
 exception, never ``IndexError``/``struct.error``/``KeyError``/... Offers and
@@ -43,18 +43,18 @@ import media.aiortc_compat  # noqa: F401 - installs the receive-path guards, as 
 from media.aiortc_compat import restrict_host_addresses
 from media.config import MediaConfig
 from media.errors import BadSignal, MediaError
-from media.frames import is_keyframe
-from media.participant import ice_ufrag
-from media.peers import LocalSignaling, SfuClient
-from media.preencoded import EncodedClip, opus_clip, vp8_clip
-from media.reassembly import (
+from media.loadtest.frames import is_keyframe
+from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.reassembly import (
     MAX_FRAME_PACKETS,
     MAX_PENDING_FRAMES,
     AudioForwardingBuffer,
     VideoForwardingBuffer,
 )
+from media.loadtest.rtpcount import RtpCounter, StreamCount, vp8_keyframe
+from media.loadtest.sfuclient import LocalSignaling, SfuClient
+from media.participant import ice_ufrag
 from media.room import Room
-from media.rtpcount import RtpCounter, StreamCount, vp8_keyframe
 from media.signals import announce_ip, parse_candidate, parse_description
 from tests.reliability.scale import examples
 from tests.support.polling import eventually
@@ -241,7 +241,7 @@ async def _counter(frames: list[tuple[str, str, int, bool]]) -> tuple[RTCPeerCon
 
 
 def test_load_generator_rtp_counter_takes_any_packet() -> None:
-    """media.rtpcount reads headers by hand (load generators): any packet is counted or skipped."""
+    """media.loadtest.rtpcount reads headers by hand: any packet is counted or skipped."""
     frames: list[tuple[str, str, int, bool]] = []
     loop = asyncio.new_event_loop()
     try:

@@ -10,9 +10,9 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCPeerConnection
 
 from media.config import MediaConfig
+from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.sfuclient import LocalSignaling, SfuClient
 from media.metrics import CountingMediaMetrics
-from media.peers import LocalSignaling, SfuClient
-from media.preencoded import EncodedClip, opus_clip, vp8_clip
 from media.room import Room
 from tests.support.polling import eventually
 from tests.turn.coturn import Coturn

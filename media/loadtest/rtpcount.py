@@ -7,7 +7,7 @@ estimator, NACK generation, jitter buffering) costs several times what the
 SFU spends forwarding the same packet, so with it one generator core cannot
 keep 64 subscribers fed, and the benchmark would measure the generator.
 
-:class:`RtpCounter` replaces one DTLS transport's ``_handle_rtp_data`` (after
+:class:`RtpCounter` replaces one DTLS transport's RTP handler (after
 aiortc's SRTP ``unprotect``, so the payload is readable) with a counter that
 reads the fixed RTP header and, for VP8, the payload descriptor and frame tag:
 
@@ -25,8 +25,8 @@ LSR/DLSR; jitter is not computed and reads 0), and every video stream sends a
 REMB with its measured bitrate about once a second, as aiortc's estimator
 does. It sends no NACK and no PLI: loss is reported as it happened. The
 mapping from SSRC to transceiver is aiortc's own (SDP ``a=ssrc`` lines, then
-the ``mid`` header extension through the router). Private names are guarded
-in :mod:`media.aiortc_compat`.
+the ``mid`` header extension through the router). The private names this
+needs are reached through :mod:`media.loadtest.aiortc_compat`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,18 @@ from typing import Any
 
 from aiortc import RTCPeerConnection
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
+
+from media.aiortc_compat import negotiated_codecs
+
+from .aiortc_compat import (
+    header_extensions_map,
+    receiver_remote_streams,
+    receiver_rtcp_ssrc,
+    receiver_rtx_ssrcs,
+    replace_rtp_handler,
+    rtp_router,
+    send_receiver_rtcp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +147,7 @@ class RtpCounter:
         self.transport = transport
         self._on_frame = on_frame
         self.streams: dict[int, StreamCount | None] = {}
-        transport._handle_rtp_data = self._handle
+        replace_rtp_handler(transport, self._handle)
 
     async def _handle(self, data: bytes, arrival_time_ms: int) -> None:
         if len(data) < 12:
@@ -184,22 +196,22 @@ class RtpCounter:
         bitrate = int((stream.bytes - stream.remb_bytes) * 8 / elapsed) if stream.remb_at else 0
         stream.remb_at, stream.remb_bytes = now, stream.bytes
         receiver = stream.receiver
-        rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+        rtcp_ssrc = receiver_rtcp_ssrc(receiver)
         if bitrate <= 0 or rtcp_ssrc is None:
             return
         packet = RtcpPsfbPacket(
             fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, [ssrc])
         )
-        await receiver._send_rtcp(packet)
+        await send_receiver_rtcp(receiver, packet)
 
     def _identify(self, ssrc: int, data: bytes) -> StreamCount | None:
         """The stream of a new SSRC, as aiortc's router maps it (None: unknown)."""
         transport = self.transport
-        router = transport._rtp_router
+        router = rtp_router(transport)
         receiver = router.ssrc_table.get(ssrc)
         if receiver is None:
             try:
-                packet = RtpPacket.parse(data, transport._rtp_header_extensions_map)
+                packet = RtpPacket.parse(data, header_extensions_map(transport))
             except ValueError:
                 return None
             receiver = router.route_rtp(packet)
@@ -208,8 +220,9 @@ class RtpCounter:
         transceiver = next((t for t in self._pc.getTransceivers() if t.receiver is receiver), None)
         if transceiver is None:
             return None
-        rtx_ssrcs = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
-        codecs = getattr(transceiver, "_codecs", [])
+        receiver = transceiver.receiver
+        rtx_ssrcs = receiver_rtx_ssrcs(receiver)
+        codecs = negotiated_codecs(transceiver)
         mimes = {c.payloadType: str(c.mimeType).lower() for c in codecs}
         rtx = ssrc in rtx_ssrcs or mimes.get(data[1] & 0x7F) == "video/rtx"
         stream = StreamCount(
@@ -222,8 +235,7 @@ class RtpCounter:
         if not rtx:
             # aiortc's RTCP loop sends receiver reports for these (and
             # getStats() reads them): ours stand in for its statistics.
-            remote = getattr(receiver, "_RTCRtpReceiver__remote_streams")  # noqa: B009
-            remote[ssrc] = stream
+            receiver_remote_streams(receiver)[ssrc] = stream
         return stream
 
     def totals(self, kind: str) -> dict[str, int]:

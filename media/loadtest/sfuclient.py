@@ -1,12 +1,13 @@
 """Cheap, honest test and load peers for the SFU.
 
-* :class:`ClipTrack` publishes pre-encoded media (:mod:`media.preencoded`),
+* :class:`ClipTrack` publishes pre-encoded media (:mod:`media.loadtest.preencoded`),
   paced at the frame rate, timestamps increasing across loops, answering a
   keyframe request by jumping to a keyframe (at most once per 300 ms, like
   Chrome's WebRTC library).
 * :class:`SfuClient` speaks the SFU's publish/subscribe protocol; by default
   it does not decode: it counts frames, bytes, keyframes and gaps per remote
-  track through the same pass-through receive path the SFU uses.
+  track through a pass-through receiver (:mod:`media.loadtest.passthrough`)
+  or, ``count_only``, from RTP headers (:mod:`media.loadtest.rtpcount`).
 
 Both connections of an :class:`SfuClient` use ``max-bundle`` whatever
 configuration it is given: the SFU always bundles, and with aiortc's default
@@ -35,13 +36,15 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media.keyframes import KeyframeRequester
+from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
+
+from .aiortc_compat import on_keyframe_request
 from .frames import EncodedFrame, time_base_for
-from .keyframes import KeyframeRequester
 from .packer import install_packer
 from .passthrough import PassthroughReceiver
 from .preencoded import EncodedClip
 from .rtpcount import RtpCounter
-from .signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +184,7 @@ class SfuClient:
         self._config = max_bundle(rtc_configuration)
         self._clips = [c for c in (audio, video) if c is not None]
         self._decode = decode
-        # Count RTP from headers instead of reassembling frames (media.rtpcount):
+        # Count RTP from headers instead of reassembling frames (media.loadtest.rtpcount):
         # no NACK, no PLI; for load generators that must stay cheap.
         self._count_only = count_only
         self.counter: RtpCounter | None = None
@@ -222,7 +225,7 @@ class SfuClient:
             transceiver = pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(_codec_capability(clip.kind, clip.mime_type))
             install_packer(transceiver.sender, clip.mime_type, clip.clock_rate)
-            transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+            on_keyframe_request(transceiver.sender, track.request_keyframe)
             self.tracks[clip.kind] = track
         await pc.setLocalDescription(await pc.createOffer())
         await self._send(

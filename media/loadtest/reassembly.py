@@ -8,7 +8,7 @@ the opposite: audio out at once, video out as soon as a frame is complete
 with a keyframe request, so subscribers freeze briefly instead of stalling.
 
 These classes replace the receiver's jitter buffer (see
-:mod:`media.passthrough`); ``add()`` keeps aiortc's signature but hands frames
+:mod:`media.loadtest.passthrough`); ``add()`` keeps aiortc's signature but hands frames
 to a callback itself, because one packet (a retransmission) can complete
 several frames at once.
 """
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .aiortc_compat import depayloaded
 from .frames import EncodedFrame, is_keyframe, time_base_for
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class AudioForwardingBuffer:
             return False, None
         self._last_seq = seq
         self.ssrc = packet.ssrc
-        data: bytes = packet._data
+        data = depayloaded(packet)
         if data:
             pts = self._unwrapper.unwrap(packet.timestamp)
             self._sink(EncodedFrame(data, pts, self._time_base, True))
@@ -215,7 +216,7 @@ class VideoForwardingBuffer:
     def _emit(self, frame: _PendingFrame, start: int, end: int) -> None:
         count = ((end - start) & 0xFFFF) + 1
         packets = frame.packets
-        data = b"".join(packets[(start + i) & 0xFFFF]._data for i in range(count))
+        data = b"".join(depayloaded(packets[(start + i) & 0xFFFF]) for i in range(count))
         name = self._codec_names.get(packets[start].payload_type, "")
         keyframe = is_keyframe(name, data)
         self._finish(frame)

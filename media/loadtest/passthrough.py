@@ -1,11 +1,12 @@
 """Pass-through receive path: an ``RTCRtpReceiver`` that yields encoded frames.
 
-Installed per receiver (only the ones that opt in, e.g. the SFU's publish
-connections and the non-decoding test subscribers); every other receiver in
-the process keeps decoding normally. The receiver keeps its NACK generation,
-RTX unwrapping, REMB and receiver reports; only its jitter buffer is replaced
-by a forwarding buffer (:mod:`media.reassembly`) and its decoder thread by a
-no-op (:func:`media.aiortc_compat.install_decoder_bypass`).
+Installed per receiver (only the ones that opt in: the load tester's and the
+tests' non-decoding subscribers); every other receiver in the process keeps
+decoding normally. The receiver keeps its NACK generation, RTX unwrapping,
+REMB and receiver reports; only its jitter buffer is replaced by a forwarding
+buffer (:mod:`media.loadtest.reassembly`) and its decoder thread by a no-op
+(:func:`media.aiortc_compat.on_receiver_end`). The private names this needs
+are reached through :mod:`media.loadtest.aiortc_compat`.
 """
 
 from __future__ import annotations
@@ -16,26 +17,18 @@ from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpTransceiver
 
-from .aiortc_compat import install_decoder_bypass, on_receiver_end
+from media.aiortc_compat import negotiated_codecs, on_receiver_end
+
+from .aiortc_compat import (
+    receiver_started,
+    replace_jitter_buffer,
+    route_rtx_by_ssrc,
+    send_rtcp_pli,
+)
 from .frames import EncodedFrame
 from .reassembly import AudioForwardingBuffer, VideoForwardingBuffer
 
 logger = logging.getLogger(__name__)
-
-
-def _route_rtx(receiver: RTCRtpReceiver) -> None:
-    """Route this receiver's RTX SSRCs to it.
-
-    aiortc 1.16 registers only the media SSRC with the transport's RTP router
-    and routes unknown SSRCs by payload type, which works only while a single
-    receiver on the transport uses that RTX payload type: with two bundled
-    video tracks (an SFU subscriber, a camera plus a screen share) every
-    retransmission is discarded and NACKs never repair anything.
-    """
-    rtx_ssrcs: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
-    router = receiver.transport._rtp_router
-    for rtx_ssrc in rtx_ssrcs:
-        router.ssrc_table[rtx_ssrc] = receiver
 
 
 class PassthroughReceiver:
@@ -49,11 +42,10 @@ class PassthroughReceiver:
         on_loss: Callable[[], None] | None = None,
         incomplete_timeout: float = 0.2,
     ) -> None:
-        install_decoder_bypass()
         receiver: RTCRtpReceiver = transceiver.receiver
-        if getattr(receiver, "_RTCRtpReceiver__started", False):
+        if receiver_started(receiver):
             raise RuntimeError("install the pass-through before the receiver starts")
-        codecs = [c for c in transceiver._codecs if c.name.lower() != "rtx"]
+        codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
         if not codecs:
             raise ValueError("transceiver has no negotiated codec")
         self.kind: str = transceiver.kind
@@ -73,14 +65,13 @@ class PassthroughReceiver:
                 on_loss or self._loss_default,
                 incomplete_timeout,
             )
-        # Name-mangled privates of aiortc 1.16 (checked by media.aiortc_compat).
-        setattr(receiver, "_RTCRtpReceiver__jitter_buffer", self._buffer)  # noqa: B010
+        replace_jitter_buffer(receiver, self._buffer)
         on_receiver_end(receiver, on_end)
         original_receive = receiver.receive
 
         async def receive(parameters: Any) -> None:
             await original_receive(parameters)
-            _route_rtx(receiver)
+            route_rtx_by_ssrc(receiver)
 
         receiver.receive = receive  # type: ignore[method-assign]
 
@@ -100,7 +91,7 @@ class PassthroughReceiver:
         ssrc = self._buffer.ssrc
         if ssrc is None:
             return False
-        await self._receiver._send_rtcp_pli(ssrc)
+        await send_rtcp_pli(self._receiver, ssrc)
         return True
 
     def _loss_default(self) -> None:
