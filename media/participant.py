@@ -330,6 +330,7 @@ class Participant:
         self._answer = asyncio.get_running_loop().create_future()
         sdp = announce_ip(pc.localDescription.sdp, self._config.announced_ip)
         self.offers_sent += 1
+        self._metrics.subscribe_offer_sent()
         await self._send({"type": "tracks", "tracks": self.subscriptions()})
         await self._send(description_message("offer", SUBSCRIBE, sdp))
         while True:
