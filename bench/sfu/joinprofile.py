@@ -13,7 +13,7 @@ not how much) and prints its top functions.
 
     nice -n 10 .venv/bin/python -m bench.sfu.joinprofile --members 6 --rounds 2 --cprofile
 
-``--burst`` joins everyone at once instead of one at a time.
+``--pattern`` chooses how members arrive (see ``--help``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 from bench.sfu.run import Worker, cpu_seconds_fine, free_port
 
+args_verbose = bool(os.environ.get('JP_VERBOSE'))
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -72,17 +73,30 @@ async def server_stats(worker: Worker, port: int) -> dict[str, Any]:
 
 
 async def form_room(
-    worker: Worker, port: int, pid: int, call_id: str, members: int, burst: bool, limit_s: float
+    worker: Worker, port: int, pid: int, call_id: str, members: int, pattern: str, limit_s: float
 ) -> dict[str, Any]:
     ids = [f"{call_id}-m{i}" for i in range(members)]
     offers0 = int((await server_stats(worker, port)).get("offers_sent", 0))
     cpu0, t0 = cpu_seconds_fine(pid), time.monotonic()
-    if burst:
+    deadline = time.monotonic() + limit_s
+    if pattern == "burst":
         await asyncio.gather(*(worker.join(call_id, i, True, "av") for i in ids))
     else:
-        for i in ids:
+        for n, i in enumerate(ids):
             await worker.join(call_id, i, True, "av")
-    deadline = time.monotonic() + limit_s
+            # paced: as bench.sfu.run's rooms, each member receives the
+            # earlier ones before the next joins.
+            while pattern == "paced" and not receives_everyone(
+                await worker.snapshot(ids[: n + 1]), ids[: n + 1]
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"room {call_id} did not form within {limit_s} s")
+                await asyncio.sleep(0.05)
+                if args_verbose and int((time.monotonic() - t0) * 20) % 20 == 0:
+                    snap = await worker.snapshot(ids[: n + 1])
+                    print({k: (v["subscribe_state"], v["kinds"]["video"]["per_track_frames"], v["kinds"]["audio"]["per_track_frames"]) for k, v in snap.items()})
+            if args_verbose:
+                print(f"  {i} in, all receiving at {time.monotonic() - t0:.2f} s", flush=True)
     while not receives_everyone(await worker.snapshot(ids), ids):
         if time.monotonic() > deadline:
             raise RuntimeError(f"room {call_id} did not form within {limit_s} s")
@@ -113,7 +127,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         for r in range(args.rounds):
             res = await form_room(
-                worker, port, pid, f"jp{r}", args.members, args.burst, args.limit
+                worker, port, pid, f"jp{r}", args.members, args.pattern, args.limit
             )
             results.append(res)
             print(
@@ -135,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=6, help="room size (at most 8)")
     parser.add_argument("--rounds", type=int, default=2, help="rooms formed, one after another")
-    parser.add_argument("--burst", action="store_true", help="join everyone at once")
+    parser.add_argument(
+        "--pattern",
+        choices=("paced", "back-to-back", "burst"),
+        default="paced",
+        help="paced: each member receives the earlier ones before the next joins (as "
+        "bench.sfu.run's rooms); back-to-back: one join after another; burst: all at once",
+    )
     parser.add_argument("--limit", type=float, default=60.0, help="s to wait for a room")
     parser.add_argument("--cprofile", action="store_true", help="profile the server")
     parser.add_argument("--top", type=int, default=35, help="functions to print")
