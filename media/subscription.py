@@ -13,6 +13,7 @@ from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 
+from .aiortc_compat import set_stream_id
 from .fastsend import install_fast_rtp
 from .forwarder import DownTrack, UpTrack
 from .metrics import MediaMetrics
@@ -78,7 +79,7 @@ class Slot:
 
     def _set_stream(self, up: UpTrack) -> None:
         # msid stream id: the publisher, so a client groups its audio and video.
-        self.transceiver.sender._stream_id = up.participant_id
+        set_stream_id(self.transceiver.sender, up.participant_id)
         self.fast.level_id_in = up.audio_level_id
 
     def reuse(self, up: UpTrack) -> None:

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,6 @@ from typing import Any
 
 from bench.sfu.run import Worker, cpu_seconds_fine, free_port
 
-args_verbose = bool(os.environ.get('JP_VERBOSE'))
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -73,7 +73,14 @@ async def server_stats(worker: Worker, port: int) -> dict[str, Any]:
 
 
 async def form_room(
-    worker: Worker, port: int, pid: int, call_id: str, members: int, pattern: str, limit_s: float
+    worker: Worker,
+    port: int,
+    pid: int,
+    call_id: str,
+    members: int,
+    pattern: str,
+    limit_s: float,
+    verbose: bool,
 ) -> dict[str, Any]:
     ids = [f"{call_id}-m{i}" for i in range(members)]
     offers0 = int((await server_stats(worker, port)).get("offers_sent", 0))
@@ -92,10 +99,7 @@ async def form_room(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"room {call_id} did not form within {limit_s} s")
                 await asyncio.sleep(0.05)
-                if args_verbose and int((time.monotonic() - t0) * 20) % 20 == 0:
-                    snap = await worker.snapshot(ids[: n + 1])
-                    print({k: (v["subscribe_state"], v["kinds"]["video"]["per_track_frames"], v["kinds"]["audio"]["per_track_frames"]) for k, v in snap.items()})
-            if args_verbose:
+            if verbose:
                 print(f"  {i} in, all receiving at {time.monotonic() - t0:.2f} s", flush=True)
     while not receives_everyone(await worker.snapshot(ids), ids):
         if time.monotonic() > deadline:
@@ -127,7 +131,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         for r in range(args.rounds):
             res = await form_room(
-                worker, port, pid, f"jp{r}", args.members, args.pattern, args.limit
+                worker, port, pid, f"jp{r}", args.members, args.pattern, args.limit, args.verbose
             )
             results.append(res)
             print(
@@ -157,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         "bench.sfu.run's rooms); back-to-back: one join after another; burst: all at once",
     )
     parser.add_argument("--limit", type=float, default=60.0, help="s to wait for a room")
+    parser.add_argument("--verbose", action="store_true", help="print each paced join")
     parser.add_argument("--cprofile", action="store_true", help="profile the server")
     parser.add_argument("--top", type=int, default=35, help="functions to print")
+    parser.add_argument("--save", help="also write the server's profile here (pstats)")
     args = parser.parse_args(argv)
     if not 2 <= args.members <= 8:
         parser.error("--members must be 2..8 (a small, bounded room)")
@@ -170,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         per_member = [r["cpu_ms_per_member"] for r in results]
         print(f"server CPU ms/member: {', '.join(f'{x:.1f}' for x in per_member)}")
         if args.profile_to and Path(args.profile_to).exists():
+            if args.save:
+                shutil.copyfile(args.profile_to, args.save)
             stats = pstats.Stats(args.profile_to)
             stats.sort_stats("tottime").print_stats(args.top)
             stats.sort_stats("cumulative").print_stats(args.top)

@@ -225,8 +225,8 @@ class HuddleBackend:
         subscribers = 0
         for room in self.sfu.rooms.values():
             for participant in room.participants.values():
-                for slot in participant._slots:
-                    packets_out += slot.down.packets_out
+                for down in participant.down_tracks():
+                    packets_out += down.packets_out
                     subscribers += 1
         offers = self.metrics.subscribe_offers
         return {"down_tracks": subscribers, "packets_out": packets_out, "offers_sent": offers}
