@@ -20,8 +20,11 @@ is behaviour-preserving for code that does not opt in:
   ``aiortc.rtcpeerconnection.RTCCertificate`` hands out one shared DTLS
   certificate only to connections made through :func:`server_peer_connection`
   (every other one generates its own, as before), certificates compute their
-  fingerprints once, and ``aiortc.rtcrtpreceiver.RemoteBitrateEstimator`` is
-  built on a receiver's first packet instead of with every receiver.
+  fingerprints once, ``aiortc.rtcrtpreceiver.RemoteBitrateEstimator`` is
+  built on a receiver's first packet instead of with every receiver, and
+  ``aiortc.sdp.SessionDescription.parse`` hands an SDP text parsed by
+  :func:`parse_sdp` (the SFU validating a client's description) to the next
+  parse of that very text (aiortc applying it) instead of parsing it again.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtp import HeaderExtensionsMap
+from aiortc.sdp import SessionDescription
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +175,8 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (aiortc.rtcrtpreceiver, "attr", "RemoteBitrateEstimator"),
     (RTCRtpReceiver, "code:__init__", "RemoteBitrateEstimator"),
     (RTCRtpReceiver, "code:_handle_rtp_packet", "add"),
+    (SessionDescription, "attr", "parse"),
+    (RTCPeerConnection, "code:setRemoteDescription", "parse"),
 )
 
 
@@ -287,15 +293,39 @@ class _LazyRemoteBitrateEstimator:
     def __init__(self) -> None:
         self._estimator: Any = None
 
-    def add(self, *args: Any) -> Any:
+    def add(self, *args: Any, **kwargs: Any) -> Any:
         if self._estimator is None:
             self._estimator = _original_estimator()
-        return self._estimator.add(*args)
+        return self._estimator.add(*args, **kwargs)
 
 
 _original_estimator: Callable[[], Any] = getattr(  # noqa: B009
     aiortc.rtcrtpreceiver, "RemoteBitrateEstimator"
 )
+
+
+#: SDP texts parsed by :func:`parse_sdp` and not yet applied (oldest first).
+_parsed: dict[str, SessionDescription] = {}
+_PARSED_KEPT = 32
+_original_parse: Callable[[str], SessionDescription] = SessionDescription.parse
+
+
+def _parse_once(cls: type[SessionDescription], sdp: str) -> SessionDescription:
+    parsed = _parsed.pop(sdp, None)
+    return parsed if parsed is not None else _original_parse(sdp)
+
+
+def parse_sdp(sdp: str) -> SessionDescription:
+    """Parse ``sdp`` (raising what aiortc's parser raises); aiortc's next parse of it is free.
+
+    The result is aiortc's to apply (and mutate): callers only learn that it parses.
+    """
+    install_setup_savings()
+    parsed = _original_parse(sdp)
+    _parsed[sdp] = parsed
+    while len(_parsed) > _PARSED_KEPT:  # validated but never applied
+        del _parsed[next(iter(_parsed))]
+    return parsed
 
 
 def install_setup_savings() -> None:
@@ -307,6 +337,7 @@ def install_setup_savings() -> None:
         check_aiortc()
         setattr(aiortc.rtcpeerconnection, "RTCCertificate", _SharingCertificate)  # noqa: B010
         setattr(aiortc.rtcrtpreceiver, "RemoteBitrateEstimator", _LazyRemoteBitrateEstimator)  # noqa: B010
+        setattr(SessionDescription, "parse", classmethod(_parse_once))  # noqa: B010
         _setup_savings_installed = True
 
 

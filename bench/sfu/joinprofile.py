@@ -36,13 +36,16 @@ from bench.sfu.run import Worker, cpu_seconds_fine, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_server(port: int, profile_to: str | None) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    port: int, profile_to: str | None, root: Path = ROOT
+) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ)
     if profile_to:
         env["HUDDLE_BENCH_CPROFILE"] = profile_to
+        env["HUDDLE_BENCH_CPROFILE_CPU"] = "1"  # CPU time, not wall time
     cmd = [sys.executable, "-m", "bench.sfu.server", "--mode", "huddle", "--port", str(port)]
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        cmd, cwd=root, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -83,7 +86,7 @@ async def form_room(
     verbose: bool,
 ) -> dict[str, Any]:
     ids = [f"{call_id}-m{i}" for i in range(members)]
-    offers0 = int((await server_stats(worker, port)).get("offers_sent", 0))
+    stats0 = await server_stats(worker, port)
     cpu0, t0 = cpu_seconds_fine(pid), time.monotonic()
     deadline = time.monotonic() + limit_s
     if pattern == "burst":
@@ -106,26 +109,31 @@ async def form_room(
             raise RuntimeError(f"room {call_id} did not form within {limit_s} s")
         await asyncio.sleep(0.05)
     cpu1, t1 = cpu_seconds_fine(pid), time.monotonic()
-    offers = int((await server_stats(worker, port)).get("offers_sent", 0)) - offers0
-    # The forwarding rate once formed, for scale (media flows while it forms).
+    stats1 = await server_stats(worker, port)
+    # Media flows while the room forms: the forwarding cost per packet, from
+    # a window once formed, is subtracted for the set-up alone.
     await asyncio.sleep(1.0)
-    cpu2, t2 = cpu_seconds_fine(pid), time.monotonic()
+    cpu2, t2, stats2 = cpu_seconds_fine(pid), time.monotonic(), await server_stats(worker, port)
     await asyncio.sleep(2.0)
-    steady = (cpu_seconds_fine(pid) - cpu2) / (time.monotonic() - t2)
+    cpu3, t3, stats3 = cpu_seconds_fine(pid), time.monotonic(), await server_stats(worker, port)
+    per_packet = (cpu3 - cpu2) / max(1, stats3["packets_out"] - stats2["packets_out"])
+    forwarded = stats1["packets_out"] - stats0["packets_out"]
     for i in ids:
         await worker.leave(i)
+    offers = int(stats1.get("offers_sent", 0)) - int(stats0.get("offers_sent", 0))
     return {
         "members": members,
         "wall_s": t1 - t0,
         "cpu_ms_per_member": (cpu1 - cpu0) / members * 1e3,
+        "setup_ms_per_member": (cpu1 - cpu0 - forwarded * per_packet) / members * 1e3,
         "offers_per_member": offers / members,
-        "steady_core": steady,
+        "steady_core": (cpu3 - cpu2) / (t3 - t2),
     }
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     port = free_port()
-    proc, pid = start_server(port, args.profile_to)
+    proc, pid = start_server(port, args.profile_to, Path(args.server_root or ROOT))
     worker = Worker(port, ice_host="127.0.0.1")
     results = []
     try:
@@ -136,7 +144,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             results.append(res)
             print(
                 f"round {r}: {res['members']} members, formed in {res['wall_s']:.2f} s, "
-                f"server {res['cpu_ms_per_member']:.1f} ms CPU/member, "
+                f"server {res['cpu_ms_per_member']:.1f} ms CPU/member "
+                f"({res['setup_ms_per_member']:.1f} less forwarding), "
                 f"{res['offers_per_member']:.1f} subscribe offers/member, "
                 f"then {100 * res['steady_core']:.1f} % of a core forwarding",
                 flush=True,
@@ -161,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         "bench.sfu.run's rooms); back-to-back: one join after another; burst: all at once",
     )
     parser.add_argument("--limit", type=float, default=60.0, help="s to wait for a room")
+    parser.add_argument(
+        "--server-root",
+        help="run the server from this checkout instead (e.g. an exported older commit, "
+        "for a before/after comparison in one sitting; it needs media/_udpsend built)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print each paced join")
     parser.add_argument("--cprofile", action="store_true", help="profile the server")
     parser.add_argument("--top", type=int, default=35, help="functions to print")
@@ -174,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         args.profile_to = str(Path(tmp) / "server.prof") if args.cprofile else None
         results = asyncio.run(run(args))
         per_member = [r["cpu_ms_per_member"] for r in results]
+        setup = [r["setup_ms_per_member"] for r in results]
         print(f"server CPU ms/member: {', '.join(f'{x:.1f}' for x in per_member)}")
+        print(f"less forwarding: {', '.join(f'{x:.1f}' for x in setup)}")
         if args.profile_to and Path(args.profile_to).exists():
             if args.save:
                 shutil.copyfile(args.profile_to, args.save)

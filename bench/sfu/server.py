@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -329,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     # inflates Python time; read it for where the time goes, not how much).
     import cProfile
 
-    with cProfile.Profile() as profile:
+    # HUDDLE_BENCH_CPROFILE_CPU=1: time functions by process CPU time rather
+    # than wall time (on a busy machine, preemption inflates wall time).
+    timer = time.process_time if os.environ.get("HUDDLE_BENCH_CPROFILE_CPU") else time.perf_counter
+    with cProfile.Profile(timer) as profile:
         asyncio.run(serve(args.mode, args.port, udp_gso=args.gso))
     profile.dump_stats(profile_to)
     return 0
