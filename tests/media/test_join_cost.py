@@ -111,10 +111,10 @@ async def test_fingerprints_are_the_certificate_s_own() -> None:
 def test_lazy_bitrate_estimator_estimates_like_aiortc_s() -> None:
     lazy, real = _LazyRemoteBitrateEstimator(), _original_estimator()
     assert lazy._estimator is None  # nothing built before a packet
-    # 1 Mbit/s of 1200-byte packets over 3 s (abs-send-time in 6.18 fixed point).
+    # ~2 Mbit/s of 1200-byte packets over 6 s (abs-send-time in 6.18 fixed point).
     results = []
-    for i in range(300):
-        now_ms = 10 * i
+    for i in range(1200):
+        now_ms = 5 * i
         abs_send_time = (now_ms * (1 << 18) // 1000) & 0xFFFFFF
         args = {"abs_send_time": abs_send_time, "payload_size": 1200, "ssrc": 1234}
         results.append(
