@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 logger = logging.getLogger(__name__)
 
 NO_MEDIA_RETRY = 0.25  # s between attempts while the track has no media yet
-NO_MEDIA_RETRIES = 20
+NO_MEDIA_RETRIES = 80  # 20 s: ICE and DTLS of a busy server can take seconds
 
 
 class KeyframeRequester:
