@@ -20,13 +20,24 @@ is behaviour-preserving for code that does not opt in:
   :func:`restrict_host_addresses` is called with a list of addresses.
 * :func:`install_receive_guards` (at import) keeps malformed network input
   from ending a connection's receive loop; valid input sees no difference.
+* :func:`install_setup_savings` makes a peer connection cheaper to set up:
+  ``aiortc.rtcpeerconnection.RTCCertificate`` hands out one shared DTLS
+  certificate only to connections made through :func:`server_peer_connection`
+  (every other one generates its own, as before), certificates compute their
+  fingerprints once, ``aiortc.rtcrtpreceiver.RemoteBitrateEstimator`` is
+  built on a receiver's first packet instead of with every receiver, and
+  ``aiortc.sdp.SessionDescription.parse`` hands an SDP text parsed by
+  :func:`parse_sdp` (the SFU validating a client's description) to the next
+  parse of that very text (aiortc applying it) instead of parsing it again.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -39,9 +50,18 @@ import aiortc.rtcrtpsender
 import aiortc.rtp
 import pylibsrtp
 import pylibsrtp._binding
-from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import (
+    RTCCertificate,
+    RTCConfiguration,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import HeaderExtensionsMap
+from aiortc.sdp import SessionDescription
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +147,18 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (aioice.ice.StunProtocol, "attr", "datagram_received"),
     (RTCDtlsTransport, "code:__init__", "_rx_srtp"),
     (RTCDtlsTransport, "code:_recv_next", "_rx_srtp"),
+    # install_setup_savings: a shared certificate, fingerprints once, lazy REMB estimator
+    (aiortc.rtcpeerconnection, "attr", "RTCCertificate"),
+    (RTCPeerConnection, "code:__init__", "RTCCertificate"),
+    (RTCPeerConnection, "code:__init__", "generateCertificate"),
+    (RTCPeerConnection, "code:__init__", "_RTCPeerConnection__certificates"),
+    (RTCCertificate, "attr", "getFingerprints"),
+    (RTCCertificate, "code:__init__", "_cert"),
+    (aiortc.rtcrtpreceiver, "attr", "RemoteBitrateEstimator"),
+    (RTCRtpReceiver, "code:__init__", "RemoteBitrateEstimator"),
+    (RTCRtpReceiver, "code:_handle_rtp_packet", "add"),
+    (SessionDescription, "attr", "parse"),
+    (RTCPeerConnection, "code:setRemoteDescription", "parse"),
 )
 
 
@@ -211,6 +243,125 @@ def install_decoder_bypass() -> None:
             aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker
 
 
+# --- cheaper connection set-up -------------------------------------------------
+
+#: A shared certificate is replaced after this long (aiortc's are valid for
+#: 30 days; a connection keeps the certificate it was made with).
+SHARED_CERTIFICATE_LIFETIME = 24 * 3600.0
+
+_sharing: contextvars.ContextVar[bool] = contextvars.ContextVar("huddle_share_cert", default=False)
+_shared: tuple[float, RTCCertificate] | None = None
+_setup_savings_installed = False
+
+
+class _SharingCertificate(RTCCertificate):
+    """``RTCCertificate`` as ``RTCPeerConnection.__init__`` sees it.
+
+    Inside :func:`server_peer_connection` it returns the process's shared
+    certificate; everywhere else it generates a fresh one, as aiortc does.
+    Fingerprints (three digests, asked for once per m-line of every SDP
+    aiortc writes) are computed once per certificate.
+    """
+
+    _fingerprints: list[Any] | None = None
+
+    @classmethod
+    def generateCertificate(cls) -> Any:
+        global _shared
+        if not _sharing.get():
+            return super().generateCertificate()
+        now = time.monotonic()
+        if _shared is None or now - _shared[0] > SHARED_CERTIFICATE_LIFETIME:
+            _shared = (now, super().generateCertificate())
+        return _shared[1]
+
+    def getFingerprints(self) -> list[Any]:
+        if self._fingerprints is None:
+            self._fingerprints = super().getFingerprints()
+        return list(self._fingerprints)
+
+
+class _LazyRemoteBitrateEstimator:
+    """aiortc's receiver-side REMB estimator, built when the first packet needs it.
+
+    aiortc builds one (two 1000-bucket rate windows) with every video
+    receiver, including the receivers of the SFU's ``sendonly`` transceivers
+    and of publish connections whose packets never reach aiortc's receiver.
+    """
+
+    def __init__(self) -> None:
+        self._estimator: Any = None
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        if self._estimator is None:
+            self._estimator = _original_estimator()
+        return self._estimator.add(*args, **kwargs)
+
+
+_original_estimator: Callable[[], Any] = getattr(  # noqa: B009
+    aiortc.rtcrtpreceiver, "RemoteBitrateEstimator"
+)
+
+
+#: SDP texts parsed by :func:`parse_sdp` and not yet applied (oldest first).
+_parsed: dict[str, SessionDescription] = {}
+_PARSED_KEPT = 32
+_original_parse: Callable[[str], SessionDescription] = SessionDescription.parse
+
+
+def _parse_once(cls: type[SessionDescription], sdp: str) -> SessionDescription:
+    parsed = _parsed.pop(sdp, None)
+    return parsed if parsed is not None else _original_parse(sdp)
+
+
+def parse_sdp(sdp: str) -> SessionDescription:
+    """Parse ``sdp`` (raising what aiortc's parser raises); aiortc's next parse of it is free.
+
+    The result is aiortc's to apply (and mutate): callers only learn that it parses.
+    """
+    install_setup_savings()
+    parsed = _original_parse(sdp)
+    _parsed[sdp] = parsed
+    while len(_parsed) > _PARSED_KEPT:  # validated but never applied
+        del _parsed[next(iter(_parsed))]
+    return parsed
+
+
+def install_setup_savings() -> None:
+    """Patch aiortc's set-up hot spots as the module docstring says (idempotent)."""
+    global _setup_savings_installed
+    with _install_lock:
+        if _setup_savings_installed:
+            return
+        check_aiortc()
+        setattr(aiortc.rtcpeerconnection, "RTCCertificate", _SharingCertificate)  # noqa: B010
+        setattr(aiortc.rtcrtpreceiver, "RemoteBitrateEstimator", _LazyRemoteBitrateEstimator)  # noqa: B010
+        setattr(SessionDescription, "parse", classmethod(_parse_once))  # noqa: B010
+        _setup_savings_installed = True
+
+
+def server_peer_connection(configuration: RTCConfiguration) -> RTCPeerConnection:
+    """A peer connection of the SFU: the process's shared DTLS certificate, no new key.
+
+    One certificate for every connection of a server is what Janus and
+    browsers (per origin) do; a fingerprint identifies the server, the DTLS
+    handshake's fresh ECDHE keys still give each connection its own SRTP keys.
+    """
+    install_setup_savings()
+    token = _sharing.set(True)
+    try:
+        return RTCPeerConnection(configuration)
+    finally:
+        _sharing.reset(token)
+
+
+def shares_certificate(a: RTCPeerConnection, b: RTCPeerConnection) -> bool:
+    """Whether two connections present the same DTLS certificate (for tests)."""
+    mine = getattr(a, "_RTCPeerConnection__certificates")  # noqa: B009
+    theirs = getattr(b, "_RTCPeerConnection__certificates")  # noqa: B009
+    return bool(mine[0] is theirs[0])
+
+
 # --- the SFU's own receive path ----------------------------------------------
 
 
@@ -229,14 +380,14 @@ class _EndSignal(DecoderBypass):
         return None
 
 
+def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
+    """The msid stream id a sender announces in the next offer (aiortc keeps it private)."""
+    sender._stream_id = stream_id
+
+
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[Any]:
     """The codecs a transceiver negotiated (aiortc keeps them private), RTX included."""
     return list(transceiver._codecs)
-
-
-def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
-    """Announce ``sender``'s track in stream ``stream_id`` (the msid of the next offer)."""
-    sender._stream_id = stream_id
 
 
 def srtp_context(session: pylibsrtp.Session) -> Any:

@@ -33,6 +33,12 @@ class MediaConfig:
     ``udp_gso``: send a video frame's packets to a subscriber in one UDP GSO
     ``sendmsg`` (falls back to one datagram per packet where the kernel
     refuses); off sends one datagram per packet.
+    ``negotiation_timeout``: how long the SFU waits for a subscribe answer;
+    a participant that does not answer in time is dropped from its room (an
+    ``error`` with code ``negotiation_timeout``).
+    ``renegotiation_delay``: changes to what a subscriber receives within this
+    many seconds after the first (a burst of joiners) go into one subscribe
+    offer; a participant's first offer is sent at once.
     """
 
     ice_hosts: tuple[str, ...] = ()
@@ -40,6 +46,7 @@ class MediaConfig:
     announced_ip: str | None = None
     pli_min_interval: float = 0.5
     negotiation_timeout: float = 30.0
+    renegotiation_delay: float = 0.05
     max_participants: int = 10
     udp_gso: bool = True
     #: The bitrate (bit/s) the SFU's REMB announces to each publisher for its
@@ -60,6 +67,8 @@ class MediaConfig:
             raise ValueError("pli_min_interval must be >= 0")
         if self.negotiation_timeout <= 0:
             raise ValueError("negotiation_timeout must be > 0")
+        if self.renegotiation_delay < 0:
+            raise ValueError("renegotiation_delay must be >= 0")
         if self.max_publish_bitrate < 30_000:
             raise ValueError("max_publish_bitrate must be >= 30000 bit/s")
         if self.max_participants < 1:

@@ -25,3 +25,15 @@ class RoomFull(MediaError):
 
 class RoomClosed(MediaError):
     code = "room_closed"
+
+
+class NegotiationTimeout(MediaError):
+    """A subscriber did not answer a subscribe offer in time; its session is dropped."""
+
+    code = "negotiation_timeout"
+
+
+class SessionFailed(MediaError):
+    """A participant's server-side connection failed; its session is dropped."""
+
+    code = "sfu_session_failed"

@@ -4,6 +4,13 @@ Requests closer together than ``min_interval`` are deferred and coalesced into
 one PLI sent when the interval has passed, never dropped: every requester (a
 burst of joiners, say) sees a PLI sent at or after its own request, so each
 of them gets a keyframe soon after.
+
+A request made before the track's first packet (no SSRC to address a PLI
+to) is retried every ``NO_MEDIA_RETRY`` seconds until media arrives, at most
+``NO_MEDIA_RETRIES`` times: the publisher's first frame is a keyframe, but
+it may never reach the SFU (a sender that starts encoding before its
+connection is up, as aiortc's does, loses it), and then a subscriber waiting
+for a keyframe would wait for the publisher's next periodic one.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
+
+NO_MEDIA_RETRY = 0.25  # s between attempts while the track has no media yet
+NO_MEDIA_RETRIES = 80  # 20 s: ICE and DTLS of a busy server can take seconds
 
 
 class KeyframeRequester:
@@ -61,13 +71,15 @@ class KeyframeRequester:
         try:
             if delay > 0:
                 await asyncio.sleep(delay)
-            self._last_sent = self._clock()
-            if await self._send_pli():
-                self.sent += 1
-                self._on_sent()
-            else:
-                # No media seen yet: its first frame will be a keyframe anyway.
+            for _ in range(NO_MEDIA_RETRIES):
+                self._last_sent = self._clock()
+                if await self._send_pli():
+                    self.sent += 1
+                    self._on_sent()
+                    return
+                # No media seen yet: not rate-limited, ask again soon.
                 self._last_sent = None
+                await asyncio.sleep(NO_MEDIA_RETRY)
         except asyncio.CancelledError:
             raise
         except ConnectionError:

@@ -31,6 +31,7 @@ class MediaMetrics(Protocol):
     def nacks_sent(self, packets: int) -> None: ...
     def retransmitted(self, packets: int) -> None: ...
     def twcc_feedback_sent(self) -> None: ...
+    def subscribe_offer_sent(self) -> None: ...
 
 
 #: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
@@ -80,6 +81,9 @@ class NoopMediaMetrics:
         pass
 
     def twcc_feedback_sent(self) -> None:
+        pass
+
+    def subscribe_offer_sent(self) -> None:
         pass
 
 
@@ -181,6 +185,11 @@ class PrometheusMediaMetrics:
             "Transport-wide congestion control feedback packets sent to publishers",
             registry=registry,
         )
+        self.subscribe_offers = Counter(
+            f"{p}_sfu_subscribe_offers_total",
+            "Subscribe offers (renegotiations) the SFU sent to subscribers",
+            registry=registry,
+        )
 
     def room_opened(self) -> None:
         self.rooms_active.inc()
@@ -232,6 +241,9 @@ class PrometheusMediaMetrics:
     def twcc_feedback_sent(self) -> None:
         self.twcc.inc()
 
+    def subscribe_offer_sent(self) -> None:
+        self.subscribe_offers.inc()
+
 
 class CountingMediaMetrics:
     """Plain counters, for tests and benchmarks."""
@@ -282,3 +294,6 @@ class CountingMediaMetrics:
 
     def twcc_feedback_sent(self) -> None:
         self.counts["twcc_feedback"] += 1
+
+    def subscribe_offer_sent(self) -> None:
+        self.counts["subscribe_offers"] += 1

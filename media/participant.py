@@ -3,7 +3,13 @@
 The client offers on **publish** and the server answers; the server offers on
 **subscribe** whenever the set of tracks the participant should receive
 changes, one offer at a time (aiortc has no rollback): changes made while an
-offer is outstanding are folded into the next offer, sent after the answer.
+offer is outstanding, or within ``MediaConfig.renegotiation_delay`` of the
+first change after an earlier offer (a burst of joiners), are folded into one
+offer.
+
+A participant whose connection fails, whose subscribe answer does not come
+within ``MediaConfig.negotiation_timeout``, or whose negotiation task dies
+tells its room (``on_failed``), which removes it: no zombie participants.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
-from .aiortc_compat import accept_transport_cc, negotiated_codecs
+from .aiortc_compat import accept_transport_cc, negotiated_codecs, server_peer_connection
 from .config import MediaConfig
-from .errors import BadSignal
+from .errors import BadSignal, MediaError, NegotiationTimeout, SessionFailed
 from .feedback import FeedbackTarget, SubscriberFeedback
-from .forwarder import UpTrack
+from .forwarder import DownTrack, UpTrack
 from .inbound import PublisherInbound
 from .metrics import MediaMetrics
 from .rtpheader import URI_TRANSPORT_CC
@@ -120,6 +126,7 @@ class Participant:
         metrics: MediaMetrics,
         signaling: RoomSignaling,
         on_published_changed: Callable[[], None],
+        on_failed: Callable[[Participant, MediaError], None] = lambda p, e: None,
     ) -> None:
         self.room_id = room_id
         self.id = participant_id
@@ -127,8 +134,10 @@ class Participant:
         self._metrics = metrics
         self._signaling = signaling
         self._on_published_changed = on_published_changed
-        self._publish_pc = RTCPeerConnection(config.rtc_configuration())
-        self._subscribe_pc = RTCPeerConnection(config.rtc_configuration())
+        self._on_failed = on_failed
+        self._failure: MediaError | None = None
+        self._publish_pc = server_peer_connection(config.rtc_configuration())
+        self._subscribe_pc = server_peer_connection(config.rtc_configuration())
         self._publish_pc.on("track", self._on_publish_track)
         self._publish_pc.on("connectionstatechange", self._on_publish_state)
         self._subscribe_pc.on("connectionstatechange", self._on_subscribe_state)
@@ -173,6 +182,15 @@ class Participant:
     def subscriptions(self) -> list[dict[str, Any]]:
         """What the last ``tracks`` message said (or will say) this participant receives."""
         return [d for d in (slot.describe() for slot in self._slots) if d is not None]
+
+    @property
+    def failure(self) -> MediaError | None:
+        """Why this participant failed (and was reported to its room), if it did."""
+        return self._failure
+
+    def down_tracks(self) -> list[DownTrack]:
+        """The down tracks of its subscribe slots (what it receives, by slot)."""
+        return [slot.down for slot in self._slots]
 
     @property
     def negotiating(self) -> bool:
@@ -249,7 +267,12 @@ class Participant:
         for mid, up in list(self._up_tracks.items()):
             transceiver = by_mid.get(mid)
             if transceiver is None or transceiver.currentDirection not in ("recvonly", "sendrecv"):
-                up._end()
+                up.end()
+
+    def stop_publishing(self) -> None:
+        """End every published track: nobody receives them from now on."""
+        for up in list(self._up_tracks.values()):
+            up.end()
 
     def _on_up_ended(self, up: UpTrack) -> None:
         for mid, other in list(self._up_tracks.items()):
@@ -310,6 +333,10 @@ class Participant:
         try:
             while True:
                 await self._dirty.wait()
+                if self.offers_sent and self._config.renegotiation_delay > 0:
+                    # A renegotiation: let the rest of a burst of changes
+                    # (joiners publishing at once) arrive, then offer once.
+                    await asyncio.sleep(self._config.renegotiation_delay)
                 self._dirty.clear()
                 if self._subscribe_pc.signalingState == "closed":
                     # aiortc closes a connection itself once its DTLS transport
@@ -320,8 +347,12 @@ class Participant:
                     await self._negotiate_once()
         except asyncio.CancelledError:
             pass
-        except Exception:
+        except NegotiationTimeout as exc:
+            logger.warning("%r: %s", self, exc)
+            self._fail(exc)
+        except Exception as exc:
             logger.exception("%r: subscribe negotiation failed", self)
+            self._fail(SessionFailed(f"subscribe negotiation failed: {type(exc).__name__}"))
 
     async def _negotiate_once(self) -> None:
         pc = self._subscribe_pc
@@ -330,15 +361,15 @@ class Participant:
         self._answer = asyncio.get_running_loop().create_future()
         sdp = announce_ip(pc.localDescription.sdp, self._config.announced_ip)
         self.offers_sent += 1
+        self._metrics.subscribe_offer_sent()
         await self._send({"type": "tracks", "tracks": self.subscriptions()})
         await self._send(description_message("offer", SUBSCRIBE, sdp))
-        while True:
-            done, _ = await asyncio.wait({self._answer}, timeout=self._config.negotiation_timeout)
-            if done:
-                break
-            logger.warning(
-                "%r: no subscribe answer after %.0f s", self, self._config.negotiation_timeout
-            )
+        timeout = self._config.negotiation_timeout
+        done, _ = await asyncio.wait({self._answer}, timeout=timeout)
+        if not done:
+            self._answer.cancel()
+            self._answer = None
+            raise NegotiationTimeout(f"no subscribe answer within {timeout:g} s")
         answer = self._answer.result()
         self._answer = None
         try:
@@ -388,10 +419,19 @@ class Participant:
     def _on_publish_state(self) -> None:
         if self._publish_pc.connectionState == "failed":
             logger.warning("%r: publish connection failed", self)
+            self._fail(SessionFailed("the publish connection failed"))
 
     def _on_subscribe_state(self) -> None:
         if self._subscribe_pc.connectionState == "failed":
             logger.warning("%r: subscribe connection failed", self)
+            self._fail(SessionFailed("the subscribe connection failed"))
+
+    def _fail(self, error: MediaError) -> None:
+        """Tell the room, once, that this participant cannot go on (it removes us)."""
+        if self._failure is not None or self.closed:
+            return
+        self._failure = error
+        self._on_failed(self, error)
 
     async def close(self) -> None:
         """Close both connections and release every track (idempotent)."""
@@ -406,9 +446,7 @@ class Participant:
             self._answer = None
         for slot in self._slots:
             slot.close()
-        ups = list(self._up_tracks.values())
-        for up in ups:
-            up._end()
+        self.stop_publishing()
         self._up_tracks.clear()
         await self._inbound.close()
         self._feedback.close()

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from .config import MediaConfig
-from .errors import BadSignal, RoomClosed, RoomFull, UnknownParticipant
+from .errors import BadSignal, MediaError, RoomClosed, RoomFull, UnknownParticipant
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .signals import PUBLISH, SUBSCRIBE, Message, RoomSignaling, parse_pc
@@ -20,7 +20,10 @@ class Room:
 
     Talks to the outside only through ``signaling`` (server → client
     messages) and :meth:`handle_signal` (client → server messages). When the
-    last participant leaves, the room closes itself and calls ``on_closed``.
+    last participant leaves (and nobody joined while it left), the room closes
+    itself and calls ``on_closed``. A participant that fails (see
+    :class:`Participant`) gets an ``error`` message with the failure's code and
+    is removed like one that left.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class Room:
         self._on_closed = on_closed
         self._participants: dict[str, Participant] = {}
         self._lock = asyncio.Lock()
+        self._removals: set[asyncio.Task[None]] = set()  # of failed participants
         self._closed = False
         self._close_done = asyncio.Event()
         self._metrics.room_opened()
@@ -70,6 +74,7 @@ class Room:
                 metrics=self._metrics,
                 signaling=self._signaling,
                 on_published_changed=self._refresh,
+                on_failed=self._on_participant_failed,
             )
             self._participants[participant_id] = participant
             if old is None:
@@ -82,20 +87,48 @@ class Room:
 
     async def remove_participant(self, participant_id: str) -> None:
         """Remove a participant (no-op if absent); the last one out closes the room."""
+        participant = self._participants.get(participant_id)
+        if participant is not None:
+            await self._remove(participant)
+
+    async def _remove(self, participant: Participant) -> None:
         async with self._lock:
-            participant = self._participants.pop(participant_id, None)
-            empty = not self._participants
-        if participant is None:
-            return
+            # Only this very participant: a rejoin may have replaced it.
+            if self._participants.get(participant.id) is not participant:
+                return
+            del self._participants[participant.id]
         self._metrics.participant_left()
-        logger.info("%r: %s left", self, participant_id)
+        logger.info("%r: %s left", self, participant.id)
         # Stop forwarding its tracks to everyone before tearing it down.
-        for up in participant.published():
-            up._end()
+        participant.stop_publishing()
         self._refresh()
         await participant.close()
-        if empty:
-            await self.close()
+        async with self._lock:
+            # Emptiness is decided now, not before the leave was awaited:
+            # whoever joined meanwhile keeps the room open.
+            if self._participants or self._closed:
+                return
+            self._closed = True
+        await self._release([])
+
+    def _on_participant_failed(self, participant: Participant, error: MediaError) -> None:
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._remove_failed(participant, error), name=f"remove failed {participant!r}"
+        )
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def _remove_failed(self, participant: Participant, error: MediaError) -> None:
+        logger.warning("%r: removing %s: %s", self, participant.id, error)
+        if self._participants.get(participant.id) is participant:
+            message = {"type": "error", "code": error.code, "message": str(error)}
+            try:
+                await self._signaling.send(participant.id, message)
+            except Exception:
+                logger.exception("%r: cannot tell %s it was removed", self, participant.id)
+        await self._remove(participant)
 
     async def handle_signal(self, participant_id: str, message: Message) -> None:
         """Apply one client → server message; a publish offer or ``subscribe`` admits the sender."""
@@ -146,16 +179,26 @@ class Room:
 
     async def close(self) -> None:
         """Close every participant and release everything (idempotent)."""
-        if self._closed:
+        async with self._lock:
+            first = not self._closed
+            self._closed = True
+            participants = list(self._participants.values()) if first else []
+            self._participants.clear()
+        if not first:
             await self._close_done.wait()
             return
-        self._closed = True
-        async with self._lock:
-            participants = list(self._participants.values())
-            self._participants.clear()
         for _ in participants:
             self._metrics.participant_left()
+        await self._release(participants)
+
+    async def _release(self, participants: list[Participant]) -> None:
+        """Close ``participants`` and finish closing (once, by whoever closed the room)."""
         await asyncio.gather(*(p.close() for p in participants))
+        # Removals of failed participants in flight: each finds its
+        # participant gone or closes it; let them finish.
+        current = asyncio.current_task()
+        removals = [t for t in self._removals if t is not current]
+        await asyncio.gather(*removals, return_exceptions=True)
         self._metrics.room_closed()
         self._close_done.set()
         logger.info("Room(%s) closed", self.id)

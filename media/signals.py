@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aiortc import RTCIceCandidate, RTCSessionDescription
-from aiortc.sdp import SessionDescription, candidate_from_sdp
+from aiortc.sdp import candidate_from_sdp
 
+from .aiortc_compat import parse_sdp
 from .errors import BadSignal
 
 SFU_ID = "sfu"
@@ -46,7 +47,7 @@ def parse_description(message: Message, expected_type: str) -> RTCSessionDescrip
     # aiortc's parser raises IndexError, KeyError, AssertionError, ... on
     # malformed input; parsed here first, each is a BadSignal.
     try:
-        SessionDescription.parse(sdp)
+        parse_sdp(sdp)  # once: applying it reuses this parse
     except Exception as exc:
         raise BadSignal(f"malformed SDP: {type(exc).__name__}: {exc}") from exc
     return RTCSessionDescription(sdp=sdp, type=expected_type)

@@ -102,8 +102,11 @@ def video_clip(
     key = f"vp8-v{CACHE_VERSION}-{frames}-{width}x{height}-{fps}-{bitrate}-{tile}.pickle"
     path = _cache_dir() / key
     if path.exists():
-        with path.open("rb") as f:
-            clip = pickle.load(f)  # our own cache file
+        try:
+            with path.open("rb") as f:
+                clip = pickle.load(f)  # our own cache file
+        except (ImportError, AttributeError, EOFError, pickle.UnpicklingError):
+            clip = None  # written by an older layout of the code: encode again
         if isinstance(clip, EncodedClip):
             return clip
     clip = _encode_vp8(frames, width, height, fps, bitrate, tile)

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -42,6 +43,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from media.aiortc_compat import restrict_host_addresses
 from media.config import MediaConfig
 from media.errors import MediaError
+from media.metrics import NoopMediaMetrics
 from media.sfu import Sfu
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
 
@@ -190,6 +192,16 @@ class NaiveRelay:
         self.rooms.clear()
 
 
+class OfferCounter(NoopMediaMetrics):
+    """Counts subscribe offers only (nothing on the packet path)."""
+
+    def __init__(self) -> None:
+        self.subscribe_offers = 0
+
+    def subscribe_offer_sent(self) -> None:
+        self.subscribe_offers += 1
+
+
 class HuddleBackend:
     """Huddle's :class:`Sfu` behind the benchmark's WebSocket signaling."""
 
@@ -197,7 +209,8 @@ class HuddleBackend:
         config = MediaConfig(
             ice_hosts=("127.0.0.1",), ice_servers=(), max_participants=500, udp_gso=udp_gso
         )
-        self.sfu = Sfu(config, hub)
+        self.metrics = OfferCounter()
+        self.sfu = Sfu(config, hub, self.metrics)
 
     async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
         await self.sfu.handle_signal(call_id, participant_id, message)
@@ -213,10 +226,11 @@ class HuddleBackend:
         subscribers = 0
         for room in self.sfu.rooms.values():
             for participant in room.participants.values():
-                for slot in participant._slots:
-                    packets_out += slot.down.packets_out
+                for down in participant.down_tracks():
+                    packets_out += down.packets_out
                     subscribers += 1
-        return {"down_tracks": subscribers, "packets_out": packets_out}
+        offers = self.metrics.subscribe_offers
+        return {"down_tracks": subscribers, "packets_out": packets_out, "offers_sent": offers}
 
 
 async def tasks_handler(request: web.Request) -> web.Response:
@@ -316,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     # inflates Python time; read it for where the time goes, not how much).
     import cProfile
 
-    with cProfile.Profile() as profile:
+    # HUDDLE_BENCH_CPROFILE_CPU=1: time functions by process CPU time rather
+    # than wall time (on a busy machine, preemption inflates wall time).
+    timer = time.process_time if os.environ.get("HUDDLE_BENCH_CPROFILE_CPU") else time.perf_counter
+    with cProfile.Profile(timer) as profile:
         asyncio.run(serve(args.mode, args.port, udp_gso=args.gso))
     profile.dump_stats(profile_to)
     return 0

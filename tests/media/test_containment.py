@@ -34,13 +34,8 @@ BEING_CONTAINED: frozenset[str] = frozenset()
 
 #: (module, expression) pairs allowed for now: parents calling their child's
 #: private method. Issue #14 item 5 ("parents stop calling children's private
-#: methods") replaces them; remove the entries with it.
-OWN_PRIVATE_ACCESS = frozenset(
-    {
-        ("media/participant.py", "up._end"),
-        ("media/room.py", "up._end"),
-    }
-)
+#: methods") removed the last of them; keep it empty.
+OWN_PRIVATE_ACCESS: frozenset[tuple[str, str]] = frozenset()
 
 PRIVATE_PACKAGES = frozenset({"aiortc", "aioice", "pylibsrtp"})
 _ATTR_FUNCTIONS = frozenset({"getattr", "setattr", "hasattr", "delattr"})

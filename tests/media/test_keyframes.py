@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from media import keyframes
 from media.keyframes import KeyframeRequester
 from tests.support.polling import eventually
 
@@ -38,18 +41,48 @@ async def test_burst_is_coalesced_into_one_deferred_pli() -> None:
         await requester.close()
 
 
-async def test_pli_before_media_is_not_counted_and_retried() -> None:
+async def test_pli_before_media_is_not_counted_and_retried_until_media_arrives() -> None:
+    # The publisher's first keyframe may never reach the SFU (aiortc encodes
+    # before its connection is up): a request made before any media is
+    # retried until the PLI can be addressed, not dropped.
     calls = 0
 
     async def send_pli() -> bool:
         nonlocal calls
         calls += 1
-        return False  # no SSRC known yet
+        return calls >= 3  # no SSRC known for the first two attempts
 
     requester = KeyframeRequester(send_pli, min_interval=10.0)
-    requester.request()
-    await eventually(lambda: calls == 1 and not requester.pending, timeout=5)
-    requester.request()  # not rate-limited: nothing was actually sent
-    await eventually(lambda: calls == 2, timeout=1)
-    assert requester.sent == 0
-    await requester.close()
+    try:
+        requester.request()
+        await eventually(lambda: calls == 1, timeout=5)
+        assert requester.sent == 0
+        requester.request()  # while it retries: coalesced into the retry
+        await eventually(lambda: requester.sent == 1 and not requester.pending, timeout=5)
+        assert calls == 3
+        assert requester.coalesced == 1
+    finally:
+        await requester.close()
+
+
+async def test_pli_without_media_gives_up_after_a_bounded_number_of_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(keyframes, "NO_MEDIA_RETRY", 0.01)
+    calls = 0
+
+    async def send_pli() -> bool:
+        nonlocal calls
+        calls += 1
+        return False  # a track that never sends
+
+    requester = KeyframeRequester(send_pli, min_interval=10.0)
+    try:
+        requester.request()
+        await eventually(lambda: not requester.pending, timeout=5)
+        assert calls == keyframes.NO_MEDIA_RETRIES
+        assert requester.sent == 0
+        requester.request()  # not rate-limited: nothing was actually sent
+        await eventually(lambda: calls > keyframes.NO_MEDIA_RETRIES, timeout=5)
+    finally:
+        await requester.close()
