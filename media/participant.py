@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from .aiortc_compat import accept_transport_cc, negotiated_codecs, server_peer_connection
 from .config import MediaConfig
-from .errors import BadSignal, MediaError, NegotiationTimeout, SessionFailed
+from .errors import BadSignal, MediaError, NegotiationTimeout, SessionFailed, error_message
 from .feedback import FeedbackTarget, SubscriberFeedback
 from .forwarder import DownTrack, UpTrack
 from .inbound import PublisherInbound
@@ -376,9 +376,7 @@ class Participant:
             await pc.setRemoteDescription(answer)
         except _DESCRIPTION_ERRORS as exc:
             logger.warning("%r: bad subscribe answer: %r", self, exc)
-            await self._send(
-                {"type": "error", "code": "bad_request", "message": f"bad subscribe answer: {exc}"}
-            )
+            await self._send(error_message(BadSignal(f"bad subscribe answer: {exc}")))
             self._dirty.set()  # offer again
             return
         self._feedback.configure(pc)

@@ -7,7 +7,14 @@ import logging
 from collections.abc import Callable
 
 from .config import MediaConfig
-from .errors import BadSignal, MediaError, RoomClosed, RoomFull, UnknownParticipant
+from .errors import (
+    BadSignal,
+    MediaError,
+    RoomClosed,
+    RoomFull,
+    UnknownParticipant,
+    error_message,
+)
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .signals import PUBLISH, SUBSCRIBE, Message, RoomSignaling, parse_pc
@@ -123,9 +130,8 @@ class Room:
     async def _remove_failed(self, participant: Participant, error: MediaError) -> None:
         logger.warning("%r: removing %s: %s", self, participant.id, error)
         if self._participants.get(participant.id) is participant:
-            message = {"type": "error", "code": error.code, "message": str(error)}
             try:
-                await self._signaling.send(participant.id, message)
+                await self._signaling.send(participant.id, error_message(error))
             except Exception:
                 logger.exception("%r: cannot tell %s it was removed", self, participant.id)
         await self._remove(participant)
