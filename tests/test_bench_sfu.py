@@ -54,13 +54,16 @@ def test_derive_reports_marginal_fixed_receive_and_setup_costs() -> None:
             setup={"joined": 7, "cpu_ms_per_subscriber": 4.0},
             late_join={"video_keyframe_s": 0.05, "video_s": 0.06},
         ),
+        # 10 publishers alone in their calls (--publishers 10)
+        point("publishers", 0, 0.11, 0, streams=10),
     ]
     out = derive(points, idle_core=0.01)
     # (0.10 - 0.03) of a core over 700 more packets/s
     assert out["marginal_us_per_packet"] == pytest.approx(100.0)
     assert out["fixed_core_1_to_1"] == pytest.approx(0.03)
-    # (0.02 - 0.01) of a core for the 100 packets/s one subscriber receives
+    # (0.11 - 0.01) of a core for 10 publishers at the 100 packets/s one subscriber receives
     assert out["receive_us_per_incoming_packet"] == pytest.approx(100.0)
+    assert out["receive_publishers"] == 10
     # weighted by subscribers joined: (1 * 6 + 7 * 4) / 8
     assert out["setup_cpu_ms_per_subscriber"] == pytest.approx(4.25)
     assert out["late_join_first_keyframe_s"][8] == pytest.approx(0.05)
@@ -75,6 +78,7 @@ def test_derive_keeps_the_opus_series_apart() -> None:
         point("fanout_av", 8, 0.15, 1200),
     ]
     out = derive(points)
+    assert "receive_us_per_incoming_packet" not in out  # no --publishers run
     assert out["marginal_us_per_packet"] == pytest.approx(100.0)
     assert out["fanout_av"]["marginal_us_per_packet"] == pytest.approx(0.10 / 1050 * 1e6)
 
