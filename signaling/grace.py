@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -46,6 +47,8 @@ class DisconnectGrace:
         self.seats = seats
         self.node_id = registry.node_id
         self._tasks: set[asyncio.Task[None]] = set()
+        #: How a grace period and a retry wait (tests put a clock of their own here).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def pending_leaves(self, call_id: str) -> int:
         """Disconnect leaves waiting out their grace period for this call."""
@@ -114,7 +117,7 @@ class DisconnectGrace:
         the leave lands, is moot (already left, call ended), or the participant
         is back (a socket here, or a seat on another live node)."""
         if not never_connected:
-            await asyncio.sleep(self.grace_s)
+            await self.sleep(self.grace_s)
         delay = min(0.25, self.settings.leave_retry_s)
         attempts = 0
         try:
@@ -130,7 +133,7 @@ class DisconnectGrace:
                 task = asyncio.current_task()
                 assert task is not None
                 self._registry.pending.setdefault(call_id, {})[pid] = task
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 delay = min(delay * 2, self.settings.leave_retry_s)
         finally:
             await self._registry.maybe_unsubscribe(call_id)

@@ -229,8 +229,28 @@ async def test_heartbeat_pings_then_drops_a_silent_client(make_node: NodeFactory
     assert not lively.closed
 
 
+class ManualClock:
+    """Stands in for the grace period's sleep: nothing it holds ends until ``advance``."""
+
+    def __init__(self) -> None:
+        self.waits: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.waits.append((seconds, done))
+        await done
+
+    def advance(self) -> None:
+        """Every wait so far is over (a cancelled one stays cancelled)."""
+        for _, done in self.waits:
+            if not done.done():
+                done.set_result(None)
+
+
 async def test_reconnect_within_grace_keeps_the_seat(make_node: NodeFactory) -> None:
     node = await make_node(grace_s=1.5)
+    clock = ManualClock()
+    node.app[HUB].grace.sleep = clock.sleep
     ana, bob = await node.api.users("ana", "bob")
     call_id = await node.joined_call(ana, bob)
     a = await node.ws(call_id, ana)
@@ -249,7 +269,11 @@ async def test_reconnect_within_grace_keeps_the_seat(make_node: NodeFactory) -> 
         return hub.pending_leaves(call_id) == 0
 
     await eventually(no_pending_leave, timeout=5)
-    await asyncio.sleep(2.0)  # waiting out the grace period to show a negative
+    # The drop did start a grace period, and the reconnect called it off: even
+    # once its time is up, nothing follows.
+    assert [seconds for seconds, _ in clock.waits] == [1.5]
+    assert clock.waits[0][1].cancelled()
+    clock.advance()
     await a.send({"type": "ping"})
     await a.receive("pong")
     assert not any(m["type"] == "leave" for m in a.messages)
