@@ -55,7 +55,14 @@ def test_derive_reports_marginal_fixed_receive_and_setup_costs() -> None:
             late_join={"video_keyframe_s": 0.05, "video_s": 0.06},
         ),
         # 10 publishers alone in their calls (--publishers 10)
-        point("publishers", 0, 0.11, 0, streams=10),
+        point(
+            "publishers",
+            0,
+            0.11,
+            0,
+            streams=10,
+            receive_timing={"datagrams": 12_000, "us_per_datagram": 9.5},
+        ),
     ]
     out = derive(points, idle_core=0.01)
     # (0.10 - 0.03) of a core over 700 more packets/s
@@ -64,6 +71,7 @@ def test_derive_reports_marginal_fixed_receive_and_setup_costs() -> None:
     # (0.11 - 0.01) of a core for 10 publishers at the 100 packets/s one subscriber receives
     assert out["receive_us_per_incoming_packet"] == pytest.approx(100.0)
     assert out["receive_publishers"] == 10
+    assert out["receive_in_process_us_per_datagram"] == pytest.approx(9.5)
     # weighted by subscribers joined: (1 * 6 + 7 * 4) / 8
     assert out["setup_cpu_ms_per_subscriber"] == pytest.approx(4.25)
     assert out["late_join_first_keyframe_s"][8] == pytest.approx(0.05)

@@ -105,6 +105,11 @@ def rows(runs: list[Run]) -> list[tuple[str, str, Getter]]:
             ("marginal_us_per_packet", "marginal µs / forwarded packet", 1.0),
             ("fixed_core_1_to_1", "fixed cost 1 → 1, core %", 100.0),
             ("receive_us_per_incoming_packet", "receive path µs / incoming packet", 1.0),
+            (
+                "receive_in_process_us_per_datagram",
+                "receive path in-process CPU µs / datagram",
+                1.0,
+            ),
             ("setup_cpu_ms_per_subscriber", "setup CPU ms / joining subscriber", 1.0),
         ):
             if any(series(run, scenario).get(key) is not None for run in runs):

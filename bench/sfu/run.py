@@ -380,6 +380,8 @@ class Measurement:
     # Joining the subscribers added for this point: server CPU from the first
     # join until all receive, less the previous steady rate over that time.
     setup: dict[str, float] = field(default_factory=dict)
+    # HUDDLE_BENCH_RECV_TIMING=1: in-process CPU per incoming datagram (bench.sfu.server).
+    receive_timing: dict[str, float] = field(default_factory=dict)
 
     @property
     def server_core(self) -> float:
@@ -973,12 +975,20 @@ async def run_publishers(bench: Bench, count: int, idle_core: float) -> Measurem
         await bench.prepare_call(f"alone{i}")
         await bench.join(f"alone{i}", [pid], publish=True, media="video")
     await asyncio.sleep(2 + args.warmup)
+    before = (await bench.server_stats()).get("receive_timing", {})
     m = await bench.measure("publishers", [], 0, None)
+    after = (await bench.server_stats()).get("receive_timing", {})
+    datagrams = after.get("datagrams", 0) - before.get("datagrams", 0)
+    if datagrams > 0:
+        cpu_ns = after["cpu_ns"] - before["cpu_ns"]
+        m.receive_timing = {"datagrams": datagrams, "us_per_datagram": cpu_ns / datagrams / 1e3}
     m.subscribers = 0
     m.streams = count
     m.media = "video"
+    timing = m.receive_timing.get("us_per_datagram")
+    in_process = f", in-process {timing:.1f} µs/datagram" if timing is not None else ""
     print(
-        f"publishers K={count}: server {m.server_core:.1%} (idle {idle_core:.2%})",
+        f"publishers K={count}: server {m.server_core:.1%} (idle {idle_core:.2%}){in_process}",
         flush=True,
     )
     await bench.leave(ids)
@@ -1005,6 +1015,8 @@ def derive(results: list[Measurement], idle_core: float | None = None) -> dict[s
         incoming = alone.streams * one.packet_rate
         out["receive_us_per_incoming_packet"] = (alone.server_core - idle_core) / incoming * 1e6
         out["receive_publishers"] = alone.streams
+    if alone is not None and alone.receive_timing:
+        out["receive_in_process_us_per_datagram"] = alone.receive_timing["us_per_datagram"]
     return out
 
 

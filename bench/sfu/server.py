@@ -243,6 +243,34 @@ async def tasks_handler(request: web.Request) -> web.Response:
     return web.json_response(dict(sorted(counts.items(), key=lambda kv: -kv[1])))
 
 
+#: CPU time spent handling incoming SRTP datagrams (HUDDLE_BENCH_RECV_TIMING=1).
+RECEIVE_TIMING = {"datagrams": 0, "cpu_ns": 0}
+
+
+def time_the_receive_path() -> None:
+    """Count the thread CPU time of each incoming datagram's handling in-process.
+
+    Wraps :meth:`media.inbound.PublisherInbound._on_srtp` (unprotect, parse,
+    demultiplex, loss tracking, transport-cc, the up track and the fan-out
+    call) before any connection exists; the two clock reads (a syscall each
+    for the thread CPU clock) are included. Kernel receive and the event
+    loop's dispatch are not: the publishers-alone scenario's server CPU holds
+    those.
+    """
+    from media.inbound import PublisherInbound
+
+    original = PublisherInbound._on_srtp
+    clock = time.thread_time_ns
+
+    def timed(self: PublisherInbound, session: Any, data: bytes) -> None:
+        started = clock()
+        original(self, session, data)
+        RECEIVE_TIMING["cpu_ns"] += clock() - started
+        RECEIVE_TIMING["datagrams"] += 1
+
+    PublisherInbound._on_srtp = timed  # type: ignore[method-assign]
+
+
 def make_app(mode: str, *, udp_gso: bool = True) -> web.Application:
     hub = WsHub()
     backend: HuddleBackend | NaiveRelay
@@ -278,6 +306,7 @@ def make_app(mode: str, *, udp_gso: bool = True) -> web.Application:
         data: dict[str, Any] = {"mode": mode, "pid": os.getpid()}
         if isinstance(backend, HuddleBackend):
             data.update(backend.stats())
+            data["receive_timing"] = dict(RECEIVE_TIMING)
         return web.json_response(data)
 
     async def cleanup(app: web.Application) -> None:
@@ -318,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if os.environ.get("HUDDLE_BENCH_RECV_TIMING") == "1":
+        time_the_receive_path()
     if not args.no_uvloop:
         import uvloop  # huddle serve runs on uvloop too
 
