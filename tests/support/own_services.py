@@ -108,6 +108,13 @@ class OwnRedis:
         finally:
             client.close()
 
+    def set(self, key: str, value: str) -> None:
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        try:
+            client.set(key, value)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         """SIGKILL: gone at once, and (no persistence) everything it held is lost."""
         process, self._process = self._process, None
