@@ -359,49 +359,16 @@ def py_flush(downs: list[Any]) -> None:
         down.flush()
 
 
-def describe(
-    data: bytes,
-    start: int,
-    end: int,
-    seq: int,
-    ts: int,
-    marker: bool,
-    keyframe: bool,
-    vp8: Any = None,
-    level: int = -1,
-) -> PacketTuple:
-    """The packet tuple of an incoming packet (``vp8``: its VP8 descriptor, if any)."""
+def describe(packet: Any, keyframe: bool, vp8: Any = None, level: int = -1) -> PacketTuple:
+    """The packet tuple of a parsed incoming packet (``keyframe``: a decoder can
+    start from it; ``vp8``: its VP8 descriptor, if read; ``level``: its audio
+    level byte, -1 if none)."""
     pid = pid_at = tl0 = tl0_at = -1
     if vp8 is not None:
         if vp8.picture_id is not None:
             pid, pid_at = vp8.picture_id, vp8.picture_id_at
         if vp8.tl0 is not None:
             tl0, tl0_at = vp8.tl0, vp8.tl0_at
-    return (data, start, end, seq, ts, marker, keyframe, pid, pid_at, tl0, tl0_at, level)
-
-
-def py_vp8_packet(packet: Any, level: int) -> PacketTuple | None:
-    """The packet tuple of a VP8 packet; None if its descriptor is truncated."""
-    from .payload import parse_vp8
-
-    vp8 = parse_vp8(packet.data, packet.payload_start, packet.payload_end)
-    if vp8 is None:
-        return None
-    return describe(
-        packet.data,
-        packet.payload_start,
-        packet.payload_end,
-        packet.sequence_number,
-        packet.timestamp,
-        packet.marker,
-        vp8.keyframe,
-        vp8,
-        level,
-    )
-
-
-def packet_of(packet: Any, keyframe: bool, level: int = -1) -> PacketTuple:
-    """The packet tuple of a packet whose payload forwarding does not read (audio, H.264)."""
     return (
         packet.data,
         packet.payload_start,
@@ -410,12 +377,20 @@ def packet_of(packet: Any, keyframe: bool, level: int = -1) -> PacketTuple:
         packet.timestamp,
         packet.marker,
         keyframe,
-        -1,
-        -1,
-        -1,
-        -1,
+        pid,
+        pid_at,
+        tl0,
+        tl0_at,
         level,
     )
+
+
+def py_vp8_packet(packet: Any, level: int) -> PacketTuple | None:
+    """The packet tuple of a VP8 packet; None if its descriptor is truncated."""
+    from .payload import parse_vp8
+
+    vp8 = parse_vp8(packet.data, packet.payload_start, packet.payload_end)
+    return None if vp8 is None else describe(packet, vp8.keyframe, vp8, level)
 
 
 #: The VP8 reading of the receive path: C where it is built (same result).

@@ -136,7 +136,6 @@ class FastRtp:
         self.layout: _Layout | None = None
         self.running = False
         self._enabled = True
-        self.payload_type = 0
         self._queue: deque[list[bytes]] = deque()  # protected, for a TURN pair
         self._wake: asyncio.Event | None = None
         self.retransmitted = 0
@@ -155,7 +154,6 @@ class FastRtp:
 
     def prepare(self, payload_type: int, sequence_number: int, timestamp_origin: int) -> None:
         """Fix what every packet of this sender shares (once its codec is negotiated)."""
-        self.payload_type = payload_type
         layout = self.layout = _Layout(self.internals)
         self.stream.configure(
             self.internals.ssrc,

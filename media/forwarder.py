@@ -31,11 +31,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import downstream
 from .aiortc_compat import negotiated_codecs, on_receiver_end
-from .downstream import PacketTuple, describe, packet_of, vp8_packet
+from .downstream import PacketTuple, describe, vp8_packet
 from .keyframes import KeyframeRequester
 from .metrics import MediaMetrics
 from .nack import PacketCache
-from .payload import Vp8Descriptor, h264_keyframe_start
+from .payload import h264_keyframe_start
 from .rtpheader import RtpPacket
 
 if TYPE_CHECKING:
@@ -58,21 +58,8 @@ MAX_REPLAY_PACKETS = 128
 Forwardable = PacketTuple
 
 
-def forwardable(
-    packet: RtpPacket, keyframe: bool, vp8: Vp8Descriptor | None = None, level: int = -1
-) -> Forwardable:
-    """The packet tuple of ``packet`` (``keyframe``: a decoder can start from it)."""
-    return describe(
-        packet.data,
-        packet.payload_start,
-        packet.payload_end,
-        packet.sequence_number,
-        packet.timestamp,
-        packet.marker,
-        keyframe,
-        vp8,
-        level,
-    )
+#: The packet tuple of a parsed packet (tests build theirs with it).
+forwardable = describe
 
 
 class UpTrack:
@@ -155,12 +142,12 @@ class UpTrack:
         if self._vp8:
             entry = vp8_packet(packet, -1)
             if entry is None:  # a truncated descriptor: forwarded, never a keyframe
-                entry = packet_of(packet, False)
+                entry = describe(packet, False)
         elif self._video:
             keyframe = self._h264 and h264_keyframe_start(
                 packet.data, packet.payload_start, packet.payload_end
             )
-            entry = packet_of(packet, keyframe)
+            entry = describe(packet, keyframe)
         else:
             # Audio: every packet stands alone; its level (RFC 6464) forwarded as sent.
             level = -1
@@ -170,7 +157,7 @@ class UpTrack:
                 value = extensions.get(level_id) if level_id is not None else None
                 if value:
                     level = value[0]
-            entry = packet_of(packet, True, level)
+            entry = describe(packet, True, level=level)
         cache = self.cache
         if cache is not None:
             seq = packet.sequence_number
