@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 #: Attempts of one transaction that keeps hitting serialization failures.
-MAX_ATTEMPTS = 5
+#: N transactions racing on one row (N people joining one ringing call) commit
+#: one per round in the worst case, so the last needs N attempts: 10 covers a
+#: group call's simultaneous answers, and the DB timeout still bounds them all.
+MAX_ATTEMPTS = 10
 RETRY_BASE_S = 0.01
 RETRY_CAP_S = 0.2
 #: Bound on applying migrations at startup (when longer than the DB timeout).
