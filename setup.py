@@ -12,7 +12,12 @@ setup(
     ext_modules=[
         Extension(
             "media._udpsend",
-            sources=["media/_udpsend.c", "media/_fanout.c", "media/_rtpparse.c"],
+            sources=[
+                "media/_udpsend.c",
+                "media/_fanout.c",
+                "media/_rtpparse.c",
+                "media/_receive.c",
+            ],
             depends=["media/_udpsend.h"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],

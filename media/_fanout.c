@@ -62,14 +62,7 @@ typedef struct {
     int count, closed;
 } Down;
 
-typedef struct {
-    const unsigned char *data;
-    Py_ssize_t size, start, end;
-    long seq, ts, pid, pid_at, tl0, tl0_at, level;
-    int marker, keyframe;
-} Packet;
-
-static uint64_t
+uint64_t
 ntp_now(void)
 {
     struct timespec now;
@@ -369,6 +362,23 @@ fanout_forward(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             down_flush(down);
     }
     return PyLong_FromLong(taken);
+}
+
+int
+fanout_take(PyObject *down, const Packet *p, uint64_t ntp)
+{
+    if (!Py_IS_TYPE(down, &DownType)) {
+        PyErr_SetString(PyExc_TypeError, "downs must be a list of Down");
+        return -1;
+    }
+    return down_take((Down *)down, p, ntp) ? 1 : 0;
+}
+
+void
+fanout_flush_one(PyObject *down)
+{
+    if (Py_IS_TYPE(down, &DownType))
+        down_flush((Down *)down);
 }
 
 PyObject *

@@ -297,6 +297,51 @@ rtp_parse(PyObject *Py_UNUSED(module), PyObject *arg)
     return (PyObject *)packet;
 }
 
+int
+vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p)
+{
+    p->pid = p->pid_at = p->tl0 = p->tl0_at = -1;
+    p->keyframe = 0;
+    if (end - start < 1)
+        return -1;
+    unsigned char first = d[start];
+    Py_ssize_t pos = start + 1;
+    if (first & 0x80) {
+        if (pos >= end)
+            return -1;
+        unsigned char ext = d[pos++];
+        if (ext & 0x80) {
+            if (pos >= end)
+                return -1;
+            if (d[pos] & 0x80) {
+                if (pos + 2 > end)
+                    return -1;
+                p->pid = ((d[pos] & 0x7F) << 8) | d[pos + 1];
+                p->pid_at = (long)(pos - start);
+                pos += 2;
+            } else {
+                pos++;
+            }
+        }
+        if (ext & 0x40) {
+            if (pos >= end)
+                return -1;
+            p->tl0 = d[pos];
+            p->tl0_at = (long)(pos - start);
+            pos++;
+        }
+        if (ext & 0x30)
+            pos++;
+    }
+    if (pos > end) {
+        p->pid = p->pid_at = p->tl0 = p->tl0_at = -1;
+        return -1;
+    }
+    int frame_start = (first & 0x10) && (first & 0x07) == 0;
+    p->keyframe = frame_start && pos < end && (d[pos] & 0x01) == 0;
+    return 0;
+}
+
 /*
  * vp8_packet(packet: RtpPacket, level: int) -> tuple | None: the packet tuple of
  * media/downstream.py for a VP8 packet (keyframe, picture id, TL0PICIDX read from
@@ -321,42 +366,13 @@ rtp_vp8_packet(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(p->data);
     Py_ssize_t size = PyBytes_GET_SIZE(p->data);
     Py_ssize_t start = p->payload_start, end = p->payload_end;
-    if (start < 0 || end > size || end - start < 1)
+    if (start < 0 || end > size)
         Py_RETURN_NONE;
-    long pid = -1, pid_at = -1, tl0 = -1, tl0_at = -1;
-    unsigned char first = d[start];
-    Py_ssize_t pos = start + 1;
-    if (first & 0x80) {
-        if (pos >= end)
-            Py_RETURN_NONE;
-        unsigned char ext = d[pos++];
-        if (ext & 0x80) {
-            if (pos >= end)
-                Py_RETURN_NONE;
-            if (d[pos] & 0x80) {
-                if (pos + 2 > end)
-                    Py_RETURN_NONE;
-                pid = ((d[pos] & 0x7F) << 8) | d[pos + 1];
-                pid_at = (long)(pos - start);
-                pos += 2;
-            } else {
-                pos++;
-            }
-        }
-        if (ext & 0x40) {
-            if (pos >= end)
-                Py_RETURN_NONE;
-            tl0 = d[pos];
-            tl0_at = (long)(pos - start);
-            pos++;
-        }
-        if (ext & 0x30)
-            pos++;
-    }
-    if (pos > end)
+    Packet v;
+    if (vp8_describe(d, start, end, &v) < 0)
         Py_RETURN_NONE;
-    int frame_start = (first & 0x10) && (first & 0x07) == 0;
-    int keyframe = frame_start && pos < end && (d[pos] & 0x01) == 0;
+    int keyframe = v.keyframe;
+    long pid = v.pid, pid_at = v.pid_at, tl0 = v.tl0, tl0_at = v.tl0_at;
     PyObject *t = PyTuple_New(12);
     if (t == NULL)
         return NULL;

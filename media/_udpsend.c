@@ -285,15 +285,6 @@ PyTypeObject UdpOutType = {
 
 /* --- receive side: SRTP/SRTCP unprotect into a new bytes object ------------ */
 
-typedef struct {
-    PyObject_HEAD
-    void *ctx;
-    protect_fn unprotect;
-    protect_fn unprotect_rtcp;
-    unsigned long long failures;
-    int last_error; /* libsrtp's status of the last failure, 0 if none */
-} SrtpIn;
-
 static int
 SrtpIn_init(SrtpIn *self, PyObject *args, PyObject *kwds)
 {
@@ -315,7 +306,7 @@ SrtpIn_init(SrtpIn *self, PyObject *args, PyObject *kwds)
 }
 
 /* The plaintext of ``data`` (RTP or RTCP), or None when libsrtp refuses it. */
-static PyObject *
+PyObject *
 srtpin_run(SrtpIn *self, PyObject *arg, protect_fn fn)
 {
     char *src;
@@ -381,7 +372,7 @@ static PyGetSetDef SrtpIn_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject SrtpInType = {
+PyTypeObject SrtpInType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "media._udpsend.SrtpIn",
     .tp_doc = "SrtpIn(ctx, unprotect, unprotect_rtcp): libsrtp unprotect without cffi",
@@ -420,7 +411,9 @@ PyMODINIT_FUNC
 PyInit__udpsend(void)
 {
     if (PyType_Ready(&UdpOutType) < 0 || PyType_Ready(&SrtpInType) < 0
-        || PyType_Ready(&DownType) < 0 || PyType_Ready(&RtpPacketType) < 0)
+        || PyType_Ready(&DownType) < 0 || PyType_Ready(&RtpPacketType) < 0
+        || PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&InStreamType) < 0
+        || PyType_Ready(&SinkType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&udpsend_module);
     if (m == NULL)
@@ -448,6 +441,16 @@ PyInit__udpsend(void)
         Py_DECREF(&DownType);
         Py_DECREF(m);
         return NULL;
+    }
+    PyTypeObject *receive_types[] = {&ReceiverType, &InStreamType, &SinkType};
+    const char *receive_names[] = {"Receiver", "InStream", "Sink"};
+    for (int i = 0; i < 3; i++) {
+        Py_INCREF(receive_types[i]);
+        if (PyModule_AddObject(m, receive_names[i], (PyObject *)receive_types[i]) < 0) {
+            Py_DECREF(receive_types[i]);
+            Py_DECREF(m);
+            return NULL;
+        }
     }
     if (PyModule_AddIntConstant(m, "MAX_SEGMENTS", MAX_SEGMENTS) < 0
         || PyModule_AddIntConstant(m, "MAX_BATCH_BYTES", MAX_BATCH_BYTES) < 0) {

@@ -47,6 +47,46 @@ typedef struct {
 } UdpOut;
 
 extern PyTypeObject UdpOutType;
+
+/* The receive half of one SRTP session: libsrtp's unprotect by address. */
+typedef struct {
+    PyObject_HEAD
+    void *ctx;
+    protect_fn unprotect;
+    protect_fn unprotect_rtcp;
+    unsigned long long failures;
+    int last_error; /* libsrtp's status of the last failure, 0 if none */
+} SrtpIn;
+
+extern PyTypeObject SrtpInType;
+
+/* The plaintext of `arg` (RTP or RTCP, by `fn`) as a new bytes object, or None
+ * when libsrtp refuses it (counted in failures). */
+PyObject *srtpin_run(SrtpIn *self, PyObject *arg, protect_fn fn);
+
+/* One incoming packet as the fan-out reads it (media/downstream.py's packet
+ * tuple); -1 for an absent picture id, TL0PICIDX or level. */
+typedef struct {
+    const unsigned char *data;
+    Py_ssize_t size, start, end;
+    long seq, ts, pid, pid_at, tl0, tl0_at, level;
+    int marker, keyframe;
+} Packet;
+
+/* NTP time now (for abs-send-time), read once per incoming packet. */
+uint64_t ntp_now(void);
+/* Whether `down` (a Down) took the packet: 1 or 0; -1 (TypeError) if not a Down. */
+int fanout_take(PyObject *down, const Packet *p, uint64_t ntp);
+/* Send what `down` (a Down) queued. */
+void fanout_flush_one(PyObject *down);
+/* Read the VP8 payload descriptor of d[start:end] into p's keyframe, pid,
+ * pid_at, tl0 and tl0_at (RFC 7741 4.2); -1 if it is truncated. */
+int vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p);
+
+/* The receive path (media/_receive.c). */
+extern PyTypeObject ReceiverType;
+extern PyTypeObject InStreamType;
+extern PyTypeObject SinkType;
 extern PyTypeObject DownType;
 
 /* Send `count` protected datagrams laid out every `seg` bytes in buf[0:end]

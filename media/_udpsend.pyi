@@ -1,6 +1,6 @@
-"""Types of the C extension built from media/_udpsend.c and media/_fanout.c."""
+"""Types of the C extension built from media/_udpsend.c, _fanout.c, _rtpparse.c and _receive.c."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 MAX_SEGMENTS: int
 MAX_BATCH_BYTES: int
@@ -101,3 +101,71 @@ class RtpPacket:
 
 def parse_rtp(data: bytes, /) -> RtpPacket | str: ...
 def vp8_packet(packet: RtpPacket, level: int, /) -> PacketTuple | None: ...
+
+class InStream:
+    ssrc: int
+    packets: int
+    bytes: int
+    base_seq: int
+    max_seq: int
+    cycles: int
+    jitter: float
+    nack: object
+    sink: Sink | None
+    slow: int
+    def __init__(
+        self,
+        ssrc: int,
+        clock_rate: int,
+        media_pts: Iterable[int],
+        rtx_apt: dict[int, int],
+        nack: object,
+    ) -> None: ...
+    def received(self, seq: int, timestamp: int, now: float, /) -> bool: ...
+    def set_types(self, media_pts: Iterable[int], rtx_apt: dict[int, int], /) -> None: ...
+
+class Sink:
+    mode: int
+    fast: int
+    armed: int
+    hits: int
+    misses: int
+    packets_in: int
+    keyframe_seq: int | None
+    newest_seq: int | None
+    downs: list[Down]
+    def __init__(
+        self, mode: int, cache_size: int, speech_level: int, on_arm: Callable[[int], None]
+    ) -> None: ...
+    def put(self, seq: int, item: PacketTuple, keyframe: bool = False, /) -> None: ...
+    def get(self, seq: int, /) -> PacketTuple | None: ...
+    def clear(self) -> None: ...
+    def flush(self) -> None: ...
+    def expire(self, arm_id: int, /) -> None: ...
+    def take_counts(self) -> tuple[int, int, int]: ...
+    def take_levels(self) -> tuple[int, int, int]: ...
+
+class Receiver:
+    srtp: SrtpIn | None
+    twcc_id: int
+    level_id: int
+    rtx_packets: int
+    fast_packets: int
+    slow_packets: int
+    twcc_overflow: int
+    def __init__(
+        self,
+        on_rtcp: Callable[[bytes], None],
+        on_rtp: Callable[[bytes], None],
+        on_gap: Callable[[], None],
+    ) -> None: ...
+    def hook(
+        self, fallback: Callable[[bytes, object], None], data: bytes, addr: object, /
+    ) -> None: ...
+    def receive(self, data: bytes, /) -> None: ...
+    def set_streams(
+        self, streams: list[tuple[int, InStream]], rtx: list[tuple[int, InStream]], /
+    ) -> None: ...
+    def take_twcc(self) -> list[tuple[int, int]]: ...
+    def take_dropped(self) -> tuple[int, int]: ...
+    def close(self) -> None: ...

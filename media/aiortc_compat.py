@@ -34,6 +34,7 @@ is behaviour-preserving for code that does not opt in:
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import struct
 import threading
@@ -471,7 +472,9 @@ def ice_protocols(pc: Any) -> list[aioice.ice.StunProtocol]:
     return [] if connection is None else list(connection._protocols)
 
 
-def intercept_srtp(dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None]) -> None:
+def intercept_srtp(
+    dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None], *, fast: Any = None
+) -> None:
     """Hand every SRTP/SRTCP datagram of ``dtls`` to ``on_srtp(rx_session, data)``.
 
     Installed on the ICE connection under the DTLS transport, so a media
@@ -479,6 +482,11 @@ def intercept_srtp(dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None]
     synchronously, skipping aioice's queue, the DTLS transport's receive task
     and aiortc's RTP parsing, routing and receivers. STUN and DTLS keep their
     usual path; so does SRTP until DTLS has keyed the session. Idempotent.
+
+    With ``fast`` (a ``media._udpsend.Receiver``), each socket's protocol hands
+    its datagrams to the C receive path first (``fast.hook``), which takes
+    the keyed session's SRTP itself and passes the rest to the hook above's
+    Python fallback; ``on_srtp`` keys it on the first SRTP datagram.
     """
     connection = dtls.transport._connection
     if getattr(connection, "_huddle_intercepted", False):
@@ -498,13 +506,14 @@ def intercept_srtp(dtls: RTCDtlsTransport, on_srtp: Callable[[Any, bytes], None]
     # every media datagram as STUN. (The hook above catches what these miss.)
     for protocol in connection._protocols:
         if isinstance(protocol, aioice.ice.StunProtocol):
-            _intercept_protocol(protocol, dtls, on_srtp)
+            _intercept_protocol(protocol, dtls, on_srtp, fast)
 
 
 def _intercept_protocol(
     protocol: aioice.ice.StunProtocol,
     dtls: RTCDtlsTransport,
     on_srtp: Callable[[Any, bytes], None],
+    fast: Any,
 ) -> None:
     original = protocol.datagram_received
 
@@ -515,6 +524,9 @@ def _intercept_protocol(
             return
         original(data, addr)
 
+    if fast is not None:
+        protocol.datagram_received = functools.partial(fast.hook, datagram_received)  # type: ignore[method-assign]
+        return
     protocol.datagram_received = datagram_received  # type: ignore[method-assign]
 
 

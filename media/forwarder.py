@@ -24,7 +24,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -37,6 +37,7 @@ from .metrics import MediaMetrics
 from .nack import PacketCache
 from .payload import h264_keyframe_start
 from .rtpheader import RtpPacket
+from .udpout import ACCELERATED, _udpsend
 
 if TYPE_CHECKING:
     from .fastsend import FastRtp
@@ -60,6 +61,24 @@ Forwardable = PacketTuple
 
 #: The packet tuple of a parsed packet (tests build theirs with it).
 forwardable = describe
+
+#: An audio level (dBov, RFC 6464) at or under this counts as speech.
+SPEECH_LEVEL = 50
+
+
+class PacketStore(Protocol):
+    """A track's packet cache: :class:`media.nack.PacketCache` or the C ``Sink``."""
+
+    hits: int
+    misses: int
+
+    @property
+    def newest_seq(self) -> int | None: ...
+    @property
+    def keyframe_seq(self) -> int | None: ...
+    def put(self, seq: int, item: Forwardable, keyframe: bool = False) -> None: ...
+    def get(self, seq: int) -> Forwardable | None: ...
+    def clear(self) -> None: ...
 
 
 class UpTrack:
@@ -92,17 +111,27 @@ class UpTrack:
         self._fanout: list[tuple[Callable[[list[Any], Any, bool], int], list[Any]]] = []
         self._flushes: list[tuple[Callable[[list[Any]], None], list[Any]]] = []
         self.ended = False
-        self.packets_in = 0
+        self._packets_in = 0
         mime = self.mime_type
         self._vp8 = mime == "video/vp8"
         self._h264 = mime == "video/h264"
         self._video = self.kind == "video"
-        self.cache: PacketCache[Forwardable] | None = (
-            PacketCache(CACHE_PACKETS) if self.kind == "video" else None
-        )
+        # The C receive path's half of this track (media/_receive.c): it reads,
+        # caches and forwards VP8 and audio packets itself while every
+        # subscriber is on the C fan-out; H264 comes through on_packet.
+        self._sink: Any = None
+        self.cache: PacketStore | None = None
+        if ACCELERATED and _udpsend is not None:
+            mode = 1 if self._vp8 else 2 if not self._video else 0
+            size = CACHE_PACKETS if self._video else 0
+            self._sink = _udpsend.Sink(mode, size, SPEECH_LEVEL, self._arm)
+            self._sink.fast = 1  # no subscriber yet: nothing on the Python fan-out
+            if self._video:
+                self.cache = self._sink
+        elif self._video:
+            self.cache = PacketCache(CACHE_PACKETS)
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._keyframe_seq: int | None = None  # where the latest cached keyframe starts
-        self._newest_seq: int | None = None
+        self._arm_timer: asyncio.TimerHandle | None = None
         self._keyframes = KeyframeRequester(
             self._send_pli,
             pli_min_interval,
@@ -125,6 +154,18 @@ class UpTrack:
         return self._inbound.ids.audio_level if self.kind == "audio" else None
 
     @property
+    def fast_sink(self) -> Any:
+        """The C half the receive path hands VP8 and audio packets to (None: on_packet)."""
+        sink = self._sink
+        return sink if sink is not None and sink.mode != 0 else None
+
+    @property
+    def packets_in(self) -> int:
+        """Packets received from the publisher (both paths)."""
+        sink = self._sink
+        return self._packets_in + (sink.packets_in if sink is not None else 0)
+
+    @property
     def subscriber_count(self) -> int:
         return len(self._downs)
 
@@ -138,7 +179,7 @@ class UpTrack:
         """One packet from the receive path (original sequence number, RTX unwrapped)."""
         if self.ended:
             return
-        self.packets_in += 1
+        self._packets_in += 1
         if self._vp8:
             entry = vp8_packet(packet, -1)
             if entry is None:  # a truncated descriptor: forwarded, never a keyframe
@@ -160,13 +201,7 @@ class UpTrack:
             entry = describe(packet, True, level=level)
         cache = self.cache
         if cache is not None:
-            seq = packet.sequence_number
-            cache.put(seq, entry)
-            newest = self._newest_seq
-            if newest is None or 0 < ((seq - newest) & 0xFFFF) < 0x8000:
-                self._newest_seq = seq
-            if entry[6]:  # a keyframe
-                self._keyframe_seq = seq
+            cache.put(packet.sequence_number, entry, entry[6])
         # A whole frame (audio: a packet) queued: each subscriber gets it in
         # as few GSO sends as the sizes allow.
         complete = packet.marker or not self._video
@@ -192,6 +227,28 @@ class UpTrack:
         for flush, streams in self._flushes:
             flush(streams)
 
+    def _arm(self, arm_id: int) -> None:
+        # The C half forwarded the first packets of a frame: flush them in
+        # FLUSH_AFTER unless the frame completes first.
+        if self._arm_timer is not None:
+            self._arm_timer.cancel()
+        self._arm_timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._expire, arm_id)
+
+    def _expire(self, arm_id: int) -> None:
+        self._arm_timer = None
+        if self._sink is not None:
+            self._sink.expire(arm_id)
+        self.sync()
+
+    def sync(self) -> None:
+        """Count what the C half forwarded since the last call (receiver report ticks)."""
+        sink = self._sink
+        if sink is None:
+            return
+        frames, packets, nbytes = sink.take_counts()
+        if packets:
+            self._metrics.packets_forwarded(self.kind, frames, packets, nbytes)
+
     def replay(self, down: DownTrack) -> None:
         """Send ``down`` the cached latest keyframe and what followed, if recent enough.
 
@@ -199,8 +256,11 @@ class UpTrack:
         track) need not wait for the keyframe its PLI asks for: the one the
         publisher sent last is usually still in the cache (Galène does the same).
         """
-        start, newest, cache = self._keyframe_seq, self._newest_seq, self.cache
-        if cache is None or start is None or newest is None:
+        cache = self.cache
+        if cache is None:
+            return
+        start, newest = cache.keyframe_seq, cache.newest_seq
+        if start is None or newest is None:
             return
         count = (newest - start) & 0xFFFF
         if count >= MAX_REPLAY_PACKETS:
@@ -248,6 +308,12 @@ class UpTrack:
             groups.setdefault(sender.impl, []).append(sender.stream)
         self._fanout = [(impl.forward, streams) for impl, streams in groups.items()]
         self._flushes = [(impl.flush, streams) for impl, streams in groups.items()]
+        sink = self._sink
+        if sink is not None:
+            c_streams = [s for impl, ss in groups.items() if impl.accelerated for s in ss]
+            sink.downs = c_streams
+            # The C half forwards only while every subscriber is on the C fan-out.
+            sink.fast = int(len(c_streams) == len(self._senders) and not self.ended)
 
     def end(self) -> None:
         """The published track is gone (m-line removed, connection closed)."""
@@ -265,6 +331,13 @@ class UpTrack:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._arm_timer is not None:
+            self._arm_timer.cancel()
+            self._arm_timer = None
+        if self._sink is not None:
+            self._sink.fast = 0
+            self._sink.downs = []
+            self.sync()
         for down in list(self._downs):
             down.detach(self)
         self._downs.clear()

@@ -36,6 +36,7 @@ from .nack import NackTracker
 from .rtpheader import ExtensionIds, RtpPacket, parse_or_reason, text_extension
 from .srtpin import SrtpReceiver
 from .twcc import TwccRecorder
+from .udpout import ACCELERATED, _udpsend
 
 #: How often transport-wide feedback goes to a publisher that negotiated it.
 TWCC_INTERVAL = 0.05
@@ -48,6 +49,8 @@ class PacketSink(Protocol):
 
     def on_packet(self, packet: RtpPacket) -> None: ...
     def request_keyframe(self) -> None: ...
+    def sync(self) -> None:
+        """Periodic (each receiver report): bring counters kept in C up to date."""
 
 
 @dataclass
@@ -64,16 +67,24 @@ class MLine:
     nack: bool = False
 
 
-class InboundStream:
-    """One incoming media SSRC: RFC 3550 reception statistics, NACK state, sink."""
+class ReceptionStats:
+    """One SSRC's RFC 3550 reception statistics and NACK tracking.
 
-    def __init__(self, ssrc: int, mline: MLine, nack: NackTracker | None) -> None:
+    The reference of the C receive path's ``media._udpsend.InStream`` (same
+    attributes, same :meth:`received`), which the fast path updates in place.
+    """
+
+    def __init__(
+        self,
+        ssrc: int,
+        clock_rate: int,
+        media_pts: frozenset[int],
+        rtx_apt: dict[int, int],
+        nack: NackTracker | None,
+    ) -> None:
         self.ssrc = ssrc
-        self.mline = mline
-        self.kind = mline.kind
-        self.clock_rate = mline.clock_rate
+        self.clock_rate = clock_rate
         self.nack = nack
-        self.sink: PacketSink | None = None
         self.packets = 0
         self.bytes = 0
         self.base_seq = -1
@@ -81,10 +92,9 @@ class InboundStream:
         self.cycles = 0
         self.jitter = 0.0
         self._transit: float | None = None
-        self._expected_prior = 0
-        self._received_prior = 0
-        self.sr_ntp_middle = 0
-        self.sr_at = 0.0
+
+    def set_types(self, media_pts: frozenset[int], rtx_apt: dict[int, int]) -> None:
+        """The payload types the C fast path accepts (nothing to do here)."""
 
     def received(self, seq: int, timestamp: int, now: float) -> bool:
         """Count one packet; True when it opened a gap worth a NACK."""
@@ -107,20 +117,72 @@ class InboundStream:
         nack = self.nack
         return nack is not None and nack.received(seq, now)
 
+
+class InboundStream:
+    """One incoming media SSRC: its m-line, reception statistics, sink, reports."""
+
+    def __init__(
+        self, ssrc: int, mline: MLine, nack: NackTracker | None, *, accelerated: bool = False
+    ) -> None:
+        self.ssrc = ssrc
+        self.mline = mline
+        self.kind = mline.kind
+        self.clock_rate = mline.clock_rate
+        self.nack = nack
+        self.sink: PacketSink | None = None
+        stats_type: Any = ReceptionStats
+        if accelerated:
+            assert _udpsend is not None
+            stats_type = _udpsend.InStream
+        self.stats: ReceptionStats = stats_type(
+            ssrc, mline.clock_rate, mline.media_pts, mline.rtx_apt, nack
+        )
+        self._expected_prior = 0
+        self._received_prior = 0
+        self.sr_ntp_middle = 0
+        self.sr_at = 0.0
+
+    @property
+    def packets(self) -> int:
+        return self.stats.packets
+
+    @property
+    def jitter(self) -> float:
+        return self.stats.jitter
+
+    def set_mline(self, mline: MLine) -> None:
+        self.mline = mline
+        self.stats.set_types(mline.media_pts, mline.rtx_apt)
+
+    def set_sink(self, sink: PacketSink | None) -> None:
+        """Hand this stream's packets to ``sink`` (the C fast path to its C half, if any)."""
+        self.sink = sink
+        stats: Any = self.stats
+        if isinstance(stats, ReceptionStats):
+            return
+        fast = getattr(sink, "fast_sink", None) if sink is not None else None
+        stats.sink = fast
+        stats.slow = int(sink is not None and fast is None)
+
+    def received(self, seq: int, timestamp: int, now: float) -> bool:
+        """Count one packet; True when it opened a gap worth a NACK."""
+        return self.stats.received(seq, timestamp, now)
+
     def report(self, now: float) -> rtcp.ReportBlock:
-        extended = self.cycles + self.max_seq
-        expected = extended - self.base_seq + 1
-        lost = expected - self.packets
+        stats = self.stats
+        extended = stats.cycles + stats.max_seq
+        expected = extended - stats.base_seq + 1
+        lost = expected - stats.packets
         expected_interval = expected - self._expected_prior
-        received_interval = self.packets - self._received_prior
-        self._expected_prior, self._received_prior = expected, self.packets
+        received_interval = stats.packets - self._received_prior
+        self._expected_prior, self._received_prior = expected, stats.packets
         lost_interval = expected_interval - received_interval
         fraction = 0
         if expected_interval > 0 and lost_interval > 0:
             fraction = min(255, (lost_interval << 8) // expected_interval)
         dlsr = int((now - self.sr_at) * 65536) if self.sr_at else 0
         return rtcp.ReportBlock(
-            self.ssrc, fraction, lost, extended, int(self.jitter), self.sr_ntp_middle, dlsr
+            self.ssrc, fraction, lost, extended, int(stats.jitter), self.sr_ntp_middle, dlsr
         )
 
 
@@ -179,6 +241,7 @@ class PublisherInbound:
         metrics: MediaMetrics,
         remb_bitrate: int,
         clock: Callable[[], float] = time.monotonic,
+        accelerated: bool | None = None,
     ) -> None:
         self.name = name
         self._metrics = metrics
@@ -198,12 +261,34 @@ class PublisherInbound:
         self._pending_sends: set[asyncio.Future[Any]] = set()
         self._rtcp_task: asyncio.Task[None] | None = None
         self._closed = False
-        self.dropped: dict[str, int] = {}
-        self.rtx_packets = 0
+        self._dropped: dict[str, int] = {}
         self._twcc: TwccRecorder | None = None
         self._twcc_id: int | None = None
         self._twcc_task: asyncio.Task[None] | None = None
         self.twcc_feedbacks = 0
+        # The C receive path (media/_receive.c) takes the common case; it reads
+        # time.monotonic itself, so an injected clock means the Python path.
+        use_c = ACCELERATED if accelerated is None else accelerated
+        self._c: Any = None
+        if use_c and clock is time.monotonic:
+            if _udpsend is None:
+                raise RuntimeError("media._udpsend is not built")
+            self._c = _udpsend.Receiver(self._on_srtcp, self._on_rtp_guarded, self._schedule_nacks)
+        self._rtx_packets = 0
+
+    @property
+    def accelerated(self) -> bool:
+        return self._c is not None
+
+    @property
+    def fast_packets(self) -> int:
+        """RTP packets the C receive path handled end to end (0 on the Python path)."""
+        return self._c.fast_packets if self._c is not None else 0
+
+    @property
+    def rtx_packets(self) -> int:
+        """RTX packets unwrapped (both paths)."""
+        return self._rtx_packets + (self._c.rtx_packets if self._c is not None else 0)
 
     def __repr__(self) -> str:
         return f"PublisherInbound({self.name})"
@@ -222,6 +307,10 @@ class PublisherInbound:
             return
         self._mlines, self.ids = parse_mlines(remote.sdp, local.sdp)
         self._twcc_id = self.ids.transport_cc
+        if self._c is not None:
+            level = self.ids.audio_level
+            self._c.twcc_id = -1 if self._twcc_id is None else self._twcc_id
+            self._c.level_id = -1 if level is None else level
         if self._twcc_id is not None and self._twcc is None:
             self._twcc = TwccRecorder()
             self._twcc_task = asyncio.get_running_loop().create_task(
@@ -239,11 +328,12 @@ class PublisherInbound:
             if stream.mline.mid not in self._mlines:
                 del self._streams[ssrc]
             else:
-                stream.mline = self._mlines[stream.mline.mid]
+                stream.set_mline(self._mlines[stream.mline.mid])
+        self._sync()
         dtls = dtls_transport_of(pc)
         if dtls is not None and dtls is not self._dtls:
             self._dtls = dtls
-            intercept_srtp(dtls, self._on_srtp)
+            intercept_srtp(dtls, self._on_srtp, fast=self._c)
         if self._rtcp_task is None:
             self._rtcp_task = asyncio.get_running_loop().create_task(
                 self._rtcp_loop(), name=f"rtcp {self.name}"
@@ -254,14 +344,14 @@ class PublisherInbound:
         self._sinks[mid] = sink
         for stream in self._streams.values():
             if stream.mline.mid == mid:
-                stream.sink = sink
+                stream.set_sink(sink)
 
     def unbind(self, mid: str, sink: PacketSink) -> None:
         if self._sinks.get(mid) is sink:
             del self._sinks[mid]
             for stream in self._streams.values():
                 if stream.sink is sink:
-                    stream.sink = None
+                    stream.set_sink(None)
 
     def media_ssrc(self, mid: str) -> int | None:
         """The SSRC m-line ``mid`` is being received on (the first, if several)."""
@@ -272,23 +362,56 @@ class PublisherInbound:
 
     def _add_stream(self, ssrc: int, mline: MLine) -> InboundStream:
         nack = NackTracker() if mline.nack else None
-        stream = self._streams[ssrc] = InboundStream(ssrc, mline, nack)
-        stream.sink = self._sinks.get(mline.mid)
+        stream = InboundStream(ssrc, mline, nack, accelerated=self._c is not None)
+        self._streams[ssrc] = stream
+        stream.set_sink(self._sinks.get(mline.mid))
         self._unknown.discard(ssrc)
+        self._sync()
         return stream
+
+    def _sync(self) -> None:
+        """Give the C receive path the current streams (after every change)."""
+        if self._c is not None:
+            self._c.set_streams(
+                [(ssrc, s.stats) for ssrc, s in self._streams.items()],
+                [(ssrc, s.stats) for ssrc, s in self._rtx.items()],
+            )
 
     # --- receive -------------------------------------------------------------
 
-    def _drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        self._metrics.rtp_dropped(reason)
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + count
+        self._metrics.rtp_dropped(reason, count)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Datagrams dropped, by reason (both paths)."""
+        self._take_c_counts()
+        return dict(self._dropped)
+
+    def _take_c_counts(self) -> None:
+        if self._c is None:
+            return
+        srtp, padding = self._c.take_dropped()
+        if srtp:
+            self._drop("srtp", srtp)
+        if padding:
+            self._drop("padding", padding)
 
     def _on_srtp(self, session: Any, data: bytes) -> None:
         if self._closed:
             return
         receiver = self._srtp
         if receiver is None or receiver.session is not session:
-            receiver = self._srtp = SrtpReceiver(session)
+            receiver = self._srtp = SrtpReceiver(session, accelerated=self._c is not None or None)
+            if self._c is not None:
+                self._c.srtp = receiver.c_session
+        if self._c is not None:
+            try:
+                self._c.receive(data)
+            except Exception:
+                logger.exception("%r: failed on an incoming packet", self)
+            return
         try:
             if rtcp.is_rtcp(data):
                 plain = receiver.rtcp(data)
@@ -304,6 +427,29 @@ class PublisherInbound:
                     self._on_rtp(plain)
         except Exception:
             # A bug must not take the socket's protocol down with it.
+            logger.exception("%r: failed on an incoming packet", self)
+
+    def _on_srtcp(self, data: bytes) -> None:
+        """An SRTCP datagram from the C receive path."""
+        receiver = self._srtp
+        if receiver is None or self._closed:
+            return
+        try:
+            plain = receiver.rtcp(data)
+            if plain is None:
+                self._drop("srtp")
+            else:
+                self._on_rtcp(plain)
+        except Exception:
+            logger.exception("%r: failed on an incoming RTCP packet", self)
+
+    def _on_rtp_guarded(self, data: bytes) -> None:
+        """A packet the C receive path handed back (not the common case)."""
+        if self._closed:
+            return
+        try:
+            self._on_rtp(data)
+        except Exception:
             logger.exception("%r: failed on an incoming packet", self)
 
     def _on_rtp(self, data: bytes) -> None:
@@ -337,7 +483,7 @@ class PublisherInbound:
             if apt is None:
                 self._drop("malformed")
                 return
-            self.rtx_packets += 1
+            self._rtx_packets += 1
             packet = RtpPacket(
                 data,
                 packet.marker,
@@ -352,7 +498,7 @@ class PublisherInbound:
         elif packet.payload_type not in stream.mline.media_pts:
             self._drop("malformed")
             return
-        stream.bytes += len(data)
+        stream.stats.bytes += len(data)
         if stream.received(packet.sequence_number, packet.timestamp, self._clock()):
             self._schedule_nacks()
         if packet.payload_end == packet.payload_start:
@@ -389,6 +535,7 @@ class PublisherInbound:
             if len(media) != 1:
                 return None
             self._rtx[packet.ssrc] = media[0]
+            self._sync()
             return media[0]
         if packet.payload_type not in mline.media_pts:
             return None
@@ -484,6 +631,9 @@ class PublisherInbound:
             while True:
                 await asyncio.sleep(TWCC_INTERVAL)
                 recorder = self._twcc
+                if recorder is not None and self._c is not None:
+                    for sequence_number, arrival_us in self._c.take_twcc():
+                        recorder.record(sequence_number, arrival_us)
                 if recorder is None or not recorder.pending:
                     continue
                 media = next(iter(self._streams), 0)
@@ -502,6 +652,9 @@ class PublisherInbound:
         try:
             while True:
                 await asyncio.sleep(0.5 + random.random())
+                self._take_c_counts()
+                for sink in list(self._sinks.values()):
+                    sink.sync()
                 if self._streams:
                     try:
                         self._send(self._reports())
@@ -531,3 +684,6 @@ class PublisherInbound:
         self._streams.clear()
         self._rtx.clear()
         self._sinks.clear()
+        if self._c is not None:
+            self._take_c_counts()
+            self._c.close()

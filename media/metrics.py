@@ -27,7 +27,7 @@ class MediaMetrics(Protocol):
     def nack_received(self) -> None: ...
     def subscriber_skipped_to_keyframe(self) -> None: ...
     def frame_dropped_incomplete(self) -> None: ...
-    def rtp_dropped(self, reason: str) -> None: ...
+    def rtp_dropped(self, reason: str, count: int = 1) -> None: ...
     def nacks_sent(self, packets: int) -> None: ...
     def retransmitted(self, packets: int) -> None: ...
     def twcc_feedback_sent(self) -> None: ...
@@ -71,7 +71,7 @@ class NoopMediaMetrics:
     def frame_dropped_incomplete(self) -> None:
         pass
 
-    def rtp_dropped(self, reason: str) -> None:
+    def rtp_dropped(self, reason: str, count: int = 1) -> None:
         pass
 
     def nacks_sent(self, packets: int) -> None:
@@ -227,10 +227,10 @@ class PrometheusMediaMetrics:
     def frame_dropped_incomplete(self) -> None:
         self.incomplete.inc()
 
-    def rtp_dropped(self, reason: str) -> None:
+    def rtp_dropped(self, reason: str, count: int = 1) -> None:
         child = self._dropped.get(reason)
         if child is not None:
-            child.inc()
+            child.inc(count)
 
     def nacks_sent(self, packets: int) -> None:
         self.nacked.inc(packets)
@@ -283,8 +283,8 @@ class CountingMediaMetrics:
     def frame_dropped_incomplete(self) -> None:
         self.counts["incomplete_dropped"] += 1
 
-    def rtp_dropped(self, reason: str) -> None:
-        self.counts[f"dropped_{reason}"] += 1
+    def rtp_dropped(self, reason: str, count: int = 1) -> None:
+        self.counts[f"dropped_{reason}"] += count
 
     def nacks_sent(self, packets: int) -> None:
         self.counts["nack_sent"] += packets

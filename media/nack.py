@@ -56,25 +56,35 @@ class NackTracker:
             self.highest = seq
             return False
         if seq_newer(seq, highest):
-            gap = (seq - highest - 1) & 0xFFFF
             self.highest = seq
-            if gap == 0:
-                return False
-            if gap > self.max_missing:
-                self.gave_up += len(self._missing) + gap
-                self._missing.clear()
-                return False
-            missing = self._missing
-            for i in range(1, gap + 1):
-                missing[(highest + i) & 0xFFFF] = [0, now, now]
-            if len(missing) > self.max_missing:
-                for old in list(missing)[: len(missing) - self.max_missing]:
-                    del missing[old]
-                    self.gave_up += 1
-            return True
+            return self.gap(highest, seq, now)
+        self.filled(seq)
+        return False
+
+    def gap(self, highest: int, seq: int, now: float) -> bool:
+        """``seq`` arrived after ``highest``, with what is between missing; True if
+        there is something to NACK. (The C receive path follows ``highest`` itself
+        and calls this only when a gap opens.)"""
+        gap = (seq - highest - 1) & 0xFFFF
+        if gap == 0:
+            return False
+        if gap > self.max_missing:
+            self.gave_up += len(self._missing) + gap
+            self._missing.clear()
+            return False
+        missing = self._missing
+        for i in range(1, gap + 1):
+            missing[(highest + i) & 0xFFFF] = [0, now, now]
+        if len(missing) > self.max_missing:
+            for old in list(missing)[: len(missing) - self.max_missing]:
+                del missing[old]
+                self.gave_up += 1
+        return True
+
+    def filled(self, seq: int) -> None:
+        """``seq`` arrived late (reordered or retransmitted): no longer missing."""
         if self._missing.pop(seq, None) is not None:
             self.recovered += 1
-        return False
 
     def due(self, now: float) -> list[int]:
         """Sequence numbers to NACK now (and schedules their next retry)."""
@@ -115,11 +125,18 @@ class PacketCache(Generic[T]):
         self._items: list[T | None] = [None] * size
         self.hits = 0
         self.misses = 0
+        self.newest_seq: int | None = None  # the newest sequence number put
+        self.keyframe_seq: int | None = None  # where the latest keyframe put starts
 
-    def put(self, seq: int, item: T) -> None:
+    def put(self, seq: int, item: T, keyframe: bool = False) -> None:
         slot = seq & self._mask
         self._seqs[slot] = seq
         self._items[slot] = item
+        newest = self.newest_seq
+        if newest is None or seq_newer(seq, newest):
+            self.newest_seq = seq
+        if keyframe:
+            self.keyframe_seq = seq
 
     def get(self, seq: int) -> T | None:
         slot = seq & self._mask
@@ -132,3 +149,4 @@ class PacketCache(Generic[T]):
     def clear(self) -> None:
         self._seqs = [-1] * len(self._seqs)
         self._items = [None] * len(self._items)
+        self.newest_seq = self.keyframe_seq = None

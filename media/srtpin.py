@@ -45,6 +45,11 @@ class SrtpReceiver:
     def accelerated(self) -> bool:
         return self._c is not None
 
+    @property
+    def c_session(self) -> Any:
+        """The ``media._udpsend.SrtpIn`` (the C receive path unprotects with it), or None."""
+        return self._c
+
     def rtp(self, data: bytes) -> bytes | None:
         """The plaintext RTP packet, or None if authentication or replay checks fail."""
         try:

@@ -1171,6 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
     result = uvloop.run(coordinate(args))
     text = json.dumps(result, indent=2, default=str)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     print(json.dumps(result["derived"], indent=2))
     return 0

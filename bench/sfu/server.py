@@ -250,25 +250,34 @@ RECEIVE_TIMING = {"datagrams": 0, "cpu_ns": 0}
 def time_the_receive_path() -> None:
     """Count the thread CPU time of each incoming datagram's handling in-process.
 
-    Wraps :meth:`media.inbound.PublisherInbound._on_srtp` (unprotect, parse,
-    demultiplex, loss tracking, transport-cc, the up track and the fan-out
-    call) before any connection exists; the two clock reads (a syscall each
+    Wraps what each ICE socket's protocol calls for a datagram once the SFU
+    took the connection over (:func:`media.aiortc_compat.intercept_srtp`: the
+    C receive path's hook, or :meth:`media.inbound.PublisherInbound._on_srtp`
+    on the Python path): unprotect, parse, demultiplex, loss tracking,
+    transport-cc, the up track and the fan-out call, plus the few STUN and
+    DTLS datagrams the hook passes on. The two clock reads (a syscall each
     for the thread CPU clock) are included. Kernel receive and the event
     loop's dispatch are not: the publishers-alone scenario's server CPU holds
     those.
     """
-    from media.inbound import PublisherInbound
+    from media import aiortc_compat
 
-    original = PublisherInbound._on_srtp
+    original = aiortc_compat._intercept_protocol
     clock = time.thread_time_ns
 
-    def timed(self: PublisherInbound, session: Any, data: bytes) -> None:
-        started = clock()
-        original(self, session, data)
-        RECEIVE_TIMING["cpu_ns"] += clock() - started
-        RECEIVE_TIMING["datagrams"] += 1
+    def intercept(protocol: Any, *args: Any) -> None:
+        original(protocol, *args)
+        hook = protocol.datagram_received
 
-    PublisherInbound._on_srtp = timed  # type: ignore[method-assign]
+        def timed(data: bytes, addr: Any) -> None:
+            started = clock()
+            hook(data, addr)
+            RECEIVE_TIMING["cpu_ns"] += clock() - started
+            RECEIVE_TIMING["datagrams"] += 1
+
+        protocol.datagram_received = timed
+
+    aiortc_compat._intercept_protocol = intercept  # type: ignore[assignment]
 
 
 def make_app(mode: str, *, udp_gso: bool = True) -> web.Application:

@@ -129,6 +129,9 @@ class Recorder:
     def request_keyframe(self) -> None:
         self.keyframe_requests += 1
 
+    def sync(self) -> None:
+        pass
+
 
 def describe(offer: str) -> list[Sent]:
     """Per m-line of an aiortc offer: its SSRCs (FID group) and VP8/Opus and RTX types."""

@@ -785,6 +785,9 @@ class _Sink:
     def request_keyframe(self) -> None:
         pass
 
+    def sync(self) -> None:
+        pass
+
 
 class _Target:
     def __init__(self) -> None:
