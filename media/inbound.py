@@ -429,6 +429,13 @@ class PublisherInbound:
             # A bug must not take the socket's protocol down with it.
             logger.exception("%r: failed on an incoming packet", self)
 
+    def _take_twcc(self) -> None:
+        """Move the C path's transport-wide arrivals into the recorder."""
+        recorder = self._twcc
+        if recorder is not None and self._c is not None:
+            for sequence_number, arrival_us in self._c.take_twcc():
+                recorder.record(sequence_number, arrival_us)
+
     def _on_srtcp(self, data: bytes) -> None:
         """An SRTCP datagram from the C receive path."""
         receiver = self._srtp
@@ -462,6 +469,7 @@ class PublisherInbound:
             value = packet.extensions.get(twcc_id)
             if value is not None and len(value) == 2 and self._twcc is not None:
                 # Every packet counts for the sender's estimate, padding and RTX too.
+                self._take_twcc()  # in arrival order: what the C path recorded first
                 self._twcc.record((value[0] << 8) | value[1], time.monotonic_ns() // 1000)
         ssrc = packet.ssrc
         stream = self._streams.get(ssrc)
@@ -630,10 +638,8 @@ class PublisherInbound:
         try:
             while True:
                 await asyncio.sleep(TWCC_INTERVAL)
+                self._take_twcc()
                 recorder = self._twcc
-                if recorder is not None and self._c is not None:
-                    for sequence_number, arrival_us in self._c.take_twcc():
-                        recorder.record(sequence_number, arrival_us)
                 if recorder is None or not recorder.pending:
                     continue
                 media = next(iter(self._streams), 0)
