@@ -451,6 +451,38 @@ def accept_transport_cc(pc: Any, uri: str) -> list[str]:
     return accepted
 
 
+def accept_header_extensions(pc: Any, uris: Iterable[str]) -> list[str]:
+    """Answer the remote offer's header extensions ``uris`` where it offers them.
+
+    For the extensions the SFU's receive path reads and aiortc does not know
+    (rid and repaired-rid for simulcast). Call between
+    ``setRemoteDescription(offer)`` and ``createAnswer()``. Returns the mids
+    where at least one was accepted.
+    """
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+    from aiortc.sdp import SessionDescription
+
+    remote = pc.remoteDescription
+    if remote is None:
+        return []
+    wanted = set(uris)
+    offered = {m.rtp.muxId: m for m in SessionDescription.parse(remote.sdp).media}
+    accepted = []
+    for transceiver in pc.getTransceivers():
+        media = offered.get(transceiver.mid)
+        if media is None:
+            continue
+        extensions = transceiver._headerExtensions
+        added = False
+        for ext in media.rtp.headerExtensions:
+            if ext.uri in wanted and not any(e.uri == ext.uri for e in extensions):
+                extensions.append(RTCRtpHeaderExtensionParameters(id=ext.id, uri=ext.uri))
+                added = True
+        if added:
+            accepted.append(str(transceiver.mid))
+    return accepted
+
+
 def dtls_transport_of(pc: Any) -> RTCDtlsTransport | None:
     """The (bundled) DTLS transport of a connection, once it has transceivers."""
     for transceiver in pc.getTransceivers():

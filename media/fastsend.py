@@ -423,7 +423,7 @@ class FastRtp:
             original = (sequence_number - seq_offset) & 0xFFFF
             if original != epoch and ((original - epoch) & 0xFFFF) >= 0x8000:
                 continue  # from before this source
-            entry = source.cached(original)
+            entry = source.cached(original, down)
             if entry is None:
                 continue
             data = stream.build(entry, sequence_number)

@@ -1,17 +1,15 @@
 """Up tracks (one per published track) and down tracks (one per subscriber).
 
-Packet-level forwarding: an :class:`UpTrack` gets each RTP packet of its
-publisher's stream from the receive path (:mod:`media.inbound`), reads once
-what every subscriber needs to know of it (does it start a keyframe, where
-is its VP8 picture id), keeps it in a packet cache shared by all subscribers
-(NACKs from any of them are answered from there), and hands it to every
-:class:`DownTrack`. A down track's sender (:class:`media.fastsend.FastRtp`)
-rewrites only the header (SSRC, sequence number, timestamp; the VP8 picture
-id and TL0PICIDX) onto the shared payload and queues it. Audio is sent at
-once; video when its frame is complete (the marker bit) or after
-``FLUSH_AFTER`` at the latest, so each subscriber gets a frame in as few
-``sendmsg`` calls as the packet sizes allow (UDP GSO) while a packet is never
-held back waiting for a lost one.
+Packet-level forwarding: an :class:`UpTrack` is one published track; its
+packets arrive from the receive path (:mod:`media.inbound`) on one
+:class:`media.layer.Layer` per encoding (one, or one per simulcast rid),
+which reads once what every subscriber needs of a packet, keeps it in a
+packet cache shared by its subscribers and hands it to every down track on
+that layer. The up track decides which layer each subscriber gets and moves
+it at a keyframe of the new layer. A down track's sender
+(:class:`media.fastsend.FastRtp`) rewrites only the header (SSRC, sequence
+number, timestamp; the VP8 picture id and TL0PICIDX) onto the shared payload,
+so a subscriber's stream stays continuous across layer and source switches.
 
 A down track is the ``MediaStreamTrack`` behind a subscriber's
 ``RTCRtpSender`` (aiortc needs one per sender); it never yields frames and
@@ -24,35 +22,22 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from . import downstream
 from .aiortc_compat import negotiated_codecs, on_receiver_end
-from .downstream import PacketTuple, describe, vp8_packet
-from .keyframes import KeyframeRequester
+from .downstream import PacketTuple, describe
+from .layer import Layer, PacketStore
 from .metrics import MediaMetrics
-from .nack import PacketCache
-from .payload import h264_keyframe_start
 from .rtpheader import RtpPacket
-from .udpout import ACCELERATED, _udpsend
 
 if TYPE_CHECKING:
     from .fastsend import FastRtp
     from .inbound import PublisherInbound
 
 logger = logging.getLogger(__name__)
-
-#: Packets of a publisher's video stream kept for subscribers' NACKs (~4 s at 2.5 Mbit/s).
-CACHE_PACKETS = 1024
-#: Longest a video packet waits for the rest of its frame before it is sent anyway.
-FLUSH_AFTER = 0.005
-#: A new subscriber is sent the cached latest keyframe and what followed it, if
-#: that is at most this many packets; otherwise it waits for a fresh keyframe.
-MAX_REPLAY_PACKETS = 128
-
 
 #: An incoming packet as forwarding reads it, computed once for every
 #: subscriber (:func:`media.downstream.describe`); what the packet cache keeps.
@@ -62,27 +47,17 @@ Forwardable = PacketTuple
 #: The packet tuple of a parsed packet (tests build theirs with it).
 forwardable = describe
 
-#: An audio level (dBov, RFC 6464) at or under this counts as speech.
-SPEECH_LEVEL = 50
-
-
-class PacketStore(Protocol):
-    """A track's packet cache: :class:`media.nack.PacketCache` or the C ``Sink``."""
-
-    hits: int
-    misses: int
-
-    @property
-    def newest_seq(self) -> int | None: ...
-    @property
-    def keyframe_seq(self) -> int | None: ...
-    def put(self, seq: int, item: Forwardable, keyframe: bool = False) -> None: ...
-    def get(self, seq: int) -> Forwardable | None: ...
-    def clear(self) -> None: ...
-
 
 class UpTrack:
-    """One published track: takes its packets, fans them out, asks for keyframes."""
+    """One published track: its layers, which subscriber gets which, keyframes.
+
+    The receive path hands the packets of a track that is not simulcast to
+    the track itself (:meth:`on_packet`, its one layer); those of a simulcast
+    track to the layer of their rid (:meth:`layer`). Each subscriber (down
+    track) is on one layer at a time: the highest one that is arriving, up to
+    what the subscriber may take (:meth:`set_max_layer`); it moves at a
+    keyframe of the layer it moves to (:meth:`media.layer.Layer.switch_here`).
+    """
 
     def __init__(
         self,
@@ -103,41 +78,16 @@ class UpTrack:
             raise ValueError("transceiver has no negotiated codec")
         self.codec: Any = codecs[0]
         self._metrics = metrics
+        self._pli_min_interval = pli_min_interval
         self._on_ended = on_ended
         self._inbound = inbound
         self._downs: list[DownTrack] = []
-        self._senders: list[FastRtp] = []
-        # The downs' streams by implementation (C or Python), for the hot path.
-        self._fanout: list[tuple[Callable[[list[Any], Any, bool], int], list[Any]]] = []
-        self._flushes: list[tuple[Callable[[list[Any]], None], list[Any]]] = []
+        self._layer_of: dict[DownTrack, Layer] = {}
+        self._max_layer: dict[DownTrack, int] = {}
+        self._live: set[Layer] | None = None  # layers with packets at the last tick
         self.ended = False
-        self._packets_in = 0
-        mime = self.mime_type
-        self._vp8 = mime == "video/vp8"
-        self._h264 = mime == "video/h264"
-        self._video = self.kind == "video"
-        # The C receive path's half of this track (media/_receive.c): it reads,
-        # caches and forwards VP8 and audio packets itself while every
-        # subscriber is on the C fan-out; H264 comes through on_packet.
-        self._sink: Any = None
-        self.cache: PacketStore | None = None
-        if ACCELERATED and _udpsend is not None:
-            mode = 1 if self._vp8 else 2 if not self._video else 0
-            size = CACHE_PACKETS if self._video else 0
-            self._sink = _udpsend.Sink(mode, size, SPEECH_LEVEL, self._arm)
-            self._sink.fast = 1  # no subscriber yet: nothing on the Python fan-out
-            if self._video:
-                self.cache = self._sink
-        elif self._video:
-            self.cache = PacketCache(CACHE_PACKETS)
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._arm_timer: asyncio.TimerHandle | None = None
-        self._keyframes = KeyframeRequester(
-            self._send_pli,
-            pli_min_interval,
-            on_sent=metrics.pli_sent,
-            name=f"{participant_id}/{self.kind}",
-        )
+        self._default = Layer(self, None, pli_min_interval=pli_min_interval, metrics=metrics)
+        self._layers: dict[str, Layer] = {}  # simulcast: rid -> layer
         inbound.bind(self.mid, self)
         on_receiver_end(transceiver.receiver, self._end)
 
@@ -154,16 +104,9 @@ class UpTrack:
         return self._inbound.ids.audio_level if self.kind == "audio" else None
 
     @property
-    def fast_sink(self) -> Any:
-        """The C half the receive path hands VP8 and audio packets to (None: on_packet)."""
-        sink = self._sink
-        return sink if sink is not None and sink.mode != 0 else None
-
-    @property
-    def packets_in(self) -> int:
-        """Packets received from the publisher (both paths)."""
-        sink = self._sink
-        return self._packets_in + (sink.packets_in if sink is not None else 0)
+    def rids(self) -> tuple[str, ...]:
+        """The simulcast layers the publisher offered, lowest first (empty: not simulcast)."""
+        return self._inbound.rids_of(self.mid)
 
     @property
     def subscriber_count(self) -> int:
@@ -173,119 +116,92 @@ class UpTrack:
         """The down tracks fed by this track (a copy)."""
         return list(self._downs)
 
-    # --- packets -------------------------------------------------------------
+    def layers(self) -> list[Layer]:
+        """Its layers in order, lowest first (one if not simulcast)."""
+        rids = self.rids
+        if not rids:
+            return [self._default]
+        return [self._layers[rid] for rid in rids if rid in self._layers]
+
+    def layer_of(self, down: DownTrack) -> Layer | None:
+        return self._layer_of.get(down)
+
+    # --- what the receive path sees (media.inbound.PacketSink) ----------------
+
+    @property
+    def fast_sink(self) -> Any:
+        return self._default.fast_sink
 
     def on_packet(self, packet: RtpPacket) -> None:
-        """One packet from the receive path (original sequence number, RTX unwrapped)."""
-        if self.ended:
-            return
-        self._packets_in += 1
-        if self._vp8:
-            entry = vp8_packet(packet, -1)
-            if entry is None:  # a truncated descriptor: forwarded, never a keyframe
-                entry = describe(packet, False)
-        elif self._video:
-            keyframe = self._h264 and h264_keyframe_start(
-                packet.data, packet.payload_start, packet.payload_end
+        """One packet of a track that is not simulcast."""
+        self._default.on_packet(packet)
+
+    def layer(self, rid: str) -> Layer:
+        """The layer of ``rid`` (created at its first stream)."""
+        layer = self._layers.get(rid)
+        if layer is None:
+            layer = self._layers[rid] = Layer(
+                self, rid, pli_min_interval=self._pli_min_interval, metrics=self._metrics
             )
-            entry = describe(packet, keyframe)
-        else:
-            # Audio: every packet stands alone; its level (RFC 6464) forwarded as sent.
-            level = -1
-            extensions = packet.extensions
-            if extensions is not None:
-                level_id = self._inbound.ids.audio_level
-                value = extensions.get(level_id) if level_id is not None else None
-                if value:
-                    level = value[0]
-            entry = describe(packet, True, level=level)
-        cache = self.cache
-        if cache is not None:
-            cache.put(packet.sequence_number, entry, entry[6])
-        # A whole frame (audio: a packet) queued: each subscriber gets it in
-        # as few GSO sends as the sizes allow.
-        complete = packet.marker or not self._video
-        taken = 0
-        for forward, streams in self._fanout:
-            taken += forward(streams, entry, complete)
-        if complete and self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        if not taken:
-            return
-        self._metrics.packets_forwarded(
-            self.kind, taken if packet.marker else 0, taken, taken * packet.payload_size
-        )
-        if not complete and self._flush_timer is None:
-            # The frame's last packet may be lost or late: don't hold the rest.
-            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
-
-    def _flush(self) -> None:
-        timer, self._flush_timer = self._flush_timer, None
-        if timer is not None:
-            timer.cancel()
-        for flush, streams in self._flushes:
-            flush(streams)
-
-    def _arm(self, arm_id: int) -> None:
-        # The C half forwarded the first packets of a frame: flush them in
-        # FLUSH_AFTER unless the frame completes first.
-        if self._arm_timer is not None:
-            self._arm_timer.cancel()
-        self._arm_timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._expire, arm_id)
-
-    def _expire(self, arm_id: int) -> None:
-        self._arm_timer = None
-        if self._sink is not None:
-            self._sink.expire(arm_id)
-        self.sync()
+            if self.ended:
+                layer.ended = True
+            else:
+                self._reassign()
+        return layer
 
     def sync(self) -> None:
-        """Count what the C half forwarded since the last call (receiver report ticks)."""
-        sink = self._sink
-        if sink is None:
-            return
-        frames, packets, nbytes = sink.take_counts()
-        if packets:
-            self._metrics.packets_forwarded(self.kind, frames, packets, nbytes)
+        """Periodic (receiver report ticks): C counters, and each subscriber's layer."""
+        layers = [self._default, *self._layers.values()]
+        for layer in layers:
+            layer.sync()
+        if self._layers:
+            self._live = {layer for layer in layers if layer.take_activity()}
+            self._reassign()
 
-    def replay(self, down: DownTrack) -> None:
-        """Send ``down`` the cached latest keyframe and what followed, if recent enough.
+    @property
+    def packets_in(self) -> int:
+        """Packets received from the publisher (every layer)."""
+        return self._default.packets_in + sum(layer.packets_in for layer in self._layers.values())
 
-        A subscriber whose connection comes up (or whose slot switches to this
-        track) need not wait for the keyframe its PLI asks for: the one the
-        publisher sent last is usually still in the cache (Galène does the same).
-        """
-        cache = self.cache
-        if cache is None:
-            return
-        start, newest = cache.keyframe_seq, cache.newest_seq
-        if start is None or newest is None:
-            return
-        count = (newest - start) & 0xFFFF
-        if count >= MAX_REPLAY_PACKETS:
-            return
-        sent = 0
-        for i in range(count + 1):
-            entry = cache.get((start + i) & 0xFFFF)
-            if entry is not None and down.forward(entry):
-                sent += 1
-        if sent:
-            down.replays += 1
-            down.flush()
+    @property
+    def cache(self) -> PacketStore | None:
+        """The packet cache of its highest layer."""
+        layers = self.layers()
+        return layers[-1].cache if layers else None
 
-    def cached(self, sequence_number: int) -> Forwardable | None:
-        """A recent packet by its original sequence number (for retransmissions)."""
-        return self.cache.get(sequence_number) if self.cache is not None else None
+    def take_audio_levels(self) -> tuple[int, int, int]:
+        """(packets carrying a level, speech packets, their summed ``127 - level``)
+        since the last call, for :class:`media.speakers.SpeakerMonitor`; zeroes them."""
+        return self._default.take_audio_levels()
 
     # --- keyframes -----------------------------------------------------------
 
-    async def _send_pli(self) -> bool:
-        return self._inbound.send_pli(self.mid)
+    def send_pli(self, rid: str | None) -> bool:
+        return self._inbound.send_pli(self.mid, rid)
 
-    def request_keyframe(self) -> None:
-        if self.kind == "video" and not self.ended:
-            self._keyframes.request()
+    def request_keyframe(self, down: DownTrack | None = None) -> None:
+        """A keyframe of the layer ``down`` is on (without ``down``: of every layer)."""
+        if self.kind != "video" or self.ended:
+            return
+        layer = self._layer_of.get(down) if down is not None else None
+        if layer is not None:
+            layer.request_keyframe()
+            return
+        for each in self.layers():
+            each.request_keyframe()
+
+    def replay(self, down: DownTrack) -> None:
+        """Send ``down`` its layer's cached latest keyframe and what followed, if recent."""
+        layer = self._layer_of.get(down)
+        if layer is not None:
+            layer.replay(down)
+
+    def cached(self, sequence_number: int, down: DownTrack | None = None) -> Forwardable | None:
+        """A recent packet of ``down``'s layer by its original sequence number."""
+        layer = self._layer_of.get(down) if down is not None else None
+        if layer is None:
+            layer = self._default
+        return layer.cached(sequence_number)
 
     # --- subscribers -----------------------------------------------------------
 
@@ -293,27 +209,87 @@ class UpTrack:
         """Start feeding ``down``; asks the publisher for a keyframe for it."""
         if down not in self._downs:
             self._downs.append(down)
-            self._refresh_senders()
-        self.request_keyframe()
+            target = self._choose(down)
+            if target is not None:
+                self._layer_of[down] = target
+                self._refresh(target)
+        self.request_keyframe(down)
 
     def remove_down(self, down: DownTrack) -> None:
         if down in self._downs:
             self._downs.remove(down)
-            self._refresh_senders()
+            self._max_layer.pop(down, None)
+            for layer in self.layers():
+                layer.cancel_switch(down)
+            layer_of = self._layer_of.pop(down, None)
+            if layer_of is not None:
+                self._refresh(layer_of)
 
-    def _refresh_senders(self) -> None:
-        self._senders = [d.sender for d in self._downs if d.sender is not None]
-        groups: dict[downstream.Implementation, list[Any]] = {}
-        for sender in self._senders:
-            groups.setdefault(sender.impl, []).append(sender.stream)
-        self._fanout = [(impl.forward, streams) for impl, streams in groups.items()]
-        self._flushes = [(impl.flush, streams) for impl, streams in groups.items()]
-        sink = self._sink
-        if sink is not None:
-            c_streams = [s for impl, ss in groups.items() if impl.accelerated for s in ss]
-            sink.downs = c_streams
-            # The C half forwards only while every subscriber is on the C fan-out.
-            sink.fast = int(len(c_streams) == len(self._senders) and not self.ended)
+    def set_max_layer(self, down: DownTrack, index: int | None) -> None:
+        """The highest layer (index, lowest 0) ``down`` may get; None: any."""
+        if index is None:
+            self._max_layer.pop(down, None)
+        else:
+            self._max_layer[down] = index
+        self._reassign()
+
+    def move(self, down: DownTrack, layer: Layer) -> None:
+        """``layer`` reached a keyframe: ``down`` continues from it (a new epoch)."""
+        old = self._layer_of.get(down)
+        if old is layer or down not in self._downs:
+            return
+        self._layer_of[down] = layer
+        if old is not None:
+            self._refresh(old)
+        self._refresh(layer)
+        if down.sender is not None:
+            down.sender.switch()
+        self._metrics.layer_switched(
+            "up" if old is None or self._index(layer) > self._index(old) else "down"
+        )
+
+    def _index(self, layer: Layer) -> int:
+        layers = self.layers()
+        return layers.index(layer) if layer in layers else -1
+
+    def _refresh(self, layer: Layer) -> None:
+        layer.refresh([d for d, on in self._layer_of.items() if on is layer])
+
+    def refresh(self) -> None:
+        """A down's sender changed: rebuild every layer's fan-out."""
+        for layer in {*self._layer_of.values()}:
+            self._refresh(layer)
+
+    def _choose(self, down: DownTrack) -> Layer | None:
+        layers = self.layers()
+        if not layers:
+            return None
+        live = self._live
+        candidates = [layer for layer in layers if live is None or layer in live] or layers
+        cap = self._max_layer.get(down, len(layers) - 1)
+        below = [layer for layer in candidates if layers.index(layer) <= cap]
+        return below[-1] if below else candidates[0]
+
+    def _reassign(self) -> None:
+        for down in list(self._downs):
+            target = self._choose(down)
+            current = self._layer_of.get(down)
+            if target is None or target is current:
+                for layer in self.layers():
+                    if layer is not target:
+                        layer.cancel_switch(down)
+                continue
+            if current is None:
+                self._layer_of[down] = target
+                self._refresh(target)
+                self.request_keyframe(down)
+                continue
+            for layer in self.layers():
+                if layer is not target:
+                    layer.cancel_switch(down)
+            target.switch_here(down)
+
+    # --- lifecycle -------------------------------------------------------------
 
     def end(self) -> None:
         """The published track is gone (m-line removed, connection closed)."""
@@ -328,25 +304,12 @@ class UpTrack:
         """Stop forwarding; detaches every down track (idempotent)."""
         self.ended = True
         self._inbound.unbind(self.mid, self)
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        if self._arm_timer is not None:
-            self._arm_timer.cancel()
-            self._arm_timer = None
-        if self._sink is not None:
-            self._sink.fast = 0
-            self._sink.downs = []
-            self.sync()
         for down in list(self._downs):
             down.detach(self)
         self._downs.clear()
-        self._senders = []
-        self._fanout = []
-        self._flushes = []
-        if self.cache is not None:
-            self.cache.clear()
-        await self._keyframes.close()
+        self._layer_of.clear()
+        for layer in [self._default, *self._layers.values()]:
+            await layer.close()
 
 
 class DownTrack(MediaStreamTrack):
@@ -412,7 +375,7 @@ class DownTrack(MediaStreamTrack):
         """The subscriber asked for a keyframe (PLI/FIR), or needs one: relay it upstream."""
         self._metrics.pli_relayed()
         if self.source is not None:
-            self.source.request_keyframe()
+            self.source.request_keyframe(self)
 
     async def recv(self) -> Any:
         if self._stopped is None:

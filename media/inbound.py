@@ -34,6 +34,7 @@ from .aiortc_compat import dtls_transport_of, intercept_srtp, send_srtcp
 from .metrics import MediaMetrics
 from .nack import NackTracker
 from .rtpheader import ExtensionIds, RtpPacket, parse_or_reason, text_extension
+from .simulcast import offered_layers
 from .srtpin import SrtpReceiver
 from .twcc import TwccRecorder
 from .udpout import ACCELERATED, _udpsend
@@ -49,6 +50,9 @@ class PacketSink(Protocol):
 
     def on_packet(self, packet: RtpPacket) -> None: ...
     def request_keyframe(self) -> None: ...
+    def layer(self, rid: str) -> PacketSink:
+        """The sink of simulcast layer ``rid`` of this track."""
+
     def sync(self) -> None:
         """Periodic (each receiver report): bring counters kept in C up to date."""
 
@@ -65,6 +69,7 @@ class MLine:
     ssrcs: list[int] = field(default_factory=list)  # signalled media SSRCs
     rtx_ssrcs: dict[int, int] = field(default_factory=dict)  # RTX SSRC -> media SSRC (FID)
     nack: bool = False
+    rids: tuple[str, ...] = ()  # simulcast layers offered (lowest first), media.simulcast
 
 
 class ReceptionStats:
@@ -122,10 +127,17 @@ class InboundStream:
     """One incoming media SSRC: its m-line, reception statistics, sink, reports."""
 
     def __init__(
-        self, ssrc: int, mline: MLine, nack: NackTracker | None, *, accelerated: bool = False
+        self,
+        ssrc: int,
+        mline: MLine,
+        nack: NackTracker | None,
+        *,
+        rid: str | None = None,
+        accelerated: bool = False,
     ) -> None:
         self.ssrc = ssrc
         self.mline = mline
+        self.rid = rid  # the simulcast layer it carries, None if not simulcast
         self.kind = mline.kind
         self.clock_rate = mline.clock_rate
         self.nack = nack
@@ -198,6 +210,7 @@ def parse_mlines(remote_sdp: str, local_sdp: str) -> tuple[dict[str, MLine], Ext
             if any(fb.type == "nack" and not fb.parameter for fb in codec.rtcpFeedback):
                 nack_mids.add(media.rtp.muxId)
     accepted = {(m.rtp.muxId, c.payloadType) for m in local.media for c in m.rtp.codecs}
+    layers = offered_layers(remote_sdp)
     mlines: dict[str, MLine] = {}
     for media in remote.media:
         mid = media.rtp.muxId
@@ -219,6 +232,7 @@ def parse_mlines(remote_sdp: str, local_sdp: str) -> tuple[dict[str, MLine], Ext
             media_pts=frozenset(c.payloadType for c in plain if c.payloadType is not None),
             rtx_apt=rtx_apt,
             nack=media.kind == "video" and mid in nack_mids,
+            rids=layers.get(mid, ()),
         )
         fid: dict[int, int] = {}
         for group in media.ssrc_group:
@@ -344,7 +358,7 @@ class PublisherInbound:
         self._sinks[mid] = sink
         for stream in self._streams.values():
             if stream.mline.mid == mid:
-                stream.set_sink(sink)
+                stream.set_sink(self._sink_of(stream))
 
     def unbind(self, mid: str, sink: PacketSink) -> None:
         if self._sinks.get(mid) is sink:
@@ -353,18 +367,29 @@ class PublisherInbound:
                 if stream.sink is sink:
                     stream.set_sink(None)
 
-    def media_ssrc(self, mid: str) -> int | None:
-        """The SSRC m-line ``mid`` is being received on (the first, if several)."""
+    def media_ssrc(self, mid: str, rid: str | None = None) -> int | None:
+        """The SSRC m-line ``mid`` (its layer ``rid``) is received on (the first, if several)."""
         for stream in self._streams.values():
-            if stream.mline.mid == mid and stream.packets:
+            if stream.mline.mid == mid and stream.packets and (rid is None or stream.rid == rid):
                 return stream.ssrc
         return None
 
-    def _add_stream(self, ssrc: int, mline: MLine) -> InboundStream:
+    def rids_of(self, mid: str) -> tuple[str, ...]:
+        """The simulcast layers m-line ``mid`` offered, lowest first (empty: not simulcast)."""
+        mline = self._mlines.get(mid)
+        return mline.rids if mline is not None else ()
+
+    def _sink_of(self, stream: InboundStream) -> PacketSink | None:
+        sink = self._sinks.get(stream.mline.mid)
+        if sink is None or stream.rid is None:
+            return sink
+        return sink.layer(stream.rid)
+
+    def _add_stream(self, ssrc: int, mline: MLine, rid: str | None = None) -> InboundStream:
         nack = NackTracker() if mline.nack else None
-        stream = InboundStream(ssrc, mline, nack, accelerated=self._c is not None)
+        stream = InboundStream(ssrc, mline, nack, rid=rid, accelerated=self._c is not None)
         self._streams[ssrc] = stream
-        stream.set_sink(self._sinks.get(mline.mid))
+        stream.set_sink(self._sink_of(stream))
         self._unknown.discard(ssrc)
         self._sync()
         return stream
@@ -538,6 +563,8 @@ class PublisherInbound:
                 logger.debug("%r: cannot place SSRC %#x", self, packet.ssrc)
             return None
         mline = candidates[0]
+        if mline.rids:
+            return self._learn_layer(packet, mline)
         if packet.payload_type in mline.rtx_apt:
             media = [s for s in self._streams.values() if s.mline is mline]
             if len(media) != 1:
@@ -553,6 +580,30 @@ class PublisherInbound:
                 del self._streams[ssrc]
         logger.info("%r: mid %s arrives on SSRC %#x", self, mline.mid, packet.ssrc)
         return self._add_stream(packet.ssrc, mline)
+
+    def _learn_layer(self, packet: RtpPacket, mline: MLine) -> InboundStream | None:
+        """Place an SSRC of a simulcast m-line by its rid (RTX: repaired rid) extension."""
+        if packet.payload_type in mline.rtx_apt:
+            rid = text_extension(packet.extension(self.ids.repaired_rid))
+            if rid is None:
+                rid = text_extension(packet.extension(self.ids.rid))
+            media = next(
+                (s for s in self._streams.values() if s.mline is mline and s.rid == rid), None
+            )
+            if media is None:
+                return None
+            self._rtx[packet.ssrc] = media
+            self._sync()
+            return media
+        rid = text_extension(packet.extension(self.ids.rid))
+        if rid not in mline.rids or packet.payload_type not in mline.media_pts:
+            return None
+        # A new SSRC for a layer replaces the layer's old one.
+        for ssrc, stream in list(self._streams.items()):
+            if stream.mline is mline and stream.rid == rid:
+                del self._streams[ssrc]
+        logger.info("%r: mid %s layer %s arrives on SSRC %#x", self, mline.mid, rid, packet.ssrc)
+        return self._add_stream(packet.ssrc, mline, rid)
 
     def _on_rtcp(self, data: bytes) -> None:
         for packet_type, _, packet in rtcp.iter_rtcp(data):
@@ -586,9 +637,10 @@ class PublisherInbound:
         if not future.cancelled() and future.exception() is not None:
             logger.debug("%r: RTCP send failed: %s", self, future.exception())
 
-    def send_pli(self, mid: str) -> bool:
-        """Ask the publisher for a keyframe on m-line ``mid``; False if nothing arrived yet."""
-        ssrc = self.media_ssrc(mid)
+    def send_pli(self, mid: str, rid: str | None = None) -> bool:
+        """Ask the publisher for a keyframe on m-line ``mid`` (layer ``rid``); False if
+        nothing arrived on it yet."""
+        ssrc = self.media_ssrc(mid, rid)
         if ssrc is None:
             return False
         return self._send(rtcp.pli(self.ssrc, ssrc))

@@ -31,6 +31,7 @@ class MediaMetrics(Protocol):
     def nacks_sent(self, packets: int) -> None: ...
     def retransmitted(self, packets: int) -> None: ...
     def twcc_feedback_sent(self) -> None: ...
+    def layer_switched(self, direction: str) -> None: ...
     def subscribe_offer_sent(self) -> None: ...
 
 
@@ -81,6 +82,9 @@ class NoopMediaMetrics:
         pass
 
     def twcc_feedback_sent(self) -> None:
+        pass
+
+    def layer_switched(self, direction: str) -> None:
         pass
 
     def subscribe_offer_sent(self) -> None:
@@ -185,6 +189,12 @@ class PrometheusMediaMetrics:
             "Transport-wide congestion control feedback packets sent to publishers",
             registry=registry,
         )
+        self.layer_switches = Counter(
+            f"{p}_sfu_layer_switches_total",
+            "Subscribers moved to another simulcast layer, by direction (up, down)",
+            ["direction"],
+            registry=registry,
+        )
         self.subscribe_offers = Counter(
             f"{p}_sfu_subscribe_offers_total",
             "Subscribe offers (renegotiations) the SFU sent to subscribers",
@@ -241,6 +251,9 @@ class PrometheusMediaMetrics:
     def twcc_feedback_sent(self) -> None:
         self.twcc.inc()
 
+    def layer_switched(self, direction: str) -> None:
+        self.layer_switches.labels(direction).inc()
+
     def subscribe_offer_sent(self) -> None:
         self.subscribe_offers.inc()
 
@@ -294,6 +307,9 @@ class CountingMediaMetrics:
 
     def twcc_feedback_sent(self) -> None:
         self.counts["twcc_feedback"] += 1
+
+    def layer_switched(self, direction: str) -> None:
+        self.counts[f"layer_switch_{direction}"] += 1
 
     def subscribe_offer_sent(self) -> None:
         self.counts["subscribe_offers"] += 1

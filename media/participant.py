@@ -23,14 +23,19 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
-from .aiortc_compat import accept_transport_cc, negotiated_codecs, server_peer_connection
+from .aiortc_compat import (
+    accept_header_extensions,
+    accept_transport_cc,
+    negotiated_codecs,
+    server_peer_connection,
+)
 from .config import MediaConfig
 from .errors import BadSignal, MediaError, NegotiationTimeout, SessionFailed, error_message
 from .feedback import FeedbackTarget, SubscriberFeedback
 from .forwarder import DownTrack, UpTrack
 from .inbound import PublisherInbound
 from .metrics import MediaMetrics
-from .rtpheader import URI_TRANSPORT_CC
+from .rtpheader import URI_REPAIRED_RID, URI_RID, URI_TRANSPORT_CC
 from .signals import (
     PUBLISH,
     SUBSCRIBE,
@@ -41,6 +46,7 @@ from .signals import (
     parse_candidate,
     parse_description,
 )
+from .simulcast import answer_layers, offered_layers
 from .subscription import Slot
 
 logger = logging.getLogger(__name__)
@@ -227,6 +233,7 @@ class Participant:
             try:
                 await self._publish_pc.setRemoteDescription(description)
                 accept_transport_cc(self._publish_pc, URI_TRANSPORT_CC)
+                accept_header_extensions(self._publish_pc, (URI_RID, URI_REPAIRED_RID))
                 answer = await self._publish_pc.createAnswer()
                 await self._publish_pc.setLocalDescription(answer)
             except _DESCRIPTION_ERRORS as exc:
@@ -235,7 +242,10 @@ class Participant:
             self._inbound.configure(self._publish_pc)
             await self._publish_candidates.release()
             self._sync_published()
-            sdp = announce_ip(self._publish_pc.localDescription.sdp, self._config.announced_ip)
+            sdp = answer_layers(
+                self._publish_pc.localDescription.sdp, offered_layers(description.sdp)
+            )
+            sdp = announce_ip(sdp, self._config.announced_ip)
         await self._send(description_message("answer", PUBLISH, sdp))
         self._on_published_changed()
 

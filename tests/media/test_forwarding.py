@@ -298,7 +298,7 @@ class FakeSource:
         self.downs: list[DownTrack] = []
         self.keyframes = 0
 
-    def cached(self, seq: int) -> Forwardable | None:
+    def cached(self, seq: int, down: DownTrack | None = None) -> Forwardable | None:
         return self.cache.get(seq)
 
     def add_down(self, down: DownTrack) -> None:
@@ -307,7 +307,7 @@ class FakeSource:
     def remove_down(self, down: DownTrack) -> None:
         self.downs.remove(down)
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, down: DownTrack | None = None) -> None:
         self.keyframes += 1
 
     def replay(self, down: DownTrack) -> None:

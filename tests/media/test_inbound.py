@@ -132,6 +132,9 @@ class Recorder:
     def sync(self) -> None:
         pass
 
+    def layer(self, rid: str) -> Recorder:
+        return self
+
 
 def describe(offer: str) -> list[Sent]:
     """Per m-line of an aiortc offer: its SSRCs (FID group) and VP8/Opus and RTX types."""

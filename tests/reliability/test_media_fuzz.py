@@ -788,6 +788,9 @@ class _Sink:
     def sync(self) -> None:
         pass
 
+    def layer(self, rid: str) -> Any:
+        return self
+
 
 class _Target:
     def __init__(self) -> None:
