@@ -37,6 +37,7 @@ from .metrics import MediaMetrics
 from .nack import PacketCache
 from .payload import h264_keyframe_start
 from .rtpheader import RtpPacket
+from .speakers import SPEECH_LEVEL
 
 if TYPE_CHECKING:
     from .fastsend import FastRtp
@@ -93,6 +94,10 @@ class UpTrack:
         self._flushes: list[tuple[Callable[[list[Any]], None], list[Any]]] = []
         self.ended = False
         self.packets_in = 0
+        # Audio levels since the last take_audio_levels (RFC 6464; see media.speakers).
+        self.level_packets = 0
+        self.level_active = 0
+        self.level_loudness = 0
         mime = self.mime_type
         self._vp8 = mime == "video/vp8"
         self._h264 = mime == "video/h264"
@@ -132,6 +137,13 @@ class UpTrack:
         """The down tracks fed by this track (a copy)."""
         return list(self._downs)
 
+    def take_audio_levels(self) -> tuple[int, int, int]:
+        """(packets carrying a level, speech packets, their summed ``127 - level``)
+        since the last call, for :class:`media.speakers.SpeakerMonitor`; zeroes them."""
+        taken = (self.level_packets, self.level_active, self.level_loudness)
+        self.level_packets = self.level_active = self.level_loudness = 0
+        return taken
+
     # --- packets -------------------------------------------------------------
 
     def on_packet(self, packet: RtpPacket) -> None:
@@ -157,6 +169,12 @@ class UpTrack:
                 value = extensions.get(level_id) if level_id is not None else None
                 if value:
                     level = value[0]
+                    # Active speaker detection (media.speakers): three counters, read
+                    # and zeroed every interval by take_audio_levels.
+                    self.level_packets += 1
+                    if level & 0x7F <= SPEECH_LEVEL:
+                        self.level_active += 1
+                        self.level_loudness += 127 - (level & 0x7F)
             entry = describe(packet, True, level=level)
         cache = self.cache
         if cache is not None:

@@ -32,6 +32,7 @@ class MediaMetrics(Protocol):
     def retransmitted(self, packets: int) -> None: ...
     def twcc_feedback_sent(self) -> None: ...
     def subscribe_offer_sent(self) -> None: ...
+    def dominant_speaker_changed(self) -> None: ...
 
 
 #: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
@@ -84,6 +85,9 @@ class NoopMediaMetrics:
         pass
 
     def subscribe_offer_sent(self) -> None:
+        pass
+
+    def dominant_speaker_changed(self) -> None:
         pass
 
 
@@ -190,6 +194,11 @@ class PrometheusMediaMetrics:
             "Subscribe offers (renegotiations) the SFU sent to subscribers",
             registry=registry,
         )
+        self.speaker_changes = Counter(
+            f"{p}_sfu_dominant_speaker_changes_total",
+            "Times a room's dominant speaker changed to another participant",
+            registry=registry,
+        )
 
     def room_opened(self) -> None:
         self.rooms_active.inc()
@@ -244,6 +253,9 @@ class PrometheusMediaMetrics:
     def subscribe_offer_sent(self) -> None:
         self.subscribe_offers.inc()
 
+    def dominant_speaker_changed(self) -> None:
+        self.speaker_changes.inc()
+
 
 class CountingMediaMetrics:
     """Plain counters, for tests and benchmarks."""
@@ -297,3 +309,6 @@ class CountingMediaMetrics:
 
     def subscribe_offer_sent(self) -> None:
         self.counts["subscribe_offers"] += 1
+
+    def dominant_speaker_changed(self) -> None:
+        self.counts["dominant_speaker_changes"] += 1
