@@ -56,7 +56,7 @@ class Room:
         self._speakers = SpeakerMonitor(
             repr(self),
             self._audio_tracks,
-            self._participants.keys,
+            lambda: self._participants,
             self._signaling.send,
             self._metrics,
         )

@@ -163,15 +163,17 @@ class SpeakerMonitor:
     """The room's task: sample its audio tracks each interval, tell everyone of changes.
 
     ``sources`` returns the room's live audio up tracks, ``participants``
-    the ids of everyone in the room (publishing or not), ``send`` delivers a
-    message to one of them. Started with the room, closed by it.
+    everyone in the room (publishing or not) by id, ``send`` delivers a
+    message to one of them. A participant object not seen before (a newcomer,
+    or a rejoin under the same id) is sent the current state. Started with
+    the room, closed by it.
     """
 
     def __init__(
         self,
         name: str,
         sources: Callable[[], Iterable[LevelSource]],
-        participants: Callable[[], Iterable[str]],
+        participants: Callable[[], Mapping[str, object]],
         send: Callable[[str, Message], Awaitable[None]],
         metrics: MediaMetrics,
         *,
@@ -185,7 +187,7 @@ class SpeakerMonitor:
         self._metrics = metrics
         self._interval = interval
         self.detector = detector or SpeakerDetector()
-        self._told: set[str] = set()  # participants that have the current state
+        self._told: dict[str, object] = {}  # participants that have the current state
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -226,11 +228,12 @@ class SpeakerMonitor:
         if detector.dominant is not None and detector.dominant != previous:
             self._metrics.dominant_speaker_changed()
             logger.debug("%s: dominant speaker %s", self._name, detector.dominant)
-        present = set(self._participants())
+        present = dict(self._participants())
         if changed:
-            recipients = present
+            recipients = set(present)
         elif detector.dominant is not None or detector.speakers:
-            recipients = present - self._told  # newcomers get the current state
+            # Newcomers get the current state.
+            recipients = {pid for pid, p in present.items() if self._told.get(pid) is not p}
         else:
             recipients = set()  # nothing to say yet
         self._told = present

@@ -68,6 +68,9 @@ export function route(session, message) {
     case 'tracks':
       if (session.sfu) session.sfu.handle(message);
       break;
+    case 'speakers':
+      if (sender === SFU && session.sfu) session.sfu.handle(message);
+      break;
     case 'offer':
     case 'answer':
     case 'ice_candidate':

@@ -147,7 +147,8 @@ class _Track:
 
 async def test_monitor_tells_everyone_of_changes_and_newcomers_of_the_state() -> None:
     ana, bob = _Track("ana"), _Track("bob")
-    participants = ["ana", "bob", "cyd"]  # cyd only listens
+    # Participant objects by id; cyd only listens.
+    participants: dict[str, object] = {pid: object() for pid in ("ana", "bob", "cyd")}
     sent: list[tuple[str, dict[str, object]]] = []
 
     async def send(participant_id: str, message: dict[str, object]) -> None:
@@ -165,9 +166,14 @@ async def test_monitor_tells_everyone_of_changes_and_newcomers_of_the_state() ->
     assert all(m["dominant"] == "ana" for _, m in sent)
     assert metrics.counts["dominant_speaker_changes"] == 1
     sent.clear()
-    participants.append("dan")
+    participants["dan"] = object()
     await monitor.tick()
     assert [(pid, m["dominant"]) for pid, m in sent] == [("dan", "ana")]
+    sent.clear()
+    participants["cyd"] = object()  # a new session under the same id
+    await monitor.tick()
+    await monitor.tick()
+    assert [(pid, m["dominant"]) for pid, m in sent] == [("cyd", "ana")]
     sent.clear()
     bob.next, ana.next = speech(), SILENCE
     for _ in range(10):
@@ -184,8 +190,9 @@ async def test_monitor_task_runs_until_closed() -> None:
     async def send(participant_id: str, message: dict[str, object]) -> None:
         got.set()
 
+    metrics = CountingMediaMetrics()
     monitor = SpeakerMonitor(
-        "Room(x)", lambda: [track], lambda: ["ana"], send, CountingMediaMetrics(), interval=0.01
+        "Room(x)", lambda: [track], lambda: {"ana": track}, send, metrics, interval=0.01
     )
     monitor.start()
     await asyncio.wait_for(got.wait(), 5)
