@@ -32,7 +32,8 @@ class Room:
     last participant leaves (and nobody joined while it left), the room closes
     itself and calls ``on_closed``. A participant that fails (see
     :class:`Participant`) gets an ``error`` message with the failure's code and
-    is removed like one that left.
+    is removed like one that left. Its :class:`~media.speakers.SpeakerMonitor`
+    task runs from construction to close and tells everyone who is speaking.
     """
 
     def __init__(
