@@ -172,9 +172,10 @@ class UpTrack:
                     # Active speaker detection (media.speakers): three counters, read
                     # and zeroed every interval by take_audio_levels.
                     self.level_packets += 1
-                    if level & 0x7F <= SPEECH_LEVEL:
+                    magnitude = level & 0x7F  # -dBov without the voice activity bit
+                    if magnitude <= SPEECH_LEVEL:
                         self.level_active += 1
-                        self.level_loudness += 127 - (level & 0x7F)
+                        self.level_loudness += 127 - magnitude
             entry = describe(packet, True, level=level)
         cache = self.cache
         if cache is not None:

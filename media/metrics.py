@@ -196,7 +196,7 @@ class PrometheusMediaMetrics:
         )
         self.speaker_changes = Counter(
             f"{p}_sfu_dominant_speaker_changes_total",
-            "Times a room's dominant speaker changed to another participant",
+            "Dominant speaker changes in SFU rooms (each time a participant becomes it)",
             registry=registry,
         )
 

@@ -1,4 +1,5 @@
-"""Active speaker end to end: real aiortc peers in a Room, levels from aiortc's own sender.
+"""Active speaker end to end: real aiortc peers in a Room, levels from aiortc's own sender;
+and the per-packet level counters of an audio up track.
 
 aiortc's ``RTCRtpSender`` writes the ssrc-audio-level extension (RFC 6464)
 only for audio it encodes itself (it measures each raw frame), not for
@@ -11,13 +12,17 @@ from __future__ import annotations
 import math
 import struct
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 from av import AudioFrame
 
+from media.forwarder import UpTrack
+from media.inbound import PublisherInbound
 from media.loadtest.sfuclient import SfuClient, max_bundle
 from media.metrics import CountingMediaMetrics
+from media.rtpheader import parse_rtp
 from media.signals import PUBLISH, SFU_ID
+from media.speakers import SPEECH_LEVEL
 from tests.support.polling import eventually
 
 from .conftest import Call
@@ -100,3 +105,40 @@ async def test_participants_are_told_who_speaks(call: Call) -> None:
     await eventually(lambda: everyone_hears(call, names, "bob"), message="bob dominant")
     assert isinstance(call.metrics, CountingMediaMetrics)
     assert call.metrics.counts["dominant_speaker_changes"] == 2
+
+
+async def test_audio_up_tracks_count_levels_for_the_monitor() -> None:
+    """The three per-packet counters, exactly (the C receive path must match them)."""
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client.addTransceiver("audio", direction="sendonly")
+    await client.setLocalDescription(await client.createOffer())
+    await server.setRemoteDescription(client.localDescription)
+    await server.setLocalDescription(await server.createAnswer())
+    inbound = PublisherInbound("test", metrics=CountingMediaMetrics(), remb_bitrate=1_500_000)
+    inbound.configure(server)
+    (transceiver,) = server.getTransceivers()
+    up = UpTrack(
+        "ana",
+        transceiver,
+        inbound,
+        pli_min_interval=0.5,
+        metrics=CountingMediaMetrics(),
+        on_ended=lambda up: None,
+    )
+    level_id = up.audio_level_id
+    assert level_id is not None
+    try:
+        for seq, level in enumerate([0x80 | 10, 30, 0x80 | SPEECH_LEVEL, SPEECH_LEVEL + 1, 127]):
+            header = struct.pack("!BBHII", 0x90, 111, seq, seq * 960, 0x1234)
+            header += struct.pack("!HH", 0xBEDE, 1) + bytes([level_id << 4, level, 0, 0])
+            up.on_packet(parse_rtp(header + b"opus"))
+        up.on_packet(parse_rtp(struct.pack("!BBHII", 0x80, 111, 9, 0, 0x1234) + b"opus"))
+        loud = (127 - 10) + (127 - 30) + (127 - SPEECH_LEVEL)
+        assert up.take_audio_levels() == (5, 3, loud)
+        assert up.take_audio_levels() == (0, 0, 0)
+    finally:
+        await up.close()
+        await inbound.close()
+        await client.close()
+        await server.close()
