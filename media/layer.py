@@ -32,6 +32,7 @@ from .metrics import MediaMetrics
 from .nack import PacketCache
 from .payload import h264_keyframe_start
 from .rtpheader import RtpPacket
+from .speakers import SPEECH_LEVEL
 from .udpout import ACCELERATED, _udpsend
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ FLUSH_AFTER = 0.005
 #: A new subscriber is sent the cached latest keyframe and what followed it, if
 #: that is at most this many packets; otherwise it waits for a fresh keyframe.
 MAX_REPLAY_PACKETS = 128
-#: An audio level (dBov, RFC 6464) at or under this counts as speech.
-SPEECH_LEVEL = 50
 
 
 class PacketStore(Protocol):

@@ -33,6 +33,7 @@ class MediaMetrics(Protocol):
     def twcc_feedback_sent(self) -> None: ...
     def layer_switched(self, direction: str) -> None: ...
     def subscribe_offer_sent(self) -> None: ...
+    def dominant_speaker_changed(self) -> None: ...
 
 
 #: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
@@ -88,6 +89,9 @@ class NoopMediaMetrics:
         pass
 
     def subscribe_offer_sent(self) -> None:
+        pass
+
+    def dominant_speaker_changed(self) -> None:
         pass
 
 
@@ -200,6 +204,11 @@ class PrometheusMediaMetrics:
             "Subscribe offers (renegotiations) the SFU sent to subscribers",
             registry=registry,
         )
+        self.speaker_changes = Counter(
+            f"{p}_sfu_dominant_speaker_changes_total",
+            "Dominant speaker changes in SFU rooms (each time a participant becomes it)",
+            registry=registry,
+        )
 
     def room_opened(self) -> None:
         self.rooms_active.inc()
@@ -257,6 +266,9 @@ class PrometheusMediaMetrics:
     def subscribe_offer_sent(self) -> None:
         self.subscribe_offers.inc()
 
+    def dominant_speaker_changed(self) -> None:
+        self.speaker_changes.inc()
+
 
 class CountingMediaMetrics:
     """Plain counters, for tests and benchmarks."""
@@ -313,3 +325,6 @@ class CountingMediaMetrics:
 
     def subscribe_offer_sent(self) -> None:
         self.counts["subscribe_offers"] += 1
+
+    def dominant_speaker_changed(self) -> None:
+        self.counts["dominant_speaker_changes"] += 1

@@ -15,9 +15,11 @@ from .errors import (
     UnknownParticipant,
     error_message,
 )
+from .forwarder import UpTrack
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .signals import PUBLISH, SUBSCRIBE, Message, RoomSignaling, parse_pc
+from .speakers import SpeakerMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ class Room:
     last participant leaves (and nobody joined while it left), the room closes
     itself and calls ``on_closed``. A participant that fails (see
     :class:`Participant`) gets an ``error`` message with the failure's code and
-    is removed like one that left.
+    is removed like one that left. Its :class:`~media.speakers.SpeakerMonitor`
+    task runs from construction to close and tells everyone who is speaking.
     """
 
     def __init__(
@@ -51,6 +54,14 @@ class Room:
         self._removals: set[asyncio.Task[None]] = set()  # of failed participants
         self._closed = False
         self._close_done = asyncio.Event()
+        self._speakers = SpeakerMonitor(
+            repr(self),
+            self._audio_tracks,
+            lambda: self._participants,
+            self._signaling.send,
+            self._metrics,
+        )
+        self._speakers.start()
         self._metrics.room_opened()
         logger.info("Room(%s) opened", room_id)
 
@@ -174,6 +185,12 @@ class Room:
         else:
             raise BadSignal(f"unexpected message type {kind!r} for the SFU")
 
+    def _audio_tracks(self) -> list[UpTrack]:
+        """Every live published audio track of the room (for speaker detection)."""
+        return [
+            up for p in self._participants.values() for up in p.published() if up.kind == "audio"
+        ]
+
     def _refresh(self) -> None:
         """Recompute what every participant should receive (no awaits)."""
         if self._closed:
@@ -199,6 +216,7 @@ class Room:
 
     async def _release(self, participants: list[Participant]) -> None:
         """Close ``participants`` and finish closing (once, by whoever closed the room)."""
+        await self._speakers.close()
         await asyncio.gather(*(p.close() for p in participants))
         # Removals of failed participants in flight: each finds its
         # participant gone or closes it; let them finish.

@@ -179,23 +179,48 @@ export class CallView {
     order.forEach((tile, index) => {
       if (this.grid.children[index] !== tile) this.grid.insertBefore(tile, this.grid.children[index] || null);
     });
-    if (this.grid.dataset.count !== String(order.length)) {
+    const enlarged = this.renderDominant();
+    if (this.grid.dataset.count !== String(order.length) || this.grid.dataset.enlarged !== enlarged) {
       this.grid.dataset.count = String(order.length);
+      this.grid.dataset.enlarged = enlarged;
       this.layout();
     }
     this.renderControls();
     this.renderStatus(remotes);
   }
 
-  /** Pick the column count that gives the largest 4:3 tiles fitting the grid's box. */
+  /**
+   * Mark the SFU's dominant speaker (docs/protocol.md `speakers`): class `dominant` on
+   * their tile (yours too, when it is you), and, from three tiles on, class `enlarged`
+   * on a remote one, which then spans 2x2 cells and comes first (CSS `order`, so the
+   * DOM order and the playing media elements stay put).
+   * @returns {string} the key of the enlarged tile, or ''
+   */
+  renderDominant() {
+    const s = this.session;
+    const dominant = s.mode === 'sfu' && s.sfu ? s.sfu.speakers.dominant : null;
+    const key = dominant && dominant === s.me.user_id ? 'self' : dominant;
+    const enlarged = key && key !== 'self' && this.tiles.has(key) && this.tiles.size >= 3 ? key : '';
+    for (const [k, tile] of this.tiles) {
+      tile.classList.toggle('dominant', k === key);
+      tile.classList.toggle('enlarged', k === enlarged);
+    }
+    return enlarged;
+  }
+
+  /**
+   * Pick the column count that gives the largest 4:3 tiles fitting the grid's box
+   * (an enlarged tile counts as four cells and needs two columns).
+   */
   layout() {
-    const count = this.tiles.size || 1;
+    const enlarged = !!this.grid.dataset.enlarged;
+    const count = (this.tiles.size || 1) + (enlarged ? 3 : 0);
     const width = this.grid.clientWidth;
     const height = this.grid.clientHeight;
     if (!width || !height) return;
     const gap = 10;
     let best = { cols: 1, tile: 0 };
-    for (let cols = 1; cols <= count; cols += 1) {
+    for (let cols = enlarged ? 2 : 1; cols <= count; cols += 1) {
       const rows = Math.ceil(count / cols);
       const byWidth = (width - gap * (cols - 1)) / cols;
       const byHeight = ((height - gap * (rows - 1)) / rows) * (4 / 3);

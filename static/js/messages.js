@@ -21,7 +21,7 @@ export class MessageLog {
       type: message.type,
       sender: message.sender_id,
       at: Date.now(),
-      detail: message.participant_id || message.mode || message.code || message.pc || null,
+      detail: message.participant_id || message.mode || message.code || message.pc || message.dominant || null,
     });
     if (this.entries.length > LOG_SIZE) this.entries.shift();
   }
@@ -67,6 +67,9 @@ export function route(session, message) {
       break;
     case 'tracks':
       if (session.sfu) session.sfu.handle(message);
+      break;
+    case 'speakers':
+      if (sender === SFU && session.sfu) session.sfu.handle(message);
       break;
     case 'offer':
     case 'answer':

@@ -4,10 +4,28 @@
 // A `tracks` message before each subscribe offer says whose media each m-line (mid)
 // carries; transceivers (and so mids) are reused for the next track of the same kind.
 //
+// A `speakers` message says who talks (`speakers`, the dominant one): kept as `speakers`.
+//
 // The SFU (aiortc) has no ICE restart: a failed connection is rebuilt by starting
 // over (`reset` event; the call sends a fresh publish offer).
 
 const SFU = 'sfu';
+
+/**
+ * Who the SFU says is talking (docs/protocol.md `speakers`).
+ * @typedef {{dominant: string | null, speaking: Set<string>}} Speakers
+ */
+
+/**
+ * @param {{dominant?: unknown, speakers?: unknown}} message
+ * @returns {Speakers}
+ */
+function parseSpeakers(message) {
+  const dominant = typeof message.dominant === 'string' ? message.dominant : null;
+  const entries = Array.isArray(message.speakers) ? message.speakers : [];
+  const ids = entries.map((entry) => entry && entry.participant_id).filter((id) => typeof id === 'string');
+  return { dominant, speaking: new Set(ids) };
+}
 
 function preferCodecs(transceiver, kind) {
   // The SFU forwards without transcoding and understands VP8/H.264 video and Opus.
@@ -52,6 +70,8 @@ export class SfuSession extends EventTarget {
     this.subscribePc = null;
     this.senders = {};
     this.trackInfo = new Map(); // mid -> {participant_id, kind, track_id}
+    /** @type {Speakers} */
+    this.speakers = parseSpeakers({});
     this.closed = false;
     this.publishing = false;
     this.pendingCandidates = { publish: [], subscribe: [] };
@@ -132,7 +152,7 @@ export class SfuSession extends EventTarget {
     pc.onconnectionstatechange = check;
   }
 
-  /** Handle a message from the SFU (`sender_id: "sfu"`) or a `tracks` message. */
+  /** Handle a message from the SFU (`sender_id: "sfu"`): negotiation, `tracks`, `speakers`. */
   handle(message) {
     if (this.closed) return;
     if (message.type === 'tracks') {
@@ -141,6 +161,11 @@ export class SfuSession extends EventTarget {
         if (entry.mid !== undefined && entry.mid !== null) this.trackInfo.set(String(entry.mid), entry);
       }
       this.emit('tracks');
+      return;
+    }
+    if (message.type === 'speakers') {
+      this.speakers = parseSpeakers(message);
+      this.emit('speakers');
       return;
     }
     if (message.pc === 'publish') {

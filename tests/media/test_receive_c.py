@@ -7,7 +7,7 @@ and the up tracks' C ``Sink``s, the other through ``PublisherInbound._on_rtp``
 and ``UpTrack.on_packet`` in Python. The same SRTP-protected packets go to
 both, and everything either keeps must match: drops by reason, RTX
 unwrapped, reception statistics, NACK state, transport-cc arrivals, what
-each up track received and cached.
+each up track received and cached, the audio level counters (active speaker).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class Side:
                     cache.keyframe_seq,
                     [cache.get(seq) for seq in range(0, 0x10000, 1)],
                 )
-            ups.append((up.kind, up.packets_in, cached))
+            ups.append((up.kind, up.packets_in, cached, up.take_audio_levels()))
         twcc = inbound._twcc
         return {
             "dropped": inbound.dropped,
