@@ -239,12 +239,11 @@ class Participant:
             except _DESCRIPTION_ERRORS as exc:
                 raise BadSignal(f"cannot apply publish offer: {type(exc).__name__}: {exc}") from exc
             self._publish_ufrag = ice_ufrag(description.sdp)
-            self._inbound.configure(self._publish_pc)
+            layers = offered_layers(description.sdp)
+            self._inbound.configure(self._publish_pc, layers)
             await self._publish_candidates.release()
             self._sync_published()
-            sdp = answer_layers(
-                self._publish_pc.localDescription.sdp, offered_layers(description.sdp)
-            )
+            sdp = answer_layers(self._publish_pc.localDescription.sdp, layers)
             sdp = announce_ip(sdp, self._config.announced_ip)
         await self._send(description_message("answer", PUBLISH, sdp))
         self._on_published_changed()
