@@ -342,6 +342,38 @@ vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p
     return 0;
 }
 
+int
+vp8_keyframe_size(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, int *width,
+                  int *height)
+{
+    if (end - start < 1)
+        return -1;
+    unsigned char first = d[start];
+    Py_ssize_t pos = start + 1;
+    if (first & 0x80) {
+        if (pos >= end)
+            return -1;
+        unsigned char ext = d[pos++];
+        if (ext & 0x80) {
+            if (pos >= end)
+                return -1;
+            pos += (d[pos] & 0x80) ? 2 : 1;
+        }
+        if (ext & 0x40)
+            pos++;
+        if (ext & 0x30)
+            pos++;
+    }
+    /* The VP8 payload header of a keyframe (RFC 6386 9.1): a 3-byte frame tag,
+     * the start code 9d 01 2a, then 14-bit width and height (2-bit scale each). */
+    if (pos + 10 > end || (d[pos] & 0x01) || d[pos + 3] != 0x9d || d[pos + 4] != 0x01
+        || d[pos + 5] != 0x2a)
+        return -1;
+    *width = (d[pos + 6] | (d[pos + 7] << 8)) & 0x3FFF;
+    *height = (d[pos + 8] | (d[pos + 9] << 8)) & 0x3FFF;
+    return 0;
+}
+
 /*
  * vp8_packet(packet: RtpPacket, level: int) -> tuple | None: the packet tuple of
  * media/downstream.py for a VP8 packet (keyframe, picture id, TL0PICIDX read from

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .aiortc_compat import negotiated_codecs, on_receiver_end
+from .allocator import PAUSED
 from .downstream import PacketTuple, describe
 from .layer import Layer, PacketStore
 from .metrics import MediaMetrics
@@ -84,6 +86,7 @@ class UpTrack:
         self._downs: list[DownTrack] = []
         self._layer_of: dict[DownTrack, Layer] = {}
         self._max_layer: dict[DownTrack, int] = {}
+        self._paused: set[DownTrack] = set()  # downs getting no video (set_max_layer PAUSED)
         self._live: set[Layer] | None = None  # layers with packets at the last tick
         self.ended = False
         self._default = Layer(self, None, pli_min_interval=pli_min_interval, metrics=metrics)
@@ -107,6 +110,11 @@ class UpTrack:
     def rids(self) -> tuple[str, ...]:
         """The simulcast layers the publisher offered, lowest first (empty: not simulcast)."""
         return self._inbound.rids_of(self.mid)
+
+    @property
+    def is_screen(self) -> bool:
+        """A screen share (the allocator serves it before cameras)."""
+        return False
 
     @property
     def subscriber_count(self) -> int:
@@ -150,10 +158,12 @@ class UpTrack:
         return layer
 
     def sync(self) -> None:
-        """Periodic (receiver report ticks): C counters, and each subscriber's layer."""
+        """Periodic (receiver report ticks): C counters, bit rates, each subscriber's layer."""
         layers = [self._default, *self._layers.values()]
+        now = time.monotonic()
         for layer in layers:
             layer.sync()
+            layer.tick(now)
         if self._layers:
             self._live = {layer for layer in layers if layer.take_activity()}
             self._reassign()
@@ -219,19 +229,34 @@ class UpTrack:
         if down in self._downs:
             self._downs.remove(down)
             self._max_layer.pop(down, None)
+            self._paused.discard(down)
             for layer in self.layers():
                 layer.cancel_switch(down)
             layer_of = self._layer_of.pop(down, None)
             if layer_of is not None:
                 self._refresh(layer_of)
 
+    def arriving_layers(self) -> list[tuple[int, float]]:
+        """(index, bit/s) of the layers arriving (at the last tick), lowest first."""
+        live = self._live
+        return [
+            (i, layer.bitrate)
+            for i, layer in enumerate(self.layers())
+            if live is None or layer in live
+        ]
+
     def set_max_layer(self, down: DownTrack, index: int | None) -> None:
-        """The highest layer (index, lowest 0) ``down`` may get; None: any."""
+        """The highest layer (index, lowest 0) ``down`` may get; None: any; PAUSED
+        (-1): no video at all until raised again (it restarts at a keyframe)."""
         if index is None:
             self._max_layer.pop(down, None)
         else:
             self._max_layer[down] = index
         self._reassign()
+
+    def paused(self, down: DownTrack) -> bool:
+        """Whether ``down`` gets nothing because :meth:`set_max_layer` paused it."""
+        return down in self._paused
 
     def move(self, down: DownTrack, layer: Layer) -> None:
         """``layer`` reached a keyframe: ``down`` continues from it (a new epoch)."""
@@ -262,7 +287,7 @@ class UpTrack:
 
     def _choose(self, down: DownTrack) -> Layer | None:
         layers = self.layers()
-        if not layers:
+        if not layers or self._max_layer.get(down) == PAUSED:
             return None
         live = self._live
         candidates = [layer for layer in layers if live is None or layer in live] or layers
@@ -274,14 +299,30 @@ class UpTrack:
         for down in list(self._downs):
             target = self._choose(down)
             current = self._layer_of.get(down)
-            if target is None or target is current:
+            if target is current:
                 for layer in self.layers():
                     if layer is not target:
                         layer.cancel_switch(down)
                 continue
+            if target is None:  # paused: nothing until resumed, then from a keyframe
+                for layer in self.layers():
+                    layer.cancel_switch(down)
+                if current is not None:
+                    del self._layer_of[down]
+                    self._refresh(current)
+                    if down.sender is not None:
+                        down.sender.switch()
+                if self._max_layer.get(down) == PAUSED and down not in self._paused:
+                    self._paused.add(down)
+                    self._metrics.layer_switched("pause")
+                continue
             if current is None:
                 self._layer_of[down] = target
                 self._refresh(target)
+                if down in self._paused:
+                    self._paused.discard(down)
+                    self._metrics.layer_switched("resume")
+                down.replay()
                 self.request_keyframe(down)
                 continue
             for layer in self.layers():

@@ -195,7 +195,8 @@ class PrometheusMediaMetrics:
         )
         self.layer_switches = Counter(
             f"{p}_sfu_layer_switches_total",
-            "Subscribers moved to another simulcast layer, by direction (up, down)",
+            "Subscribers moved to another simulcast layer (up, down), or whose video was "
+            "paused or resumed (pause, resume) for lack of bandwidth",
             ["direction"],
             registry=registry,
         )

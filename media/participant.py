@@ -23,6 +23,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
+from .adaptation import SubscriberAdaptation
 from .aiortc_compat import (
     accept_header_extensions,
     accept_transport_cc,
@@ -164,6 +165,14 @@ class Participant:
         self._up_tracks: dict[str, UpTrack] = {}
         self._retired: list[UpTrack] = []
         self._slots: list[Slot] = []
+        # What of each received track this participant's downlink can take.
+        self._adaptation = SubscriberAdaptation(
+            f"{room_id}/{participant_id}",
+            self._feedback,
+            lambda: self._slots,
+            self._send,
+            metrics=metrics,
+        )
         self._wanted: list[UpTrack] = []
         self._dirty = asyncio.Event()
         self._answer: asyncio.Future[RTCSessionDescription] | None = None
@@ -173,6 +182,7 @@ class Participant:
         self._negotiator = asyncio.get_running_loop().create_task(
             self._negotiate_loop(), name=f"subscribe negotiation {participant_id}"
         )
+        self._adaptation.start()
 
     def __repr__(self) -> str:
         return f"Participant({self.room_id}/{self.id})"
@@ -448,6 +458,7 @@ class Participant:
         self._closing = asyncio.Event()
         self._negotiator.cancel()
         await asyncio.gather(self._negotiator, return_exceptions=True)
+        await self._adaptation.close()
         if self._answer is not None:
             self._answer.cancel()
             self._answer = None

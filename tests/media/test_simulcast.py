@@ -268,3 +268,81 @@ async def test_rtx_of_a_layer_is_placed_by_its_repaired_rid(publish: Publish) ->
     assert inbound._rtx[0x7777] is inbound._streams[SSRCS["h"]]
     assert inbound.rtx_packets == 1
     assert up.layer("h").packets_in == 3
+
+
+def _measure(up: UpTrack, pub: Publisher, rates: tuple[float, ...]) -> None:
+    """Give each layer the bit rate ``rates`` says, over synthetic time (Layer.tick)."""
+    for layer in up.layers():
+        layer.tick(0.0)
+    before = [layer.bytes_in for layer in up.layers()]
+    for rid in SSRCS:
+        pub.frame(rid)
+    for layer, start, rate in zip(up.layers(), before, rates, strict=True):
+        layer.tick((layer.bytes_in - start) * 8 / rate)
+
+
+async def test_the_subscriber_estimate_picks_its_layer_and_pauses_when_nothing_fits(
+    publish: Publish,
+) -> None:
+    from media.adaptation import SubscriberAdaptation
+    from media.feedback import SubscriberFeedback
+    from media.rtcp import remb
+    from media.subscription import Slot
+
+    up, metrics = publish.up, publish.metrics
+    pub = Publisher(publish)
+    for rid in SSRCS:
+        pub.frame(rid, key=True)
+    _measure(up, pub, (150_000, 500_000, 1_500_000))
+    subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    slot = Slot(subscriber, up, metrics)
+    await subscriber.setLocalDescription(await subscriber.createOffer())  # gives it a mid
+    feedback = SubscriberFeedback("sub", lambda ssrc: None, metrics=metrics)
+    told: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        told.append(message)
+
+    adaptation = SubscriberAdaptation("sub", feedback, lambda: [slot], send, metrics=metrics)
+    try:
+        await adaptation.tick()  # no estimate yet: the top layer
+        assert up.layer_of(slot.down) is up.layer("f")
+        (quality,) = told
+        assert quality["type"] == "quality"
+        assert quality["tracks"] == [
+            {"mid": slot.transceiver.mid, "participant_id": "pub", "kind": "video",
+             "layer": "f", "paused": False}
+        ]  # fmt: skip
+
+        # 700 kbit/s: room for the middle layer, taken at its keyframe.
+        feedback.handle(remb(1, 700_000, [SSRCS["f"]]))
+        await adaptation.tick()
+        assert up.layer("h").pending == [slot.down]
+        pub.frame("h", key=True)
+        assert up.layer_of(slot.down) is up.layer("h")
+        await adaptation.tick()
+        assert told[-1]["tracks"][0]["layer"] == "h"  # type: ignore[index]
+
+        # 100 kbit/s: not even the lowest layer: video paused, the client told.
+        feedback.handle(remb(1, 100_000, [SSRCS["f"]]))
+        await adaptation.tick()
+        assert up.paused(slot.down) and up.layer_of(slot.down) is None
+        assert told[-1]["tracks"][0]["paused"] is True  # type: ignore[index]
+        sent_before = slot.fast.packets_sent
+        pub.frame("h", key=True)
+        assert slot.fast.packets_sent == sent_before  # nothing forwarded while paused
+
+        # Plenty again: resumed on the top layer.
+        feedback.handle(remb(1, 5_000_000, [SSRCS["f"]]))
+        await adaptation.tick()
+        assert not up.paused(slot.down) and up.layer_of(slot.down) is up.layer("f")
+        assert told[-1]["tracks"][0] == {  # type: ignore[index]
+            "mid": slot.transceiver.mid, "participant_id": "pub", "kind": "video",
+            "layer": "f", "paused": False,
+        }  # fmt: skip
+        assert metrics.counts["layer_switch_pause"] == 1
+        assert metrics.counts["layer_switch_resume"] == 1
+    finally:
+        await adaptation.close()
+        slot.close()
+        await subscriber.close()
