@@ -13,8 +13,15 @@ The estimate is the subscriber's REMB (what Chrome sends when the subscribe
 offer carries ``goog-remb`` and abs-send-time, as aiortc's does), lowered
 when its receiver reports show loss (loss-based control as in GCC: above
 :data:`LOSSY` fraction lost, down by half the loss). Without a recent REMB
-there is no limit. Send-side estimation from transport-wide feedback is the
-next step (the subscribe offer does not offer ``transport-cc`` yet).
+there is no limit. An estimate under :data:`CONGESTED` of what the
+subscriber is sent moves it down (or pauses its video); going back up is
+tried one step at a time (:meth:`SubscriberAdaptation._budget`). Only
+simulcast video is adapted: a track with one encoding is always sent (there
+is nothing lower to move to, and pausing it on an estimate that cannot
+recover without probing would stall it), its bit rate taken off the
+estimate first. Send-side estimation from transport-wide feedback and
+padding probes are the next step (the subscribe offer does not offer
+``transport-cc`` yet).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .allocator import INTERVAL, PAUSED, Demand, allocate
+from .allocator import HEADROOM, INTERVAL, PAUSED, UNMEASURED, UP_MARGIN, Demand, allocate
 from .metrics import MediaMetrics
 
 if TYPE_CHECKING:
@@ -38,6 +45,14 @@ logger = logging.getLogger(__name__)
 REMB_MAX_AGE = 5.0
 #: Receiver reports with more than this fraction lost lower the estimate.
 LOSSY = 0.1
+#: An estimate under this share of what the subscriber is sent means congestion.
+CONGESTED = 0.85
+#: Seconds of a steady estimate before one step up is tried ...
+UP_AFTER = 4.0
+#: ... doubled after each failed try, up to this.
+MAX_UP_AFTER = 32.0
+#: Congestion within this many seconds of a step up means it did not fit.
+TRIAL = 3.0
 
 Message = dict[str, Any]
 
@@ -65,6 +80,9 @@ class SubscriberAdaptation:
         self._told: list[dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.estimate: float | None = None
+        self._steady_since = clock()
+        self._up_after = UP_AFTER
+        self._trial_until: float | None = None
 
     def __repr__(self) -> str:
         return f"SubscriberAdaptation({self.name})"
@@ -100,47 +118,92 @@ class SubscriberAdaptation:
 
     async def tick(self) -> None:
         """One allocation: apply it, and tell the subscriber if what it gets changed."""
-        self.estimate = self.current_estimate()
+        now = self._clock()
+        remb = self.current_estimate()
         demands: list[Demand] = []
         carried: dict[str, Slot] = {}
+        sending = 0.0  # what this subscriber gets now (bit/s)
         for slot in self._slots():
             up = slot.source
-            if up is None or up.ended:
-                continue
-            if slot.transceiver.mid is None:
-                continue  # not offered yet
+            if up is None or up.ended or slot.transceiver.mid is None:
+                continue  # nothing carried, or not offered yet
             mid = str(slot.transceiver.mid)
-            current: int | None = None
-            if up.paused(slot.down):
-                current = PAUSED
-            else:
-                layer = up.layer_of(slot.down)
-                current = up.layers().index(layer) if layer in up.layers() else None
+            layers = up.arriving_layers()
+            rates = dict(layers)
+            layer = up.layer_of(slot.down)
+            index = up.layers().index(layer) if layer in up.layers() else None
+            if len(up.layers()) < 2:
+                # One encoding (audio, or video without simulcast): always sent,
+                # its rate comes off the estimate first.
+                sending += rates.get(0, 0.0)
+                demands.append(Demand(key=mid, kind="audio", layers=layers[:1]))
+                carried[mid] = slot
+                continue
+            current: int | None = PAUSED if up.paused(slot.down) else index
+            if current is not None and current != PAUSED:
+                sending += rates.get(current, 0.0)
             demands.append(
                 Demand(
                     key=mid,
                     kind=up.kind,
-                    layers=up.arriving_layers(),
+                    layers=layers,
                     screen=up.is_screen,
                     cap=self._caps.get(mid),
                     current=current,
                 )
             )
             carried[mid] = slot
-        result = allocate(self.estimate, demands)
+        self.estimate = remb
+        result = allocate(self._budget(remb, sending, demands, now), demands)
+        changed = False
         for key, index in result.items():
             slot = carried[str(key)]
             up = slot.source
             if up is None:
                 continue
-            layers = up.layers()
+            before = PAUSED if up.paused(slot.down) else up.layer_of(slot.down)
             # The top layer needs no cap: a layer added later may be taken then.
-            cap = None if index != PAUSED and index >= len(layers) - 1 else index
+            cap = None if index != PAUSED and index >= len(up.layers()) - 1 else index
             up.set_max_layer(slot.down, cap)
+            target = PAUSED if index == PAUSED else up.layers()[index] if index >= 0 else None
+            changed |= target is not before
+        if changed:
+            self._steady_since = now
         told = [self._describe(mid, carried[mid]) for mid in sorted(carried)]
         if told != self._told:
             self._told = told
             await self._send({"type": "quality", "tracks": told})
+
+    def _budget(
+        self, remb: float | None, sending: float, demands: list[Demand], now: float
+    ) -> float | None:
+        """What the allocation may give out: the estimate, or a trial step above it.
+
+        A receiver's estimate cannot rise far above what it receives (Chrome's
+        REMB grows at most 1.5x the incoming rate), so a subscriber moved down
+        would stay down. Without padding probes, the SFU probes by trying: after
+        the estimate has been steady (no congestion) for ``up_after`` seconds,
+        it allows one step up; congestion within :data:`TRIAL` seconds of it
+        takes it back and doubles ``up_after`` (up to :data:`MAX_UP_AFTER`).
+        """
+        if remb is None:
+            return None
+        if remb < CONGESTED * sending:
+            if self._trial_until is not None and now <= self._trial_until:
+                self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
+            self._trial_until = None
+            self._steady_since = now
+            return remb
+        if self._trial_until is not None and now > self._trial_until:
+            self._trial_until = None
+            self._up_after = UP_AFTER  # the step held
+        budget = max(remb, sending)
+        step = _next_step(demands)
+        if step is not None and now - self._steady_since >= self._up_after:
+            self._trial_until = now + TRIAL
+            self._steady_since = now
+            budget = max(budget, (sending + step * UP_MARGIN) / HEADROOM * 1.01)
+        return budget
 
     def _describe(self, mid: str, slot: Slot) -> dict[str, Any]:
         up = slot.source
@@ -171,3 +234,24 @@ class SubscriberAdaptation:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _next_step(demands: list[Demand]) -> float | None:
+    """The smallest raise any video track could take (bit/s); None: all at their top."""
+    steps = []
+    for d in demands:
+        if d.kind != "video" or d.cap == PAUSED or not d.layers:
+            continue
+        rates = [
+            (i, r if r > 0 else UNMEASURED) for i, r in d.layers if d.cap is None or i <= d.cap
+        ]
+        if not rates:
+            continue
+        if d.current is None or d.current == PAUSED:
+            steps.append(rates[0][1])
+            continue
+        now = next((r for i, r in rates if i == d.current), 0.0)
+        higher = [r for i, r in rates if i > d.current]
+        if higher:
+            steps.append(higher[0] - now)
+    return min(steps) if steps else None

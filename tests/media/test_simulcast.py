@@ -346,3 +346,77 @@ async def test_the_subscriber_estimate_picks_its_layer_and_pauses_when_nothing_f
         await adaptation.close()
         slot.close()
         await subscriber.close()
+
+
+async def test_going_back_up_is_tried_one_step_at_a_time_with_backoff(publish: Publish) -> None:
+    """A receiver's REMB cannot rise far above what it gets: the SFU tries a step up."""
+    from media import adaptation as adapt
+    from media.adaptation import SubscriberAdaptation
+    from media.feedback import SubscriberFeedback
+    from media.rtcp import remb
+    from media.subscription import Slot
+
+    up, metrics = publish.up, publish.metrics
+    pub = Publisher(publish)
+    for rid in SSRCS:
+        pub.frame(rid, key=True)
+    _measure(up, pub, (150_000, 500_000, 1_500_000))
+    subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    slot = Slot(subscriber, up, metrics)
+    await subscriber.setLocalDescription(await subscriber.createOffer())
+    feedback = SubscriberFeedback("sub", lambda ssrc: None, metrics=metrics)
+    now = [100.0]
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    adaptation = SubscriberAdaptation(
+        "sub", feedback, lambda: [slot], send, metrics=metrics, clock=lambda: now[0]
+    )
+
+    def estimate(bits: int) -> None:
+        feedback.handle(remb(1, bits, [SSRCS["f"]]))
+        feedback.remb_at = now[0]
+
+    def layer() -> str | None:
+        pending = [layer.rid for layer in up.layers() if slot.down in layer.pending]
+        if pending:  # the switch completes at the layer's keyframe
+            pub.frame(pending[0], key=True)
+        current = up.layer_of(slot.down)
+        return current.rid if current is not None else None
+
+    try:
+        estimate(200_000)  # congested: down to the lowest layer
+        await adaptation.tick()
+        assert layer() == "q"
+        estimate(225_000)  # 1.5x what it gets: all a receiver can say
+        for _ in range(int(adapt.UP_AFTER / 0.5) - 1):
+            now[0] += 0.5
+            estimate(225_000)
+            await adaptation.tick()
+            assert layer() == "q"
+        now[0] += 0.5
+        estimate(225_000)
+        await adaptation.tick()  # steady long enough: one step up is tried
+        assert layer() == "h"
+        now[0] += 0.5
+        estimate(300_000)  # and it did not fit: back down, and the next try waits longer
+        await adaptation.tick()
+        assert layer() == "q"
+        assert adaptation._up_after == 2 * adapt.UP_AFTER
+        now[0] += adapt.UP_AFTER + 0.5
+        estimate(225_000)  # (a receiver sends one about every second)
+        await adaptation.tick()
+        assert layer() == "q"  # not yet: backed off
+        now[0] += adapt.UP_AFTER
+        estimate(225_000)
+        await adaptation.tick()
+        assert layer() == "h"
+        now[0] += adapt.TRIAL + 0.5
+        estimate(800_000)  # this time it held
+        await adaptation.tick()
+        assert layer() == "h" and adaptation._up_after == adapt.UP_AFTER
+    finally:
+        await adaptation.close()
+        slot.close()
+        await subscriber.close()
