@@ -16,11 +16,14 @@ when its receiver reports show loss (loss-based control as in GCC: above
 there is no limit. An estimate under :data:`CONGESTED` of what the
 subscriber is sent moves it down (or pauses its video); going back up is
 tried one step at a time (:meth:`SubscriberAdaptation._budget`). Only
-simulcast video is adapted: a track with one encoding is always sent (there
-is nothing lower to move to, and pausing it on an estimate that cannot
-recover without probing would stall it), its bit rate taken off the
-estimate first. Send-side estimation from transport-wide feedback and
-padding probes are the next step (the subscribe offer does not offer
+simulcast video is adapted to the estimate: a track with one encoding is
+always sent (there is nothing lower to move to, and pausing it on an
+estimate that cannot recover without probing would stall it), its bit rate
+taken off the estimate first, unless the client hides its tile. The
+client's ``track_settings`` cap each track: a hidden tile gets no video, a
+small one no layer larger than it (layer sizes read from the VP8
+keyframes). Send-side estimation from transport-wide feedback and padding
+probes are the next step (the subscribe offer does not offer
 ``transport-cc`` yet).
 """
 
@@ -37,6 +40,7 @@ from .metrics import MediaMetrics
 
 if TYPE_CHECKING:
     from .feedback import SubscriberFeedback
+    from .forwarder import UpTrack
     from .subscription import Slot
 
 logger = logging.getLogger(__name__)
@@ -53,6 +57,10 @@ UP_AFTER = 4.0
 MAX_UP_AFTER = 32.0
 #: Congestion within this many seconds of a step up means it did not fit.
 TRIAL = 3.0
+#: A layer this share of the rendered size or more is large enough for it.
+SIZE_SLACK = 0.9
+#: Most views kept per subscriber (track_settings entries, by mid).
+MAX_VIEWS = 64
 
 Message = dict[str, Any]
 
@@ -76,7 +84,8 @@ class SubscriberAdaptation:
         self._send = send
         self._metrics = metrics
         self._clock = clock
-        self._caps: dict[str, int | None] = {}  # mid -> cap from the client's preferences
+        # mid -> (width, height, visible) the client shows it at (track_settings)
+        self._views: dict[str, tuple[int | None, int | None, bool]] = {}
         self._told: list[dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.estimate: float | None = None
@@ -93,9 +102,12 @@ class SubscriberAdaptation:
                 self._loop(), name=f"adaptation {self.name}"
             )
 
-    def set_cap(self, mid: str, cap: int | None) -> None:
-        """The highest layer the subscriber wants of the track on ``mid`` (PAUSED: none)."""
-        self._caps[mid] = cap
+    def set_view(self, mid: str, width: int | None, height: int | None, visible: bool) -> None:
+        """How the subscriber shows the track on ``mid``: a hidden tile gets no video,
+        a small one no layer larger than it needs (LiveKit's adaptive stream)."""
+        if len(self._views) >= MAX_VIEWS and mid not in self._views:
+            self._views.clear()  # bounded: a client can name any mid
+        self._views[mid] = (width, height, visible)
 
     def current_estimate(self) -> float | None:
         """The subscriber's downlink estimate now (bit/s), None if unknown."""
@@ -133,10 +145,14 @@ class SubscriberAdaptation:
             layer = up.layer_of(slot.down)
             index = up.layers().index(layer) if layer in up.layers() else None
             if len(up.layers()) < 2:
-                # One encoding (audio, or video without simulcast): always sent,
-                # its rate comes off the estimate first.
-                sending += rates.get(0, 0.0)
-                demands.append(Demand(key=mid, kind="audio", layers=layers[:1]))
+                # One encoding (audio, or video without simulcast): sent unless its
+                # tile is hidden, its rate taken off the estimate first.
+                hidden = up.kind == "video" and self._cap(mid, up) == PAUSED
+                if hidden != up.paused(slot.down):
+                    up.set_max_layer(slot.down, PAUSED if hidden else None)
+                if not hidden:
+                    sending += rates.get(0, 0.0)
+                    demands.append(Demand(key=mid, kind="audio", layers=layers[:1]))
                 carried[mid] = slot
                 continue
             current: int | None = PAUSED if up.paused(slot.down) else index
@@ -148,7 +164,7 @@ class SubscriberAdaptation:
                     kind=up.kind,
                     layers=layers,
                     screen=up.is_screen,
-                    cap=self._caps.get(mid),
+                    cap=self._cap(mid, up),
                     current=current,
                 )
             )
@@ -204,6 +220,24 @@ class SubscriberAdaptation:
             self._steady_since = now
             budget = max(budget, (sending + step * UP_MARGIN) / HEADROOM * 1.01)
         return budget
+
+    def _cap(self, mid: str, up: UpTrack) -> int | None:
+        """The highest layer the subscriber's view of ``mid`` needs (PAUSED: hidden)."""
+        view = self._views.get(mid)
+        if view is None:
+            return None
+        width, height, visible = view
+        if not visible:
+            return PAUSED
+        if not width and not height:
+            return None
+        sizes = [layer.size for layer in up.layers()]
+        for index, (w, h) in enumerate(sizes):
+            if not w or not h:
+                return None  # a layer's size is not known yet: no cap
+            if w >= (width or 0) * SIZE_SLACK and h >= (height or 0) * SIZE_SLACK:
+                return index
+        return None
 
     def _describe(self, mid: str, slot: Slot) -> dict[str, Any]:
         up = slot.source

@@ -306,6 +306,16 @@ class Participant:
 
     # --- subscribe -------------------------------------------------------
 
+    def set_track_settings(self, tracks: list[dict[str, Any]]) -> None:
+        """How the client shows what it receives (validated ``track_settings`` entries)."""
+        for setting in tracks:
+            self._adaptation.set_view(
+                str(setting["mid"]),
+                setting.get("width"),
+                setting.get("height"),
+                bool(setting.get("visible", True)),
+            )
+
     def set_wanted(self, tracks: list[UpTrack]) -> None:
         """The tracks this participant should receive; renegotiates if needed."""
         if self.closed:

@@ -27,6 +27,7 @@ from media.metrics import CountingMediaMetrics
 from media.rtcp import iter_rtcp
 from media.rtpheader import URI_MID, URI_REPAIRED_RID, URI_RID
 from media.simulcast import answer_layers, offered_layers
+from tests.media.conftest import Call
 from tests.media.test_forwarding import _fast, implementation, picture_id, sent
 from tests.support.polling import eventually
 
@@ -35,6 +36,7 @@ __all__ = ["implementation"]  # the fixture, imported for pytest
 KEY = bytes(range(30))
 RID_ID, RRID_ID = 10, 11
 SSRCS = {"q": 0x1000, "h": 0x2000, "f": 0x3000}
+SIZES = {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
 
 CHROME_LIKE = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -162,7 +164,12 @@ class Publisher:
             header += struct.pack("!HH", 0xBEDE, len(ext) // 4) + ext
             pid = self.pid[rid]
             desc = bytes([0x90 if i == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF])
-            body = bytes([0x00 if key and i == 0 else 0x01]) + rid.encode() * 20
+            if key and i == 0:  # a keyframe's payload header: its frame size (RFC 6386 9.1)
+                width, height = SIZES[rid]
+                body = b"\x00\x00\x00\x9d\x01\x2a" + struct.pack("<HH", width, height)
+            else:
+                body = b"\x01"
+            body += rid.encode() * 20
             payloads.append(desc + body)
             self.p.inbound._on_srtp(self.rx, self.tx.protect(header + desc + body))
         return payloads
@@ -342,6 +349,20 @@ async def test_the_subscriber_estimate_picks_its_layer_and_pauses_when_nothing_f
         }  # fmt: skip
         assert metrics.counts["layer_switch_pause"] == 1
         assert metrics.counts["layer_switch_resume"] == 1
+
+        # A 320x180 tile needs no more than the lowest layer (sizes read from keyframes).
+        assert [layer.size for layer in up.layers()] == list(SIZES.values())
+        adaptation.set_view(str(slot.transceiver.mid), 320, 180, True)
+        await adaptation.tick()
+        pub.frame("q", key=True)
+        assert up.layer_of(slot.down) is up.layer("q")
+        adaptation.set_view(str(slot.transceiver.mid), 1000, 560, True)
+        await adaptation.tick()
+        pub.frame("f", key=True)
+        assert up.layer_of(slot.down) is up.layer("f")
+        adaptation.set_view(str(slot.transceiver.mid), None, None, False)  # hidden
+        await adaptation.tick()
+        assert up.paused(slot.down)
     finally:
         await adaptation.close()
         slot.close()
@@ -420,3 +441,32 @@ async def test_going_back_up_is_tried_one_step_at_a_time_with_backoff(publish: P
         await adaptation.close()
         slot.close()
         await subscriber.close()
+
+
+async def test_a_hidden_tile_gets_no_video_and_a_shown_one_gets_it_back(call: Call) -> None:
+    """track_settings through the room: the subscriber's view caps what it is sent."""
+    await call.join("ana")
+    ben = await call.join("ben")
+    slot = next(s for s in call.room.participants["ben"]._slots if s.kind == "video")
+    await eventually(lambda: slot.fast.packets_sent > 10, message="ben receives ana's video")
+    mid = slot.transceiver.mid
+    assert mid is not None
+    await call.room.handle_signal(
+        "ben", {"type": "track_settings", "tracks": [{"mid": mid, "visible": False}]}
+    )
+    up = slot.source
+    assert up is not None
+    await eventually(lambda: up.paused(slot.down), message="video paused for the hidden tile")
+    sent = slot.fast.packets_sent
+    frames = ben.received_from("ana", "video")
+    assert frames is not None
+    received, arrived = frames.frames, up.packets_in
+    await eventually(lambda: up.packets_in > arrived + 30, message="ana still sends")
+    assert slot.fast.packets_sent == sent  # nothing for the hidden tile
+    await call.room.handle_signal(
+        "ben", {"type": "track_settings", "tracks": [{"mid": mid, "visible": True}]}
+    )
+    await eventually(lambda: frames.frames > received + 10, message="video back")
+    quality = [m for p, m in call.signaling.sent if p == "ben" and m.get("type") == "quality"]
+    assert any(t["paused"] for m in quality for t in m["tracks"])
+    assert not any(t["paused"] for t in quality[-1]["tracks"])
