@@ -178,8 +178,10 @@ class SubscriberAdaptation:
             if up is None:
                 continue
             before = PAUSED if up.paused(slot.down) else up.layer_of(slot.down)
-            # The top layer needs no cap: a layer added later may be taken then.
-            cap = None if index != PAUSED and index >= len(up.layers()) - 1 else index
+            # Without an estimate the top layer needs no cap (a layer that starts
+            # later may be taken then); with one, the allocation is the cap.
+            top = index != PAUSED and index >= len(up.layers()) - 1
+            cap = None if top and self.estimate is None else index
             up.set_max_layer(slot.down, cap)
             target = PAUSED if index == PAUSED else up.layers()[index] if index >= 0 else None
             changed |= target is not before

@@ -70,6 +70,7 @@ class UpTrack:
         pli_min_interval: float,
         metrics: MediaMetrics,
         on_ended: Callable[[UpTrack], None],
+        on_layers: Callable[[UpTrack, list[str]], None] | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.participant_id = participant_id
@@ -82,6 +83,8 @@ class UpTrack:
         self._metrics = metrics
         self._pli_min_interval = pli_min_interval
         self._on_ended = on_ended
+        self._on_layers = on_layers
+        self._active: tuple[str, ...] | None = None  # the layers the publisher was asked for
         self._inbound = inbound
         self._downs: list[DownTrack] = []
         self._layer_of: dict[DownTrack, Layer] = {}
@@ -223,6 +226,7 @@ class UpTrack:
             if target is not None:
                 self._layer_of[down] = target
                 self._refresh(target)
+            self._update_dynacast()
         self.request_keyframe(down)
 
     def remove_down(self, down: DownTrack) -> None:
@@ -235,15 +239,45 @@ class UpTrack:
             layer_of = self._layer_of.pop(down, None)
             if layer_of is not None:
                 self._refresh(layer_of)
+            self._update_dynacast()
 
     def arriving_layers(self) -> list[tuple[int, float]]:
-        """(index, bit/s) of the layers arriving (at the last tick), lowest first."""
-        live = self._live
+        """(index, bit/s) of the layers arriving (at the last tick), lowest first, and
+        of those the publisher was asked to stop (dynacast: available on demand)."""
+        live, active = self._live, self._active
         return [
             (i, layer.bitrate)
             for i, layer in enumerate(self.layers())
-            if live is None or layer in live
+            if live is None or layer in live or (active is not None and layer.rid not in active)
         ]
+
+    @property
+    def active_layers(self) -> tuple[str, ...]:
+        """The rids the publisher is asked to send (all, until dynacast said otherwise)."""
+        return self._active if self._active is not None else self.rids
+
+    def _update_dynacast(self) -> None:
+        """Ask the publisher to stop the layers no subscriber may get, and to resume them.
+
+        The lowest layer is always kept (a new subscriber starts at once).
+        """
+        rids = self.rids
+        if len(rids) < 2 or self._on_layers is None or self.ended:
+            return
+        needed = {rids[0]}
+        for down in self._downs:
+            cap = self._max_layer.get(down)
+            if cap == PAUSED:
+                continue
+            top = len(rids) - 1 if cap is None else min(cap, len(rids) - 1)
+            needed.update(rids[: top + 1])
+        for layer in self._layers.values():
+            if layer.pending and layer.rid is not None:
+                needed.add(layer.rid)
+        active = tuple(rid for rid in rids if rid in needed)
+        if active != self.active_layers:
+            self._active = active
+            self._on_layers(self, list(active))
 
     def set_max_layer(self, down: DownTrack, index: int | None) -> None:
         """The highest layer (index, lowest 0) ``down`` may get; None: any; PAUSED
@@ -296,6 +330,10 @@ class UpTrack:
         return below[-1] if below else candidates[0]
 
     def _reassign(self) -> None:
+        self._place_all()
+        self._update_dynacast()
+
+    def _place_all(self) -> None:
         for down in list(self._downs):
             target = self._choose(down)
             current = self._layer_of.get(down)

@@ -165,6 +165,7 @@ class Participant:
         self._up_tracks: dict[str, UpTrack] = {}
         self._retired: list[UpTrack] = []
         self._slots: list[Slot] = []
+        self._posts: set[asyncio.Task[None]] = set()  # messages sent from callbacks
         # What of each received track this participant's downlink can take.
         self._adaptation = SubscriberAdaptation(
             f"{room_id}/{participant_id}",
@@ -276,6 +277,7 @@ class Participant:
             pli_min_interval=self._config.pli_min_interval,
             metrics=self._metrics,
             on_ended=self._on_up_ended,
+            on_layers=self._on_up_layers,
         )
         self._up_tracks[str(transceiver.mid)] = up
         logger.info("%r publishes %s (%s)", self, up.kind, mime)
@@ -292,6 +294,17 @@ class Participant:
         """End every published track: nobody receives them from now on."""
         for up in list(self._up_tracks.values()):
             up.end()
+
+    def _on_up_layers(self, up: UpTrack, rids: list[str]) -> None:
+        """Dynacast: tell the publisher which simulcast layers of ``up`` to encode."""
+        if self.closed:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._send({"type": "layers", "mid": up.mid, "rids": rids}),
+            name=f"layers {self.id}",
+        )
+        self._posts.add(task)
+        task.add_done_callback(self._posts.discard)
 
     def _on_up_ended(self, up: UpTrack) -> None:
         for mid, other in list(self._up_tracks.items()):
@@ -469,6 +482,10 @@ class Participant:
         self._negotiator.cancel()
         await asyncio.gather(self._negotiator, return_exceptions=True)
         await self._adaptation.close()
+        posts = list(self._posts)
+        for task in posts:
+            task.cancel()
+        await asyncio.gather(*posts, return_exceptions=True)
         if self._answer is not None:
             self._answer.cancel()
             self._answer = None

@@ -21,6 +21,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from media.aiortc_compat import accept_header_extensions
+from media.allocator import PAUSED
 from media.forwarder import DownTrack, UpTrack
 from media.inbound import PublisherInbound
 from media.metrics import CountingMediaMetrics
@@ -470,3 +471,41 @@ async def test_a_hidden_tile_gets_no_video_and_a_shown_one_gets_it_back(call: Ca
     quality = [m for p, m in call.signaling.sent if p == "ben" and m.get("type") == "quality"]
     assert any(t["paused"] for m in quality for t in m["tracks"])
     assert not any(t["paused"] for t in quality[-1]["tracks"])
+
+
+async def test_dynacast_asks_the_publisher_for_the_layers_subscribers_may_get(
+    publish: Publish,
+) -> None:
+    asked: list[list[str]] = []
+    (transceiver,) = publish.server.getTransceivers()
+    up = UpTrack(
+        "pub",
+        transceiver,
+        publish.inbound,
+        pli_min_interval=0.0,
+        metrics=publish.metrics,
+        on_ended=lambda u: None,
+        on_layers=lambda track, rids: asked.append(rids),
+    )
+    pub = Publisher(publish)
+    try:
+        for rid in SSRCS:
+            pub.frame(rid, key=True)
+        assert asked == [["q"]]  # nobody subscribed: only the lowest layer
+        assert up.active_layers == ("q",)
+        # Layers the publisher was asked to stop are still offered to the allocation.
+        assert [i for i, _ in up.arriving_layers()] == [0, 1, 2]
+        down = DownTrack("video", publish.metrics)
+        down.attach(up)
+        assert asked[-1] == ["q", "h", "f"]
+        up.set_max_layer(down, 1)
+        assert asked[-1] == ["q", "h"]
+        up.set_max_layer(down, PAUSED)
+        assert asked[-1] == ["q"]
+        up.set_max_layer(down, None)
+        assert asked[-1] == ["q", "h", "f"]
+        down.detach()
+        assert asked[-1] == ["q"]
+        assert len(asked) == 6  # only changes are sent
+    finally:
+        await up.close()
