@@ -170,6 +170,8 @@ class SubscriberAdaptation:
             )
             carried[mid] = slot
         self.estimate = remb
+        if remb is not None:
+            self._metrics.subscriber_estimate(remb)
         result = allocate(self._budget(remb, sending, demands, now), demands)
         changed = False
         for key, index in result.items():
@@ -209,12 +211,14 @@ class SubscriberAdaptation:
         if remb < CONGESTED * sending:
             if self._trial_until is not None and now <= self._trial_until:
                 self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
+                self._metrics.layer_probe(held=False)
             self._trial_until = None
             self._steady_since = now
             return remb
         if self._trial_until is not None and now > self._trial_until:
             self._trial_until = None
             self._up_after = UP_AFTER  # the step held
+            self._metrics.layer_probe(held=True)
         budget = max(remb, sending)
         step = _next_step(demands)
         if step is not None and now - self._steady_since >= self._up_after:

@@ -233,7 +233,9 @@ class UpTrack:
         if down in self._downs:
             self._downs.remove(down)
             self._max_layer.pop(down, None)
-            self._paused.discard(down)
+            if down in self._paused:
+                self._paused.discard(down)
+                self._metrics.paused_track_gone()
             for layer in self.layers():
                 layer.cancel_switch(down)
             layer_of = self._layer_of.pop(down, None)
@@ -387,6 +389,9 @@ class UpTrack:
             down.detach(self)
         self._downs.clear()
         self._layer_of.clear()
+        for _ in self._paused:
+            self._metrics.paused_track_gone()
+        self._paused.clear()
         for layer in [self._default, *self._layers.values()]:
             await layer.close()
 
