@@ -143,7 +143,7 @@ class SubscriberAdaptation:
             layers = up.arriving_layers()
             rates = dict(layers)
             layer = up.layer_of(slot.down)
-            index = up.layers().index(layer) if layer in up.layers() else None
+            index = up.index_of(layer) if layer is not None else None
             if len(up.layers()) < 2:
                 # One encoding (audio, or video without simulcast): sent unless its
                 # tile is hidden, its rate taken off the estimate first.
@@ -182,10 +182,10 @@ class SubscriberAdaptation:
             before = PAUSED if up.paused(slot.down) else up.layer_of(slot.down)
             # Without an estimate the top layer needs no cap (a layer that starts
             # later may be taken then); with one, the allocation is the cap.
-            top = index != PAUSED and index >= len(up.layers()) - 1
+            top = index != PAUSED and index >= up.top_index
             cap = None if top and self.estimate is None else index
             up.set_max_layer(slot.down, cap)
-            target = PAUSED if index == PAUSED else up.layers()[index] if index >= 0 else None
+            target = PAUSED if index == PAUSED else up.layer_at(index)
             changed |= target is not before
         if changed:
             self._steady_since = now
@@ -237,12 +237,12 @@ class SubscriberAdaptation:
             return PAUSED
         if not width and not height:
             return None
-        sizes = [layer.size for layer in up.layers()]
-        for index, (w, h) in enumerate(sizes):
+        for layer in up.layers():
+            w, h = layer.size
             if not w or not h:
                 return None  # a layer's size is not known yet: no cap
             if w >= (width or 0) * SIZE_SLACK and h >= (height or 0) * SIZE_SLACK:
-                return index
+                return up.index_of(layer)
         return None
 
     def _describe(self, mid: str, slot: Slot) -> dict[str, Any]:

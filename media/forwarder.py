@@ -134,6 +134,13 @@ class UpTrack:
             return [self._default]
         return [self._layers[rid] for rid in rids if rid in self._layers]
 
+    def layer_at(self, index: int) -> Layer | None:
+        """The layer of index ``index`` (see :meth:`index_of`), if it arrived yet."""
+        for layer in self.layers():
+            if self.index_of(layer) == index:
+                return layer
+        return None
+
     def layer_of(self, down: DownTrack) -> Layer | None:
         return self._layer_of.get(down)
 
@@ -248,8 +255,8 @@ class UpTrack:
         of those the publisher was asked to stop (dynacast: available on demand)."""
         live, active = self._live, self._active
         return [
-            (i, layer.bitrate)
-            for i, layer in enumerate(self.layers())
+            (self.index_of(layer), layer.bitrate)
+            for layer in self.layers()
             if live is None or layer in live or (active is not None and layer.rid not in active)
         ]
 
@@ -309,9 +316,18 @@ class UpTrack:
             "up" if old is None or self._index(layer) > self._index(old) else "down"
         )
 
+    def index_of(self, layer: Layer) -> int:
+        """A layer's index: its place in the offer's rids, lowest 0 (0 if not simulcast)."""
+        rids = self.rids
+        return rids.index(layer.rid) if layer.rid in rids else 0
+
+    @property
+    def top_index(self) -> int:
+        """The index of the highest layer the publisher offered."""
+        return max(0, len(self.rids) - 1)
+
     def _index(self, layer: Layer) -> int:
-        layers = self.layers()
-        return layers.index(layer) if layer in layers else -1
+        return self.index_of(layer)
 
     def _refresh(self, layer: Layer) -> None:
         layer.refresh([d for d, on in self._layer_of.items() if on is layer])
@@ -327,8 +343,8 @@ class UpTrack:
             return None
         live = self._live
         candidates = [layer for layer in layers if live is None or layer in live] or layers
-        cap = self._max_layer.get(down, len(layers) - 1)
-        below = [layer for layer in candidates if layers.index(layer) <= cap]
+        cap = self._max_layer.get(down, self.top_index)
+        below = [layer for layer in candidates if self.index_of(layer) <= cap]
         return below[-1] if below else candidates[0]
 
     def _reassign(self) -> None:
