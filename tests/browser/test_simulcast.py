@@ -1,0 +1,153 @@
+"""Simulcast from real browsers through the SFU (issue 13, first "done when" check).
+
+Three Chromium participants in an SFU call publish their fake cameras
+(captured at 1280x720) as three VP8 encodings, rids ``q``, ``h``, ``f``; with
+no limit on any link each must receive the others at the top layer, and the
+SFU must have learnt all three layers of every publisher from the rid header
+extension (its log says so: the SSRCs are not signalled).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import Server
+from tests.browser.support import (
+    EVENTUALLY_S,
+    POLL_S,
+    Participant,
+    join_by_link,
+    make_call,
+    make_user,
+    new_participant,
+)
+from tests.support.polling import eventually
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+#: Chrome's send-side estimate ramps up from 300 kbit/s before the top layer
+#: (1.5 Mbit/s) is sent, on a machine shared by three renderers and the SFU.
+RAMP_S = 2 * EVENTUALLY_S
+
+#: The publish connection: the local capture size, the answer's simulcast line,
+#: and per rid what the encoder sends (outbound-rtp).
+PUBLISHING = """async () => {
+  const pc = window.huddle.session.sfu.publishPc;
+  const track = window.huddle.session.sending.local.video;
+  const settings = track ? track.getSettings() : {};
+  const sdp = pc.remoteDescription ? pc.remoteDescription.sdp : '';
+  const simulcast = (sdp.match(/^a=simulcast:.*$/m) || [''])[0].trim();
+  const rids = {};
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) {
+      rids[s.rid] = {
+        framesEncoded: s.framesEncoded || 0,
+        frameHeight: s.frameHeight || 0,
+        active: s.active,
+        limitation: s.qualityLimitationReason,
+      };
+    }
+  });
+  return { width: settings.width, height: settings.height, simulcast, rids };
+}"""
+
+LEARNT = re.compile(r"^.*?(<[^>]*>|\S+): mid \S+ layer (\w+) arrives on SSRC", re.M)
+
+
+async def publishing(participant: Participant) -> dict[str, Any]:
+    result: dict[str, Any] = await participant.page.evaluate(PUBLISHING)
+    return result
+
+
+async def in_sfu(participant: Participant) -> bool:
+    state = await participant.state()
+    return bool(state.get("mode") == "sfu" and state["sfu"] == {
+        "publish": "connected",
+        "subscribe": "connected",
+    })
+
+
+@pytest.mark.timeout(300)
+async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top_layer(
+    browser: Any, server: Server, people: list[Participant]
+) -> None:
+    users = [await make_user(server, name) for name in ("ana", "bob", "cyd")]
+    call_id = await make_call(server, users[0], *users[1:])
+    group: dict[str, Participant] = {}
+    for user in users:
+        participant = await new_participant(browser, server.base_url, user.name)
+        people.append(participant)
+        group[user.user_id] = participant
+    caller = group[users[0].user_id]
+    caller.expect_console("status of 409")  # the caller is joined from initiation…
+    caller.expect_console("status of 404")  # …so it asks for TURN servers: none configured
+    for user in users:
+        await join_by_link(group[user.user_id], call_id, user)
+    for participant in group.values():
+        await eventually(
+            lambda p=participant: in_sfu(p),
+            message=f"{participant.name} connected to the SFU",
+            timeout=EVENTUALLY_S,
+            interval=POLL_S,
+        )
+
+    # Each publisher captures 1280x720, the SFU's answer takes q, h and f (lowest
+    # first), and the encoder sends frames on all three rids.
+    for participant in group.values():
+        first = await publishing(participant)
+        assert (first["width"], first["height"]) == (1280, 720), first
+        assert first["simulcast"] == "a=simulcast:recv q;h;f", first
+
+        async def three_rids_sending(p: Participant = participant, before: Any = first) -> Any:
+            now = await publishing(p)
+            rising = [
+                rid
+                for rid, layer in now["rids"].items()
+                if layer["framesEncoded"] > before["rids"].get(rid, {}).get("framesEncoded", 0)
+            ]
+            return now if sorted(rising) == ["f", "h", "q"] else None
+
+        sending = await eventually(
+            three_rids_sending,
+            message=f"{participant.name} encoding frames on rids q, h and f",
+            timeout=EVENTUALLY_S,
+            interval=POLL_S,
+        )
+        heights = {rid: layer["frameHeight"] for rid, layer in sending["rids"].items()}
+        assert heights["q"] < heights["h"] < heights["f"], sending
+
+    # The SFU learnt each publisher's three layers from the rid extension.
+    def layers_learnt() -> dict[str, set[str]] | None:
+        learnt: dict[str, set[str]] = {}
+        for inbound, rid in LEARNT.findall(server.log()):
+            learnt.setdefault(inbound, set()).add(rid)
+        complete = [rids for rids in learnt.values() if rids == {"q", "h", "f"}]
+        return learnt if len(complete) >= len(group) else None
+
+    await eventually(
+        layers_learnt,
+        message="the SFU's log: layers q, h and f of every publisher",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
+
+    # With no limit, everyone receives everyone else at the top layer (>= 540 of 720).
+    for viewer_id, viewer in group.items():
+        for source_id, source in group.items():
+            if source_id == viewer_id:
+                continue
+
+            async def top_layer(v: Participant = viewer, key: str = source_id) -> int:
+                remote = (await v.stats()).get(key)
+                height = int(remote["video"]["frameHeight"]) if remote else 0
+                return height if height >= 540 else 0
+
+            await eventually(
+                top_layer,
+                message=f"{viewer.name} receiving {source.name} at frameHeight >= 540",
+                timeout=RAMP_S,
+                interval=POLL_S,
+            )
