@@ -309,17 +309,21 @@ class PublisherInbound:
 
     # --- configuration -------------------------------------------------------
 
-    def configure(self, pc: Any) -> None:
+    def configure(self, pc: Any, offer_sdp: str | None = None) -> None:
         """Read the negotiated m-lines and take over the connection's media (idempotent).
 
         Called after every publish negotiation; streams already seen stay.
+        ``offer_sdp`` is the publisher's offer as it sent it: aiortc's
+        ``remoteDescription`` is re-serialised from its own parse and has lost
+        the ``a=rid`` and ``a=simulcast`` lines, so without it no m-line is
+        taken as simulcast.
         """
         if self._closed:
             return
         local, remote = pc.localDescription, pc.remoteDescription
         if local is None or remote is None:
             return
-        self._mlines, self.ids = parse_mlines(remote.sdp, local.sdp)
+        self._mlines, self.ids = parse_mlines(offer_sdp or remote.sdp, local.sdp)
         self._twcc_id = self.ids.transport_cc
         if self._c is not None:
             level = self.ids.audio_level
