@@ -40,6 +40,7 @@ PUBLISHING = """async () => {
   const settings = track ? track.getSettings() : {};
   const sdp = pc.remoteDescription ? pc.remoteDescription.sdp : '';
   const simulcast = (sdp.match(/^a=simulcast:.*$/m) || [''])[0].trim();
+  const ridExtension = /^a=extmap:\\d+ urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id/m.test(sdp);
   const rids = {};
   (await pc.getStats()).forEach((s) => {
     if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) {
@@ -51,10 +52,11 @@ PUBLISHING = """async () => {
       };
     }
   });
-  return { width: settings.width, height: settings.height, simulcast, rids };
+  return { width: settings.width, height: settings.height, simulcast, ridExtension, rids };
 }"""
 
-LEARNT = re.compile(r"^.*?(<[^>]*>|\S+): mid \S+ layer (\w+) arrives on SSRC", re.M)
+#: The SFU's log line for each layer whose SSRC it learnt (media.inbound._learn_layer).
+LEARNT = re.compile(r"PublisherInbound\(([^)]*)\): mid \S+ layer (\w+) arrives on SSRC")
 
 
 async def publishing(participant: Participant) -> dict[str, Any]:
@@ -100,6 +102,7 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
         first = await publishing(participant)
         assert (first["width"], first["height"]) == (1280, 720), first
         assert first["simulcast"] == "a=simulcast:recv q;h;f", first
+        assert first["ridExtension"], first
 
         async def three_rids_sending(p: Participant = participant, before: Any = first) -> Any:
             now = await publishing(p)
