@@ -66,10 +66,8 @@ async def publishing(participant: Participant) -> dict[str, Any]:
 
 async def in_sfu(participant: Participant) -> bool:
     state = await participant.state()
-    return bool(state.get("mode") == "sfu" and state["sfu"] == {
-        "publish": "connected",
-        "subscribe": "connected",
-    })
+    connected = {"publish": "connected", "subscribe": "connected"}
+    return bool(state.get("mode") == "sfu" and state["sfu"] == connected)
 
 
 @pytest.mark.timeout(300)
@@ -154,3 +152,48 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
                 timeout=RAMP_S,
                 interval=POLL_S,
             )
+
+
+#: Every P2P connection's video outbound-rtp entries: [{rid, framesEncoded}].
+P2P_OUTBOUND = """async () => {
+  const out = [];
+  for (const peer of window.huddle.session.peers.values()) {
+    if (!peer.pc) continue;
+    (await peer.pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video')
+        out.push({ rid: s.rid || null, framesEncoded: s.framesEncoded || 0 });
+    });
+  }
+  return out;
+}"""
+
+
+@pytest.mark.timeout(180)
+async def test_a_p2p_call_sends_one_encoding(
+    browser: Any, server: Server, people: list[Participant]
+) -> None:
+    users = [await make_user(server, name) for name in ("dee", "eli")]
+    call_id = await make_call(server, users[0], users[1])
+    pair = []
+    for user in users:
+        participant = await new_participant(browser, server.base_url, user.name)
+        people.append(participant)
+        pair.append(participant)
+    pair[0].expect_console("status of 409")
+    pair[0].expect_console("status of 404")
+    for participant, user in zip(pair, users, strict=True):
+        await join_by_link(participant, call_id, user)
+
+    async def one_encoding(p: Participant) -> Any:
+        entries = await p.page.evaluate(P2P_OUTBOUND)
+        return entries if entries and entries[0]["framesEncoded"] > 10 else None
+
+    for participant in pair:
+        entries = await eventually(
+            lambda p=participant: one_encoding(p),
+            message=f"{participant.name} sending video over P2P",
+            timeout=EVENTUALLY_S,
+            interval=POLL_S,
+        )
+        assert entries == [{"rid": None, "framesEncoded": entries[0]["framesEncoded"]}]
+        assert (await participant.state())["mode"] == "p2p"
