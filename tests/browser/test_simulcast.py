@@ -19,6 +19,7 @@ from tests.browser.support import (
     EVENTUALLY_S,
     POLL_S,
     Participant,
+    decodes_from,
     join_by_link,
     make_call,
     make_user,
@@ -136,14 +137,35 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
     )
 
     # With no limit, everyone receives everyone else at the top layer (>= 540 of 720).
+    await everyone_at_the_top_layer(group)
+
+    # A camera switched off and on again (the sender's track replaced, its three
+    # encodings kept) comes back at the top layer.
+    await caller.page.get_by_role("button", name="Turn camera off").click()
+    await caller.page.get_by_role("button", name="Turn camera on").click()
+    for viewer_id, viewer in group.items():
+        if viewer_id != users[0].user_id:
+            await decodes_from(
+                viewer, users[0].user_id, more_than=await viewer.frames_from(users[0].user_id)
+            )
+    await everyone_at_the_top_layer(group)
+
+
+async def everyone_at_the_top_layer(group: dict[str, Participant]) -> None:
+    """Each one decodes each other one's video at frameHeight >= 540, frames rising."""
     for viewer_id, viewer in group.items():
         for source_id, source in group.items():
             if source_id == viewer_id:
                 continue
+            before = await viewer.frames_from(source_id)
 
-            async def top_layer(v: Participant = viewer, key: str = source_id) -> int:
+            async def top_layer(
+                v: Participant = viewer, key: str = source_id, n: int = before
+            ) -> int:
                 remote = (await v.stats()).get(key)
-                height = int(remote["video"]["frameHeight"]) if remote else 0
+                if not remote or remote["video"]["framesDecoded"] <= n:
+                    return 0
+                height = int(remote["video"]["frameHeight"])
                 return height if height >= 540 else 0
 
             await eventually(
