@@ -18,7 +18,7 @@ from media.config import MediaConfig
 from media.loadtest.sfuclient import LocalSignaling
 from media.metrics import CountingMediaMetrics
 from media.room import Room
-from media.rtpheader import URI_MID, URI_RID
+from media.rtpheader import URI_MID, URI_REPAIRED_RID, URI_RID
 from tests.support.polling import eventually
 
 RIDS = ("q", "h", "f")
@@ -36,7 +36,7 @@ def as_chrome_simulcast(offer: str) -> str:
         lines = [line for line in lines if line]
         lines += [
             f"a=extmap:10 {URI_RID}",
-            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+            f"a=extmap:11 {URI_REPAIRED_RID}",
             *(f"a=rid:{rid} send" for rid in RIDS),
             "a=simulcast:send " + ";".join(RIDS),
         ]
@@ -44,11 +44,13 @@ def as_chrome_simulcast(offer: str) -> str:
     return "\r\nm=".join(sections).rstrip("\r\n") + "\r\n"
 
 
-def rtp(ssrc: int, seq: int, pt: int, extensions: bytes) -> bytes:
+def rtp(
+    ssrc: int, seq: int, pt: int, extensions: bytes, payload: bytes = b"\x10\x00\x00\x00"
+) -> bytes:
     padded = extensions + bytes(-len(extensions) % 4)
     header = struct.pack("!BBHII", 0x90, pt, seq, 1000, ssrc)
     header += struct.pack("!HH", 0xBEDE, len(padded) // 4) + padded
-    return header + b"\x10\x00\x00\x00"
+    return header + payload
 
 
 def one_byte(ext_id: int, value: str) -> bytes:
@@ -87,6 +89,13 @@ async def test_layers_of_a_simulcast_publish_offer_are_learnt_by_rid(config: Med
             lambda: all(inbound.media_ssrc(mid, rid) == ssrcs[rid] for rid in RIDS),
             message="each layer on its own SSRC",
         )
+        # A retransmission of layer h on its own RTX SSRC says its layer by the
+        # repaired-rid extension.
+        rtx_pt = int(re.search(r"a=rtpmap:(\d+) rtx/", video).group(1))  # type: ignore[union-attr]
+        rrid_id = int(re.search(rf"a=extmap:(\d+) {URI_REPAIRED_RID}", answer).group(1))  # type: ignore[union-attr]
+        ext = one_byte(mid_id, mid) + one_byte(rrid_id, "h")
+        inbound._on_rtp(rtp(0x2223, 1, rtx_pt, ext, payload=struct.pack("!H", 101) + b"again"))
+        assert inbound.rtx_packets == 1
         assert "unknown_ssrc" not in inbound.dropped
     finally:
         await client.close()
