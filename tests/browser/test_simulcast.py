@@ -138,6 +138,10 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
 
     # With no limit, everyone receives everyone else at the top layer (>= 540 of 720).
     await everyone_at_the_top_layer(group)
+    # Each publisher's layers (and the switches up to f) reach a subscriber as one
+    # stream: one SSRC per other participant, never one per layer.
+    for participant in group.values():
+        assert len(await participant.page.evaluate(RECEIVED_SSRCS)) == len(group) - 1
 
     # A camera switched off and on again (the sender's track replaced, its three
     # encodings kept) comes back at the top layer.
@@ -149,6 +153,16 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
                 viewer, users[0].user_id, more_than=await viewer.frames_from(users[0].user_id)
             )
     await everyone_at_the_top_layer(group)
+
+
+#: The SSRCs of the video the subscribe connection has received.
+RECEIVED_SSRCS = """async () => {
+  const ssrcs = [];
+  (await window.huddle.session.sfu.subscribePc.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') ssrcs.push(s.ssrc);
+  });
+  return ssrcs;
+}"""
 
 
 async def everyone_at_the_top_layer(group: dict[str, Participant]) -> None:
