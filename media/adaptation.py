@@ -52,11 +52,14 @@ LOSSY = 0.1
 #: An estimate under this share of what the subscriber is sent means congestion.
 CONGESTED = 0.85
 #: Seconds of a steady estimate before one step up is tried ...
-UP_AFTER = 4.0
-#: ... doubled after each failed try, up to this.
-MAX_UP_AFTER = 32.0
+UP_AFTER = 2.0
+#: ... doubled after each failed try, up to this ...
+MAX_UP_AFTER = 8.0
+#: ... and back to UP_AFTER when the estimate rises this much above the one
+#: of the last failed try (the link got better).
+RECOVERED = 1.25
 #: Congestion within this many seconds of a step up means it did not fit.
-TRIAL = 3.0
+TRIAL = 2.0
 #: A layer this share of the rendered size or more is large enough for it.
 SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
@@ -92,6 +95,7 @@ class SubscriberAdaptation:
         self._steady_since = clock()
         self._up_after = UP_AFTER
         self._trial_until: float | None = None
+        self._failed_at: float | None = None  # the estimate when a step up last failed
 
     def __repr__(self) -> str:
         return f"SubscriberAdaptation({self.name})"
@@ -204,13 +208,16 @@ class SubscriberAdaptation:
         would stay down. Without padding probes, the SFU probes by trying: after
         the estimate has been steady (no congestion) for ``up_after`` seconds,
         it allows one step up; congestion within :data:`TRIAL` seconds of it
-        takes it back and doubles ``up_after`` (up to :data:`MAX_UP_AFTER`).
+        takes it back and doubles ``up_after`` (up to :data:`MAX_UP_AFTER`,
+        back to :data:`UP_AFTER` once the estimate climbs :data:`RECOVERED`
+        times above the one the step failed at).
         """
         if remb is None:
             return None
         if remb < CONGESTED * sending:
             if self._trial_until is not None and now <= self._trial_until:
                 self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
+                self._failed_at = remb
                 self._metrics.layer_probe(held=False)
             self._trial_until = None
             self._steady_since = now
@@ -218,7 +225,11 @@ class SubscriberAdaptation:
         if self._trial_until is not None and now > self._trial_until:
             self._trial_until = None
             self._up_after = UP_AFTER  # the step held
+            self._failed_at = None
             self._metrics.layer_probe(held=True)
+        if self._failed_at is not None and remb > RECOVERED * self._failed_at:
+            self._up_after = UP_AFTER  # the estimate climbed: try again soon
+            self._failed_at = None
         budget = max(remb, sending)
         step = _next_step(demands)
         if step is not None and now - self._steady_since >= self._up_after:
