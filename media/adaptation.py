@@ -58,8 +58,10 @@ logger = logging.getLogger(__name__)
 REMB_MAX_AGE = 5.0
 #: Receiver reports with more than this fraction lost lower the estimate.
 LOSSY = 0.1
-#: An estimate under this share of what the subscriber is sent means congestion.
-CONGESTED = 0.85
+#: An estimate under this share of what the subscriber is sent means congestion
+#: (a receiver's estimate lags behind a publisher ramping up, and on overuse
+#: Chrome's drops to ~0.85 of what actually arrives: far below what is sent).
+CONGESTED = 0.7
 #: Seconds of a steady estimate before one step up is tried ...
 UP_AFTER = 2.0
 #: ... doubled after each failed try, up to this ...
@@ -268,7 +270,8 @@ class SubscriberAdaptation:
         if self._failed_at is not None and remb > RECOVERED * self._failed_at:
             self._up_after = UP_AFTER  # the estimate climbed: try again soon
             self._failed_at = None
-        budget = max(remb, sending)
+        # Not congested: at least what is sent now (a receiver's estimate trails it).
+        budget = max(remb, sending / HEADROOM * 1.01)
         step = _next_step(demands)
         if step is not None and now - self._steady_since >= self._up_after:
             self._trial_until = now + TRIAL

@@ -49,6 +49,10 @@ Forwardable = PacketTuple
 #: The packet tuple of a parsed packet (tests build theirs with it).
 forwardable = describe
 
+#: A simulcast layer whose rate was never measured is assumed this many times
+#: the layer below it (Huddle's client caps its layers 150/500/1500 kbit/s).
+UNMEASURED_STEP = 3.0
+
 
 class UpTrack:
     """One published track: its layers, which subscriber gets which, keyframes.
@@ -251,14 +255,26 @@ class UpTrack:
             self._update_dynacast()
 
     def arriving_layers(self) -> list[tuple[int, float]]:
-        """(index, bit/s) of the layers arriving (at the last tick), lowest first, and
-        of those the publisher was asked to stop (dynacast: available on demand)."""
-        live, active = self._live, self._active
-        return [
-            (self.index_of(layer), layer.bitrate)
-            for layer in self.layers()
-            if live is None or layer in live or (active is not None and layer.rid not in active)
-        ]
+        """(index, bit/s) of the layers a subscriber may get, lowest first: those arriving
+        (at the last tick) and those the publisher was asked to stop (dynacast:
+        available on demand, at their last measured rate; one never measured is
+        taken as :data:`UNMEASURED_STEP` times the layer below it)."""
+        live, active = self._live, self.active_layers
+        out: list[tuple[int, float]] = []
+        rids = self.rids
+        if not rids:
+            return [(0, self._default.bitrate)]
+        below = 0.0
+        for index, rid in enumerate(rids):
+            layer = self._layers.get(rid)
+            suspended = rid not in active
+            rate = layer.bitrate if layer is not None else 0.0
+            if layer is not None and (live is None or layer in live or suspended):
+                out.append((index, rate))
+            elif layer is None and suspended:
+                out.append((index, below * UNMEASURED_STEP if below else 0.0))
+            below = rate or below * UNMEASURED_STEP
+        return out
 
     @property
     def active_layers(self) -> tuple[str, ...]:

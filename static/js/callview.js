@@ -135,6 +135,10 @@ export class CallView {
       setStream(tile.querySelector('audio'), r.audio);
       tile.querySelector('.badge-muted').hidden = !r.muted;
       tile.querySelector('.badge-video-off').hidden = r.video !== false || !s.isVideo;
+      const quality = s.mode === 'sfu' && s.sfu ? s.sfu.quality.get(r.user_id) : undefined;
+      const paused = !!quality && quality.paused && r.video !== false;
+      tile.querySelector('.badge-paused').hidden = !paused;
+      tile.dataset.paused = String(paused);
       const hasVideo = !!r.videoTrack && r.video !== false && s.isVideo;
       tile.dataset.muted = String(!!r.muted);
       tile.dataset.video = String(r.video !== false);
@@ -179,6 +183,7 @@ export class CallView {
     order.forEach((tile, index) => {
       if (this.grid.children[index] !== tile) this.grid.insertBefore(tile, this.grid.children[index] || null);
     });
+    this.reportTiles();
     const enlarged = this.renderDominant();
     if (this.grid.dataset.count !== String(order.length) || this.grid.dataset.enlarged !== enlarged) {
       this.grid.dataset.count = String(order.length);
@@ -187,6 +192,19 @@ export class CallView {
     }
     this.renderControls();
     this.renderStatus(remotes);
+  }
+
+  /** Tell the SFU how large each received video is shown (adapt.js TileReporter). */
+  reportTiles() {
+    const s = this.session;
+    if (s.mode !== 'sfu' || !s.sfu) return;
+    const shown = new Map();
+    for (const [participant, entry] of s.sfu.remoteTracks()) {
+      const tile = this.tiles.get(participant);
+      const mid = entry.mids.video;
+      if (tile && mid !== undefined) shown.set(mid, tile.querySelector('video'));
+    }
+    s.sfu.showTiles(shown);
   }
 
   /**

@@ -69,6 +69,8 @@ export function route(session, message) {
       if (session.sfu) session.sfu.handle(message);
       break;
     case 'speakers':
+    case 'quality':
+    case 'layers':
       if (sender === SFU && session.sfu) session.sfu.handle(message);
       break;
     case 'offer':

@@ -5,9 +5,12 @@
 // carries; transceivers (and so mids) are reused for the next track of the same kind.
 //
 // A `speakers` message says who talks (`speakers`, the dominant one): kept as `speakers`.
+// `quality`, `layers` and `track_settings`: adaptation to this receiver (adapt.js).
 //
 // The SFU (aiortc) has no ICE restart: a failed connection is rebuilt by starting
 // over (`reset` event; the call sends a fresh publish offer).
+
+import { applyLayers, parseQuality, TileReporter } from './adapt.js';
 
 const SFU = 'sfu';
 
@@ -82,6 +85,13 @@ export class SfuSession extends EventTarget {
     this.trackInfo = new Map(); // mid -> {participant_id, kind, track_id}
     /** @type {Speakers} */
     this.speakers = parseSpeakers({});
+    /** What the SFU sends us of each participant's video (docs/protocol.md `quality`). */
+    this.quality = parseQuality({});
+    /** Tells the SFU how large each received video is shown (`track_settings`). */
+    this.tiles = new TileReporter((message) => this.send(message));
+    /** The camera's transceiver on the publish connection (its mid names it in `layers`). */
+    this.videoTransceiver = null;
+    this.layersQueue = Promise.resolve();
     this.closed = false;
     this.publishing = false;
     this.pendingCandidates = { publish: [], subscribe: [] };
@@ -110,6 +120,7 @@ export class SfuSession extends EventTarget {
       const transceiver = pc.addTransceiver(tracks[kind] || kind, init);
       preferCodecs(transceiver, kind);
       this.senders[kind] = transceiver.sender;
+      if (kind === 'video') this.videoTransceiver = transceiver;
     }
     pc.onicecandidate = ({ candidate }) => {
       if (pc !== this.publishPc || !candidate || !candidate.candidate) return;
@@ -176,6 +187,21 @@ export class SfuSession extends EventTarget {
     if (message.type === 'speakers') {
       this.speakers = parseSpeakers(message);
       this.emit('speakers');
+      return;
+    }
+    if (message.type === 'quality') {
+      this.quality = parseQuality(message);
+      this.emit('quality');
+      return;
+    }
+    if (message.type === 'layers') {
+      const transceiver = this.videoTransceiver;
+      if (transceiver && transceiver.mid !== null && String(message.mid) === transceiver.mid) {
+        // One setParameters at a time (a second one while the first is pending fails).
+        this.layersQueue = this.layersQueue
+          .then(() => applyLayers(transceiver.sender, message.rids))
+          .catch((err) => console.warn('sfu: layers', err));
+      }
       return;
     }
     if (message.pc === 'publish') {
@@ -258,14 +284,21 @@ export class SfuSession extends EventTarget {
     this.publishPc = null;
     this.subscribePc = null;
     this.senders = {};
+    this.videoTransceiver = null;
     this.trackInfo = new Map();
     this.publishing = false;
     this.subscribeQueue = Promise.resolve();
   }
 
+  /** @param {Map<string, HTMLElement>} elements the element showing each received video mid */
+  showTiles(elements) {
+    if (!this.closed) this.tiles.track(elements);
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;
+    this.tiles.close();
     this.closePcs();
     this.emit('tracks');
   }

@@ -45,6 +45,7 @@ export class SfuLink extends EventTarget {
     this.session = session;
     on(session, 'tracks', () => emit(this, 'media'));
     on(session, 'speakers', () => emit(this, 'media'));
+    on(session, 'quality', () => emit(this, 'media'));
     on(session, 'state', ({ state }) => {
       if (state === 'connected') this.failures.delete(SFU);
       emit(this, 'media');

@@ -39,7 +39,7 @@ from tests.browser.support import (
     make_user,
     new_participant,
 )
-from tests.browser.test_simulcast import everyone_at_the_top_layer, in_sfu
+from tests.browser.test_simulcast import LARGE, everyone_at_the_top_layer, in_sfu
 from tests.support.polling import eventually
 from tests.support.serve import huddle_serve
 
@@ -137,7 +137,9 @@ async def test_a_weak_downlink_gets_a_low_layer_without_freezing_the_others(
     call_id = await make_call(server, users[0], *users[1:])
     group: dict[str, Participant] = {}
     for user, browser in zip(users, (near, near, far), strict=True):
-        group[user.user_id] = await new_participant(browser, server.base_url, user.name)
+        group[user.user_id] = await new_participant(
+            browser, server.base_url, user.name, viewport=LARGE
+        )
     ana, bob, cyd = (group[i] for i in (ana_id, bob_id, cyd_id))
     ana.expect_console("status of 409")  # the caller is joined from initiation…
     ana.expect_console("status of 404")  # …and asks for TURN servers: none configured

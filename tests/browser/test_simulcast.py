@@ -9,6 +9,7 @@ extension (its log says so: the SSRCs are not signalled).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -28,6 +29,9 @@ from tests.browser.support import (
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+#: A page whose tiles (2x2 for a call of three) need the top layer of a 1280x720 camera.
+LARGE = (1920, 1200)
 
 #: Chrome's send-side estimate ramps up from 300 kbit/s before the top layer
 #: (1.5 Mbit/s) is sent, on a machine shared by three renderers and the SFU.
@@ -79,7 +83,9 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
     call_id = await make_call(server, users[0], *users[1:])
     group: dict[str, Participant] = {}
     for user in users:
-        participant = await new_participant(browser, server.base_url, user.name)
+        # Tiles large enough to need the top layer (the SFU sends no layer larger
+        # than a tile needs: a 1280x800 page's ~400x300 tiles get the middle one).
+        participant = await new_participant(browser, server.base_url, user.name, viewport=LARGE)
         people.append(participant)
         group[user.user_id] = participant
     caller = group[users[0].user_id]
@@ -96,7 +102,8 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
         )
 
     # Each publisher captures 1280x720, the SFU's answer takes q, h and f (lowest
-    # first), and the encoder sends frames on all three rids.
+    # first), and the encoder sends frames on all three rids (every subscriber's
+    # tile needs the top layer, so dynacast keeps all three on).
     for participant in group.values():
         first = await publishing(participant)
         assert (first["width"], first["height"]) == (1280, 720), first
@@ -153,6 +160,53 @@ async def test_three_publishers_send_simulcast_and_receive_each_other_at_the_top
                 viewer, users[0].user_id, more_than=await viewer.frames_from(users[0].user_id)
             )
     await everyone_at_the_top_layer(group)
+
+    # How a tile is shown caps what it gets (track_settings): a 320x180 tile gets the
+    # lowest layer, a hidden one no video at all, and shown large again the top layer.
+    viewer = group[users[1].user_id]
+    ana = users[0].user_id
+    await viewer.page.evaluate(TILE_STYLE, [ana, "width: 320px; height: 180px"])
+    await eventually(
+        lambda: _height_at_most(viewer, ana, 180),
+        message=f"{viewer.name} receiving ana's 320x180 tile at the lowest layer",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
+    await viewer.page.evaluate(TILE_STYLE, [ana, "display: none"])
+    await eventually(
+        lambda: _frozen(viewer, ana),
+        message=f"{viewer.name} getting no video for ana's hidden tile",
+        timeout=EVENTUALLY_S,
+        interval=POLL_S,
+    )
+    assert await viewer.page.evaluate(PAUSED_BADGE, ana)
+    await viewer.page.evaluate(TILE_STYLE, [ana, ""])
+    await everyone_at_the_top_layer({users[1].user_id: viewer, ana: caller})
+
+
+#: Style the video element of a participant's tile: [participant id, css text].
+TILE_STYLE = """([id, css]) => {
+  const video = document.querySelector(`.tile[data-participant="${id}"] video`);
+  video.style.cssText = css;
+}"""
+
+#: Whether a participant's tile shows the "Video paused" badge.
+PAUSED_BADGE = """(id) => {
+  const badge = document.querySelector(`.tile[data-participant="${id}"] .badge-paused`);
+  return !!badge && !badge.hidden;
+}"""
+
+
+async def _height_at_most(viewer: Participant, source: str, height: int) -> int | None:
+    remote = (await viewer.stats()).get(source)
+    got = int(remote["video"].get("frameHeight") or 0) if remote else 0
+    return got if 0 < got <= height else None
+
+
+async def _frozen(viewer: Participant, source: str) -> bool:
+    before = await viewer.frames_from(source)
+    await asyncio.sleep(1.5)  # a window to see frames not advance
+    return await viewer.frames_from(source) == before
 
 
 #: The SSRCs of the video the subscribe connection has received.
