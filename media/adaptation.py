@@ -58,13 +58,19 @@ logger = logging.getLogger(__name__)
 REMB_MAX_AGE = 5.0
 #: Receiver reports with more than this fraction lost lower the estimate.
 LOSSY = 0.1
+#: Receiver reports with at most this fraction lost (and newer than
+#: LOSS_FREE_AGE s) show the link carries what is sent: the estimate is then at
+#: least CARRIED times that.
+LOSS_FREE = 0.02
+LOSS_FREE_AGE = 2.5
+CARRIED = 0.95
 #: An estimate under this share of what the subscriber is sent means congestion
 #: (a receiver's estimate lags behind a publisher ramping up, and on overuse
 #: Chrome's drops to ~0.85 of what actually arrives: far below what is sent).
 CONGESTED = 0.7
 #: Seconds of a steady estimate before one step up is tried ...
 UP_AFTER = 2.0
-#: ... doubled after each failed try, up to this ...
+#: ... doubled after each congestion (a failed try or not), up to this ...
 MAX_UP_AFTER = 8.0
 #: ... and back to UP_AFTER when the estimate rises this much above the one
 #: of the last failed try (the link got better).
@@ -72,7 +78,7 @@ RECOVERED = 1.25
 #: Congestion within this many seconds of a step up means it did not fit.
 TRIAL = 2.0
 #: A track is paused only after its lowest layer has not fit for this long (s).
-PAUSE_AFTER = 2.0
+PAUSE_AFTER = 3.0
 #: A layer this share of the rendered size or more is large enough for it.
 SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
@@ -108,7 +114,8 @@ class SubscriberAdaptation:
         self._steady_since = clock()
         self._up_after = UP_AFTER
         self._trial_until: float | None = None
-        self._failed_at: float | None = None  # the estimate when a step up last failed
+        self._failed_at: float | None = None  # the estimate at the last congestion
+        self._carried = False  # the latest receiver reports show no loss
         self._pause_since: dict[Hashable, float] = {}  # mid -> since when it would pause
 
     def __repr__(self) -> str:
@@ -127,21 +134,32 @@ class SubscriberAdaptation:
             self._views.clear()  # bounded: a client can name any mid
         self._views[mid] = (width, height, visible)
 
-    def current_estimate(self) -> float | None:
-        """The subscriber's downlink estimate now (bit/s), None if unknown."""
+    def current_estimate(self, sending: float = 0.0) -> float | None:
+        """The subscriber's downlink estimate now (bit/s), None if unknown.
+
+        Its REMB, lowered when its receiver reports show loss (GCC's loss-based
+        control). Without a REMB, loss alone. Also notes whether the reports
+        newer than :data:`LOSS_FREE_AGE` show no loss at what it is sent
+        (``sending``): then the link evidently carries that much, and a low
+        estimate (a receiver's delay-based estimate undershoots for a while
+        after an overshoot) is not congestion.
+        """
         feedback = self._feedback
         remb, at = feedback.remb, feedback.remb_at
-        if remb is None or at is None or self._clock() - at > REMB_MAX_AGE:
-            return None
+        now = self._clock()
+        fresh = [
+            slot.fast.last_report.fraction_lost
+            for slot in self._slots()
+            if slot.fast.last_report is not None
+            and slot.fast.last_report_at is not None
+            and now - slot.fast.last_report_at <= LOSS_FREE_AGE
+        ]
+        lost = max(fresh, default=0.0)
+        self._carried = bool(fresh) and lost <= LOSS_FREE and sending > 0
+        if remb is None or at is None or now - at > REMB_MAX_AGE:
+            # No REMB: loss alone says what does not fit.
+            return sending * (1 - lost / 2) if lost > LOSSY and sending > 0 else None
         estimate = float(remb)
-        lost = max(
-            (
-                slot.fast.last_report.fraction_lost
-                for slot in self._slots()
-                if slot.fast.last_report is not None
-            ),
-            default=0.0,
-        )
         if lost > LOSSY:
             estimate *= 1 - lost / 2
         return estimate
@@ -149,7 +167,6 @@ class SubscriberAdaptation:
     async def tick(self) -> None:
         """One allocation: apply it, and tell the subscriber if what it gets changed."""
         now = self._clock()
-        remb = self.current_estimate()
         demands: list[Demand] = []
         carried: dict[str, Slot] = {}
         sending = 0.0  # what this subscriber gets now (bit/s)
@@ -187,7 +204,7 @@ class SubscriberAdaptation:
                 )
             )
             carried[mid] = slot
-        self.estimate = remb
+        remb = self.estimate = self.current_estimate(sending)
         if remb is not None:
             self._metrics.subscriber_estimate(remb)
         result = allocate(self._budget(remb, sending, demands, now), demands)
@@ -254,11 +271,12 @@ class SubscriberAdaptation:
         """
         if remb is None:
             return None
-        if remb < CONGESTED * sending:
+        if remb < CONGESTED * sending and not self._carried:
             if self._trial_until is not None and now <= self._trial_until:
-                self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
-                self._failed_at = remb
                 self._metrics.layer_probe(held=False)
+            # Congestion (a failed step up or not): the next step up waits longer.
+            self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
+            self._failed_at = remb
             self._trial_until = None
             self._steady_since = now
             return remb

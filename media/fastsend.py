@@ -150,6 +150,7 @@ class FastRtp:
         self.on_retransmit: Callable[[int], None] | None = None
         #: The subscriber's latest receiver report about this stream (media.feedback).
         self.last_report: StreamReport | None = None
+        self.last_report_at: float | None = None
         self._dtls_watched: Any = None
 
     def prepare(self, payload_type: int, sequence_number: int, timestamp_origin: int) -> None:
@@ -377,6 +378,7 @@ class FastRtp:
     def reported(self, report: StreamReport) -> None:
         """The subscriber's latest receiver report about this stream."""
         self.last_report = report
+        self.last_report_at = self.clock()
 
     async def retransmit(self, sequence_number: int) -> None:
         """aiortc's NACK hook (unused while media.feedback reads the RTCP)."""

@@ -427,10 +427,10 @@ async def test_going_back_up_is_tried_one_step_at_a_time_with_backoff(publish: P
         estimate(200_000)  # congested: down to the lowest layer
         await adaptation.tick()
         assert layer() == "q"
-        estimate(225_000)  # 1.5x what it gets: all a receiver can say
-        for _ in range(int(adapt.UP_AFTER / 0.5) - 1):
+        assert adaptation._up_after == 2 * adapt.UP_AFTER  # congestion: wait longer
+        for _ in range(int(2 * adapt.UP_AFTER / 0.5) - 1):
             now[0] += 0.5
-            estimate(225_000)
+            estimate(225_000)  # 1.5x what it gets: all a receiver can say
             await adaptation.tick()
             assert layer() == "q"
         now[0] += 0.5
@@ -441,12 +441,12 @@ async def test_going_back_up_is_tried_one_step_at_a_time_with_backoff(publish: P
         estimate(300_000)  # and it did not fit: back down, and the next try waits longer
         await adaptation.tick()
         assert layer() == "q"
-        assert adaptation._up_after == 2 * adapt.UP_AFTER
-        now[0] += adapt.UP_AFTER + 0.5
+        assert adaptation._up_after == 4 * adapt.UP_AFTER
+        now[0] += 2 * adapt.UP_AFTER + 0.5
         estimate(225_000)  # (a receiver sends one about every second)
         await adaptation.tick()
         assert layer() == "q"  # not yet: backed off
-        now[0] += adapt.UP_AFTER
+        now[0] += 2 * adapt.UP_AFTER
         estimate(225_000)
         await adaptation.tick()
         assert layer() == "h"
