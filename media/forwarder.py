@@ -37,6 +37,7 @@ from .metrics import MediaMetrics
 from .nack import PacketCache
 from .payload import h264_keyframe_start
 from .rtpheader import RtpPacket
+from .signals import default_source
 
 if TYPE_CHECKING:
     from .fastsend import FastRtp
@@ -74,10 +75,14 @@ class UpTrack:
         pli_min_interval: float,
         metrics: MediaMetrics,
         on_ended: Callable[[UpTrack], None],
+        source: str | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.participant_id = participant_id
         self.kind: str = transceiver.kind
+        #: What it carries: ``camera``, ``screen`` or ``microphone`` (``media.seam.TRACK_SOURCES``),
+        #: as the publisher's offer said; what an allocator ranks tracks by (screen before camera).
+        self.source: str = source or default_source(self.kind)
         self.mid: str = str(transceiver.mid)
         codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
         if not codecs:
@@ -113,7 +118,7 @@ class UpTrack:
         on_receiver_end(transceiver.receiver, self._end)
 
     def __repr__(self) -> str:
-        return f"UpTrack({self.participant_id}/{self.kind} {self.id[:8]})"
+        return f"UpTrack({self.participant_id}/{self.source} {self.id[:8]})"
 
     @property
     def mime_type(self) -> str:

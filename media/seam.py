@@ -27,9 +27,15 @@ __all__ = [
     "RoomEvent",
     "SfuEndpoint",
     "SignalingPort",
+    "TRACK_SOURCES",
 ]
 
 Message = dict[str, Any]
+
+#: What a published track carries, as an ``offer``'s ``sources`` (mid → source)
+#: says and the SFU's ``tracks`` entries repeat (docs/protocol.md): the
+#: allocator serves screen shares before cameras.
+TRACK_SOURCES = ("camera", "screen", "microphone")
 
 
 @dataclass(frozen=True)
