@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from media.errors import MediaError
 
 __all__ = [
+    "TRACK_SOURCES",
     "MediaError",
     "Message",
     "ParticipantLeft",
@@ -27,7 +28,6 @@ __all__ = [
     "RoomEvent",
     "SfuEndpoint",
     "SignalingPort",
-    "TRACK_SOURCES",
 ]
 
 Message = dict[str, Any]

@@ -415,7 +415,7 @@ class SfuClient:
     def received_from(
         self, participant_id: str, kind: str, source: str | None = None
     ) -> TrackStats | None:
-        """Stats of the current track of ``kind`` (and ``source``, if given) from ``participant_id``."""
+        """The current ``kind`` track (of ``source``, if given) from ``participant_id``."""
         for stats in self._current.values():
             if (
                 stats.participant_id == participant_id
