@@ -296,10 +296,10 @@ class Participant:
             transceiver = by_mid.get(mid)
             if transceiver is None or transceiver.currentDirection not in ("recvonly", "sendrecv"):
                 up.end()
-        for mid, transceiver in by_mid.items():
+        for key, transceiver in by_mid.items():
             if (
-                mid is not None
-                and mid not in self._up_tracks
+                key is not None
+                and key not in self._up_tracks
                 and transceiver.kind in ("audio", "video")
                 and transceiver.currentDirection in ("recvonly", "sendrecv")
             ):

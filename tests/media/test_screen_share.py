@@ -10,13 +10,14 @@ subscribers' transceivers, and sharing again re-enables the same m-line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from media.errors import BadSignal
 from media.loadtest.preencoded import EncodedClip
-from media.loadtest.sfuclient import SfuClient
+from media.loadtest.sfuclient import SfuClient, TrackStats
 from media.signals import PUBLISH, SFU_ID
 from tests.support.polling import eventually
 
@@ -26,6 +27,19 @@ from .conftest import Call
 def flowing(client: SfuClient, owner: str, source: str, frames: int = 15) -> bool:
     stats = client.received_from(owner, "video", source)
     return stats is not None and stats.frames >= frames
+
+
+def receiving(client: SfuClient, owner: str, source: str) -> Callable[[], bool]:
+    return lambda: flowing(client, owner, source)
+
+
+def unannounced(client: SfuClient, owner: str, source: str) -> Callable[[], bool]:
+    return lambda: source not in entries(client, owner)
+
+
+def more_frames(stats: TrackStats, frames: int = 15) -> Callable[[], bool]:
+    before = stats.frames
+    return lambda: stats.frames >= before + frames
 
 
 def entries(client: SfuClient, owner: str) -> dict[str, dict[str, Any]]:
@@ -42,14 +56,14 @@ async def test_a_screen_share_reaches_every_subscriber_and_stopping_frees_it(
     ana = call.clients["ana"]
     viewers = [call.clients["ben"], call.clients["cleo"]]
     for viewer in viewers:
-        await eventually(lambda v=viewer: flowing(v, "ana", "camera"), message="ana's camera")
+        await eventually(receiving(viewer, "ana", "camera"), message="ana's camera")
 
     await ana.share_screen(video_clip)
     published = call.room.participants["ana"].published()
     assert sorted(up.source for up in published) == ["camera", "microphone", "screen"]
     screen_mid = next(up.mid for up in published if up.source == "screen")
     for viewer in viewers:
-        await eventually(lambda v=viewer: flowing(v, "ana", "screen"), message="ana's screen")
+        await eventually(receiving(viewer, "ana", "screen"), message="ana's screen")
         seen = entries(viewer, "ana")
         assert set(seen) == {"camera", "microphone", "screen"}
         assert seen["screen"]["kind"] == "video"
@@ -76,9 +90,7 @@ async def test_a_screen_share_reaches_every_subscriber_and_stopping_frees_it(
         "microphone",
     ]
     for viewer in viewers:
-        await eventually(
-            lambda v=viewer: "screen" not in entries(v, "ana"), message="the share announced gone"
-        )
+        await eventually(unannounced(viewer, "ana", "screen"), message="the share announced gone")
         server_side = call.room.participants[viewer.id]
         # The transceiver that carried it is free: nothing the subscriber is
         # told about, and no slot left attached to the ended track.
@@ -88,8 +100,7 @@ async def test_a_screen_share_reaches_every_subscriber_and_stopping_frees_it(
         )
         camera = viewer.received_from("ana", "video", "camera")
         assert camera is not None
-        before = camera.frames
-        await eventually(lambda c=camera, b=before: c.frames >= b + 15, message="camera goes on")
+        await eventually(more_frames(camera), message="camera goes on")
     # aiortc's publisher keeps sending on the inactive m-line: the SFU drops it.
     for up in call.room.participants["ana"].published():
         assert up.source != "screen"
@@ -100,7 +111,7 @@ async def test_a_screen_share_reaches_every_subscriber_and_stopping_frees_it(
     again = [up for up in call.room.participants["ana"].published() if up.source == "screen"]
     assert [up.mid for up in again] == [screen_mid]
     for viewer in viewers:
-        await eventually(lambda v=viewer: flowing(v, "ana", "screen"), message="shared again")
+        await eventually(receiving(viewer, "ana", "screen"), message="shared again")
         assert len(viewer.subscribe_pc.getTransceivers()) == slots[viewer.id]
 
 
