@@ -101,8 +101,10 @@ export class SfuSession extends EventTarget {
       this.send({ type: 'ice_candidate', pc: 'publish', candidate: candidate.toJSON() });
     };
     this.watch(pc, 'publish');
-    this.publishQueue = Promise.resolve();
-    await this.offerPublish(pc);
+    // A share started meanwhile queues behind this first offer's answer.
+    const first = this.offerPublish(pc);
+    this.publishQueue = first.catch(() => {});
+    await first;
   }
 
   /**
