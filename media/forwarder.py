@@ -34,6 +34,7 @@ from .downstream import PacketTuple, describe
 from .layer import Layer, PacketStore
 from .metrics import MediaMetrics
 from .rtpheader import RtpPacket
+from .signals import default_source
 
 if TYPE_CHECKING:
     from .fastsend import FastRtp
@@ -75,10 +76,14 @@ class UpTrack:
         metrics: MediaMetrics,
         on_ended: Callable[[UpTrack], None],
         on_layers: Callable[[UpTrack, list[str]], None] | None = None,
+        source: str | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.participant_id = participant_id
         self.kind: str = transceiver.kind
+        #: What it carries: ``camera``, ``screen`` or ``microphone`` (``media.seam.TRACK_SOURCES``),
+        #: as the publisher's offer said; what an allocator ranks tracks by (screen before camera).
+        self.source: str = source or default_source(self.kind)
         self.mid: str = str(transceiver.mid)
         codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
         if not codecs:
@@ -102,7 +107,7 @@ class UpTrack:
         on_receiver_end(transceiver.receiver, self._end)
 
     def __repr__(self) -> str:
-        return f"UpTrack({self.participant_id}/{self.kind} {self.id[:8]})"
+        return f"UpTrack({self.participant_id}/{self.source} {self.id[:8]})"
 
     @property
     def mime_type(self) -> str:
@@ -121,7 +126,7 @@ class UpTrack:
     @property
     def is_screen(self) -> bool:
         """A screen share (the allocator serves it before cameras)."""
-        return False
+        return self.source == "screen"
 
     @property
     def subscriber_count(self) -> int:

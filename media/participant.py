@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -43,9 +43,11 @@ from .signals import (
     Message,
     RoomSignaling,
     announce_ip,
+    default_source,
     description_message,
     parse_candidate,
     parse_description,
+    parse_sources,
 )
 from .simulcast import answer_layers, offered_layers
 from .subscription import Slot
@@ -163,6 +165,11 @@ class Participant:
             f"{room_id}/{participant_id}", self._sender_for, metrics=metrics
         )
         self._up_tracks: dict[str, UpTrack] = {}
+        # What the publisher said each of its m-lines sends (publish offer's
+        # ``sources``); a mid it did not name gets its kind's default.
+        self._sources: dict[str, str] = {}
+        # Mids already refused (codec we cannot forward): warned about once.
+        self._unforwardable: set[str] = set()
         self._retired: list[UpTrack] = []
         self._slots: list[Slot] = []
         self._posts: set[asyncio.Task[None]] = set()  # messages sent from callbacks
@@ -238,9 +245,12 @@ class Participant:
 
     async def handle_publish_offer(self, message: Message) -> None:
         description = parse_description(message, "offer")
+        sources = parse_sources(message)
         async with self._publish_lock:
             if self.closed:
                 return
+            # Read by the up tracks this offer starts (its ``track`` events).
+            self._sources = sources
             try:
                 await self._publish_pc.setRemoteDescription(description)
                 accept_transport_cc(self._publish_pc, URI_TRANSPORT_CC)
@@ -260,16 +270,25 @@ class Participant:
         self._on_published_changed()
 
     def _on_publish_track(self, track: MediaStreamTrack) -> None:
+        # During setRemoteDescription, before aiortc starts the receiver: the
+        # up track's end hook must replace its decoder queue before then.
         transceiver = next(
             (t for t in self._publish_pc.getTransceivers() if t.receiver.track is track), None
         )
-        if transceiver is None or transceiver.mid in self._up_tracks:
-            return
+        if transceiver is not None and transceiver.mid not in self._up_tracks:
+            self._start_up_track(transceiver)
+
+    def _start_up_track(self, transceiver: RTCRtpTransceiver) -> None:
+        """Forward what ``transceiver`` now receives (a new m-line, or one re-enabled)."""
+        mid = str(transceiver.mid)
         codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
         mime = codecs[0].mimeType.lower() if codecs else "none"
         if mime not in FORWARDABLE:
-            logger.warning("%r: cannot forward a %s track; ignored", self, mime)
+            if mid not in self._unforwardable:
+                self._unforwardable.add(mid)
+                logger.warning("%r: cannot forward a %s track; ignored", self, mime)
             return
+        self._unforwardable.discard(mid)
         up = UpTrack(
             self.id,
             transceiver,
@@ -278,17 +297,34 @@ class Participant:
             metrics=self._metrics,
             on_ended=self._on_up_ended,
             on_layers=self._on_up_layers,
+            source=self._sources.get(mid, default_source(transceiver.kind)),
         )
-        self._up_tracks[str(transceiver.mid)] = up
-        logger.info("%r publishes %s (%s)", self, up.kind, mime)
+        self._up_tracks[mid] = up
+        logger.info("%r publishes %s %s (%s)", self, up.source, up.kind, mime)
 
     def _sync_published(self) -> None:
-        """End tracks whose m-line no longer sends to us after a re-offer."""
+        """Match the published tracks to the m-lines that send to us after an offer.
+
+        A new m-line started its up track at its ``track`` event; one
+        re-enabled (a screen share started again on the transceiver of an
+        earlier one: aiortc fires no second ``track`` event for it, and its
+        receiver runs already) starts one here. One no longer sending
+        (``inactive``, stopped) ends its up track, which frees the
+        subscribers' slots.
+        """
         by_mid = {t.mid: t for t in self._publish_pc.getTransceivers()}
         for mid, up in list(self._up_tracks.items()):
             transceiver = by_mid.get(mid)
             if transceiver is None or transceiver.currentDirection not in ("recvonly", "sendrecv"):
                 up.end()
+        for key, transceiver in by_mid.items():
+            if (
+                key is not None
+                and key not in self._up_tracks
+                and transceiver.kind in ("audio", "video")
+                and transceiver.currentDirection in ("recvonly", "sendrecv")
+            ):
+                self._start_up_track(transceiver)
 
     def stop_publishing(self) -> None:
         """End every published track: nobody receives them from now on."""

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from media.errors import MediaError
 
 __all__ = [
+    "TRACK_SOURCES",
     "MediaError",
     "Message",
     "ParticipantLeft",
@@ -30,6 +31,11 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+#: What a published track carries, as an ``offer``'s ``sources`` (mid → source)
+#: says and the SFU's ``tracks`` entries repeat (docs/protocol.md): the
+#: allocator serves screen shares before cameras.
+TRACK_SOURCES = ("camera", "screen", "microphone")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from .aiortc_compat import parse_sdp
 from .errors import BadSignal
+from .seam import TRACK_SOURCES
 
 SFU_ID = "sfu"
 PUBLISH = "publish"
@@ -51,6 +52,27 @@ def parse_description(message: Message, expected_type: str) -> RTCSessionDescrip
     except Exception as exc:
         raise BadSignal(f"malformed SDP: {type(exc).__name__}: {exc}") from exc
     return RTCSessionDescription(sdp=sdp, type=expected_type)
+
+
+def parse_sources(message: Message) -> dict[str, str]:
+    """A publish offer's ``sources`` (mid → ``camera``/``screen``/``microphone``), or ``{}``.
+
+    Signaling validated it already (``invalid_field``); checked again here
+    because rooms are driven directly too (tests, the load tester).
+    """
+    raw = message.get("sources")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(mid, str) and source in TRACK_SOURCES for mid, source in raw.items()
+    ):
+        raise BadSignal(f"'sources' must map mids to one of {', '.join(TRACK_SOURCES)}")
+    return {str(mid): str(source) for mid, source in raw.items()}
+
+
+def default_source(kind: str) -> str:
+    """The source of a track whose publisher did not say: its kind's usual one."""
+    return "microphone" if kind == "audio" else "camera"
 
 
 def parse_candidate(message: Message) -> RTCIceCandidate | None:

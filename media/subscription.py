@@ -116,6 +116,7 @@ class Slot:
             "stream_id": up.participant_id,
             "track_id": self.down.id,
             "kind": self.kind,
+            "source": up.source,
             "mid": self.transceiver.mid,
         }
 

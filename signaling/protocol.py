@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+from media.seam import TRACK_SOURCES
 from server.auth import USER_ID_PATTERN
 from server.models import iso, utcnow
 from signaling.errors import (
@@ -68,7 +69,10 @@ MAX_ID_LENGTH = 64
 MAX_TRACK_SETTINGS = 64
 #: Largest rendered width or height a client may report (pixels).
 MAX_RENDER_SIZE = 16384
-_MID = re.compile(r"^[A-Za-z0-9_.~-]{1,32}$")
+#: ``sources`` entries per description (one per m-line; a call needs a handful).
+MAX_SOURCES = 32
+#: An SDP mid (RFC 5888 identification-tag: a token), as browsers and aiortc write them.
+_MID = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}$")
 
 
 # -- validation ------------------------------------------------------------------------
@@ -117,6 +121,8 @@ def validate(raw: dict[str, Any]) -> Message:
             message["candidate"] = validate_candidate(raw)
         else:
             message["sdp"] = validate_sdp(raw)
+            if "sources" in raw:
+                message["sources"] = validate_sources(raw["sources"])
     elif kind == "subscribe":
         # A receive-only participant enters the SFU room without a publish offer.
         if _target(raw) != SFU_ID:
@@ -184,6 +190,23 @@ def _target(raw: dict[str, Any]) -> str:
     if target == SERVER_ID:
         raise SignalError(ErrorCode.INVALID_TARGET, "the server is not a target")
     return target
+
+
+def validate_sources(value: Any) -> dict[str, str]:
+    """An offer's or answer's ``sources``: its own m-lines' mid → what each sends."""
+    if not isinstance(value, dict):
+        raise SignalError(ErrorCode.INVALID_FIELD, "sources must be an object of mid: source")
+    if len(value) > MAX_SOURCES:
+        raise SignalError(ErrorCode.INVALID_FIELD, f"sources has more than {MAX_SOURCES} entries")
+    for mid, source in value.items():
+        if not _MID.match(mid):
+            raise SignalError(ErrorCode.INVALID_FIELD, "sources keys must be SDP mids")
+        if source not in TRACK_SOURCES:
+            raise SignalError(
+                ErrorCode.INVALID_FIELD,
+                f"sources values must be one of {', '.join(TRACK_SOURCES)}",
+            )
+    return dict(value)
 
 
 _SDP_LINE = re.compile(r"^[a-z]=[^\r\n]*$")

@@ -37,7 +37,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.keyframes import KeyframeRequester
-from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
+from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message, default_source
 
 from .aiortc_compat import on_keyframe_request
 from .frames import EncodedFrame, time_base_for
@@ -107,6 +107,7 @@ class TrackStats:
     mid: str
     participant_id: str | None
     announced_at: float
+    source: str | None = None
     frames: int = 0
     bytes: int = 0
     keyframes: int = 0
@@ -195,6 +196,8 @@ class SfuClient:
         self.subscribe_pc.on("connectionstatechange", self._on_subscribe_state)
         self.subscribe_connected_at: float | None = None
         self.tracks: dict[str, ClipTrack] = {}
+        self.screen: ClipTrack | None = None
+        self._screen_transceiver: Any = None
         self.track_info: dict[str, dict[str, Any]] = {}  # mid -> last `tracks` entry
         self.stats: list[TrackStats] = []
         self._current: dict[str, TrackStats] = {}  # mid -> stats of its current source
@@ -227,10 +230,59 @@ class SfuClient:
             install_packer(transceiver.sender, clip.mime_type, clip.clock_rate)
             on_keyframe_request(transceiver.sender, track.request_keyframe)
             self.tracks[clip.kind] = track
+        await self._offer()
+
+    async def _offer(self) -> None:
+        """(Re)offer the publish connection, saying which m-line sends what."""
+        pc = self.publish_pc
+        assert pc is not None
         await pc.setLocalDescription(await pc.createOffer())
+        sources = {
+            str(t.mid): ("screen" if t is self._screen_transceiver else default_source(t.kind))
+            for t in pc.getTransceivers()
+            if t.mid is not None
+        }
         await self._send(
-            {"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": pc.localDescription.sdp}
+            {
+                "type": "offer",
+                "target_id": SFU_ID,
+                "pc": PUBLISH,
+                "sdp": pc.localDescription.sdp,
+                "sources": sources,
+            }
         )
+
+    async def share_screen(self, clip: EncodedClip) -> None:
+        """Publish ``clip`` as a screen share: a second video m-line, renegotiated.
+
+        A share stopped by :meth:`stop_screen` starts again on the same
+        transceiver (and mid), as the browser client does.
+        """
+        pc = self.publish_pc
+        if pc is None:
+            raise RuntimeError("share_screen needs a publish connection")
+        if self._screen_transceiver is None:
+            track = ClipTrack(clip)
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            transceiver.setCodecPreferences(_codec_capability(clip.kind, clip.mime_type))
+            install_packer(transceiver.sender, clip.mime_type, clip.clock_rate)
+            on_keyframe_request(transceiver.sender, track.request_keyframe)
+            self.screen = track
+            self._screen_transceiver = transceiver
+        else:
+            self._screen_transceiver.direction = "sendonly"
+        await self._offer()
+
+    async def stop_screen(self) -> None:
+        """Stop the screen share: its m-line goes ``inactive`` in a new offer.
+
+        aiortc's sender keeps sending on it (it cannot stop and restart one), so
+        this also proves the SFU ignores what arrives on an inactive m-line.
+        """
+        if self._screen_transceiver is None or self.publish_pc is None:
+            return
+        self._screen_transceiver.direction = "inactive"
+        await self._offer()
 
     # --- inbound ---------------------------------------------------------
 
@@ -275,9 +327,14 @@ class SfuClient:
                 mid = str(entry.get("mid"))
                 previous = self.track_info.get(mid)
                 self.track_info[mid] = entry
-                source = entry.get("participant_id")
-                if previous is None or previous.get("participant_id") != source:
-                    stats = TrackStats(str(entry.get("kind")), mid, source, now)
+                owner = entry.get("participant_id")
+                source = entry.get("source")
+                if (
+                    previous is None
+                    or previous.get("participant_id") != owner
+                    or previous.get("source") != source
+                ):
+                    stats = TrackStats(str(entry.get("kind")), mid, owner, now, source)
                     self.stats.append(stats)
                     self._current[mid] = stats
             announced = {str(e.get("mid")) for e in message.get("tracks", [])}
@@ -355,10 +412,16 @@ class SfuClient:
 
     # --- queries ---------------------------------------------------------
 
-    def received_from(self, participant_id: str, kind: str) -> TrackStats | None:
-        """Stats of the current track of ``kind`` from ``participant_id``."""
+    def received_from(
+        self, participant_id: str, kind: str, source: str | None = None
+    ) -> TrackStats | None:
+        """The current ``kind`` track (of ``source``, if given) from ``participant_id``."""
         for stats in self._current.values():
-            if stats.participant_id == participant_id and stats.kind == kind:
+            if (
+                stats.participant_id == participant_id
+                and stats.kind == kind
+                and (source is None or stats.source == source)
+            ):
                 return stats
         return None
 

@@ -50,6 +50,27 @@ export async function applyLayers(sender, rids) {
   if (changed) await sender.setParameters(params);
 }
 
+/**
+ * The video element showing each received video mid, from the SFU session's remote
+ * tracks and the view's tiles (keyed by participant, and participant + `screenSuffix`).
+ * @param {Map<string, {mids: Record<string, string>}>} remoteTracks
+ * @param {Map<string, HTMLElement>} tiles
+ * @param {string} screenSuffix
+ * @returns {Map<string, HTMLElement>}
+ */
+export function shownVideos(remoteTracks, tiles, screenSuffix) {
+  const shown = new Map();
+  for (const [participant, entry] of remoteTracks) {
+    for (const [slot, key] of [['video', participant], ['screen', participant + screenSuffix]]) {
+      const tile = tiles.get(key);
+      const mid = entry.mids[slot];
+      const video = tile ? tile.querySelector('video') : null;
+      if (video && mid !== undefined) shown.set(mid, video);
+    }
+  }
+  return shown;
+}
+
 /** Tiles smaller than this many pixels of change are not worth a new report. */
 const RESIZE_SLACK = 16;
 /** Reports are coalesced over this long (ms). */

@@ -79,10 +79,12 @@ export class CallSession extends EventTarget {
     this.sending = new LocalSending({
       replace: (kind, track) =>
         Promise.allSettled([...this.mesh.replaceTrack(kind, track), ...this.sfuLink.replaceTrack(kind, track)]),
+      share: (track) => Promise.allSettled([...this.mesh.setScreen(track), ...this.sfuLink.setScreen(track)]),
       announce: (flags) => {
         if (this.signaling) this.signaling.send({ type: 'mute', ...flags });
       },
       fail: (code, message) => this.notice('error', code, message),
+      changed: () => this.emit('media'),
     });
     for (const part of [this.mesh, this.sfuLink]) {
       on(part, 'media', () => this.emit('media'));

@@ -7,6 +7,7 @@ import { SFU } from './sfulink.js';
  * @typedef {import('./roster.js').RosterEntry & {
  *   audio: MediaStreamTrack | null,
  *   videoTrack: MediaStreamTrack | null,
+ *   screenTrack: MediaStreamTrack | null,
  *   connection: string,
  *   failure: string | null,
  * }} RemoteView
@@ -32,17 +33,20 @@ export function remoteViews({ mode, roster, peers, sfu, failures }) {
   for (const [id, entry] of roster) {
     let audio = null;
     let video = null;
+    let screen = null;
     let connection = 'new';
     const peer = peers.get(id);
     if (mode === 'p2p' && peer) {
       audio = peer.remoteStream.getAudioTracks()[0] || null;
       video = peer.remoteStream.getVideoTracks()[0] || null;
+      screen = peer.remoteScreen();
       connection = peer.pc ? peer.pc.connectionState : 'closed';
     } else if (mode === 'sfu' && sfu) {
       const tracks = sfuTracks.get(id);
       if (tracks) {
         audio = tracks.audio;
         video = tracks.video;
+        screen = tracks.screen;
       }
       connection = sfu.subscribePc ? sfu.subscribePc.connectionState : 'new';
     }
@@ -51,6 +55,7 @@ export function remoteViews({ mode, roster, peers, sfu, failures }) {
       audio,
       video: entry.video,
       videoTrack: video,
+      screenTrack: screen,
       connection,
       failure: failures.get(id) || (mode === 'sfu' ? failures.get(SFU) : null) || null,
     });

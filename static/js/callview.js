@@ -1,8 +1,13 @@
 // The call screen: one tile per participant plus your own preview, the controls,
-// connection state, speaking indicators and the stats overlay.
+// connection state, speaking indicators and the stats overlay. A participant's screen
+// share gets a tile of its own (key `<id>:screen`), shown large above the cameras.
 
+import { shownVideos } from './adapt.js';
 import { byId } from './dom.js';
+import { canShareScreen, displayMedia } from './sending.js';
 import { StatsCollector, formatStats } from './stats.js';
+
+const SCREEN = ':screen';
 
 const SPEAKING_LEVEL = 0.03;
 
@@ -39,6 +44,7 @@ export class CallView {
     this.buttons = {
       mute: byId('btn-mute', HTMLButtonElement),
       camera: byId('btn-camera', HTMLButtonElement),
+      screen: byId('btn-screen', HTMLButtonElement),
       invite: byId('btn-invite', HTMLButtonElement),
       stats: byId('btn-stats', HTMLButtonElement),
       leave: byId('btn-leave', HTMLButtonElement),
@@ -55,6 +61,7 @@ export class CallView {
     this.listeners = [
       [b.mute, 'click', () => s.setMuted(!s.muted)],
       [b.camera, 'click', () => s.setCamera(!s.cameraOn)],
+      [b.screen, 'click', () => s.sending.setScreen(!s.sending.screen)],
       [b.stats, 'click', () => this.toggleStats()],
       [b.leave, 'click', () => s.leave()],
       [b.end, 'click', () => s.endForAll()],
@@ -72,6 +79,7 @@ export class CallView {
     this.resizer.disconnect();
     this.grid.style.removeProperty('--cols');
     this.grid.style.removeProperty('--tile-w');
+    this.grid.style.removeProperty('--screen-w');
     for (const [el, type, fn] of this.listeners) el.removeEventListener(type, fn);
     for (const timer of this.timers) clearInterval(timer);
     this.timers = [];
@@ -97,6 +105,10 @@ export class CallView {
       tile.dataset.participant = key;
       tile.querySelector('.stats-overlay').hidden = !this.showStats;
       if (key === 'self') tile.classList.add('self');
+      if (key.endsWith(SCREEN)) {
+        tile.classList.add('screen');
+        tile.dataset.source = 'screen';
+      }
       this.tiles.set(key, tile);
     }
     return tile;
@@ -124,6 +136,22 @@ export class CallView {
     if (!s.local.started) selfState = s.isVideo ? 'Starting camera…' : 'Starting microphone…';
     else if (!s.local.audio && !s.local.video) selfState = 'No camera or microphone';
     self.querySelector('.tile-state').textContent = selfState;
+
+    // Screen shares first, each large (see layout()).
+    const screens = [];
+    for (const r of remotes) {
+      if (!r.screenTrack) continue;
+      const tile = this.tile(r.user_id + SCREEN);
+      screens.push(tile);
+      const name = `${r.name || 'Guest'}'s screen`;
+      tile.querySelector('.name').textContent = name;
+      tile.querySelector('.avatar').textContent = initials(r.name);
+      setStream(tile.querySelector('video'), r.screenTrack);
+      tile.dataset.hasVideo = 'true';
+      tile.dataset.state = r.connection;
+      tile.setAttribute('aria-label', name);
+    }
+    order.push(...screens);
 
     for (const r of remotes) {
       const tile = this.tile(r.user_id);
@@ -173,6 +201,7 @@ export class CallView {
 
     // Drop tiles of participants who left; keep DOM order stable otherwise.
     const keep = new Set(['self', ...remotes.map((r) => r.user_id)]);
+    for (const r of remotes) if (r.screenTrack) keep.add(r.user_id + SCREEN);
     for (const [key, tile] of this.tiles) {
       if (!keep.has(key)) {
         for (const el of tile.querySelectorAll('video, audio')) el.srcObject = null;
@@ -184,10 +213,16 @@ export class CallView {
       if (this.grid.children[index] !== tile) this.grid.insertBefore(tile, this.grid.children[index] || null);
     });
     this.reportTiles();
-    const enlarged = this.renderDominant();
-    if (this.grid.dataset.count !== String(order.length) || this.grid.dataset.enlarged !== enlarged) {
+    const enlarged = this.renderDominant(screens.length === 0);
+    const screenCount = String(screens.length);
+    if (
+      this.grid.dataset.count !== String(order.length) ||
+      this.grid.dataset.enlarged !== enlarged ||
+      this.grid.dataset.screens !== screenCount
+    ) {
       this.grid.dataset.count = String(order.length);
       this.grid.dataset.enlarged = enlarged;
+      this.grid.dataset.screens = screenCount;
       this.layout();
     }
     this.renderControls();
@@ -197,28 +232,23 @@ export class CallView {
   /** Tell the SFU how large each received video is shown (adapt.js TileReporter). */
   reportTiles() {
     const s = this.session;
-    if (s.mode !== 'sfu' || !s.sfu) return;
-    const shown = new Map();
-    for (const [participant, entry] of s.sfu.remoteTracks()) {
-      const tile = this.tiles.get(participant);
-      const mid = entry.mids.video;
-      if (tile && mid !== undefined) shown.set(mid, tile.querySelector('video'));
-    }
-    s.sfu.showTiles(shown);
+    if (s.mode === 'sfu' && s.sfu) s.sfu.showTiles(shownVideos(s.sfu.remoteTracks(), this.tiles, SCREEN));
   }
 
   /**
    * Mark the SFU's dominant speaker (docs/protocol.md `speakers`): class `dominant` on
-   * their tile (yours too, when it is you), and, from three tiles on, class `enlarged`
-   * on a remote one, which then spans 2x2 cells and comes first (CSS `order`, so the
-   * DOM order and the playing media elements stay put).
+   * their tile (yours too, when it is you), and, from three tiles on and with no screen
+   * share shown, class `enlarged` on a remote one, which then spans 2x2 cells and comes
+   * first (CSS `order`, so the DOM order and the playing media elements stay put).
+   * @param {boolean} mayEnlarge
    * @returns {string} the key of the enlarged tile, or ''
    */
-  renderDominant() {
+  renderDominant(mayEnlarge) {
     const s = this.session;
     const dominant = s.mode === 'sfu' && s.sfu ? s.sfu.speakers.dominant : null;
     const key = dominant && dominant === s.me.user_id ? 'self' : dominant;
-    const enlarged = key && key !== 'self' && this.tiles.has(key) && this.tiles.size >= 3 ? key : '';
+    const enlarged =
+      mayEnlarge && key && key !== 'self' && this.tiles.has(key) && this.tiles.size >= 3 ? key : '';
     for (const [k, tile] of this.tiles) {
       tile.classList.toggle('dominant', k === key);
       tile.classList.toggle('enlarged', k === enlarged);
@@ -227,16 +257,28 @@ export class CallView {
   }
 
   /**
-   * Pick the column count that gives the largest 4:3 tiles fitting the grid's box
-   * (an enlarged tile counts as four cells and needs two columns).
+   * Pick the column count that gives the largest 4:3 tiles fitting the grid's box (an
+   * enlarged tile counts as four cells and needs two columns). With a screen share: the
+   * shares full width (16:9), the cameras in one row below them.
    */
   layout() {
-    const enlarged = !!this.grid.dataset.enlarged;
-    const count = (this.tiles.size || 1) + (enlarged ? 3 : 0);
     const width = this.grid.clientWidth;
     const height = this.grid.clientHeight;
     if (!width || !height) return;
     const gap = 10;
+    const screens = [...this.tiles.keys()].filter((key) => key.endsWith(SCREEN)).length;
+    if (screens) {
+      const cameras = Math.max(1, this.tiles.size - screens);
+      // Total height: the shares at 9/16 of the width, then one row of 4:3 cameras.
+      const perWidth = (screens * 9) / 16 + 3 / (4 * cameras);
+      const full = Math.min(width, (height - gap * screens) / perWidth);
+      const tile = Math.max(60, Math.floor((full - gap * (cameras - 1)) / cameras) - 1);
+      this.grid.style.setProperty('--cols', String(cameras));
+      this.grid.style.setProperty('--tile-w', `${tile}px`);
+      return;
+    }
+    const enlarged = !!this.grid.dataset.enlarged;
+    const count = (this.tiles.size || 1) + (enlarged ? 3 : 0);
     let best = { cols: 1, tile: 0 };
     for (let cols = enlarged ? 2 : 1; cols <= count; cols += 1) {
       const rows = Math.ceil(count / cols);
@@ -262,6 +304,10 @@ export class CallView {
     b.camera.setAttribute('aria-pressed', String(!s.cameraOn));
     b.camera.setAttribute('aria-label', s.cameraOn ? 'Turn camera off' : 'Turn camera on');
     b.camera.querySelector('.label').textContent = s.cameraOn ? 'Camera off' : 'Camera on';
+    b.screen.hidden = !s.isVideo || (!canShareScreen() && s.sending.screenSource === displayMedia);
+    b.screen.setAttribute('aria-pressed', String(!!s.sending.screen));
+    b.screen.setAttribute('aria-label', s.sending.screen ? 'Stop sharing your screen' : 'Share your screen');
+    b.screen.querySelector('.label').textContent = s.sending.screen ? 'Stop sharing' : 'Share screen';
   }
 
   renderStatus(remotes) {

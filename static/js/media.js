@@ -35,8 +35,9 @@ export function describeMediaError(err, what) {
 }
 
 /**
- * What is sent: the local stream and its tracks (null when muted, off or missing).
- * @typedef {{stream: MediaStream, audio: MediaStreamTrack | null, video: MediaStreamTrack | null}} LocalTracks
+ * What is sent: the local stream and its tracks (null when muted, off or missing), and
+ * the screen share (a second video track; null when not sharing).
+ * @typedef {{stream: MediaStream, audio: MediaStreamTrack | null, video: MediaStreamTrack | null, screen?: MediaStreamTrack | null}} LocalTracks
  */
 
 export class LocalMedia {

@@ -134,6 +134,15 @@ export class P2PMesh extends EventTarget {
     return [...this.peers.values()].map((peer) => peer.replaceTrack(kind, track));
   }
 
+  /**
+   * Start (a track) or stop (null) sharing a screen with every peer.
+   * @param {MediaStreamTrack | null} track
+   * @returns {Promise<unknown>[]}
+   */
+  setScreen(track) {
+    return [...this.peers.values()].map((peer) => peer.setScreen(track));
+  }
+
   /** @param {string} id */
   clearTimer(id) {
     clearTimeout(this.offerTimers.get(id));

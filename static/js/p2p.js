@@ -5,6 +5,29 @@
 // ICE failure: first an ICE restart; if the path stays broken, the whole
 // RTCPeerConnection is rebuilt. The other side recognises a rebuilt peer by the
 // session id in the offer's `o=` line and rebuilds its own connection to match.
+//
+// Screen sharing: a second video transceiver (`screenTransceiver`); every offer and
+// answer carries `sources` (our sending mids -> camera | screen | microphone,
+// docs/protocol.md), so the other side shows the screen's track in a tile of its own.
+// Stopping leaves the transceiver receive-only; sharing again reuses it.
+
+/**
+ * What each of our sending m-lines carries, by mid.
+ * @param {RTCPeerConnection} pc
+ * @param {RTCRtpTransceiver | null} screen  the screen-share transceiver, if any
+ * @returns {Record<string, string>}
+ */
+export function sourcesOf(pc, screen) {
+  /** @type {Record<string, string>} */
+  const sources = {};
+  for (const t of pc.getTransceivers()) {
+    if (t.mid === null || t.currentDirection === 'stopped' || !t.sender.track) continue;
+    if (t.direction !== 'sendrecv' && t.direction !== 'sendonly') continue;
+    if (t === screen) sources[t.mid] = 'screen';
+    else sources[t.mid] = t.sender.track.kind === 'audio' ? 'microphone' : 'camera';
+  }
+  return sources;
+}
 
 const RESTART_GRACE_MS = 8000;
 
@@ -20,7 +43,7 @@ export class P2PPeer extends EventTarget {
    * @param {boolean} o.polite
    * @param {(message: object) => void} o.send  sends a signaling message
    * @param {() => RTCConfiguration} o.rtcConfig
-   * @param {() => {stream: MediaStream, audio: MediaStreamTrack|null, video: MediaStreamTrack|null}} o.local
+   * @param {() => import('./media.js').LocalTracks} o.local
    */
   constructor({ remoteId, polite, send, rtcConfig, local }) {
     super();
@@ -50,19 +73,24 @@ export class P2PPeer extends EventTarget {
     this.settingRemoteAnswer = false;
     this.remoteSession = null;
     this.remoteStream = new MediaStream();
+    /** @type {Record<string, string>} the other side's sending mids -> source */
+    this.remoteSources = {};
     this.senders = {};
-    const { stream, audio, video } = this.local();
+    /** @type {RTCRtpTransceiver | null} */
+    this.screenTransceiver = null;
+    const { stream, audio, video, screen } = this.local();
     // addTrack (not addTransceiver): on glare the polite side's tracks attach to the
     // m-lines of the remote offer instead of adding duplicate ones (JSEP 5.10).
     if (audio) this.senders.audio = pc.addTrack(audio, stream);
     if (video) this.senders.video = pc.addTrack(video, stream);
+    if (screen) this.addScreen(screen);
 
     pc.onnegotiationneeded = async () => {
       if (pc !== this.pc) return;
       try {
         this.makingOffer = true;
         await pc.setLocalDescription();
-        this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+        this.send({ type: 'offer', sdp: pc.localDescription.sdp, sources: this.sources() });
       } catch (err) {
         this.fail('negotiation', err);
       } finally {
@@ -75,6 +103,10 @@ export class P2PPeer extends EventTarget {
     };
     pc.ontrack = ({ track, transceiver }) => {
       if (pc !== this.pc) return;
+      if (this.remoteSources[transceiver.mid] === 'screen') {
+        this.emit('tracks'); // shown from remoteScreen(), not part of the camera stream
+        return;
+      }
       if (track.kind === 'audio' || track.kind === 'video') {
         for (const old of this.remoteStream.getTracks().filter((t) => t.kind === track.kind)) {
           this.remoteStream.removeTrack(old);
@@ -99,6 +131,7 @@ export class P2PPeer extends EventTarget {
   attachLocal(transceiver) {
     const kind = transceiver.receiver.track.kind;
     if (this.senders[kind] || transceiver.currentDirection === 'stopped') return;
+    if (transceiver === this.screenTransceiver) return;
     const track = this.local()[kind];
     if (!track) return;
     transceiver.direction = 'sendrecv';
@@ -152,7 +185,7 @@ export class P2PPeer extends EventTarget {
     if (this.closed) return;
     try {
       if (message.type === 'offer' || message.type === 'answer') {
-        await this.handleDescription({ type: message.type, sdp: message.sdp });
+        await this.handleDescription({ type: message.type, sdp: message.sdp }, message.sources);
       } else if (message.type === 'ice_candidate') {
         await this.handleCandidate(message.candidate);
       }
@@ -161,7 +194,52 @@ export class P2PPeer extends EventTarget {
     }
   }
 
-  async handleDescription(description) {
+  /** @returns {Record<string, string>} what our sending m-lines carry (the `sources` field) */
+  sources() {
+    return sourcesOf(this.pc, this.screenTransceiver);
+  }
+
+  /**
+   * The other side's screen share, if it is sending one to us now.
+   * @returns {MediaStreamTrack | null}
+   */
+  remoteScreen() {
+    if (!this.pc) return null;
+    for (const t of this.pc.getTransceivers()) {
+      if (this.remoteSources[t.mid] !== 'screen') continue;
+      if (t.currentDirection === 'sendrecv' || t.currentDirection === 'recvonly') return t.receiver.track;
+    }
+    return null;
+  }
+
+  /** @param {MediaStreamTrack} track */
+  addScreen(track) {
+    const { stream } = this.local();
+    const sender = this.pc.addTrack(track, stream); // renegotiates
+    this.screenTransceiver = this.pc.getTransceivers().find((t) => t.sender === sender) || null;
+  }
+
+  /**
+   * Start (a track) or stop (null) sharing a screen with this peer; renegotiates.
+   * @param {MediaStreamTrack | null} track
+   */
+  async setScreen(track) {
+    const transceiver = this.screenTransceiver;
+    if (!track) {
+      if (!transceiver || transceiver.currentDirection === 'stopped') return;
+      await transceiver.sender.replaceTrack(null);
+      transceiver.direction = 'recvonly'; // renegotiates: the m-line stops sending
+      return;
+    }
+    if (transceiver && transceiver.currentDirection !== 'stopped') {
+      await transceiver.sender.replaceTrack(track);
+      transceiver.direction = 'sendrecv'; // renegotiates
+    } else {
+      this.addScreen(track);
+    }
+  }
+
+  async handleDescription(description, sources) {
     const session = sessionId(description.sdp);
     if (
       description.type === 'offer' &&
@@ -179,6 +257,8 @@ export class P2PPeer extends EventTarget {
     this.ignoreOffer = !this.polite && collision;
     if (this.ignoreOffer) return;
     this.settingRemoteAnswer = description.type === 'answer';
+    // Before applying: its `track` events read what each mid carries.
+    this.remoteSources = sources && typeof sources === 'object' ? sources : {};
     try {
       await pc.setRemoteDescription(description); // rolls back our offer on glare
     } finally {
@@ -191,8 +271,9 @@ export class P2PPeer extends EventTarget {
         if (transceiver.receiver.track) this.attachLocal(transceiver);
       }
       await pc.setLocalDescription();
-      this.send({ type: 'answer', sdp: pc.localDescription.sdp });
+      this.send({ type: 'answer', sdp: pc.localDescription.sdp, sources: this.sources() });
     }
+    this.emit('tracks'); // a share may have stopped (its m-line no longer sends to us)
   }
 
   async handleCandidate(candidate) {

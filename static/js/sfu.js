@@ -9,10 +9,18 @@
 //
 // The SFU (aiortc) has no ICE restart: a failed connection is rebuilt by starting
 // over (`reset` event; the call sends a fresh publish offer).
+//
+// Screen sharing: a second video transceiver on the publish connection, announced by
+// the publish offer's `sources` (mid -> camera | screen | microphone); the SFU's
+// `tracks` entries say each received track's `source`. Stopping makes the m-line
+// inactive (a re-offer); sharing again re-enables the same transceiver.
+
+import { sourcesOf } from './p2p.js';
 
 import { applyLayers, parseQuality, TileReporter } from './adapt.js';
 
 const SFU = 'sfu';
+const ANSWER_WAIT_MS = 10000;
 
 // The camera is published as simulcast (docs/protocol.md "Simulcast"): three VP8
 // encodings, LOWEST FIRST (the SFU takes the layers in the offer's a=simulcast order,
@@ -70,7 +78,7 @@ export class SfuSession extends EventTarget {
    * @param {object} o
    * @param {(message: object) => void} o.send
    * @param {() => RTCConfiguration} o.rtcConfig
-   * @param {() => {stream: MediaStream, audio: MediaStreamTrack|null, video: MediaStreamTrack|null}} o.local
+   * @param {() => import('./media.js').LocalTracks} o.local
    * @param {string[]} o.kinds  what to publish: ['audio'] or ['audio', 'video']
    */
   constructor({ send, rtcConfig, local, kinds }) {
@@ -82,7 +90,9 @@ export class SfuSession extends EventTarget {
     this.publishPc = null;
     this.subscribePc = null;
     this.senders = {};
-    this.trackInfo = new Map(); // mid -> {participant_id, kind, track_id}
+    /** @type {RTCRtpTransceiver | null} */
+    this.screenTransceiver = null;
+    this.trackInfo = new Map(); // mid -> {participant_id, kind, source, track_id}
     /** @type {Speakers} */
     this.speakers = parseSpeakers({});
     /** What the SFU sends us of each participant's video (docs/protocol.md `quality`). */
@@ -92,6 +102,9 @@ export class SfuSession extends EventTarget {
     /** The camera's transceiver on the publish connection (its mid names it in `layers`). */
     this.videoTransceiver = null;
     this.layersQueue = Promise.resolve();
+    /** @type {(() => void) | null} resolves the outstanding publish offer's wait */
+    this.answered = null;
+    this.publishQueue = Promise.resolve();
     this.closed = false;
     this.publishing = false;
     this.pendingCandidates = { publish: [], subscribe: [] };
@@ -112,7 +125,8 @@ export class SfuSession extends EventTarget {
     const pc = new RTCPeerConnection(this.rtcConfig());
     this.publishPc = pc;
     this.senders = {};
-    const { stream, ...tracks } = this.local();
+    this.screenTransceiver = null;
+    const { stream, screen, ...tracks } = this.local();
     for (const kind of this.kinds) {
       /** @type {RTCRtpTransceiverInit} */
       const init = { direction: 'sendonly', streams: [stream] };
@@ -122,16 +136,74 @@ export class SfuSession extends EventTarget {
       this.senders[kind] = transceiver.sender;
       if (kind === 'video') this.videoTransceiver = transceiver;
     }
+    if (screen && this.kinds.includes('video')) this.addScreen(screen);
     pc.onicecandidate = ({ candidate }) => {
       if (pc !== this.publishPc || !candidate || !candidate.candidate) return;
       this.send({ type: 'ice_candidate', pc: 'publish', candidate: candidate.toJSON() });
     };
     this.watch(pc, 'publish');
+    // A share started meanwhile queues behind this first offer's answer.
+    const first = this.offerPublish(pc);
+    this.publishQueue = first.catch(() => {});
+    await first;
+  }
+
+  /**
+   * Offer the publish connection (again) and wait for the SFU's answer: one offer at
+   * a time. Resolves early if the connection is replaced meanwhile.
+   * @param {RTCPeerConnection} pc
+   */
+  async offerPublish(pc) {
     const offer = await pc.createOffer();
     if (pc !== this.publishPc) return;
     await pc.setLocalDescription(offer);
     this.publishing = true;
-    this.send({ type: 'offer', pc: 'publish', sdp: pc.localDescription.sdp });
+    // An offer the SFU refuses gets an `error`, not an answer: don't wait forever.
+    const answered = new Promise((resolve) => {
+      const timer = setTimeout(resolve, ANSWER_WAIT_MS);
+      this.answered = () => {
+        clearTimeout(timer);
+        resolve(undefined);
+      };
+    });
+    this.send({
+      type: 'offer',
+      pc: 'publish',
+      sdp: pc.localDescription.sdp,
+      sources: sourcesOf(pc, this.screenTransceiver),
+    });
+    await answered;
+  }
+
+  /** @param {MediaStreamTrack} track */
+  addScreen(track) {
+    const { stream } = this.local();
+    const transceiver = this.publishPc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    preferCodecs(transceiver, 'video');
+    this.screenTransceiver = transceiver;
+  }
+
+  /**
+   * Start (a track) or stop (null) the screen share; renegotiates the publish connection.
+   * @param {MediaStreamTrack | null} track
+   */
+  setScreen(track) {
+    const run = async () => {
+      const pc = this.publishPc;
+      if (!pc || this.closed) return; // publish() picks the share up from local()
+      const transceiver = this.screenTransceiver;
+      if (track && !transceiver) {
+        this.addScreen(track);
+      } else if (transceiver) {
+        await transceiver.sender.replaceTrack(track);
+        transceiver.direction = track ? 'sendonly' : 'inactive';
+      } else {
+        return;
+      }
+      await this.offerPublish(pc);
+    };
+    this.publishQueue = this.publishQueue.then(run).catch((err) => this.fail('screen share', err));
+    return this.publishQueue;
   }
 
   ensureSubscribe() {
@@ -225,7 +297,13 @@ export class SfuSession extends EventTarget {
   async onPublishAnswer(message) {
     const pc = this.publishPc;
     if (!pc || pc.signalingState !== 'have-local-offer') return;
-    await pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
+    try {
+      await pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
+    } finally {
+      const answered = this.answered;
+      this.answered = null;
+      if (answered) answered();
+    }
   }
 
   async onSubscribeOffer(message) {
@@ -248,7 +326,7 @@ export class SfuSession extends EventTarget {
     this.emit('error', { what, message: String((err && err.message) || err) });
   }
 
-  /** The remote tracks, by participant: Map(participant_id -> {audio, video, mids}). */
+  /** The remote tracks, by participant: Map(participant_id -> {audio, video, screen, mids}). */
   remoteTracks() {
     const result = new Map();
     const pc = this.subscribePc;
@@ -258,9 +336,10 @@ export class SfuSession extends EventTarget {
       if (mid === null) continue;
       const info = this.trackInfo.get(String(mid));
       if (!info || !transceiver.receiver.track) continue;
-      const entry = result.get(info.participant_id) || { audio: null, video: null, mids: {} };
-      entry[info.kind] = transceiver.receiver.track;
-      entry.mids[info.kind] = String(mid);
+      const entry = result.get(info.participant_id) || { audio: null, video: null, screen: null, mids: {} };
+      const slot = info.source === 'screen' ? 'screen' : info.kind;
+      entry[slot] = transceiver.receiver.track;
+      entry.mids[slot] = String(mid);
       result.set(info.participant_id, entry);
     }
     return result;
@@ -270,6 +349,12 @@ export class SfuSession extends EventTarget {
   participantForMid(mid) {
     const info = this.trackInfo.get(String(mid));
     return info ? info.participant_id : null;
+  }
+
+  /** The source (camera, screen, microphone) of what arrives on `mid`, if announced. */
+  sourceForMid(mid) {
+    const info = this.trackInfo.get(String(mid));
+    return info ? info.source || null : null;
   }
 
   async replaceTrack(kind, track) {
@@ -285,8 +370,11 @@ export class SfuSession extends EventTarget {
     this.subscribePc = null;
     this.senders = {};
     this.videoTransceiver = null;
+    this.screenTransceiver = null;
     this.trackInfo = new Map();
     this.publishing = false;
+    if (this.answered) this.answered();
+    this.answered = null;
     this.subscribeQueue = Promise.resolve();
   }
 

@@ -84,6 +84,15 @@ export class SfuLink extends EventTarget {
     return this.session ? [this.session.replaceTrack(kind, track)] : [];
   }
 
+  /**
+   * Start (a track) or stop (null) the screen share on the publish connection.
+   * @param {MediaStreamTrack | null} track
+   * @returns {Promise<unknown>[]}
+   */
+  setScreen(track) {
+    return this.session ? [this.session.setScreen(track)] : [];
+  }
+
   /** Close the session (a rejoin or the end); a later start() opens a new one. */
   close() {
     if (!this.session) return;

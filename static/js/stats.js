@@ -1,6 +1,7 @@
 // getStats() per remote participant: bitrate, frame rate, resolution, packet loss,
 // RTT, audio level. P2P: everything inbound on a peer's connection is theirs. SFU:
-// inbound streams are attributed by `mid` through the SFU's `tracks` message.
+// inbound streams are attributed by `mid` through the SFU's `tracks` message. A screen
+// share's video is counted apart (`screen`), by the source its sender announced.
 
 function emptyRemote() {
   return {
@@ -15,9 +16,17 @@ function emptyRemote() {
       bitrateKbps: 0,
     },
     audio: { bytesReceived: 0, packetsReceived: 0, packetsLost: 0, audioLevel: 0, bitrateKbps: 0 },
+    screen: { framesDecoded: 0, frameWidth: 0, frameHeight: 0, bitrateKbps: 0 },
     rttMs: null,
     lossPercent: 0,
   };
+}
+
+/** What a received stream carries: its sender's `sources` (P2P) or the SFU's `tracks`. */
+function sourceOf(session, role, remote, mid) {
+  if (role === 'subscribe') return session.sfu ? session.sfu.sourceForMid(mid) : null;
+  const peer = role === 'p2p' ? session.peers.get(remote) : null;
+  return peer ? peer.remoteSources[mid] || null : null;
 }
 
 export class StatsCollector {
@@ -69,7 +78,13 @@ export class StatsCollector {
         const entry = ensure(owner);
         if (rtt !== null) entry.rttMs = Math.round(rtt);
         const kbps = this.rate(`${role}:${owner}:${s.kind}:${s.mid}`, s.bytesReceived || 0, s.timestamp);
-        if (s.kind === 'video') {
+        if (s.kind === 'video' && sourceOf(session, role, remote, s.mid) === 'screen') {
+          const sc = entry.screen;
+          sc.framesDecoded += s.framesDecoded || 0;
+          sc.frameWidth = Math.max(sc.frameWidth, s.frameWidth || 0);
+          sc.frameHeight = Math.max(sc.frameHeight, s.frameHeight || 0);
+          sc.bitrateKbps += Math.round(kbps);
+        } else if (s.kind === 'video') {
           const v = entry.video;
           v.framesDecoded += s.framesDecoded || 0;
           v.framesPerSecond = Math.max(v.framesPerSecond, Math.round(s.framesPerSecond || 0));

@@ -57,6 +57,25 @@ async def test_two_participants_exchange_offer_answer_candidates(node: Node) -> 
     assert sample(node, "video_ice_candidate_valid_total") == 2
 
 
+async def test_p2p_descriptions_carry_their_sources_and_bad_ones_are_refused(node: Node) -> None:
+    # A P2P screen share: the offer says which of its mids is the screen.
+    ana, bob = await node.api.users("ana", "bob")
+    call_id = await node.joined_call(ana, bob)
+    a = await node.ws(call_id, ana)
+    await settled(a)
+    b = await node.ws(call_id, bob)
+    await settled(b)
+    sources = {"0": "microphone", "1": "camera", "2": "screen"}
+    await a.send(offer(bob.user_id, sources=sources))
+    assert (await b.receive("offer"))["sources"] == sources
+    await b.send(answer(ana.user_id, sources={"0": "microphone"}))
+    assert (await a.receive("answer"))["sources"] == {"0": "microphone"}
+    await a.send(offer(bob.user_id, id="bad", sources={"2": "hologram"}))
+    error = await a.receive("error")
+    assert error["code"] == "invalid_field" and error["id"] == "bad"
+    assert "hologram" not in json.dumps([m for m in b.messages if m["type"] == "offer"])
+
+
 async def test_third_participant_cannot_read_targeted_messages(node: Node) -> None:
     ana, bob, cyd = await node.api.users("ana", "bob", "cyd")
     call_id = await node.joined_call(ana, bob, cyd)

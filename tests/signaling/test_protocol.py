@@ -183,3 +183,38 @@ def test_track_settings_keep_only_what_the_protocol_defines() -> None:
             {"mid": "2", "visible": False},
         ],
     }
+
+
+def test_sources_survive_on_offers_and_answers() -> None:
+    sources = {"0": "microphone", "1": "camera", "2": "screen"}
+    assert validate(offer(PEER, sources=sources))["sources"] == sources
+    assert validate(answer(PEER, sources={"1": "screen"}))["sources"] == {"1": "screen"}
+    sfu = validate(offer("sfu", pc="publish", sources=sources))
+    assert sfu["sources"] == sources
+    assert "sources" not in validate(offer(PEER))
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ["0", "screen"],
+        "screen",
+        None,
+        {"0": "webcam"},
+        {"0": "Screen"},
+        {"0": 1},
+        {"0": None},
+        {"0": {"source": "screen"}},
+        {"": "camera"},
+        {"a b": "camera"},
+        {"x" * 65: "camera"},
+        {str(i): "camera" for i in range(33)},
+    ],
+)
+def test_bad_sources_are_invalid_fields(sources: Any) -> None:
+    with pytest.raises(SignalError) as caught:
+        validate(offer(PEER, sources=sources))
+    assert caught.value.code == ErrorCode.INVALID_FIELD
+    with pytest.raises(SignalError) as caught:
+        validate(offer("sfu", pc="publish", sources=sources))
+    assert caught.value.code == ErrorCode.INVALID_FIELD
