@@ -309,17 +309,20 @@ class PublisherInbound:
 
     # --- configuration -------------------------------------------------------
 
-    def configure(self, pc: Any) -> None:
+    def configure(self, pc: Any, offer_sdp: str | None = None) -> None:
         """Read the negotiated m-lines and take over the connection's media (idempotent).
 
         Called after every publish negotiation; streams already seen stay.
+        ``offer_sdp``: the publisher's offer as it was sent; aiortc's
+        ``remoteDescription`` is re-serialized without the ``a=rid`` and
+        ``a=simulcast`` lines, so without it no m-line is simulcast.
         """
         if self._closed:
             return
         local, remote = pc.localDescription, pc.remoteDescription
         if local is None or remote is None:
             return
-        self._mlines, self.ids = parse_mlines(remote.sdp, local.sdp)
+        self._mlines, self.ids = parse_mlines(offer_sdp or remote.sdp, local.sdp)
         self._twcc_id = self.ids.transport_cc
         if self._c is not None:
             level = self.ids.audio_level

@@ -239,7 +239,7 @@ class Participant:
             except _DESCRIPTION_ERRORS as exc:
                 raise BadSignal(f"cannot apply publish offer: {type(exc).__name__}: {exc}") from exc
             self._publish_ufrag = ice_ufrag(description.sdp)
-            self._inbound.configure(self._publish_pc)
+            self._inbound.configure(self._publish_pc, description.sdp)
             await self._publish_candidates.release()
             self._sync_published()
             sdp = answer_layers(

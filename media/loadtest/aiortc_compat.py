@@ -63,6 +63,10 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__remote_streams"),
     (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__rtcp_ssrc"),
     (RTCRtpReceiver, "attr", "_send_rtcp"),
+    # send_rtp, route_rtcp_for_ssrc (media.loadtest.simulcast)
+    (RTCDtlsTransport, "attr", "_send_rtp"),
+    (RtpRouter, "attr", "register_sender"),
+    (RTCDtlsTransport, "code:_handle_rtcp_data", "_handle_rtcp_packet"),
 )
 
 
@@ -161,6 +165,33 @@ def replace_rtp_handler(
     """Hand every unprotected RTP packet of ``transport`` to ``handler(data, arrival_ms)``
     instead of aiortc's parsing and routing."""
     setattr(transport, "_handle_rtp_data", handler)  # noqa: B010
+
+
+def send_rtp(transport: RTCDtlsTransport, data: bytes) -> Awaitable[None]:
+    """Protect one RTP packet with the transport's SRTP and send it.
+
+    Raises ``ConnectionError`` while the transport is not connected.
+    """
+    return transport._send_rtp(data)
+
+
+class _RtcpRecipient:
+    """What aiortc's RTP router hands RTCP to: ``await _handle_rtcp_packet(packet)``."""
+
+    def __init__(self, callback: Callable[[Any], Awaitable[None]]) -> None:
+        self._callback = callback
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        await self._callback(packet)
+
+
+def route_rtcp_for_ssrc(
+    transport: RTCDtlsTransport, ssrc: int, callback: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Hand ``callback`` each parsed RTCP packet about media SSRC ``ssrc`` (PLI, FIR,
+    NACK, REMB, receiver reports) arriving on ``transport``, as aiortc does for
+    its own senders: for an SSRC the load tester sends itself (simulcast layers)."""
+    rtp_router(transport).register_sender(_RtcpRecipient(callback), ssrc)  # type: ignore[arg-type]
 
 
 # --- senders -------------------------------------------------------------------

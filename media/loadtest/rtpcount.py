@@ -15,7 +15,9 @@ reads the fixed RTP header and, for VP8, the payload descriptor and frame tag:
   RFC 3550 counts it (expected - received), RTX packets apart;
 - per media stream: a frame ends with the marker bit; its size, whether it
   was a VP8 keyframe (or, for other codecs, the first frame), and the arrival
-  time go to ``on_frame(mid, kind, nbytes, keyframe)``.
+  time go to ``on_frame(mid, kind, nbytes, keyframe)``; a VP8 keyframe's
+  picture size (which simulcast layer a subscriber gets) to
+  ``on_size(mid, (width, height))``.
 
 The server still gets the feedback a real receiver sends, so its RTCP work
 is part of what a benchmark measures: each media stream's counts stand in
@@ -114,13 +116,13 @@ class StreamCount:
         return (lost_interval << 8) // expected_interval
 
 
-def vp8_keyframe(payload: bytes) -> bool:
-    """Whether an RTP payload starts a VP8 keyframe (RFC 7741 descriptor, RFC 6386 tag)."""
+def _vp8_frame_start(payload: bytes) -> int:
+    """Where the VP8 frame starts in the first packet of a frame; -1 if not a first packet."""
     if len(payload) < 2:
-        return False
+        return -1
     first = payload[0]
     if not first & 0x10 or first & 0x07:  # S bit, partition 0
-        return False
+        return -1
     pos = 1
     if first & 0x80:  # X
         ext = payload[1]
@@ -131,7 +133,25 @@ def vp8_keyframe(payload: bytes) -> bool:
             pos += 1
         if ext & 0x30:  # T or K
             pos += 1
-    return pos < len(payload) and payload[pos] & 0x01 == 0
+    return pos if pos < len(payload) else -1
+
+
+def vp8_keyframe(payload: bytes) -> bool:
+    """Whether an RTP payload starts a VP8 keyframe (RFC 7741 descriptor, RFC 6386 tag)."""
+    pos = _vp8_frame_start(payload)
+    return pos >= 0 and payload[pos] & 0x01 == 0
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) of the VP8 keyframe an RTP payload starts (RFC 6386 9.1), else None."""
+    pos = _vp8_frame_start(payload)
+    if pos < 0 or len(payload) < pos + 10 or payload[pos] & 0x01:
+        return None
+    if payload[pos + 3 : pos + 6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(payload[pos + 6 : pos + 8], "little") & 0x3FFF
+    height = int.from_bytes(payload[pos + 8 : pos + 10], "little") & 0x3FFF
+    return width, height
 
 
 class RtpCounter:
@@ -142,10 +162,12 @@ class RtpCounter:
         pc: RTCPeerConnection,
         transport: Any,
         on_frame: Callable[[str, str, int, bool], None],
+        on_size: Callable[[str, tuple[int, int]], None] | None = None,
     ) -> None:
         self._pc = pc
         self.transport = transport
         self._on_frame = on_frame
+        self._on_size = on_size
         self.streams: dict[int, StreamCount | None] = {}
         replace_rtp_handler(transport, self._handle)
 
@@ -178,6 +200,10 @@ class RtpCounter:
         if stream.frame_bytes == 0:
             if stream.vp8:
                 stream.frame_key = vp8_keyframe(payload)
+                if stream.frame_key and self._on_size is not None:
+                    size = vp8_keyframe_size(payload)
+                    if size is not None:
+                        self._on_size(stream.mid, size)
             else:  # every audio frame stands alone; other video: the first only
                 stream.frame_key = stream.kind == "audio" or stream.frames == 0
         stream.frame_bytes += len(payload)

@@ -45,11 +45,24 @@ from .packer import install_packer
 from .passthrough import PassthroughReceiver
 from .preencoded import EncodedClip
 from .rtpcount import RtpCounter
+from .simulcast import (
+    SilentTrack,
+    SimulcastClips,
+    SimulcastOffer,
+    SimulcastSender,
+    answered_extension_ids,
+    answered_layers,
+    munge_offer,
+    vp8_frame_size,
+)
 
 logger = logging.getLogger(__name__)
 
 KEYFRAME_ANSWER_INTERVAL = 0.3
 GAP_THRESHOLD = 0.5
+#: A video gap longer than this is a freeze a person notices (the simulcast
+#: layer report's count; issue #13's "no freeze longer than 1 s").
+LONG_FREEZE = 1.0
 
 
 class ClipTrack(MediaStreamTrack):
@@ -116,6 +129,12 @@ class TrackStats:
     last_frame_at: float | None = None
     decoded: int = 0
     frame_times: list[float] = field(default_factory=list, repr=False)
+    #: Video: the picture size of the last keyframe (which simulcast layer
+    #: arrives: the SFU rewrites SSRCs, so the size tells them apart).
+    size: tuple[int, int] | None = None
+    #: (arrival time, width, height) each time the size changed, the first included.
+    sizes: list[tuple[float, int, int]] = field(default_factory=list)
+    long_freezes: int = 0  # gaps over LONG_FREEZE
 
     @property
     def first_frame_delay(self) -> float | None:
@@ -131,11 +150,24 @@ class TrackStats:
             self.max_gap = max(self.max_gap, gap)
             if gap > GAP_THRESHOLD:
                 self.gaps += 1
+            if gap > LONG_FREEZE:
+                self.long_freezes += 1
         self.last_frame_at = now
         self.frames += 1
         self.bytes += nbytes
         if keyframe:
             self.keyframes += 1
+
+    def saw_size(self, width: int, height: int, now: float) -> None:
+        """A keyframe of ``width`` x ``height`` arrived (VP8 keyframes carry their size)."""
+        if self.size != (width, height):
+            self.size = (width, height)
+            self.sizes.append((now, width, height))
+
+    @property
+    def size_switches(self) -> int:
+        """How often the received picture size (the simulcast layer) changed."""
+        return max(0, len(self.sizes) - 1)
 
 
 def max_bundle(configuration: RTCConfiguration) -> RTCConfiguration:
@@ -177,12 +209,22 @@ class SfuClient:
         audio: EncodedClip | None = None,
         decode: bool = False,
         count_only: bool = False,
+        simulcast: SimulcastClips | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if simulcast is not None and video is not None:
+            raise ValueError("publish either one video clip or simulcast layers, not both")
         self.id = participant_id
         self._send = send
         self._config = max_bundle(rtc_configuration)
         self._clips = [c for c in (audio, video) if c is not None]
+        #: The simulcast publisher (media.loadtest.simulcast), if publishing simulcast.
+        self.simulcast: SimulcastSender | None = (
+            SimulcastSender(simulcast) if simulcast is not None else None
+        )
+        self._simulcast_offer: SimulcastOffer | None = None
+        #: The rids the SFU's answer accepted (empty until then, or if it refused).
+        self.simulcast_layers: tuple[str, ...] = ()
         self._decode = decode
         # Count RTP from headers instead of reassembling frames (media.loadtest.rtpcount):
         # no NACK, no PLI; for load generators that must stay cheap.
@@ -216,7 +258,7 @@ class SfuClient:
         With nothing to publish, enter the room receive-only instead
         (``subscribe``): no publish connection at all.
         """
-        if not self._clips:
+        if not self._clips and self.simulcast is None:
             await self._send({"type": "subscribe", "target_id": SFU_ID})
             return
         pc = self.publish_pc = RTCPeerConnection(self._config)
@@ -227,10 +269,19 @@ class SfuClient:
             install_packer(transceiver.sender, clip.mime_type, clip.clock_rate)
             on_keyframe_request(transceiver.sender, track.request_keyframe)
             self.tracks[clip.kind] = track
+        simulcast_transceiver = None
+        if self.simulcast is not None:
+            # The m-section for the layers; aiortc itself sends nothing on it.
+            simulcast_transceiver = pc.addTransceiver(SilentTrack(), direction="sendonly")
+            simulcast_transceiver.setCodecPreferences(_codec_capability("video", "video/vp8"))
         await pc.setLocalDescription(await pc.createOffer())
-        await self._send(
-            {"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": pc.localDescription.sdp}
-        )
+        sdp = pc.localDescription.sdp
+        if simulcast_transceiver is not None and self.simulcast is not None:
+            self._simulcast_offer = munge_offer(
+                sdp, str(simulcast_transceiver.mid), self.simulcast.clips.rids
+            )
+            sdp = self._simulcast_offer.sdp
+        await self._send({"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": sdp})
 
     # --- inbound ---------------------------------------------------------
 
@@ -255,6 +306,7 @@ class SfuClient:
             await self.publish_pc.setRemoteDescription(
                 RTCSessionDescription(sdp=message["sdp"], type="answer")
             )
+            self._start_simulcast(str(message["sdp"]))
         elif kind == "offer" and message.get("pc") == SUBSCRIBE:
             pc = self.subscribe_pc
             await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
@@ -288,6 +340,30 @@ class SfuClient:
         elif kind == "error":
             self.errors.append(message)
 
+    def _start_simulcast(self, answer: str) -> None:
+        offer, sender, pc = self._simulcast_offer, self.simulcast, self.publish_pc
+        if offer is None or sender is None or pc is None:
+            return
+        layers = answered_layers(answer, offer.mid)
+        ids = answered_extension_ids(answer, offer.mid)
+        ids = {uri: ids[uri] for uri in offer.extension_ids if uri in ids}
+        if not layers or set(ids) != set(offer.extension_ids):
+            logger.error(
+                "SfuClient(%s): the SFU did not accept simulcast on mid %s "
+                "(layers %s, extensions %s)",
+                self.id,
+                offer.mid,
+                layers,
+                sorted(ids),
+            )
+            return
+        self.simulcast_layers = layers
+        for rid in sender.layers:
+            if rid not in layers:
+                sender.pause(rid)
+        transceiver = next(t for t in pc.getTransceivers() if str(t.mid) == offer.mid)
+        sender.start(transceiver.sender.transport, offer.mid, offer.payload_type, ids)
+
     def _on_subscribe_state(self) -> None:
         if self.subscribe_pc.connectionState == "connected" and self.subscribe_connected_at is None:
             self.subscribe_connected_at = self._clock()
@@ -316,7 +392,9 @@ class SfuClient:
             self._stats_for(mid, kind)
             transport = transceiver.receiver.transport
             if self.counter is None or self.counter.transport is not transport:
-                self.counter = RtpCounter(self.subscribe_pc, transport, self._on_counted_frame)
+                self.counter = RtpCounter(
+                    self.subscribe_pc, transport, self._on_counted_frame, self._on_counted_size
+                )
             # Still a pass-through receiver (no decoder thread), though the
             # counter takes the packets before it would see them.
             self._receivers.append(
@@ -325,7 +403,13 @@ class SfuClient:
             return
 
         def on_frame(frame: EncodedFrame) -> None:
-            self._stats_for(mid, kind).add(len(frame.data), frame.keyframe, self._clock())
+            now = self._clock()
+            stats = self._stats_for(mid, kind)
+            stats.add(len(frame.data), frame.keyframe, now)
+            if frame.keyframe and kind == "video":
+                size = vp8_frame_size(frame.data)
+                if size is not None:
+                    stats.saw_size(size[0], size[1], now)
 
         def on_loss() -> None:
             # Like a browser whose decoder lost the picture: ask for a keyframe.
@@ -345,13 +429,20 @@ class SfuClient:
     def _on_counted_frame(self, mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
         self._stats_for(mid, kind).add(nbytes, keyframe, self._clock())
 
+    def _on_counted_size(self, mid: str, size: tuple[int, int]) -> None:
+        self._stats_for(mid, "video").saw_size(size[0], size[1], self._clock())
+
     async def _consume(self, track: MediaStreamTrack, mid: str, kind: str) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
-                await track.recv()
+                frame = await track.recv()
+                now = self._clock()
                 stats = self._stats_for(mid, kind)
-                stats.add(0, False, self._clock())
+                stats.add(0, False, now)
                 stats.decoded += 1
+                width, height = getattr(frame, "width", None), getattr(frame, "height", None)
+                if isinstance(width, int) and isinstance(height, int):
+                    stats.saw_size(width, height, now)
 
     # --- queries ---------------------------------------------------------
 
@@ -377,6 +468,8 @@ class SfuClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.simulcast is not None:
+            await self.simulcast.stop()
         if self.publish_pc is not None:
             await self.publish_pc.close()
         await self.subscribe_pc.close()
