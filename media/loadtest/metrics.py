@@ -243,8 +243,8 @@ def layer_changes(
 def layer_time(changes: list[LayerChange], end_s: float) -> dict[str, float]:
     """Seconds spent on each layer, from its first keyframe to the next change (or ``end_s``)."""
     out: dict[str, float] = {}
-    for change, following in zip(changes, [*changes[1:], None], strict=True):
-        until = following.at_s if following is not None else end_s
+    for i, change in enumerate(changes):
+        until = changes[i + 1].at_s if i + 1 < len(changes) else end_s
         out[change.layer] = round(out.get(change.layer, 0.0) + max(0.0, until - change.at_s), 3)
     return out
 

@@ -150,6 +150,49 @@ async def test_light_receivers_count_every_track(huddle_server: str, tmp_path: P
                 assert track["keyframes"] >= 1, track
 
 
+async def test_simulcast_publishers_report_the_layer_received(
+    huddle_server: str, tmp_path: Path
+) -> None:
+    """--simulcast: three layers per publisher; every receiver ends on the top one."""
+    json_path, html_path = tmp_path / "simulcast.json", tmp_path / "simulcast.html"
+    code, out, err = await run_cli(
+        "--url", huddle_server,
+        "--rooms", "1",
+        "--publishers", "2",
+        "--subscribers", "1",
+        "--duration", "4",
+        "--settle", "15",
+        "--simulcast",
+        "--video-size", "320x180",
+        "--video-fps", "15",
+        "--min-fps", "5",
+        "--max-loss", "1",
+        "--json", str(json_path),
+        "--html", str(html_path),
+    )  # fmt: skip
+    assert json_path.exists(), f"exit {code}\n{out}\n{err[-3000:]}"
+    report = json.loads(json_path.read_text())
+    assert code == 0, f"exit {code}\n{out}\n{err[-3000:]}"
+    assert report["config"]["simulcast"] is True
+    assert "simulcast q/h/f" in out
+    s = report["summary"]
+    assert s["tracks_expected"] == s["tracks_receiving"] == 8
+    assert s["video_layers"] == {"f": 4}
+    assert re.search(r"layers +video tracks at the end: f 4; \d+ layer switches", out), out
+    for peer in by_name(report).values():
+        for track in peer["tracks"]:
+            if track["kind"] != "video":
+                continue
+            assert track["layer"] == "f", track
+            assert track["layers"][-1]["layer"] == "f"
+            assert (track["layers"][-1]["width"], track["layers"][-1]["height"]) == (320, 180)
+            assert track["layer_switches"] == len(track["layers"]) - 1
+            assert track["layer_time_s"]["f"] > 3, track
+            assert track["long_freezes"] == 0, track
+    page = html_path.read_text()
+    assert "Simulcast layers received" in page
+
+
 async def test_bad_arguments_exit_2_without_running() -> None:
     code, _, err = await run_cli("--publishers", "1", "--subscribers", "0", timeout=60)
     assert code == 2
