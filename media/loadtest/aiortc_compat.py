@@ -4,8 +4,10 @@ The load tester's peers (:mod:`media.loadtest.sfuclient`) stay cheap by
 reaching into aiortc 1.16's receivers and senders: a forwarding jitter buffer
 instead of aiortc's (:mod:`media.loadtest.passthrough`), RTX routed by SSRC, a
 pack-only encoder (:mod:`media.loadtest.packer`), header-only RTP counting
-(:mod:`media.loadtest.rtpcount`) and per-SSRC receive statistics
-(:mod:`media.loadtest.peers`). Every private name they use is used here and
+(:mod:`media.loadtest.rtpcount`), per-SSRC receive statistics
+(:mod:`media.loadtest.peers`) and simulcast layers sent past aiortc's sender
+(:mod:`media.loadtest.simulcast`: RTP through the transport's SRTP, RTCP
+about those SSRCs routed back). Every private name they use is used here and
 nowhere else in ``media/loadtest/`` (``tests/media/test_containment.py`` keeps
 it so), and :func:`check_loadtest_aiortc` verifies at import that each still
 exists, failing with a ``RuntimeError`` naming each missing one, as

@@ -4,10 +4,13 @@
   paced at the frame rate, timestamps increasing across loops, answering a
   keyframe request by jumping to a keyframe (at most once per 300 ms, like
   Chrome's WebRTC library).
-* :class:`SfuClient` speaks the SFU's publish/subscribe protocol; by default
+* :class:`SfuClient` speaks the SFU's publish/subscribe protocol, publishing
+  clips or (``simulcast``) three VP8 layers with rid extensions
+  (:mod:`media.loadtest.simulcast`); by default
   it does not decode: it counts frames, bytes, keyframes and gaps per remote
   track through a pass-through receiver (:mod:`media.loadtest.passthrough`)
-  or, ``count_only``, from RTP headers (:mod:`media.loadtest.rtpcount`).
+  or, ``count_only``, from RTP headers (:mod:`media.loadtest.rtpcount`), and
+  which picture size (simulcast layer) arrives, from the VP8 keyframes.
 
 Both connections of an :class:`SfuClient` use ``max-bundle`` whatever
 configuration it is given: the SFU always bundles, and with aiortc's default
