@@ -57,9 +57,10 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (Vp8Encoder, "attr", "_packetize"),
     (H264Encoder, "attr", "_packetize"),
     (H264Encoder, "attr", "_split_bitstream"),
-    # replace_rtp_handler, header_extensions_map
+    # replace_rtp_handler, rtp_handler, header_extensions_map
     (RTCDtlsTransport, "code:_recv_next", "_handle_rtp_data"),
     (RTCDtlsTransport, "code:_handle_rtp_data", "_rtp_header_extensions_map"),
+    (RTCDtlsTransport, "attr", "_handle_rtp_data"),
     # receiver_remote_streams, receiver_rtcp_ssrc, send_receiver_rtcp
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
     (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__remote_streams"),
@@ -159,6 +160,12 @@ def rtp_router(transport: RTCDtlsTransport) -> RtpRouter:
 def header_extensions_map(transport: RTCDtlsTransport) -> Any:
     """The header extension ids the transport parses incoming RTP with."""
     return transport._rtp_header_extensions_map
+
+
+def rtp_handler(transport: RTCDtlsTransport) -> Callable[[bytes, int], Awaitable[None]]:
+    """The transport's current handler of unprotected RTP (aiortc's, or a replacement)."""
+    handler: Callable[[bytes, int], Awaitable[None]] = transport._handle_rtp_data
+    return handler
 
 
 def replace_rtp_handler(

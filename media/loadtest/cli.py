@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "subscriber receives over time",
     )
     media.add_argument(
+        "--subscriber-cap",
+        type=_rate,
+        metavar="BITRATE",
+        help="cap every subscriber's receive bitrate (e.g. 400k): RTP beyond it is "
+        "dropped on arrival, like a slow downlink (off)",
+    )
+    media.add_argument(
         "--light-receivers",
         action="store_true",
         help="count received RTP from headers instead of aiortc's receive path: "
@@ -146,6 +153,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         ramp_per_s=args.ramp,
         audio_only=args.audio_only,
         simulcast=args.simulcast,
+        subscriber_cap_bps=args.subscriber_cap,
         video_bitrate=args.video_bitrate,
         video_width=args.video_size[0],
         video_height=args.video_size[1],

@@ -298,6 +298,9 @@ class PeerResult:
     plis_sent: int
     keyframes_forced: int  # PLIs this peer answered with a keyframe (publishers)
     tracks: list[TrackResult] = field(default_factory=list)
+    #: Its receive cap (media.loadtest.netcap) and the RTP packets it dropped.
+    receive_cap_bps: int | None = None
+    cap_dropped_packets: int = 0
 
     @property
     def missing(self) -> list[TrackResult]:
@@ -384,6 +387,7 @@ def peer_result(
     layers; ``t0``: when the run started (layer changes are timed from it).
     """
     connected_at = peer.connected_at
+    cap = peer.media.receive_cap
     tracks = [
         track_result(
             peer,
@@ -412,6 +416,8 @@ def peer_result(
         keyframes_forced=sum(t.keyframes_forced for t in peer.media.tracks.values())
         + (peer.media.simulcast.keyframes_forced if peer.media.simulcast is not None else 0),
         tracks=tracks,
+        receive_cap_bps=cap.bitrate if cap is not None else None,
+        cap_dropped_packets=cap.dropped if cap is not None else 0,
     )
 
 

@@ -78,6 +78,8 @@ class LoadTestConfig:
     # Publishers send three VP8 layers (rids q/h/f at 1/4, 1/2 and the full
     # video size; bitrates 10/33/100 % of video_bitrate), as the browser does.
     simulcast: bool = False
+    # Every receive-only subscriber's downlink is capped to this (media.loadtest.netcap).
+    subscriber_cap_bps: int | None = None
     secret: str | None = None  # mint tokens locally instead of /v1/dev/token
     ice_hosts: tuple[str, ...] = ("127.0.0.1",)
     settle_s: float = 20.0
@@ -115,6 +117,8 @@ class LoadTestConfig:
             raise ValueError("video fps must be in [1, 60]")
         if not 1 <= self.clip_seconds <= 60:
             raise ValueError("clip length must be in [1, 60] seconds")
+        if self.subscriber_cap_bps is not None and self.subscriber_cap_bps < 10_000:
+            raise ValueError("a subscriber cap must be at least 10 kbit/s")
         if self.simulcast and self.audio_only:
             raise ValueError("simulcast needs video (not --audio-only)")
         if self.simulcast and min(self.video_width, self.video_height) < 64:
@@ -374,6 +378,7 @@ class LoadTest:
                     started_at=started,
                     count_only=self.config.light_receivers,
                     simulcast=self._layers if publishing else None,
+                    receive_cap_bps=None if publishing else self.config.subscriber_cap_bps,
                 )
                 await slot.peer.publish()
         except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -85,6 +85,9 @@ class SignaledPeer:
     video layers instead of ``video`` (all None: it only receives).
     Construct with :meth:`connect`, then :meth:`publish`.
 
+    ``receive_cap_bps``: police what arrives on its subscribe connection
+    (:mod:`media.loadtest.netcap`), like a slow downlink.
+
     ``sfu_messages_only``: take only the SFU's messages off the socket and
     leave every other one in ``signaling`` for the caller to read (as tests
     do); ``error`` and ``call_ended`` are then not recorded here.
@@ -103,6 +106,7 @@ class SignaledPeer:
         count_only: bool = False,
         sfu_messages_only: bool = False,
         simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
     ) -> None:
         self.user_id = user_id
         self._sfu_messages_only = sfu_messages_only
@@ -120,6 +124,7 @@ class SignaledPeer:
             clock=clock,
             count_only=count_only,
             simulcast=simulcast,
+            receive_cap_bps=receive_cap_bps,
         )
         self.publish_connected_at: float | None = None
         self.subscribe_connected_at: float | None = None
@@ -145,6 +150,7 @@ class SignaledPeer:
         count_only: bool = False,
         sfu_messages_only: bool = False,
         simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
     ) -> SignaledPeer:
         """Open the signaling socket of a participant that already joined over HTTP."""
         signaling = await SignalingClient.open(
@@ -160,6 +166,7 @@ class SignaledPeer:
             count_only=count_only,
             sfu_messages_only=sfu_messages_only,
             simulcast=simulcast,
+            receive_cap_bps=receive_cap_bps,
         )
 
     # --- actions ---------------------------------------------------------

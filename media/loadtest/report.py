@@ -111,6 +111,11 @@ def scenario_line(report: LoadTestReport) -> str:
         f"{_plural(c['rooms'], 'room')} x ({_plural(c['publishers'], 'publisher')} + "
         f"{_plural(c['subscribers'], 'subscriber')}), {media}, against {c['url']}"
         + (" (light receivers: header counting, no NACK/PLI)" if c.get("light_receivers") else "")
+        + (
+            f", subscribers capped at {c['subscriber_cap_bps'] / 1000:.0f} kbit/s"
+            if c.get("subscriber_cap_bps")
+            else ""
+        )
     )
 
 
@@ -180,6 +185,12 @@ def layer_history(track: TrackResult) -> str:
     return " ".join(f"{c.layer}@{c.at_s:.1f}s" for c in track.layers) or "-"
 
 
+def _capped(peer: PeerResult) -> str:
+    if peer.receive_cap_bps is None:
+        return ""
+    return f" (capped {peer.receive_cap_bps / 1000:.0f} kbit/s, {peer.cap_dropped_packets} dropped)"
+
+
 def layer_times(track: TrackResult) -> str:
     """``f 12.0 s, h 3.1 s``: seconds on each layer."""
     return ", ".join(f"{layer} {s:.1f} s" for layer, s in track.layer_time_s.items()) or "-"
@@ -194,7 +205,7 @@ def _layer_lines(report: LoadTestReport, max_listed: int) -> list[str]:
     ]
     names = {p.user_id: p.name for p in report.peers}
     rows = [
-        f"  {peer.name} <- {names.get(t.source, t.source)}: {t.layer or '-'}, "
+        f"  {peer.name}{_capped(peer)} <- {names.get(t.source, t.source)}: {t.layer or '-'}, "
         f"{t.layer_switches} switches, {t.long_freezes} long freezes, max gap "
         f"{t.max_gap_s:.2f} s; {layer_history(t)}"
         for peer in report.peers
@@ -587,7 +598,7 @@ def to_html(report: LoadTestReport) -> str:
     )
     names = {p.user_id: p.name for p in report.peers}
     layer_rows = "".join(
-        f'<tr><td class="l">{html.escape(p.name)}</td>'
+        f'<tr><td class="l">{html.escape(p.name + _capped(p))}</td>'
         f'<td class="l">{html.escape(names.get(t.source, t.source))}</td>'
         f'<td class="l">{html.escape(t.layer or "-")}</td><td>{t.layer_switches}</td>'
         f"<td>{t.long_freezes}</td><td>{t.max_gap_s:.2f}</td>"

@@ -44,6 +44,7 @@ from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
 
 from .aiortc_compat import on_keyframe_request
 from .frames import EncodedFrame, time_base_for
+from .netcap import ReceiveCap, install_receive_cap
 from .packer import install_packer
 from .passthrough import PassthroughReceiver
 from .preencoded import EncodedClip
@@ -213,6 +214,7 @@ class SfuClient:
         decode: bool = False,
         count_only: bool = False,
         simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if simulcast is not None and video is not None:
@@ -226,6 +228,9 @@ class SfuClient:
             SimulcastSender(simulcast) if simulcast is not None else None
         )
         self._simulcast_offer: SimulcastOffer | None = None
+        #: Polices what arrives on the subscribe connection (media.loadtest.netcap).
+        self.receive_cap = ReceiveCap(receive_cap_bps) if receive_cap_bps else None
+        self._capped: list[Any] = []  # transports the cap is installed on
         #: The rids the SFU's answer accepted (empty until then, or if it refused).
         self.simulcast_layers: tuple[str, ...] = ()
         self._decode = decode
@@ -389,6 +394,7 @@ class SfuClient:
             self._tasks.append(
                 asyncio.get_running_loop().create_task(self._consume(track, mid, kind))
             )
+            self._apply_cap(transceiver.receiver.transport)
             return
 
         if self._count_only:
@@ -403,6 +409,7 @@ class SfuClient:
             self._receivers.append(
                 PassthroughReceiver(transceiver, on_frame=lambda f: None, on_loss=lambda: None)
             )
+            self._apply_cap(transport)
             return
 
         def on_frame(frame: EncodedFrame) -> None:
@@ -428,6 +435,13 @@ class SfuClient:
         requester = KeyframeRequester(send_pli, 0.3, name=f"client {self.id}")
         self._receivers.append(receiver)
         self._pli.append(requester)
+        self._apply_cap(transceiver.receiver.transport)
+
+    def _apply_cap(self, transport: Any) -> None:
+        # After the RTP counter (if any) took the transport's handler: the cap wraps it.
+        if self.receive_cap is not None and not any(t is transport for t in self._capped):
+            install_receive_cap(transport, self.receive_cap)
+            self._capped.append(transport)
 
     def _on_counted_frame(self, mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
         self._stats_for(mid, kind).add(nbytes, keyframe, self._clock())

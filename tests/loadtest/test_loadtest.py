@@ -153,7 +153,9 @@ async def test_light_receivers_count_every_track(huddle_server: str, tmp_path: P
 async def test_simulcast_publishers_report_the_layer_received(
     huddle_server: str, tmp_path: Path
 ) -> None:
-    """--simulcast: three layers per publisher; every receiver ends on the top one."""
+    """--simulcast: three layers per publisher; every uncapped receiver ends on the
+    top one. --subscriber-cap: the subscriber's downlink is policed (and, until the
+    SFU estimates bandwidth, it just loses packets: nothing is checked of its video)."""
     json_path, html_path = tmp_path / "simulcast.json", tmp_path / "simulcast.html"
     code, out, err = await run_cli(
         "--url", huddle_server,
@@ -161,12 +163,15 @@ async def test_simulcast_publishers_report_the_layer_received(
         "--publishers", "2",
         "--subscribers", "1",
         "--duration", "4",
-        "--settle", "15",
+        "--settle", "8",
         "--simulcast",
         "--video-size", "320x180",
         "--video-fps", "15",
-        "--min-fps", "5",
-        "--max-loss", "1",
+        "--subscriber-cap", "150k",
+        # The capped subscriber loses what does not fit: only checked below.
+        "--min-fps", "0",
+        "--max-loss", "100",
+        "--max-missing", "2",
         "--json", str(json_path),
         "--html", str(html_path),
     )  # fmt: skip
@@ -174,13 +179,18 @@ async def test_simulcast_publishers_report_the_layer_received(
     report = json.loads(json_path.read_text())
     assert code == 0, f"exit {code}\n{out}\n{err[-3000:]}"
     assert report["config"]["simulcast"] is True
-    assert "simulcast q/h/f" in out
-    s = report["summary"]
-    assert s["tracks_expected"] == s["tracks_receiving"] == 8
-    assert s["video_layers"] == {"f": 4}
-    assert re.search(r"layers +video tracks at the end: f 4; \d+ layer switches", out), out
-    for peer in by_name(report).values():
+    assert "simulcast q/h/f" in out and "subscribers capped at 150 kbit/s" in out
+    assert re.search(r"layers +video tracks at the end: .*f [2-4]; \d+ layer switches", out), out
+    peers = by_name(report)
+    subscriber = peers.pop("r0-s0")
+    assert subscriber["receive_cap_bps"] == 150_000
+    assert subscriber["cap_dropped_packets"] > 0
+    assert re.search(r"r0-s0 \(capped 150 kbit/s, [1-9]\d* dropped\) <- r0-p0", out), out
+    assert len(peers) == 2
+    for peer in peers.values():
+        assert peer["receive_cap_bps"] is None and peer["cap_dropped_packets"] == 0
         for track in peer["tracks"]:
+            assert track["frames"] > 20 and track["loss_pct"] == 0, track
             if track["kind"] != "video":
                 continue
             assert track["layer"] == "f", track
@@ -190,7 +200,7 @@ async def test_simulcast_publishers_report_the_layer_received(
             assert track["layer_time_s"]["f"] > 3, track
             assert track["long_freezes"] == 0, track
     page = html_path.read_text()
-    assert "Simulcast layers received" in page
+    assert "Simulcast layers received" in page and "capped 150 kbit/s" in page
 
 
 async def test_bad_arguments_exit_2_without_running() -> None:

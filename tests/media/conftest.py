@@ -71,6 +71,7 @@ class Call:
         rtc_configuration: RTCConfiguration | None = None,
         publish: bool = True,
         simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
     ) -> SfuClient:
         """A client that publishes at once (or, ``publish=False``, only receives);
         ``rtc_configuration`` defaults to the SFU's."""
@@ -87,6 +88,7 @@ class Call:
             decode=decode,
             count_only=count_only,
             simulcast=simulcast,
+            receive_cap_bps=receive_cap_bps,
         )
         self.clients[participant_id] = client
         self.signaling.clients[participant_id] = client

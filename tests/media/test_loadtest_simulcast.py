@@ -15,6 +15,7 @@ import pytest
 
 from media.config import MediaConfig
 from media.loadtest.metrics import layer_changes, layer_time
+from media.loadtest.netcap import WIRE_OVERHEAD, ReceiveCap
 from media.loadtest.preencoded import EncodedClip
 from media.loadtest.sfuclient import SfuClient, TrackStats
 from media.loadtest.simulcast import (
@@ -152,5 +153,39 @@ async def test_subscribers_get_the_top_layer_then_move_down_when_it_stops(
             # The up-switch happens at a keyframe of the top layer: no new freeze.
             assert video(sub).long_freezes == long_freezes[sub.id]
             assert [(w, h) for _, w, h in video(sub).sizes[-3:]] == [top, mid, top]
+    finally:
+        await call.close()
+
+
+def test_receive_cap_is_a_token_bucket() -> None:
+    now = [0.0]
+    cap = ReceiveCap(80_000, burst_s=0.1, clock=lambda: now[0])  # 10 kB/s, 6 kB deep
+    size = 1000 - WIRE_OVERHEAD  # 1000 bytes on the wire
+    assert [cap.admit(size) for _ in range(7)] == [True] * 6 + [False]
+    now[0] += 0.25  # 2.5 kB of tokens
+    assert [cap.admit(size) for _ in range(3)] == [True, True, False]
+    now[0] += 10.0  # never more than the depth
+    assert sum(cap.admit(size) for _ in range(10)) == 6
+    assert (cap.passed, cap.dropped, cap.dropped_bytes) == (14, 6, 6000)
+    with pytest.raises(ValueError, match="positive"):
+        ReceiveCap(0)
+
+
+async def test_a_capped_subscriber_receives_at_most_its_cap(
+    config: MediaConfig, layers: SimulcastClips, audio_clip: EncodedClip
+) -> None:
+    call = Call(config, None, audio_clip)
+    try:
+        await call.join("pub", simulcast=layers)
+        capped = await call.join("slow", publish=False, count_only=True, receive_cap_bps=100_000)
+        assert capped.receive_cap is not None
+        await eventually(lambda: video(capped).frames > 0, timeout=15)
+        start_bytes, start = video(capped).bytes, time.monotonic()
+        await eventually(lambda: time.monotonic() - start > 3)
+        rate = (video(capped).bytes - start_bytes) * 8 / (time.monotonic() - start)
+        # The video layer the SFU sends (the top, ~300 kbit/s: it does not
+        # estimate subscribers' bandwidth yet) is policed down to the cap.
+        assert capped.receive_cap.dropped > 0
+        assert rate < 100_000, rate
     finally:
         await call.close()
