@@ -53,6 +53,7 @@ from .aiortc_compat import (
     rtp_router,
     send_receiver_rtcp,
 )
+from .frames import vp8_frame_size
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +144,9 @@ def vp8_keyframe(payload: bytes) -> bool:
 
 
 def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
-    """(width, height) of the VP8 keyframe an RTP payload starts (RFC 6386 9.1), else None."""
+    """(width, height) of the VP8 keyframe an RTP payload starts, else None."""
     pos = _vp8_frame_start(payload)
-    if pos < 0 or len(payload) < pos + 10 or payload[pos] & 0x01:
-        return None
-    if payload[pos + 3 : pos + 6] != b"\x9d\x01\x2a":
-        return None
-    width = int.from_bytes(payload[pos + 6 : pos + 8], "little") & 0x3FFF
-    height = int.from_bytes(payload[pos + 8 : pos + 10], "little") & 0x3FFF
-    return width, height
+    return vp8_frame_size(payload[pos:]) if pos >= 0 else None
 
 
 class RtpCounter:

@@ -43,7 +43,7 @@ from media.keyframes import KeyframeRequester
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
 
 from .aiortc_compat import on_keyframe_request
-from .frames import EncodedFrame, time_base_for
+from .frames import EncodedFrame, time_base_for, vp8_frame_size
 from .netcap import ReceiveCap, install_receive_cap
 from .packer import install_packer
 from .passthrough import PassthroughReceiver
@@ -57,7 +57,6 @@ from .simulcast import (
     answered_extension_ids,
     answered_layers,
     munge_offer,
-    vp8_frame_size,
 )
 
 logger = logging.getLogger(__name__)

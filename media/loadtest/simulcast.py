@@ -419,15 +419,3 @@ class SimulcastSender:
                         layer.bytes_sent += len(raw)
                 layer.frames_sent += 1
             tick += 1
-
-
-# --- receiving: which layer a subscriber gets -------------------------------------
-
-
-def vp8_frame_size(frame: bytes) -> tuple[int, int] | None:
-    """(width, height) of a VP8 keyframe (RFC 6386 9.1), None for an interframe."""
-    if len(frame) < 10 or frame[0] & 0x01 or frame[3:6] != b"\x9d\x01\x2a":
-        return None
-    width = int.from_bytes(frame[6:8], "little") & 0x3FFF
-    height = int.from_bytes(frame[8:10], "little") & 0x3FFF
-    return width, height

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from media.config import MediaConfig
+from media.loadtest.frames import vp8_frame_size
 from media.loadtest.metrics import layer_changes, layer_time
 from media.loadtest.netcap import WIRE_OVERHEAD, ReceiveCap
 from media.loadtest.preencoded import EncodedClip
@@ -23,7 +24,6 @@ from media.loadtest.simulcast import (
     answered_layers,
     munge_offer,
     simulcast_clips,
-    vp8_frame_size,
 )
 from tests.support.polling import eventually
 
