@@ -312,6 +312,8 @@ typedef struct {
     long keyframe_seq, newest_seq;
     unsigned long long hits, misses, packets_in;
     unsigned long long frames, packets, octets; /* forwarded, since take_counts */
+    unsigned long long bytes_in;                /* payload bytes received */
+    int width, height;                          /* of the latest VP8 keyframe, 0 if none */
     unsigned long long level_packets, level_active, level_loudness; /* since take_levels */
 } Sink;
 
@@ -468,6 +470,7 @@ static int
 sink_packet(Sink *self, PyObject *data, Packet *p)
 {
     self->packets_in++;
+    self->bytes_in += (unsigned long long)(p->end - p->start);
     int audio = self->mode == SINK_AUDIO;
     if (audio) {
         p->keyframe = 1;
@@ -484,6 +487,8 @@ sink_packet(Sink *self, PyObject *data, Packet *p)
         /* A truncated descriptor: forwarded, never a keyframe. */
         vp8_describe(p->data, p->start, p->end, p);
         p->level = -1;
+        if (p->keyframe)
+            vp8_keyframe_size(p->data, p->start, p->end, &self->width, &self->height);
         PyObject *entry = packet_tuple(data, p);
         if (entry == NULL)
             return -1;
@@ -661,6 +666,9 @@ static PyMemberDef Sink_members[] = {
     {"hits", T_ULONGLONG, offsetof(Sink, hits), READONLY, NULL},
     {"misses", T_ULONGLONG, offsetof(Sink, misses), READONLY, NULL},
     {"packets_in", T_ULONGLONG, offsetof(Sink, packets_in), READONLY, NULL},
+    {"bytes_in", T_ULONGLONG, offsetof(Sink, bytes_in), READONLY, "payload bytes received"},
+    {"width", T_INT, offsetof(Sink, width), 0, "the latest VP8 keyframe's width, 0 if none"},
+    {"height", T_INT, offsetof(Sink, height), 0, "the latest VP8 keyframe's height, 0 if none"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -300,10 +300,12 @@ rtp_parse(PyObject *Py_UNUSED(module), PyObject *arg)
 int
 vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p)
 {
+    /* Nothing is written to p but on success: a truncated descriptor reads as none. */
     p->pid = p->pid_at = p->tl0 = p->tl0_at = -1;
     p->keyframe = 0;
     if (end - start < 1)
         return -1;
+    long pid = -1, pid_at = -1, tl0 = -1, tl0_at = -1;
     unsigned char first = d[start];
     Py_ssize_t pos = start + 1;
     if (first & 0x80) {
@@ -316,8 +318,8 @@ vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p
             if (d[pos] & 0x80) {
                 if (pos + 2 > end)
                     return -1;
-                p->pid = ((d[pos] & 0x7F) << 8) | d[pos + 1];
-                p->pid_at = (long)(pos - start);
+                pid = ((d[pos] & 0x7F) << 8) | d[pos + 1];
+                pid_at = (long)(pos - start);
                 pos += 2;
             } else {
                 pos++;
@@ -326,19 +328,53 @@ vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p
         if (ext & 0x40) {
             if (pos >= end)
                 return -1;
-            p->tl0 = d[pos];
-            p->tl0_at = (long)(pos - start);
+            tl0 = d[pos];
+            tl0_at = (long)(pos - start);
             pos++;
         }
         if (ext & 0x30)
             pos++;
     }
-    if (pos > end) {
-        p->pid = p->pid_at = p->tl0 = p->tl0_at = -1;
+    if (pos > end)
         return -1;
-    }
     int frame_start = (first & 0x10) && (first & 0x07) == 0;
     p->keyframe = frame_start && pos < end && (d[pos] & 0x01) == 0;
+    p->pid = pid;
+    p->pid_at = pid_at;
+    p->tl0 = tl0;
+    p->tl0_at = tl0_at;
+    return 0;
+}
+
+int
+vp8_keyframe_size(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, int *width,
+                  int *height)
+{
+    if (end - start < 1)
+        return -1;
+    unsigned char first = d[start];
+    Py_ssize_t pos = start + 1;
+    if (first & 0x80) {
+        if (pos >= end)
+            return -1;
+        unsigned char ext = d[pos++];
+        if (ext & 0x80) {
+            if (pos >= end)
+                return -1;
+            pos += (d[pos] & 0x80) ? 2 : 1;
+        }
+        if (ext & 0x40)
+            pos++;
+        if (ext & 0x30)
+            pos++;
+    }
+    /* The VP8 payload header of a keyframe (RFC 6386 9.1): a 3-byte frame tag,
+     * the start code 9d 01 2a, then 14-bit width and height (2-bit scale each). */
+    if (pos + 10 > end || (d[pos] & 0x01) || d[pos + 3] != 0x9d || d[pos + 4] != 0x01
+        || d[pos + 5] != 0x2a)
+        return -1;
+    *width = (d[pos + 6] | (d[pos + 7] << 8)) & 0x3FFF;
+    *height = (d[pos + 8] | (d[pos + 9] << 8)) & 0x3FFF;
     return 0;
 }
 

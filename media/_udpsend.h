@@ -83,6 +83,11 @@ void fanout_flush_one(PyObject *down);
  * pid_at, tl0 and tl0_at (RFC 7741 4.2); -1 if it is truncated. */
 int vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p);
 
+/* The frame size a VP8 keyframe's first packet d[start:end] announces; -1 if
+ * it is not one (or is truncated). */
+int vp8_keyframe_size(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, int *width,
+                      int *height);
+
 /* The receive path (media/_receive.c). */
 extern PyTypeObject ReceiverType;
 extern PyTypeObject InStreamType;

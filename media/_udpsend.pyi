@@ -131,6 +131,9 @@ class Sink:
     hits: int
     misses: int
     packets_in: int
+    bytes_in: int
+    width: int
+    height: int
     keyframe_seq: int | None
     newest_seq: int | None
     downs: list[Down]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .aiortc_compat import negotiated_codecs, on_receiver_end
+from .allocator import PAUSED
 from .downstream import PacketTuple, describe
 from .layer import Layer, PacketStore
 from .metrics import MediaMetrics
@@ -68,6 +70,7 @@ class UpTrack:
         pli_min_interval: float,
         metrics: MediaMetrics,
         on_ended: Callable[[UpTrack], None],
+        on_layers: Callable[[UpTrack, list[str]], None] | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.participant_id = participant_id
@@ -80,10 +83,13 @@ class UpTrack:
         self._metrics = metrics
         self._pli_min_interval = pli_min_interval
         self._on_ended = on_ended
+        self._on_layers = on_layers
+        self._active: tuple[str, ...] | None = None  # the layers the publisher was asked for
         self._inbound = inbound
         self._downs: list[DownTrack] = []
         self._layer_of: dict[DownTrack, Layer] = {}
         self._max_layer: dict[DownTrack, int] = {}
+        self._paused: set[DownTrack] = set()  # downs getting no video (set_max_layer PAUSED)
         self._live: set[Layer] | None = None  # layers with packets at the last tick
         self.ended = False
         self._default = Layer(self, None, pli_min_interval=pli_min_interval, metrics=metrics)
@@ -109,6 +115,11 @@ class UpTrack:
         return self._inbound.rids_of(self.mid)
 
     @property
+    def is_screen(self) -> bool:
+        """A screen share (the allocator serves it before cameras)."""
+        return False
+
+    @property
     def subscriber_count(self) -> int:
         return len(self._downs)
 
@@ -122,6 +133,13 @@ class UpTrack:
         if not rids:
             return [self._default]
         return [self._layers[rid] for rid in rids if rid in self._layers]
+
+    def layer_at(self, index: int) -> Layer | None:
+        """The layer of index ``index`` (see :meth:`index_of`), if it arrived yet."""
+        for layer in self.layers():
+            if self.index_of(layer) == index:
+                return layer
+        return None
 
     def layer_of(self, down: DownTrack) -> Layer | None:
         return self._layer_of.get(down)
@@ -150,10 +168,12 @@ class UpTrack:
         return layer
 
     def sync(self) -> None:
-        """Periodic (receiver report ticks): C counters, and each subscriber's layer."""
+        """Periodic (receiver report ticks): C counters, bit rates, each subscriber's layer."""
         layers = [self._default, *self._layers.values()]
+        now = time.monotonic()
         for layer in layers:
             layer.sync()
+            layer.tick(now)
         if self._layers:
             self._live = {layer for layer in layers if layer.take_activity()}
             self._reassign()
@@ -213,25 +233,73 @@ class UpTrack:
             if target is not None:
                 self._layer_of[down] = target
                 self._refresh(target)
+            self._update_dynacast()
         self.request_keyframe(down)
 
     def remove_down(self, down: DownTrack) -> None:
         if down in self._downs:
             self._downs.remove(down)
             self._max_layer.pop(down, None)
+            if down in self._paused:
+                self._paused.discard(down)
+                self._metrics.paused_track_gone()
             for layer in self.layers():
                 layer.cancel_switch(down)
             layer_of = self._layer_of.pop(down, None)
             if layer_of is not None:
                 self._refresh(layer_of)
+            self._update_dynacast()
+
+    def arriving_layers(self) -> list[tuple[int, float]]:
+        """(index, bit/s) of the layers arriving (at the last tick), lowest first, and
+        of those the publisher was asked to stop (dynacast: available on demand)."""
+        live, active = self._live, self._active
+        return [
+            (self.index_of(layer), layer.bitrate)
+            for layer in self.layers()
+            if live is None or layer in live or (active is not None and layer.rid not in active)
+        ]
+
+    @property
+    def active_layers(self) -> tuple[str, ...]:
+        """The rids the publisher is asked to send (all, until dynacast said otherwise)."""
+        return self._active if self._active is not None else self.rids
+
+    def _update_dynacast(self) -> None:
+        """Ask the publisher to stop the layers no subscriber may get, and to resume them.
+
+        The lowest layer is always kept (a new subscriber starts at once).
+        """
+        rids = self.rids
+        if len(rids) < 2 or self._on_layers is None or self.ended:
+            return
+        needed = {rids[0]}
+        for down in self._downs:
+            cap = self._max_layer.get(down)
+            if cap == PAUSED:
+                continue
+            top = len(rids) - 1 if cap is None else min(cap, len(rids) - 1)
+            needed.update(rids[: top + 1])
+        for layer in self._layers.values():
+            if layer.pending and layer.rid is not None:
+                needed.add(layer.rid)
+        active = tuple(rid for rid in rids if rid in needed)
+        if active != self.active_layers:
+            self._active = active
+            self._on_layers(self, list(active))
 
     def set_max_layer(self, down: DownTrack, index: int | None) -> None:
-        """The highest layer (index, lowest 0) ``down`` may get; None: any."""
+        """The highest layer (index, lowest 0) ``down`` may get; None: any; PAUSED
+        (-1): no video at all until raised again (it restarts at a keyframe)."""
         if index is None:
             self._max_layer.pop(down, None)
         else:
             self._max_layer[down] = index
         self._reassign()
+
+    def paused(self, down: DownTrack) -> bool:
+        """Whether ``down`` gets nothing because :meth:`set_max_layer` paused it."""
+        return down in self._paused
 
     def move(self, down: DownTrack, layer: Layer) -> None:
         """``layer`` reached a keyframe: ``down`` continues from it (a new epoch)."""
@@ -248,9 +316,18 @@ class UpTrack:
             "up" if old is None or self._index(layer) > self._index(old) else "down"
         )
 
+    def index_of(self, layer: Layer) -> int:
+        """A layer's index: its place in the offer's rids, lowest 0 (0 if not simulcast)."""
+        rids = self.rids
+        return rids.index(layer.rid) if layer.rid in rids else 0
+
+    @property
+    def top_index(self) -> int:
+        """The index of the highest layer the publisher offered."""
+        return max(0, len(self.rids) - 1)
+
     def _index(self, layer: Layer) -> int:
-        layers = self.layers()
-        return layers.index(layer) if layer in layers else -1
+        return self.index_of(layer)
 
     def _refresh(self, layer: Layer) -> None:
         layer.refresh([d for d, on in self._layer_of.items() if on is layer])
@@ -262,26 +339,46 @@ class UpTrack:
 
     def _choose(self, down: DownTrack) -> Layer | None:
         layers = self.layers()
-        if not layers:
+        if not layers or self._max_layer.get(down) == PAUSED:
             return None
         live = self._live
         candidates = [layer for layer in layers if live is None or layer in live] or layers
-        cap = self._max_layer.get(down, len(layers) - 1)
-        below = [layer for layer in candidates if layers.index(layer) <= cap]
+        cap = self._max_layer.get(down, self.top_index)
+        below = [layer for layer in candidates if self.index_of(layer) <= cap]
         return below[-1] if below else candidates[0]
 
     def _reassign(self) -> None:
+        self._place_all()
+        self._update_dynacast()
+
+    def _place_all(self) -> None:
         for down in list(self._downs):
             target = self._choose(down)
             current = self._layer_of.get(down)
-            if target is None or target is current:
+            if target is current:
                 for layer in self.layers():
                     if layer is not target:
                         layer.cancel_switch(down)
                 continue
+            if target is None:  # paused: nothing until resumed, then from a keyframe
+                for layer in self.layers():
+                    layer.cancel_switch(down)
+                if current is not None:
+                    del self._layer_of[down]
+                    self._refresh(current)
+                    if down.sender is not None:
+                        down.sender.switch()
+                if self._max_layer.get(down) == PAUSED and down not in self._paused:
+                    self._paused.add(down)
+                    self._metrics.layer_switched("pause")
+                continue
             if current is None:
                 self._layer_of[down] = target
                 self._refresh(target)
+                if down in self._paused:
+                    self._paused.discard(down)
+                    self._metrics.layer_switched("resume")
+                down.replay()
                 self.request_keyframe(down)
                 continue
             for layer in self.layers():
@@ -308,6 +405,9 @@ class UpTrack:
             down.detach(self)
         self._downs.clear()
         self._layer_of.clear()
+        for _ in self._paused:
+            self._metrics.paused_track_gone()
+        self._paused.clear()
         for layer in [self._default, *self._layers.values()]:
             await layer.close()
 

@@ -198,8 +198,15 @@ class InboundStream:
         )
 
 
-def parse_mlines(remote_sdp: str, local_sdp: str) -> tuple[dict[str, MLine], ExtensionIds]:
-    """The m-lines a publisher sends on, and the extension ids our answer accepted."""
+def parse_mlines(
+    remote_sdp: str, local_sdp: str, layers: dict[str, tuple[str, ...]] | None = None
+) -> tuple[dict[str, MLine], ExtensionIds]:
+    """The m-lines a publisher sends on, and the extension ids our answer accepted.
+
+    ``layers``: the simulcast layers of the offer as sent (aiortc's
+    ``remoteDescription`` re-serialises the offer without its ``a=rid`` and
+    ``a=simulcast`` lines), :func:`media.simulcast.offered_layers`.
+    """
     remote = SessionDescription.parse(remote_sdp)
     local = SessionDescription.parse(local_sdp)
     extmap: list[tuple[int, str]] = []
@@ -210,7 +217,8 @@ def parse_mlines(remote_sdp: str, local_sdp: str) -> tuple[dict[str, MLine], Ext
             if any(fb.type == "nack" and not fb.parameter for fb in codec.rtcpFeedback):
                 nack_mids.add(media.rtp.muxId)
     accepted = {(m.rtp.muxId, c.payloadType) for m in local.media for c in m.rtp.codecs}
-    layers = offered_layers(remote_sdp)
+    if layers is None:
+        layers = offered_layers(remote_sdp)
     mlines: dict[str, MLine] = {}
     for media in remote.media:
         mid = media.rtp.muxId
@@ -309,20 +317,17 @@ class PublisherInbound:
 
     # --- configuration -------------------------------------------------------
 
-    def configure(self, pc: Any, offer_sdp: str | None = None) -> None:
+    def configure(self, pc: Any, layers: dict[str, tuple[str, ...]] | None = None) -> None:
         """Read the negotiated m-lines and take over the connection's media (idempotent).
 
         Called after every publish negotiation; streams already seen stay.
-        ``offer_sdp``: the publisher's offer as it was sent; aiortc's
-        ``remoteDescription`` is re-serialized without the ``a=rid`` and
-        ``a=simulcast`` lines, so without it no m-line is simulcast.
         """
         if self._closed:
             return
         local, remote = pc.localDescription, pc.remoteDescription
         if local is None or remote is None:
             return
-        self._mlines, self.ids = parse_mlines(offer_sdp or remote.sdp, local.sdp)
+        self._mlines, self.ids = parse_mlines(remote.sdp, local.sdp, layers)
         self._twcc_id = self.ids.transport_cc
         if self._c is not None:
             level = self.ids.audio_level

@@ -30,7 +30,7 @@ from .downstream import PacketTuple, describe, vp8_packet
 from .keyframes import KeyframeRequester
 from .metrics import MediaMetrics
 from .nack import PacketCache
-from .payload import h264_keyframe_start
+from .payload import h264_keyframe_start, vp8_keyframe_size
 from .rtpheader import RtpPacket
 from .speakers import SPEECH_LEVEL
 from .udpout import ACCELERATED, _udpsend
@@ -93,7 +93,13 @@ class Layer:
         #: Subscribers to move here at this layer's next keyframe.
         self.pending: list[DownTrack] = []
         self._packets_in = 0
+        self._bytes_in = 0
         self._sampled = 0
+        self._size = (0, 0)  # of the latest VP8 keyframe (Python path without the C sink)
+        #: Incoming payload bit rate (bit/s), smoothed, updated at each tick.
+        self.bitrate = 0.0
+        self._rate_bytes = 0
+        self._rate_at: float | None = None
         # Audio levels since the last take_audio_levels (RFC 6464; the active speaker).
         self._levels = [0, 0, 0]
         # The C receive path's half of this layer (media/_receive.c): it reads,
@@ -138,6 +144,26 @@ class Layer:
         sink = self._sink
         return self._packets_in + (sink.packets_in if sink is not None else 0)
 
+    @property
+    def bytes_in(self) -> int:
+        """Payload bytes received on this layer (both paths)."""
+        sink = self._sink
+        return self._bytes_in + (sink.bytes_in if sink is not None else 0)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of its latest VP8 keyframe; (0, 0) before one (or not VP8)."""
+        sink = self._sink
+        return (sink.width, sink.height) if sink is not None else self._size
+
+    def tick(self, now: float) -> None:
+        """Update :attr:`bitrate` from the bytes received since the last tick."""
+        count = self.bytes_in
+        if self._rate_at is not None and now > self._rate_at:
+            rate = (count - self._rate_bytes) * 8 / (now - self._rate_at)
+            self.bitrate = rate if not self.bitrate else 0.5 * self.bitrate + 0.5 * rate
+        self._rate_bytes, self._rate_at = count, now
+
     def take_activity(self) -> bool:
         """Whether packets arrived since the last call."""
         count = self.packets_in
@@ -149,10 +175,15 @@ class Layer:
         if self.ended:
             return
         self._packets_in += 1
+        self._bytes_in += packet.payload_size
         if self._vp8:
             entry = vp8_packet(packet, -1)
             if entry is None:  # a truncated descriptor: forwarded, never a keyframe
                 entry = describe(packet, False)
+            elif entry[6]:
+                size = vp8_keyframe_size(packet.data, packet.payload_start, packet.payload_end)
+                if size is not None:
+                    self._set_size(size)
         elif self._video:
             keyframe = self._h264 and h264_keyframe_start(
                 packet.data, packet.payload_start, packet.payload_end
@@ -198,6 +229,13 @@ class Layer:
         if not complete and self._flush_timer is None:
             # The frame's last packet may be lost or late: don't hold the rest.
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
+
+    def _set_size(self, size: tuple[int, int]) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.width, sink.height = size
+        else:
+            self._size = size
 
     def request_keyframe(self) -> None:
         """This layer needs a keyframe (lost for good, a subscriber asked, a switch)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -32,6 +32,9 @@ class MediaMetrics(Protocol):
     def retransmitted(self, packets: int) -> None: ...
     def twcc_feedback_sent(self) -> None: ...
     def layer_switched(self, direction: str) -> None: ...
+    def subscriber_estimate(self, bits_per_second: float) -> None: ...
+    def layer_probe(self, held: bool) -> None: ...
+    def paused_track_gone(self) -> None: ...
     def subscribe_offer_sent(self) -> None: ...
     def dominant_speaker_changed(self) -> None: ...
 
@@ -86,6 +89,15 @@ class NoopMediaMetrics:
         pass
 
     def layer_switched(self, direction: str) -> None:
+        pass
+
+    def subscriber_estimate(self, bits_per_second: float) -> None:
+        pass
+
+    def layer_probe(self, held: bool) -> None:
+        pass
+
+    def paused_track_gone(self) -> None:
         pass
 
     def subscribe_offer_sent(self) -> None:
@@ -195,8 +207,26 @@ class PrometheusMediaMetrics:
         )
         self.layer_switches = Counter(
             f"{p}_sfu_layer_switches_total",
-            "Subscribers moved to another simulcast layer, by direction (up, down)",
+            "Subscribers moved to another simulcast layer (up, down), or whose video was "
+            "paused or resumed (pause, resume) for lack of bandwidth",
             ["direction"],
+            registry=registry,
+        )
+        self.paused_tracks = Gauge(
+            f"{p}_sfu_paused_tracks",
+            "Subscribers' tracks whose video is paused (bandwidth or a hidden tile)",
+            registry=registry,
+        )
+        self.estimates = Histogram(
+            f"{p}_sfu_subscriber_estimate_bps",
+            "Subscribers' downlink estimates (bit/s), one sample per allocation",
+            buckets=(1e5, 2e5, 4e5, 7e5, 1e6, 1.5e6, 2.5e6, 4e6, 6e6, 1e7, 2e7),
+            registry=registry,
+        )
+        self.probes = Counter(
+            f"{p}_sfu_layer_probes_total",
+            "Steps up tried above a subscriber's estimate, by outcome (held, backed_off)",
+            ["outcome"],
             registry=registry,
         )
         self.subscribe_offers = Counter(
@@ -262,6 +292,19 @@ class PrometheusMediaMetrics:
 
     def layer_switched(self, direction: str) -> None:
         self.layer_switches.labels(direction).inc()
+        if direction == "pause":
+            self.paused_tracks.inc()
+        elif direction == "resume":
+            self.paused_tracks.dec()
+
+    def subscriber_estimate(self, bits_per_second: float) -> None:
+        self.estimates.observe(bits_per_second)
+
+    def layer_probe(self, held: bool) -> None:
+        self.probes.labels("held" if held else "backed_off").inc()
+
+    def paused_track_gone(self) -> None:
+        self.paused_tracks.dec()
 
     def subscribe_offer_sent(self) -> None:
         self.subscribe_offers.inc()
@@ -322,6 +365,15 @@ class CountingMediaMetrics:
 
     def layer_switched(self, direction: str) -> None:
         self.counts[f"layer_switch_{direction}"] += 1
+
+    def subscriber_estimate(self, bits_per_second: float) -> None:
+        self.counts["estimates"] += 1
+
+    def layer_probe(self, held: bool) -> None:
+        self.counts["probes_held" if held else "probes_backed_off"] += 1
+
+    def paused_track_gone(self) -> None:
+        self.counts["paused_gone"] += 1
 
     def subscribe_offer_sent(self) -> None:
         self.counts["subscribe_offers"] += 1

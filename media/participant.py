@@ -23,6 +23,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
+from .adaptation import SubscriberAdaptation
 from .aiortc_compat import (
     accept_header_extensions,
     accept_transport_cc,
@@ -164,6 +165,15 @@ class Participant:
         self._up_tracks: dict[str, UpTrack] = {}
         self._retired: list[UpTrack] = []
         self._slots: list[Slot] = []
+        self._posts: set[asyncio.Task[None]] = set()  # messages sent from callbacks
+        # What of each received track this participant's downlink can take.
+        self._adaptation = SubscriberAdaptation(
+            f"{room_id}/{participant_id}",
+            self._feedback,
+            lambda: self._slots,
+            self._send,
+            metrics=metrics,
+        )
         self._wanted: list[UpTrack] = []
         self._dirty = asyncio.Event()
         self._answer: asyncio.Future[RTCSessionDescription] | None = None
@@ -173,6 +183,7 @@ class Participant:
         self._negotiator = asyncio.get_running_loop().create_task(
             self._negotiate_loop(), name=f"subscribe negotiation {participant_id}"
         )
+        self._adaptation.start()
 
     def __repr__(self) -> str:
         return f"Participant({self.room_id}/{self.id})"
@@ -239,12 +250,11 @@ class Participant:
             except _DESCRIPTION_ERRORS as exc:
                 raise BadSignal(f"cannot apply publish offer: {type(exc).__name__}: {exc}") from exc
             self._publish_ufrag = ice_ufrag(description.sdp)
-            self._inbound.configure(self._publish_pc, description.sdp)
+            layers = offered_layers(description.sdp)
+            self._inbound.configure(self._publish_pc, layers)
             await self._publish_candidates.release()
             self._sync_published()
-            sdp = answer_layers(
-                self._publish_pc.localDescription.sdp, offered_layers(description.sdp)
-            )
+            sdp = answer_layers(self._publish_pc.localDescription.sdp, layers)
             sdp = announce_ip(sdp, self._config.announced_ip)
         await self._send(description_message("answer", PUBLISH, sdp))
         self._on_published_changed()
@@ -267,6 +277,7 @@ class Participant:
             pli_min_interval=self._config.pli_min_interval,
             metrics=self._metrics,
             on_ended=self._on_up_ended,
+            on_layers=self._on_up_layers,
         )
         self._up_tracks[str(transceiver.mid)] = up
         logger.info("%r publishes %s (%s)", self, up.kind, mime)
@@ -284,6 +295,17 @@ class Participant:
         for up in list(self._up_tracks.values()):
             up.end()
 
+    def _on_up_layers(self, up: UpTrack, rids: list[str]) -> None:
+        """Dynacast: tell the publisher which simulcast layers of ``up`` to encode."""
+        if self.closed:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._send({"type": "layers", "mid": up.mid, "rids": rids}),
+            name=f"layers {self.id}",
+        )
+        self._posts.add(task)
+        task.add_done_callback(self._posts.discard)
+
     def _on_up_ended(self, up: UpTrack) -> None:
         for mid, other in list(self._up_tracks.items()):
             if other is up:
@@ -296,6 +318,16 @@ class Participant:
             self._on_published_changed()
 
     # --- subscribe -------------------------------------------------------
+
+    def set_track_settings(self, tracks: list[dict[str, Any]]) -> None:
+        """How the client shows what it receives (validated ``track_settings`` entries)."""
+        for setting in tracks:
+            self._adaptation.set_view(
+                str(setting["mid"]),
+                setting.get("width"),
+                setting.get("height"),
+                bool(setting.get("visible", True)),
+            )
 
     def set_wanted(self, tracks: list[UpTrack]) -> None:
         """The tracks this participant should receive; renegotiates if needed."""
@@ -449,6 +481,11 @@ class Participant:
         self._closing = asyncio.Event()
         self._negotiator.cancel()
         await asyncio.gather(self._negotiator, return_exceptions=True)
+        await self._adaptation.close()
+        posts = list(self._posts)
+        for task in posts:
+            task.cancel()
+        await asyncio.gather(*posts, return_exceptions=True)
         if self._answer is not None:
             self._answer.cancel()
             self._answer = None

@@ -97,3 +97,19 @@ def h264_frame_start(data: bytes, start: int, end: int) -> bool:
     if data[start] & 0x1F == 28:
         return end - start >= 2 and bool(data[start + 1] & 0x80)
     return True
+
+
+def vp8_keyframe_size(data: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """(width, height) a VP8 keyframe's first packet announces (RFC 6386 9.1); None if not one.
+
+    The reference of the C receive path's reading (``media/_rtpparse.c``).
+    """
+    desc = parse_vp8(data, start, end)
+    if desc is None or not desc.keyframe:
+        return None
+    pos = start + desc.length
+    if pos + 10 > end or data[pos + 3 : pos + 6] != b"\x9d\x01\x2a":
+        return None
+    width = (data[pos + 6] | (data[pos + 7] << 8)) & 0x3FFF
+    height = (data[pos + 8] | (data[pos + 9] << 8)) & 0x3FFF
+    return width, height

@@ -152,6 +152,9 @@ class Room:
         kind = message.get("type")
         if self._closed:
             raise RoomClosed(f"room {self.id} is closed")
+        if kind == "track_settings":
+            self._track_settings(participant_id, message)
+            return
         if kind == "subscribe":
             # Receive only: enter the room (a subscribe offer follows once
             # there is something to receive), no publish connection needed.
@@ -184,6 +187,12 @@ class Room:
             await participant.handle_candidate(pc, message)
         else:
             raise BadSignal(f"unexpected message type {kind!r} for the SFU")
+
+    def _track_settings(self, participant_id: str, message: Message) -> None:
+        participant = self._participants.get(participant_id)
+        if participant is None:
+            raise UnknownParticipant(f"{participant_id} is not in room {self.id}")
+        participant.set_track_settings(message.get("tracks") or [])
 
     def _audio_tracks(self) -> list[UpTrack]:
         """Every live published audio track of the room (for speaker detection)."""

@@ -65,7 +65,7 @@ class SfuEndpoint(Protocol):
         """Whether this node holds a room for the call."""
 
     async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
-        """A validated ``offer``/``answer``/``ice_candidate``/``subscribe`` with ``pc`` and
+        """A validated ``offer``/``answer``/``ice_candidate``/``subscribe``/``track_settings`` and
         the server-stamped ``sender_id``/``call_id``/``timestamp``. Raises
         :class:`MediaError` (its ``code`` answers the sender) for what it refuses."""
 

@@ -47,12 +47,28 @@ SUBSCRIBE = "subscribe"
 
 #: What a client may send.
 CLIENT_TYPES = frozenset(
-    {"join", "leave", "offer", "answer", "ice_candidate", "subscribe", "mute", "ping", "pong"}
+    {
+        "join",
+        "leave",
+        "offer",
+        "answer",
+        "ice_candidate",
+        "subscribe",
+        "track_settings",
+        "mute",
+        "ping",
+        "pong",
+    }
 )
 #: Relayed to one participant (``target_id``) or to the SFU (``target_id: "sfu"``).
 TARGETED_TYPES = frozenset({"offer", "answer", "ice_candidate"})
 
 MAX_ID_LENGTH = 64
+#: Most entries of one ``track_settings`` (a subscribe connection's transceivers).
+MAX_TRACK_SETTINGS = 64
+#: Largest rendered width or height a client may report (pixels).
+MAX_RENDER_SIZE = 16384
+_MID = re.compile(r"^[A-Za-z0-9_.~-]{1,32}$")
 
 
 # -- validation ------------------------------------------------------------------------
@@ -106,6 +122,11 @@ def validate(raw: dict[str, Any]) -> Message:
         if _target(raw) != SFU_ID:
             raise SignalError(ErrorCode.INVALID_TARGET, "subscribe goes to target_id 'sfu'")
         message["target_id"] = SFU_ID
+    elif kind == "track_settings":
+        if _target(raw) != SFU_ID:
+            raise SignalError(ErrorCode.INVALID_TARGET, "track_settings goes to target_id 'sfu'")
+        message["target_id"] = SFU_ID
+        message["tracks"] = validate_track_settings(raw)
     elif kind == "mute":
         for name in ("muted", "video"):
             if name in raw:
@@ -115,6 +136,43 @@ def validate(raw: dict[str, Any]) -> Message:
         if "muted" not in message and "video" not in message:
             raise SignalError(ErrorCode.MISSING_FIELD, "mute needs muted and/or video")
     return message
+
+
+def validate_track_settings(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """``tracks`` of a ``track_settings``: per received mid, the size it is shown at
+    and whether it is visible."""
+    if "tracks" not in raw:
+        raise SignalError(ErrorCode.MISSING_FIELD, "track_settings needs tracks")
+    tracks = raw["tracks"]
+    if not isinstance(tracks, list) or len(tracks) > MAX_TRACK_SETTINGS:
+        raise SignalError(
+            ErrorCode.INVALID_FIELD, f"tracks must be a list of at most {MAX_TRACK_SETTINGS}"
+        )
+    out = []
+    for entry in tracks:
+        if not isinstance(entry, dict):
+            raise SignalError(ErrorCode.INVALID_FIELD, "each track setting must be an object")
+        mid = entry.get("mid")
+        if not isinstance(mid, str) or not _MID.match(mid):
+            raise SignalError(ErrorCode.INVALID_FIELD, "each track setting needs a mid")
+        setting: dict[str, Any] = {"mid": mid}
+        for name in ("width", "height"):
+            value = entry.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SignalError(ErrorCode.INVALID_FIELD, f"{name} must be an integer")
+            if not 0 <= value <= MAX_RENDER_SIZE:
+                raise SignalError(
+                    ErrorCode.INVALID_FIELD, f"{name} must be within 0..{MAX_RENDER_SIZE}"
+                )
+            setting[name] = value
+        visible = entry.get("visible", True)
+        if not isinstance(visible, bool):
+            raise SignalError(ErrorCode.INVALID_FIELD, "visible must be true or false")
+        setting["visible"] = visible
+        out.append(setting)
+    return out
 
 
 def _target(raw: dict[str, Any]) -> str:

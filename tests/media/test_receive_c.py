@@ -171,7 +171,8 @@ class Side:
                     cache.keyframe_seq,
                     [cache.get(seq) for seq in range(0, 0x10000, 1)],
                 )
-            ups.append((up.kind, up.packets_in, cached, up.take_audio_levels()))
+            sizes = [(layer.bytes_in, layer.size) for layer in up.layers()]
+            ups.append((up.kind, up.packets_in, cached, up.take_audio_levels(), sizes))
         twcc = inbound._twcc
         return {
             "dropped": inbound.dropped,
@@ -196,7 +197,15 @@ _packets = st.tuples(
     st.booleans(),
     st.one_of(
         st.binary(max_size=24),
-        st.sampled_from([b"\x90\xe0\x12\x34\x56\x00", b"\x10\x00\x9d\x01\x2a", b"\x80\x80"]),
+        st.sampled_from(
+            [
+                b"\x90\xe0\x12\x34\x56\x00",
+                b"\x10\x00\x9d\x01\x2a",
+                b"\x80\x80",
+                b"\x10\x00\x00\x00\x9d\x01\x2a\x80\x02\xe0\x01",  # a 640x480 keyframe
+                b"\x90\x80\x81\x02\x10\x00\x00\x9d\x01\x2a\x40\x01\xf0\x00",
+            ]
+        ),
     ),
     st.sampled_from(["none", "twcc", "level", "both", "short_twcc", "bad", "two_byte", "other"]),
     st.sampled_from([0, 0, 0, 1, 4, 255]),

@@ -108,6 +108,35 @@ def test_end_of_candidates_forms() -> None:
         ({"type": "ping", "id": ["x"]}, ErrorCode.INVALID_FIELD),
         ({"type": "subscribe"}, ErrorCode.MISSING_FIELD),
         ({"type": "subscribe", "target_id": PEER}, ErrorCode.INVALID_TARGET),
+        ({"type": "track_settings", "target_id": "sfu"}, ErrorCode.MISSING_FIELD),
+        ({"type": "track_settings", "target_id": PEER, "tracks": []}, ErrorCode.INVALID_TARGET),
+        ({"type": "track_settings", "target_id": "sfu", "tracks": {}}, ErrorCode.INVALID_FIELD),
+        ({"type": "track_settings", "target_id": "sfu", "tracks": [1]}, ErrorCode.INVALID_FIELD),
+        ({"type": "track_settings", "target_id": "sfu", "tracks": [{}]}, ErrorCode.INVALID_FIELD),
+        (
+            {"type": "track_settings", "target_id": "sfu", "tracks": [{"mid": "a b"}]},
+            ErrorCode.INVALID_FIELD,
+        ),
+        (
+            {"type": "track_settings", "target_id": "sfu", "tracks": [{"mid": "1", "width": 1.5}]},
+            ErrorCode.INVALID_FIELD,
+        ),
+        (
+            {"type": "track_settings", "target_id": "sfu", "tracks": [{"mid": "1", "height": -1}]},
+            ErrorCode.INVALID_FIELD,
+        ),
+        (
+            {"type": "track_settings", "target_id": "sfu", "tracks": [{"mid": "1", "width": True}]},
+            ErrorCode.INVALID_FIELD,
+        ),
+        (
+            {"type": "track_settings", "target_id": "sfu", "tracks": [{"mid": "1", "visible": 1}]},
+            ErrorCode.INVALID_FIELD,
+        ),
+        (
+            {"type": "track_settings", "target_id": "sfu", "tracks": [{"mid": "1"}] * 65},
+            ErrorCode.INVALID_FIELD,
+        ),
     ],
 )
 def test_invalid_messages(raw: dict[str, Any], code: str) -> None:
@@ -135,3 +164,22 @@ def test_only_defined_fields_survive() -> None:
 def test_subscribe_goes_to_the_sfu_only() -> None:
     raw = {"type": "subscribe", "target_id": "sfu", "pc": "publish", "sdp": SDP}
     assert validate(raw) == {"type": "subscribe", "target_id": "sfu"}
+
+
+def test_track_settings_keep_only_what_the_protocol_defines() -> None:
+    raw = {
+        "type": "track_settings",
+        "target_id": "sfu",
+        "tracks": [
+            {"mid": "1", "width": 320, "height": 180, "junk": 1},
+            {"mid": "2", "visible": False},
+        ],
+    }
+    assert validate(raw) == {
+        "type": "track_settings",
+        "target_id": "sfu",
+        "tracks": [
+            {"mid": "1", "width": 320, "height": 180, "visible": True},
+            {"mid": "2", "visible": False},
+        ],
+    }

@@ -1,0 +1,297 @@
+"""Per subscriber: its bandwidth estimate, the allocation, and telling the client.
+
+One :class:`SubscriberAdaptation` per participant that receives. Every
+:data:`media.allocator.INTERVAL` it reads the subscriber's estimate of its
+downlink and shares it out over the tracks it receives
+(:func:`media.allocator.allocate`), then applies the result: each video
+track's highest layer for this subscriber (:meth:`media.forwarder.UpTrack.set_max_layer`),
+or no video at all (paused). When what a track gets changes, the
+subscriber is sent a ``quality`` message listing every track it receives
+(docs/protocol.md).
+
+The estimate is the subscriber's REMB (what Chrome sends when the subscribe
+offer carries ``goog-remb`` and abs-send-time, as aiortc's does), lowered
+when its receiver reports show loss (loss-based control as in GCC: above
+:data:`LOSSY` fraction lost, down by half the loss). Without a recent REMB
+there is no limit. An estimate under :data:`CONGESTED` of what the
+subscriber is sent moves it down (or pauses its video); going back up is
+tried one step at a time (:meth:`SubscriberAdaptation._budget`). Only
+simulcast video is adapted to the estimate: a track with one encoding is
+always sent (there is nothing lower to move to, and pausing it on an
+estimate that cannot recover without probing would stall it), its bit rate
+taken off the estimate first, unless the client hides its tile. The
+client's ``track_settings`` cap each track: a hidden tile gets no video, a
+small one no layer larger than it (layer sizes read from the VP8
+keyframes). Send-side estimation from transport-wide feedback and padding
+probes are the next step (the subscribe offer does not offer
+``transport-cc`` yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .allocator import HEADROOM, INTERVAL, PAUSED, UNMEASURED, UP_MARGIN, Demand, allocate
+from .metrics import MediaMetrics
+
+if TYPE_CHECKING:
+    from .feedback import SubscriberFeedback
+    from .forwarder import UpTrack
+    from .subscription import Slot
+
+logger = logging.getLogger(__name__)
+
+#: A REMB older than this is not an estimate any more (s).
+REMB_MAX_AGE = 5.0
+#: Receiver reports with more than this fraction lost lower the estimate.
+LOSSY = 0.1
+#: An estimate under this share of what the subscriber is sent means congestion.
+CONGESTED = 0.85
+#: Seconds of a steady estimate before one step up is tried ...
+UP_AFTER = 4.0
+#: ... doubled after each failed try, up to this.
+MAX_UP_AFTER = 32.0
+#: Congestion within this many seconds of a step up means it did not fit.
+TRIAL = 3.0
+#: A layer this share of the rendered size or more is large enough for it.
+SIZE_SLACK = 0.9
+#: Most views kept per subscriber (track_settings entries, by mid).
+MAX_VIEWS = 64
+
+Message = dict[str, Any]
+
+
+class SubscriberAdaptation:
+    """Runs the allocation for one subscriber and says what it receives."""
+
+    def __init__(
+        self,
+        name: str,
+        feedback: SubscriberFeedback,
+        slots: Callable[[], Sequence[Slot]],
+        send: Callable[[Message], Awaitable[None]],
+        *,
+        metrics: MediaMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._feedback = feedback
+        self._slots = slots
+        self._send = send
+        self._metrics = metrics
+        self._clock = clock
+        # mid -> (width, height, visible) the client shows it at (track_settings)
+        self._views: dict[str, tuple[int | None, int | None, bool]] = {}
+        self._told: list[dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.estimate: float | None = None
+        self._steady_since = clock()
+        self._up_after = UP_AFTER
+        self._trial_until: float | None = None
+
+    def __repr__(self) -> str:
+        return f"SubscriberAdaptation({self.name})"
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name=f"adaptation {self.name}"
+            )
+
+    def set_view(self, mid: str, width: int | None, height: int | None, visible: bool) -> None:
+        """How the subscriber shows the track on ``mid``: a hidden tile gets no video,
+        a small one no layer larger than it needs (LiveKit's adaptive stream)."""
+        if len(self._views) >= MAX_VIEWS and mid not in self._views:
+            self._views.clear()  # bounded: a client can name any mid
+        self._views[mid] = (width, height, visible)
+
+    def current_estimate(self) -> float | None:
+        """The subscriber's downlink estimate now (bit/s), None if unknown."""
+        feedback = self._feedback
+        remb, at = feedback.remb, feedback.remb_at
+        if remb is None or at is None or self._clock() - at > REMB_MAX_AGE:
+            return None
+        estimate = float(remb)
+        lost = max(
+            (
+                slot.fast.last_report.fraction_lost
+                for slot in self._slots()
+                if slot.fast.last_report is not None
+            ),
+            default=0.0,
+        )
+        if lost > LOSSY:
+            estimate *= 1 - lost / 2
+        return estimate
+
+    async def tick(self) -> None:
+        """One allocation: apply it, and tell the subscriber if what it gets changed."""
+        now = self._clock()
+        remb = self.current_estimate()
+        demands: list[Demand] = []
+        carried: dict[str, Slot] = {}
+        sending = 0.0  # what this subscriber gets now (bit/s)
+        for slot in self._slots():
+            up = slot.source
+            if up is None or up.ended or slot.transceiver.mid is None:
+                continue  # nothing carried, or not offered yet
+            mid = str(slot.transceiver.mid)
+            layers = up.arriving_layers()
+            rates = dict(layers)
+            layer = up.layer_of(slot.down)
+            index = up.index_of(layer) if layer is not None else None
+            if len(up.layers()) < 2:
+                # One encoding (audio, or video without simulcast): sent unless its
+                # tile is hidden, its rate taken off the estimate first.
+                hidden = up.kind == "video" and self._cap(mid, up) == PAUSED
+                if hidden != up.paused(slot.down):
+                    up.set_max_layer(slot.down, PAUSED if hidden else None)
+                if not hidden:
+                    sending += rates.get(0, 0.0)
+                    demands.append(Demand(key=mid, kind="audio", layers=layers[:1]))
+                carried[mid] = slot
+                continue
+            current: int | None = PAUSED if up.paused(slot.down) else index
+            if current is not None and current != PAUSED:
+                sending += rates.get(current, 0.0)
+            demands.append(
+                Demand(
+                    key=mid,
+                    kind=up.kind,
+                    layers=layers,
+                    screen=up.is_screen,
+                    cap=self._cap(mid, up),
+                    current=current,
+                )
+            )
+            carried[mid] = slot
+        self.estimate = remb
+        if remb is not None:
+            self._metrics.subscriber_estimate(remb)
+        result = allocate(self._budget(remb, sending, demands, now), demands)
+        changed = False
+        for key, index in result.items():
+            slot = carried[str(key)]
+            up = slot.source
+            if up is None:
+                continue
+            before = PAUSED if up.paused(slot.down) else up.layer_of(slot.down)
+            # Without an estimate the top layer needs no cap (a layer that starts
+            # later may be taken then); with one, the allocation is the cap.
+            top = index != PAUSED and index >= up.top_index
+            cap = None if top and self.estimate is None else index
+            up.set_max_layer(slot.down, cap)
+            target = PAUSED if index == PAUSED else up.layer_at(index)
+            changed |= target is not before
+        if changed:
+            self._steady_since = now
+        told = [self._describe(mid, carried[mid]) for mid in sorted(carried)]
+        if told != self._told:
+            self._told = told
+            await self._send({"type": "quality", "tracks": told})
+
+    def _budget(
+        self, remb: float | None, sending: float, demands: list[Demand], now: float
+    ) -> float | None:
+        """What the allocation may give out: the estimate, or a trial step above it.
+
+        A receiver's estimate cannot rise far above what it receives (Chrome's
+        REMB grows at most 1.5x the incoming rate), so a subscriber moved down
+        would stay down. Without padding probes, the SFU probes by trying: after
+        the estimate has been steady (no congestion) for ``up_after`` seconds,
+        it allows one step up; congestion within :data:`TRIAL` seconds of it
+        takes it back and doubles ``up_after`` (up to :data:`MAX_UP_AFTER`).
+        """
+        if remb is None:
+            return None
+        if remb < CONGESTED * sending:
+            if self._trial_until is not None and now <= self._trial_until:
+                self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
+                self._metrics.layer_probe(held=False)
+            self._trial_until = None
+            self._steady_since = now
+            return remb
+        if self._trial_until is not None and now > self._trial_until:
+            self._trial_until = None
+            self._up_after = UP_AFTER  # the step held
+            self._metrics.layer_probe(held=True)
+        budget = max(remb, sending)
+        step = _next_step(demands)
+        if step is not None and now - self._steady_since >= self._up_after:
+            self._trial_until = now + TRIAL
+            self._steady_since = now
+            budget = max(budget, (sending + step * UP_MARGIN) / HEADROOM * 1.01)
+        return budget
+
+    def _cap(self, mid: str, up: UpTrack) -> int | None:
+        """The highest layer the subscriber's view of ``mid`` needs (PAUSED: hidden)."""
+        view = self._views.get(mid)
+        if view is None:
+            return None
+        width, height, visible = view
+        if not visible:
+            return PAUSED
+        if not width and not height:
+            return None
+        for layer in up.layers():
+            w, h = layer.size
+            if not w or not h:
+                return None  # a layer's size is not known yet: no cap
+            if w >= (width or 0) * SIZE_SLACK and h >= (height or 0) * SIZE_SLACK:
+                return up.index_of(layer)
+        return None
+
+    def _describe(self, mid: str, slot: Slot) -> dict[str, Any]:
+        up = slot.source
+        assert up is not None
+        layer = up.layer_of(slot.down)
+        return {
+            "mid": mid,
+            "participant_id": up.participant_id,
+            "kind": up.kind,
+            "layer": layer.rid if layer is not None else None,
+            "paused": up.paused(slot.down),
+        }
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(INTERVAL)
+                try:
+                    await self.tick()
+                except Exception:  # a bug must not end adaptation for good
+                    logger.exception("%r: allocation failed", self)
+        except asyncio.CancelledError:
+            pass
+
+    async def close(self) -> None:
+        """Stop allocating (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _next_step(demands: list[Demand]) -> float | None:
+    """The smallest raise any video track could take (bit/s); None: all at their top."""
+    steps = []
+    for d in demands:
+        if d.kind != "video" or d.cap == PAUSED or not d.layers:
+            continue
+        rates = [
+            (i, r if r > 0 else UNMEASURED) for i, r in d.layers if d.cap is None or i <= d.cap
+        ]
+        if not rates:
+            continue
+        if d.current is None or d.current == PAUSED:
+            steps.append(rates[0][1])
+            continue
+        now = next((r for i, r in rates if i == d.current), 0.0)
+        higher = [r for i, r in rates if i > d.current]
+        if higher:
+            steps.append(higher[0] - now)
+    return min(steps) if steps else None
