@@ -66,6 +66,8 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__remote_streams"),
     (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__rtcp_ssrc"),
     (RTCRtpReceiver, "attr", "_send_rtcp"),
+    # disable_receiver_remb
+    (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__remote_bitrate_estimator"),
     # send_rtp, route_rtcp_for_ssrc (media.loadtest.simulcast)
     (RTCDtlsTransport, "attr", "_send_rtp"),
     (RtpRouter, "attr", "register_sender"),
@@ -133,6 +135,16 @@ def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
 def send_receiver_rtcp(receiver: RTCRtpReceiver, packet: Any) -> Awaitable[None]:
     """Send one RTCP packet on ``receiver``'s transport."""
     return receiver._send_rtcp(packet)
+
+
+def disable_receiver_remb(receiver: RTCRtpReceiver) -> None:
+    """Stop ``receiver`` estimating and sending its own REMB (one per track).
+
+    A browser sends one REMB for its whole connection, listing every SSRC;
+    the SFU takes a REMB as the subscriber's downlink, so per-track REMBs
+    (each about its own track) would understate it.
+    """
+    setattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)  # noqa: B010
 
 
 def route_rtx_by_ssrc(receiver: RTCRtpReceiver) -> None:

@@ -280,6 +280,11 @@ class TrackResult:
     layer_switches: int = 0
     layer_time_s: dict[str, float] = field(default_factory=dict)
     long_freezes: int = 0
+    #: What the SFU said it sends (``quality``): the layer at the end (None:
+    #: one encoding, paused, or never said), how often and how long it paused.
+    sfu_layer: str | None = None
+    pauses: int = 0
+    paused_s: float = 0.0
 
     @property
     def receiving(self) -> bool:
@@ -364,6 +369,9 @@ def track_result(
         layer_switches=stats.size_switches if kind == "video" else 0,
         layer_time_s=layer_time(changes, round(end_at - t0, 3)),
         long_freezes=long_freezes,
+        sfu_layer=stats.quality[-1][1] if stats.quality else None,
+        pauses=stats.pauses,
+        paused_s=round(stats.paused_for(end_at), 3),
     )
 
 
@@ -455,6 +463,7 @@ class Summary:
     video_layers: dict[str, int] = field(default_factory=dict)
     layer_switches: int = 0
     long_freezes: int = 0
+    pauses: int = 0  # video pauses the SFU announced (quality), all tracks
 
 
 def summarize(peers: list[PeerResult], timeline: list[TimelinePoint]) -> Summary:
@@ -493,6 +502,7 @@ def summarize(peers: list[PeerResult], timeline: list[TimelinePoint]) -> Summary
         video_layers=_count(t.layer for t in tracks if t.kind == "video" and t.layer),
         layer_switches=sum(t.layer_switches for t in tracks),
         long_freezes=sum(t.long_freezes for t in tracks if t.kind == "video"),
+        pauses=sum(t.pauses for t in tracks),
     )
 
 

@@ -201,13 +201,14 @@ def _layer_lines(report: LoadTestReport, max_listed: int) -> list[str]:
     on = ", ".join(f"{layer} {n}" for layer, n in s.video_layers.items()) or "none"
     lines = [
         f"layers        video tracks at the end: {on}; {s.layer_switches} layer switches; "
-        f"{s.long_freezes} freezes over {LONG_FREEZE_S * 1000:.0f} ms",
+        f"{s.long_freezes} freezes over {LONG_FREEZE_S * 1000:.0f} ms; {s.pauses} pauses",
     ]
     names = {p.user_id: p.name for p in report.peers}
     rows = [
         f"  {peer.name}{_capped(peer)} <- {names.get(t.source, t.source)}: {t.layer or '-'}, "
         f"{t.layer_switches} switches, {t.long_freezes} long freezes, max gap "
-        f"{t.max_gap_s:.2f} s; {layer_history(t)}"
+        f"{t.max_gap_s:.2f} s, SFU sends {t.sfu_layer or '-'}, {t.pauses} pauses "
+        f"({t.paused_s:.1f} s); {layer_history(t)}"
         for peer in report.peers
         for t in peer.tracks
         if t.kind == "video"
@@ -602,6 +603,8 @@ def to_html(report: LoadTestReport) -> str:
         f'<td class="l">{html.escape(names.get(t.source, t.source))}</td>'
         f'<td class="l">{html.escape(t.layer or "-")}</td><td>{t.layer_switches}</td>'
         f"<td>{t.long_freezes}</td><td>{t.max_gap_s:.2f}</td>"
+        f'<td class="l">{html.escape(t.sfu_layer or "-")}</td>'
+        f"<td>{t.pauses} ({t.paused_s:.1f} s)</td>"
         f'<td class="l">{html.escape(layer_times(t))}</td>'
         f'<td class="l">{html.escape(layer_history(t))}</td></tr>'
         for p in report.peers
@@ -612,6 +615,7 @@ def to_html(report: LoadTestReport) -> str:
         f"<h2>Simulcast layers received</h2><table><tr><th class='l'>receiver</th>"
         f"<th class='l'>from</th><th class='l'>layer at the end</th><th>switches</th>"
         f"<th>freezes &gt; {LONG_FREEZE_S:g} s</th><th>max gap s</th>"
+        f"<th class='l'>SFU sends</th><th>pauses</th>"
         f"<th class='l'>time on each layer</th><th class='l'>layer from (run time)</th></tr>"
         f"{layer_rows}</table>"
         if c.get("simulcast")

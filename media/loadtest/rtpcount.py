@@ -25,8 +25,9 @@ for aiortc's ``StreamStatistics``, so the receiver's own RTCP loop sends
 receiver reports (fraction and cumulative lost, highest sequence number,
 LSR/DLSR; jitter is not computed and reads 0), and every video stream sends a
 REMB with its measured bitrate about once a second, as aiortc's estimator
-does. It sends no NACK and no PLI: loss is reported as it happened. The
-mapping from SSRC to transceiver is aiortc's own (SDP ``a=ssrc`` lines, then
+does (unless ``remb=False``: :class:`media.loadtest.sfuclient.SfuClient`
+sends one REMB for its whole connection instead). It sends no NACK and no
+PLI: loss is reported as it happened. The mapping from SSRC to transceiver is aiortc's own (SDP ``a=ssrc`` lines, then
 the ``mid`` header extension through the router). The private names this
 needs are reached through :mod:`media.loadtest.aiortc_compat`.
 """
@@ -158,8 +159,11 @@ class RtpCounter:
         transport: Any,
         on_frame: Callable[[str, str, int, bool], None],
         on_size: Callable[[str, tuple[int, int]], None] | None = None,
+        *,
+        remb: bool = True,
     ) -> None:
         self._pc = pc
+        self._remb = remb  # False: the owner sends one REMB for the connection
         self.transport = transport
         self._on_frame = on_frame
         self._on_size = on_size
@@ -206,7 +210,7 @@ class RtpCounter:
             stream.frames += 1
             nbytes, stream.frame_bytes = stream.frame_bytes, 0
             self._on_frame(stream.mid, stream.kind, nbytes, stream.frame_key)
-            if stream.kind == "video":
+            if stream.kind == "video" and self._remb:
                 now = time.monotonic()
                 if now - stream.remb_at >= 1.0:
                     await self._send_remb(ssrc, stream, now)

@@ -38,11 +38,17 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from media.keyframes import KeyframeRequester
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message
 
-from .aiortc_compat import on_keyframe_request
+from .aiortc_compat import (
+    disable_receiver_remb,
+    on_keyframe_request,
+    receiver_rtcp_ssrc,
+    send_receiver_rtcp,
+)
 from .frames import EncodedFrame, time_base_for, vp8_frame_size
 from .netcap import ReceiveCap, install_receive_cap
 from .packer import install_packer
@@ -66,6 +72,16 @@ GAP_THRESHOLD = 0.5
 #: A video gap longer than this is a freeze a person notices (the simulcast
 #: layer report's count; issue #13's "no freeze longer than 1 s").
 LONG_FREEZE = 1.0
+#: The subscriber's REMB, sent every REMB_INTERVAL, models Chrome's
+#: delay-based estimate on a link with no queueing delay: it starts at
+#: REMB_START (Chrome's start bit rate), rises to REMB_GROWTH times the video
+#: bit rate that arrived (its limit while not congested) and never falls (a
+#: loopback link, or the policer of media.loadtest.netcap, builds no delay
+#: for it to see). Loss is left to the SFU, which reads it from the receiver
+#: reports.
+REMB_START = 300_000
+REMB_GROWTH = 1.5
+REMB_INTERVAL = 1.0
 
 
 class ClipTrack(MediaStreamTrack):
@@ -138,6 +154,12 @@ class TrackStats:
     #: (arrival time, width, height) each time the size changed, the first included.
     sizes: list[tuple[float, int, int]] = field(default_factory=list)
     long_freezes: int = 0  # gaps over LONG_FREEZE
+    #: What the SFU says it sends (``quality`` messages): (time, layer, paused)
+    #: at each change, the pauses and how long they lasted in all.
+    quality: list[tuple[float, str | None, bool]] = field(default_factory=list)
+    pauses: int = 0
+    paused_s: float = 0.0
+    paused_since: float | None = None
 
     @property
     def first_frame_delay(self) -> float | None:
@@ -166,6 +188,23 @@ class TrackStats:
         if self.size != (width, height):
             self.size = (width, height)
             self.sizes.append((now, width, height))
+
+    def saw_quality(self, layer: str | None, paused: bool, now: float) -> None:
+        """A ``quality`` entry for this track: the layer the SFU sends, or paused."""
+        if self.quality and self.quality[-1][1:] == (layer, paused):
+            return
+        self.quality.append((now, layer, paused))
+        if paused and self.paused_since is None:
+            self.pauses += 1
+            self.paused_since = now
+        elif not paused and self.paused_since is not None:
+            self.paused_s += now - self.paused_since
+            self.paused_since = None
+
+    def paused_for(self, now: float) -> float:
+        """Seconds paused in all, up to ``now``."""
+        ongoing = now - self.paused_since if self.paused_since is not None else 0.0
+        return self.paused_s + ongoing
 
     @property
     def size_switches(self) -> int:
@@ -230,6 +269,10 @@ class SfuClient:
         #: Polices what arrives on the subscribe connection (media.loadtest.netcap).
         self.receive_cap = ReceiveCap(receive_cap_bps) if receive_cap_bps else None
         self._capped: list[Any] = []  # transports the cap is installed on
+        self._video_receivers: list[Any] = []  # RTCRtpReceivers of received video
+        self._remb_task: asyncio.Task[None] | None = None
+        self.rembs_sent = 0
+        self.last_remb: int | None = None
         #: The rids the SFU's answer accepted (empty until then, or if it refused).
         self.simulcast_layers: tuple[str, ...] = ()
         self._decode = decode
@@ -344,8 +387,28 @@ class SfuClient:
                 if mid not in announced:
                     del self.track_info[mid]
                     self._current.pop(mid, None)
+        elif kind == "quality":
+            now = self._clock()
+            for entry in message.get("tracks", []):
+                current = self._current.get(str(entry.get("mid")))
+                if current is not None:
+                    layer = entry.get("layer")
+                    current.saw_quality(
+                        str(layer) if layer is not None else None, bool(entry.get("paused")), now
+                    )
+        elif kind == "layers":
+            self._on_layers(message)
         elif kind == "error":
             self.errors.append(message)
+
+    def _on_layers(self, message: Message) -> None:
+        """Dynacast: encode (send) only the layers the SFU names, as a browser does."""
+        offer, sender = self._simulcast_offer, self.simulcast
+        rids = message.get("rids")
+        if offer is None or sender is None or str(message.get("mid")) != offer.mid:
+            return
+        if isinstance(rids, list):
+            sender.set_active([str(r) for r in rids])
 
     def _start_simulcast(self, answer: str) -> None:
         offer, sender, pc = self._simulcast_offer, self.simulcast, self.publish_pc
@@ -396,12 +459,25 @@ class SfuClient:
             self._apply_cap(transceiver.receiver.transport)
             return
 
+        if kind == "video":
+            # One REMB for the connection, as a browser sends (see _remb_loop).
+            disable_receiver_remb(transceiver.receiver)
+            self._video_receivers.append(transceiver.receiver)
+            if self._remb_task is None:
+                self._remb_task = asyncio.get_running_loop().create_task(
+                    self._remb_loop(), name=f"remb {self.id}"
+                )
+                self._tasks.append(self._remb_task)
         if self._count_only:
             self._stats_for(mid, kind)
             transport = transceiver.receiver.transport
             if self.counter is None or self.counter.transport is not transport:
                 self.counter = RtpCounter(
-                    self.subscribe_pc, transport, self._on_counted_frame, self._on_counted_size
+                    self.subscribe_pc,
+                    transport,
+                    self._on_counted_frame,
+                    self._on_counted_size,
+                    remb=False,
                 )
             # Still a pass-through receiver (no decoder thread), though the
             # counter takes the packets before it would see them.
@@ -444,6 +520,49 @@ class SfuClient:
 
     def _on_counted_frame(self, mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
         self._stats_for(mid, kind).add(nbytes, keyframe, self._clock())
+
+    def _video_ssrcs(self) -> list[int]:
+        if self.counter is not None:
+            return [
+                ssrc
+                for ssrc, stream in self.counter.streams.items()
+                if stream is not None and stream.kind == "video" and not stream.rtx
+            ]
+        return [
+            r.media_ssrc for r in self._receivers if r.kind == "video" and r.media_ssrc is not None
+        ]
+
+    async def _remb_loop(self) -> None:
+        """Every REMB_INTERVAL: one REMB for every received video SSRC (what the
+        SFU reads as the downlink; see REMB_START)."""
+        loop = asyncio.get_running_loop()
+        at, received = loop.time(), 0
+        estimate = REMB_START
+        while True:
+            await asyncio.sleep(REMB_INTERVAL)
+            now = loop.time()
+            total = sum(s.bytes for s in self._current.values() if s.kind == "video")
+            rate = (total - received) * 8 / (now - at) if now > at else 0.0
+            at, received = now, total
+            ssrcs = self._video_ssrcs()
+            sender = next(
+                (r for r in self._video_receivers if receiver_rtcp_ssrc(r) is not None), None
+            )
+            estimate = max(estimate, int(rate * REMB_GROWTH))
+            if not ssrcs or sender is None:
+                continue
+            packet = RtcpPsfbPacket(
+                fmt=RTCP_PSFB_APP,
+                ssrc=receiver_rtcp_ssrc(sender) or 0,
+                media_ssrc=0,
+                fci=pack_remb_fci(estimate, ssrcs),
+            )
+            try:
+                await send_receiver_rtcp(sender, packet)
+            except ConnectionError:
+                continue
+            self.rembs_sent += 1
+            self.last_remb = estimate
 
     def _on_counted_size(self, mid: str, size: tuple[int, int]) -> None:
         self._stats_for(mid, "video").saw_size(size[0], size[1], self._clock())

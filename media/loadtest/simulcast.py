@@ -20,7 +20,8 @@ would behave on the wire:
   layer (at most one per 300 ms, like Chrome) and a NACK by resending the
   packets it still has (no RTX). A layer can be paused and resumed
   (:meth:`SimulcastSender.pause`), as a browser does when an encoding is set
-  ``active: false``; it resumes with a keyframe.
+  ``active: false``; it resumes with a keyframe. The SFU's dynacast
+  ``layers`` message does the same (:meth:`SimulcastSender.set_active`).
 
 The aiortc video transceiver stays in the offer for the m-section, with a
 track that never yields a frame, so aiortc itself sends no video RTP.
@@ -247,7 +248,8 @@ class LayerStream:
     timestamp_origin: int = field(default_factory=lambda: random.randint(0, 0xFFFFFFFF))
     picture_id: int = field(default_factory=lambda: random.randint(0, 0x7FFF))
     index: int = 0
-    paused: bool = False
+    paused: bool = False  # SimulcastSender.pause
+    active: bool = True  # dynacast: SimulcastSender.set_active
     keyframe_wanted: bool = False
     last_forced: float = -1e9
     frames_sent: int = 0
@@ -288,6 +290,7 @@ class SimulcastSender:
         self._mid = ""
         self._payload_type = 0
         self.send_errors = 0
+        self.dynacast_updates = 0
 
     # --- control ---------------------------------------------------------------
 
@@ -300,8 +303,23 @@ class SimulcastSender:
         layer = self.layers[rid]
         if layer.paused:
             layer.paused = False
-            layer.keyframe_wanted = True
-            layer.last_forced = -1e9
+            self._restart(layer)
+
+    def set_active(self, rids: list[str]) -> None:
+        """Dynacast (the SFU's ``layers`` message): send only ``rids``; the others
+        stop until named again (each restarts with a keyframe). Independent of
+        :meth:`pause`: a layer is sent when it is active and not paused."""
+        for rid, layer in self.layers.items():
+            active = rid in rids
+            if active and not layer.active:
+                self._restart(layer)
+            layer.active = active
+        self.dynacast_updates += 1
+
+    @staticmethod
+    def _restart(layer: LayerStream) -> None:
+        layer.keyframe_wanted = True
+        layer.last_forced = -1e9
 
     @property
     def keyframes_forced(self) -> int:
@@ -409,7 +427,7 @@ class SimulcastSender:
                 await asyncio.sleep(due - now)
                 now = clock()
             for layer in self.layers.values():
-                if layer.paused:
+                if layer.paused or not layer.active:
                     continue
                 data, _ = layer.next_frame(now)
                 timestamp = (layer.timestamp_origin + tick * ticks) & 0xFFFFFFFF

@@ -21,6 +21,7 @@ from media.loadtest.preencoded import EncodedClip
 from media.loadtest.sfuclient import SfuClient, TrackStats
 from media.loadtest.simulcast import (
     SimulcastClips,
+    SimulcastSender,
     answered_layers,
     munge_offer,
     simulcast_clips,
@@ -189,3 +190,15 @@ async def test_a_capped_subscriber_receives_at_most_its_cap(
         assert rate < 100_000, rate
     finally:
         await call.close()
+
+
+def test_dynacast_layers_stop_and_restart_with_a_keyframe(layers: SimulcastClips) -> None:
+    sender = SimulcastSender(layers)
+    sender.set_active(["q", "h"])  # the SFU's `layers` message
+    assert [la.active for la in sender.layers.values()] == [True, True, False]
+    sender.set_active(["q", "h", "f"])
+    assert sender.layers["f"].active and sender.layers["f"].keyframe_wanted
+    assert not sender.layers["h"].keyframe_wanted  # it never stopped
+    sender.pause("h")
+    sender.set_active(["q", "h", "f"])
+    assert sender.layers["h"].paused  # pause() is the tester's own, apart from dynacast
