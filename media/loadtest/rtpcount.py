@@ -27,8 +27,9 @@ LSR/DLSR; jitter is not computed and reads 0), and every video stream sends a
 REMB with its measured bitrate about once a second, as aiortc's estimator
 does (unless ``remb=False``: :class:`media.loadtest.sfuclient.SfuClient`
 sends one REMB for its whole connection instead). It sends no NACK and no
-PLI: loss is reported as it happened. The mapping from SSRC to transceiver is aiortc's own (SDP ``a=ssrc`` lines, then
-the ``mid`` header extension through the router). The private names this
+PLI: loss is reported as it happened. The mapping from SSRC to transceiver
+is aiortc's own (SDP ``a=ssrc`` lines, then the ``mid`` header extension
+through the router). The private names this
 needs are reached through :mod:`media.loadtest.aiortc_compat`.
 """
 
