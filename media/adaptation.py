@@ -32,10 +32,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .allocator import HEADROOM, INTERVAL, PAUSED, UNMEASURED, UP_MARGIN, Demand, allocate
+from .allocator import (
+    HEADROOM,
+    INTERVAL,
+    PAUSED,
+    RESUME_MARGIN,
+    UNMEASURED,
+    UP_MARGIN,
+    Demand,
+    allocate,
+)
 from .metrics import MediaMetrics
 
 if TYPE_CHECKING:
@@ -52,11 +61,16 @@ LOSSY = 0.1
 #: An estimate under this share of what the subscriber is sent means congestion.
 CONGESTED = 0.85
 #: Seconds of a steady estimate before one step up is tried ...
-UP_AFTER = 4.0
-#: ... doubled after each failed try, up to this.
-MAX_UP_AFTER = 32.0
+UP_AFTER = 2.0
+#: ... doubled after each failed try, up to this ...
+MAX_UP_AFTER = 8.0
+#: ... and back to UP_AFTER when the estimate rises this much above the one
+#: of the last failed try (the link got better).
+RECOVERED = 1.25
 #: Congestion within this many seconds of a step up means it did not fit.
-TRIAL = 3.0
+TRIAL = 2.0
+#: A track is paused only after its lowest layer has not fit for this long (s).
+PAUSE_AFTER = 2.0
 #: A layer this share of the rendered size or more is large enough for it.
 SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
@@ -92,6 +106,8 @@ class SubscriberAdaptation:
         self._steady_since = clock()
         self._up_after = UP_AFTER
         self._trial_until: float | None = None
+        self._failed_at: float | None = None  # the estimate when a step up last failed
+        self._pause_since: dict[Hashable, float] = {}  # mid -> since when it would pause
 
     def __repr__(self) -> str:
         return f"SubscriberAdaptation({self.name})"
@@ -173,6 +189,7 @@ class SubscriberAdaptation:
         if remb is not None:
             self._metrics.subscriber_estimate(remb)
         result = allocate(self._budget(remb, sending, demands, now), demands)
+        self._hold_pauses(result, demands, now)
         changed = False
         for key, index in result.items():
             slot = carried[str(key)]
@@ -189,10 +206,35 @@ class SubscriberAdaptation:
             changed |= target is not before
         if changed:
             self._steady_since = now
+            logger.info(
+                "%r: estimate %s, sending %.0f kbit/s: %s",
+                self,
+                "none" if remb is None else f"{remb / 1000:.0f} kbit/s",
+                sending / 1000,
+                {str(k): v for k, v in result.items()},
+            )
         told = [self._describe(mid, carried[mid]) for mid in sorted(carried)]
         if told != self._told:
             self._told = told
             await self._send({"type": "quality", "tracks": told})
+
+    def _hold_pauses(self, result: dict[Hashable, int], demands: list[Demand], now: float) -> None:
+        """Pause a track only when its lowest layer has not fit for :data:`PAUSE_AFTER`
+        seconds: a receiver's estimate drops below its real capacity after an overshoot
+        and would pause video that its lowest layer could have carried."""
+        pressed = set()
+        for d in demands:
+            if d.kind != "video" or d.cap == PAUSED or d.current == PAUSED or not d.layers:
+                continue
+            if result.get(d.key) != PAUSED:
+                continue
+            pressed.add(d.key)
+            since = self._pause_since.setdefault(d.key, now)
+            if now - since < PAUSE_AFTER:
+                result[d.key] = d.layers[0][0]  # the lowest layer meanwhile
+        for key in list(self._pause_since):
+            if key not in pressed:
+                del self._pause_since[key]
 
     def _budget(
         self, remb: float | None, sending: float, demands: list[Demand], now: float
@@ -204,13 +246,16 @@ class SubscriberAdaptation:
         would stay down. Without padding probes, the SFU probes by trying: after
         the estimate has been steady (no congestion) for ``up_after`` seconds,
         it allows one step up; congestion within :data:`TRIAL` seconds of it
-        takes it back and doubles ``up_after`` (up to :data:`MAX_UP_AFTER`).
+        takes it back and doubles ``up_after`` (up to :data:`MAX_UP_AFTER`,
+        back to :data:`UP_AFTER` once the estimate climbs :data:`RECOVERED`
+        times above the one the step failed at).
         """
         if remb is None:
             return None
         if remb < CONGESTED * sending:
             if self._trial_until is not None and now <= self._trial_until:
                 self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
+                self._failed_at = remb
                 self._metrics.layer_probe(held=False)
             self._trial_until = None
             self._steady_since = now
@@ -218,13 +263,17 @@ class SubscriberAdaptation:
         if self._trial_until is not None and now > self._trial_until:
             self._trial_until = None
             self._up_after = UP_AFTER  # the step held
+            self._failed_at = None
             self._metrics.layer_probe(held=True)
+        if self._failed_at is not None and remb > RECOVERED * self._failed_at:
+            self._up_after = UP_AFTER  # the estimate climbed: try again soon
+            self._failed_at = None
         budget = max(remb, sending)
         step = _next_step(demands)
         if step is not None and now - self._steady_since >= self._up_after:
             self._trial_until = now + TRIAL
             self._steady_since = now
-            budget = max(budget, (sending + step * UP_MARGIN) / HEADROOM * 1.01)
+            budget = max(budget, (sending + step) / HEADROOM * 1.01)
         return budget
 
     def _cap(self, mid: str, up: UpTrack) -> int | None:
@@ -277,7 +326,8 @@ class SubscriberAdaptation:
 
 
 def _next_step(demands: list[Demand]) -> float | None:
-    """The smallest raise any video track could take (bit/s); None: all at their top."""
+    """What the smallest raise any video track could take needs on top of what is
+    sent (bit/s, with the allocation's margin); None: all at their top."""
     steps = []
     for d in demands:
         if d.kind != "video" or d.cap == PAUSED or not d.layers:
@@ -288,10 +338,10 @@ def _next_step(demands: list[Demand]) -> float | None:
         if not rates:
             continue
         if d.current is None or d.current == PAUSED:
-            steps.append(rates[0][1])
+            steps.append(rates[0][1] * RESUME_MARGIN)
             continue
         now = next((r for i, r in rates if i == d.current), 0.0)
         higher = [r for i, r in rates if i > d.current]
         if higher:
-            steps.append(higher[0] - now)
+            steps.append((higher[0] - now) * UP_MARGIN)
     return min(steps) if steps else None

@@ -312,9 +312,8 @@ class UpTrack:
         self._refresh(layer)
         if down.sender is not None:
             down.sender.switch()
-        self._metrics.layer_switched(
-            "up" if old is None or self._index(layer) > self._index(old) else "down"
-        )
+        if old is not None:
+            self._metrics.layer_switched("up" if self._index(layer) > self._index(old) else "down")
 
     def index_of(self, layer: Layer) -> int:
         """A layer's index: its place in the offer's rids, lowest 0 (0 if not simulcast)."""

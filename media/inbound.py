@@ -321,6 +321,10 @@ class PublisherInbound:
         """Read the negotiated m-lines and take over the connection's media (idempotent).
 
         Called after every publish negotiation; streams already seen stay.
+        ``layers``: the simulcast layers of the publisher's offer as it sent it
+        (:func:`media.simulcast.offered_layers`): aiortc's ``remoteDescription``
+        is re-serialised from its own parse and has lost the ``a=rid`` and
+        ``a=simulcast`` lines, so without it no m-line is taken as simulcast.
         """
         if self._closed:
             return

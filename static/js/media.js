@@ -8,9 +8,11 @@ export class MediaError extends Error {
   }
 }
 
+// 1280x720 where the camera allows (ideal, never exact): the SFU's simulcast needs it
+// for three layers (sfu.js); a P2P call sends it as one encoding, scaled by the browser.
 const VIDEO_CONSTRAINTS = {
-  width: { ideal: 640 },
-  height: { ideal: 480 },
+  width: { ideal: 1280 },
+  height: { ideal: 720 },
   frameRate: { ideal: 24, max: 30 },
 };
 

@@ -11,6 +11,16 @@
 
 const SFU = 'sfu';
 
+// The camera is published as simulcast (docs/protocol.md "Simulcast"): three VP8
+// encodings, LOWEST FIRST (the SFU takes the layers in the offer's a=simulcast order,
+// which is this order). Chrome sends only as many as the capture size allows (three
+// from 960x540 up), so the camera is captured at 1280x720 where it can be.
+const SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
 /**
  * Who the SFU says is talking (docs/protocol.md `speakers`).
  * @typedef {{dominant: string | null, speaking: Set<string>}} Speakers
@@ -94,10 +104,10 @@ export class SfuSession extends EventTarget {
     this.senders = {};
     const { stream, ...tracks } = this.local();
     for (const kind of this.kinds) {
-      const transceiver = pc.addTransceiver(tracks[kind] || kind, {
-        direction: 'sendonly',
-        streams: [stream],
-      });
+      /** @type {RTCRtpTransceiverInit} */
+      const init = { direction: 'sendonly', streams: [stream] };
+      if (kind === 'video') init.sendEncodings = SIMULCAST.map((encoding) => ({ ...encoding }));
+      const transceiver = pc.addTransceiver(tracks[kind] || kind, init);
       preferCodecs(transceiver, kind);
       this.senders[kind] = transceiver.sender;
     }

@@ -38,16 +38,17 @@ def serve_env(**settings: str) -> dict[str, str]:
 
 @dataclass
 class ServeProcess:
-    """A spawned ``huddle serve`` on 127.0.0.1:``port``."""
+    """A spawned ``huddle serve`` on ``host``:``port``."""
 
     name: str
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -92,15 +93,17 @@ class ServeProcess:
 
 def spawn_serve(log_dir: Path, *, name: str = "huddle", **settings: str) -> ServeProcess:
     """Start ``huddle serve`` on 127.0.0.1 (not waited for: see
-    :meth:`ServeProcess.wait_healthy`). ``settings`` are ``HUDDLE_*`` variables."""
+    :meth:`ServeProcess.wait_healthy`). ``settings`` are ``HUDDLE_*`` variables
+    (``HUDDLE_HOST`` may name another local address to listen on)."""
     port = free_port()
-    env = serve_env(HUDDLE_HOST="127.0.0.1", HUDDLE_PORT=str(port), **settings)
+    host = settings.get("HUDDLE_HOST", "127.0.0.1")
+    env = serve_env(**{"HUDDLE_HOST": host, "HUDDLE_PORT": str(port), **settings})
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             SERVE_COMMAND, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    return ServeProcess(name, port, process, log_path)
+    return ServeProcess(name, port, process, log_path, host)
 
 
 @contextlib.contextmanager

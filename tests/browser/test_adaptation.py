@@ -1,0 +1,221 @@
+"""A receiver on a weak downlink (issue 13's "done when", real Chromium, shaped with tc).
+
+Three participants in an SFU call publish simulcast. Ana and Bob run in a
+Chromium on this machine; Cyd runs in a Chromium inside a network namespace
+of the test's own, linked to the server by a veth pair whose egress on the
+server's side is Cyd's downlink (tests/browser/netlink.py). The server
+listens on the pair's address; everyone uses it (for Ana and Bob it is a
+local address, so only Cyd's traffic is shaped).
+
+- no limit: everyone receives everyone at the top layer;
+- Cyd's downlink at 400 kbit/s: Cyd receives a low layer (frameHeight <= 360)
+  with no freeze over 1 s once switched, while Ana and Bob keep receiving
+  each other at the top layer;
+- the limit lifted: Cyd is back on the top layer within 15 s;
+- at 100 kbit/s Cyd's video is paused while its audio keeps flowing, and
+  resumes after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import netlink
+from tests.browser.conftest import CHROMIUM, CHROMIUM_FLAGS, Server, _missing
+from tests.browser.support import (
+    EVENTUALLY_S,
+    POLL_S,
+    Participant,
+    join_by_link,
+    make_call,
+    make_user,
+    new_participant,
+)
+from tests.browser.test_simulcast import everyone_at_the_top_layer, in_sfu
+from tests.support.polling import eventually
+from tests.support.serve import huddle_serve
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def link() -> Iterator[netlink.Link]:
+    why = netlink.available()
+    if why is not None:
+        _missing(why)
+    if not os.path.exists(CHROMIUM):
+        _missing(f"Chromium at {CHROMIUM}")
+    with netlink.constrained_namespace() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, link: netlink.Link) -> Iterator[Server]:
+    """``huddle serve`` on the veth pair's address (its ICE candidates too)."""
+    folder = tmp_path_factory.mktemp("huddle")
+    with huddle_serve(
+        folder,
+        name="server",
+        HUDDLE_HOST=link.server_ip,
+        HUDDLE_DEV="1",  # dev tokens on purpose: only this test's veth pair reaches it
+        HUDDLE_DATABASE_URL=f"sqlite:///{folder}/h.db",
+        HUDDLE_ICE_HOSTS=link.server_ip,
+        HUDDLE_MAX_PARTICIPANTS="3",
+        HUDDLE_INITIATE_PER_MINUTE="1000",
+    ) as serve:
+        yield Server(serve)
+
+
+@pytest.fixture
+async def browsers(
+    server: Server, link: netlink.Link, tmp_path: Path
+) -> AsyncIterator[tuple[Any, Any]]:
+    """(a Chromium here, a Chromium in the namespace), both treating the server as secure."""
+    from playwright.async_api import async_playwright
+
+    flags = [*CHROMIUM_FLAGS, f"--unsafely-treat-insecure-origin-as-secure={server.base_url}"]
+    async with async_playwright() as playwright:
+        near = await playwright.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)
+        far = await playwright.chromium.launch(
+            executable_path=str(link.wrapper(tmp_path, CHROMIUM)), args=flags, headless=True
+        )
+        try:
+            yield near, far
+        finally:
+            await far.close()
+            await near.close()
+
+
+async def video_of(viewer: Participant, source_id: str) -> tuple[int, int]:
+    """(frames decoded, frame height) of ``source_id``'s video at ``viewer``."""
+    remote = (await viewer.stats()).get(source_id)
+    if not remote:
+        return 0, 0
+    return int(remote["video"]["framesDecoded"]), int(remote["video"].get("frameHeight") or 0)
+
+
+async def longest_freeze(viewer: Participant, source_id: str, seconds: float) -> float:
+    """The longest time without a new decoded frame over ``seconds`` (sampled)."""
+    last_frames, last_change = (await video_of(viewer, source_id))[0], time.monotonic()
+    longest = 0.0
+    end = last_change + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(0.2)  # a sampling period, not a wait for a state
+        frames = (await video_of(viewer, source_id))[0]
+        now = time.monotonic()
+        if frames > last_frames:
+            longest = max(longest, now - last_change)
+            last_frames, last_change = frames, now
+    return max(longest, time.monotonic() - last_change)
+
+
+async def at_least(viewer: Participant, source_id: str, height: int) -> int | None:
+    frames, got = await video_of(viewer, source_id)
+    return got if frames and got >= height else None
+
+
+async def at_most(viewer: Participant, source_id: str, height: int) -> int | None:
+    frames, got = await video_of(viewer, source_id)
+    return got if frames and 0 < got <= height else None
+
+
+@pytest.mark.timeout(420)
+async def test_a_weak_downlink_gets_a_low_layer_without_freezing_the_others(
+    browsers: tuple[Any, Any], server: Server, link: netlink.Link
+) -> None:
+    near, far = browsers
+    users = [await make_user(server, name) for name in ("ana", "bob", "cyd")]
+    ana_id, bob_id, cyd_id = (u.user_id for u in users)
+    call_id = await make_call(server, users[0], *users[1:])
+    group: dict[str, Participant] = {}
+    for user, browser in zip(users, (near, near, far), strict=True):
+        group[user.user_id] = await new_participant(browser, server.base_url, user.name)
+    ana, bob, cyd = (group[i] for i in (ana_id, bob_id, cyd_id))
+    ana.expect_console("status of 409")  # the caller is joined from initiation…
+    ana.expect_console("status of 404")  # …and asks for TURN servers: none configured
+    try:
+        for user in users:
+            await join_by_link(group[user.user_id], call_id, user)
+        for participant in group.values():
+            await eventually(
+                lambda p=participant: in_sfu(p),
+                message=f"{participant.name} connected to the SFU",
+                timeout=EVENTUALLY_S,
+                interval=POLL_S,
+            )
+        await everyone_at_the_top_layer(group)
+
+        # 400 kbit/s to Cyd: a low layer of each publisher, and no freeze once there.
+        link.limit(400)
+        for source in (ana_id, bob_id):
+            await eventually(
+                lambda s=source: at_most(cyd, s, 360),
+                message=f"cyd receiving {group[source].name} at frameHeight <= 360",
+                timeout=EVENTUALLY_S,
+                interval=POLL_S,
+            )
+        for source in (ana_id, bob_id):
+            freeze = await longest_freeze(cyd, source, 4.0)
+            assert freeze <= 1.0, f"cyd's video of {group[source].name} froze {freeze:.1f} s"
+        # ... while Ana and Bob still get each other at the top layer.
+        await everyone_at_the_top_layer({ana_id: ana, bob_id: bob})
+
+        # Lifted: Cyd back on the top layer within 15 s. (What Cyd *sends* may take
+        # longer: its own feedback crossed the limited link, so Chrome's estimate
+        # for its uplink has to ramp up again.)
+        link.lift()
+        lifted = time.monotonic()
+        for source in (ana_id, bob_id):
+            await eventually(
+                lambda s=source: at_least(cyd, s, 540),
+                message=f"cyd receiving {group[source].name} at frameHeight >= 540 again",
+                timeout=15.0,
+                interval=POLL_S,
+            )
+        assert time.monotonic() - lifted <= 15.0 + 2 * POLL_S
+
+        # 100 kbit/s: Cyd's video paused, its audio still flowing; then resumed.
+        link.limit(100)
+
+        async def video_stopped() -> bool:
+            before = [(await video_of(cyd, s))[0] for s in (ana_id, bob_id)]
+            await asyncio.sleep(2.0)  # a window to see frames not advance
+            after = [(await video_of(cyd, s))[0] for s in (ana_id, bob_id)]
+            return before == after
+
+        await eventually(
+            video_stopped, message="cyd's video paused", timeout=EVENTUALLY_S, interval=POLL_S
+        )
+        audio = await cyd.audio_packets_from(ana_id)
+        await eventually(
+            lambda: _more(cyd.audio_packets_from(ana_id), audio),
+            message="cyd's audio of ana still flowing",
+            timeout=EVENTUALLY_S,
+            interval=POLL_S,
+        )
+        link.lift()
+        await eventually(
+            lambda: at_least(cyd, ana_id, 540),
+            message="cyd receiving ana's video again",
+            timeout=EVENTUALLY_S,
+            interval=POLL_S,
+        )
+        errors = [f"{p.name}: {e}" for p in group.values() for e in p.unexpected_console_errors()]
+        assert not errors, "console errors:\n" + "\n".join(errors)
+    finally:
+        link.lift()
+        for participant in group.values():
+            with contextlib.suppress(Exception):
+                await participant.context.close()
+
+
+async def _more(count: Any, than: int) -> bool:
+    return bool(await count > than + 20)
