@@ -4,8 +4,10 @@ The load tester's peers (:mod:`media.loadtest.sfuclient`) stay cheap by
 reaching into aiortc 1.16's receivers and senders: a forwarding jitter buffer
 instead of aiortc's (:mod:`media.loadtest.passthrough`), RTX routed by SSRC, a
 pack-only encoder (:mod:`media.loadtest.packer`), header-only RTP counting
-(:mod:`media.loadtest.rtpcount`) and per-SSRC receive statistics
-(:mod:`media.loadtest.peers`). Every private name they use is used here and
+(:mod:`media.loadtest.rtpcount`), per-SSRC receive statistics
+(:mod:`media.loadtest.peers`) and simulcast layers sent past aiortc's sender
+(:mod:`media.loadtest.simulcast`: RTP through the transport's SRTP, RTCP
+about those SSRCs routed back). Every private name they use is used here and
 nowhere else in ``media/loadtest/`` (``tests/media/test_containment.py`` keeps
 it so), and :func:`check_loadtest_aiortc` verifies at import that each still
 exists, failing with a ``RuntimeError`` naming each missing one, as
@@ -55,14 +57,21 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (Vp8Encoder, "attr", "_packetize"),
     (H264Encoder, "attr", "_packetize"),
     (H264Encoder, "attr", "_split_bitstream"),
-    # replace_rtp_handler, header_extensions_map
+    # replace_rtp_handler, rtp_handler, header_extensions_map
     (RTCDtlsTransport, "code:_recv_next", "_handle_rtp_data"),
     (RTCDtlsTransport, "code:_handle_rtp_data", "_rtp_header_extensions_map"),
+    (RTCDtlsTransport, "attr", "_handle_rtp_data"),
     # receiver_remote_streams, receiver_rtcp_ssrc, send_receiver_rtcp
     (RTCRtpReceiver, "code:__init__", "_RTCRtpReceiver__remote_streams"),
     (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__remote_streams"),
     (RTCRtpReceiver, "code:_run_rtcp", "_RTCRtpReceiver__rtcp_ssrc"),
     (RTCRtpReceiver, "attr", "_send_rtcp"),
+    # disable_receiver_remb
+    (RTCRtpReceiver, "code:_handle_rtp_packet", "_RTCRtpReceiver__remote_bitrate_estimator"),
+    # send_rtp, route_rtcp_for_ssrc (media.loadtest.simulcast)
+    (RTCDtlsTransport, "attr", "_send_rtp"),
+    (RtpRouter, "attr", "register_sender"),
+    (RTCDtlsTransport, "code:_handle_rtcp_data", "_handle_rtcp_packet"),
 )
 
 
@@ -128,6 +137,16 @@ def send_receiver_rtcp(receiver: RTCRtpReceiver, packet: Any) -> Awaitable[None]
     return receiver._send_rtcp(packet)
 
 
+def disable_receiver_remb(receiver: RTCRtpReceiver) -> None:
+    """Stop ``receiver`` estimating and sending its own REMB (one per track).
+
+    A browser sends one REMB for its whole connection, listing every SSRC;
+    the SFU takes a REMB as the subscriber's downlink, so per-track REMBs
+    (each about its own track) would understate it.
+    """
+    setattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)  # noqa: B010
+
+
 def route_rtx_by_ssrc(receiver: RTCRtpReceiver) -> None:
     """Route this receiver's RTX SSRCs to it.
 
@@ -155,12 +174,45 @@ def header_extensions_map(transport: RTCDtlsTransport) -> Any:
     return transport._rtp_header_extensions_map
 
 
+def rtp_handler(transport: RTCDtlsTransport) -> Callable[[bytes, int], Awaitable[None]]:
+    """The transport's current handler of unprotected RTP (aiortc's, or a replacement)."""
+    handler: Callable[[bytes, int], Awaitable[None]] = transport._handle_rtp_data
+    return handler
+
+
 def replace_rtp_handler(
     transport: RTCDtlsTransport, handler: Callable[[bytes, int], Awaitable[None]]
 ) -> None:
     """Hand every unprotected RTP packet of ``transport`` to ``handler(data, arrival_ms)``
     instead of aiortc's parsing and routing."""
     setattr(transport, "_handle_rtp_data", handler)  # noqa: B010
+
+
+def send_rtp(transport: RTCDtlsTransport, data: bytes) -> Awaitable[None]:
+    """Protect one RTP packet with the transport's SRTP and send it.
+
+    Raises ``ConnectionError`` while the transport is not connected.
+    """
+    return transport._send_rtp(data)
+
+
+class _RtcpRecipient:
+    """What aiortc's RTP router hands RTCP to: ``await _handle_rtcp_packet(packet)``."""
+
+    def __init__(self, callback: Callable[[Any], Awaitable[None]]) -> None:
+        self._callback = callback
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        await self._callback(packet)
+
+
+def route_rtcp_for_ssrc(
+    transport: RTCDtlsTransport, ssrc: int, callback: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Hand ``callback`` each parsed RTCP packet about media SSRC ``ssrc`` (PLI, FIR,
+    NACK, REMB, receiver reports) arriving on ``transport``, as aiortc does for
+    its own senders: for an SSRC the load tester sends itself (simulcast layers)."""
+    rtp_router(transport).register_sender(_RtcpRecipient(callback), ssrc)  # type: ignore[arg-type]
 
 
 # --- senders -------------------------------------------------------------------

@@ -80,6 +80,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     media.add_argument("--video-fps", type=int, default=30, help="default 30")
     media.add_argument("--audio-only", action="store_true", help="publish Opus only")
     media.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="publish video as three VP8 layers (rids q/h/f at 1/4, 1/2 and the full "
+        "--video-size; 10/33/100%% of --video-bitrate) and report which layer each "
+        "subscriber receives over time",
+    )
+    media.add_argument(
+        "--subscriber-cap",
+        type=_rate,
+        metavar="BITRATE",
+        help="cap every subscriber's receive bitrate (e.g. 400k): RTP beyond it is "
+        "dropped on arrival, like a slow downlink (off)",
+    )
+    media.add_argument(
         "--light-receivers",
         action="store_true",
         help="count received RTP from headers instead of aiortc's receive path: "
@@ -138,6 +152,8 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         duration_s=args.duration,
         ramp_per_s=args.ramp,
         audio_only=args.audio_only,
+        simulcast=args.simulcast,
+        subscriber_cap_bps=args.subscriber_cap,
         video_bitrate=args.video_bitrate,
         video_width=args.video_size[0],
         video_height=args.video_size[1],

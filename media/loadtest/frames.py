@@ -55,6 +55,20 @@ def is_vp8_keyframe(data: bytes) -> bool:
     return len(data) > 0 and data[0] & 0x01 == 0
 
 
+def vp8_frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) of a VP8 keyframe (RFC 6386 9.1: after the tag, the start
+    code 9d 01 2a, then 14-bit width and height), None for an interframe.
+
+    A simulcast subscriber tells the layers apart by it: the SFU sends every
+    layer on one SSRC.
+    """
+    if len(frame) < 10 or frame[0] & 0x01 or frame[3:6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(frame[6:8], "little") & 0x3FFF
+    height = int.from_bytes(frame[8:10], "little") & 0x3FFF
+    return width, height
+
+
 def is_h264_keyframe(data: bytes) -> bool:
     """Annex-B access unit containing an IDR slice (5) or an SPS (7)."""
     pos = data.find(b"\x00\x00\x01")

@@ -8,18 +8,21 @@ the server's Prometheus ``/metrics`` (process collector:
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from media.loadtest.sfuclient import GAP_THRESHOLD
+from media.loadtest.sfuclient import GAP_THRESHOLD, LONG_FREEZE, TrackStats
 
 from .peers import PUBLISHER, PacketCounts, SignaledPeer
 
 #: A received track that delivered nothing for longer than this froze (ms-level
 #: audio/video gaps below it are jitter, not something a person notices).
 FREEZE_THRESHOLD_S = GAP_THRESHOLD
+#: The simulcast layer report counts freezes over this (issue #13: "no freeze
+#: longer than 1 s" across a layer switch).
+LONG_FREEZE_S = LONG_FREEZE
 
 TrackKey = tuple[str, str, str]  # (receiving peer, source peer, kind)
 
@@ -213,6 +216,40 @@ def interval_point(
 
 
 @dataclass(frozen=True)
+class LayerChange:
+    """From ``at_s`` (seconds since the run started) a video track arrived as ``layer``.
+
+    ``layer`` is the publisher's rid whose picture is ``width`` x ``height``
+    (the subscriber sees one SSRC whatever the layer, so the keyframes' size
+    tells the layers apart), or ``"<width>x<height>"`` for a size no layer has.
+    """
+
+    at_s: float
+    layer: str
+    width: int
+    height: int
+
+
+def layer_changes(
+    stats: TrackStats, layer_names: Mapping[tuple[int, int], str], t0: float
+) -> list[LayerChange]:
+    """The received picture size over time, as layers."""
+    return [
+        LayerChange(round(at - t0, 3), layer_names.get((w, h), f"{w}x{h}"), w, h)
+        for at, w, h in stats.sizes
+    ]
+
+
+def layer_time(changes: list[LayerChange], end_s: float) -> dict[str, float]:
+    """Seconds spent on each layer, from its first keyframe to the next change (or ``end_s``)."""
+    out: dict[str, float] = {}
+    for i, change in enumerate(changes):
+        until = changes[i + 1].at_s if i + 1 < len(changes) else end_s
+        out[change.layer] = round(out.get(change.layer, 0.0) + max(0.0, until - change.at_s), 3)
+    return out
+
+
+@dataclass(frozen=True)
 class TrackResult:
     """One track a peer should receive: from ``source``, of ``kind``.
 
@@ -236,6 +273,18 @@ class TrackResult:
     packets_lost: int
     retransmitted: int
     loss_pct: float | None
+    #: Video: the layer received over time (see :class:`LayerChange`), the last
+    #: one, how often it changed, seconds on each; freezes over LONG_FREEZE_S.
+    layers: list[LayerChange] = field(default_factory=list)
+    layer: str | None = None
+    layer_switches: int = 0
+    layer_time_s: dict[str, float] = field(default_factory=dict)
+    long_freezes: int = 0
+    #: What the SFU said it sends (``quality``): the layer at the end (None:
+    #: one encoding, paused, or never said), how often and how long it paused.
+    sfu_layer: str | None = None
+    pauses: int = 0
+    paused_s: float = 0.0
 
     @property
     def receiving(self) -> bool:
@@ -254,6 +303,9 @@ class PeerResult:
     plis_sent: int
     keyframes_forced: int  # PLIs this peer answered with a keyframe (publishers)
     tracks: list[TrackResult] = field(default_factory=list)
+    #: Its receive cap (media.loadtest.netcap) and the RTP packets it dropped.
+    receive_cap_bps: int | None = None
+    cap_dropped_packets: int = 0
 
     @property
     def missing(self) -> list[TrackResult]:
@@ -269,6 +321,8 @@ def track_result(
     end: Snapshot,
     steady_at: float,
     end_at: float,
+    layer_names: Mapping[tuple[int, int], str] | None = None,
+    t0: float = 0.0,
 ) -> TrackResult:
     stats = peer.tracks().get((source, kind))
     key = (peer.user_id, source, kind)
@@ -283,12 +337,16 @@ def track_result(
     frames = last.frames - first.frames
     nbytes = last.bytes - first.bytes
     freezes = stats.gaps
+    long_freezes = stats.long_freezes
     max_gap = stats.max_gap
     if stats.last_frame_at is not None:
         trailing = end_at - stats.last_frame_at
         max_gap = max(max_gap, trailing)
         if trailing > FREEZE_THRESHOLD_S:
             freezes += 1
+        if trailing > LONG_FREEZE_S:
+            long_freezes += 1
+    changes = layer_changes(stats, layer_names or {}, t0) if kind == "video" else []
     packets = last.packets
     return TrackResult(
         source=source,
@@ -306,6 +364,14 @@ def track_result(
         packets_lost=packets.lost,
         retransmitted=packets.retransmitted,
         loss_pct=100 * packets.lost / packets.expected if packets.expected else None,
+        layers=changes,
+        layer=changes[-1].layer if changes else None,
+        layer_switches=stats.size_switches if kind == "video" else 0,
+        layer_time_s=layer_time(changes, round(end_at - t0, 3)),
+        long_freezes=long_freezes,
+        sfu_layer=stats.quality[-1][1] if stats.quality else None,
+        pauses=stats.pauses,
+        paused_s=round(stats.paused_for(end_at), 3),
     )
 
 
@@ -320,11 +386,28 @@ def peer_result(
     end: Snapshot,
     steady_at: float,
     end_at: float,
+    layer_names: Mapping[tuple[int, int], str] | None = None,
+    t0: float = 0.0,
 ) -> PeerResult:
-    """Results of a peer that joined: one track per (other publisher, kind)."""
+    """Results of a peer that joined: one track per (other publisher, kind).
+
+    ``layer_names``: (width, height) -> rid of the publishers' simulcast
+    layers; ``t0``: when the run started (layer changes are timed from it).
+    """
     connected_at = peer.connected_at
+    cap = peer.media.receive_cap
     tracks = [
-        track_result(peer, source, kind, steady=steady, end=end, steady_at=steady_at, end_at=end_at)
+        track_result(
+            peer,
+            source,
+            kind,
+            steady=steady,
+            end=end,
+            steady_at=steady_at,
+            end_at=end_at,
+            layer_names=layer_names,
+            t0=t0,
+        )
         for source in sources
         if source != peer.user_id
         for kind in kinds
@@ -338,8 +421,11 @@ def peer_result(
         join_latency_s=connected_at - peer.started_at if connected_at is not None else None,
         failures=list(peer.failures),
         plis_sent=peer.media.plis_sent,
-        keyframes_forced=sum(t.keyframes_forced for t in peer.media.tracks.values()),
+        keyframes_forced=sum(t.keyframes_forced for t in peer.media.tracks.values())
+        + (peer.media.simulcast.keyframes_forced if peer.media.simulcast is not None else 0),
         tracks=tracks,
+        receive_cap_bps=cap.bitrate if cap is not None else None,
+        cap_dropped_packets=cap.dropped if cap is not None else 0,
     )
 
 
@@ -372,6 +458,12 @@ class Summary:
     server_cpu_pct: Distribution | None
     server_rss_bytes: Distribution | None
     loadgen_cpu_pct: Distribution | None
+    #: Video tracks by the layer they were on at the end; layer changes and
+    #: freezes over LONG_FREEZE_S, all video tracks.
+    video_layers: dict[str, int] = field(default_factory=dict)
+    layer_switches: int = 0
+    long_freezes: int = 0
+    pauses: int = 0  # video pauses the SFU announced (quality), all tracks
 
 
 def summarize(peers: list[PeerResult], timeline: list[TimelinePoint]) -> Summary:
@@ -407,7 +499,19 @@ def summarize(peers: list[PeerResult], timeline: list[TimelinePoint]) -> Summary
         server_cpu_pct=distribution(p.server_cpu_pct for p in steady),
         server_rss_bytes=distribution(p.server_rss_bytes for p in timeline),
         loadgen_cpu_pct=distribution(p.loadgen_cpu_pct for p in steady),
+        video_layers=_count(t.layer for t in tracks if t.kind == "video" and t.layer),
+        layer_switches=sum(t.layer_switches for t in tracks),
+        long_freezes=sum(t.long_freezes for t in tracks if t.kind == "video"),
+        pauses=sum(t.pauses for t in tracks),
     )
+
+
+def _count(values: Iterable[str | None]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        if value is not None:
+            out[value] = out.get(value, 0) + 1
+    return dict(sorted(out.items()))
 
 
 # --- thresholds --------------------------------------------------------------

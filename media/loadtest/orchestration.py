@@ -30,6 +30,7 @@ import aiohttp
 
 from media.aiortc_compat import restrict_host_addresses
 from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.simulcast import SimulcastClips, simulcast_clips
 
 from .api import ApiError, HuddleApi, Identity
 from .metrics import (
@@ -74,6 +75,11 @@ class LoadTestConfig:
     video_height: int = 240
     video_fps: int = 30
     clip_seconds: float = 10.0  # keyframe only at the start of the loop and on PLI
+    # Publishers send three VP8 layers (rids q/h/f at 1/4, 1/2 and the full
+    # video size; bitrates 10/33/100 % of video_bitrate), as the browser does.
+    simulcast: bool = False
+    # Every receive-only subscriber's downlink is capped to this (media.loadtest.netcap).
+    subscriber_cap_bps: int | None = None
     secret: str | None = None  # mint tokens locally instead of /v1/dev/token
     ice_hosts: tuple[str, ...] = ("127.0.0.1",)
     settle_s: float = 20.0
@@ -111,6 +117,12 @@ class LoadTestConfig:
             raise ValueError("video fps must be in [1, 60]")
         if not 1 <= self.clip_seconds <= 60:
             raise ValueError("clip length must be in [1, 60] seconds")
+        if self.subscriber_cap_bps is not None and self.subscriber_cap_bps < 10_000:
+            raise ValueError("a subscriber cap must be at least 10 kbit/s")
+        if self.simulcast and self.audio_only:
+            raise ValueError("simulcast needs video (not --audio-only)")
+        if self.simulcast and min(self.video_width, self.video_height) < 64:
+            raise ValueError("simulcast needs a video size of at least 64x64 (its top layer)")
 
     @property
     def peers_per_room(self) -> int:
@@ -200,6 +212,7 @@ class LoadTest:
         self._t0 = 0.0
         self.timeline: list[TimelinePoint] = []
         self._warnings: list[str] = []
+        self._layers: SimulcastClips | None = None
 
     # --- the run ---------------------------------------------------------
 
@@ -264,6 +277,16 @@ class LoadTest:
         if c.audio_only:
             return None, audio
         frames = int(c.clip_seconds * c.video_fps)
+        if c.simulcast:
+            self._layers = simulcast_clips(
+                c.video_width,
+                c.video_height,
+                frames=frames,
+                fps=c.video_fps,
+                bitrate=c.video_bitrate,
+                keyframe_every=frames,
+            )
+            return None, audio
         video = vp8_clip(
             frames=frames,
             width=c.video_width,
@@ -354,6 +377,8 @@ class LoadTest:
                     session=session,
                     started_at=started,
                     count_only=self.config.light_receivers,
+                    simulcast=self._layers if publishing else None,
+                    receive_cap_bps=None if publishing else self.config.subscriber_cap_bps,
                 )
                 await slot.peer.publish()
         except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -471,12 +496,22 @@ class LoadTest:
                     end=end,
                     steady_at=steady_at,
                     end_at=end_at,
+                    layer_names=self._layer_names(),
+                    t0=self._t0,
                 )
                 if slot.error:
                     result.failures.append(slot.error)
                 results.append(result)
             out.append(RoomReport(room.index, room.call_id, room.error, results))
         return out
+
+    def _layer_names(self) -> dict[tuple[int, int], str]:
+        """(width, height) -> rid of the simulcast layers; else the one video size."""
+        layers = self._layers
+        if layers is not None:
+            return {size: rid for rid, size in zip(layers.rids, layers.sizes, strict=True)}
+        c = self.config
+        return {(c.video_width, c.video_height): "single"}
 
     async def _leave_all(self, api: HuddleApi) -> None:
         async def leave(room: _Room, slot: _Slot) -> None:

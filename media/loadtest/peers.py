@@ -31,6 +31,7 @@ from signaling.client import SignalingClient, SignalingClosed
 from .aiortc_compat import receiver_remote_streams, receiver_rtx_ssrcs
 from .preencoded import EncodedClip
 from .sfuclient import SfuClient, TrackStats
+from .simulcast import SimulcastClips
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,12 @@ def _receiver_counts(receiver: Any) -> PacketCounts:
 class SignaledPeer:
     """A headless participant joined over HTTP, signaling and the SFU.
 
-    ``video``/``audio`` are the clips it publishes (both None: it only
-    receives). Construct with :meth:`connect`, then :meth:`publish`.
+    ``video``/``audio`` are the clips it publishes, or ``simulcast`` the
+    video layers instead of ``video`` (all None: it only receives).
+    Construct with :meth:`connect`, then :meth:`publish`.
+
+    ``receive_cap_bps``: police what arrives on its subscribe connection
+    (:mod:`media.loadtest.netcap`), like a slow downlink.
 
     ``sfu_messages_only``: take only the SFU's messages off the socket and
     leave every other one in ``signaling`` for the caller to read (as tests
@@ -100,11 +105,14 @@ class SignaledPeer:
         started_at: float | None = None,
         count_only: bool = False,
         sfu_messages_only: bool = False,
+        simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
     ) -> None:
         self.user_id = user_id
         self._sfu_messages_only = sfu_messages_only
         self.signaling = signaling
-        self.role = PUBLISHER if (video is not None or audio is not None) else SUBSCRIBER
+        sends = video is not None or audio is not None or simulcast is not None
+        self.role = PUBLISHER if sends else SUBSCRIBER
         self._clock = clock
         self.started_at = clock() if started_at is None else started_at
         self.media = SfuClient(
@@ -115,6 +123,8 @@ class SignaledPeer:
             audio=audio,
             clock=clock,
             count_only=count_only,
+            simulcast=simulcast,
+            receive_cap_bps=receive_cap_bps,
         )
         self.publish_connected_at: float | None = None
         self.subscribe_connected_at: float | None = None
@@ -139,6 +149,8 @@ class SignaledPeer:
         timeout: float = 10.0,  # noqa: ASYNC109 - the WebSocket handshake's
         count_only: bool = False,
         sfu_messages_only: bool = False,
+        simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
     ) -> SignaledPeer:
         """Open the signaling socket of a participant that already joined over HTTP."""
         signaling = await SignalingClient.open(
@@ -153,6 +165,8 @@ class SignaledPeer:
             started_at=started_at,
             count_only=count_only,
             sfu_messages_only=sfu_messages_only,
+            simulcast=simulcast,
+            receive_cap_bps=receive_cap_bps,
         )
 
     # --- actions ---------------------------------------------------------

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .metrics import FREEZE_THRESHOLD_S, Distribution, PeerResult, TimelinePoint
+from .metrics import (
+    FREEZE_THRESHOLD_S,
+    LONG_FREEZE_S,
+    Distribution,
+    PeerResult,
+    TimelinePoint,
+    TrackResult,
+)
 from .orchestration import LoadTestReport
 
 REPORT_VERSION = 1
@@ -95,7 +102,8 @@ def scenario_line(report: LoadTestReport) -> str:
         "audio only"
         if c["audio_only"]
         else (
-            f"VP8 {c['video_width']}x{c['video_height']}@{c['video_fps']} "
+            f"VP8 {'simulcast q/h/f up to ' if c.get('simulcast') else ''}"
+            f"{c['video_width']}x{c['video_height']}@{c['video_fps']} "
             f"{c['video_bitrate'] / 1000:.0f} kbit/s + Opus"
         )
     )
@@ -103,6 +111,11 @@ def scenario_line(report: LoadTestReport) -> str:
         f"{_plural(c['rooms'], 'room')} x ({_plural(c['publishers'], 'publisher')} + "
         f"{_plural(c['subscribers'], 'subscriber')}), {media}, against {c['url']}"
         + (" (light receivers: header counting, no NACK/PLI)" if c.get("light_receivers") else "")
+        + (
+            f", subscribers capped at {c['subscriber_cap_bps'] / 1000:.0f} kbit/s"
+            if c.get("subscriber_cap_bps")
+            else ""
+        )
     )
 
 
@@ -141,6 +154,8 @@ def summary_text(report: LoadTestReport, *, max_listed: int = 10) -> str:
         f"keyframes     {s.keyframes_received} received; {s.plis_sent} PLIs sent by receivers",
         f"received      {s.received_bitrate_bps / 1e6:.2f} Mbit/s in all",
     ]
+    if report.config.get("simulcast"):
+        lines += _layer_lines(report, max_listed)
     if report.server_rss_after_leave_bytes is not None:
         lines.append(
             f"server RSS    {report.server_rss_after_leave_bytes / 2**20:.0f} MiB after leave"
@@ -163,6 +178,45 @@ def summary_text(report: LoadTestReport, *, max_listed: int = 10) -> str:
     if report.warnings:
         lines += ["", "warnings"] + [f"  {w}" for w in report.warnings]
     return "\n".join(lines)
+
+
+def layer_history(track: TrackResult) -> str:
+    """``q@2.1s f@2.3s h@14.0s``: the layer received from each time on (run seconds)."""
+    return " ".join(f"{c.layer}@{c.at_s:.1f}s" for c in track.layers) or "-"
+
+
+def _capped(peer: PeerResult) -> str:
+    if peer.receive_cap_bps is None:
+        return ""
+    return f" (capped {peer.receive_cap_bps / 1000:.0f} kbit/s, {peer.cap_dropped_packets} dropped)"
+
+
+def layer_times(track: TrackResult) -> str:
+    """``f 12.0 s, h 3.1 s``: seconds on each layer."""
+    return ", ".join(f"{layer} {s:.1f} s" for layer, s in track.layer_time_s.items()) or "-"
+
+
+def _layer_lines(report: LoadTestReport, max_listed: int) -> list[str]:
+    s = report.summary
+    on = ", ".join(f"{layer} {n}" for layer, n in s.video_layers.items()) or "none"
+    lines = [
+        f"layers        video tracks at the end: {on}; {s.layer_switches} layer switches; "
+        f"{s.long_freezes} freezes over {LONG_FREEZE_S * 1000:.0f} ms; {s.pauses} pauses",
+    ]
+    names = {p.user_id: p.name for p in report.peers}
+    rows = [
+        f"  {peer.name}{_capped(peer)} <- {names.get(t.source, t.source)}: {t.layer or '-'}, "
+        f"{t.layer_switches} switches, {t.long_freezes} long freezes, max gap "
+        f"{t.max_gap_s:.2f} s, SFU sends {t.sfu_layer or '-'}, {t.pauses} pauses "
+        f"({t.paused_s:.1f} s); {layer_history(t)}"
+        for peer in report.peers
+        for t in peer.tracks
+        if t.kind == "video"
+    ]
+    lines += rows[:max_listed]
+    if len(rows) > max_listed:
+        lines.append(f"  ... {len(rows) - max_listed} more in the JSON report")
+    return lines
 
 
 def _problems(peers: Sequence[PeerResult]) -> list[str]:
@@ -543,6 +597,30 @@ def to_html(report: LoadTestReport) -> str:
         f'<td class="l">{html.escape("; ".join(p.failures))}</td></tr>'
         for p in report.peers
     )
+    names = {p.user_id: p.name for p in report.peers}
+    layer_rows = "".join(
+        f'<tr><td class="l">{html.escape(p.name + _capped(p))}</td>'
+        f'<td class="l">{html.escape(names.get(t.source, t.source))}</td>'
+        f'<td class="l">{html.escape(t.layer or "-")}</td><td>{t.layer_switches}</td>'
+        f"<td>{t.long_freezes}</td><td>{t.max_gap_s:.2f}</td>"
+        f'<td class="l">{html.escape(t.sfu_layer or "-")}</td>'
+        f"<td>{t.pauses} ({t.paused_s:.1f} s)</td>"
+        f'<td class="l">{html.escape(layer_times(t))}</td>'
+        f'<td class="l">{html.escape(layer_history(t))}</td></tr>'
+        for p in report.peers
+        for t in p.tracks
+        if t.kind == "video"
+    )
+    layers_html = (
+        f"<h2>Simulcast layers received</h2><table><tr><th class='l'>receiver</th>"
+        f"<th class='l'>from</th><th class='l'>layer at the end</th><th>switches</th>"
+        f"<th>freezes &gt; {LONG_FREEZE_S:g} s</th><th>max gap s</th>"
+        f"<th class='l'>SFU sends</th><th>pauses</th>"
+        f"<th class='l'>time on each layer</th><th class='l'>layer from (run time)</th></tr>"
+        f"{layer_rows}</table>"
+        if c.get("simulcast")
+        else ""
+    )
     chart_divs = "".join(f'<div class="chart">{ch}</div>' for ch in charts)
     problems = _problems(report.peers)
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings + problems[:50])
@@ -562,6 +640,7 @@ ramp {report.ramp_s:.1f} s · settle {report.settle_s:.1f} s · steady {report.s
 <div class="cards">{"".join(cards)}</div>
 <h2>Over time</h2><div class="charts">{chart_divs}</div>
 <h2>Who received whom</h2><div class="matrices">{matrices}</div>
+{layers_html}
 <h2>Checks</h2><table><tr><th class="l"></th><th class="l">check</th><th>value</th>
 <th>limit</th><th class="l">what</th></tr>{checks}</table>
 {f'<h2>Warnings and problems</h2><ul class="w">{notes}</ul>' if notes else ""}

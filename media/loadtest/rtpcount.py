@@ -15,7 +15,9 @@ reads the fixed RTP header and, for VP8, the payload descriptor and frame tag:
   RFC 3550 counts it (expected - received), RTX packets apart;
 - per media stream: a frame ends with the marker bit; its size, whether it
   was a VP8 keyframe (or, for other codecs, the first frame), and the arrival
-  time go to ``on_frame(mid, kind, nbytes, keyframe)``.
+  time go to ``on_frame(mid, kind, nbytes, keyframe)``; a VP8 keyframe's
+  picture size (which simulcast layer a subscriber gets) to
+  ``on_size(mid, (width, height))``.
 
 The server still gets the feedback a real receiver sends, so its RTCP work
 is part of what a benchmark measures: each media stream's counts stand in
@@ -23,9 +25,11 @@ for aiortc's ``StreamStatistics``, so the receiver's own RTCP loop sends
 receiver reports (fraction and cumulative lost, highest sequence number,
 LSR/DLSR; jitter is not computed and reads 0), and every video stream sends a
 REMB with its measured bitrate about once a second, as aiortc's estimator
-does. It sends no NACK and no PLI: loss is reported as it happened. The
-mapping from SSRC to transceiver is aiortc's own (SDP ``a=ssrc`` lines, then
-the ``mid`` header extension through the router). The private names this
+does (unless ``remb=False``: :class:`media.loadtest.sfuclient.SfuClient`
+sends one REMB for its whole connection instead). It sends no NACK and no
+PLI: loss is reported as it happened. The mapping from SSRC to transceiver
+is aiortc's own (SDP ``a=ssrc`` lines, then the ``mid`` header extension
+through the router). The private names this
 needs are reached through :mod:`media.loadtest.aiortc_compat`.
 """
 
@@ -51,6 +55,7 @@ from .aiortc_compat import (
     rtp_router,
     send_receiver_rtcp,
 )
+from .frames import vp8_frame_size
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +119,13 @@ class StreamCount:
         return (lost_interval << 8) // expected_interval
 
 
-def vp8_keyframe(payload: bytes) -> bool:
-    """Whether an RTP payload starts a VP8 keyframe (RFC 7741 descriptor, RFC 6386 tag)."""
+def _vp8_frame_start(payload: bytes) -> int:
+    """Where the VP8 frame starts in the first packet of a frame; -1 if not a first packet."""
     if len(payload) < 2:
-        return False
+        return -1
     first = payload[0]
     if not first & 0x10 or first & 0x07:  # S bit, partition 0
-        return False
+        return -1
     pos = 1
     if first & 0x80:  # X
         ext = payload[1]
@@ -131,7 +136,19 @@ def vp8_keyframe(payload: bytes) -> bool:
             pos += 1
         if ext & 0x30:  # T or K
             pos += 1
-    return pos < len(payload) and payload[pos] & 0x01 == 0
+    return pos if pos < len(payload) else -1
+
+
+def vp8_keyframe(payload: bytes) -> bool:
+    """Whether an RTP payload starts a VP8 keyframe (RFC 7741 descriptor, RFC 6386 tag)."""
+    pos = _vp8_frame_start(payload)
+    return pos >= 0 and payload[pos] & 0x01 == 0
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) of the VP8 keyframe an RTP payload starts, else None."""
+    pos = _vp8_frame_start(payload)
+    return vp8_frame_size(payload[pos:]) if pos >= 0 else None
 
 
 class RtpCounter:
@@ -142,10 +159,15 @@ class RtpCounter:
         pc: RTCPeerConnection,
         transport: Any,
         on_frame: Callable[[str, str, int, bool], None],
+        on_size: Callable[[str, tuple[int, int]], None] | None = None,
+        *,
+        remb: bool = True,
     ) -> None:
         self._pc = pc
+        self._remb = remb  # False: the owner sends one REMB for the connection
         self.transport = transport
         self._on_frame = on_frame
+        self._on_size = on_size
         self.streams: dict[int, StreamCount | None] = {}
         replace_rtp_handler(transport, self._handle)
 
@@ -178,6 +200,10 @@ class RtpCounter:
         if stream.frame_bytes == 0:
             if stream.vp8:
                 stream.frame_key = vp8_keyframe(payload)
+                if stream.frame_key and self._on_size is not None:
+                    size = vp8_keyframe_size(payload)
+                    if size is not None:
+                        self._on_size(stream.mid, size)
             else:  # every audio frame stands alone; other video: the first only
                 stream.frame_key = stream.kind == "audio" or stream.frames == 0
         stream.frame_bytes += len(payload)
@@ -185,7 +211,7 @@ class RtpCounter:
             stream.frames += 1
             nbytes, stream.frame_bytes = stream.frame_bytes, 0
             self._on_frame(stream.mid, stream.kind, nbytes, stream.frame_key)
-            if stream.kind == "video":
+            if stream.kind == "video" and self._remb:
                 now = time.monotonic()
                 if now - stream.remb_at >= 1.0:
                     await self._send_remb(ssrc, stream, now)

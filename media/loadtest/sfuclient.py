@@ -4,10 +4,13 @@
   paced at the frame rate, timestamps increasing across loops, answering a
   keyframe request by jumping to a keyframe (at most once per 300 ms, like
   Chrome's WebRTC library).
-* :class:`SfuClient` speaks the SFU's publish/subscribe protocol; by default
+* :class:`SfuClient` speaks the SFU's publish/subscribe protocol, publishing
+  clips or (``simulcast``) three VP8 layers with rid extensions
+  (:mod:`media.loadtest.simulcast`); by default
   it does not decode: it counts frames, bytes, keyframes and gaps per remote
   track through a pass-through receiver (:mod:`media.loadtest.passthrough`)
-  or, ``count_only``, from RTP headers (:mod:`media.loadtest.rtpcount`).
+  or, ``count_only``, from RTP headers (:mod:`media.loadtest.rtpcount`), and
+  which picture size (simulcast layer) arrives, from the VP8 keyframes.
 
 Both connections of an :class:`SfuClient` use ``max-bundle`` whatever
 configuration it is given: the SFU always bundles, and with aiortc's default
@@ -32,24 +35,54 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from media.keyframes import KeyframeRequester
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message, default_source
 
-from .aiortc_compat import on_keyframe_request
-from .frames import EncodedFrame, time_base_for
+from .aiortc_compat import (
+    disable_receiver_remb,
+    on_keyframe_request,
+    receiver_rtcp_ssrc,
+    send_receiver_rtcp,
+)
+from .frames import EncodedFrame, time_base_for, vp8_frame_size
+from .netcap import ReceiveCap, install_receive_cap
 from .packer import install_packer
 from .passthrough import PassthroughReceiver
 from .preencoded import EncodedClip
 from .rtpcount import RtpCounter
+from .simulcast import (
+    SilentTrack,
+    SimulcastClips,
+    SimulcastOffer,
+    SimulcastSender,
+    answered_extension_ids,
+    answered_layers,
+    munge_offer,
+)
 
 logger = logging.getLogger(__name__)
 
 KEYFRAME_ANSWER_INTERVAL = 0.3
 GAP_THRESHOLD = 0.5
+#: A video gap longer than this is a freeze a person notices (the simulcast
+#: layer report's count; issue #13's "no freeze longer than 1 s").
+LONG_FREEZE = 1.0
+#: The subscriber's REMB, sent every REMB_INTERVAL, models Chrome's
+#: delay-based estimate on a link with no queueing delay: it starts at
+#: REMB_START (Chrome's start bit rate), rises to REMB_GROWTH times the video
+#: bit rate that arrived (its limit while not congested) and never falls (a
+#: loopback link, or the policer of media.loadtest.netcap, builds no delay
+#: for it to see). Loss is left to the SFU, which reads it from the receiver
+#: reports.
+REMB_START = 300_000
+REMB_GROWTH = 1.5
+REMB_INTERVAL = 1.0
 
 
 class ClipTrack(MediaStreamTrack):
@@ -117,6 +150,18 @@ class TrackStats:
     last_frame_at: float | None = None
     decoded: int = 0
     frame_times: list[float] = field(default_factory=list, repr=False)
+    #: Video: the picture size of the last keyframe (which simulcast layer
+    #: arrives: the SFU rewrites SSRCs, so the size tells them apart).
+    size: tuple[int, int] | None = None
+    #: (arrival time, width, height) each time the size changed, the first included.
+    sizes: list[tuple[float, int, int]] = field(default_factory=list)
+    long_freezes: int = 0  # gaps over LONG_FREEZE
+    #: What the SFU says it sends (``quality`` messages): (time, layer, paused)
+    #: at each change, the pauses and how long they lasted in all.
+    quality: list[tuple[float, str | None, bool]] = field(default_factory=list)
+    pauses: int = 0
+    paused_s: float = 0.0
+    paused_since: float | None = None
 
     @property
     def first_frame_delay(self) -> float | None:
@@ -132,11 +177,41 @@ class TrackStats:
             self.max_gap = max(self.max_gap, gap)
             if gap > GAP_THRESHOLD:
                 self.gaps += 1
+            if gap > LONG_FREEZE:
+                self.long_freezes += 1
         self.last_frame_at = now
         self.frames += 1
         self.bytes += nbytes
         if keyframe:
             self.keyframes += 1
+
+    def saw_size(self, width: int, height: int, now: float) -> None:
+        """A keyframe of ``width`` x ``height`` arrived (VP8 keyframes carry their size)."""
+        if self.size != (width, height):
+            self.size = (width, height)
+            self.sizes.append((now, width, height))
+
+    def saw_quality(self, layer: str | None, paused: bool, now: float) -> None:
+        """A ``quality`` entry for this track: the layer the SFU sends, or paused."""
+        if self.quality and self.quality[-1][1:] == (layer, paused):
+            return
+        self.quality.append((now, layer, paused))
+        if paused and self.paused_since is None:
+            self.pauses += 1
+            self.paused_since = now
+        elif not paused and self.paused_since is not None:
+            self.paused_s += now - self.paused_since
+            self.paused_since = None
+
+    def paused_for(self, now: float) -> float:
+        """Seconds paused in all, up to ``now``."""
+        ongoing = now - self.paused_since if self.paused_since is not None else 0.0
+        return self.paused_s + ongoing
+
+    @property
+    def size_switches(self) -> int:
+        """How often the received picture size (the simulcast layer) changed."""
+        return max(0, len(self.sizes) - 1)
 
 
 def max_bundle(configuration: RTCConfiguration) -> RTCConfiguration:
@@ -178,12 +253,31 @@ class SfuClient:
         audio: EncodedClip | None = None,
         decode: bool = False,
         count_only: bool = False,
+        simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if simulcast is not None and video is not None:
+            raise ValueError("publish either one video clip or simulcast layers, not both")
         self.id = participant_id
         self._send = send
         self._config = max_bundle(rtc_configuration)
         self._clips = [c for c in (audio, video) if c is not None]
+        #: The simulcast publisher (media.loadtest.simulcast), if publishing simulcast.
+        self.simulcast: SimulcastSender | None = (
+            SimulcastSender(simulcast) if simulcast is not None else None
+        )
+        self._simulcast_offer: SimulcastOffer | None = None
+        self._simulcast_transceiver: RTCRtpTransceiver | None = None
+        #: Polices what arrives on the subscribe connection (media.loadtest.netcap).
+        self.receive_cap = ReceiveCap(receive_cap_bps) if receive_cap_bps else None
+        self._capped: list[Any] = []  # transports the cap is installed on
+        self._video_receivers: list[Any] = []  # RTCRtpReceivers of received video
+        self._remb_task: asyncio.Task[None] | None = None
+        self.rembs_sent = 0
+        self.last_remb: int | None = None
+        #: The rids the SFU's answer accepted (empty until then, or if it refused).
+        self.simulcast_layers: tuple[str, ...] = ()
         self._decode = decode
         # Count RTP from headers instead of reassembling frames (media.loadtest.rtpcount):
         # no NACK, no PLI; for load generators that must stay cheap.
@@ -219,7 +313,7 @@ class SfuClient:
         With nothing to publish, enter the room receive-only instead
         (``subscribe``): no publish connection at all.
         """
-        if not self._clips:
+        if not self._clips and self.simulcast is None:
             await self._send({"type": "subscribe", "target_id": SFU_ID})
             return
         pc = self.publish_pc = RTCPeerConnection(self._config)
@@ -230,6 +324,12 @@ class SfuClient:
             install_packer(transceiver.sender, clip.mime_type, clip.clock_rate)
             on_keyframe_request(transceiver.sender, track.request_keyframe)
             self.tracks[clip.kind] = track
+        simulcast_transceiver = None
+        if self.simulcast is not None:
+            # The m-section for the layers; aiortc itself sends nothing on it.
+            simulcast_transceiver = pc.addTransceiver(SilentTrack(), direction="sendonly")
+            simulcast_transceiver.setCodecPreferences(_codec_capability("video", "video/vp8"))
+        self._simulcast_transceiver = simulcast_transceiver
         await self._offer()
 
     async def _offer(self) -> None:
@@ -237,19 +337,18 @@ class SfuClient:
         pc = self.publish_pc
         assert pc is not None
         await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        layers = self._simulcast_transceiver
+        if layers is not None and self.simulcast is not None:
+            self._simulcast_offer = munge_offer(sdp, str(layers.mid), self.simulcast.clips.rids)
+            sdp = self._simulcast_offer.sdp
         sources = {
             str(t.mid): ("screen" if t is self._screen_transceiver else default_source(t.kind))
             for t in pc.getTransceivers()
             if t.mid is not None
         }
         await self._send(
-            {
-                "type": "offer",
-                "target_id": SFU_ID,
-                "pc": PUBLISH,
-                "sdp": pc.localDescription.sdp,
-                "sources": sources,
-            }
+            {"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": sdp, "sources": sources}
         )
 
     async def share_screen(self, clip: EncodedClip) -> None:
@@ -307,6 +406,7 @@ class SfuClient:
             await self.publish_pc.setRemoteDescription(
                 RTCSessionDescription(sdp=message["sdp"], type="answer")
             )
+            self._start_simulcast(str(message["sdp"]))
         elif kind == "offer" and message.get("pc") == SUBSCRIBE:
             pc = self.subscribe_pc
             await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
@@ -342,8 +442,52 @@ class SfuClient:
                 if mid not in announced:
                     del self.track_info[mid]
                     self._current.pop(mid, None)
+        elif kind == "quality":
+            now = self._clock()
+            for entry in message.get("tracks", []):
+                current = self._current.get(str(entry.get("mid")))
+                if current is not None:
+                    layer = entry.get("layer")
+                    current.saw_quality(
+                        str(layer) if layer is not None else None, bool(entry.get("paused")), now
+                    )
+        elif kind == "layers":
+            self._on_layers(message)
         elif kind == "error":
             self.errors.append(message)
+
+    def _on_layers(self, message: Message) -> None:
+        """Dynacast: encode (send) only the layers the SFU names, as a browser does."""
+        offer, sender = self._simulcast_offer, self.simulcast
+        rids = message.get("rids")
+        if offer is None or sender is None or str(message.get("mid")) != offer.mid:
+            return
+        if isinstance(rids, list):
+            sender.set_active([str(r) for r in rids])
+
+    def _start_simulcast(self, answer: str) -> None:
+        offer, sender, pc = self._simulcast_offer, self.simulcast, self.publish_pc
+        if offer is None or sender is None or pc is None:
+            return
+        layers = answered_layers(answer, offer.mid)
+        ids = answered_extension_ids(answer, offer.mid)
+        ids = {uri: ids[uri] for uri in offer.extension_ids if uri in ids}
+        if not layers or set(ids) != set(offer.extension_ids):
+            logger.error(
+                "SfuClient(%s): the SFU did not accept simulcast on mid %s "
+                "(layers %s, extensions %s)",
+                self.id,
+                offer.mid,
+                layers,
+                sorted(ids),
+            )
+            return
+        self.simulcast_layers = layers
+        for rid in sender.layers:
+            if rid not in layers:
+                sender.pause(rid)
+        transceiver = next(t for t in pc.getTransceivers() if str(t.mid) == offer.mid)
+        sender.start(transceiver.sender.transport, offer.mid, offer.payload_type, ids)
 
     def _on_subscribe_state(self) -> None:
         if self.subscribe_pc.connectionState == "connected" and self.subscribe_connected_at is None:
@@ -367,22 +511,45 @@ class SfuClient:
             self._tasks.append(
                 asyncio.get_running_loop().create_task(self._consume(track, mid, kind))
             )
+            self._apply_cap(transceiver.receiver.transport)
             return
 
+        if kind == "video":
+            # One REMB for the connection, as a browser sends (see _remb_loop).
+            disable_receiver_remb(transceiver.receiver)
+            self._video_receivers.append(transceiver.receiver)
+            if self._remb_task is None:
+                self._remb_task = asyncio.get_running_loop().create_task(
+                    self._remb_loop(), name=f"remb {self.id}"
+                )
+                self._tasks.append(self._remb_task)
         if self._count_only:
             self._stats_for(mid, kind)
             transport = transceiver.receiver.transport
             if self.counter is None or self.counter.transport is not transport:
-                self.counter = RtpCounter(self.subscribe_pc, transport, self._on_counted_frame)
+                self.counter = RtpCounter(
+                    self.subscribe_pc,
+                    transport,
+                    self._on_counted_frame,
+                    self._on_counted_size,
+                    remb=False,
+                )
             # Still a pass-through receiver (no decoder thread), though the
             # counter takes the packets before it would see them.
             self._receivers.append(
                 PassthroughReceiver(transceiver, on_frame=lambda f: None, on_loss=lambda: None)
             )
+            self._apply_cap(transport)
             return
 
         def on_frame(frame: EncodedFrame) -> None:
-            self._stats_for(mid, kind).add(len(frame.data), frame.keyframe, self._clock())
+            now = self._clock()
+            stats = self._stats_for(mid, kind)
+            stats.add(len(frame.data), frame.keyframe, now)
+            if frame.keyframe and kind == "video":
+                size = vp8_frame_size(frame.data)
+                if size is not None:
+                    stats.saw_size(size[0], size[1], now)
 
         def on_loss() -> None:
             # Like a browser whose decoder lost the picture: ask for a keyframe.
@@ -398,17 +565,74 @@ class SfuClient:
         requester = KeyframeRequester(send_pli, 0.3, name=f"client {self.id}")
         self._receivers.append(receiver)
         self._pli.append(requester)
+        self._apply_cap(transceiver.receiver.transport)
+
+    def _apply_cap(self, transport: Any) -> None:
+        # After the RTP counter (if any) took the transport's handler: the cap wraps it.
+        if self.receive_cap is not None and not any(t is transport for t in self._capped):
+            install_receive_cap(transport, self.receive_cap)
+            self._capped.append(transport)
 
     def _on_counted_frame(self, mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
         self._stats_for(mid, kind).add(nbytes, keyframe, self._clock())
 
+    def _video_ssrcs(self) -> list[int]:
+        if self.counter is not None:
+            return [
+                ssrc
+                for ssrc, stream in self.counter.streams.items()
+                if stream is not None and stream.kind == "video" and not stream.rtx
+            ]
+        return [
+            r.media_ssrc for r in self._receivers if r.kind == "video" and r.media_ssrc is not None
+        ]
+
+    async def _remb_loop(self) -> None:
+        """Every REMB_INTERVAL: one REMB for every received video SSRC (what the
+        SFU reads as the downlink; see REMB_START)."""
+        loop = asyncio.get_running_loop()
+        at, received = loop.time(), 0
+        estimate = REMB_START
+        while True:
+            await asyncio.sleep(REMB_INTERVAL)
+            now = loop.time()
+            total = sum(s.bytes for s in self._current.values() if s.kind == "video")
+            rate = (total - received) * 8 / (now - at) if now > at else 0.0
+            at, received = now, total
+            ssrcs = self._video_ssrcs()
+            sender = next(
+                (r for r in self._video_receivers if receiver_rtcp_ssrc(r) is not None), None
+            )
+            estimate = max(estimate, int(rate * REMB_GROWTH))
+            if not ssrcs or sender is None:
+                continue
+            packet = RtcpPsfbPacket(
+                fmt=RTCP_PSFB_APP,
+                ssrc=receiver_rtcp_ssrc(sender) or 0,
+                media_ssrc=0,
+                fci=pack_remb_fci(estimate, ssrcs),
+            )
+            try:
+                await send_receiver_rtcp(sender, packet)
+            except ConnectionError:
+                continue
+            self.rembs_sent += 1
+            self.last_remb = estimate
+
+    def _on_counted_size(self, mid: str, size: tuple[int, int]) -> None:
+        self._stats_for(mid, "video").saw_size(size[0], size[1], self._clock())
+
     async def _consume(self, track: MediaStreamTrack, mid: str, kind: str) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
-                await track.recv()
+                frame = await track.recv()
+                now = self._clock()
                 stats = self._stats_for(mid, kind)
-                stats.add(0, False, self._clock())
+                stats.add(0, False, now)
                 stats.decoded += 1
+                width, height = getattr(frame, "width", None), getattr(frame, "height", None)
+                if isinstance(width, int) and isinstance(height, int):
+                    stats.saw_size(width, height, now)
 
     # --- queries ---------------------------------------------------------
 
@@ -440,6 +664,8 @@ class SfuClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.simulcast is not None:
+            await self.simulcast.stop()
         if self.publish_pc is not None:
             await self.publish_pc.close()
         await self.subscribe_pc.close()

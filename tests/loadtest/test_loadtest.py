@@ -150,6 +150,67 @@ async def test_light_receivers_count_every_track(huddle_server: str, tmp_path: P
                 assert track["keyframes"] >= 1, track
 
 
+async def test_simulcast_publishers_report_the_layer_received(
+    huddle_server: str, tmp_path: Path
+) -> None:
+    """--simulcast: three layers per publisher; every uncapped receiver ends on the
+    top one. --subscriber-cap: the subscriber's downlink is policed, and the SFU
+    moves it down to a layer that fits."""
+    json_path, html_path = tmp_path / "simulcast.json", tmp_path / "simulcast.html"
+    code, out, err = await run_cli(
+        "--url", huddle_server,
+        "--rooms", "1",
+        "--publishers", "2",
+        "--subscribers", "1",
+        "--duration", "4",
+        "--settle", "8",
+        "--simulcast",
+        "--video-size", "320x180",
+        "--video-fps", "15",
+        "--subscriber-cap", "150k",
+        # The capped subscriber loses what does not fit: only checked below.
+        "--min-fps", "0",
+        "--max-loss", "100",
+        "--max-missing", "2",
+        "--json", str(json_path),
+        "--html", str(html_path),
+    )  # fmt: skip
+    assert json_path.exists(), f"exit {code}\n{out}\n{err[-3000:]}"
+    report = json.loads(json_path.read_text())
+    assert code == 0, f"exit {code}\n{out}\n{err[-3000:]}"
+    assert report["config"]["simulcast"] is True
+    assert "simulcast q/h/f" in out and "subscribers capped at 150 kbit/s" in out
+    assert re.search(r"layers +video tracks at the end: .*f [2-4]\b.*; \d+ layer switches", out)
+    peers = by_name(report)
+    subscriber = peers.pop("r0-s0")
+    assert subscriber["receive_cap_bps"] == 150_000
+    assert subscriber["cap_dropped_packets"] > 0
+    assert re.search(r"r0-s0 \(capped 150 kbit/s, [1-9]\d* dropped\) <- r0-p0", out), out
+    # The SFU reads the capped subscriber's loss (its receiver reports) and
+    # moves it to a layer that fits.
+    # (What it received last may still be a top-layer keyframe: the lower
+    # layer's keyframe can be dropped by the cap too; the SFU says what it sends.)
+    for track in subscriber["tracks"]:
+        if track["kind"] == "video":
+            assert track["sfu_layer"] in ("q", "h") or track["pauses"] > 0, track
+    assert len(peers) == 2
+    for peer in peers.values():
+        assert peer["receive_cap_bps"] is None and peer["cap_dropped_packets"] == 0
+        for track in peer["tracks"]:
+            assert track["frames"] > 20 and track["loss_pct"] == 0, track
+            if track["kind"] != "video":
+                continue
+            assert track["layer"] == "f", track
+            assert track["layers"][-1]["layer"] == "f"
+            assert (track["layers"][-1]["width"], track["layers"][-1]["height"]) == (320, 180)
+            assert track["layer_switches"] == len(track["layers"]) - 1
+            assert track["layer_time_s"]["f"] > 3, track
+            assert track["long_freezes"] == 0, track
+            assert track["sfu_layer"] == "f" and track["pauses"] == 0, track
+    page = html_path.read_text()
+    assert "Simulcast layers received" in page and "capped 150 kbit/s" in page
+
+
 async def test_bad_arguments_exit_2_without_running() -> None:
     code, _, err = await run_cli("--publishers", "1", "--subscribers", "0", timeout=60)
     assert code == 2

@@ -11,6 +11,7 @@ from media.aiortc_compat import restrict_host_addresses
 from media.config import MediaConfig
 from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
 from media.loadtest.sfuclient import LocalSignaling, SfuClient
+from media.loadtest.simulcast import SimulcastClips
 from media.metrics import CountingMediaMetrics, MediaMetrics
 from media.room import Room
 
@@ -69,6 +70,8 @@ class Call:
         count_only: bool = False,
         rtc_configuration: RTCConfiguration | None = None,
         publish: bool = True,
+        simulcast: SimulcastClips | None = None,
+        receive_cap_bps: int | None = None,
     ) -> SfuClient:
         """A client that publishes at once (or, ``publish=False``, only receives);
         ``rtc_configuration`` defaults to the SFU's."""
@@ -80,10 +83,12 @@ class Call:
             participant_id,
             send,
             rtc_configuration=rtc_configuration or self.config.rtc_configuration(),
-            video=self._video if publish else None,
+            video=self._video if publish and simulcast is None else None,
             audio=self._audio if publish else None,
             decode=decode,
             count_only=count_only,
+            simulcast=simulcast,
+            receive_cap_bps=receive_cap_bps,
         )
         self.clients[participant_id] = client
         self.signaling.clients[participant_id] = client
