@@ -59,11 +59,12 @@ REMB_MAX_AGE = 5.0
 #: Receiver reports with more than this fraction lost lower the estimate.
 LOSSY = 0.1
 #: Receiver reports with at most this fraction lost (and newer than
-#: LOSS_FREE_AGE s) show the link carries what is sent: the estimate is then at
-#: least CARRIED times that.
+#: LOSS_FREE_AGE s) show the link carries what is sent: a low estimate is then
+#: not congestion ...
 LOSS_FREE = 0.02
 LOSS_FREE_AGE = 2.5
-CARRIED = 0.95
+#: ... and made at least this long after the last change of what is sent (s).
+SETTLE = 0.5
 #: An estimate under this share of what the subscriber is sent means congestion
 #: (a receiver's estimate lags behind a publisher ramping up, and on overuse
 #: Chrome's drops to ~0.85 of what actually arrives: far below what is sent).
@@ -77,8 +78,10 @@ MAX_UP_AFTER = 8.0
 RECOVERED = 1.25
 #: Congestion within this many seconds of a step up means it did not fit.
 TRIAL = 2.0
-#: A track is paused only after its lowest layer has not fit for this long (s).
+#: A track is paused only after its lowest layer has not fit for this long (s),
+#: while the receiver reports at least this fraction lost.
 PAUSE_AFTER = 3.0
+PAUSE_LOSS = 0.2
 #: A layer this share of the rendered size or more is large enough for it.
 SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
@@ -116,6 +119,7 @@ class SubscriberAdaptation:
         self._trial_until: float | None = None
         self._failed_at: float | None = None  # the estimate at the last congestion
         self._carried = False  # the latest receiver reports show no loss
+        self._lost: float | None = None  # the most lost in fresh receiver reports
         self._pause_since: dict[Hashable, float] = {}  # mid -> since when it would pause
 
     def __repr__(self) -> str:
@@ -155,7 +159,17 @@ class SubscriberAdaptation:
             and now - slot.fast.last_report_at <= LOSS_FREE_AGE
         ]
         lost = max(fresh, default=0.0)
-        self._carried = bool(fresh) and lost <= LOSS_FREE and sending > 0
+        self._lost = lost if fresh else None
+        # Only reports about what is sent now (made after the last change) vouch for it.
+        settled = [
+            slot.fast.last_report.fraction_lost
+            for slot in self._slots()
+            if slot.fast.last_report is not None
+            and slot.fast.last_report_at is not None
+            and slot.fast.last_report_at > self._steady_since + SETTLE
+            and now - slot.fast.last_report_at <= LOSS_FREE_AGE
+        ]
+        self._carried = bool(settled) and max(settled) <= LOSS_FREE and sending > 0
         if remb is None or at is None or now - at > REMB_MAX_AGE:
             # No REMB: loss alone says what does not fit.
             return sending * (1 - lost / 2) if lost > LOSSY and sending > 0 else None
@@ -177,7 +191,7 @@ class SubscriberAdaptation:
             mid = str(slot.transceiver.mid)
             layers = up.arriving_layers()
             rates = dict(layers)
-            layer = up.layer_of(slot.down)
+            layer = up.target_of(slot.down)  # a switch asked for counts as made
             index = up.index_of(layer) if layer is not None else None
             if len(up.layers()) < 2:
                 # One encoding (audio, or video without simulcast): sent unless its
@@ -215,7 +229,7 @@ class SubscriberAdaptation:
             up = slot.source
             if up is None:
                 continue
-            before = PAUSED if up.paused(slot.down) else up.layer_of(slot.down)
+            before = PAUSED if up.paused(slot.down) else up.target_of(slot.down)
             # Without an estimate the top layer needs no cap (a layer that starts
             # later may be taken then); with one, the allocation is the cap.
             top = index != PAUSED and index >= up.top_index
@@ -239,8 +253,9 @@ class SubscriberAdaptation:
 
     def _hold_pauses(self, result: dict[Hashable, int], demands: list[Demand], now: float) -> None:
         """Pause a track only when its lowest layer has not fit for :data:`PAUSE_AFTER`
-        seconds: a receiver's estimate drops below its real capacity after an overshoot
-        and would pause video that its lowest layer could have carried."""
+        seconds and its receiver reports (if any) lose :data:`PAUSE_LOSS` or more: a receiver's
+        estimate drops below its real capacity after an overshoot and would pause
+        video that its lowest layer could have carried."""
         pressed = set()
         for d in demands:
             if d.kind != "video" or d.cap == PAUSED or d.current == PAUSED or not d.layers:
@@ -249,7 +264,8 @@ class SubscriberAdaptation:
                 continue
             pressed.add(d.key)
             since = self._pause_since.setdefault(d.key, now)
-            if now - since < PAUSE_AFTER:
+            lost = self._lost
+            if now - since < PAUSE_AFTER or (lost is not None and lost < PAUSE_LOSS):
                 result[d.key] = d.layers[0][0]  # the lowest layer meanwhile
         for key in list(self._pause_since):
             if key not in pressed:

@@ -143,6 +143,13 @@ class UpTrack:
             return [self._default]
         return [self._layers[rid] for rid in rids if rid in self._layers]
 
+    def target_of(self, down: DownTrack) -> Layer | None:
+        """The layer ``down`` is moving to (at its next keyframe), else the one it is on."""
+        for layer in self.layers():
+            if down in layer.pending:
+                return layer
+        return self._layer_of.get(down)
+
     def layer_at(self, index: int) -> Layer | None:
         """The layer of index ``index`` (see :meth:`index_of`), if it arrived yet."""
         for layer in self.layers():

@@ -77,6 +77,12 @@ def constrained_namespace() -> Iterator[Link]:
         _run("ip", "netns", "add", netns)
         _run("ip", "link", "add", ours, "type", "veth", "peer", "name", theirs)
         _run("ip", "link", "set", theirs, "netns", netns)
+        # No IPv6 on the pair: its autoconfigured addresses would come a second or
+        # two later, and a browser aborts loads in flight when addresses change
+        # (net::ERR_NETWORK_CHANGED).
+        _run("sysctl", "-qw", f"net.ipv6.conf.{ours}.disable_ipv6=1", check=False)
+        _run("ip", "netns", "exec", netns, "sysctl", "-qw",
+             f"net.ipv6.conf.{theirs}.disable_ipv6=1", check=False)  # fmt: skip
         _run("ip", "addr", "add", f"{server_ip}/24", "dev", ours)
         _run("ip", "link", "set", ours, "up")
         inside = ("ip", "netns", "exec", netns)
