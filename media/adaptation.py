@@ -121,6 +121,7 @@ class SubscriberAdaptation:
         self._carried = False  # the latest receiver reports show no loss
         self._lost: float | None = None  # the most lost in fresh receiver reports
         self._pause_since: dict[Hashable, float] = {}  # mid -> since when it would pause
+        self._shape: list[Any] | None = None  # what was carried at the last idle tick
 
     def __repr__(self) -> str:
         return f"SubscriberAdaptation({self.name})"
@@ -180,6 +181,17 @@ class SubscriberAdaptation:
 
     async def tick(self) -> None:
         """One allocation: apply it, and tell the subscriber if what it gets changed."""
+        slots = self._slots()
+        if not self._views and not any(
+            slot.source is not None and len(slot.source.rids) > 1 for slot in slots
+        ):
+            # Nothing to adapt (no simulcast, no tile settings): only say what is sent.
+            shape = [(slot.transceiver.mid, slot.source) for slot in slots]
+            if shape == self._shape:
+                return
+            self._shape = shape
+        else:
+            self._shape = None
         now = self._clock()
         demands: list[Demand] = []
         carried: dict[str, Slot] = {}
