@@ -439,32 +439,6 @@ sink_flush(Sink *self)
     Py_DECREF(downs);
 }
 
-static PyObject *
-packet_tuple(PyObject *data, const Packet *p)
-{
-    PyObject *t = PyTuple_New(12);
-    if (t == NULL)
-        return NULL;
-    Py_INCREF(data);
-    PyTuple_SET_ITEM(t, 0, data);
-    PyObject *items[11] = {
-        PyLong_FromSsize_t(p->start), PyLong_FromSsize_t(p->end), PyLong_FromLong(p->seq),
-        PyLong_FromLong(p->ts),       PyBool_FromLong(p->marker), PyBool_FromLong(p->keyframe),
-        PyLong_FromLong(p->pid),      PyLong_FromLong(p->pid_at), PyLong_FromLong(p->tl0),
-        PyLong_FromLong(p->tl0_at),   PyLong_FromLong(p->level),
-    };
-    for (int i = 0; i < 11; i++) {
-        if (items[i] == NULL) {
-            for (int j = i + 1; j < 11; j++)
-                Py_XDECREF(items[j]);
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, i + 1, items[i]);
-    }
-    return t;
-}
-
 /* One packet of the track (UpTrack.on_packet, for VP8 and audio); 0, or -1 on error. */
 static int
 sink_packet(Sink *self, PyObject *data, Packet *p)
@@ -807,12 +781,6 @@ call1(PyObject *fn, PyObject *arg)
     return PyObject_CallOneArg(fn, arg);
 }
 
-static inline uint32_t
-get32(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /*
  * The extension elements the fast path reads; 0, or -1 if the block is
  * malformed (Python then drops and counts it). Same walk as _rtpparse.c.
@@ -902,7 +870,7 @@ receiver_fast(Receiver *self, PyObject *plain)
             return 0;
         end -= padding;
     }
-    unsigned int ssrc = get32(d + 8);
+    unsigned int ssrc = rtp_get32(d + 8);
     int pt = d[1] & 0x7F;
     long seq = (d[2] << 8) | d[3];
     InStream *stream = NULL;
@@ -966,7 +934,7 @@ receiver_take(Receiver *self, InStream *stream, PyObject *sink, PyObject *plain,
             self->tw_overflow++;
         }
     }
-    uint32_t ts = get32(d + 4);
+    uint32_t ts = rtp_get32(d + 4);
     stream->bytes += (unsigned long long)size;
     int gap = instream_received(stream, seq, ts, mono_now());
     if (gap < 0)

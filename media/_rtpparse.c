@@ -158,12 +158,6 @@ PyTypeObject RtpPacketType = {
     .tp_methods = RtpPacket_methods,
 };
 
-static inline uint32_t
-get32(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 /* Add one element; 0 on success. */
 static int
 add_element(PyObject *dict, int ext_id, const unsigned char *at, Py_ssize_t len)
@@ -289,23 +283,24 @@ rtp_parse(PyObject *Py_UNUSED(module), PyObject *arg)
     packet->marker = (char)((d[1] & 0x80) != 0);
     packet->payload_type = d[1] & 0x7F;
     packet->sequence_number = (d[2] << 8) | d[3];
-    packet->timestamp = get32(d + 4);
-    packet->ssrc = get32(d + 8);
+    packet->timestamp = rtp_get32(d + 4);
+    packet->ssrc = rtp_get32(d + 8);
     packet->payload_start = pos;
     packet->payload_end = end;
     PyObject_GC_Track(packet);
     return (PyObject *)packet;
 }
 
-int
-vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p)
+/* Walk the VP8 payload descriptor of d[start:end] (RFC 7741 4.2): the offset of
+ * the VP8 payload header, or -1 if the descriptor is truncated; the picture id,
+ * TL0PICIDX and their offsets (from start) through the pointers (-1: absent). */
+static Py_ssize_t
+vp8_walk(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, long *pid, long *pid_at,
+         long *tl0, long *tl0_at)
 {
-    /* Nothing is written to p but on success: a truncated descriptor reads as none. */
-    p->pid = p->pid_at = p->tl0 = p->tl0_at = -1;
-    p->keyframe = 0;
+    *pid = *pid_at = *tl0 = *tl0_at = -1;
     if (end - start < 1)
         return -1;
-    long pid = -1, pid_at = -1, tl0 = -1, tl0_at = -1;
     unsigned char first = d[start];
     Py_ssize_t pos = start + 1;
     if (first & 0x80) {
@@ -318,8 +313,8 @@ vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p
             if (d[pos] & 0x80) {
                 if (pos + 2 > end)
                     return -1;
-                pid = ((d[pos] & 0x7F) << 8) | d[pos + 1];
-                pid_at = (long)(pos - start);
+                *pid = ((d[pos] & 0x7F) << 8) | d[pos + 1];
+                *pid_at = (long)(pos - start);
                 pos += 2;
             } else {
                 pos++;
@@ -328,17 +323,36 @@ vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p
         if (ext & 0x40) {
             if (pos >= end)
                 return -1;
-            tl0 = d[pos];
-            tl0_at = (long)(pos - start);
+            *tl0 = d[pos];
+            *tl0_at = (long)(pos - start);
             pos++;
         }
         if (ext & 0x30)
             pos++;
     }
-    if (pos > end)
+    return pos > end ? -1 : pos;
+}
+
+/* Whether the packet starts a keyframe: the first packet of a frame (S bit,
+ * partition 0) whose frame tag has P = 0. `pos` is the payload header. */
+static int
+vp8_starts_keyframe(const unsigned char *d, Py_ssize_t start, Py_ssize_t pos, Py_ssize_t end)
+{
+    unsigned char first = d[start];
+    return (first & 0x10) && (first & 0x07) == 0 && pos < end && (d[pos] & 0x01) == 0;
+}
+
+int
+vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packet *p)
+{
+    /* Nothing is written to p but on success: a truncated descriptor reads as none. */
+    long pid, pid_at, tl0, tl0_at;
+    Py_ssize_t pos = vp8_walk(d, start, end, &pid, &pid_at, &tl0, &tl0_at);
+    p->keyframe = 0;
+    p->pid = p->pid_at = p->tl0 = p->tl0_at = -1;
+    if (pos < 0)
         return -1;
-    int frame_start = (first & 0x10) && (first & 0x07) == 0;
-    p->keyframe = frame_start && pos < end && (d[pos] & 0x01) == 0;
+    p->keyframe = vp8_starts_keyframe(d, start, pos, end);
     p->pid = pid;
     p->pid_at = pid_at;
     p->tl0 = tl0;
@@ -350,32 +364,42 @@ int
 vp8_keyframe_size(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, int *width,
                   int *height)
 {
-    if (end - start < 1)
-        return -1;
-    unsigned char first = d[start];
-    Py_ssize_t pos = start + 1;
-    if (first & 0x80) {
-        if (pos >= end)
-            return -1;
-        unsigned char ext = d[pos++];
-        if (ext & 0x80) {
-            if (pos >= end)
-                return -1;
-            pos += (d[pos] & 0x80) ? 2 : 1;
-        }
-        if (ext & 0x40)
-            pos++;
-        if (ext & 0x30)
-            pos++;
-    }
+    long pid, pid_at, tl0, tl0_at;
+    Py_ssize_t pos = vp8_walk(d, start, end, &pid, &pid_at, &tl0, &tl0_at);
     /* The VP8 payload header of a keyframe (RFC 6386 9.1): a 3-byte frame tag,
      * the start code 9d 01 2a, then 14-bit width and height (2-bit scale each). */
-    if (pos + 10 > end || (d[pos] & 0x01) || d[pos + 3] != 0x9d || d[pos + 4] != 0x01
-        || d[pos + 5] != 0x2a)
+    if (pos < 0 || !vp8_starts_keyframe(d, start, pos, end) || pos + 10 > end
+        || d[pos + 3] != 0x9d || d[pos + 4] != 0x01 || d[pos + 5] != 0x2a)
         return -1;
     *width = (d[pos + 6] | (d[pos + 7] << 8)) & 0x3FFF;
     *height = (d[pos + 8] | (d[pos + 9] << 8)) & 0x3FFF;
     return 0;
+}
+
+PyObject *
+packet_tuple(PyObject *data, const Packet *p)
+{
+    PyObject *t = PyTuple_New(12);
+    if (t == NULL)
+        return NULL;
+    Py_INCREF(data);
+    PyTuple_SET_ITEM(t, 0, data);
+    PyObject *items[11] = {
+        PyLong_FromSsize_t(p->start), PyLong_FromSsize_t(p->end), PyLong_FromLong(p->seq),
+        PyLong_FromLong(p->ts),       PyBool_FromLong(p->marker), PyBool_FromLong(p->keyframe),
+        PyLong_FromLong(p->pid),      PyLong_FromLong(p->pid_at), PyLong_FromLong(p->tl0),
+        PyLong_FromLong(p->tl0_at),   PyLong_FromLong(p->level),
+    };
+    for (int i = 0; i < 11; i++) {
+        if (items[i] == NULL) {
+            for (int j = i + 1; j < 11; j++)
+                Py_XDECREF(items[j]);
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i + 1, items[i]);
+    }
+    return t;
 }
 
 /*
@@ -407,34 +431,11 @@ rtp_vp8_packet(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     Packet v;
     if (vp8_describe(d, start, end, &v) < 0)
         Py_RETURN_NONE;
-    int keyframe = v.keyframe;
-    long pid = v.pid, pid_at = v.pid_at, tl0 = v.tl0, tl0_at = v.tl0_at;
-    PyObject *t = PyTuple_New(12);
-    if (t == NULL)
-        return NULL;
-    Py_INCREF(p->data);
-    PyTuple_SET_ITEM(t, 0, p->data);
-    PyObject *items[11] = {
-        PyLong_FromSsize_t(start),
-        PyLong_FromSsize_t(end),
-        PyLong_FromLong(p->sequence_number),
-        PyLong_FromUnsignedLong(p->timestamp),
-        PyBool_FromLong(p->marker),
-        PyBool_FromLong(keyframe),
-        PyLong_FromLong(pid),
-        PyLong_FromLong(pid_at),
-        PyLong_FromLong(tl0),
-        PyLong_FromLong(tl0_at),
-        PyLong_FromLong(level),
-    };
-    for (int i = 0; i < 11; i++) {
-        if (items[i] == NULL) {
-            for (int j = i + 1; j < 11; j++)
-                Py_XDECREF(items[j]);
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, i + 1, items[i]);
-    }
-    return t;
+    v.start = start;
+    v.end = end;
+    v.seq = p->sequence_number;
+    v.ts = (long)p->timestamp;
+    v.marker = p->marker;
+    v.level = level;
+    return packet_tuple(p->data, &v);
 }

@@ -73,6 +73,16 @@ typedef struct {
     int marker, keyframe;
 } Packet;
 
+/* A big-endian 32-bit field. */
+static inline uint32_t
+rtp_get32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* The fan-out's packet tuple (media/downstream.py) of `data` as `p` describes it. */
+PyObject *packet_tuple(PyObject *data, const Packet *p);
+
 /* NTP time now (for abs-send-time), read once per incoming packet. */
 uint64_t ntp_now(void);
 /* Whether `down` (a Down) took the packet: 1 or 0; -1 (TypeError) if not a Down. */
