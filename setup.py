@@ -17,6 +17,7 @@ setup(
                 "media/_fanout.c",
                 "media/_rtpparse.c",
                 "media/_receive.c",
+                "media/_sendlog.c",
             ],
             depends=["media/_udpsend.h"],
             optional=True,

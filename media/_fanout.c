@@ -11,8 +11,10 @@
  *   and the epoch: sequence number, timestamp, VP8 picture id and TL0PICIDX
  *   offsets chosen at the first packet of a source so the stream continues;
  * - writes this subscriber's header (its SSRC, payload type, rewritten
- *   numbers, its header extensions with abs-send-time and the audio level)
- *   and the shared payload straight into the down's batch buffer;
+ *   numbers, its header extensions with abs-send-time, the audio level and
+ *   the connection's transport-wide sequence number) and the shared payload
+ *   straight into the down's batch buffer (the number and the send time go
+ *   into the connection's SendLog, media/_sendlog.c);
  * - protects it there with libsrtp (the UdpOut's session);
  * - queues it in runs of equal-size datagrams and, at the end of a frame
  *   (flush), sends each run with one UDP GSO sendmsg (udpout_send_run).
@@ -43,7 +45,8 @@ typedef struct {
     uint8_t payload_type;
     uint8_t first_byte;
     unsigned char ext[MAX_EXT];
-    int ext_len, abs_at, level_at;
+    int ext_len, abs_at, level_at, twcc_at;
+    SendLog *twcc; /* the connection's transport-wide numbering; NULL: not negotiated */
     /* the epoch: offsets from the current source's numbering */
     int gated, have_epoch, rewrite_vp8;
     uint16_t epoch_seq, seq_offset, next_seq, pid_offset;
@@ -85,6 +88,28 @@ put32(unsigned char *p, uint32_t v)
     p[1] = (unsigned char)(v >> 16);
     p[2] = (unsigned char)(v >> 8);
     p[3] = (unsigned char)v;
+}
+
+/* Number the plaintext packet at `dst` (its extension block as this stream lays
+ * it out) with the connection's next transport-wide sequence number; -1 if it
+ * carries none. */
+static inline long
+down_stamp(Down *self, unsigned char *dst, size_t n)
+{
+    if (self->twcc == NULL || self->twcc->ring == NULL || self->twcc_at < 0 || n < 12 + (size_t)self->twcc_at + 2
+        || !(dst[0] & 0x10))
+        return -1;
+    uint16_t seq = self->twcc->next++;
+    put16(dst + 12 + self->twcc_at, seq);
+    return seq;
+}
+
+/* Record a numbered packet as sent now, `len` bytes protected. */
+static inline void
+down_log(Down *self, long seq, size_t len, int64_t now)
+{
+    if (seq >= 0 && self->twcc != NULL)
+        sendlog_record(self->twcc, (uint16_t)seq, len, now);
 }
 
 /* The packet tuple: (data, start, end, seq, ts, marker, keyframe, pid, pid_at, tl0, tl0_at,
@@ -315,10 +340,14 @@ down_take(Down *self, const Packet *p, uint64_t ntp)
         self->send_errors++;
         return 0;
     }
-    down_write(self, p, out_seq, ntp, self->buf + self->off);
+    unsigned char *dst = self->buf + self->off;
+    down_write(self, p, out_seq, ntp, dst);
+    long twcc = down_stamp(self, dst, n);
+    size_t before = self->off;
     /* A packet libsrtp refuses (counted in send_errors) is taken and lost, as on
      * the network: its number is spent, the subscriber's NACK may recover it. */
-    down_commit(self, n);
+    if (down_commit(self, n) == 0)
+        down_log(self, twcc, self->off - before, monotonic_us());
     if (((uint16_t)(out_seq - self->next_seq)) < 0x8000) {
         self->next_seq = (uint16_t)(out_seq + 1);
         self->have_last = 1;
@@ -415,7 +444,7 @@ Down_init(Down *self, PyObject *args, PyObject *kwds)
     self->have_epoch = self->have_last = 0;
     self->last_pid = self->last_tl0 = -1;
     self->ext_len = 0;
-    self->abs_at = self->level_at = -1;
+    self->abs_at = self->level_at = self->twcc_at = -1;
     self->first_byte = 0x80;
     down_reset_batch(self);
     return 0;
@@ -426,6 +455,7 @@ Down_traverse(Down *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->out);
     Py_VISIT(self->spill);
+    Py_VISIT(self->twcc);
     return 0;
 }
 
@@ -434,6 +464,7 @@ Down_clear(Down *self)
 {
     Py_CLEAR(self->out);
     Py_CLEAR(self->spill);
+    Py_CLEAR(self->twcc);
     return 0;
 }
 
@@ -451,16 +482,17 @@ static PyObject *
 Down_configure(Down *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ssrc", "payload_type", "first_byte", "ext", "abs_at", "level_at",
-                             "sequence_number", "timestamp_origin", NULL};
+                             "sequence_number", "timestamp_origin", "twcc_at", NULL};
     unsigned int ssrc, payload_type, first_byte, seq, ts;
-    int abs_at, level_at;
+    int abs_at, level_at, twcc_at = -1;
     Py_buffer ext;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "IIIy*iiII", kwlist, &ssrc, &payload_type,
-                                     &first_byte, &ext, &abs_at, &level_at, &seq, &ts))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "IIIy*iiII|i", kwlist, &ssrc, &payload_type,
+                                     &first_byte, &ext, &abs_at, &level_at, &seq, &ts, &twcc_at))
         return NULL;
     if (ext.len > MAX_EXT || ext.len % 4 || payload_type > 127 || first_byte > 255
         || abs_at < -1 || level_at < -1 || (abs_at >= 0 && (abs_at < 4 || abs_at + 3 > ext.len))
-        || (level_at >= 0 && (level_at < 4 || level_at + 1 > ext.len))) {
+        || (level_at >= 0 && (level_at < 4 || level_at + 1 > ext.len)) || twcc_at < -1
+        || (twcc_at >= 0 && (twcc_at < 4 || twcc_at + 2 > ext.len))) {
         PyBuffer_Release(&ext);
         PyErr_SetString(PyExc_ValueError, "bad stream layout");
         return NULL;
@@ -473,6 +505,7 @@ Down_configure(Down *self, PyObject *args, PyObject *kwds)
     self->first_byte = (uint8_t)first_byte;
     self->abs_at = abs_at;
     self->level_at = level_at;
+    self->twcc_at = twcc_at;
     self->next_seq = (uint16_t)seq;
     self->ts_origin = ts;
     self->configured = 1;
@@ -545,9 +578,14 @@ Down_send(Down *self, PyObject *packets)
             self->send_errors++;
             continue;
         }
-        memcpy(self->buf + self->off, PyBytes_AS_STRING(item), n);
-        if (down_commit(self, n) == 0)
+        unsigned char *dst = self->buf + self->off;
+        memcpy(dst, PyBytes_AS_STRING(item), n);
+        long twcc = down_stamp(self, dst, n);
+        size_t before = self->off;
+        if (down_commit(self, n) == 0) {
+            down_log(self, twcc, self->off - before, monotonic_us());
             taken++;
+        }
     }
     down_flush(self);
     return PyLong_FromLong(taken);
@@ -606,6 +644,28 @@ Down_set_spill(Down *self, PyObject *value, void *Py_UNUSED(c))
 }
 
 static PyObject *
+Down_get_twcc(Down *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(self->twcc ? (PyObject *)self->twcc : Py_None);
+}
+
+static int
+Down_set_twcc(Down *self, PyObject *value, void *Py_UNUSED(c))
+{
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->twcc);
+        return 0;
+    }
+    if (!Py_IS_TYPE(value, &SendLogType)) {
+        PyErr_SetString(PyExc_TypeError, "twcc must be a SendLog or None");
+        return -1;
+    }
+    Py_INCREF(value);
+    Py_XSETREF(self->twcc, (SendLog *)value);
+    return 0;
+}
+
+static PyObject *
 Down_get_ready(Down *self, void *Py_UNUSED(c))
 {
     return PyBool_FromLong(self->ready);
@@ -658,7 +718,7 @@ DOWN_INT_GETTER(count, PyLong_FromLong)
 static PyMethodDef Down_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))Down_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(ssrc, payload_type, first_byte, ext, abs_at, level_at, sequence_number, "
-     "timestamp_origin): what every packet of the stream shares"},
+     "timestamp_origin, twcc_at=-1): what every packet of the stream shares"},
     {"switch", (PyCFunction)Down_switch, METH_NOARGS,
      "the source changes or goes: send what is queued, then start at its next keyframe"},
     {"flush", (PyCFunction)Down_flush_method, METH_NOARGS, "send what is queued"},
@@ -676,6 +736,8 @@ static PyGetSetDef Down_getset[] = {
     {"spill", (getter)Down_get_spill, (setter)Down_set_spill,
      "called with protected datagrams when out has no socket", NULL},
     {"ready", (getter)Down_get_ready, (setter)Down_set_ready, "the sender runs, enabled", NULL},
+    {"twcc", (getter)Down_get_twcc, (setter)Down_set_twcc,
+     "the connection's SendLog (None: no transport-wide numbering)", NULL},
     {"epoch", (getter)Down_get_epoch, NULL, "first source sequence number of the epoch", NULL},
     {"rtp_timestamp", (getter)Down_get_rtp_timestamp, NULL, "of the newest packet sent", NULL},
     {"gated", (getter)Down_get_gated, NULL, "waiting for a keyframe", NULL},

@@ -395,6 +395,8 @@ static PyMethodDef udpsend_functions[] = {
      "parse_rtp(data: bytes) -> RtpPacket | str: the packet, or why it is malformed"},
     {"vp8_packet", (PyCFunction)(void (*)(void))rtp_vp8_packet, METH_FASTCALL,
      "vp8_packet(packet: RtpPacket, level: int) -> tuple | None: the fan-out's packet tuple"},
+    {"monotonic_us", (PyCFunction)sendlog_clock, METH_NOARGS,
+     "monotonic_us() -> int: the clock of SendLog (CLOCK_MONOTONIC, µs)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -413,7 +415,7 @@ PyInit__udpsend(void)
     if (PyType_Ready(&UdpOutType) < 0 || PyType_Ready(&SrtpInType) < 0
         || PyType_Ready(&DownType) < 0 || PyType_Ready(&RtpPacketType) < 0
         || PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&InStreamType) < 0
-        || PyType_Ready(&SinkType) < 0)
+        || PyType_Ready(&SinkType) < 0 || PyType_Ready(&SendLogType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&udpsend_module);
     if (m == NULL)
@@ -442,9 +444,9 @@ PyInit__udpsend(void)
         Py_DECREF(m);
         return NULL;
     }
-    PyTypeObject *receive_types[] = {&ReceiverType, &InStreamType, &SinkType};
-    const char *receive_names[] = {"Receiver", "InStream", "Sink"};
-    for (int i = 0; i < 3; i++) {
+    PyTypeObject *receive_types[] = {&ReceiverType, &InStreamType, &SinkType, &SendLogType};
+    const char *receive_names[] = {"Receiver", "InStream", "Sink", "SendLog"};
+    for (int i = 0; i < 4; i++) {
         Py_INCREF(receive_types[i]);
         if (PyModule_AddObject(m, receive_names[i], (PyObject *)receive_types[i]) < 0) {
             Py_DECREF(receive_types[i]);

@@ -98,6 +98,29 @@ int vp8_describe(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Packe
 int vp8_keyframe_size(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, int *width,
                       int *height);
 
+/* What one subscriber connection sent, by transport-wide sequence number
+ * (media/_sendlog.c). */
+#define SENDLOG_SIZE 8192
+typedef struct {
+    int64_t at_us;
+    uint32_t size;
+    uint16_t seq;
+    uint8_t used;
+} SentPacket;
+
+typedef struct {
+    PyObject_HEAD
+    SentPacket *ring;
+    uint16_t next;
+    unsigned long long packets, bytes;
+} SendLog;
+
+extern PyTypeObject SendLogType;
+PyObject *sendlog_clock(PyObject *module, PyObject *ignored);
+/* CLOCK_MONOTONIC in microseconds (Python's time.monotonic). */
+int64_t monotonic_us(void);
+void sendlog_record(SendLog *log, uint16_t seq, size_t size, int64_t at_us);
+
 /* The receive path (media/_receive.c). */
 extern PyTypeObject ReceiverType;
 extern PyTypeObject InStreamType;

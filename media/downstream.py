@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .sendlog import monotonic_us
 from .udpout import ACCELERATED, MAX_BATCH_BYTES, MAX_SEGMENTS, MAX_TRAILER, DatagramOut, _udpsend
 
 PacketTuple = tuple[bytes, int, int, int, int, bool, bool, int, int, int, int, int]
@@ -55,6 +56,7 @@ class Down(Protocol):
 
     spill: Callable[[list[bytes]], None] | None
     ready: bool
+    twcc: Any
 
     def configure(
         self,
@@ -66,6 +68,7 @@ class Down(Protocol):
         level_at: int,
         sequence_number: int,
         timestamp_origin: int,
+        twcc_at: int = -1,
     ) -> None: ...
     def switch(self) -> None: ...
     def flush(self) -> None: ...
@@ -112,6 +115,9 @@ class PyDown:
         self._ext = b""
         self._abs_at = -1
         self._level_at = -1
+        self._twcc_at = -1
+        #: The connection's transport-wide numbering (media.sendlog.PySendLog), if negotiated.
+        self.twcc: Any = None
         self.gated = video
         self.epoch: int | None = None
         self.seq_offset = 0
@@ -142,10 +148,12 @@ class PyDown:
         level_at: int,
         sequence_number: int,
         timestamp_origin: int,
+        twcc_at: int = -1,
     ) -> None:
         """``ext``: the header-extension block (its 4-byte header included);
-        ``abs_at`` / ``level_at``: where in it abs-send-time and the audio
-        level go, after that header (-1: not negotiated)."""
+        ``abs_at`` / ``level_at`` / ``twcc_at``: where in it abs-send-time, the
+        audio level and the transport-wide sequence number go, after that
+        header (-1: not negotiated)."""
         if (
             len(ext) > 256
             or len(ext) % 4
@@ -154,6 +162,8 @@ class PyDown:
             or level_at < -1
             or (abs_at >= 0 and (abs_at < 4 or abs_at + 3 > len(ext)))
             or (level_at >= 0 and (level_at < 4 or level_at + 1 > len(ext)))
+            or twcc_at < -1
+            or (twcc_at >= 0 and (twcc_at < 4 or twcc_at + 2 > len(ext)))
         ):
             raise ValueError("bad stream layout")
         self.ssrc = ssrc
@@ -162,6 +172,7 @@ class PyDown:
         self._ext = bytes(ext)
         self._abs_at = abs_at
         self._level_at = level_at
+        self._twcc_at = twcc_at
         self.sequence_number = sequence_number & 0xFFFF
         self._ts_origin = timestamp_origin & 0xFFFFFFFF
         self._configured = True
@@ -222,7 +233,7 @@ class PyDown:
             return False
         if len(self._pending) >= MAX_SEGMENTS:
             self.flush()
-        self._queue(data)
+        self._queue(self._stamp(data))
         if ((out_seq - self.sequence_number) & 0xFFFF) < 0x8000:
             self.sequence_number = (out_seq + 1) & 0xFFFF
             ts = (p[4] + self._ts_offset) & 0xFFFFFFFF
@@ -279,14 +290,30 @@ class PyDown:
             payload = bytes(body)
         return header + ext + payload
 
-    def _queue(self, data: bytes) -> None:
+    def _stamp(self, data: bytes) -> bytes | tuple[bytes, int]:
+        """``data`` numbered with the connection's next transport-wide sequence
+        number, and the number; ``data`` alone if it carries none."""
+        log, at = self.twcc, self._twcc_at
+        if log is None or at < 0 or len(data) < 14 + at or not data[0] & 0x10:
+            return data
+        seq = log.stamp()
+        block = bytearray(data)
+        block[12 + at : 14 + at] = seq.to_bytes(2, "big")
+        return bytes(block), seq
+
+    def _queue(self, stamped: bytes | tuple[bytes, int]) -> None:
         """Protect one packet into the batch (one libsrtp refuses is lost, counted)."""
         out = self.out
         assert out is not None
+        data, seq = stamped if isinstance(stamped, tuple) else (stamped, -1)
         try:
-            self._pending.append(out.protect(data))
+            protected = out.protect(data)
         except Exception:
             self.send_errors += 1
+            return
+        self._pending.append(protected)
+        if seq >= 0:
+            self.twcc.record(seq, len(protected), monotonic_us())
 
     def flush(self) -> None:
         pending = self._pending
@@ -322,7 +349,7 @@ class PyDown:
                 self.send_errors += 1
                 continue
             errors = self.send_errors
-            self._queue(data)
+            self._queue(self._stamp(data))
             taken += self.send_errors == errors
         self.flush()
         return taken

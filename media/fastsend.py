@@ -75,31 +75,41 @@ ntp_now = downstream.ntp_now
 
 
 class _Layout:
-    """The header-extension block of one sender, with where abs-send-time and audio level go."""
+    """The header-extension block of one sender, with where abs-send-time, audio level
+    and the transport-wide sequence number go."""
 
-    __slots__ = ("abs_at", "first_byte", "level_at", "template")
+    __slots__ = ("abs_at", "first_byte", "level_at", "template", "twcc_at")
 
     def __init__(self, internals: SenderInternals) -> None:
         ext_map = internals.header_extensions_map
         mid = internals.mid
 
-        def block(abs_send_time: int, level: tuple[bool, int]) -> bytes:
+        def block(abs_send_time: int, level: tuple[bool, int], twcc: int = 0) -> bytes:
             profile, value = ext_map.set(
-                HeaderExtensions(mid=mid, abs_send_time=abs_send_time, audio_level=level)
+                HeaderExtensions(
+                    mid=mid,
+                    abs_send_time=abs_send_time,
+                    audio_level=level,
+                    transport_sequence_number=twcc,
+                )
             )
             return struct.pack("!HH", profile, len(value) >> 2) + value if value else b""
 
         base = block(0, (False, 0))
         abs_diff = _diff(base, block(0xFFFFFF, (False, 0)))
         level_diff = _diff(base, block(0, (True, 127)))
+        twcc_diff = _diff(base, block(0, (False, 0), 0xFFFF))
         if (abs_diff and len(abs_diff) != 3) or len(level_diff) > 1:
             raise RuntimeError("media: unexpected header extension layout")
         if abs_diff and abs_diff != list(range(abs_diff[0], abs_diff[0] + 3)):
             raise RuntimeError("media: unexpected abs-send-time extension layout")
+        if twcc_diff and twcc_diff != [twcc_diff[0], twcc_diff[0] + 1]:
+            raise RuntimeError("media: unexpected transport-wide sequence number layout")
         self.template = base
         # Offsets within the block (the down writes them after the fixed header).
         self.abs_at = abs_diff[0] if abs_diff else -1
         self.level_at = level_diff[0] if level_diff else -1
+        self.twcc_at = twcc_diff[0] if twcc_diff else -1
         # V=2, no padding, X when there are extensions, no CSRC.
         self.first_byte = 0x90 if base else 0x80
 
@@ -165,6 +175,7 @@ class FastRtp:
             layout.level_at,
             sequence_number,
             timestamp_origin,
+            layout.twcc_at,
         )
         self.header_len = 12 + len(layout.template)
 

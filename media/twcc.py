@@ -1,4 +1,4 @@
-"""Transport-wide congestion control feedback for publishers that offer it.
+"""Transport-wide congestion control feedback: built for publishers, read from subscribers.
 
 Chrome's bandwidth estimation for what it sends (GoogCC) is driven by the
 receiver's transport-wide feedback (draft-holmer-rmcat-transport-wide-cc-
@@ -8,11 +8,16 @@ arrived and when. :class:`TwccRecorder` records arrivals and builds those
 feedback packets (RTPFB, FMT 15): run-length chunks for runs of one status,
 two-bit status vectors otherwise, receive deltas in 250 µs ticks (one byte
 when small, two bytes signed otherwise).
+
+:func:`parse_feedback` reads such a packet back: what a subscriber says of
+the packets the SFU sent it (media/transportcc.py). It accepts anything and
+returns None for what is not a well-formed feedback packet.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from .rtcp import FMT_TWCC, RTCP_RTPFB
 
@@ -135,3 +140,62 @@ def _chunks(symbols: list[int]) -> bytes:
         out.append(struct.pack("!H", word))
         i += len(group)
     return b"".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One transport-wide feedback packet, read."""
+
+    media_ssrc: int
+    base: int  # the first transport-wide sequence number it reports
+    count: int  # its feedback packet count (8 bits)
+    #: Per sequence number from ``base`` on: when it arrived (µs, the receiver's
+    #: clock: only differences mean anything), None if it did not (yet).
+    arrivals: list[int | None]
+
+
+def parse_feedback(packet: bytes) -> Feedback | None:
+    """The feedback of one RTPFB FMT 15 packet (its RTCP header included), or None."""
+    if len(packet) < 20 or packet[0] & 0x1F != FMT_TWCC or packet[1] != RTCP_RTPFB:
+        return None
+    _, media_ssrc, base, status_count, word = struct.unpack_from("!IIHHI", packet, 4)
+    reference = word >> 8
+    if reference & 0x800000:
+        reference -= 0x1000000
+    symbols: list[int] = []
+    pos = 20
+    end = len(packet)
+    while len(symbols) < status_count:
+        if pos + 2 > end:
+            return None
+        (chunk,) = struct.unpack_from("!H", packet, pos)
+        pos += 2
+        if not chunk & 0x8000:  # run length
+            symbol, run = (chunk >> 13) & 0x3, chunk & 0x1FFF
+            symbols.extend([symbol] * min(run, status_count - len(symbols)))
+        elif not chunk & 0x4000:  # fourteen one-bit symbols
+            symbols.extend((chunk >> (13 - i)) & 0x1 for i in range(14))
+        else:  # seven two-bit symbols
+            symbols.extend((chunk >> (12 - 2 * i)) & 0x3 for i in range(7))
+    del symbols[status_count:]
+    arrivals: list[int | None] = []
+    at = reference * REFERENCE_US
+    for symbol in symbols:
+        if symbol == NOT_RECEIVED:
+            arrivals.append(None)
+            continue
+        if symbol == SMALL_DELTA:
+            if pos + 1 > end:
+                return None
+            ticks = packet[pos]
+            pos += 1
+        elif symbol == LARGE_DELTA:
+            if pos + 2 > end:
+                return None
+            (ticks,) = struct.unpack_from("!h", packet, pos)
+            pos += 2
+        else:
+            return None  # the reserved symbol
+        at += ticks * TICK_US
+        arrivals.append(at)
+    return Feedback(media_ssrc, base, word & 0xFF, arrivals)

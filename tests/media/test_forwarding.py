@@ -25,6 +25,7 @@ from media.metrics import NoopMediaMetrics
 from media.nack import PacketCache
 from media.payload import parse_vp8
 from media.rtpheader import parse_rtp
+from media.sendlog import monotonic_us, new_log
 from media.udpout import DatagramOut
 from tests.support.polling import eventually
 
@@ -33,6 +34,7 @@ from .conftest import Call
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+TWCC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 
 KEY = bytes(range(30))
@@ -118,15 +120,16 @@ def implementation(request: pytest.FixtureRequest) -> Iterator[downstream.Implem
     WIRES.clear()
 
 
-def _sender(kind: str) -> tuple[RTCRtpSender, HeaderExtensionsMap]:
+def _sender(kind: str, twcc: bool = False) -> tuple[RTCRtpSender, HeaderExtensionsMap]:
     sender = RTCRtpSender(kind, _Transport())  # type: ignore[arg-type]
     second = (3, ABS) if kind == "video" else (2, LEVEL)
-    params = RTCRtpParameters(
-        headerExtensions=[
-            RTCRtpHeaderExtensionParameters(id=1, uri=MID),
-            RTCRtpHeaderExtensionParameters(id=second[0], uri=second[1]),
-        ]
-    )
+    extensions = [
+        RTCRtpHeaderExtensionParameters(id=1, uri=MID),
+        RTCRtpHeaderExtensionParameters(id=second[0], uri=second[1]),
+    ]
+    if twcc:
+        extensions.append(RTCRtpHeaderExtensionParameters(id=5, uri=TWCC))
+    params = RTCRtpParameters(headerExtensions=extensions)
     ext_map = HeaderExtensionsMap()
     ext_map.configure(params)
     getattr(sender, "_RTCRtpSender__rtp_header_extensions_map").configure(params)  # noqa: B009
@@ -146,9 +149,12 @@ class Sent:
 _SENT: dict[int, Sent] = {}
 
 
-def _fast(kind: str = "video", seq: int = 65534, ts: int = 0xFFFFFF00) -> tuple[FastRtp, Any]:
-    sender, ext_map = _sender(kind)
+def _fast(
+    kind: str = "video", seq: int = 65534, ts: int = 0xFFFFFF00, *, twcc: Any = None
+) -> tuple[FastRtp, Any]:
+    sender, ext_map = _sender(kind, twcc is not None)
     fast = FastRtp(sender, kind, implementation=IMPL)
+    fast.stream.twcc = twcc
     fast.prepare(payload_type=96 if kind == "video" else 111, sequence_number=seq,
                  timestamp_origin=ts)  # fmt: skip
     wire = Wire()
@@ -421,3 +427,57 @@ async def test_nack_answers_are_bounded_per_subscriber() -> None:
     assert fast.resends_refused > 0
     now[0] += 0.2  # refilled at RESEND_RATE; the hold-off on 5 is over
     assert fast.resend([5]) == 1
+
+
+@pytest.mark.usefixtures("implementation")
+async def test_transport_wide_numbers_run_across_the_connections_streams() -> None:
+    """Every packet of one connection, forwarded or resent, on any stream, takes the
+    connection's next transport-wide number, and its log says when and how big."""
+    log = new_log(IMPL.accelerated)
+    video, video_map = _fast(twcc=log)
+    audio, audio_map = _fast("audio", seq=10, ts=0, twcc=log)
+    setattr(video.sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
+    source = FakeSource()
+    down = DownTrack("video", NoopMediaMetrics())
+    down.sender, video.down = video, down
+    down.attach(source)  # type: ignore[arg-type]
+    entries = [vp8(700 + i, 90_000, 7, key=i == 0, start=i == 0, marker=i == 2) for i in range(3)]
+    for entry in entries:
+        source.cache.put(entry[3], entry)
+        assert video.forward(entry)
+    received = sent(video, video_map)
+    header = struct.pack("!BBHII", 0x80, 111, 50, 960, 0x3333)
+    assert audio.forward(forwardable(parse_rtp(header + b"opus-frame"), True, None))
+    received += sent(audio, audio_map)
+    assert video.resend([received[1].sequence_number]) == 1
+    received += sent(video, video_map)
+    numbers = [p.extensions.transport_sequence_number for p in received]
+    assert numbers == [0, 1, 2, 3, 4]
+    assert received[-1].payload_type == 97  # the RTX resend took the next number too
+    assert log.next == 5 and log.packets == 5
+    wire_sizes = [len(p.serialize(video_map if p.payload_type != 111 else audio_map)) for p in received]
+    looked_up = log.lookup(0, 6)
+    assert looked_up[5] is None
+    sizes = [entry[1] for entry in looked_up[:5] if entry is not None]
+    # The log holds the protected size: the plaintext plus the SRTP tag.
+    assert [size - plain for size, plain in zip(sizes, wire_sizes, strict=True)] == [10] * 5
+    times = [entry[0] for entry in looked_up[:5] if entry is not None]
+    assert times == sorted(times) and monotonic_us() - times[0] < 60_000_000
+
+
+@pytest.mark.usefixtures("implementation")
+async def test_without_the_extension_nothing_is_numbered() -> None:
+    log = new_log(IMPL.accelerated)
+    sender, ext_map = _sender("video")
+    fast = FastRtp(sender, "video", implementation=IMPL)
+    fast.stream.twcc = log
+    fast.prepare(payload_type=96, sequence_number=1, timestamp_origin=0)
+    wire = Wire()
+    WIRES.append(wire)
+    fast.running = True
+    fast.use_output(wire.output())
+    _SENT[id(fast)] = Sent(fast, ext_map, wire)
+    assert fast.forward(vp8(1, 0, 1, key=True, marker=True))
+    (packet,) = sent(fast, ext_map)
+    assert packet.extensions.transport_sequence_number is None
+    assert log.next == 0 and log.packets == 0
