@@ -9,22 +9,24 @@ or no video at all (paused). When what a track gets changes, the
 subscriber is sent a ``quality`` message listing every track it receives
 (docs/protocol.md).
 
-The estimate is the subscriber's REMB (what Chrome sends when the subscribe
-offer carries ``goog-remb`` and abs-send-time, as aiortc's does), lowered
+The estimate is the send side's (media/transportcc.py, media/gcc.py: GCC
+on the subscriber's transport-wide feedback) when the subscriber answered
+``transport-cc``, as Chrome does. A step up that estimate does not cover is
+first proven by a probe cluster (media/probe.py): padding at the rate the
+step needs; the allocation takes the step once the estimate has risen.
+Without transport-wide feedback the estimate is the subscriber's REMB, lowered
 when its receiver reports show loss (loss-based control as in GCC: above
-:data:`LOSSY` fraction lost, down by half the loss). Without a recent REMB
-there is no limit. An estimate under :data:`CONGESTED` of what the
-subscriber is sent moves it down (or pauses its video); going back up is
-tried one step at a time (:meth:`SubscriberAdaptation._budget`). Only
+:data:`LOSSY` fraction lost, down by half the loss), and going back up is
+tried one step at a time (:meth:`SubscriberAdaptation._budget`). Without
+either there is no limit. An estimate under :data:`CONGESTED` of what the
+subscriber is sent moves it down (or pauses its video). Only
 simulcast video is adapted to the estimate: a track with one encoding is
 always sent (there is nothing lower to move to, and pausing it on an
 estimate that cannot recover without probing would stall it), its bit rate
 taken off the estimate first, unless the client hides its tile. The
 client's ``track_settings`` cap each track: a hidden tile gets no video, a
 small one no layer larger than it (layer sizes read from the VP8
-keyframes). Send-side estimation from transport-wide feedback and padding
-probes are the next step (the subscribe offer does not offer
-``transport-cc`` yet).
+keyframes).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ from .metrics import MediaMetrics
 if TYPE_CHECKING:
     from .feedback import SubscriberFeedback
     from .forwarder import UpTrack
+    from .probe import Prober
     from .subscription import Slot
+    from .transportcc import TransportCc
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,10 @@ PAUSE_LOSS = 0.2
 SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
 MAX_VIEWS = 64
+#: A probe aims this much above what the step needs; one that shows at least
+#: PROBE_HELD of its target counts as a success.
+PROBE_OVERSHOOT = 1.1
+PROBE_HELD = 0.9
 
 Message = dict[str, Any]
 
@@ -101,10 +109,18 @@ class SubscriberAdaptation:
         send: Callable[[Message], Awaitable[None]],
         *,
         metrics: MediaMetrics,
+        transport: TransportCc | None = None,
+        prober: Prober | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._feedback = feedback
+        self._transport = transport
+        self._prober = prober
+        self._send_side = False  # the estimate is the send side's (transport-cc)
+        self._probe_outcome: tuple[float | None, float] | None = None
+        if transport is not None:
+            transport.on_probe = self._probed
         self._slots = slots
         self._send = send
         self._metrics = metrics
@@ -171,6 +187,10 @@ class SubscriberAdaptation:
             and now - slot.fast.last_report_at <= LOSS_FREE_AGE
         ]
         self._carried = bool(settled) and max(settled) <= LOSS_FREE and sending > 0
+        send_side = self._transport.estimate if self._transport is not None else None
+        self._send_side = send_side is not None
+        if send_side is not None:
+            return send_side  # loss is in it already (transport-wide feedback)
         if remb is None or at is None or now - at > REMB_MAX_AGE:
             # No REMB: loss alone says what does not fit.
             return sending * (1 - lost / 2) if lost > LOSSY and sending > 0 else None
@@ -299,6 +319,8 @@ class SubscriberAdaptation:
         """
         if remb is None:
             return None
+        if self._send_side:
+            return self._probe_for(remb, sending, demands, now)
         if remb < CONGESTED * sending and not self._carried:
             if self._trial_until is not None and now <= self._trial_until:
                 self._metrics.layer_probe(held=False)
@@ -324,6 +346,39 @@ class SubscriberAdaptation:
             self._steady_since = now
             budget = max(budget, (sending + step) / HEADROOM * 1.01)
         return budget
+
+    def _probed(self, rate: float | None, target: float) -> None:
+        self._probe_outcome = (rate, target)
+
+    def _probe_for(
+        self, estimate: float, sending: float, demands: list[Demand], now: float
+    ) -> float:
+        """Send-side: the estimate is the budget, and a step up it does not cover is
+        proven first by a probe cluster at the rate the step needs. A probe that
+        falls short doubles the wait before the next (up to :data:`MAX_UP_AFTER`),
+        one that holds brings it back to :data:`UP_AFTER`."""
+        outcome, self._probe_outcome = self._probe_outcome, None
+        if outcome is not None:
+            rate, target = outcome
+            held = rate is not None and rate >= PROBE_HELD * target
+            self._up_after = UP_AFTER if held else min(MAX_UP_AFTER, self._up_after * 2)
+            self._metrics.layer_probe(held=held)
+            self._steady_since = now
+        if estimate < CONGESTED * sending:
+            self._steady_since = now  # congested: no probe until it settles
+            return estimate
+        step = _next_step(demands)
+        prober = self._prober
+        if step is None or prober is None or prober.busy:
+            return estimate
+        needed = (sending + step) / HEADROOM
+        if (
+            needed > estimate
+            and now - self._steady_since >= self._up_after
+            and prober.probe(needed * PROBE_OVERSHOOT, sending)
+        ):
+            self._steady_since = now
+        return estimate
 
     def _cap(self, mid: str, up: UpTrack) -> int | None:
         """The highest layer the subscriber's view of ``mid`` needs (PAUSED: hidden)."""

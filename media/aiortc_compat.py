@@ -483,6 +483,22 @@ def accept_header_extensions(pc: Any, uris: Iterable[str]) -> list[str]:
     return accepted
 
 
+def add_header_extension(transceiver: Any, ext_id: int, uri: str) -> None:
+    """Have ``transceiver``'s sender lay out header extension ``uri`` at ``ext_id``.
+
+    For an extension the SFU completed aiortc's offer with and the answer took
+    (transport-cc on subscribe connections): aiortc keeps only the ones it
+    implements after applying an answer. Call right after
+    ``setRemoteDescription(answer)``, before aiortc starts the senders (a
+    sender that already runs keeps its layout).
+    """
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+
+    extensions = transceiver._headerExtensions
+    if not any(e.uri == uri for e in extensions):
+        extensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
 def dtls_transport_of(pc: Any) -> RTCDtlsTransport | None:
     """The (bundled) DTLS transport of a connection, once it has transceivers."""
     for transceiver in pc.getTransceivers():

@@ -70,6 +70,8 @@ MAX_QUEUED_BURSTS = 64
 RESEND_HOLDOFF = 0.1
 RESEND_BURST = 128
 RESEND_RATE = 500.0
+#: Probe padding copies at most this many of the newest packets at a time.
+PAD_DEPTH = 32
 
 ntp_now = downstream.ntp_now
 
@@ -422,7 +424,6 @@ class FastRtp:
             for old in [q for q, at in resent.items() if now - at > RESEND_HOLDOFF]:
                 del resent[old]
         rtx_payload_type = self.internals.rtx_payload_type
-        header_len = self.header_len
         seq_offset = stream.seq_offset
         out = []
         for sequence_number in sequence_numbers:
@@ -445,19 +446,7 @@ class FastRtp:
             resent[sequence_number] = now
             self._tokens -= 1
             if rtx_payload_type is not None:
-                data = (
-                    _HEADER.pack(
-                        data[0],
-                        (data[1] & 0x80) | rtx_payload_type,
-                        self.rtx_sequence_number,
-                        int.from_bytes(data[4:8], "big"),
-                        self.internals.rtx_ssrc,
-                    )
-                    + data[12:header_len]
-                    + _OSN.pack(sequence_number)
-                    + data[header_len:]
-                )
-                self.rtx_sequence_number = (self.rtx_sequence_number + 1) & 0xFFFF
+                data = self._as_rtx(data, rtx_payload_type, sequence_number)
             out.append(data)
         if not out:
             return 0
@@ -466,6 +455,70 @@ class FastRtp:
         if sent and self.on_retransmit is not None:
             self.on_retransmit(sent)
         return sent
+
+    def _as_rtx(self, data: bytes, rtx_payload_type: int, sequence_number: int) -> bytes:
+        """``data`` (this stream's packet ``sequence_number``) as RFC 4588 RTX."""
+        header_len = self.header_len
+        rtx = (
+            _HEADER.pack(
+                data[0],
+                (data[1] & 0x80) | rtx_payload_type,
+                self.rtx_sequence_number,
+                int.from_bytes(data[4:8], "big"),
+                self.internals.rtx_ssrc,
+            )
+            + data[12:header_len]
+            + _OSN.pack(sequence_number)
+            + data[header_len:]
+        )
+        self.rtx_sequence_number = (self.rtx_sequence_number + 1) & 0xFFFF
+        return rtx
+
+    def pad(self, nbytes: int) -> int:
+        """Send about ``nbytes`` of probe padding now; returns the bytes sent.
+
+        RTX copies of the newest packets this stream sent (the subscriber has
+        them: it drops them, and its transport-wide feedback counts them), as
+        libwebrtc probes with RTX. Nothing without RTX (duplicates on the media
+        SSRC would count as the subscriber's duplicates) or before the stream
+        forwards anything.
+        """
+        down = self.down
+        source = down.source if down is not None else None
+        stream = self.stream
+        epoch = stream.epoch
+        rtx_payload_type = self.internals.rtx_payload_type
+        if (
+            nbytes <= 0
+            or source is None
+            or epoch is None
+            or self.layout is None
+            or rtx_payload_type is None
+            or not self.ready
+        ):
+            return 0
+        seq_offset = stream.seq_offset
+        newest = (stream.sequence_number - 1) & 0xFFFF
+        out: list[bytes] = []
+        total = 0
+        for back in range(PAD_DEPTH):
+            if total >= nbytes:
+                break
+            sequence_number = (newest - back) & 0xFFFF
+            original = (sequence_number - seq_offset) & 0xFFFF
+            if original != epoch and ((original - epoch) & 0xFFFF) >= 0x8000:
+                break  # from before this source
+            entry = source.cached(original, down)
+            data = stream.build(entry, sequence_number) if entry is not None else None
+            if data is None:
+                continue
+            rtx = self._as_rtx(data, rtx_payload_type, sequence_number)
+            out.append(rtx)
+            total += len(rtx)
+        if not out:
+            return 0
+        stream.send(out)
+        return total
 
 
 def install_fast_rtp(

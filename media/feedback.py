@@ -7,8 +7,10 @@ does for publishers, and acts on each packet of a compound:
 - generic NACK: the lost packets are resent from the publisher's packet cache
   (:meth:`media.fastsend.FastRtp.retransmit`);
 - PLI and FIR: a keyframe request, relayed upstream (coalesced there);
-- REMB: the subscriber's estimate of its downlink, kept (the allocator of
-  the next issue reads it);
+- REMB: the subscriber's estimate of its downlink, kept (the adaptation
+  reads it when there is no transport-wide feedback);
+- transport-wide feedback (RTPFB FMT 15): handed to the connection's
+  :class:`media.transportcc.TransportCc`, the send-side estimate;
 - receiver reports: fraction lost, cumulative loss, jitter and the round-trip
   time (from LSR/DLSR against the sender reports we sent), kept per stream.
 
@@ -76,6 +78,9 @@ class SubscriberFeedback:
         #: The subscriber's latest REMB (bit/s) and when it came, None before one.
         self.remb: int | None = None
         self.remb_at: float | None = None
+        #: Told each transport-wide feedback packet, and each round trip measured.
+        self.on_transport_feedback: Callable[[bytes], None] | None = None
+        self.on_rtt: Callable[[float], None] | None = None
         self.nacks = 0
         self.keyframe_requests = 0
         self.reports = 0
@@ -126,6 +131,9 @@ class SubscriberFeedback:
                 remb = rtcp.parse_remb(packet)
                 if remb is not None:
                     self.remb, self.remb_at = remb[0], time.monotonic()
+            elif packet_type == rtcp.RTCP_RTPFB and fmt == rtcp.FMT_TWCC:
+                if self.on_transport_feedback is not None:
+                    self.on_transport_feedback(packet)
             elif packet_type in (rtcp.RTCP_RR, rtcp.RTCP_SR):
                 self._report_blocks(packet, packet_type, fmt)
 
@@ -164,6 +172,8 @@ class SubscriberFeedback:
             rtt = None
             if lsr:
                 rtt = max(0.0, ((now_middle - lsr - dlsr) & 0xFFFFFFFF) / 65536)
+                if self.on_rtt is not None:
+                    self.on_rtt(rtt)
             self.reports += 1
             target.reported(StreamReport((lost_word >> 24) / 256, cumulative, jitter, rtt))
 

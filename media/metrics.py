@@ -34,6 +34,8 @@ class MediaMetrics(Protocol):
     def layer_switched(self, direction: str) -> None: ...
     def subscriber_estimate(self, bits_per_second: float) -> None: ...
     def layer_probe(self, held: bool) -> None: ...
+    def padding_probe(self, raised: bool) -> None: ...
+    def probe_bytes(self, nbytes: int) -> None: ...
     def paused_track_gone(self) -> None: ...
     def subscribe_offer_sent(self) -> None: ...
     def dominant_speaker_changed(self) -> None: ...
@@ -95,6 +97,12 @@ class NoopMediaMetrics:
         pass
 
     def layer_probe(self, held: bool) -> None:
+        pass
+
+    def padding_probe(self, raised: bool) -> None:
+        pass
+
+    def probe_bytes(self, nbytes: int) -> None:
         pass
 
     def paused_track_gone(self) -> None:
@@ -229,6 +237,18 @@ class PrometheusMediaMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.padding_probes = Counter(
+            f"{p}_sfu_padding_probes_total",
+            "Probe clusters sent to subscribers (padding over transport-cc), by outcome: "
+            "raised the estimate or not",
+            ["outcome"],
+            registry=registry,
+        )
+        self.padding_bytes = Counter(
+            f"{p}_sfu_probe_bytes_total",
+            "Bytes of probe padding sent to subscribers",
+            registry=registry,
+        )
         self.subscribe_offers = Counter(
             f"{p}_sfu_subscribe_offers_total",
             "Subscribe offers (renegotiations) the SFU sent to subscribers",
@@ -303,6 +323,12 @@ class PrometheusMediaMetrics:
     def layer_probe(self, held: bool) -> None:
         self.probes.labels("held" if held else "backed_off").inc()
 
+    def padding_probe(self, raised: bool) -> None:
+        self.padding_probes.labels("raised" if raised else "not_raised").inc()
+
+    def probe_bytes(self, nbytes: int) -> None:
+        self.padding_bytes.inc(nbytes)
+
     def paused_track_gone(self) -> None:
         self.paused_tracks.dec()
 
@@ -371,6 +397,12 @@ class CountingMediaMetrics:
 
     def layer_probe(self, held: bool) -> None:
         self.counts["probes_held" if held else "probes_backed_off"] += 1
+
+    def padding_probe(self, raised: bool) -> None:
+        self.counts["padding_probes_raised" if raised else "padding_probes_not_raised"] += 1
+
+    def probe_bytes(self, nbytes: int) -> None:
+        self.counts["probe_bytes"] += nbytes
 
     def paused_track_gone(self) -> None:
         self.counts["paused_gone"] += 1

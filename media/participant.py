@@ -23,6 +23,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpTransceiver, RTCSes
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 
+from . import downstream
 from .adaptation import SubscriberAdaptation
 from .aiortc_compat import (
     accept_header_extensions,
@@ -36,6 +37,7 @@ from .feedback import FeedbackTarget, SubscriberFeedback
 from .forwarder import DownTrack, UpTrack
 from .inbound import PublisherInbound
 from .metrics import MediaMetrics
+from .probe import Prober
 from .rtpheader import URI_REPAIRED_RID, URI_RID, URI_TRANSPORT_CC
 from .signals import (
     PUBLISH,
@@ -51,6 +53,7 @@ from .signals import (
 )
 from .simulcast import answer_layers, offered_layers
 from .subscription import Slot
+from .transportcc import TransportCc
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +167,17 @@ class Participant:
         self._feedback = SubscriberFeedback(
             f"{room_id}/{participant_id}", self._sender_for, metrics=metrics
         )
+        # The send-side estimate from its transport-wide feedback, and probes.
+        self._transport = TransportCc(
+            f"{room_id}/{participant_id}",
+            accelerated=downstream.DEFAULT.accelerated,
+            metrics=metrics,
+        )
+        self._feedback.on_transport_feedback = self._transport.on_feedback
+        self._feedback.on_rtt = self._transport.set_rtt
+        self._prober = Prober(
+            f"{room_id}/{participant_id}", self._transport, self._pad, metrics=metrics
+        )
         self._up_tracks: dict[str, UpTrack] = {}
         # What the publisher said each of its m-lines sends (publish offer's
         # ``sources``); a mid it did not name gets its kind's default.
@@ -180,6 +194,8 @@ class Participant:
             lambda: self._slots,
             self._send,
             metrics=metrics,
+            transport=self._transport,
+            prober=self._prober,
         )
         self._wanted: list[UpTrack] = []
         self._dirty = asyncio.Event()
@@ -396,14 +412,9 @@ class Participant:
             if free is not None:
                 free.reuse(up)
             else:
-                self._slots.append(
-                    Slot(
-                        self._subscribe_pc,
-                        up,
-                        self._metrics,
-                        gso=self._config.udp_gso,
-                    )
-                )
+                slot = Slot(self._subscribe_pc, up, self._metrics, gso=self._config.udp_gso)
+                slot.fast.stream.twcc = self._transport.log
+                self._slots.append(slot)
             changed = True
         return changed
 
@@ -437,7 +448,7 @@ class Participant:
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         self._answer = asyncio.get_running_loop().create_future()
-        sdp = announce_ip(pc.localDescription.sdp, self._config.announced_ip)
+        sdp = announce_ip(self._transport.offer(pc.localDescription.sdp), self._config.announced_ip)
         self.offers_sent += 1
         self._metrics.subscribe_offer_sent()
         await self._send({"type": "tracks", "tracks": self.subscriptions()})
@@ -457,10 +468,25 @@ class Participant:
             await self._send(error_message(BadSignal(f"bad subscribe answer: {exc}")))
             self._dirty.set()  # offer again
             return
+        self._transport.answered(pc, answer.sdp)
         self._feedback.configure(pc)
         for slot in self._slots:
             slot.activate_pending()
         await self._subscribe_candidates.release()
+
+    def _pad(self, nbytes: int) -> int:
+        """Probe padding (media.probe): from the video streams sent now."""
+        sent = 0
+        senders = [
+            slot.fast
+            for slot in self._slots
+            if slot.kind == "video" and slot.source is not None and slot.fast.ready
+        ]
+        for fast in senders:
+            if sent >= nbytes:
+                break
+            sent += fast.pad(nbytes - sent)
+        return sent
 
     def _sender_for(self, ssrc: int) -> FeedbackTarget | None:
         """The subscribe sender on media SSRC ``ssrc`` (for its subscriber's RTCP)."""
@@ -518,6 +544,7 @@ class Participant:
         self._negotiator.cancel()
         await asyncio.gather(self._negotiator, return_exceptions=True)
         await self._adaptation.close()
+        await self._prober.close()
         posts = list(self._posts)
         for task in posts:
             task.cancel()

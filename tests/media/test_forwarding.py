@@ -455,7 +455,9 @@ async def test_transport_wide_numbers_run_across_the_connections_streams() -> No
     assert numbers == [0, 1, 2, 3, 4]
     assert received[-1].payload_type == 97  # the RTX resend took the next number too
     assert log.next == 5 and log.packets == 5
-    wire_sizes = [len(p.serialize(video_map if p.payload_type != 111 else audio_map)) for p in received]
+    wire_sizes = [
+        len(p.serialize(video_map if p.payload_type != 111 else audio_map)) for p in received
+    ]
     looked_up = log.lookup(0, 6)
     assert looked_up[5] is None
     sizes = [entry[1] for entry in looked_up[:5] if entry is not None]

@@ -1,0 +1,331 @@
+"""A send-side bandwidth estimate per subscriber, from its transport-wide feedback.
+
+Google Congestion Control as libwebrtc runs it for what Chrome sends
+(draft-ietf-rmcat-gcc-02 and libwebrtc's ``goog_cc``), reduced to what an
+SFU needs. Every feedback tells, per packet the SFU sent, when it arrived;
+with the send times from the connection's log (:mod:`media.sendlog`):
+
+- **delay-based**: packets are grouped in bursts (:data:`BURST_US` of send
+  time); the change of one-way delay between groups is accumulated, smoothed
+  and its trend over the last :data:`WINDOW` groups fitted by least squares
+  (:class:`Trendline`). A trend above an adaptive threshold for a while is
+  *overuse* (queues are building), below minus the threshold *underuse*;
+- **rate control** (:class:`Aimd`): on overuse the estimate drops to
+  :data:`BETA` times the rate that actually arrived; otherwise it grows, by
+  :data:`GROWTH` per second far from the last congestion point and by about
+  a packet per round trip near it, never above :data:`ACKED_CAP` times what
+  arrived (an estimate is only as good as the traffic that tested it);
+- **loss-based**: over :data:`LOSS_WINDOW_US`, more than :data:`LOSS_HIGH`
+  lost lowers the estimate by half the loss; under :data:`LOSS_LOW` lets it
+  grow;
+- **probes** (:meth:`SendSideEstimator.probe_result`): a burst sent faster
+  than the estimate (padding, media/probe.py) that arrives as fast as it was
+  sent proves the link carries that rate: the estimate jumps to it.
+
+Everything is a pure function of the feedback and the times given; nothing
+here reads a clock. Rates are bit/s, times µs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+#: Packets sent within this long of a group's first are one group (a burst).
+BURST_US = 5_000
+#: Groups in the trend's least-squares window, and the smoothing of the delay.
+WINDOW = 20
+SMOOTHING = 0.9
+THRESHOLD_GAIN = 4.0
+#: The adaptive threshold (ms of modified trend): start, bounds, adaptation rates.
+THRESHOLD_START = 12.5
+THRESHOLD_MIN = 6.0
+THRESHOLD_MAX = 600.0
+K_UP = 0.0087
+K_DOWN = 0.039
+#: Overuse must last this long (ms) before it counts.
+OVERUSE_TIME_MS = 10.0
+#: On overuse the estimate becomes this share of what arrived.
+BETA = 0.85
+#: Multiplicative growth per second, far from the last congestion point.
+GROWTH = 1.08
+#: The estimate never exceeds this times the arrived rate (plus ACKED_SLACK).
+ACKED_CAP = 1.5
+ACKED_SLACK = 10_000.0
+#: The arrived ("acked") rate is measured over this much arrival time.
+ACKED_WINDOW_US = 500_000
+#: Loss-based control over this window of feedback.
+LOSS_WINDOW_US = 1_000_000
+LOSS_LOW = 0.02
+LOSS_HIGH = 0.10
+#: Lowest estimate (bit/s): audio must always fit.
+FLOOR = 30_000.0
+#: Round trip assumed before one is measured (s).
+DEFAULT_RTT = 0.1
+
+
+class Usage(Enum):
+    NORMAL = "normal"
+    OVERUSING = "overusing"
+    UNDERUSING = "underusing"
+
+
+@dataclass(frozen=True, slots=True)
+class PacketResult:
+    """One sent packet as a feedback reports it."""
+
+    seq: int  # transport-wide sequence number, unwrapped
+    send_us: int
+    size: int  # bytes
+    arrival_us: int | None  # None: not received
+
+
+class Trendline:
+    """The delay-based detector: the trend of one-way delay change, against a threshold."""
+
+    def __init__(self) -> None:
+        self._accumulated = 0.0
+        self._smoothed = 0.0
+        self._samples: deque[tuple[float, float]] = deque(maxlen=WINDOW)
+        self._first_arrival: float | None = None
+        self._deltas = 0
+        self.threshold = THRESHOLD_START
+        self._last_update: float | None = None
+        self._over_ms = -1.0
+        self._over_count = 0
+        self._previous_trend = 0.0
+        self.trend = 0.0
+        self.usage = Usage.NORMAL
+
+    def update(self, delay_ms: float, send_delta_ms: float, arrival_ms: float) -> Usage:
+        """One group's delay change (``arrival delta - send delta``) arriving at ``arrival_ms``."""
+        self._deltas = min(self._deltas + 1, 1000)
+        self._accumulated += delay_ms
+        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * self._accumulated
+        if self._first_arrival is None:
+            self._first_arrival = arrival_ms
+        self._samples.append((arrival_ms - self._first_arrival, self._smoothed))
+        if len(self._samples) == WINDOW:
+            slope = _slope(self._samples)
+            if slope is not None:
+                self.trend = slope
+        self._detect(send_delta_ms, arrival_ms)
+        return self.usage
+
+    def _detect(self, send_delta_ms: float, now_ms: float) -> None:
+        modified = min(self._deltas, 60) * self.trend * THRESHOLD_GAIN
+        if modified > self.threshold:
+            if self._over_ms < 0:
+                self._over_ms = send_delta_ms / 2
+            else:
+                self._over_ms += send_delta_ms
+            self._over_count += 1
+            if (
+                self._over_ms > OVERUSE_TIME_MS
+                and self._over_count > 1
+                and self.trend >= self._previous_trend
+            ):
+                self._over_ms = 0.0
+                self._over_count = 0
+                self.usage = Usage.OVERUSING
+        elif modified < -self.threshold:
+            self._over_ms = -1.0
+            self._over_count = 0
+            self.usage = Usage.UNDERUSING
+        else:
+            self._over_ms = -1.0
+            self._over_count = 0
+            self.usage = Usage.NORMAL
+        self._previous_trend = self.trend
+        self._adapt(modified, now_ms)
+
+    def _adapt(self, modified: float, now_ms: float) -> None:
+        last, self._last_update = self._last_update, now_ms
+        if last is None or abs(modified) > self.threshold + 15.0:
+            return  # a spike: do not let it move the threshold
+        k = K_DOWN if abs(modified) < self.threshold else K_UP
+        elapsed = min(max(now_ms - last, 0.0), 100.0)
+        self.threshold += k * (abs(modified) - self.threshold) * elapsed
+        self.threshold = min(max(self.threshold, THRESHOLD_MIN), THRESHOLD_MAX)
+
+
+def _slope(samples: deque[tuple[float, float]]) -> float | None:
+    n = len(samples)
+    mean_x = sum(x for x, _ in samples) / n
+    mean_y = sum(y for _, y in samples) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in samples)
+    den = sum((x - mean_x) ** 2 for x, _ in samples)
+    return num / den if den else None
+
+
+class Aimd:
+    """Additive-increase, multiplicative-decrease of the delay-based estimate."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._holding = False
+        self._capacity: float | None = None  # kbit/s arrived at the last overuses (EWMA)
+        self._capacity_var = 0.4
+        self._last_us: int | None = None
+
+    def update(self, usage: Usage, acked: float | None, now_us: int, rtt: float) -> float | None:
+        last, self._last_us = self._last_us, now_us
+        if acked is None:
+            return self.rate
+        if self.rate is None:
+            self.rate = max(acked, FLOOR)
+        elapsed = 0.0 if last is None else min(max(now_us - last, 0), 1_000_000) / 1e6
+        if usage is Usage.OVERUSING:
+            if not self._holding:
+                self._note_capacity(acked)
+                self.rate = max(FLOOR, min(self.rate, BETA * acked))
+            self._holding = True
+            return self.rate
+        if usage is Usage.UNDERUSING:
+            self._holding = True  # queues draining: hold until they are empty
+            return self.rate
+        self._holding = False
+        if self._near_capacity():
+            packet_bits = 1200 * 8
+            response = rtt + 0.1
+            grown = self.rate + max(1000.0, packet_bits * elapsed / response)
+        else:
+            grown = self.rate * GROWTH**elapsed
+        # Growth stops at what the arrived rate vouches for; it never pulls the estimate down.
+        limit = ACKED_CAP * acked + ACKED_SLACK
+        self.rate = grown if grown <= limit else max(self.rate, limit)
+        return self.rate
+
+    def _note_capacity(self, acked: float) -> None:
+        """The arrived rate at an overuse: where the link's capacity is (kbit/s
+        internally, as libwebrtc's link capacity estimator)."""
+        kbps = acked / 1000
+        if self._capacity is None or abs(kbps - self._capacity) > 3 * self._deviation():
+            self._capacity = kbps  # far from the last: the link changed
+            return
+        error = self._capacity - kbps
+        self._capacity = 0.95 * self._capacity + 0.05 * kbps
+        var = 0.95 * self._capacity_var + 0.05 * error * error / max(self._capacity, 1.0)
+        self._capacity_var = min(max(var, 0.4), 2.5)
+
+    def _deviation(self) -> float:
+        return float((self._capacity_var * (self._capacity or 0.0)) ** 0.5)
+
+    def _near_capacity(self) -> bool:
+        if self._capacity is None or self.rate is None:
+            return False
+        return abs(self.rate / 1000 - self._capacity) <= 3 * self._deviation()
+
+    def set(self, rate: float) -> None:
+        """A probe proved ``rate``: continue from there."""
+        self.rate = rate
+        self._capacity = None  # the link changed: grow fast again
+
+
+class SendSideEstimator:
+    """One subscriber connection's estimate of what it can be sent (bit/s)."""
+
+    def __init__(self) -> None:
+        self.trendline = Trendline()
+        self.aimd = Aimd()
+        self.rtt = DEFAULT_RTT
+        self._group: tuple[int, int, int] | None = None  # first send, last send, last arrival
+        self._previous: tuple[int, int] | None = None  # last send, last arrival of the last group
+        self._acked: deque[tuple[int, int]] = deque()  # (arrival_us, size) in the window
+        self._acked_bytes = 0
+        self._losses: deque[tuple[int, int, int]] = deque()  # (at_us, lost, total)
+        self._loss_rate: float | None = None
+        self.loss = 0.0
+        self.acked: float | None = None
+        self.feedbacks = 0
+
+    @property
+    def estimate(self) -> float | None:
+        """The estimate now; None until feedback has measured anything."""
+        delay = self.aimd.rate
+        if delay is None:
+            return None
+        loss = self._loss_rate
+        return max(FLOOR, delay if loss is None else min(delay, loss))
+
+    @property
+    def usage(self) -> Usage:
+        return self.trendline.usage
+
+    def on_feedback(self, results: list[PacketResult], now_us: int) -> float | None:
+        """Take one feedback's packets (in sequence order); returns the estimate."""
+        if not results:
+            return self.estimate
+        self.feedbacks += 1
+        received = sorted(
+            (r for r in results if r.arrival_us is not None), key=lambda r: r.arrival_us or 0
+        )
+        for r in received:
+            assert r.arrival_us is not None
+            self._ack(r.arrival_us, r.size)
+            self._group_packet(r.send_us, r.arrival_us)
+        self._loss(len(results) - len(received), len(results), now_us)
+        self.aimd.update(self.trendline.usage, self.acked, now_us, self.rtt)
+        return self.estimate
+
+    def _ack(self, arrival_us: int, size: int) -> None:
+        acked = self._acked
+        acked.append((arrival_us, size))
+        self._acked_bytes += size
+        while acked and arrival_us - acked[0][0] > ACKED_WINDOW_US:
+            self._acked_bytes -= acked.popleft()[1]
+        span = arrival_us - acked[0][0]
+        if span >= ACKED_WINDOW_US // 4:
+            self.acked = self._acked_bytes * 8 * 1e6 / max(span, 1)
+
+    def _group_packet(self, send_us: int, arrival_us: int) -> None:
+        group = self._group
+        if group is None:
+            self._group = (send_us, send_us, arrival_us)
+            return
+        first_send, last_send, last_arrival = group
+        if send_us - first_send <= BURST_US and send_us >= first_send:
+            self._group = (first_send, max(last_send, send_us), max(last_arrival, arrival_us))
+            return
+        if send_us < first_send:
+            return  # reordered from before this group: not a new group
+        # The group is complete: compare it with the one before.
+        previous = self._previous
+        self._previous = (last_send, last_arrival)
+        self._group = (send_us, send_us, arrival_us)
+        if previous is None:
+            return
+        send_delta = (last_send - previous[0]) / 1000
+        arrival_delta = (last_arrival - previous[1]) / 1000
+        if send_delta < 0 or arrival_delta > 3000:
+            return  # a reset of the receiver's clock or a long pause: skip the pair
+        self.trendline.update(arrival_delta - send_delta, send_delta, last_arrival / 1000)
+
+    def _loss(self, lost: int, total: int, now_us: int) -> None:
+        losses = self._losses
+        losses.append((now_us, lost, total))
+        while losses and now_us - losses[0][0] > LOSS_WINDOW_US:
+            losses.popleft()
+        all_lost = sum(x[1] for x in losses)
+        all_sent = sum(x[2] for x in losses)
+        self.loss = all_lost / all_sent if all_sent else 0.0
+        delay = self.aimd.rate
+        if delay is None or all_sent < 20:
+            return
+        if self.loss > LOSS_HIGH:
+            base = self._loss_rate if self._loss_rate is not None else delay
+            self._loss_rate = max(FLOOR, min(base, delay) * (1 - self.loss / 2))
+            losses.clear()  # one cut per window of loss
+        elif self.loss < LOSS_LOW:
+            self._loss_rate = None  # no loss limit: the delay-based estimate rules
+
+    def probe_result(self, rate: float) -> float | None:
+        """A probe cluster arrived at ``rate``: the link carries at least that."""
+        if self.trendline.usage is Usage.OVERUSING:
+            return self.estimate
+        current = self.aimd.rate
+        if current is None or rate > current:
+            self.aimd.set(rate)
+            self._loss_rate = None
+        return self.estimate

@@ -1,0 +1,101 @@
+"""Probe clusters: padding that tests whether a subscriber's link carries more.
+
+A send-side estimate cannot grow far past what the subscriber is sent (it
+is only as good as the traffic that tested it), so a subscriber moved down a
+layer would stay down. When the adaptation wants a step up that the
+estimate does not cover, :class:`Prober` sends one cluster: for
+:data:`DURATION` seconds, padding on top of the media so that the whole
+connection runs at the target rate, paced every :data:`TICK` seconds. The
+padding is RTX copies of the newest video packets
+(:meth:`media.fastsend.FastRtp.pad`), numbered like everything else on the
+connection; :class:`media.transportcc.TransportCc` judges what the
+subscriber's feedback says of them. One cluster at a time per subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .metrics import MediaMetrics
+from .transportcc import TransportCc
+
+logger = logging.getLogger(__name__)
+
+#: How long one cluster lasts and how often it sends (s).
+DURATION = 0.3
+TICK = 0.01
+#: Highest probe rate (bit/s): well above any sane layer stack.
+MAX_TARGET = 20_000_000.0
+
+
+class Prober:
+    """Sends probe clusters for one subscriber connection."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: TransportCc,
+        pad: Callable[[int], int],
+        *,
+        metrics: MediaMetrics,
+    ) -> None:
+        self.name = name
+        self._transport = transport
+        self._pad = pad
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+        self.clusters = 0
+        self.bytes_sent = 0
+
+    def __repr__(self) -> str:
+        return f"Prober({self.name})"
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def probe(self, target: float, sending: float) -> bool:
+        """Start a cluster at ``target`` bit/s while ``sending`` bit/s of media flow;
+        False if one is running or there is nothing to add."""
+        target = min(target, MAX_TARGET)
+        if self.busy or not self._transport.negotiated or target <= sending:
+            return False
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(target, target - sending), name=f"probe {self.name}"
+        )
+        return True
+
+    async def _run(self, target: float, padding: float) -> None:
+        transport = self._transport
+        transport.begin_cluster(target)
+        sent = 0
+        owed = 0.0
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            next_at = start
+            while loop.time() - start < DURATION:
+                owed = min(owed + padding * TICK / 8, 3 * padding * TICK / 8)
+                done = self._pad(int(owed))
+                owed = max(0.0, owed - done)
+                sent += done
+                next_at += TICK
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("%r: probe failed", self)
+        finally:
+            transport.end_cluster()
+            self.clusters += 1
+            self.bytes_sent += sent
+            self._metrics.probe_bytes(sent)
+
+    async def close(self) -> None:
+        """Stop a running cluster (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

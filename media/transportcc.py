@@ -1,0 +1,258 @@
+"""Transport-wide congestion control towards one subscriber: SDP, feedback, probe clusters.
+
+The SFU offers ``transport-cc`` on every subscribe connection, as Chrome
+expects of a sender (aiortc's own offer has no such extension: the SDP is
+completed here, and the answered extension is handed back to aiortc's
+transceivers so its senders lay it out). When the subscriber answers it,
+every packet sent on the connection carries the connection's next
+transport-wide sequence number (:mod:`media.sendlog`), and the subscriber
+reports, every ~50-100 ms, when each arrived. :class:`TransportCc` joins
+those reports with the send log and feeds the estimator
+(:class:`media.gcc.SendSideEstimator`); the adaptation (media/adaptation.py)
+reads :attr:`TransportCc.estimate`, falling back to REMB without it.
+
+Probe clusters (:mod:`media.probe` sends them) are judged here: the packets
+numbered within a cluster, sent faster than the estimate, show the rate the
+link delivered them at; :meth:`media.gcc.SendSideEstimator.probe_result`
+takes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .aiortc_compat import add_header_extension
+from .gcc import PacketResult, SendSideEstimator
+from .metrics import MediaMetrics
+from .rtpheader import URI_TRANSPORT_CC
+from .sendlog import SIZE, SendLog, monotonic_us, new_log
+from .twcc import parse_feedback
+
+logger = logging.getLogger(__name__)
+
+#: The extension's id in subscribe offers (aiortc's own use 1-3, shared over BUNDLE).
+EXT_ID = 5
+#: An estimate from feedback older than this (s) is not one any more.
+FEEDBACK_MAX_AGE = 2.0
+#: A cluster not judged this long after it ended (s) is dropped.
+CLUSTER_TIMEOUT = 3.0
+#: Fewest packets of a cluster that must arrive for it to say anything.
+CLUSTER_MIN_PACKETS = 5
+#: Codecs that get ``transport-cc`` feedback in the offer (not RTX, RED, FEC).
+_MEDIA_CODEC = re.compile(r"^a=rtpmap:(\d+) (?!rtx/|red/|ulpfec/)", re.IGNORECASE)
+_EXTMAP = re.compile(r"^a=extmap:(\d+)(?:/\w+)? (\S+)")
+
+
+def offer_transport_cc(sdp: str, ext_id: int = EXT_ID) -> str:
+    """``sdp`` (aiortc's subscribe offer) with ``transport-cc`` offered in every audio
+    and video section: the extension at ``ext_id`` and the RTCP feedback per codec."""
+    out: list[str] = []
+    media = False
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            media = line.startswith(("m=audio", "m=video"))
+        if media and line.startswith("a=extmap:") and URI_TRANSPORT_CC in line:
+            continue  # offered once, as below
+        out.append(line)
+        if not media:
+            continue
+        if line.startswith("a=mid:"):
+            out.append(f"a=extmap:{ext_id} {URI_TRANSPORT_CC}")
+        match = _MEDIA_CODEC.match(line)
+        if match:
+            out.append(f"a=rtcp-fb:{match.group(1)} transport-cc")
+    return "\r\n".join(out)
+
+
+def answered_transport_cc(sdp: str, ext_id: int = EXT_ID) -> bool:
+    """Whether an answer takes the offered extension (at the offered id, as it must)."""
+    for line in sdp.splitlines():
+        match = _EXTMAP.match(line)
+        if match and match.group(2) == URI_TRANSPORT_CC:
+            return int(match.group(1)) == ext_id
+    return False
+
+
+@dataclass
+class Cluster:
+    """One probe: the transport-wide numbers it spans and what came back of them."""
+
+    first: int  # unwrapped
+    target: float
+    last: int | None = None  # unwrapped; None while it is being sent
+    ended_at: float | None = None
+    results: list[PacketResult] = field(default_factory=list)
+
+
+class TransportCc:
+    """One subscribe connection's transport-wide numbering, feedback and estimate."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        accelerated: bool,
+        metrics: MediaMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.log: SendLog = new_log(accelerated)
+        self.estimator = SendSideEstimator()
+        self._metrics = metrics
+        self._clock = clock
+        self.negotiated = False
+        self.feedback_at: float | None = None
+        self.feedbacks = 0
+        self.skipped = 0
+        self._reference: int | None = None  # the last unwrapped number seen
+        self._highest: int | None = None  # the highest number a feedback reported
+        self._clusters: list[Cluster] = []
+        #: Told each probe's outcome: (rate it showed or None, target).
+        self.on_probe: Callable[[float | None, float], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"TransportCc({self.name})"
+
+    # --- negotiation -----------------------------------------------------------
+
+    def offer(self, sdp: str) -> str:
+        return offer_transport_cc(sdp)
+
+    def answered(self, pc: Any, answer_sdp: str) -> bool:
+        """After the subscriber's answer is applied: lay the extension out if taken."""
+        if not answered_transport_cc(answer_sdp):
+            return self.negotiated
+        for transceiver in pc.getTransceivers():
+            add_header_extension(transceiver, EXT_ID, URI_TRANSPORT_CC)
+        if not self.negotiated:
+            logger.info("%r: transport-cc negotiated", self)
+        self.negotiated = True
+        return True
+
+    # --- the estimate ----------------------------------------------------------
+
+    @property
+    def estimate(self) -> float | None:
+        """The send-side estimate (bit/s), None without fresh feedback."""
+        at = self.feedback_at
+        if not self.negotiated or at is None or self._clock() - at > FEEDBACK_MAX_AGE:
+            return None
+        return self.estimator.estimate
+
+    def set_rtt(self, rtt: float) -> None:
+        if 0 < rtt < 10:
+            self.estimator.rtt = rtt
+
+    def _unwrap(self, seq: int) -> int:
+        ref = self._reference
+        if ref is None:
+            self._reference = seq
+            return seq
+        delta = (seq - ref) & 0xFFFF
+        if delta >= 0x8000:
+            delta -= 0x10000
+        value = ref + delta
+        if delta > 0:
+            self._reference = value
+        return value
+
+    def on_feedback(self, packet: bytes) -> None:
+        """One transport-wide feedback packet from the subscriber (RTPFB FMT 15)."""
+        feedback = parse_feedback(packet)
+        if feedback is None or not feedback.arrivals:
+            self.skipped += 1
+            return
+        count = min(len(feedback.arrivals), SIZE)
+        sent = self.log.lookup(feedback.base, count)
+        base = self._unwrap(feedback.base)
+        highest = self._highest
+        results = []
+        for i in range(count):
+            entry = sent[i]
+            seq = base + i
+            if entry is None or (highest is not None and seq <= highest):
+                continue  # not ours (any more), or reported before
+            results.append(PacketResult(seq, entry[0], entry[1], feedback.arrivals[i]))
+        if not results:
+            self.skipped += 1
+            return
+        self._highest = results[-1].seq if highest is None else max(highest, results[-1].seq)
+        self._unwrap((feedback.base + count - 1) & 0xFFFF)
+        self.feedbacks += 1
+        self.feedback_at = self._clock()
+        self.estimator.on_feedback(results, monotonic_us())
+        if self._clusters:
+            self._judge(results)
+
+    # --- probe clusters ---------------------------------------------------------
+
+    def begin_cluster(self, target: float) -> None:
+        """A probe at ``target`` bit/s starts with the next packet sent."""
+        self._clusters.append(Cluster(self._unwrap(self.log.next), target))
+
+    def end_cluster(self) -> None:
+        """The probe that began last sent its last packet."""
+        for cluster in self._clusters:
+            if cluster.last is None:
+                cluster.last = self._unwrap((self.log.next - 1) & 0xFFFF)
+                cluster.ended_at = self._clock()
+
+    def _judge(self, results: list[PacketResult]) -> None:
+        now = self._clock()
+        keep = []
+        for cluster in self._clusters:
+            cluster.results.extend(
+                r
+                for r in results
+                if r.seq >= cluster.first and (cluster.last is None or r.seq <= cluster.last)
+            )
+            if cluster.last is None:
+                keep.append(cluster)
+            elif self._highest is not None and self._highest >= cluster.last:
+                self._conclude(cluster, cluster_rate(cluster.results))
+            elif cluster.ended_at is not None and now - cluster.ended_at > CLUSTER_TIMEOUT:
+                self._conclude(cluster, None)
+            else:
+                keep.append(cluster)
+        self._clusters = keep
+
+    def _conclude(self, cluster: Cluster, rate: float | None) -> None:
+        before = self.estimator.estimate
+        if rate is not None:
+            self.estimator.probe_result(rate)
+        after = self.estimator.estimate
+        raised = after is not None and (before is None or after > before)
+        self._metrics.padding_probe(raised)
+        logger.debug(
+            "%r: probe at %.0f kbit/s showed %s, estimate %s", self, cluster.target / 1000,
+            "nothing" if rate is None else f"{rate / 1000:.0f} kbit/s",
+            "none" if after is None else f"{after / 1000:.0f} kbit/s",
+        )  # fmt: skip
+        if self.on_probe is not None:
+            self.on_probe(rate, cluster.target)
+
+
+def cluster_rate(results: list[PacketResult]) -> float | None:
+    """The rate a probe cluster showed: what it was sent at, or less if it arrived slower."""
+    received = sorted(
+        (r for r in results if r.arrival_us is not None), key=lambda r: r.arrival_us or 0
+    )
+    if len(received) < CLUSTER_MIN_PACKETS:
+        return None
+    by_send = sorted(results, key=lambda r: r.send_us)
+    send_span = by_send[-1].send_us - by_send[0].send_us
+    first, last = received[0].arrival_us, received[-1].arrival_us
+    assert first is not None and last is not None
+    receive_span = last - first
+    if send_span <= 0 or receive_span <= 0:
+        return None
+    send_rate = sum(r.size for r in by_send[:-1]) * 8e6 / send_span
+    receive_rate = sum(r.size for r in received[1:]) * 8e6 / receive_span
+    if receive_rate < 0.9 * send_rate:
+        return receive_rate * 0.95  # it queued on the way: the link's rate, a little under
+    return min(send_rate, receive_rate)

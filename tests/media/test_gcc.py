@@ -1,0 +1,169 @@
+"""The send-side estimator (media/gcc.py) on synthetic feedback from a simulated link.
+
+The link is a FIFO bottleneck: a packet leaves the queue ``size / capacity``
+after the one before it (or when it arrives, if the queue is empty), plus a
+fixed propagation delay; a packet that finds more than ``queue_ms`` of
+backlog is dropped (a tail-drop router). The sender sends video-like bursts
+(one frame every 33 ms, 1,200-byte packets). Feedback comes every 50 ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from media.gcc import FLOOR, PacketResult, SendSideEstimator, Usage
+
+FRAME_US = 33_333
+FEEDBACK_US = 50_000
+PACKET = 1200
+
+
+@dataclass
+class Link:
+    capacity: float  # bit/s
+    propagation_us: int = 20_000
+    queue_ms: float = 300.0
+    free_at: float = 0.0  # when the bottleneck finishes the last packet (µs)
+    seq: int = 0
+    pending: list[PacketResult] = field(default_factory=list)
+
+    def send(self, now_us: int, size: int) -> None:
+        start = max(float(now_us), self.free_at)
+        arrival: int | None
+        if start - now_us > self.queue_ms * 1000:
+            arrival = None  # tail drop
+        else:
+            self.free_at = start + size * 8 / self.capacity * 1e6
+            arrival = int(self.free_at) + self.propagation_us
+        self.pending.append(PacketResult(self.seq, now_us, size, arrival))
+        self.seq += 1
+
+    def feedback(self, now_us: int) -> list[PacketResult]:
+        """What arrived by ``now_us`` (and what was lost before it), in sequence order."""
+        done = [r for r in self.pending if r.arrival_us is None or r.arrival_us + 0 <= now_us]
+        last = max((r.seq for r in done), default=-1)
+        out = [r for r in self.pending if r.seq <= last]
+        self.pending = [r for r in self.pending if r.seq > last]
+        return out
+
+
+def run(
+    estimator: SendSideEstimator,
+    link: Link,
+    rate: float | None,
+    seconds: float,
+    start_us: int = 0,
+) -> tuple[int, list[float]]:
+    """Send at ``rate`` (None: follow the estimate) for ``seconds``; the estimates seen."""
+    now = start_us
+    end = start_us + int(seconds * 1e6)
+    next_frame = now
+    next_feedback = now + FEEDBACK_US
+    estimates: list[float] = []
+    while now < end:
+        if now >= next_frame:
+            current = rate if rate is not None else (estimator.estimate or 300_000.0)
+            frame_bytes = int(current * FRAME_US / 1e6 / 8)
+            while frame_bytes > 0:
+                size = min(PACKET, frame_bytes)
+                link.send(now, max(size, 100))
+                frame_bytes -= size
+            next_frame += FRAME_US
+        if now >= next_feedback:
+            estimate = estimator.on_feedback(link.feedback(now), now)
+            if estimate is not None:
+                estimates.append(estimate)
+            next_feedback += FEEDBACK_US
+        now += 1000
+    return now, estimates
+
+
+def test_no_estimate_before_feedback() -> None:
+    estimator = SendSideEstimator()
+    assert estimator.estimate is None
+    assert estimator.on_feedback([], 0) is None
+
+
+def test_a_link_that_carries_the_rate_is_not_congested_and_the_estimate_grows() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=5_000_000)
+    _, estimates = run(estimator, link, 1_000_000, 6.0)
+    assert estimator.usage is not Usage.OVERUSING
+    # It grows past what is sent, but no further than what was tested allows.
+    assert 1_000_000 < estimates[-1] <= 1.5 * 1_000_000 * 1.1 + 10_000
+
+
+def test_sending_above_the_capacity_is_overuse_and_the_estimate_drops_below_it() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=400_000)
+    now, _ = run(estimator, link, 1_500_000, 0.6)
+    # Within 1 s of the overload the estimate is below the link's capacity.
+    now, estimates = run(estimator, link, 1_500_000, 0.6, now)
+    assert min(estimates) < 400_000
+    assert estimator.estimate is not None and FLOOR <= estimator.estimate < 400_000
+
+
+def test_following_the_estimate_settles_near_the_capacity() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=800_000)
+    now, _ = run(estimator, link, 1_500_000, 1.0)
+    now, estimates = run(estimator, link, None, 20.0, now)
+    tail = estimates[-100:]
+    # AIMD around the bottleneck: never far above it, mostly close under it.
+    assert max(tail) < 800_000 * 1.3
+    assert sum(tail) / len(tail) > 800_000 * 0.5
+
+
+def test_heavy_loss_lowers_the_estimate() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=10_000_000)
+    now, _ = run(estimator, link, 1_000_000, 2.0)
+    before = estimator.estimate
+    assert before is not None
+    # Now a fifth of the packets vanish (a lossy radio link, no queue).
+    for _ in range(40):
+        results = []
+        for i in range(25):
+            lost = i % 5 == 0
+            results.append(PacketResult(link.seq, now, PACKET, None if lost else now + 20_000))
+            link.seq += 1
+            now += 2000
+        estimator.on_feedback(results, now)
+    assert estimator.loss > 0.1
+    after = estimator.estimate
+    assert after is not None and after < before * 0.9
+
+
+def test_a_probe_that_arrives_at_its_rate_raises_the_estimate() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=3_000_000)
+    now, _ = run(estimator, link, 200_000, 3.0)
+    low = estimator.estimate
+    assert low is not None and low < 400_000  # 1.5x what was sent, at most
+    assert estimator.probe_result(1_500_000) == 1_500_000
+    _, estimates = run(estimator, link, 1_500_000, 2.0, now)
+    assert min(estimates) >= 1_400_000
+
+
+def test_a_probe_result_is_ignored_while_overusing() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=300_000)
+    run(estimator, link, 1_500_000, 0.8)
+    if estimator.usage is Usage.OVERUSING:
+        before = estimator.estimate
+        assert estimator.probe_result(5_000_000) == before
+
+
+def test_garbage_feedback_does_not_break_it() -> None:
+    estimator = SendSideEstimator()
+    results = [
+        PacketResult(0, 5_000_000, 1200, 10),
+        PacketResult(1, 0, 1200, 10**12),
+        PacketResult(2, -5, 0, -(10**9)),
+        PacketResult(3, 10**12, 1200, None),
+        PacketResult(4, 10**12 + 1, 1200, 5),
+    ]
+    for i in range(50):
+        estimator.on_feedback(results, i * 50_000)
+    estimate = estimator.estimate
+    assert estimate is None or estimate >= FLOOR
