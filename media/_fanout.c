@@ -63,6 +63,9 @@ typedef struct {
     unsigned char *buf;
     size_t off, seg, plain;
     int count, closed;
+    /* the transport-wide numbers of the batch's datagrams (-1: none), logged as sent
+     * when the batch is */
+    long twcc_seqs[MAX_SEGMENTS];
 } Down;
 
 uint64_t
@@ -90,26 +93,55 @@ put32(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)v;
 }
 
-/* Number the plaintext packet at `dst` (its extension block as this stream lays
- * it out) with the connection's next transport-wide sequence number; -1 if it
- * carries none. */
-static inline long
-down_stamp(Down *self, unsigned char *dst, size_t n)
+static void down_flush(Down *self);
+
+/* Whether a packet of `n` plaintext bytes of this stream gets a transport-wide number. */
+static inline int
+down_numbers(Down *self, size_t n)
 {
-    if (self->twcc == NULL || self->twcc->ring == NULL || self->twcc_at < 0 || n < 12 + (size_t)self->twcc_at + 2
-        || !(dst[0] & 0x10))
-        return -1;
+    return self->twcc != NULL && self->twcc->ring != NULL && self->twcc_at >= 0
+           && n >= 12 + (size_t)self->twcc_at + 2;
+}
+
+/* Before numbering a packet: another stream's batch with numbered packets leaves
+ * first (numbers must leave in order, or the subscriber's feedback reports the
+ * later ones' arrivals first and the earlier ones as lost). */
+static inline void
+down_claim(Down *self)
+{
+    SendLog *log = self->twcc;
+    PyObject *other = log->pending;
+    if (other != NULL && other != (PyObject *)self) {
+        log->pending = NULL;
+        down_flush((Down *)other);
+    }
+    log->pending = (PyObject *)self;
+}
+
+/* Number the plaintext packet at `dst` (its extension block as this stream lays
+ * it out) with the connection's next transport-wide sequence number. */
+static inline long
+down_stamp(Down *self, unsigned char *dst)
+{
     uint16_t seq = self->twcc->next++;
     put16(dst + 12 + self->twcc_at, seq);
     return seq;
 }
 
-/* Record a numbered packet as sent now, `len` bytes protected. */
-static inline void
-down_log(Down *self, long seq, size_t len, int64_t now)
+/* Log the batch's numbered datagrams as sent now (when it is sent or spilled). */
+static void
+down_log_batch(Down *self)
 {
-    if (seq >= 0 && self->twcc != NULL)
-        sendlog_record(self->twcc, (uint16_t)seq, len, now);
+    if (self->twcc == NULL)
+        return;
+    int64_t now = monotonic_us();
+    size_t start = 0;
+    for (int i = 0; i < self->count; i++) {
+        size_t len = self->off - start < self->seg ? self->off - start : self->seg;
+        if (self->twcc_seqs[i] >= 0)
+            sendlog_record(self->twcc, (uint16_t)self->twcc_seqs[i], len, now);
+        start += len;
+    }
 }
 
 /* The packet tuple: (data, start, end, seq, ts, marker, keyframe, pid, pid_at, tl0, tl0_at,
@@ -202,8 +234,11 @@ down_spill(Down *self)
 static void
 down_flush(Down *self)
 {
+    if (self->twcc != NULL && self->twcc->pending == (PyObject *)self)
+        self->twcc->pending = NULL;
     if (!self->count)
         return;
+    down_log_batch(self);
     UdpOut *out = self->out;
     if (out != NULL && out->fd >= 0) {
         Py_ssize_t sent = udpout_send_run(out, self->buf, self->off, self->seg, self->count);
@@ -236,9 +271,10 @@ down_make_room(Down *self, size_t n)
     return 0;
 }
 
-/* Protect the `n` plaintext bytes written at the batch's end and keep them. */
+/* Protect the `n` plaintext bytes written at the batch's end and keep them
+ * (`twcc`: their transport-wide number, -1 if none). */
 static int
-down_commit(Down *self, size_t n)
+down_commit(Down *self, size_t n, long twcc)
 {
     int len = (int)n;
     int rc = self->out->protect(self->out->ctx, self->buf + self->off, &len);
@@ -254,6 +290,7 @@ down_commit(Down *self, size_t n)
         self->closed = 1;
     }
     self->off += (size_t)len;
+    self->twcc_seqs[self->count] = twcc;
     self->count++;
     return 0;
 }
@@ -336,18 +373,19 @@ down_take(Down *self, const Packet *p, uint64_t ntp)
     }
     uint16_t out_seq = (uint16_t)(p->seq + self->seq_offset);
     size_t n = 12 + (size_t)self->ext_len + (size_t)(p->end - p->start);
+    int numbered = down_numbers(self, n) && (self->first_byte & 0x10);
     if (down_make_room(self, n) < 0) {
         self->send_errors++;
         return 0;
     }
+    if (numbered)
+        down_claim(self);
     unsigned char *dst = self->buf + self->off;
     down_write(self, p, out_seq, ntp, dst);
-    long twcc = down_stamp(self, dst, n);
-    size_t before = self->off;
+    long twcc = numbered ? down_stamp(self, dst) : -1;
     /* A packet libsrtp refuses (counted in send_errors) is taken and lost, as on
      * the network: its number is spent, the subscriber's NACK may recover it. */
-    if (down_commit(self, n) == 0)
-        down_log(self, twcc, self->off - before, monotonic_us());
+    down_commit(self, n, twcc);
     if (((uint16_t)(out_seq - self->next_seq)) < 0x8000) {
         self->next_seq = (uint16_t)(out_seq + 1);
         self->have_last = 1;
@@ -464,6 +502,8 @@ Down_clear(Down *self)
 {
     Py_CLEAR(self->out);
     Py_CLEAR(self->spill);
+    if (self->twcc != NULL && self->twcc->pending == (PyObject *)self)
+        self->twcc->pending = NULL;
     Py_CLEAR(self->twcc);
     return 0;
 }
@@ -578,14 +618,15 @@ Down_send(Down *self, PyObject *packets)
             self->send_errors++;
             continue;
         }
+        const unsigned char *src = (const unsigned char *)PyBytes_AS_STRING(item);
+        int numbered = down_numbers(self, n) && (src[0] & 0x10);
+        if (numbered)
+            down_claim(self); /* after make_room: it may have sent this batch */
         unsigned char *dst = self->buf + self->off;
-        memcpy(dst, PyBytes_AS_STRING(item), n);
-        long twcc = down_stamp(self, dst, n);
-        size_t before = self->off;
-        if (down_commit(self, n) == 0) {
-            down_log(self, twcc, self->off - before, monotonic_us());
+        memcpy(dst, src, n);
+        long twcc = numbered ? down_stamp(self, dst) : -1;
+        if (down_commit(self, n, twcc) == 0)
             taken++;
-        }
     }
     down_flush(self);
     return PyLong_FromLong(taken);
@@ -652,6 +693,8 @@ Down_get_twcc(Down *self, void *Py_UNUSED(c))
 static int
 Down_set_twcc(Down *self, PyObject *value, void *Py_UNUSED(c))
 {
+    if (self->twcc != NULL && self->twcc->pending == (PyObject *)self)
+        self->twcc->pending = NULL;
     if (value == NULL || value == Py_None) {
         Py_CLEAR(self->twcc);
         return 0;

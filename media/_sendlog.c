@@ -31,6 +31,9 @@ sendlog_record(SendLog *log, uint16_t seq, size_t size, int64_t at_us)
     entry->size = (uint32_t)size;
     entry->seq = seq;
     entry->used = 1;
+    if (log->last_logged >= 0 && seq != (uint16_t)(log->last_logged + 1))
+        log->disorder++;
+    log->last_logged = seq;
     log->packets++;
     log->bytes += size;
 }
@@ -52,7 +55,8 @@ SendLog_init(SendLog *self, PyObject *args, PyObject *kwds)
         memset(self->ring, 0, SENDLOG_SIZE * sizeof(SentPacket));
     }
     self->next = (uint16_t)first;
-    self->packets = self->bytes = 0;
+    self->packets = self->bytes = self->disorder = 0;
+    self->last_logged = -1;
     return 0;
 }
 
@@ -133,6 +137,12 @@ SendLog_get_packets(SendLog *self, void *Py_UNUSED(c))
 }
 
 static PyObject *
+SendLog_get_disorder(SendLog *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->disorder);
+}
+
+static PyObject *
 SendLog_get_bytes(SendLog *self, void *Py_UNUSED(c))
 {
     return PyLong_FromUnsignedLongLong(self->bytes);
@@ -156,6 +166,8 @@ static PyGetSetDef SendLog_getset[] = {
     {"next", (getter)SendLog_get_next, NULL, "the number the next packet gets", NULL},
     {"packets", (getter)SendLog_get_packets, NULL, "packets recorded", NULL},
     {"bytes", (getter)SendLog_get_bytes, NULL, "bytes recorded", NULL},
+    {"disorder", (getter)SendLog_get_disorder, NULL,
+     "packets logged out of number order (0 unless a bug)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -113,6 +113,12 @@ typedef struct {
     SentPacket *ring;
     uint16_t next;
     unsigned long long packets, bytes;
+    unsigned long long disorder; /* packets logged out of number order (a bug if not 0) */
+    long last_logged;            /* the number logged last, -1 before any */
+    /* The Down (borrowed) whose queued batch holds numbered packets not sent yet:
+     * another Down numbering a packet sends that batch first, so that numbers
+     * leave in order. It clears this when it sends or goes. */
+    PyObject *pending;
 } SendLog;
 
 extern PyTypeObject SendLogType;

@@ -47,6 +47,7 @@ from .allocator import (
     Demand,
     allocate,
 )
+from .gcc import Usage
 from .metrics import MediaMetrics
 
 if TYPE_CHECKING:
@@ -90,10 +91,12 @@ PAUSE_LOSS = 0.2
 SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
 MAX_VIEWS = 64
-#: A probe aims this much above what the step needs; one that shows at least
-#: PROBE_HELD of its target counts as a success.
+#: A probe aims this much above what it tests for; one that shows at least
+#: PROBE_HELD of its target counts as a success, and the next may follow
+#: PROBE_AGAIN seconds later.
 PROBE_OVERSHOOT = 1.1
 PROBE_HELD = 0.9
+PROBE_AGAIN = 1.0
 
 Message = dict[str, Any]
 
@@ -119,6 +122,7 @@ class SubscriberAdaptation:
         self._prober = prober
         self._send_side = False  # the estimate is the send side's (transport-cc)
         self._probe_outcome: tuple[float | None, float] | None = None
+        self._probe_at = 0.0  # no probe before this (monotonic s)
         if transport is not None:
             transport.on_probe = self._probed
         self._slots = slots
@@ -353,31 +357,37 @@ class SubscriberAdaptation:
     def _probe_for(
         self, estimate: float, sending: float, demands: list[Demand], now: float
     ) -> float:
-        """Send-side: the estimate is the budget, and a step up it does not cover is
-        proven first by a probe cluster at the rate the step needs. A probe that
-        falls short doubles the wait before the next (up to :data:`MAX_UP_AFTER`),
-        one that holds brings it back to :data:`UP_AFTER`."""
+        """Send-side: the estimate is the budget. While it does not cover what the
+        subscriber would take (every track at its top layer, within its view), probe
+        clusters test more: at twice the estimate (at least the next step), and again
+        :data:`PROBE_AGAIN` seconds after one that held, so the estimate climbs
+        exponentially, as libwebrtc's probing does. One that falls short doubles the
+        wait before the next (from :data:`UP_AFTER` up to :data:`MAX_UP_AFTER`);
+        none while the estimator sees overuse."""
         outcome, self._probe_outcome = self._probe_outcome, None
         if outcome is not None:
             rate, target = outcome
             held = rate is not None and rate >= PROBE_HELD * target
-            self._up_after = UP_AFTER if held else min(MAX_UP_AFTER, self._up_after * 2)
             self._metrics.layer_probe(held=held)
-            self._steady_since = now
-        if estimate < CONGESTED * sending:
-            self._steady_since = now  # congested: no probe until it settles
+            if held:
+                self._up_after = UP_AFTER
+                self._probe_at = now + PROBE_AGAIN
+            else:
+                self._probe_at = now + self._up_after
+                self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
+        transport, prober = self._transport, self._prober
+        if transport is None or prober is None or prober.busy or now < self._probe_at:
+            return estimate
+        if transport.estimator.usage is Usage.OVERUSING:
+            self._probe_at = now + UP_AFTER  # congested: let it settle first
+            return estimate
+        wanted = _full_demand(demands)
+        if wanted <= estimate * HEADROOM:
             return estimate
         step = _next_step(demands)
-        prober = self._prober
-        if step is None or prober is None or prober.busy:
-            return estimate
-        needed = (sending + step) / HEADROOM
-        if (
-            needed > estimate
-            and now - self._steady_since >= self._up_after
-            and prober.probe(needed * PROBE_OVERSHOOT, sending)
-        ):
-            self._steady_since = now
+        next_step = (sending + step) / HEADROOM if step is not None else wanted / HEADROOM
+        target = min(wanted / HEADROOM, max(next_step, 2 * estimate)) * PROBE_OVERSHOOT
+        prober.probe(target, sending)
         return estimate
 
     def _cap(self, mid: str, up: UpTrack) -> int | None:
@@ -427,6 +437,18 @@ class SubscriberAdaptation:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _full_demand(demands: list[Demand]) -> float:
+    """What every track at the top layer its view allows would take (bit/s)."""
+    total = 0.0
+    for d in demands:
+        if d.cap == PAUSED or not d.layers:
+            continue
+        rates = [r if r > 0 else UNMEASURED for i, r in d.layers if d.cap is None or i <= d.cap]
+        if rates:
+            total += rates[-1]
+    return total
 
 
 def _next_step(demands: list[Demand]) -> float | None:

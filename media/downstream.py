@@ -135,6 +135,7 @@ class PyDown:
         self._tx_bytes = 0
         self._tx_packets = 0
         self._pending: list[bytes] = []
+        self._pending_twcc: list[int] = []  # their transport-wide numbers (-1: none)
 
     # --- set-up --------------------------------------------------------------
 
@@ -296,6 +297,11 @@ class PyDown:
         log, at = self.twcc, self._twcc_at
         if log is None or at < 0 or len(data) < 14 + at or not data[0] & 0x10:
             return data
+        other = log.pending
+        if other is not None and other is not self:
+            log.pending = None
+            other.flush()  # numbers leave in order: its queued ones first
+        log.pending = self
         seq = log.stamp()
         block = bytearray(data)
         block[12 + at : 14 + at] = seq.to_bytes(2, "big")
@@ -312,14 +318,22 @@ class PyDown:
             self.send_errors += 1
             return
         self._pending.append(protected)
-        if seq >= 0:
-            self.twcc.record(seq, len(protected), monotonic_us())
+        self._pending_twcc.append(seq)
 
     def flush(self) -> None:
+        if self.twcc is not None and self.twcc.pending is self:
+            self.twcc.pending = None
         pending = self._pending
         if not pending:
             return
         self._pending = []
+        numbers, self._pending_twcc = self._pending_twcc, []
+        log = self.twcc
+        if log is not None:  # logged as sent when the batch is
+            now = monotonic_us()
+            for seq, datagram in zip(numbers, pending, strict=True):
+                if seq >= 0:
+                    log.record(seq, len(datagram), now)
         out = self.out
         if out is not None and not out.closed and out.has_socket:
             out.send_protected(pending)

@@ -70,8 +70,10 @@ MAX_QUEUED_BURSTS = 64
 RESEND_HOLDOFF = 0.1
 RESEND_BURST = 128
 RESEND_RATE = 500.0
-#: Probe padding copies at most this many of the newest packets at a time.
-PAD_DEPTH = 32
+#: Probe padding: at most this many packets at a time, each with the most
+#: padding RTP allows (the last byte counts the padding, itself included).
+PAD_PACKETS = 64
+_PADDING = bytes(254) + b"\xff"
 
 ntp_now = downstream.ntp_now
 
@@ -477,48 +479,39 @@ class FastRtp:
     def pad(self, nbytes: int) -> int:
         """Send about ``nbytes`` of probe padding now; returns the bytes sent.
 
-        RTX copies of the newest packets this stream sent (the subscriber has
-        them: it drops them, and its transport-wide feedback counts them), as
-        libwebrtc probes with RTX. Nothing without RTX (duplicates on the media
-        SSRC would count as the subscriber's duplicates) or before the stream
-        forwards anything.
+        Padding-only packets on the RTX stream (RFC 3550 padding, no payload:
+        the subscriber drops them after its transport-wide feedback counted
+        them), as libwebrtc pads when it has no media to resend. Nothing without
+        RTX (padding on the media SSRC would take sequence numbers from the
+        stream) or before the stream forwards anything.
         """
-        down = self.down
-        source = down.source if down is not None else None
         stream = self.stream
-        epoch = stream.epoch
+        layout = self.layout
         rtx_payload_type = self.internals.rtx_payload_type
         if (
             nbytes <= 0
-            or source is None
-            or epoch is None
-            or self.layout is None
+            or layout is None
             or rtx_payload_type is None
+            or stream.epoch is None
             or not self.ready
         ):
             return 0
-        seq_offset = stream.seq_offset
-        newest = (stream.sequence_number - 1) & 0xFFFF
         out: list[bytes] = []
         total = 0
-        for back in range(PAD_DEPTH):
-            if total >= nbytes:
-                break
-            sequence_number = (newest - back) & 0xFFFF
-            original = (sequence_number - seq_offset) & 0xFFFF
-            if original != epoch and ((original - epoch) & 0xFFFF) >= 0x8000:
-                break  # from before this source
-            entry = source.cached(original, down)
-            data = stream.build(entry, sequence_number) if entry is not None else None
-            if data is None:
-                continue
-            rtx = self._as_rtx(data, rtx_payload_type, sequence_number)
-            out.append(rtx)
-            total += len(rtx)
-        if not out:
-            return 0
-        stream.send(out)
-        return total
+        timestamp = stream.rtp_timestamp
+        while total < nbytes and len(out) < PAD_PACKETS:
+            header = _HEADER.pack(
+                layout.first_byte | 0x20,  # P: the payload is all padding
+                rtx_payload_type,
+                self.rtx_sequence_number,
+                timestamp,
+                self.internals.rtx_ssrc,
+            )
+            self.rtx_sequence_number = (self.rtx_sequence_number + 1) & 0xFFFF
+            packet = header + layout.template + _PADDING
+            out.append(packet)
+            total += len(packet)
+        return total if stream.send(out) else 0
 
 
 def install_fast_rtp(

@@ -39,13 +39,17 @@ WINDOW = 20
 SMOOTHING = 0.9
 THRESHOLD_GAIN = 4.0
 #: The adaptive threshold (ms of modified trend): start, bounds, adaptation rates.
-THRESHOLD_START = 12.5
-THRESHOLD_MIN = 6.0
+#: libwebrtc's floor is 6; a receiver whose arrival times jitter with its CPU
+#: (browsers on a busy machine) shows trends of 0.03-0.2 with no queue at all, so
+#: the floor here is higher: a real bottleneck builds delay far faster (sending
+#: 1.5x its rate into one is a trend of 0.5), and loss catches the rest.
+THRESHOLD_START = 25.0
+THRESHOLD_MIN = 20.0
 THRESHOLD_MAX = 600.0
 K_UP = 0.0087
 K_DOWN = 0.039
 #: Overuse must last this long (ms) before it counts.
-OVERUSE_TIME_MS = 10.0
+OVERUSE_TIME_MS = 30.0
 #: On overuse the estimate becomes this share of what arrived.
 BETA = 0.85
 #: Multiplicative growth per second, far from the last congestion point.
@@ -59,6 +63,7 @@ ACKED_WINDOW_US = 500_000
 LOSS_WINDOW_US = 1_000_000
 LOSS_LOW = 0.02
 LOSS_HIGH = 0.10
+LOSS_CUT_GAP_US = 300_000
 #: Lowest estimate (bit/s): audio must always fit.
 FLOOR = 30_000.0
 #: Round trip assumed before one is measured (s).
@@ -236,6 +241,7 @@ class SendSideEstimator:
         self._acked_bytes = 0
         self._losses: deque[tuple[int, int, int]] = deque()  # (at_us, lost, total)
         self._loss_rate: float | None = None
+        self._cut_at = -(10**12)  # when loss last lowered the estimate (µs)
         self.loss = 0.0
         self.acked: float | None = None
         self.feedbacks = 0
@@ -314,9 +320,12 @@ class SendSideEstimator:
         if delay is None or all_sent < 20:
             return
         if self.loss > LOSS_HIGH:
+            if now_us - self._cut_at < LOSS_CUT_GAP_US + self.rtt * 1e6:
+                return  # one cut per loss episode (libwebrtc: 300 ms + RTT apart)
             base = self._loss_rate if self._loss_rate is not None else delay
             self._loss_rate = max(FLOOR, min(base, delay) * (1 - self.loss / 2))
-            losses.clear()  # one cut per window of loss
+            self._cut_at = now_us
+            losses.clear()  # the next cut needs loss measured after this one
         elif self.loss < LOSS_LOW:
             self._loss_rate = None  # no loss limit: the delay-based estimate rules
 

@@ -18,7 +18,7 @@ microseconds.
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from .udpout import _udpsend
 
@@ -40,6 +40,8 @@ class SendLog(Protocol):
     def packets(self) -> int: ...
     @property
     def bytes(self) -> int: ...
+    @property
+    def disorder(self) -> int: ...
     def take(self, size: int, /) -> int: ...
     def lookup(self, base: int, count: int, /) -> list[tuple[int, int] | None]: ...
 
@@ -51,7 +53,12 @@ class PySendLog:
         self.next = first & 0xFFFF
         self.packets = 0
         self.bytes = 0
+        self.disorder = 0  # packets logged out of number order (0 unless a bug)
+        self._last_logged: int | None = None
         self._ring: list[tuple[int, int, int] | None] = [None] * SIZE  # (seq, at_us, size)
+        #: The down whose queued batch holds numbered packets not sent yet (see
+        #: media/_udpsend.h): another down numbering a packet sends it first.
+        self.pending: Any = None
 
     def stamp(self) -> int:
         """The next number (the down writes it, then :meth:`record` s the packet)."""
@@ -61,6 +68,9 @@ class PySendLog:
 
     def record(self, seq: int, size: int, at_us: int) -> None:
         self._ring[seq & (SIZE - 1)] = (seq, at_us, size)
+        if self._last_logged is not None and seq != (self._last_logged + 1) & 0xFFFF:
+            self.disorder += 1
+        self._last_logged = seq
         self.packets += 1
         self.bytes += size
 

@@ -69,13 +69,24 @@ def offer_transport_cc(sdp: str, ext_id: int = EXT_ID) -> str:
     return "\r\n".join(out)
 
 
-def answered_transport_cc(sdp: str, ext_id: int = EXT_ID) -> bool:
-    """Whether an answer takes the offered extension (at the offered id, as it must)."""
-    for line in sdp.splitlines():
-        match = _EXTMAP.match(line)
-        if match and match.group(2) == URI_TRANSPORT_CC:
-            return int(match.group(1)) == ext_id
-    return False
+def answered_transport_cc(sdp: str, ext_id: int = EXT_ID) -> set[str]:
+    """The mids whose sections of an answer take the offered extension (at the offered
+    id, as they must): Chrome may take it for video and not for audio."""
+    mids: set[str] = set()
+    mid: str | None = None
+    taken = False
+    for line in [*sdp.splitlines(), "m="]:
+        if line.startswith("m="):
+            if mid is not None and taken:
+                mids.add(mid)
+            mid, taken = None, False
+        elif line.startswith("a=mid:"):
+            mid = line[6:].strip()
+        else:
+            match = _EXTMAP.match(line)
+            if match and match.group(2) == URI_TRANSPORT_CC and int(match.group(1)) == ext_id:
+                taken = True
+    return mids
 
 
 @dataclass
@@ -112,7 +123,7 @@ class TransportCc:
         self._reference: int | None = None  # the last unwrapped number seen
         self._highest: int | None = None  # the highest number a feedback reported
         self._clusters: list[Cluster] = []
-        #: Told each probe's outcome: (rate it showed or None, target).
+        #: Told each probe's outcome: (rate it showed or None, rate it was sent at).
         self.on_probe: Callable[[float | None, float], None] | None = None
 
     def __repr__(self) -> str:
@@ -124,13 +135,15 @@ class TransportCc:
         return offer_transport_cc(sdp)
 
     def answered(self, pc: Any, answer_sdp: str) -> bool:
-        """After the subscriber's answer is applied: lay the extension out if taken."""
-        if not answered_transport_cc(answer_sdp):
+        """After the subscriber's answer is applied: lay the extension out where taken."""
+        mids = answered_transport_cc(answer_sdp)
+        if not mids:
             return self.negotiated
         for transceiver in pc.getTransceivers():
-            add_header_extension(transceiver, EXT_ID, URI_TRANSPORT_CC)
+            if transceiver.mid in mids:
+                add_header_extension(transceiver, EXT_ID, URI_TRANSPORT_CC)
         if not self.negotiated:
-            logger.info("%r: transport-cc negotiated", self)
+            logger.info("%r: transport-cc negotiated (mids %s)", self, sorted(mids))
         self.negotiated = True
         return True
 
@@ -185,7 +198,16 @@ class TransportCc:
         self._unwrap((feedback.base + count - 1) & 0xFFFF)
         self.feedbacks += 1
         self.feedback_at = self._clock()
-        self.estimator.on_feedback(results, monotonic_us())
+        before = self.estimator.estimate
+        after = self.estimator.on_feedback(results, monotonic_us())
+        if before is not None and after is not None and after < 0.8 * before:
+            e = self.estimator
+            logger.info(
+                "%r: estimate %.0f -> %.0f kbit/s (%s, trend %.2f, threshold %.1f, "
+                "loss %.2f, acked %s)", self, before / 1000, after / 1000, e.usage.value,
+                e.trendline.trend, e.trendline.threshold, e.loss,
+                None if e.acked is None else round(e.acked / 1000),
+            )  # fmt: skip
         if self._clusters:
             self._judge(results)
 
@@ -214,31 +236,34 @@ class TransportCc:
             if cluster.last is None:
                 keep.append(cluster)
             elif self._highest is not None and self._highest >= cluster.last:
-                self._conclude(cluster, cluster_rate(cluster.results))
+                self._conclude(cluster, cluster_rates(cluster.results))
             elif cluster.ended_at is not None and now - cluster.ended_at > CLUSTER_TIMEOUT:
                 self._conclude(cluster, None)
             else:
                 keep.append(cluster)
         self._clusters = keep
 
-    def _conclude(self, cluster: Cluster, rate: float | None) -> None:
+    def _conclude(self, cluster: Cluster, rates: tuple[float, float] | None) -> None:
+        """``rates``: what the cluster showed and what it was sent at (None: nothing)."""
+        rate = rates[0] if rates is not None else None
         before = self.estimator.estimate
         if rate is not None:
             self.estimator.probe_result(rate)
         after = self.estimator.estimate
         raised = after is not None and (before is None or after > before)
         self._metrics.padding_probe(raised)
-        logger.debug(
+        logger.info(
             "%r: probe at %.0f kbit/s showed %s, estimate %s", self, cluster.target / 1000,
             "nothing" if rate is None else f"{rate / 1000:.0f} kbit/s",
             "none" if after is None else f"{after / 1000:.0f} kbit/s",
         )  # fmt: skip
         if self.on_probe is not None:
-            self.on_probe(rate, cluster.target)
+            self.on_probe(rate, cluster.target if rates is None else rates[1])
 
 
-def cluster_rate(results: list[PacketResult]) -> float | None:
-    """The rate a probe cluster showed: what it was sent at, or less if it arrived slower."""
+def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:
+    """The rate a probe cluster showed (what it was sent at, or less if it arrived
+    slower) and the rate it was sent at; None if too little of it arrived."""
     received = sorted(
         (r for r in results if r.arrival_us is not None), key=lambda r: r.arrival_us or 0
     )
@@ -254,5 +279,6 @@ def cluster_rate(results: list[PacketResult]) -> float | None:
     send_rate = sum(r.size for r in by_send[:-1]) * 8e6 / send_span
     receive_rate = sum(r.size for r in received[1:]) * 8e6 / receive_span
     if receive_rate < 0.9 * send_rate:
-        return receive_rate * 0.95  # it queued on the way: the link's rate, a little under
-    return min(send_rate, receive_rate)
+        # It queued on the way: the link's rate, a little under.
+        return receive_rate * 0.95, send_rate
+    return min(send_rate, receive_rate), send_rate

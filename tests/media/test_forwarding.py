@@ -483,3 +483,50 @@ async def test_without_the_extension_nothing_is_numbered() -> None:
     (packet,) = sent(fast, ext_map)
     assert packet.extensions.transport_sequence_number is None
     assert log.next == 0 and log.packets == 0
+
+
+@pytest.mark.usefixtures("implementation")
+async def test_numbers_leave_in_order_when_streams_interleave() -> None:
+    """A stream numbering a packet sends another stream's queued numbered batch first,
+    so the subscriber receives the numbers in order (one receiving socket here)."""
+    log = new_log(IMPL.accelerated)
+    video, video_map = _fast(twcc=log)
+    audio, audio_map = _fast("audio", seq=10, ts=0, twcc=log)
+    # Both streams' datagrams arrive at one socket, as over one bundled connection.
+    audio_wire = _SENT[id(audio)].wire
+    audio.use_output(_SENT[id(video)].wire.output())
+    audio_wire.close()
+    assert video.forward(vp8(1, 0, 1, key=True))  # queued: the frame is not complete
+    header = struct.pack("!BBHII", 0x80, 111, 50, 960, 0x3333)
+    assert audio.forward(forwardable(parse_rtp(header + b"opus-frame"), True, None))
+    assert video.forward(vp8(2, 0, 1, start=False, marker=True))
+    video.flush()
+    audio.flush()
+    wire = _SENT[id(video)].wire
+    got = []
+    for data in wire.received():
+        kind_map = audio_map if data[1] & 0x7F == 111 else video_map
+        got.append(AiortcPacket.parse(data, kind_map).extensions.transport_sequence_number)
+    assert got == [0, 1, 2]
+    assert log.disorder == 0
+
+
+@pytest.mark.usefixtures("implementation")
+async def test_probe_padding_is_numbered_padding_on_the_rtx_stream() -> None:
+    log = new_log(IMPL.accelerated)
+    fast, ext_map = _fast(twcc=log)
+    setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
+    assert fast.pad(1000) == 0  # nothing forwarded yet: no stream to pad
+    assert fast.forward(vp8(1, 9000, 1, key=True, marker=True))
+    (media,) = sent(fast, ext_map)
+    sent_bytes = fast.pad(1000)
+    padding = sent(fast, ext_map)
+    assert len(padding) == 4 and sent_bytes == sum(len(p.serialize(ext_map)) for p in padding)
+    assert {p.ssrc for p in padding} == {fast.sender._rtx_ssrc}
+    assert {p.payload_type for p in padding} == {97}
+    assert all(p.padding_size == 255 and p.payload == b"" for p in padding)
+    assert {p.timestamp for p in padding} == {media.timestamp}
+    assert [p.extensions.transport_sequence_number for p in [media, *padding]] == [0, 1, 2, 3, 4]
+    assert fast.packets_sent == 1  # padding is not media
+    setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", None)  # noqa: B010
+    assert fast.pad(1000) == 0  # no RTX, no padding
