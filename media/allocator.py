@@ -88,7 +88,10 @@ def allocate(estimate: float | None, demands: Sequence[Demand]) -> dict[Hashable
     level = 1
     while True:
         raised = False
-        for d in ordered:
+        # Within a round, a track keeping the layer it has goes before one moving up
+        # to it (screens still first): otherwise two tracks whose next layers do not
+        # both fit would swap it at every allocation.
+        for d in sorted(ordered, key=lambda d: (not d.screen, not _holds(d, level))):
             allowed = allowed_of[d.key]
             if levels.get(d.key) != level - 1 or level >= len(allowed):
                 continue
@@ -105,6 +108,14 @@ def allocate(estimate: float | None, demands: Sequence[Demand]) -> dict[Hashable
     for key, position in levels.items():
         out[key] = allowed_of[key][position][0]
     return out
+
+
+def _holds(d: Demand, level: int) -> bool:
+    """Whether ``d`` has (at least) the ``level``-th of its allowed layers now."""
+    allowed = _allowed(d)
+    if d.current is None or d.current == PAUSED or level >= len(allowed):
+        return False
+    return allowed[level][0] <= d.current
 
 
 def _allowed(d: Demand) -> list[tuple[int, float]]:

@@ -83,3 +83,14 @@ def test_only_arriving_layers_are_given_and_unmeasured_ones_cost_a_default() -> 
     assert allocate(budget(100_000), [unmeasured]) == {"b": PAUSED}
     assert allocate(10_000_000, [unmeasured]) == {"b": 1}
     assert allocate(10_000_000, [Demand(key="c", kind="video", layers=())]) == {"c": PAUSED}
+
+
+def test_a_track_keeping_its_layer_goes_before_one_moving_up_to_it() -> None:
+    # Room for one camera on the middle layer: the one that has it keeps it, whatever
+    # the order, so two cameras do not swap it at every allocation.
+    room = budget(150_000 * 2 + 350_000 * UP_MARGIN)
+    assert allocate(room, [camera("a", current=0), camera("b", current=1)]) == {"a": 0, "b": 1}
+    assert allocate(room, [camera("a", current=1), camera("b", current=0)]) == {"a": 1, "b": 0}
+    # Screens still come first.
+    screen = Demand(key="s", kind="video", layers=THREE, screen=True, current=0)
+    assert allocate(room, [camera("a", current=1), screen]) == {"a": 0, "s": 1}
