@@ -78,9 +78,11 @@ class SubscriberFeedback:
         #: The subscriber's latest REMB (bit/s) and when it came, None before one.
         self.remb: int | None = None
         self.remb_at: float | None = None
-        #: Told each transport-wide feedback packet, and each round trip measured.
+        #: Told each transport-wide feedback packet, each round trip measured and
+        #: each fraction lost a receiver report gives.
         self.on_transport_feedback: Callable[[bytes], None] | None = None
         self.on_rtt: Callable[[float], None] | None = None
+        self.on_loss: Callable[[float], None] | None = None
         self.nacks = 0
         self.keyframe_requests = 0
         self.reports = 0
@@ -175,7 +177,10 @@ class SubscriberFeedback:
                 if self.on_rtt is not None:
                     self.on_rtt(rtt)
             self.reports += 1
-            target.reported(StreamReport((lost_word >> 24) / 256, cumulative, jitter, rtt))
+            fraction = (lost_word >> 24) / 256
+            if self.on_loss is not None:
+                self.on_loss(fraction)
+            target.reported(StreamReport(fraction, cumulative, jitter, rtt))
 
     def close(self) -> None:
         """Stop acting on feedback (idempotent)."""

@@ -15,9 +15,12 @@ with the send times from the connection's log (:mod:`media.sendlog`):
   :data:`GROWTH` per second far from the last congestion point and by about
   a packet per round trip near it, never above :data:`ACKED_CAP` times what
   arrived (an estimate is only as good as the traffic that tested it);
-- **loss-based**: over :data:`LOSS_WINDOW_US`, more than :data:`LOSS_HIGH`
-  lost lowers the estimate by half the loss; under :data:`LOSS_LOW` lets it
-  grow;
+- **loss-based**, from the subscriber's RTCP receiver reports (as
+  libwebrtc's loss-based control v1): more than :data:`LOSS_HIGH` lost lowers
+  the estimate by half the loss, at most once per :data:`LOSS_CUT_GAP_US` plus
+  a round trip; under :data:`LOSS_LOW` lifts that limit. (Transport-wide
+  feedback says "not received" also of packets Chrome received but counted
+  late; its receiver reports count media packets that never came.)
 - **probes** (:meth:`SendSideEstimator.probe_result`): a burst sent faster
   than the estimate (padding, media/probe.py) that arrives as fast as it was
   sent proves the link carries that rate: the estimate jumps to it.
@@ -59,8 +62,6 @@ ACKED_CAP = 1.5
 ACKED_SLACK = 10_000.0
 #: The arrived ("acked") rate is measured over this much arrival time.
 ACKED_WINDOW_US = 500_000
-#: Loss-based control over this window of feedback.
-LOSS_WINDOW_US = 1_000_000
 LOSS_LOW = 0.02
 LOSS_HIGH = 0.10
 LOSS_CUT_GAP_US = 300_000
@@ -239,7 +240,6 @@ class SendSideEstimator:
         self._previous: tuple[int, int] | None = None  # last send, last arrival of the last group
         self._acked: deque[tuple[int, int]] = deque()  # (arrival_us, size) in the window
         self._acked_bytes = 0
-        self._losses: deque[tuple[int, int, int]] = deque()  # (at_us, lost, total)
         self._loss_rate: float | None = None
         self._cut_at = -(10**12)  # when loss last lowered the estimate (µs)
         self.loss = 0.0
@@ -271,7 +271,6 @@ class SendSideEstimator:
             assert r.arrival_us is not None
             self._ack(r.arrival_us, r.size)
             self._group_packet(r.send_us, r.arrival_us)
-        self._loss(len(results) - len(received), len(results), now_us)
         self.aimd.update(self.trendline.usage, self.acked, now_us, self.rtt)
         return self.estimate
 
@@ -308,26 +307,20 @@ class SendSideEstimator:
             return  # a reset of the receiver's clock or a long pause: skip the pair
         self.trendline.update(arrival_delta - send_delta, send_delta, last_arrival / 1000)
 
-    def _loss(self, lost: int, total: int, now_us: int) -> None:
-        losses = self._losses
-        losses.append((now_us, lost, total))
-        while losses and now_us - losses[0][0] > LOSS_WINDOW_US:
-            losses.popleft()
-        all_lost = sum(x[1] for x in losses)
-        all_sent = sum(x[2] for x in losses)
-        self.loss = all_lost / all_sent if all_sent else 0.0
+    def on_loss_report(self, fraction_lost: float, now_us: int) -> float | None:
+        """A receiver report's fraction lost (0..1) about a stream sent to the subscriber."""
+        self.loss = fraction_lost
         delay = self.aimd.rate
-        if delay is None or all_sent < 20:
-            return
-        if self.loss > LOSS_HIGH:
-            if now_us - self._cut_at < LOSS_CUT_GAP_US + self.rtt * 1e6:
-                return  # one cut per loss episode (libwebrtc: 300 ms + RTT apart)
-            base = self._loss_rate if self._loss_rate is not None else delay
-            self._loss_rate = max(FLOOR, min(base, delay) * (1 - self.loss / 2))
-            self._cut_at = now_us
-            losses.clear()  # the next cut needs loss measured after this one
-        elif self.loss < LOSS_LOW:
+        if delay is None:
+            return self.estimate
+        if fraction_lost > LOSS_HIGH:
+            if now_us - self._cut_at >= LOSS_CUT_GAP_US + self.rtt * 1e6:
+                base = self._loss_rate if self._loss_rate is not None else delay
+                self._loss_rate = max(FLOOR, min(base, delay) * (1 - fraction_lost / 2))
+                self._cut_at = now_us  # one cut per loss episode (300 ms + RTT apart)
+        elif fraction_lost < LOSS_LOW:
             self._loss_rate = None  # no loss limit: the delay-based estimate rules
+        return self.estimate
 
     def probe_result(self, rate: float) -> float | None:
         """A probe cluster arrived at ``rate``: the link carries at least that."""

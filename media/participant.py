@@ -175,6 +175,7 @@ class Participant:
         )
         self._feedback.on_transport_feedback = self._transport.on_feedback
         self._feedback.on_rtt = self._transport.set_rtt
+        self._feedback.on_loss = self._transport.on_loss_report
         self._prober = Prober(
             f"{room_id}/{participant_id}", self._transport, self._pad, metrics=metrics
         )

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 EXT_ID = 5
 #: An estimate from feedback older than this (s) is not one any more.
 FEEDBACK_MAX_AGE = 2.0
+#: A packet a feedback reports missing counts as lost when no feedback has said
+#: it arrived this long after (s).
+LOSS_GRACE = 0.3
 #: A cluster not judged this long after it ended (s) is dropped.
 CLUSTER_TIMEOUT = 3.0
 #: Fewest packets of a cluster that must arrive for it to say anything.
@@ -120,8 +123,11 @@ class TransportCc:
         self.feedback_at: float | None = None
         self.feedbacks = 0
         self.skipped = 0
+        self.lost = 0  # packets the feedback says never arrived
         self._reference: int | None = None  # the last unwrapped number seen
         self._highest: int | None = None  # the highest number a feedback reported
+        # Reported missing, not (yet) counted lost: number -> (sent µs, size, when).
+        self._missing: dict[int, tuple[int, int, float]] = {}
         self._clusters: list[Cluster] = []
         #: Told each probe's outcome: (rate it showed or None, rate it was sent at).
         self.on_probe: Callable[[float | None, float], None] | None = None
@@ -161,6 +167,11 @@ class TransportCc:
         if 0 < rtt < 10:
             self.estimator.rtt = rtt
 
+    def on_loss_report(self, fraction_lost: float) -> None:
+        """A receiver report's fraction lost about a stream sent on this connection."""
+        if self.negotiated:
+            self.estimator.on_loss_report(fraction_lost, monotonic_us())
+
     def _unwrap(self, seq: int) -> int:
         ref = self._reference
         if ref is None:
@@ -175,7 +186,15 @@ class TransportCc:
         return value
 
     def on_feedback(self, packet: bytes) -> None:
-        """One transport-wide feedback packet from the subscriber (RTPFB FMT 15)."""
+        """One transport-wide feedback packet from the subscriber (RTPFB FMT 15).
+
+        Each packet counts once: as received when a feedback first says it arrived,
+        as lost only when it is still missing :data:`LOSS_GRACE` seconds after a
+        feedback first said so (Chrome re-reports packets that reached its
+        congestion controller late in a later feedback that overlaps the previous
+        one). The estimate's loss-based part reads receiver reports instead
+        (:meth:`on_loss_report`).
+        """
         feedback = parse_feedback(packet)
         if feedback is None or not feedback.arrivals:
             self.skipped += 1
@@ -184,20 +203,38 @@ class TransportCc:
         sent = self.log.lookup(feedback.base, count)
         base = self._unwrap(feedback.base)
         highest = self._highest
+        missing = self._missing
+        now = self._clock()
         results = []
         for i in range(count):
             entry = sent[i]
             seq = base + i
-            if entry is None or (highest is not None and seq <= highest):
-                continue  # not ours (any more), or reported before
-            results.append(PacketResult(seq, entry[0], entry[1], feedback.arrivals[i]))
+            if entry is None:
+                continue  # not ours (any more)
+            arrival = feedback.arrivals[i]
+            if highest is not None and seq <= highest:
+                if arrival is not None and missing.pop(seq, None) is not None:
+                    results.append(PacketResult(seq, entry[0], entry[1], arrival))  # late
+                continue  # reported before
+            if arrival is None:
+                missing.setdefault(seq, (entry[0], entry[1], now))
+            else:
+                results.append(PacketResult(seq, entry[0], entry[1], arrival))
+        last = base + count - 1
+        self._highest = last if highest is None else max(highest, last)
+        self._unwrap((feedback.base + count - 1) & 0xFFFF)
+        for seq in [q for q, (_, _, at) in missing.items() if now - at > LOSS_GRACE]:
+            send_us, size, _ = missing.pop(seq)
+            results.append(PacketResult(seq, send_us, size, None))
+            self.lost += 1
+        if len(missing) > SIZE:  # bounded, whatever the subscriber reports
+            missing.clear()
         if not results:
             self.skipped += 1
             return
-        self._highest = results[-1].seq if highest is None else max(highest, results[-1].seq)
-        self._unwrap((feedback.base + count - 1) & 0xFFFF)
+        results.sort(key=lambda r: r.seq)
         self.feedbacks += 1
-        self.feedback_at = self._clock()
+        self.feedback_at = now
         before = self.estimator.estimate
         after = self.estimator.on_feedback(results, monotonic_us())
         if before is not None and after is not None and after < 0.8 * before:

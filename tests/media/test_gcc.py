@@ -93,9 +93,14 @@ def test_a_link_that_carries_the_rate_is_not_congested_and_the_estimate_grows() 
     assert 1_000_000 < estimates[-1] <= 1.5 * 1_000_000 * 1.1 + 10_000
 
 
+def test_reported_loss_before_any_feedback_is_no_estimate() -> None:
+    estimator = SendSideEstimator()
+    assert estimator.on_loss_report(0.5, 0) is None
+
+
 def test_sending_above_the_capacity_is_overuse_and_the_estimate_drops_below_it() -> None:
     estimator = SendSideEstimator()
-    link = Link(capacity=400_000)
+    link = Link(capacity=400_000, queue_ms=3000)  # a deep buffer: delay builds, no loss
     now, _ = run(estimator, link, 1_500_000, 0.6)
     # Within 1 s of the overload the estimate is below the link's capacity.
     now, estimates = run(estimator, link, 1_500_000, 0.6, now)
@@ -114,24 +119,23 @@ def test_following_the_estimate_settles_near_the_capacity() -> None:
     assert sum(tail) / len(tail) > 800_000 * 0.5
 
 
-def test_heavy_loss_lowers_the_estimate() -> None:
+def test_reported_loss_lowers_the_estimate_once_per_episode_and_low_loss_lifts_it() -> None:
     estimator = SendSideEstimator()
     link = Link(capacity=10_000_000)
     now, _ = run(estimator, link, 1_000_000, 2.0)
     before = estimator.estimate
     assert before is not None
-    # Now a fifth of the packets vanish (a lossy radio link, no queue).
-    for _ in range(40):
-        results = []
-        for i in range(25):
-            lost = i % 5 == 0
-            results.append(PacketResult(link.seq, now, PACKET, None if lost else now + 20_000))
-            link.seq += 1
-            now += 2000
-        estimator.on_feedback(results, now)
-    assert estimator.loss > 0.1
-    after = estimator.estimate
-    assert after is not None and after < before * 0.9
+    estimator.on_loss_report(0.2, now)  # a fifth lost: down by a tenth
+    cut = estimator.estimate
+    assert cut is not None and abs(cut - before * 0.9) < 1
+    estimator.on_loss_report(0.2, now + 100_000)  # the same episode: no second cut
+    assert estimator.estimate == cut
+    estimator.on_loss_report(0.2, now + 500_000)
+    assert estimator.estimate is not None and estimator.estimate < cut
+    estimator.on_loss_report(0.05, now + 1_000_000)  # 2-10 %: hold
+    assert estimator.estimate is not None and estimator.estimate < cut
+    estimator.on_loss_report(0.0, now + 1_500_000)  # none: the delay-based estimate again
+    assert estimator.estimate == estimator.aimd.rate
 
 
 def test_a_probe_that_arrives_at_its_rate_raises_the_estimate() -> None:

@@ -149,3 +149,25 @@ def test_a_cluster_that_queued_shows_the_rate_it_arrived_at() -> None:
     rate, sent_at = rates
     assert abs(sent_at - 8_000_000) < 1 and abs(rate - 0.95 * 2_000_000) < 1
     assert cluster_rates(results[:3]) is None  # too little arrived to say
+
+
+def test_a_packet_reported_missing_then_arrived_is_not_lost() -> None:
+    transport, clock, _ = _transport()
+    seqs = [transport.log.take(1000) for _ in range(40)]
+    first = [(seq, 1_000_000 + i * 1000) for i, seq in enumerate(seqs[:30]) if seq not in (5, 6)]
+    transport.on_feedback(_feedback(first))
+    # Chrome's next feedback overlaps: 5 and 6 reached its controller late after all.
+    late = [(seq, 1_040_000 + i * 1000) for i, seq in enumerate(seqs) if seq >= 5]
+    transport.on_feedback(_feedback(late))
+    clock.now += 1.0
+    transport.on_feedback(_feedback([(transport.log.take(1000), 1_200_000)]))
+    assert transport.lost == 0
+    # One that never arrives counts, once its grace is over.
+    before = transport.log.take(1000)
+    gone = transport.log.take(1000)
+    after = transport.log.take(1000)
+    transport.on_feedback(_feedback([(before, 1_290_000), (after, 1_300_000)]))
+    assert transport.lost == 0
+    clock.now += 1.0
+    transport.on_feedback(_feedback([(transport.log.take(1000), 1_400_000)]))
+    assert transport.lost == 1 and gone == after - 1
