@@ -43,16 +43,18 @@ SMOOTHING = 0.9
 THRESHOLD_GAIN = 4.0
 #: The adaptive threshold (ms of modified trend): start, bounds, adaptation rates.
 #: libwebrtc's floor is 6; a receiver whose arrival times jitter with its CPU
-#: (browsers on a busy machine) shows trends of 0.03-0.2 with no queue at all, so
-#: the floor here is higher: a real bottleneck builds delay far faster (sending
-#: 1.5x its rate into one is a trend of 0.5), and loss catches the rest.
-THRESHOLD_START = 25.0
-THRESHOLD_MIN = 20.0
+#: (browsers on a busy machine) shows trends of 0.03-0.25 with no queue at all,
+#: so the floor here is higher: a real bottleneck builds delay far faster
+#: (sending 1.5x its rate into one is a trend of 0.5, 120 ms here), and
+#: receiver-reported loss catches the rest.
+THRESHOLD_START = 40.0
+THRESHOLD_MIN = 40.0
 THRESHOLD_MAX = 600.0
 K_UP = 0.0087
 K_DOWN = 0.039
-#: Overuse must last this long (ms) before it counts.
-OVERUSE_TIME_MS = 30.0
+#: Overuse must last this long (ms) before it counts (libwebrtc: 10; CPU
+#: jitter comes in bursts shorter than a real queue's growth).
+OVERUSE_TIME_MS = 100.0
 #: On overuse the estimate becomes this share of what arrived.
 BETA = 0.85
 #: Multiplicative growth per second, far from the last congestion point.

@@ -299,23 +299,29 @@ class TransportCc:
 
 
 def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:
-    """The rate a probe cluster showed (what it was sent at, or less if it arrived
-    slower) and the rate it was sent at; None if too little of it arrived."""
-    received = sorted(
-        (r for r in results if r.arrival_us is not None), key=lambda r: r.arrival_us or 0
-    )
+    """The rate a probe cluster showed and the rate it was sent at; None if too
+    little of it was reported to say.
+
+    The rate it was sent at, unless the packets reported arrived spread wider
+    than they were sent (a queue on the way): then that rate shrunk by as much,
+    a little under. Judged on the packets reported received only, as Chrome's
+    feedback does not count every padding packet it gets; those it does not
+    count crossed the same link, so a link that could not carry them all would
+    have delayed the counted ones.
+    """
+    received = [r for r in results if r.arrival_us is not None]
     if len(received) < CLUSTER_MIN_PACKETS:
         return None
     by_send = sorted(results, key=lambda r: r.send_us)
     send_span = by_send[-1].send_us - by_send[0].send_us
-    first, last = received[0].arrival_us, received[-1].arrival_us
-    assert first is not None and last is not None
-    receive_span = last - first
-    if send_span <= 0 or receive_span <= 0:
+    sends = [r.send_us for r in received]
+    arrivals = [r.arrival_us for r in received if r.arrival_us is not None]
+    received_send_span = max(sends) - min(sends)
+    receive_span = max(arrivals) - min(arrivals)
+    if send_span <= 0 or received_send_span <= 0 or receive_span <= 0:
         return None
     send_rate = sum(r.size for r in by_send[:-1]) * 8e6 / send_span
-    receive_rate = sum(r.size for r in received[1:]) * 8e6 / receive_span
-    if receive_rate < 0.9 * send_rate:
-        # It queued on the way: the link's rate, a little under.
-        return receive_rate * 0.95, send_rate
-    return min(send_rate, receive_rate), send_rate
+    stretch = receive_span / received_send_span
+    if stretch > 1 / 0.9:
+        return send_rate / stretch * 0.95, send_rate
+    return send_rate, send_rate

@@ -4,7 +4,8 @@ The link is a FIFO bottleneck: a packet leaves the queue ``size / capacity``
 after the one before it (or when it arrives, if the queue is empty), plus a
 fixed propagation delay; a packet that finds more than ``queue_ms`` of
 backlog is dropped (a tail-drop router). The sender sends video-like bursts
-(one frame every 33 ms, 1,200-byte packets). Feedback comes every 50 ms.
+(one frame every 33 ms, 1,200-byte packets). Feedback comes every 50 ms, a
+receiver report with the fraction lost every second.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ class Link:
     free_at: float = 0.0  # when the bottleneck finishes the last packet (µs)
     seq: int = 0
     pending: list[PacketResult] = field(default_factory=list)
+    sent: int = 0  # since the last receiver report
+    dropped: int = 0
 
     def send(self, now_us: int, size: int) -> None:
         start = max(float(now_us), self.free_at)
         arrival: int | None
+        self.sent += 1
         if start - now_us > self.queue_ms * 1000:
             arrival = None  # tail drop
+            self.dropped += 1
         else:
             self.free_at = start + size * 8 / self.capacity * 1e6
             arrival = int(self.free_at) + self.propagation_us
@@ -46,6 +51,12 @@ class Link:
         self.pending = [r for r in self.pending if r.seq > last]
         return out
 
+    def report(self) -> float:
+        """The fraction lost since the last report (a receiver report's)."""
+        fraction = self.dropped / self.sent if self.sent else 0.0
+        self.sent = self.dropped = 0
+        return fraction
+
 
 def run(
     estimator: SendSideEstimator,
@@ -59,6 +70,7 @@ def run(
     end = start_us + int(seconds * 1e6)
     next_frame = now
     next_feedback = now + FEEDBACK_US
+    next_report = now + 1_000_000
     estimates: list[float] = []
     while now < end:
         if now >= next_frame:
@@ -74,6 +86,9 @@ def run(
             if estimate is not None:
                 estimates.append(estimate)
             next_feedback += FEEDBACK_US
+        if now >= next_report:
+            estimator.on_loss_report(link.report(), now)
+            next_report += 1_000_000
         now += 1000
     return now, estimates
 
