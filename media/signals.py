@@ -13,11 +13,12 @@ from typing import Any, Protocol
 from aiortc import RTCIceCandidate, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from server.ids import SFU_ID as SFU_ID
+
 from .aiortc_compat import parse_sdp
 from .errors import BadSignal
 from .seam import TRACK_SOURCES
 
-SFU_ID = "sfu"
 PUBLISH = "publish"
 SUBSCRIBE = "subscribe"
 

@@ -21,15 +21,13 @@ from typing import Any
 
 from media.seam import MediaError
 from server.errors import HuddleError
+from server.ids import SERVER_ID
 from server.models import iso, utcnow
 from signaling.bus import BusUnavailable
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
-
-#: ``sender_id`` of messages the server itself originates (lifecycle, roster, errors).
-SERVER_ID = "server"
 
 
 class CloseCode(enum.IntEnum):

@@ -33,7 +33,7 @@ from signaling.errors import (
     error_message,
 )
 from signaling.hub import SignalingHub
-from signaling.protocol import MAX_ID_LENGTH, RESERVED_IDS, decode, encode, validate
+from signaling.protocol import MAX_ID_LENGTH, decode, encode, validate
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ async def _admit(request: web.Request, hub: SignalingHub, tokens: TokenService) 
     if "call_id" not in request.query:
         raise BadRequest("call_id is required", code="missing_field")
     call_id = uuid_value(request.query["call_id"], "call_id")
-    if who.user_id in RESERVED_IDS:
-        raise Forbidden(f"user id {who.user_id!r} is reserved", code="reserved_id")
     call = await hub.calls.get_call(who, call_id)
     if call.is_ended:
         raise Gone(f"call {call_id} has ended", code="call_ended")

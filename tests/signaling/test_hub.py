@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
+import jwt
 import pytest
 
+from server.ids import RESERVED_USER_IDS
 from server.keys import METRICS
 from signaling.client import SignalingClient, SignalingRejected
 from signaling.keys import HUB
 from signaling.protocol import CloseCode
+from tests.conftest import TEST_SECRET
 from tests.signaling.conftest import Node, NodeFactory
 from tests.signaling.messages import SDP, answer, candidate, end_of_candidates, offer
 from tests.support.polling import eventually
@@ -345,6 +349,9 @@ async def test_admission_rules(make_node: NodeFactory) -> None:
         return caught.value.status
 
     assert await refused("not-a-jwt") == 401
+    for reserved in sorted(RESERVED_USER_IDS):  # signed, but a sub that could pass for the server
+        forged = jwt.encode({"sub": reserved, "exp": time.time() + 60}, TEST_SECRET, "HS256")
+        assert await refused(forged) == 401
     assert await refused(eve.token) == 403  # not a member of the call's conversation
     assert await refused(bob.token) == 403  # invited but not joined yet
     assert await refused(ana.token, call="not-a-uuid") == 400
