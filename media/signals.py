@@ -16,7 +16,7 @@ from aiortc.sdp import candidate_from_sdp
 from server.ids import SFU_ID as SFU_ID
 
 from .aiortc_compat import parse_sdp
-from .errors import BadSignal
+from .errors import BadSignal, MediaError
 from .seam import TRACK_SOURCES
 
 PUBLISH = "publish"
@@ -26,9 +26,11 @@ Message = dict[str, Any]
 
 
 class RoomSignaling(Protocol):
-    """Delivers a server → client message to one participant of a room."""
+    """Delivers a server → client message, or an error, to one participant of a room."""
 
     async def send(self, participant_id: str, message: Message) -> None: ...
+
+    async def send_error(self, participant_id: str, error: MediaError) -> None: ...
 
 
 def description_message(kind: str, pc: str, sdp: str) -> Message:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from media.seam import SfuEndpoint
+from media.seam import MediaError, SfuEndpoint
 from server.auth import Identity
 from server.calls import CallService
 from server.config import SignalingSettings
@@ -274,6 +274,9 @@ class SignalingHub:
 
     async def send_to(self, call_id: str, participant_id: str, message: Message) -> None:
         await self.sfu.send_to(call_id, participant_id, message)
+
+    async def send_error(self, call_id: str, participant_id: str, error: MediaError) -> None:
+        await self.sfu.send_error(call_id, participant_id, error)
 
     async def on_room_lost(self, call_id: str) -> None:
         """Placement lost this node's claim (e.g. the key expired during an outage)."""
