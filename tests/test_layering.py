@@ -1,5 +1,5 @@
 """The layering check of ``make lint`` (scripts/check_imports.py): this tree passes,
-and a cycle or an upward import fails."""
+and a cycle, an upward import or an oversized module of server/ or signaling/ fails."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def test_a_cycle_and_upward_imports_fail(tmp_path: Path) -> None:
             ),
             "signaling/hub.py": "",
             "media/sfu.py": "",
+            "signaling/presence.py": "x = 1\n" * 401,
+            "server/store.py": "x = 1\n" * 400,
+            "media/inbound.py": "x = 1\n" * 800,  # media/ has no size rule
         },
     )
     assert sorted(checker().check(root)) == [
@@ -56,4 +59,5 @@ def test_a_cycle_and_upward_imports_fail(tmp_path: Path) -> None:
         "server.calls: the domain must not import signaling.hub",
         "signaling.handler: signaling/ and media/ must not import server.http",
         "signaling.handler: signaling/ and media/ must not import server.http.auth",
+        "signaling.presence: 401 lines, more than 400",
     ]
