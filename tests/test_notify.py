@@ -399,9 +399,8 @@ async def test_close_is_idempotent_bounded_and_keeps_the_row(
     await enqueue(store, notifier, make_notification(call_id="queued"))
     await eventually(lambda: len(receiver.requests) == 1)
 
-    started = time.monotonic()
+    # Bounded: both closes return without waiting out the 30 s request timeout.
     await asyncio.wait_for(asyncio.gather(notifier.close(), notifier.close()), 5)
-    assert time.monotonic() - started < 3
     await asyncio.wait_for(notifier.close(), 1)
     assert counts(notifier).sent == 0
     assert await store.outbox_pending() == 2  # both survive, to be delivered later

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from signaling.protocol import CloseCode
 from tests.conftest import TEST_SECRET
 from tests.signaling.conftest import Node, NodeFactory
 from tests.signaling.messages import SDP, answer, candidate, end_of_candidates, offer
+from tests.support.clock import ManualClock
 from tests.support.polling import eventually
 
 
@@ -252,24 +252,6 @@ async def test_heartbeat_pings_then_drops_a_silent_client(make_node: NodeFactory
     assert not lively.closed
 
 
-class ManualClock:
-    """Stands in for the grace period's sleep: nothing it holds ends until ``advance``."""
-
-    def __init__(self) -> None:
-        self.waits: list[tuple[float, asyncio.Future[None]]] = []
-
-    async def sleep(self, seconds: float) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self.waits.append((seconds, done))
-        await done
-
-    def advance(self) -> None:
-        """Every wait so far is over (a cancelled one stays cancelled)."""
-        for _, done in self.waits:
-            if not done.done():
-                done.set_result(None)
-
-
 async def test_reconnect_within_grace_keeps_the_seat(make_node: NodeFactory) -> None:
     node = await make_node(grace_s=1.5)
     clock = ManualClock()
@@ -294,8 +276,8 @@ async def test_reconnect_within_grace_keeps_the_seat(make_node: NodeFactory) -> 
     await eventually(no_pending_leave, timeout=5)
     # The drop did start a grace period, and the reconnect called it off: even
     # once its time is up, nothing follows.
-    assert [seconds for seconds, _ in clock.waits] == [1.5]
-    assert clock.waits[0][1].cancelled()
+    assert [wait.seconds for wait in clock.waits] == [1.5]
+    assert clock.waits[0].done.cancelled()
     clock.advance()
     await a.send({"type": "ping"})
     await a.receive("pong")
