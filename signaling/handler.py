@@ -57,7 +57,7 @@ class SignalingEndpoint:
 async def signaling_ws(
     request: web.Request, hub: SignalingHub, tokens: TokenService
 ) -> web.StreamResponse:
-    if not hub.try_acquire():
+    if not hub.sockets.try_acquire():
         hub.metrics.rejected.labels("full").inc()
         raise Unavailable("this node has no room for more connections", code="node_full")
     try:
@@ -71,10 +71,10 @@ async def signaling_ws(
         finally:
             # Shielded: aiohttp cancels the handler when the peer vanishes, and
             # the seat bookkeeping must still run.
-            await asyncio.shield(hub.connection_ended(conn))
+            await asyncio.shield(hub.sockets.connection_ended(conn))
         return conn.ws
     finally:
-        hub.release()
+        hub.sockets.release()
 
 
 def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
@@ -118,7 +118,7 @@ async def _admit(request: web.Request, hub: SignalingHub, tokens: TokenService) 
     )
     conn.start()
     try:
-        await hub.register(conn)
+        await hub.sockets.register(conn)
     except Exception:
         logger.exception("%r: registration failed", conn)
         conn.close(CloseCode.INTERNAL_ERROR, "registration failed", flush=False)
