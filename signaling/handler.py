@@ -17,7 +17,7 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from server.auth import TokenService, identify
 from server.errors import BadRequest, Forbidden, Gone, HuddleError, Unavailable
@@ -186,7 +186,7 @@ async def _handle_text(hub: SignalingHub, conn: Connection, text: str) -> None:
 
 def _frame_error(hub: SignalingHub, conn: Connection, error: object) -> None:
     # aiohttp already closed the socket (1009 for an oversized frame).
-    code = getattr(error, "code", CloseCode.INTERNAL_ERROR)
+    code = error.code if isinstance(error, WebSocketError) else CloseCode.INTERNAL_ERROR
     conn.close_code = int(code)
     hub.metrics.close(int(code))
     logger.info("%r: bad frame, closed with %s: %s", conn, code, error)
