@@ -17,7 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from media.seam import MediaError, Message, ParticipantLeft, RoomEnded, RoomEvent, SfuEndpoint
-from server.models import Call, CallMode
+from server.lifecycle import sfu_may_serve
+from server.models import Call
 from signaling.bus import BusUnavailable
 from signaling.errors import ErrorCode, SignalError, edge_error, error_message
 from signaling.metrics import SignalingMetrics
@@ -95,8 +96,7 @@ class SfuRelay:
 
     async def _refuse_p2p(self, call_id: str) -> None:
         """A 1:1 call's media flows between the two browsers: the SFU holds nothing."""
-        call = await self._get_call(call_id)
-        if call is not None and call.mode is CallMode.P2P:
+        if not sfu_may_serve(await self._get_call(call_id)):
             raise SignalError(
                 ErrorCode.WRONG_MODE,
                 "this call is peer-to-peer; send media to the other participant",
