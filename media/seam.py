@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from media.errors import MediaError
 
 __all__ = [
+    "PUBLISH",
+    "SUBSCRIBE",
     "TRACK_SOURCES",
     "MediaError",
     "Message",
@@ -33,6 +35,11 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+#: The two SFU connections of a participant, as ``pc`` names them: the client
+#: offers on ``publish``, the SFU on ``subscribe`` (docs/protocol.md).
+PUBLISH = "publish"
+SUBSCRIBE = "subscribe"
 
 #: What a published track carries, as an ``offer``'s ``sources`` (mid → source)
 #: says and the SFU's ``tracks`` entries repeat (docs/protocol.md): the

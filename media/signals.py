@@ -17,10 +17,9 @@ from server.ids import SFU_ID as SFU_ID
 
 from .aiortc_compat import parse_sdp
 from .errors import BadSignal, MediaError
+from .seam import PUBLISH as PUBLISH
+from .seam import SUBSCRIBE as SUBSCRIBE
 from .seam import TRACK_SOURCES
-
-PUBLISH = "publish"
-SUBSCRIBE = "subscribe"
 
 Message = dict[str, Any]
 

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-from media.seam import TRACK_SOURCES
+from media.seam import PUBLISH, SUBSCRIBE, TRACK_SOURCES
 from server.auth import USER_ID_PATTERN
 from server.ids import SERVER_ID, SFU_ID
 from server.models import iso, utcnow
@@ -39,9 +39,6 @@ PROTOCOL_VERSION = 1
 
 Message = dict[str, Any]
 
-
-PUBLISH = "publish"
-SUBSCRIBE = "subscribe"
 
 #: What a client may send.
 CLIENT_TYPES = frozenset(
