@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from tests.support.polling import eventually
+from tests.support.serve import free_port
 from tests.support.services import unreachable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnRedis:

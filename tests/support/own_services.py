@@ -28,14 +28,8 @@ from pathlib import Path
 import redis
 
 from tests.support.polling import eventually_sync
+from tests.support.serve import free_port
 from tests.support.services import unreachable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class OwnRedis:
