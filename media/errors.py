@@ -37,10 +37,3 @@ class SessionFailed(MediaError):
     """A participant's server-side connection failed; its session is dropped."""
 
     code = "sfu_session_failed"
-
-
-def error_message(error: MediaError) -> dict[str, str]:
-    """The ``error`` message the SFU sends a participant on its own (not as the
-    answer to a message): the one place media builds one; the signaling edge
-    stamps and counts it like every other."""
-    return {"type": "error", "code": error.code, "message": str(error) or error.code}

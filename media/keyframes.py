@@ -37,11 +37,13 @@ class KeyframeRequester:
         on_sent: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._send_pli = send_pli
         self._min_interval = min_interval
         self._on_sent = on_sent
         self._clock = clock
+        self._sleep = sleep  # with ``clock``, tests drive the pacing by hand
         self._name = name
         self._last_sent: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -70,7 +72,7 @@ class KeyframeRequester:
     async def _send_after(self, delay: float) -> None:
         try:
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
             for _ in range(NO_MEDIA_RETRIES):
                 self._last_sent = self._clock()
                 if await self._send_pli():
@@ -79,7 +81,7 @@ class KeyframeRequester:
                     return
                 # No media seen yet: not rate-limited, ask again soon.
                 self._last_sent = None
-                await asyncio.sleep(NO_MEDIA_RETRY)
+                await self._sleep(NO_MEDIA_RETRY)
         except asyncio.CancelledError:
             raise
         except ConnectionError:

@@ -32,7 +32,7 @@ from .aiortc_compat import (
     server_peer_connection,
 )
 from .config import MediaConfig
-from .errors import BadSignal, MediaError, NegotiationTimeout, SessionFailed, error_message
+from .errors import BadSignal, MediaError, NegotiationTimeout, SessionFailed
 from .feedback import FeedbackTarget, SubscriberFeedback
 from .forwarder import DownTrack, UpTrack
 from .inbound import PublisherInbound
@@ -466,7 +466,7 @@ class Participant:
             await pc.setRemoteDescription(answer)
         except _DESCRIPTION_ERRORS as exc:
             logger.warning("%r: bad subscribe answer: %r", self, exc)
-            await self._send(error_message(BadSignal(f"bad subscribe answer: {exc}")))
+            await self._send_error(BadSignal(f"bad subscribe answer: {exc}"))
             self._dirty.set()  # offer again
             return
         self._transport.answered(pc, answer.sdp)
@@ -518,6 +518,14 @@ class Participant:
             raise
         except Exception:
             logger.exception("%r: cannot deliver %s", self, message.get("type"))
+
+    async def _send_error(self, error: MediaError) -> None:
+        try:
+            await self._signaling.send_error(self.id, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%r: cannot deliver error %s", self, error.code)
 
     def _on_publish_state(self) -> None:
         if self._publish_pc.connectionState == "failed":

@@ -13,7 +13,6 @@ from .errors import (
     RoomClosed,
     RoomFull,
     UnknownParticipant,
-    error_message,
 )
 from .forwarder import UpTrack
 from .metrics import MediaMetrics, NoopMediaMetrics
@@ -142,7 +141,7 @@ class Room:
         logger.warning("%r: removing %s: %s", self, participant.id, error)
         if self._participants.get(participant.id) is participant:
             try:
-                await self._signaling.send(participant.id, error_message(error))
+                await self._signaling.send_error(participant.id, error)
             except Exception:
                 logger.exception("%r: cannot tell %s it was removed", self, participant.id)
         await self._remove(participant)

@@ -8,8 +8,10 @@ whatever SFU the app factory plugs in.
   (:meth:`SfuEndpoint.handle_signal`, raising :class:`MediaError` for what it
   refuses) and lifecycle events as typed :data:`RoomEvent` values
   (:meth:`SfuEndpoint.on_event`).
-- SFU → signaling: :class:`SignalingPort`, one method delivering a message to
-  one participant on whichever node holds its socket.
+- SFU → signaling: :class:`SignalingPort`, delivering to one participant on
+  whichever node holds its socket either a message or, typed, a
+  :class:`MediaError` the SFU raises unasked (signaling's one error mapper
+  turns it into the ``error`` message).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any, Protocol
 from media.errors import MediaError
 
 __all__ = [
+    "PUBLISH",
+    "SUBSCRIBE",
     "TRACK_SOURCES",
     "MediaError",
     "Message",
@@ -31,6 +35,11 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+#: The two SFU connections of a participant, as ``pc`` names them: the client
+#: offers on ``publish``, the SFU on ``subscribe`` (docs/protocol.md).
+PUBLISH = "publish"
+SUBSCRIBE = "subscribe"
 
 #: What a published track carries, as an ``offer``'s ``sources`` (mid → source)
 #: says and the SFU's ``tracks`` entries repeat (docs/protocol.md): the
@@ -62,6 +71,11 @@ class SignalingPort(Protocol):
     async def send_to(self, call_id: str, participant_id: str, message: Message) -> None:
         """Deliver a server → client message (signaling stamps ``sender_id: "sfu"``,
         ``call_id`` and ``timestamp``); lost, and logged, while the bus is down."""
+
+    async def send_error(self, call_id: str, participant_id: str, error: MediaError) -> None:
+        """Tell a participant, unasked, what the SFU cannot do for it (its session was
+        dropped, its subscribe answer was bad): an ``error`` message with
+        ``error.code``, built and counted by signaling like every other."""
 
 
 class SfuEndpoint(Protocol):

@@ -7,6 +7,7 @@ import logging
 
 from .aiortc_compat import check_aiortc, install_decoder_bypass, restrict_host_addresses
 from .config import MediaConfig
+from .errors import MediaError
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .room import Room
@@ -24,6 +25,9 @@ class _BoundSignaling:
 
     async def send(self, participant_id: str, message: Message) -> None:
         await self._signaling.send_to(self._call_id, participant_id, message)
+
+    async def send_error(self, participant_id: str, error: MediaError) -> None:
+        await self._signaling.send_error(self._call_id, participant_id, error)
 
 
 class Sfu:

@@ -13,21 +13,23 @@ from typing import Any, Protocol
 from aiortc import RTCIceCandidate, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from .aiortc_compat import parse_sdp
-from .errors import BadSignal
-from .seam import TRACK_SOURCES
+from server.ids import SFU_ID as SFU_ID
 
-SFU_ID = "sfu"
-PUBLISH = "publish"
-SUBSCRIBE = "subscribe"
+from .aiortc_compat import parse_sdp
+from .errors import BadSignal, MediaError
+from .seam import PUBLISH as PUBLISH
+from .seam import SUBSCRIBE as SUBSCRIBE
+from .seam import TRACK_SOURCES
 
 Message = dict[str, Any]
 
 
 class RoomSignaling(Protocol):
-    """Delivers a server → client message to one participant of a room."""
+    """Delivers a server → client message, or an error, to one participant of a room."""
 
     async def send(self, participant_id: str, message: Message) -> None: ...
+
+    async def send_error(self, participant_id: str, error: MediaError) -> None: ...
 
 
 def description_message(kind: str, pc: str, sdp: str) -> Message:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The layering rules of server/, signaling/ and media/, checked over ``ast``.
+"""The layering rules of server/, signaling/ and media/, checked over ``ast``,
+and the size of their modules.
 
 Fails (exit 1, one line per problem) on:
 
@@ -9,7 +10,9 @@ Fails (exit 1, one line per problem) on:
   app factory (``server.app``), the composition root (``server.wiring``),
   the app keys (``server.keys``) or the CLI;
 - a domain module of ``server/`` (anything but those and ``server.cli``)
-  importing the HTTP layer, the composition root, ``signaling`` or ``media``.
+  importing the HTTP layer, the composition root, ``signaling`` or ``media``;
+- a module of ``server/`` or ``signaling/`` over ``MAX_LINES`` lines (the
+  browser client's limit is ESLint's ``max-lines``).
 
 Run by ``make lint``; docs/architecture.md describes the layers.
 """
@@ -28,6 +31,9 @@ OUTER = ("server.app", "server.cli", "server.keys", "server.wiring", "server.htt
 FORBIDDEN_BELOW = OUTER
 #: What the domain (server/ minus OUTER) must not import.
 FORBIDDEN_IN_DOMAIN = (*OUTER, "signaling", "media")
+#: Longest module of the packages below (docs/architecture.md: small, one job each).
+MAX_LINES = 400
+SIZED = ("server", "signaling")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -114,10 +120,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if len(component) > 1:
                 found.append(sorted(component))
 
-    sys.setrecursionlimit(10_000)
-    for v in sorted(graph):
-        if v not in index:
-            strongconnect(v)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10_000))
+    try:
+        for v in sorted(graph):
+            if v not in index:
+                strongconnect(v)
+    finally:
+        sys.setrecursionlimit(limit)  # the tests run this in their own process
     return found
 
 
@@ -136,6 +146,10 @@ def check(root: Path = ROOT) -> list[str]:
         else:
             continue
         problems += [f"{name}: {rule} {dep}" for dep in sorted(deps) if within(dep, forbidden)]
+    for name, path in sorted(files.items()):
+        lines = len(path.read_text().splitlines())
+        if within(name, SIZED) and lines > MAX_LINES:
+            problems.append(f"{name}: {lines} lines, more than {MAX_LINES}")
     return problems
 
 

@@ -10,15 +10,13 @@ from dataclasses import dataclass
 import jwt
 
 from server.errors import Unauthorized
+from server.ids import RESERVED_USER_IDS
 
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 24 * 3600
 #: User ids are opaque to Huddle (they come from the operator's login), but bounded.
 #: ``\Z``, not ``$``: ``$`` would also accept a trailing newline.
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")
-#: Ids the signaling protocol uses for itself (signaling.protocol.RESERVED_IDS):
-#: a user holding one could impersonate the SFU or the server in relayed messages.
-RESERVED_USER_IDS = frozenset({"sfu", "server"})
 MAX_NAME_LENGTH = 64
 _SURROGATES = re.compile("[\ud800-\udfff]")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from server.errors import HuddleError
+
 Check = Callable[[], Awaitable[None]]
 
 
@@ -59,7 +61,8 @@ class Readiness:
         if exc is None:
             return {"status": "up"}
         # Any failure means "down"; the message says why.
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        message = (exc.message if isinstance(exc, HuddleError) else "") or str(exc)
+        message = message or type(exc).__name__
         return {"status": "down", "error": message}
 
 

@@ -49,6 +49,12 @@ def mode_for(invited_count: int) -> CallMode:
     return CallMode.P2P if invited_count <= 2 else CallMode.SFU
 
 
+def sfu_may_serve(call: Call | None) -> bool:
+    """Whether the SFU may take a call's media: not a call in P2P mode, whose media
+    flows between the two browsers (an unknown call is left to the SFU to refuse)."""
+    return call is None or call.mode is not CallMode.P2P
+
+
 def _invited(call: Call) -> list[Participant]:
     return [p for p in call.participants if p.invited]
 

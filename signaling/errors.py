@@ -21,15 +21,13 @@ from typing import Any
 
 from media.seam import MediaError
 from server.errors import HuddleError
+from server.ids import SERVER_ID
 from server.models import iso, utcnow
 from signaling.bus import BusUnavailable
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
-
-#: ``sender_id`` of messages the server itself originates (lifecycle, roster, errors).
-SERVER_ID = "server"
 
 
 class CloseCode(enum.IntEnum):
@@ -112,12 +110,20 @@ def edge_error(
     return SignalError(fallback, f"internal error handling {about}")
 
 
-def error_message(code: str, text: str, *, call_id: str, request_id: object = None) -> Message:
-    """The ``error`` message, stamped by the server."""
+def error_message(
+    code: str,
+    text: str,
+    *,
+    call_id: str,
+    request_id: object = None,
+    sender_id: str = SERVER_ID,
+) -> Message:
+    """The ``error`` message, stamped by the server (``sender_id: "sfu"`` for one the
+    SFU sends unasked)."""
     message: Message = {"type": "error", "code": code, "message": text}
     if request_id is not None:
         message["id"] = request_id
-    message["sender_id"] = SERVER_ID
+    message["sender_id"] = sender_id
     message["call_id"] = call_id
     message["timestamp"] = iso(utcnow())
     return message

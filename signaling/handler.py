@@ -17,7 +17,7 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from server.auth import TokenService, identify
 from server.errors import BadRequest, Forbidden, Gone, HuddleError, Unavailable
@@ -33,7 +33,7 @@ from signaling.errors import (
     error_message,
 )
 from signaling.hub import SignalingHub
-from signaling.protocol import MAX_ID_LENGTH, RESERVED_IDS, decode, encode, validate
+from signaling.protocol import MAX_ID_LENGTH, decode, encode, validate
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SignalingEndpoint:
 async def signaling_ws(
     request: web.Request, hub: SignalingHub, tokens: TokenService
 ) -> web.StreamResponse:
-    if not hub.try_acquire():
+    if not hub.sockets.try_acquire():
         hub.metrics.rejected.labels("full").inc()
         raise Unavailable("this node has no room for more connections", code="node_full")
     try:
@@ -71,10 +71,10 @@ async def signaling_ws(
         finally:
             # Shielded: aiohttp cancels the handler when the peer vanishes, and
             # the seat bookkeeping must still run.
-            await asyncio.shield(hub.connection_ended(conn))
+            await asyncio.shield(hub.sockets.connection_ended(conn))
         return conn.ws
     finally:
-        hub.release()
+        hub.sockets.release()
 
 
 def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
@@ -97,8 +97,6 @@ async def _admit(request: web.Request, hub: SignalingHub, tokens: TokenService) 
     if "call_id" not in request.query:
         raise BadRequest("call_id is required", code="missing_field")
     call_id = uuid_value(request.query["call_id"], "call_id")
-    if who.user_id in RESERVED_IDS:
-        raise Forbidden(f"user id {who.user_id!r} is reserved", code="reserved_id")
     call = await hub.calls.get_call(who, call_id)
     if call.is_ended:
         raise Gone(f"call {call_id} has ended", code="call_ended")
@@ -120,7 +118,7 @@ async def _admit(request: web.Request, hub: SignalingHub, tokens: TokenService) 
     )
     conn.start()
     try:
-        await hub.register(conn)
+        await hub.sockets.register(conn)
     except Exception:
         logger.exception("%r: registration failed", conn)
         conn.close(CloseCode.INTERNAL_ERROR, "registration failed", flush=False)
@@ -188,7 +186,7 @@ async def _handle_text(hub: SignalingHub, conn: Connection, text: str) -> None:
 
 def _frame_error(hub: SignalingHub, conn: Connection, error: object) -> None:
     # aiohttp already closed the socket (1009 for an oversized frame).
-    code = getattr(error, "code", CloseCode.INTERNAL_ERROR)
+    code = error.code if isinstance(error, WebSocketError) else CloseCode.INTERNAL_ERROR
     conn.close_code = int(code)
     hub.metrics.close(int(code))
     logger.info("%r: bad frame, closed with %s: %s", conn, code, error)

@@ -1,7 +1,8 @@
-"""The signaling hub: admission of sockets, client messages, and the bus listener.
+"""The signaling hub: client messages and the bus listener.
 
 The hub puts the parts together; each lives in its own module:
 
+- :mod:`signaling.sockets`: upgrade slots, registration and the end of a socket;
 - :mod:`signaling.registry`: this node's sockets, who is online where,
   routing over the bus and the call channels subscribed;
 - :mod:`signaling.presence`: presence, the roster and its coalescing;
@@ -18,19 +19,17 @@ stamped message for one participant's socket), ``lifecycle`` (see
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
-from media.seam import SfuEndpoint
+from media.seam import MediaError, SfuEndpoint
 from server.auth import Identity
 from server.calls import CallService
 from server.config import SignalingSettings
 from server.events import CallEvent
 from server.models import Call
 from signaling.adoption import SeatScan
-from signaling.bus import BusUnavailable, Envelope, MessageBus
+from signaling.bus import Envelope, MessageBus
 from signaling.connection import Connection
 from signaling.errors import CloseCode, ErrorCode, SignalError
 from signaling.grace import DisconnectGrace
@@ -42,6 +41,7 @@ from signaling.protocol import SFU_ID, Message, encode, stamp
 from signaling.registry import SocketRegistry
 from signaling.seats import SeatRegistry
 from signaling.sfu_relay import SfuRelay
+from signaling.sockets import SocketLifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,15 @@ class SignalingHub:
         self.scan = SeatScan(self.registry, self.grace, calls, settings, seats)
         self.sfu = SfuRelay(self.registry, metrics, self._get_call)
         self.lifecycle = LifecycleRelay(self.registry, self.presence, self.grace, self.sfu)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._shutting_down = False
+        self.sockets = SocketLifecycle(
+            self.registry,
+            self.presence,
+            self.grace,
+            settings,
+            metrics,
+            seats,
+            shutdown_wait_s=self.options.shutdown_wait_s,
+        )
         if seats is not None:
             seats.local_seats = self.registry.local_seats
             seats.on_rebuilt = self.metrics.seats_rebuilt.inc
@@ -124,23 +128,14 @@ class SignalingHub:
         self.sfu.attach(endpoint)
 
     async def shutdown(self) -> None:
-        """Stop accepting and close every socket with 1001 (going away), then wait
-        briefly for their handlers; clients reconnect to another node."""
-        self._shutting_down = True
-        for conn in self.registry.all_connections():
-            conn.close(CloseCode.GOING_AWAY, "server shutting down", flush=False)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.options.shutdown_wait_s):
-                await self._idle.wait()
+        """Close every socket with 1001 and stop accepting (:class:`SocketLifecycle`)."""
+        await self.sockets.shutdown()
 
     async def close(self) -> None:
         """Idempotent, in order: stop hearing events, cancel owned tasks, release
         rooms, then close seats, placement and bus."""
         self.calls.events.remove(self)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.sockets.close()
         await self.scan.close()
         await self.grace.close()
         await self.presence.batcher.close()
@@ -152,7 +147,7 @@ class SignalingHub:
         await self._bus.close()
         self.registry.forget()
 
-    # -- admission (the handler) -----------------------------------------------------------
+    # -- state ------------------------------------------------------------------------------
 
     @property
     def bus_healthy(self) -> bool:
@@ -160,84 +155,10 @@ class SignalingHub:
 
     @property
     def connection_count(self) -> int:
-        return sum(len(conns) for conns in self.registry.conns.values())
+        return self.sockets.connection_count
 
     def pending_leaves(self, call_id: str) -> int:
         return self.grace.pending_leaves(call_id)
-
-    def try_acquire(self) -> bool:
-        """Reserve a connection slot for an upgrade in progress; False when full."""
-        if self._shutting_down or self._active >= self.settings.max_connections:
-            return False
-        self._active += 1
-        self._idle.clear()
-        return True
-
-    def release(self) -> None:
-        self._active -= 1
-        if self._active == 0:
-            self._idle.set()
-
-    async def register(self, conn: Connection) -> None:
-        """A socket is up: replace an older one, cancel a pending leave, subscribe,
-        announce presence, and send the roster and mode."""
-        registry = self.registry
-        call_id, pid = conn.call_id, conn.participant_id
-        was_online = registry.is_online(call_id, pid)
-        conns = registry.conns.setdefault(call_id, {})
-        old = conns.get(pid)
-        conns[pid] = conn
-        self.metrics.connections.inc()
-        self.grace.cancel(call_id, pid)
-        if old is not None:
-            old.close(CloseCode.REPLACED, "replaced by a newer connection")
-        await registry.ensure_subscribed(call_id)
-        if self.seats is not None:
-            await self.seats.attach(call_id, pid)
-        if not was_online:
-            self.presence.to_local(call_id, pid, online=True)
-        try:
-            await self.presence.announce(call_id, pid, online=True)
-        except BusUnavailable as exc:
-            self.presence.degraded(conn, exc)
-        await self.presence.welcome(conn)
-
-    def connection_ended(self, conn: Connection) -> asyncio.Task[None]:
-        """The reader ended: stop the writer and unregister, in a task the hub owns."""
-
-        async def finish() -> None:
-            await conn.stop()
-            await self.unregister(conn)
-
-        task = asyncio.create_task(finish(), name=f"signaling:finish:{conn.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def unregister(self, conn: Connection) -> None:
-        """A socket is gone; unless it left, was replaced or the server is stopping,
-        the participant leaves the call after the grace period."""
-        registry = self.registry
-        call_id, pid = conn.call_id, conn.participant_id
-        conns = registry.local(call_id)
-        if conns.get(pid) is not conn:
-            return  # replaced: the newer socket holds the seat
-        del conns[pid]
-        if not conns:
-            del registry.conns[call_id]
-        self.metrics.connections.dec()
-        code = conn.close_code
-        if code in (CloseCode.TOO_SLOW, CloseCode.HEARTBEAT_TIMEOUT):
-            self.metrics.close(code)  # decided by the connection's writer, counted here
-        if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.REPLACED):
-            self.grace.schedule_leave(call_id, pid, conn.name)
-        if code != CloseCode.REPLACED and not registry.is_online(call_id, pid):
-            self.presence.to_local(call_id, pid, online=False)
-            with contextlib.suppress(BusUnavailable):
-                await self.presence.announce(call_id, pid, online=False)
-        if call_id not in registry.conns:
-            self.presence.batcher.drop(call_id)
-        await registry.maybe_unsubscribe(call_id)
 
     # -- client messages ------------------------------------------------------------------
 
@@ -274,6 +195,9 @@ class SignalingHub:
 
     async def send_to(self, call_id: str, participant_id: str, message: Message) -> None:
         await self.sfu.send_to(call_id, participant_id, message)
+
+    async def send_error(self, call_id: str, participant_id: str, error: MediaError) -> None:
+        await self.sfu.send_error(call_id, participant_id, error)
 
     async def on_room_lost(self, call_id: str) -> None:
         """Placement lost this node's claim (e.g. the key expired during an outage)."""

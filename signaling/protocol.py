@@ -13,11 +13,11 @@ import json
 import re
 from typing import Any
 
-from media.seam import TRACK_SOURCES
+from media.seam import PUBLISH, SUBSCRIBE, TRACK_SOURCES
 from server.auth import USER_ID_PATTERN
+from server.ids import SERVER_ID, SFU_ID
 from server.models import iso, utcnow
 from signaling.errors import (
-    SERVER_ID,
     CloseCode,
     ErrorCode,
     ProtocolViolation,
@@ -27,6 +27,7 @@ from signaling.errors import (
 
 __all__ = [
     "SERVER_ID",
+    "SFU_ID",
     "CloseCode",
     "ErrorCode",
     "ProtocolViolation",
@@ -38,13 +39,6 @@ PROTOCOL_VERSION = 1
 
 Message = dict[str, Any]
 
-#: ``target_id`` of messages for the SFU, and ``sender_id`` of the SFU's answers.
-SFU_ID = "sfu"
-#: Ids no user may have: they name the server side of the protocol.
-RESERVED_IDS = frozenset({SFU_ID, SERVER_ID})
-
-PUBLISH = "publish"
-SUBSCRIBE = "subscribe"
 
 #: What a client may send.
 CLIENT_TYPES = frozenset(

@@ -16,12 +16,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from media.seam import Message, ParticipantLeft, RoomEnded, RoomEvent, SfuEndpoint
-from server.models import Call, CallMode
+from media.seam import MediaError, Message, ParticipantLeft, RoomEnded, RoomEvent, SfuEndpoint
+from server.lifecycle import sfu_may_serve
+from server.models import Call
 from signaling.bus import BusUnavailable
 from signaling.errors import ErrorCode, SignalError, edge_error, error_message
 from signaling.metrics import SignalingMetrics
-from signaling.protocol import SFU_ID, stamp
+from signaling.protocol import SERVER_ID, SFU_ID, stamp
 from signaling.registry import SocketRegistry
 
 logger = logging.getLogger(__name__)
@@ -95,18 +96,25 @@ class SfuRelay:
 
     async def _refuse_p2p(self, call_id: str) -> None:
         """A 1:1 call's media flows between the two browsers: the SFU holds nothing."""
-        call = await self._get_call(call_id)
-        if call is not None and call.mode is CallMode.P2P:
+        if not sfu_may_serve(await self._get_call(call_id)):
             raise SignalError(
                 ErrorCode.WRONG_MODE,
                 "this call is peer-to-peer; send media to the other participant",
             )
 
     async def reply_error(
-        self, call_id: str, pid: str, error: SignalError, request_id: object = None
+        self,
+        call_id: str,
+        pid: str,
+        error: SignalError,
+        request_id: object = None,
+        *,
+        sender_id: str = SERVER_ID,
     ) -> None:
         self._metrics.error(error.code)
-        message = error_message(error.code, error.message, call_id=call_id, request_id=request_id)
+        message = error_message(
+            error.code, error.message, call_id=call_id, request_id=request_id, sender_id=sender_id
+        )
         with contextlib.suppress(BusUnavailable):
             await self._registry.deliver_to(call_id, pid, message)
 
@@ -116,12 +124,16 @@ class SfuRelay:
         """Deliver an SFU message to one participant, on whichever node holds its
         socket. Stamps ``sender_id: "sfu"``; lost (and logged) while the bus is down."""
         out = stamp(dict(message), sender_id=SFU_ID, call_id=call_id)
-        if out.get("type") == "error" and isinstance(out.get("code"), str):
-            self._metrics.error(out["code"])
         try:
             await self._registry.deliver_to(call_id, participant_id, out)
         except BusUnavailable as exc:
             logger.warning("Call(%s) SFU message to %s lost: %s", call_id, participant_id, exc)
+
+    async def send_error(self, call_id: str, participant_id: str, error: MediaError) -> None:
+        """An error the SFU raises unasked, through the edge's one mapper, from ``"sfu"``."""
+        mapped = edge_error(error, about="an SFU session")
+        if isinstance(mapped, SignalError):
+            await self.reply_error(call_id, participant_id, mapped, sender_id=SFU_ID)
 
     # -- lifecycle → the room -----------------------------------------------------------
 

@@ -13,9 +13,9 @@ from typing import Any
 import jwt
 import pytest
 
-from server.auth import RESERVED_USER_IDS, TokenService
+from server.auth import TokenService
 from server.errors import Unauthorized
-from signaling.protocol import RESERVED_IDS
+from server.ids import RESERVED_USER_IDS
 from tests.conftest import TEST_SECRET, AppFactory
 from tests.support.api import Api, User, error_code
 
@@ -154,10 +154,6 @@ async def test_history_before_at_the_edges_of_the_range_answers(
     )
     expected = [] if before.startswith("0001") else [call["call_id"]]
     assert [c["call_id"] for c in body["calls"]] == expected
-
-
-def test_reserved_ids_match_the_signaling_protocol() -> None:
-    assert RESERVED_USER_IDS == RESERVED_IDS
 
 
 @_sqlite_only

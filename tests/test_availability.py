@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -16,7 +13,7 @@ import pytest
 from tests.conftest import AppFactory, make_config
 from tests.support.api import Api, error_code
 from tests.support.polling import eventually
-from tests.support.serve import spawn_serve
+from tests.support.serve import SERVE_COMMAND, free_port, serve_env, spawn_serve
 from tests.support.services import postgres_schema
 from tests.support.tcpproxy import TcpProxy
 
@@ -73,29 +70,14 @@ async def test_ready_reports_database_outage_and_recovers(make_client: AppFactor
             await proxy.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUDDLE_")}
-    env.update(extra)
-    return env
-
-
 async def test_startup_retries_then_exits_with_a_clear_error(tmp_path: object) -> None:
-    dead = _free_port()
+    dead = free_port()
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        env=_env(
+        *SERVE_COMMAND,
+        env=serve_env(
             HUDDLE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{dead}/test",
-            HUDDLE_PORT=str(_free_port()),
+            HUDDLE_PORT=str(free_port()),
             HUDDLE_DB_CONNECT_ATTEMPTS="3",
             HUDDLE_DB_RETRY_BASE="0.2",
         ),
@@ -112,11 +94,8 @@ async def test_startup_retries_then_exits_with_a_clear_error(tmp_path: object) -
 
 async def test_bad_configuration_names_the_variable() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        env=_env(HUDDLE_PORT="eighty"),
+        *SERVE_COMMAND,
+        env=serve_env(HUDDLE_PORT="eighty"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -138,3 +138,9 @@ def test_expire_is_idempotent_on_ended_calls() -> None:
     call = make_call("bob")
     lifecycle.expire(call, T0 + timedelta(days=2), LIMITS)
     assert lifecycle.expire(call, T0 + timedelta(days=3), LIMITS).events == []
+
+
+def test_the_sfu_serves_no_call_in_p2p_mode() -> None:
+    assert not lifecycle.sfu_may_serve(make_call("bob", mode=CallMode.P2P))
+    assert lifecycle.sfu_may_serve(make_call("bob", "cyd", mode=CallMode.SFU))
+    assert lifecycle.sfu_may_serve(None)  # unknown here: the SFU refuses it itself

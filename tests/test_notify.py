@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +40,7 @@ from server.notify import (
 )
 from server.store import SqlStore, create_store
 from tests.support.polling import eventually
+from tests.support.serve import free_port
 from tests.support.services import postgres_schema
 
 SECRET = "s3cret-for-tests"
@@ -152,14 +152,6 @@ def body_json(req: Received) -> dict[str, Any]:
 def counts(n: WebhookNotifier) -> CountingMetrics:
     assert isinstance(n.metrics, CountingMetrics)
     return n.metrics
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (connections are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- payload and signatures ---------------------------------------------------
@@ -399,9 +391,8 @@ async def test_close_is_idempotent_bounded_and_keeps_the_row(
     await enqueue(store, notifier, make_notification(call_id="queued"))
     await eventually(lambda: len(receiver.requests) == 1)
 
-    started = time.monotonic()
+    # Bounded: both closes return without waiting out the 30 s request timeout.
     await asyncio.wait_for(asyncio.gather(notifier.close(), notifier.close()), 5)
-    assert time.monotonic() - started < 3
     await asyncio.wait_for(notifier.close(), 1)
     assert counts(notifier).sent == 0
     assert await store.outbox_pending() == 2  # both survive, to be delivered later

@@ -63,6 +63,10 @@ class WsHub:
         if ws is not None and not ws.closed:
             await ws.send_json({**message, "sender_id": SFU_ID})
 
+    async def send_error(self, call_id: str, participant_id: str, error: MediaError) -> None:
+        message = {"type": "error", "code": error.code, "message": str(error) or error.code}
+        await self.send_to(call_id, participant_id, message)
+
 
 class NaivePeer:
     """One participant of the naive relay: decode on publish, encode per subscriber."""

@@ -41,6 +41,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
+from media.errors import MediaError
 from media.keyframes import KeyframeRequester
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message, default_source
 
@@ -687,3 +688,10 @@ class LocalSignaling:
         client = self.clients.get(participant_id)
         if client is not None:
             client.deliver(message)
+
+    async def send_error(self, participant_id: str, error: MediaError) -> None:
+        """As signaling renders it (``signaling.errors.error_message``), unstamped."""
+        await self.send(
+            participant_id,
+            {"type": "error", "code": error.code, "message": str(error) or error.code},
+        )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiortc.clock import current_ntp_time
 
 from media.fastsend import ntp_now
+from tests.support.polling import eventually
 
 from .conftest import Call
 
@@ -26,16 +25,15 @@ async def test_sender_reports_carry_the_forwarded_counts(call: Call) -> None:
         if t.kind == "video" and t.receiver.track is not None
     )
 
-    async def reported() -> int:
+    async def reported_over_50() -> int:
+        """The packet count of the last sender report received, once over 50 (else 0)."""
         stats = await receiver.getStats()
         remote = [s for s in stats.values() if s.type == "remote-outbound-rtp"]
-        return remote[0].packetsSent if remote else 0
+        count = remote[0].packetsSent if remote else 0
+        return int(count) if count > 50 else 0
 
-    for _ in range(100):  # reports come every 0.5-1.5 s
-        count = await reported()
-        if count > 50:
-            break
-        await asyncio.sleep(0.1)
+    # Reports come every 0.5-1.5 s.
+    count = await eventually(reported_over_50, timeout=10, message="a report of > 50 packets")
     # A report counts what was sent up to it.
     assert 50 < count <= slot.fast.packets_sent
     sender_stats = await slot.transceiver.sender.getStats()

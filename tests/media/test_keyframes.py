@@ -5,37 +5,38 @@ The keyframe gate of each subscriber (packet level) is tested in test_forwarding
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from media import keyframes
 from media.keyframes import KeyframeRequester
+from tests.support.clock import ManualClock
 from tests.support.polling import eventually
 
 
 async def test_burst_is_coalesced_into_one_deferred_pli() -> None:
+    clock = ManualClock()
     sent: list[float] = []
 
     async def send_pli() -> bool:
-        sent.append(time.monotonic())
+        sent.append(clock.now)
         return True
 
-    requester = KeyframeRequester(send_pli, min_interval=0.3)
+    requester = KeyframeRequester(send_pli, min_interval=0.3, clock=clock, sleep=clock.sleep)
     try:
         requester.request()
         await eventually(lambda: len(sent) == 1, timeout=5)
-        burst_end = 0.0
+        clock.advance(0.1)
         for _ in range(5):  # a burst of joiners inside the window
             requester.request()
-            burst_end = time.monotonic()
-            await asyncio.sleep(0.02)
-        assert len(sent) == 1
-        await eventually(lambda: len(sent) == 2, timeout=5)
-        assert sent[1] - sent[0] >= 0.3 - 0.01  # rate limit held
-        assert sent[1] >= burst_end  # the deferred PLI covers every request
+        # One PLI is deferred to the end of the window, and nothing else goes out.
+        await eventually(lambda: len(clock.pending()) == 1, timeout=5)
+        assert clock.pending()[0].seconds == pytest.approx(0.2)
+        assert len(sent) == 1 and requester.pending
         assert requester.coalesced == 4
+        clock.advance(0.2)
+        await eventually(lambda: len(sent) == 2, timeout=5)
+        assert sent[1] - sent[0] == pytest.approx(0.3)  # the rate limit held
+        assert sent[1] > 0.1  # after the burst: the deferred PLI covers every request
         assert not requester.pending
     finally:
         await requester.close()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 from typing import Any
 
+import jwt
 import pytest
 
+from server.ids import RESERVED_USER_IDS
 from server.keys import METRICS
 from signaling.client import SignalingClient, SignalingRejected
 from signaling.keys import HUB
 from signaling.protocol import CloseCode
+from tests.conftest import TEST_SECRET
 from tests.signaling.conftest import Node, NodeFactory
 from tests.signaling.messages import SDP, answer, candidate, end_of_candidates, offer
+from tests.support.clock import ManualClock
 from tests.support.polling import eventually
 
 
@@ -248,24 +252,6 @@ async def test_heartbeat_pings_then_drops_a_silent_client(make_node: NodeFactory
     assert not lively.closed
 
 
-class ManualClock:
-    """Stands in for the grace period's sleep: nothing it holds ends until ``advance``."""
-
-    def __init__(self) -> None:
-        self.waits: list[tuple[float, asyncio.Future[None]]] = []
-
-    async def sleep(self, seconds: float) -> None:
-        done = asyncio.get_running_loop().create_future()
-        self.waits.append((seconds, done))
-        await done
-
-    def advance(self) -> None:
-        """Every wait so far is over (a cancelled one stays cancelled)."""
-        for _, done in self.waits:
-            if not done.done():
-                done.set_result(None)
-
-
 async def test_reconnect_within_grace_keeps_the_seat(make_node: NodeFactory) -> None:
     node = await make_node(grace_s=1.5)
     clock = ManualClock()
@@ -290,8 +276,8 @@ async def test_reconnect_within_grace_keeps_the_seat(make_node: NodeFactory) -> 
     await eventually(no_pending_leave, timeout=5)
     # The drop did start a grace period, and the reconnect called it off: even
     # once its time is up, nothing follows.
-    assert [seconds for seconds, _ in clock.waits] == [1.5]
-    assert clock.waits[0][1].cancelled()
+    assert [wait.seconds for wait in clock.waits] == [1.5]
+    assert clock.waits[0].done.cancelled()
     clock.advance()
     await a.send({"type": "ping"})
     await a.receive("pong")
@@ -345,6 +331,9 @@ async def test_admission_rules(make_node: NodeFactory) -> None:
         return caught.value.status
 
     assert await refused("not-a-jwt") == 401
+    for reserved in sorted(RESERVED_USER_IDS):  # signed, but a sub that could pass for the server
+        forged = jwt.encode({"sub": reserved, "exp": time.time() + 60}, TEST_SECRET, "HS256")
+        assert await refused(forged) == 401
     assert await refused(eve.token) == 403  # not a member of the call's conversation
     assert await refused(bob.token) == 403  # invited but not joined yet
     assert await refused(ana.token, call="not-a-uuid") == 400

@@ -8,22 +8,29 @@ clients reconnecting.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from server.app import create_app
 from signaling.bus import call_channel, node_channel
 from signaling.client import SignalingClient
-from tests.signaling.cluster import Cluster, cluster
+from signaling.keys import HUB
+from tests.signaling.cluster import Cluster, check_redis, cluster
+from tests.signaling.conftest import Node, signaling_config
 from tests.signaling.messages import answer, candidate, end_of_candidates, offer
 from tests.support.api import Api, User
+from tests.support.clock import ManualClock
 from tests.support.polling import eventually
-from tests.support.services import REDIS_URL
+from tests.support.services import REDIS_URL, postgres_schema
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -159,12 +166,64 @@ async def test_reconnect_on_the_other_node_keeps_the_seat(nodes: Sessions) -> No
     await a.receive("presence", timeout=10, where=lambda m: not m["online"])
     b2 = await nodes.ws(0, call_id, bob)  # back within the grace period, on node 1
     await b2.receive("participants")
+    # The seat held past node 2's grace period is shown without waiting it out
+    # by test_a_reconnect_elsewhere_calls_off_the_grace_period (in process, a
+    # clock of its own); here: signaling reaches bob on his new node.
+    await a.send(offer(bob.user_id))
+    assert (await b2.receive("offer", timeout=10))["sender_id"] == ana.user_id
+    assert not [m for m in a.messages if m["type"] == "leave"]
 
-    # A negative needs the grace period to pass: the nodes are separate
-    # processes here, so the real one (the in-process test in test_hub.py
-    # drives the grace period with a clock of its own instead).
-    await asyncio.sleep(GRACE_S + 1.0)
-    status = await nodes.api[1].status(call_id, ana)
+
+@pytest.fixture
+async def in_process_nodes(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    """Two apps in this process on one Postgres schema and Redis: their parts (the
+    grace period's clock) are within the test's reach."""
+    check_redis()
+    nodes: list[Node] = []
+    async with postgres_schema() as database_url:
+        try:
+            for index in (1, 2):
+                config = dataclasses.replace(
+                    signaling_config(tmp_path, grace_s=GRACE_S),
+                    database_url=database_url,
+                    redis_url=REDIS_URL,
+                    node_id=f"inproc{index}-{uuid.uuid4().hex[:6]}",
+                )
+                client = TestClient(TestServer(create_app(config), host="127.0.0.1"))
+                await client.start_server()
+                nodes.append(Node(client, Api(client)))
+            yield nodes
+        finally:
+            for node in reversed(nodes):
+                await node.stack.aclose()
+                await node.client.close()
+
+
+async def test_a_reconnect_elsewhere_calls_off_the_grace_period(
+    in_process_nodes: list[Node],
+) -> None:
+    first, second = in_process_nodes
+    clock = ManualClock()
+    second.app[HUB].grace.sleep = clock.sleep
+    ana, bob = await first.api.users("ana", "bob")
+    call_id = await first.joined_call(ana, bob)
+    a = await first.ws(call_id, ana)
+    b = await second.ws(call_id, bob)
+    await a.receive("presence", timeout=10, where=lambda m: m["online"])
+    await b.ws.close()  # dropped on node 2: node 2's grace period starts
+    await a.receive("presence", timeout=10, where=lambda m: not m["online"])
+    await eventually(lambda: clock.pending(), timeout=5, message="node 2's grace period")
+    assert [wait.seconds for wait in clock.pending()] == [GRACE_S]
+
+    b2 = await first.ws(call_id, bob)  # back within it, on node 1
+    await b2.receive("participants")
+    await eventually(lambda: not clock.pending(), timeout=10, message="the grace called off")
+    assert clock.waits[0].done.cancelled()
+    assert second.app[HUB].pending_leaves(call_id) == 0
+    clock.advance()  # the grace period is over: nothing follows
+    await a.send({"type": "ping"})
+    await a.receive("pong")
+    status = await second.api.status(call_id, ana)
     bob_entry = next(p for p in status["participants"] if p["user_id"] == bob.user_id)
     assert bob_entry["left_at"] is None
     assert not [m for m in a.messages if m["type"] == "leave"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from media.errors import NegotiationTimeout
 from media.seam import MediaError, ParticipantLeft, RoomEnded, RoomEvent, SfuEndpoint
+from server.keys import METRICS
 from signaling.keys import HUB
 from signaling.protocol import ErrorCode
 from tests.signaling.conftest import Node
@@ -71,6 +73,15 @@ async def test_sfu_messages_reach_the_endpoint_and_answers_come_back(node: Node)
     await hub.send_to(call_id, bob.user_id, {"type": "tracks", "tracks": []})
     assert (await b.receive("tracks"))["sender_id"] == "sfu"
     assert not [m for m in a.messages if m["type"] == "tracks"]
+    # An error the SFU raises unasked travels typed and is built (and counted) by signaling.
+    await hub.send_error(call_id, bob.user_id, NegotiationTimeout("no subscribe answer"))
+    unasked = await b.receive("error")
+    assert (unasked["code"], unasked["message"]) == ("negotiation_timeout", "no subscribe answer")
+    assert (unasked["sender_id"], unasked["call_id"]) == ("sfu", call_id) and "timestamp" in unasked
+    errors = node.app[METRICS].registry.get_sample_value(
+        "video_signaling_errors_total", {"code": "negotiation_timeout"}
+    )
+    assert errors == 1
 
     rejected = answer("sfu", pc="subscribe", id="r1")
     rejected["sdp"] += "a=reject\r\n"

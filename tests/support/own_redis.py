@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from tests.support.polling import eventually
+from tests.support.serve import free_port
 from tests.support.services import unreachable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnRedis:
@@ -46,14 +40,15 @@ class OwnRedis:
     async def start(self) -> None:
         self._spawn()
         client = Redis.from_url(self.url, socket_connect_timeout=0.5)
+
+        async def answers() -> bool:
+            try:
+                return bool(await client.ping())
+            except Exception:  # not up yet (connection refused, loading)
+                return False
+
         try:
-            for _ in range(100):
-                try:
-                    await client.ping()
-                    return
-                except Exception:  # not up yet (connection refused, loading)
-                    await asyncio.sleep(0.05)
-            raise RuntimeError("redis-server did not start")
+            await eventually(answers, timeout=5, message=f"redis-server on {self.url}")
         finally:
             await client.aclose()
 

@@ -22,30 +22,14 @@ import socket
 import struct
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
+from tests.support.polling import eventually_sync
+from tests.support.serve import free_port
 from tests.support.services import unreachable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait(condition: object, what: str, timeout: float) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not within {timeout:g} s")
 
 
 class OwnRedis:
@@ -90,7 +74,7 @@ class OwnRedis:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        _wait(self.ping, f"redis-server on {self.port}", 10)
+        eventually_sync(self.ping, timeout=10, message=f"redis-server on {self.port}")
 
     def ping(self) -> bool:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)

@@ -10,12 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.polling import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_COMMAND = [sys.executable, "-m", "server.cli", "serve"]
@@ -67,17 +68,18 @@ class ServeProcess:
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Block until ``/health`` answers; fail (with the log) if the process exits or
         the deadline passes. Async tests run it with ``asyncio.to_thread``."""
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
+
+        def up() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(
                     f"{self.name} exited with {self.process.returncode}:\n{self.tail()}"
                 )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.name} not healthy within {timeout:g} s:\n{self.tail()}"
-                )
-            time.sleep(0.1)
+            return self.healthy()
+
+        try:
+            eventually_sync(up, timeout=timeout, interval=0.1, message=f"{self.name} healthy")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.tail()}") from None
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM (a graceful shutdown), then kill after ``timeout`` s; the exit status."""

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import socket
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import NoReturn
 
 import pytest
 from aioice import stun
+
+from tests.support.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "turn" / "turnserver.conf"
@@ -167,15 +168,18 @@ async def run_coturn(directory: Path, *, allow_loopback_peer: bool = True) -> As
     )
     coturn = Coturn(HOST, port, SECRET, REALM, directory / "turnserver.log", process.pid)
     try:
-        deadline = time.monotonic() + 15
-        while not await stun_binding_ok(HOST, port):
+
+        async def answering() -> bool:
             if process.returncode is not None:
                 raise AssertionError(
                     f"turnserver exited with {process.returncode}:\n{coturn.log()[-4000:]}"
                 )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"turnserver not answering STUN:\n{coturn.log()[-4000:]}")
-            await asyncio.sleep(0.05)
+            return await stun_binding_ok(HOST, port)
+
+        try:
+            await eventually(answering, timeout=15, message="turnserver answering STUN")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{coturn.log()[-4000:]}") from None
         yield coturn
     finally:
         if process.returncode is None:
