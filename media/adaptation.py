@@ -87,6 +87,8 @@ TRIAL = 2.0
 #: while the receiver reports at least this fraction lost.
 PAUSE_AFTER = 3.0
 PAUSE_LOSS = 0.2
+#: A track moved down is not moved up again for this long (s).
+UP_HOLD = 4.0
 #: A layer this share of the rendered size or more is large enough for it.
 SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
@@ -141,6 +143,7 @@ class SubscriberAdaptation:
         self._carried = False  # the latest receiver reports show no loss
         self._lost: float | None = None  # the most lost in fresh receiver reports
         self._pause_since: dict[Hashable, float] = {}  # mid -> since when it would pause
+        self._down_at: dict[Hashable, float] = {}  # mid -> when it last moved down
         self._shape: list[Any] | None = None  # what was carried at the last idle tick
 
     def __repr__(self) -> str:
@@ -259,6 +262,7 @@ class SubscriberAdaptation:
             self._metrics.subscriber_estimate(remb)
         result = allocate(self._budget(remb, sending, demands, now), demands)
         self._hold_pauses(result, demands, now)
+        self._hold_ups(result, demands, now)
         changed = False
         for key, index in result.items():
             slot = carried[str(key)]
@@ -306,6 +310,25 @@ class SubscriberAdaptation:
         for key in list(self._pause_since):
             if key not in pressed:
                 del self._pause_since[key]
+
+    def _hold_ups(self, result: dict[Hashable, int], demands: list[Demand], now: float) -> None:
+        """A track moved down goes back up no sooner than :data:`UP_HOLD` seconds later:
+        layer rates swing (keyframes, the publisher's own adaptation), and with a
+        budget that fits one more top layer but not two, two tracks would take it
+        from each other at every allocation."""
+        for d in demands:
+            if d.kind != "video" or d.current is None or d.key not in result:
+                continue
+            new, current = result[d.key], d.current
+            if current == PAUSED or new == PAUSED:
+                continue  # pausing and resuming have their own hold and margin
+            allowed = [i for i, _ in d.layers if d.cap is None or i <= d.cap]
+            if new < current and allowed and new < allowed[-1]:
+                self._down_at[d.key] = now  # down for lack of budget, not for its view
+            elif new > current and now - self._down_at.get(d.key, -UP_HOLD) < UP_HOLD:
+                result[d.key] = current
+        if len(self._down_at) > MAX_VIEWS:
+            self._down_at.clear()
 
     def _budget(
         self, remb: float | None, sending: float, demands: list[Demand], now: float
