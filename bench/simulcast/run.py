@@ -155,7 +155,11 @@ async def main_async(args: argparse.Namespace) -> int:
     peers = max(args.room, args.trials + 2, args.lt_publishers + args.lt_subscribers) + 2
     args.out.mkdir(parents=True, exist_ok=True)
     async with (
-        serve(peers, cpu=SERVER_CORE if args.pin else None) as served,
+        serve(
+            peers,
+            cpu=SERVER_CORE if args.pin else None,
+            settings={"HUDDLE_LOG_LEVEL": args.server_log_level},
+        ) as served,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session,
     ):
         api = HuddleApi(served.url, session)
@@ -189,7 +193,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 trials=args.trials,
                 steady_s=args.steady,
                 hold_s=args.hold,
-                light=not args.full_receiver,
+                down_timeout_s=args.down_timeout,
+                up_timeout_s=args.up_timeout,
+                light=args.light_receiver,
             )
             trials = await switch.run_switch(
                 api, session, clips=clips, audio=audio, params=params, tag="sw", progress=log
@@ -236,11 +242,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--trials", type=int, default=5, help="capped subscribers, one by one (5)")
     g.add_argument("--steady", type=float, default=3.0, help="s on the top layer first (3)")
     g.add_argument("--hold", type=float, default=5.0, help="s capped after the switch (5)")
+    g.add_argument("--down-timeout", type=float, default=30.0, help="s to wait for it (30)")
+    g.add_argument("--up-timeout", type=float, default=60.0, help="s, after the lift (60)")
     g.add_argument(
-        "--full-receiver",
+        "--light-receiver",
         action="store_true",
-        help="aiortc's receive path for the capped subscriber (NACK/PLI; layers seen when "
-        "a keyframe completes) instead of header counting (its first packet)",
+        help="the capped subscriber counts RTP headers (no NACK, no PLI) instead of "
+        "aiortc's receive path (NACKs and PLIs, as a browser)",
     )
     g = p.add_argument_group("loadtest")
     g.add_argument("--lt-publishers", type=int, default=3, help="(3)")
@@ -250,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     g.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below")
     g.add_argument("--quiet-wait", type=float, default=120.0, help="at most this long (s)")
+    g.add_argument("--server-log-level", default="WARNING", help="its HUDDLE_LOG_LEVEL")
     g.add_argument("--out", type=Path, default=ROOT / "var" / "bench-simulcast")
     g.add_argument("--json", type=Path, help="write every figure here")
     return p
@@ -266,6 +275,8 @@ def check(args: argparse.Namespace) -> str | None:
         return "--warmup in 0..60, --window in 0.5..120, --cooldown in 0..60 s"
     if not (0 <= args.steady <= 60 and 0 <= args.hold <= 60):
         return "--steady and --hold in 0..60 s"
+    if not (1 <= args.down_timeout <= 300 and 1 <= args.up_timeout <= 300):
+        return "--down-timeout and --up-timeout in 1..300 s"
     if not 1 <= args.lt_duration <= 600:
         return "--lt-duration in 1..600 s"
     if args.cap < 10_000:
