@@ -67,7 +67,7 @@ class Trial:
     up_s: float | None = None  # lift -> first packet of a top-layer keyframe
     up_quality_s: float | None = None
     cap_dropped: int = 0
-    max_gap_s: float = 0.0  # longest gap between video frames from the cap to the lift
+    max_gap_s: float = 0.0  # longest gap between video frames from the cap on
     watcher_stayed_on_top: bool = True
     error: str | None = None
     #: (seconds from the cap, what): each keyframe's layer as it arrived, the
@@ -177,7 +177,6 @@ async def trial(
         )
         lifted_at = time.monotonic()
         cap.set_bitrate(None)
-        out.max_gap_s = round(video.max_gap, 3)
         seen = [(at, (w, h)) for at, w, h in tap.seen if capped_at <= at < lifted_at]
         out.ups_while_capped = sum(
             1 for (_, a), (_, b) in itertools.pairwise(seen) if a != top and b == top
@@ -203,6 +202,8 @@ async def trial(
             out.cap_dropped = cap.dropped
             cap.set_bitrate(None)
         video = stats()
+        if video is not None and capped_at is not None:
+            out.max_gap_s = round(video.max_gap, 3)  # to the lift, or to the end
         if tap is not None and video is not None and capped_at is not None:
             out.timeline = _timeline(tap, video, capped_at, lifted_at, names)
         await room.leave(name)
