@@ -78,7 +78,9 @@ def loadtest_args(args: argparse.Namespace) -> list[str]:
         "--video-size", f"{width}x{height}",
         "--video-bitrate", str(args.video_bitrate),
         "--subscriber-cap", str(args.cap),
-        "--light-receivers",
+        # aiortc's receive path (NACK, PLI), as in bench.loadtest.run: a header
+        # counter whose new layer's first keyframe packet the cap dropped would
+        # not see the layer change until the next keyframe.
         # The capped subscribers lose what does not fit, by design: the
         # thresholds would only say so; the report shows it per track.
         "--max-loss", "100",
