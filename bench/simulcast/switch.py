@@ -27,6 +27,7 @@ monotonic clock; the server, on loopback, is the same machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import statistics
 import time
@@ -42,6 +43,10 @@ from media.loadtest.simulcast import SimulcastClips
 
 from .room import BenchRoom, video_from, wait_for
 from .sniff import KeyframeTap, tap_subscriber
+
+#: How long after a layer arrives its ``quality`` message may still come (the
+#: SFU's allocation runs every 0.5 s; some slack for a loaded machine).
+QUALITY_WAIT_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,18 @@ def _first_quality_after(stats: TrackStats, since: float, rids: set[str]) -> flo
         if at >= since and (paused or layer in rids):
             return at
     return None
+
+
+async def _quality_after(stats: TrackStats, since: float, rids: set[str]) -> float | None:
+    """:func:`_first_quality_after`, given the SFU's message (sent at its allocation
+    tick after the switch) a moment to arrive."""
+    with contextlib.suppress(TimeoutError):
+        await wait_for(
+            lambda: _first_quality_after(stats, since, rids) is not None,
+            QUALITY_WAIT_S,
+            "the SFU's quality message",
+        )
+    return _first_quality_after(stats, since, rids)
 
 
 def _timeline(
@@ -161,7 +178,7 @@ async def trial(
                 f"trial {index}: no lower layer",
             )
         finally:
-            said = _first_quality_after(video, capped_at, set(clips.rids[:-1]))
+            said = await _quality_after(video, capped_at, set(clips.rids[:-1]))
             out.down_quality_s = round(said - capped_at, 3) if said is not None else None
             out.paused = any(paused for at, _, paused in video.quality if at >= capped_at)
         down = tap.first_after(capped_at, lower)
@@ -189,7 +206,7 @@ async def trial(
         up = tap.first_after(lifted_at, {top})
         assert up is not None
         out.up_s = round(up[0] - lifted_at, 3)
-        said = _first_quality_after(video, lifted_at, {clips.rids[-1]})
+        said = await _quality_after(video, lifted_at, {clips.rids[-1]})
         out.up_quality_s = round(said - lifted_at, 3) if said is not None else None
         if watcher_stats is not None:
             out.watcher_stayed_on_top = (
