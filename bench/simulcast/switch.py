@@ -66,7 +66,7 @@ class Trial:
     index: int
     down_s: float | None = None  # cap -> first packet of a lower layer's keyframe
     down_layer: str | None = None
-    down_quality_s: float | None = None  # cap -> the SFU's quality message saying so
+    down_quality_s: float | None = None  # cap -> the SFU's quality message: lower, or paused
     paused: bool = False  # the SFU paused the video at some point while capped
     ups_while_capped: int = 0  # steps up the SFU tried (and the cap took back)
     up_s: float | None = None  # lift -> first packet of a top-layer keyframe
@@ -220,7 +220,7 @@ async def trial(
             cap.set_bitrate(None)
         video = stats()
         if video is not None and capped_at is not None:
-            out.max_gap_s = round(video.max_gap, 3)  # to the lift, or to the end
+            out.max_gap_s = round(video.max_gap, 3)  # from the cap to the end of the trial
         if tap is not None and video is not None and capped_at is not None:
             out.timeline = _timeline(tap, video, capped_at, lifted_at, names)
         await room.leave(name)
@@ -322,7 +322,7 @@ def summary_lines(trials: list[Trial]) -> list[str]:
     lines = []
     for key, label in (
         ("down_s", "cap -> first packet of a lower layer"),
-        ("down_quality_s", "cap -> the SFU's quality message (lower layer)"),
+        ("down_quality_s", "cap -> the SFU's quality message (lower layer or paused)"),
         ("up_s", "lift -> first packet of the top layer"),
         ("up_quality_s", "lift -> the SFU's quality message (top layer)"),
     ):
