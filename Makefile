@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-weaklink lint format bench bench-janus bench-deps reliability soak services system-deps clean
+.PHONY: run test test-weaklink lint format bench bench-janus bench-simulcast bench-deps reliability soak services system-deps clean
 
 # The stamps re-run pip only when pyproject.toml, setup.py or the C source
 # changed (pip then compiles media/_udpsend.c), so `make run` also
@@ -72,13 +72,14 @@ soak: $(VENV)/.installed-dev services
 	mkdir -p var
 	$(BIN)/python -m bench.soak.run --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
-# Every benchmark in docs/benchmarks.md, each bounded in count and time (~40 min).
+# Every benchmark in docs/benchmarks.md, each bounded in count and time (~50 min).
 bench: $(VENV)/.installed-dev services bench-deps
 	mkdir -p var
 	$(BIN)/python -m bench.lifecycle --backend sqlite
 	$(BIN)/python -m bench.lifecycle --backend postgres
 	$(BIN)/python -m bench.signaling.run --pairs 60
 	$(BIN)/python -m bench.loadtest.run
+	$(MAKE) --no-print-directory bench-simulcast
 	$(MAKE) --no-print-directory bench-janus
 	taskset -c 1 $(BIN)/python -m bench.sfu.run --mode naive --subscribers '' \
 		--av-subscribers 0,1,8 --room 0 --json var/bench-sfu-naive.json
@@ -98,6 +99,15 @@ bench-janus: $(VENV)/.installed-dev bench-deps
 		--json var/bench-sfu-janus-el1.json
 	$(BIN)/python -m bench.sfu.compare var/bench-sfu-huddle.json var/bench-sfu-janus.json \
 		var/bench-sfu-janus-el1.json | tee var/bench-sfu-compare.md
+
+# Simulcast (issue #13; bench/simulcast): server CPU of a room of 6 publishing
+# three layers against one layer (alternating runs, same server and generator),
+# time from a 400 kbit/s downlink cap to the down-switch and from its lift back
+# up, and a `huddle loadtest --simulcast --subscriber-cap` report (~8 min; every
+# figure in var/bench-simulcast/results.json, the load test's report beside it).
+bench-simulcast: $(VENV)/.installed-dev
+	mkdir -p var
+	$(BIN)/python -m bench.simulcast.run --json var/bench-simulcast/results.json $(SIMULCAST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -39,9 +39,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A running ``huddle serve``: its base URL and process id (for ``/proc``)."""
+
+    url: str
+    pid: int
+
+
 @asynccontextmanager
-async def server(max_participants: int) -> AsyncIterator[str]:
-    """A fresh ``huddle serve`` on a free loopback port; SIGTERM on the way out."""
+async def serve(
+    max_participants: int, *, cpu: int | None = None, settings: dict[str, str] | None = None
+) -> AsyncIterator[Served]:
+    """A fresh ``huddle serve`` on a free loopback port; SIGTERM on the way out.
+
+    ``cpu``: pin it to that core (``taskset``, which execs: the pid is the
+    server's); ``settings``: more ``HUDDLE_*`` variables.
+    """
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="huddle-bench-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUDDLE_")}
@@ -53,8 +67,10 @@ async def server(max_participants: int) -> AsyncIterator[str]:
             HUDDLE_MAX_PARTICIPANTS=str(max_participants),
             HUDDLE_LOG_LEVEL="WARNING",
         )
+        env.update(settings or {})
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.cli", "serve", env=env, cwd=ROOT
+            *pin, sys.executable, "-m", "server.cli", "serve", env=env, cwd=ROOT
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -66,17 +82,27 @@ async def server(max_participants: int) -> AsyncIterator[str]:
                                 break
                     except aiohttp.ClientError:
                         pass
+                    if process.returncode is not None:
+                        raise RuntimeError(f"the server exited with {process.returncode}")
                     await asyncio.sleep(0.1)
                 else:
                     raise RuntimeError("the server did not become healthy in 30 s")
-            yield base
+            yield Served(base, process.pid)
         finally:
-            process.terminate()
+            if process.returncode is None:
+                process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), timeout=20)
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@asynccontextmanager
+async def server(max_participants: int) -> AsyncIterator[str]:
+    """:func:`serve`, for its URL only."""
+    async with serve(max_participants) as served:
+        yield served.url
 
 
 async def main_async(args: argparse.Namespace) -> int:

@@ -9,6 +9,10 @@ so what it drops is reported by the receiver as loss, as a real bottleneck's
 drops would be. It only measures what the SFU does about a slow subscriber:
 until the SFU estimates each subscriber's bandwidth (issue #13 items 3-4) it
 keeps sending the top layer, and the capped subscriber sees loss and freezes.
+
+A cap can be lifted and set again while packets flow
+(:meth:`ReceiveCap.set_bitrate`), as a benchmark drops a downlink's
+bandwidth at a known moment (``bench/simulcast``).
 """
 
 from __future__ import annotations
@@ -35,20 +39,30 @@ class ReceiveCap:
         burst_s: float = BURST_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if bitrate <= 0:
-            raise ValueError("a receive cap must be a positive bitrate")
-        self.bitrate = bitrate
-        self._rate = bitrate / 8
-        self._depth = max(4 * 1500.0, self._rate * burst_s)
-        self._tokens = self._depth
+        self._burst_s = burst_s
         self._clock = clock
-        self._at = clock()
         self.passed = 0
         self.dropped = 0
         self.dropped_bytes = 0
+        self.set_bitrate(bitrate)
+
+    def set_bitrate(self, bitrate: int | None) -> None:
+        """Police at ``bitrate`` from now on, starting from a full bucket (as a
+        link whose bandwidth just changed); None lifts the cap: everything passes."""
+        if bitrate is not None and bitrate <= 0:
+            raise ValueError("a receive cap must be a positive bitrate")
+        self.bitrate = bitrate
+        rate = (bitrate or 0) / 8
+        self._rate = rate
+        self._depth = max(4 * 1500.0, rate * self._burst_s)
+        self._tokens = self._depth
+        self._at = self._clock()
 
     def admit(self, nbytes: int) -> bool:
         """Whether a packet of ``nbytes`` (RTP bytes) gets through now."""
+        if self.bitrate is None:
+            self.passed += 1
+            return True
         now = self._clock()
         self._tokens = min(self._depth, self._tokens + (now - self._at) * self._rate)
         self._at = now
