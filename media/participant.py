@@ -449,7 +449,10 @@ class Participant:
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         self._answer = asyncio.get_running_loop().create_future()
-        sdp = announce_ip(self._transport.offer(pc.localDescription.sdp), self._config.announced_ip)
+        sdp = pc.localDescription.sdp
+        if self._config.transport_cc:
+            sdp = self._transport.offer(sdp)
+        sdp = announce_ip(sdp, self._config.announced_ip)
         self.offers_sent += 1
         self._metrics.subscribe_offer_sent()
         await self._send({"type": "tracks", "tracks": self.subscriptions()})

@@ -36,6 +36,7 @@ def media_config(config: Config) -> MediaConfig:
         pli_min_interval=config.media.pli_min_interval_s,
         udp_gso=config.media.udp_gso,
         max_publish_bitrate=config.media.max_publish_bitrate,
+        transport_cc=config.media.transport_cc,
         max_participants=config.limits.max_participants,
         ice_servers_provider=provider if (turn.uris or turn.stun_uris) else None,
     )
