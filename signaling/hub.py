@@ -32,6 +32,7 @@ from server.models import Call
 from signaling.adoption import SeatScan
 from signaling.bus import BusUnavailable, Envelope, MessageBus
 from signaling.connection import Connection
+from signaling.drain import NodeDrain
 from signaling.errors import CloseCode, ErrorCode, SignalError
 from signaling.grace import DisconnectGrace
 from signaling.lifecycle_relay import LifecycleRelay
@@ -44,6 +45,10 @@ from signaling.seats import SeatRegistry
 from signaling.sfu_relay import SfuRelay
 
 logger = logging.getLogger(__name__)
+
+
+#: Closes that do not start the grace period: left, node going away or draining, replaced.
+_NO_GRACE = (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, CloseCode.REPLACED)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class SignalingHub:
         self.scan = SeatScan(self.registry, self.grace, calls, settings, seats)
         self.sfu = SfuRelay(self.registry, metrics, self._get_call)
         self.lifecycle = LifecycleRelay(self.registry, self.presence, self.grace, self.sfu)
+        self.drain = NodeDrain(self.registry, self.sfu, self._stop_accepting)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0
         self._idle = asyncio.Event()
@@ -123,6 +129,9 @@ class SignalingHub:
         """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
         self.sfu.attach(endpoint)
 
+    def _stop_accepting(self) -> None:
+        self._shutting_down = True
+
     async def shutdown(self) -> None:
         """Stop accepting and close every socket with 1001 (going away), then wait
         briefly for their handlers; clients reconnect to another node."""
@@ -137,6 +146,7 @@ class SignalingHub:
         """Idempotent, in order: stop hearing events, cancel owned tasks, release
         rooms, then close seats, placement and bus."""
         self.calls.events.remove(self)
+        await self.drain.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -229,7 +239,7 @@ class SignalingHub:
         code = conn.close_code
         if code in (CloseCode.TOO_SLOW, CloseCode.HEARTBEAT_TIMEOUT):
             self.metrics.close(code)  # decided by the connection's writer, counted here
-        if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.REPLACED):
+        if code not in _NO_GRACE:
             self.grace.schedule_leave(call_id, pid, conn.name)
         if code != CloseCode.REPLACED and not registry.is_online(call_id, pid):
             self.presence.to_local(call_id, pid, online=False)
@@ -298,12 +308,8 @@ class SignalingHub:
             await self.presence.on_presence(call_id, envelope)
         elif kind == "sync":
             await self.presence.on_sync(call_id, envelope)
-        elif (
-            kind == "sfu"
-            and envelope.get("owner") == self.node_id
-            and call_id in self._placement.owned
-        ):
-            await self.sfu.signal(call_id, envelope["participant_id"], envelope["message"])
+        elif kind == "sfu" and envelope.get("owner") == self.node_id:
+            await self.sfu.on_envelope(call_id, envelope)
 
     async def on_bus_down(self, call_ids: list[str]) -> None:
         await self.presence.on_bus_down(call_ids)
