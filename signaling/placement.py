@@ -123,8 +123,10 @@ class RedisPlacement:
         *,
         ttl_s: float = 15.0,
         meter: LoadMeter | None = None,
+        nodes_key: str = NODES_KEY,
     ) -> None:
         self._redis = redis
+        self._nodes_key = nodes_key
         self._node_id = node_id
         self._on_lost = on_lost
         self._ttl_ms = int(ttl_s * 1000)
@@ -162,7 +164,7 @@ class RedisPlacement:
                 PLACE,
                 2,
                 room_owner_key(call_id),
-                NODES_KEY,
+                self._nodes_key,
                 self._node_id,
                 str(self._ttl_ms),
                 str(max(0, size_hint)),
@@ -203,7 +205,7 @@ class RedisPlacement:
     async def publish_load(self) -> None:
         """Write this node's load into ``huddle:nodes``. Raises RedisError."""
         load = self.meter.sample(self.owned, self._hints, self._draining)
-        await self._redis.eval(PUBLISH, 1, NODES_KEY, self._node_id, load.to_json())  # type: ignore[misc]
+        await self._redis.eval(PUBLISH, 1, self._nodes_key, self._node_id, load.to_json())  # type: ignore[misc]
 
     async def owner(self, call_id: str) -> str | None:
         if call_id in self._owned:
@@ -234,7 +236,7 @@ class RedisPlacement:
         for call_id in list(self._owned):
             await self.release(call_id)
         try:
-            await self._redis.hdel(NODES_KEY, self._node_id)  # type: ignore[misc]
+            await self._redis.hdel(self._nodes_key, self._node_id)  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             logger.warning("signaling: could not drop this node's load (goes stale): %s", exc)
 
