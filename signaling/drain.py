@@ -84,7 +84,7 @@ class NodeDrain:
             self._stop_accepting()
             sockets = self._move_sockets(moved)
             logger.info(
-                "drain: done; %d room(s) moved, %d socket(s) told to reconnect",
+                "drain: done; %d room(s) released to other nodes, %d socket(s) told to reconnect",
                 len(moved),
                 sockets,
             )

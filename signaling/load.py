@@ -8,9 +8,10 @@ TTL) and at once when it starts draining::
      "cpu": 35.0, "draining": false, "at": 1764600000000}
 
 - ``participants``: participants in this node's SFU rooms;
-- ``expected``: the same, but each room counted at least at its size hint
-  (the call's invited count), so a room whose participants are still on
-  their way already weighs what it will;
+- ``expected``: the same, but each room placed in the last two minutes
+  counted at least at its size hint (the call's participants who have not
+  declined or left), so a room whose participants are still on their way
+  already weighs what it will;
 - ``rooms``: SFU rooms placed on this node;
 - ``pps``: RTP packets per second forwarded to subscribers (since the last
   heartbeat);

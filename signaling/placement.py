@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -26,6 +27,10 @@ from signaling.load import CPU_WEIGHT, NODES_KEY, PLACE, PPS_WEIGHT, PUBLISH, Lo
 logger = logging.getLogger(__name__)
 
 LostCallback = Callable[[str], Awaitable[None]]
+
+#: A room's size hint weighs in its node's load for this long after placement
+#: (its participants are on their way); then only who is in the room counts.
+HINT_WINDOW_S = 120.0
 
 # Compare-and-set scripts: only the owner may refresh or delete its claim. A
 # claim Redis lost (a restart with no persistence, a flush) is written back by
@@ -131,8 +136,8 @@ class RedisPlacement:
         self._on_lost = on_lost
         self._ttl_ms = int(ttl_s * 1000)
         self._owned: set[str] = set()
-        #: Size hints (invited count) of the rooms placed here, when known.
-        self._hints: dict[str, int] = {}
+        #: Size hints (invited count) of the rooms placed here, when known, and when.
+        self._hints: dict[str, tuple[int, float]] = {}
         self._draining = False
         self.meter = meter or LoadMeter()
         self._task: asyncio.Task[None] | None = None
@@ -200,11 +205,13 @@ class RedisPlacement:
     def _take(self, call_id: str, size_hint: int) -> None:
         self._owned.add(call_id)
         if size_hint > 0:
-            self._hints[call_id] = size_hint
+            self._hints[call_id] = (size_hint, time.monotonic())
 
     async def publish_load(self) -> None:
         """Write this node's load into ``huddle:nodes``. Raises RedisError."""
-        load = self.meter.sample(self.owned, self._hints, self._draining)
+        since = time.monotonic() - HINT_WINDOW_S
+        hints = {c: hint for c, (hint, at) in self._hints.items() if at >= since}
+        load = self.meter.sample(self.owned, hints, self._draining)
         await self._redis.eval(PUBLISH, 1, self._nodes_key, self._node_id, load.to_json())  # type: ignore[misc]
 
     async def owner(self, call_id: str) -> str | None:
