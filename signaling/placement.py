@@ -161,7 +161,7 @@ class RedisPlacement:
         except (RedisError, OSError) as exc:  # the script refuses this node anyway
             logger.warning("signaling: could not publish draining: %s", exc)
 
-    async def claim(self, call_id: str, size_hint: int = 0) -> str:
+    async def claim(self, call_id: str, size_hint: int = 0, *, retry: bool = True) -> str:
         if call_id in self._owned:
             return self._node_id
         try:
@@ -183,6 +183,9 @@ class RedisPlacement:
         if placed == 2:
             raise NoNodeAvailable("every live node is draining")
         owner = _text(owner_raw)
+        if owner == self._node_id and placed == 0 and self._draining:
+            await self._give_back(call_id)  # placed here by another, not adopted yet
+            return await self.claim(call_id, size_hint, retry=False) if retry else owner
         if owner == self._node_id:
             self._take(call_id, size_hint)
         if placed == 1:
@@ -197,6 +200,11 @@ class RedisPlacement:
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"room placement unavailable: {exc}") from exc
         if current is None or _text(current) != self._node_id:
+            return False
+        if self._draining:
+            # Placed here just before the drain began, and nobody is in it yet:
+            # give it back, so that the message places it on another node.
+            await self._give_back(call_id)
             return False
         self._take(call_id, size_hint)
         logger.info("Room(%s) adopted: placed on this node by another", call_id)
@@ -230,6 +238,9 @@ class RedisPlacement:
             return
         self._owned.discard(call_id)
         self._hints.pop(call_id, None)
+        await self._give_back(call_id)
+
+    async def _give_back(self, call_id: str) -> None:
         try:
             await self._redis.eval(_RELEASE, 1, room_owner_key(call_id), self._node_id)  # type: ignore[misc]
         except (RedisError, OSError) as exc:

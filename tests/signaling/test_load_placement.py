@@ -186,3 +186,20 @@ async def test_without_any_published_load_the_asking_node_takes_the_room(nodes: 
     # Nothing published (Redis lost the hash): placement falls back to the asking node.
     call_id = nodes.room()
     assert await a.claim(call_id) == "node-a" and call_id in a.owned
+
+
+async def test_a_node_that_drains_before_adopting_a_room_gives_it_back(nodes: Nodes) -> None:
+    a, b, c = nodes.add("node-a"), nodes.add("node-b"), nodes.add("node-c")
+    busy = nodes.room()
+    assert await a.claim(busy) == "node-a"
+    nodes.media["node-a"].sizes[busy] = 9  # node-a is busy: the new room goes elsewhere
+    await nodes.publish()
+    call_id = nodes.room()
+    placed = await a.claim(call_id, size_hint=3)
+    late = nodes.placements[placed]
+    await late.set_draining()  # before its first message for the room arrived
+    assert not await late.adopt(call_id, size_hint=3)
+    assert await nodes.redis.get(room_owner_key(call_id)) is None  # given back
+    again = await a.claim(call_id, size_hint=3)
+    assert again not in {placed, "node-a"} and again in {"node-b", "node-c"}
+    assert {p for p in (a, b, c) if call_id in p.owned} <= {nodes.placements[again]}
