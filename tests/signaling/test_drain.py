@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
 from server.config import Config
+from signaling.client import SignalingClient
 from signaling.keys import HUB
+from tests.conftest import TEST_SECRET
 from tests.signaling.conftest import Node, signaling_config
 from tests.signaling.messages import offer
 from tests.signaling.test_sfu_seam import FakeSfu
 from tests.support.api import Api, error_code
 from tests.support.polling import eventually
+from tests.support.serve import spawn_serve
 
 ADMIN_TOKEN = "a" * 40
 GRACE_S = 0.5
@@ -163,3 +168,48 @@ async def test_the_drain_ends_as_soon_as_the_rooms_empty(start: Any) -> None:
         "/v1/calls/ws/signaling", params={"call_id": call_id, "access_token": cyd.token}
     )
     assert response.status == 503  # a drained node takes no new sockets
+
+
+async def test_sigterm_on_one_node_drains_then_stops(tmp_path: Path) -> None:
+    """``huddle serve`` without Redis: SIGTERM waits out the drain timeout for a
+    live room, then tells the socket to reconnect (1012), then exits 0."""
+    server = spawn_serve(
+        tmp_path,
+        HUDDLE_DATABASE_URL=f"sqlite:///{tmp_path / 'huddle.db'}",
+        HUDDLE_JWT_SECRET=TEST_SECRET,
+        HUDDLE_DEV="1",
+        HUDDLE_DRAIN_TIMEOUT="3",
+        HUDDLE_ICE_HOSTS="127.0.0.1",
+    )
+    try:
+        await asyncio.to_thread(server.wait_healthy)
+        async with aiohttp.ClientSession(base_url=server.base_url) as http:
+            api = Api(http)  # type: ignore[arg-type]
+            ana, bob, cyd = await api.users("ana", "bob", "cyd")
+            call = await api.group_call(ana, bob, cyd)
+            sock = await SignalingClient.open(server.base_url, call["call_id"], ana.token)
+            try:
+                await sock.send({"type": "subscribe", "target_id": "sfu"})
+
+                async def in_room() -> bool:
+                    metrics = await (await http.get("/metrics")).text()
+                    return "video_call_sfu_participants_active 1.0" in metrics
+
+                await eventually(in_room, timeout=10)
+                server.process.send_signal(signal.SIGTERM)
+
+                async def draining() -> bool:
+                    response = await http.get("/ready")
+                    return response.status == 503 and (await response.json())["draining"]
+
+                await eventually(draining, timeout=10)
+                assert not sock.closed  # the room runs on for the drain timeout
+                message = await sock.receive("reconnect", timeout=15)
+                assert message["republish"] is True
+                assert await sock.wait_closed(5) == 1012
+            finally:
+                await sock.close()
+        assert await asyncio.to_thread(server.process.wait, 20) == 0, server.tail()
+        assert "drain: done; 1 room(s) released" in server.log()
+    finally:
+        await asyncio.to_thread(server.stop)
