@@ -8,7 +8,8 @@ The hub puts the parts together; each lives in its own module:
 - :mod:`signaling.grace` and :mod:`signaling.adoption`: the disconnect grace
   period, the seats of dead nodes and of participants who never connected;
 - :mod:`signaling.sfu_relay`: messages to and from the SFU (``media.seam``);
-- :mod:`signaling.lifecycle_relay`: lifecycle events → messages and effects.
+- :mod:`signaling.lifecycle_relay`: lifecycle events → messages and effects;
+- :mod:`signaling.drain`: no new rooms, then ``reconnect`` (SIGTERM, admin API).
 
 Envelopes on ``call:{call_id}`` (``kind``): ``deliver`` ``{message, to}`` (a
 stamped message for one participant's socket), ``lifecycle`` (see
