@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from signaling.bus import BusUnavailable
 from signaling.errors import CloseCode
+from signaling.metrics import SignalingMetrics
 from signaling.protocol import encode, reconnect_message
 from signaling.registry import SocketRegistry
 from signaling.sfu_relay import SfuRelay
@@ -37,10 +38,15 @@ POLL_S = 0.25
 
 class NodeDrain:
     def __init__(
-        self, registry: SocketRegistry, sfu: SfuRelay, stop_accepting: Callable[[], None]
+        self,
+        registry: SocketRegistry,
+        sfu: SfuRelay,
+        metrics: SignalingMetrics,
+        stop_accepting: Callable[[], None],
     ) -> None:
         self._registry = registry
         self._sfu = sfu
+        self._metrics = metrics
         self._stop_accepting = stop_accepting
         self._task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
@@ -67,6 +73,7 @@ class NodeDrain:
         return sorted(c for c in self._registry.placement.owned if members.get(c))
 
     async def _run(self, timeout_s: float) -> None:
+        self._metrics.draining.set(1)
         try:
             await self._registry.placement.set_draining()
             loop = asyncio.get_running_loop()
@@ -99,6 +106,8 @@ class NodeDrain:
             pids = members.get(call_id, frozenset())
             await self._sfu.close_room(call_id)  # media released, placement too
             moved[call_id] = pids
+            if pids:
+                self._metrics.rooms_moved.inc()
             local = registry.local(call_id)
             for pid in sorted(pids):
                 if pid in local:
@@ -115,4 +124,5 @@ class NodeDrain:
             republish = conn.participant_id in moved.get(conn.call_id, frozenset())
             conn.send_text(encode(reconnect_message(conn.call_id, republish=republish)))
             conn.close(CloseCode.SERVICE_RESTART, "node draining: reconnect")
+            self._metrics.close(CloseCode.SERVICE_RESTART)
         return len(conns)

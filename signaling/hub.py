@@ -104,7 +104,7 @@ class SignalingHub:
         self.scan = SeatScan(self.registry, self.grace, calls, settings, seats)
         self.sfu = SfuRelay(self.registry, metrics, self._get_call)
         self.lifecycle = LifecycleRelay(self.registry, self.presence, self.grace, self.sfu)
-        self.drain = NodeDrain(self.registry, self.sfu, self._stop_accepting)
+        self.drain = NodeDrain(self.registry, self.sfu, metrics, self._stop_accepting)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0
         self._idle = asyncio.Event()

@@ -140,6 +140,10 @@ async def test_rooms_run_on_until_the_timeout_then_clients_reconnect_and_stay_jo
         assert await sock.wait_closed(5) == 1012
     assert await d.wait_closed(5) == 1012
     assert sfu.closed == [call_id]  # its media released (to be placed again elsewhere)
+    metrics = await (await node.client.get("/metrics")).text()
+    assert "video_signaling_draining 1.0" in metrics
+    assert "video_signaling_drain_rooms_moved_total 1.0" in metrics
+    assert 'video_signaling_closed_total{code="1012"} 4.0' in metrics
     await asyncio.sleep(GRACE_S * 3)  # the grace period would have passed
     status = await node.api.status(call_id, ana)
     assert status["status"] != "ended"
