@@ -48,7 +48,7 @@ from server.workers import call_sweeper
 from signaling.handler import PATH, SignalingEndpoint
 from signaling.hub import SignalingHub
 from signaling.keys import HUB
-from signaling.load import LoadMeter, MediaLoad, no_media
+from signaling.load import LoadMeter, MediaLoad
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +231,11 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         sfu = Sfu(media_config(config), hub, media_metrics)
         app[SFU] = sfu
         hub.attach_sfu(sfu)
-        meter.media = lambda: MediaLoad(
-            {call_id: len(members) for call_id, members in sfu.members().items()},
-            media_metrics.forwarded_packets(),
+        meter.attach(
+            lambda: MediaLoad(
+                {call_id: len(members) for call_id, members in sfu.members().items()},
+                media_metrics.forwarded_packets(),
+            )
         )
         logger.info(
             "media: SFU ready (ICE hosts: %s)",
@@ -242,7 +244,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         try:
             yield
         finally:
-            meter.media = no_media
+            meter.detach()
             hub.attach_sfu(None)
             await sfu.close()
 

@@ -146,6 +146,24 @@ class LoadMeter:
         self._cpu_clock = cpu_clock
         self._last = (clock(), cpu_clock(), 0)
         self._rates = (0.0, 0.0)
+        self._on_attach: list[Callable[[], None]] = []
+
+    @property
+    def attached(self) -> bool:
+        """Whether an SFU is measured: a node without one takes no rooms."""
+        return self.media is not no_media
+
+    def attach(self, media: MediaSource) -> None:
+        """Measure this SFU from now on (and tell who asked, e.g. to publish at once)."""
+        self.media = media
+        for hook in self._on_attach:
+            hook()
+
+    def detach(self) -> None:
+        self.media = no_media
+
+    def on_attach(self, hook: Callable[[], None]) -> None:
+        self._on_attach.append(hook)
 
     def sample(self, owned: frozenset[str], hints: Mapping[str, int], draining: bool) -> NodeLoad:
         media = self.media()

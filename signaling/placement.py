@@ -140,7 +140,9 @@ class RedisPlacement:
         self._hints: dict[str, tuple[int, float]] = {}
         self._draining = False
         self.meter = meter or LoadMeter()
+        self.meter.on_attach(self._publish_soon)
         self._task: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
 
     @property
     def owned(self) -> frozenset[str]:
@@ -215,8 +217,24 @@ class RedisPlacement:
         if size_hint > 0:
             self._hints[call_id] = (size_hint, time.monotonic())
 
+    def _publish_soon(self) -> None:
+        """The SFU is attached: offer this node for rooms now, not at the next beat."""
+
+        async def publish() -> None:
+            try:
+                await self.publish_load()
+            except (RedisError, OSError) as exc:
+                logger.warning("signaling: could not publish this node's load: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(publish(), name="signaling:load")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
     async def publish_load(self) -> None:
-        """Write this node's load into ``huddle:nodes``. Raises RedisError."""
+        """Write this node's load into ``huddle:nodes`` (not before its SFU is
+        attached: until then nobody may place a room here). Raises RedisError."""
+        if not self.meter.attached:
+            return
         since = time.monotonic() - HINT_WINDOW_S
         hints = {c: hint for c, (hint, at) in self._hints.items() if at >= since}
         load = self.meter.sample(self.owned, hints, self._draining)
@@ -248,9 +266,10 @@ class RedisPlacement:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        tasks = [t for t in (task, *self._publishing) if t is not None]
+        for pending in tasks:
+            pending.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for call_id in list(self._owned):
             await self.release(call_id)
         try:
