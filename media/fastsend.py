@@ -481,20 +481,14 @@ class FastRtp:
 
         Padding-only packets on the RTX stream (RFC 3550 padding, no payload:
         the subscriber drops them after its transport-wide feedback counted
-        them), as libwebrtc pads when it has no media to resend. Nothing without
-        RTX (padding on the media SSRC would take sequence numbers from the
-        stream) or before the stream forwards anything.
+        them), as libwebrtc pads when it has no media to resend; also while the
+        stream's video is paused (a probe is how it resumes). Nothing without RTX
+        (padding on the media SSRC would take sequence numbers from the stream).
         """
         stream = self.stream
         layout = self.layout
         rtx_payload_type = self.internals.rtx_payload_type
-        if (
-            nbytes <= 0
-            or layout is None
-            or rtx_payload_type is None
-            or stream.epoch is None
-            or not self.ready
-        ):
+        if nbytes <= 0 or layout is None or rtx_payload_type is None or not self.ready:
             return 0
         out: list[bytes] = []
         total = 0

@@ -273,6 +273,10 @@ class PrometheusMediaMetrics:
     def participant_left(self) -> None:
         self.participants_active.dec()
 
+    def forwarded_packets(self) -> int:
+        """RTP packets forwarded to subscribers so far, every kind (node load)."""
+        return sum(counts[1] for counts in self._forwarded_counts.values())
+
     def packets_forwarded(self, kind: str, frames: int, packets: int, nbytes: int) -> None:
         counts = self._forwarded_counts.get(kind)
         if counts is None:

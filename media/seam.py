@@ -84,6 +84,9 @@ class SfuEndpoint(Protocol):
     def has_room(self, call_id: str) -> bool:
         """Whether this node holds a room for the call."""
 
+    def members(self) -> dict[str, frozenset[str]]:
+        """The participants of each open room of this node, by call id (load, drain)."""
+
     async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
         """A validated ``offer``/``answer``/``ice_candidate``/``subscribe``/``track_settings`` and
         the server-stamped ``sender_id``/``call_id``/``timestamp``. Raises

@@ -66,6 +66,14 @@ class Sfu:
         room = self._rooms.get(call_id)
         return room is not None and not room.closed
 
+    def members(self) -> dict[str, frozenset[str]]:
+        """The participants of each open room, by call id."""
+        return {
+            call_id: frozenset(room.participants)
+            for call_id, room in self._rooms.items()
+            if not room.closed
+        }
+
     def _get_or_create(self, call_id: str) -> Room:
         if self._closed:
             raise RuntimeError("the SFU is closed")

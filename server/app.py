@@ -27,6 +27,7 @@ from server.calls import CallService
 from server.config import Config, DatabaseRetry
 from server.events import EventFanout, Outbox
 from server.health import Readiness
+from server.http import admin as admin_routes
 from server.http import calls as call_routes
 from server.http import misc as misc_routes
 from server.http import openapi
@@ -40,12 +41,14 @@ from server.notify import LogNotifier, WebhookNotifier, notification_metrics
 from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from server.store import SqlStore, StoreUnavailable, create_store
 from server.turn import log_turn_status
+from server.wiring.drain import DRAIN, DrainControl
 from server.wiring.media import SFU, media_config
 from server.wiring.signaling import build_hub, reconcile_after_restart
 from server.workers import call_sweeper
 from signaling.handler import PATH, SignalingEndpoint
 from signaling.hub import SignalingHub
 from signaling.keys import HUB
+from signaling.load import LoadMeter, MediaLoad
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,9 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     app[READINESS] = readiness
     app[TOKENS] = tokens
     app[STORE] = store
+    drain = DrainControl(readiness, config.limits.drain_timeout_s)
+    app[DRAIN] = drain
+    meter = LoadMeter()
     metrics.turn_config_valid.set(1 if config.turn.uris else 0)
     log_turn_status(config.turn)
     redis: Redis | None = None
@@ -199,10 +205,11 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
         nonlocal hub
         calls = app[CALLS]
-        hub = build_hub(config, calls, metrics, readiness, redis)
+        hub = build_hub(config, calls, metrics, readiness, redis, meter)
         app[HUB] = hub
         await hub.start()
         signaling.hub = hub
+        drain.hub = hub
         logger.info(
             "signaling: %s bus, node %s",
             "Redis" if redis is not None else "in-process",
@@ -213,14 +220,23 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         try:
             yield
         finally:
+            await drain.close()
+            drain.hub = None
             signaling.hub = None
             await hub.close()
 
     async def media_ctx(app: web.Application) -> AsyncIterator[None]:
         assert hub is not None
-        sfu = Sfu(media_config(config), hub, PrometheusMediaMetrics(metrics.registry))
+        media_metrics = PrometheusMediaMetrics(metrics.registry)
+        sfu = Sfu(media_config(config), hub, media_metrics)
         app[SFU] = sfu
         hub.attach_sfu(sfu)
+        meter.attach(
+            lambda: MediaLoad(
+                {call_id: len(members) for call_id, members in sfu.members().items()},
+                media_metrics.forwarded_packets(),
+            )
+        )
         logger.info(
             "media: SFU ready (ICE hosts: %s)",
             ", ".join(config.media.ice_hosts) or "all non-loopback interfaces",
@@ -228,6 +244,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
         try:
             yield
         finally:
+            meter.detach()
             hub.attach_sfu(None)
             await sfu.close()
 
@@ -255,6 +272,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
     app.router.add_get(PATH, signaling.handle)
     app.add_routes(misc_routes.routes)
     app.add_routes(call_routes.routes)
+    app.add_routes(admin_routes.routes)
     app.add_routes(openapi.routes)
     _add_static(app, Path(config.static_dir) if config.static_dir else STATIC_DIR)
     return app

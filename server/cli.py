@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     from server.app import StartupError, create_app
     from server.http.edge import serve
+    from server.wiring.drain import DRAIN
 
     if config.dev_mode:
         logging.getLogger("huddle").warning(
@@ -36,12 +37,14 @@ def _serve(args: argparse.Namespace) -> int:
             )
     try:
         # aiohttp's run_app, through the edge server (JSON parser errors, slow-head limits).
+        app = create_app(config)
         serve(
-            create_app(config),
+            app,
             config,
             on_ready=lambda: logging.getLogger("huddle").info(
                 "serving on http://%s:%d", config.host, config.port
             ),
+            on_term=app[DRAIN],
         )
     except StartupError as exc:
         print(f"huddle: startup failed: {exc}", file=sys.stderr)

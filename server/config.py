@@ -37,6 +37,8 @@ class Limits:
     db_timeout_s: float = 5.0
     request_timeout_s: float = 30.0
     shutdown_timeout_s: float = 10.0
+    # SIGTERM or POST /v1/admin/drain: rooms here run on for up to this long.
+    drain_timeout_s: float = 0.0
     sweep_interval_s: float = 5.0
     max_body_bytes: int = 64 * 1024
 
@@ -117,6 +119,8 @@ class Config:
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     dev_mode: bool = True
     node_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    # Bearer token of the admin API (POST /v1/admin/drain); None: admin API off.
+    admin_token: str | None = field(default=None, repr=False)
     static_dir: str | None = None
     limits: Limits = field(default_factory=Limits)
     db_retry: DatabaseRetry = field(default_factory=DatabaseRetry)
@@ -284,6 +288,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         db_timeout_s=env.seconds("HUDDLE_DB_TIMEOUT", 5, low=0.1, high=120),
         request_timeout_s=env.seconds("HUDDLE_REQUEST_TIMEOUT", 30, low=1, high=600),
         shutdown_timeout_s=env.seconds("HUDDLE_SHUTDOWN_TIMEOUT", 10, low=1, high=600),
+        drain_timeout_s=env.seconds("HUDDLE_DRAIN_TIMEOUT", 0, low=0, high=86_400),
         sweep_interval_s=env.seconds("HUDDLE_SWEEP_INTERVAL", 5, low=0.05, high=3600),
     )
     turn = TurnSettings(
@@ -360,6 +365,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         jwt_secret=jwt_secret,
         dev_mode=dev_mode,
         node_id=env.string("HUDDLE_NODE_ID", secrets.token_hex(4)),
+        admin_token=_admin_token(env),
         static_dir=env.raw("HUDDLE_STATIC_DIR"),
         limits=limits,
         db_retry=db_retry,
@@ -372,3 +378,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
     )
     validate_turn_settings(config.turn)
     return config
+
+
+def _admin_token(env: _Env) -> str | None:
+    token = env.raw("HUDDLE_ADMIN_TOKEN")
+    if token is not None and len(token) < 32:
+        raise ConfigError("HUDDLE_ADMIN_TOKEN must be at least 32 characters")
+    return token

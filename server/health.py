@@ -23,6 +23,8 @@ class Readiness:
         self._timeout_s = timeout_s
         self._stragglers: set[asyncio.Task[None]] = set()
         self.shutting_down = False
+        #: Set when the node starts draining (SIGTERM, POST /v1/admin/drain).
+        self.draining = False
 
     def add(self, name: str, check: Check) -> None:
         """``check`` returns when the dependency is usable and raises otherwise."""
@@ -36,7 +38,9 @@ class Readiness:
         if tasks:
             await asyncio.wait(tasks.values(), timeout=self._timeout_s)
         report = {name: self._result(task) for name, task in tasks.items()}
-        ok = not self.shutting_down and all(r["status"] == "up" for r in report.values())
+        ok = not (self.shutting_down or self.draining) and all(
+            r["status"] == "up" for r in report.values()
+        )
         return ok, report
 
     async def close(self) -> None:

@@ -37,6 +37,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001  # server shutting down: reconnect (to another node)
     MESSAGE_TOO_BIG = 1009  # a frame over the size limit
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # node draining: reconnect (to another node), seat kept
     REPLACED = 4001  # the same participant connected again (here or on another node)
     HEARTBEAT_TIMEOUT = 4008  # silent for longer than drop_after_s
     RATE_LIMITED = 4029  # message flood

@@ -9,7 +9,8 @@ The hub puts the parts together; each lives in its own module:
 - :mod:`signaling.grace` and :mod:`signaling.adoption`: the disconnect grace
   period, the seats of dead nodes and of participants who never connected;
 - :mod:`signaling.sfu_relay`: messages to and from the SFU (``media.seam``);
-- :mod:`signaling.lifecycle_relay`: lifecycle events → messages and effects.
+- :mod:`signaling.lifecycle_relay`: lifecycle events → messages and effects;
+- :mod:`signaling.drain`: no new rooms, then ``reconnect`` (SIGTERM, admin API).
 
 Envelopes on ``call:{call_id}`` (``kind``): ``deliver`` ``{message, to}`` (a
 stamped message for one participant's socket), ``lifecycle`` (see
@@ -31,6 +32,7 @@ from server.models import Call
 from signaling.adoption import SeatScan
 from signaling.bus import Envelope, MessageBus
 from signaling.connection import Connection
+from signaling.drain import NodeDrain
 from signaling.errors import CloseCode, ErrorCode, SignalError
 from signaling.grace import DisconnectGrace
 from signaling.lifecycle_relay import LifecycleRelay
@@ -44,6 +46,10 @@ from signaling.sfu_relay import SfuRelay
 from signaling.sockets import SocketLifecycle
 
 logger = logging.getLogger(__name__)
+
+
+#: Closes that do not start the grace period: left, node going away or draining, replaced.
+_NO_GRACE = (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, CloseCode.REPLACED)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class SignalingHub:
             seats,
             shutdown_wait_s=self.options.shutdown_wait_s,
         )
+        self.drain = NodeDrain(self.registry, self.sfu, metrics, self.sockets.stop_accepting)
         if seats is not None:
             seats.local_seats = self.registry.local_seats
             seats.on_rebuilt = self.metrics.seats_rebuilt.inc
@@ -135,6 +142,7 @@ class SignalingHub:
         """Idempotent, in order: stop hearing events, cancel owned tasks, release
         rooms, then close seats, placement and bus."""
         self.calls.events.remove(self)
+        await self.drain.close()
         await self.sockets.close()
         await self.scan.close()
         await self.grace.close()
@@ -222,12 +230,8 @@ class SignalingHub:
             await self.presence.on_presence(call_id, envelope)
         elif kind == "sync":
             await self.presence.on_sync(call_id, envelope)
-        elif (
-            kind == "sfu"
-            and envelope.get("owner") == self.node_id
-            and call_id in self._placement.owned
-        ):
-            await self.sfu.signal(call_id, envelope["participant_id"], envelope["message"])
+        elif kind == "sfu" and envelope.get("owner") == self.node_id:
+            await self.sfu.on_envelope(call_id, envelope)
 
     async def on_bus_down(self, call_ids: list[str]) -> None:
         await self.presence.on_bus_down(call_ids)

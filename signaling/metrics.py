@@ -70,6 +70,14 @@ class SignalingMetrics:
         self.bus_publish_failed = Counter(
             "video_signaling_bus_publish_failed_total", "Bus publishes that failed", registry=r
         )
+        self.draining = Gauge(
+            "video_signaling_draining", "1 while this node drains (takes no new rooms)", registry=r
+        )
+        self.rooms_moved = Counter(
+            "video_signaling_drain_rooms_moved_total",
+            "SFU rooms a drain released for another node, with participants told to reconnect",
+            registry=r,
+        )
 
     def message(self, kind: str) -> None:
         self.messages.labels(kind if kind in CLIENT_TYPES else "other").inc()

@@ -304,5 +304,12 @@ def stamp(message: Message, *, sender_id: str, call_id: str) -> Message:
     return message
 
 
+def reconnect_message(call_id: str, *, republish: bool) -> Message:
+    """``reconnect``: this node is draining; open the socket again (on another node)
+    and, with ``republish``, start the SFU session over (its room moves)."""
+    message: Message = {"type": "reconnect", "reason": "draining", "republish": republish}
+    return stamp(message, sender_id=SERVER_ID, call_id=call_id)
+
+
 def encode(message: Message) -> str:
     return json.dumps(message, separators=(",", ":"))

@@ -1,9 +1,11 @@
 """The SFU relay: client messages for the SFU to the room's owner node, answers back.
 
 A message with ``target_id: "sfu"`` goes to the node that owns the call's room
-(claimed by the first node with an SFU to see one), over that node's channel
-as an ``sfu`` envelope ``{owner, participant_id, message}`` unless it is this
-node. There it meets the :class:`~media.seam.SfuEndpoint`; the SFU answers
+(placed by the first node with an SFU to see one, on the least-loaded node:
+:mod:`signaling.placement`), over that node's channel as an ``sfu`` envelope
+``{owner, participant_id, message, size_hint?}`` unless it is this node; a
+node named owner by another adopts the room on the first such envelope.
+There it meets the :class:`~media.seam.SfuEndpoint`; the SFU answers
 through :meth:`SfuRelay.send_to` (its :class:`~media.seam.SignalingPort`),
 which stamps ``sender_id: "sfu"`` and delivers on whichever node holds the
 participant's socket. Lifecycle reaches the room as typed
@@ -22,6 +24,7 @@ from server.models import Call
 from signaling.bus import BusUnavailable
 from signaling.errors import ErrorCode, SignalError, edge_error, error_message
 from signaling.metrics import SignalingMetrics
+from signaling.placement import NoNodeAvailable
 from signaling.protocol import SERVER_ID, SFU_ID, stamp
 from signaling.registry import SocketRegistry
 
@@ -51,31 +54,89 @@ class SfuRelay:
         """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
         self._sfu = endpoint
 
+    def members(self) -> dict[str, frozenset[str]]:
+        """The participants of each open room of this node's SFU, by call id."""
+        return self._sfu.members() if self._sfu is not None else {}
+
     # -- client → SFU -----------------------------------------------------------------
 
     async def to_sfu(self, call_id: str, pid: str, message: Message) -> None:
         """Route a stamped client message to the room's owner. Raises
         :class:`SignalError` (no SFU) or :class:`BusUnavailable`."""
-        placement = self._registry.placement
         node_id = self._registry.node_id
-        if call_id in placement.owned:
-            owner: str | None = node_id
-        elif self._sfu is not None:
-            owner = await placement.claim(call_id)
-            if owner == node_id:
-                await self._registry.ensure_subscribed(call_id)
-        else:
-            owner = await placement.owner(call_id)
+        owner, size_hint = await self._owner(call_id)
         if owner is None or (owner == node_id and self._sfu is None):
             raise SignalError(ErrorCode.SFU_UNAVAILABLE, "no SFU serves this call")
         if owner == node_id:
             await self.signal(call_id, pid, message)
-        else:
-            await self._registry.publish(
-                call_id,
-                {"kind": "sfu", "owner": owner, "participant_id": pid, "message": message},
-                node=owner,
-            )
+            return
+        envelope: Message = {
+            "kind": "sfu",
+            "owner": owner,
+            "participant_id": pid,
+            "message": message,
+        }
+        if size_hint:
+            envelope["size_hint"] = size_hint
+        await self._registry.publish(call_id, envelope, node=owner)
+
+    async def _owner(self, call_id: str) -> tuple[str | None, int]:
+        """The room's owner, placing the room when it has none and this node has an
+        SFU; and the size hint it was placed with (0: not placed now)."""
+        placement = self._registry.placement
+        node_id = self._registry.node_id
+        if call_id in placement.owned:
+            return node_id, 0
+        owner = await placement.owner(call_id)
+        if self._sfu is None:
+            return owner, 0
+        if owner == node_id and await placement.adopt(call_id):
+            await self._registry.ensure_subscribed(call_id)
+            return owner, 0
+        if owner is not None and owner != node_id:
+            return owner, 0
+        size_hint = await self._size_hint(call_id)
+        try:
+            owner = await placement.claim(call_id, size_hint)
+        except NoNodeAvailable as exc:
+            raise SignalError(
+                ErrorCode.SFU_UNAVAILABLE, f"no node takes new rooms now ({exc})"
+            ) from exc
+        if owner == node_id:
+            await self._registry.ensure_subscribed(call_id)
+        return owner, size_hint
+
+    async def _size_hint(self, call_id: str) -> int:
+        """How many the room is for: the call's participants who have not declined or left."""
+        call = await self._get_call(call_id)
+        if call is None:
+            return 0
+        return sum(1 for p in call.participants if p.declined_at is None and p.left_at is None)
+
+    async def on_envelope(self, call_id: str, envelope: Message) -> None:
+        """An ``sfu`` envelope for this node: adopt the room if another node placed it
+        here; if it is no longer here (released, lost), route the message again."""
+        pid, message = envelope.get("participant_id"), envelope.get("message")
+        if not isinstance(pid, str) or not isinstance(message, dict):
+            return
+        placement = self._registry.placement
+        hint = envelope.get("size_hint")
+        try:
+            size_hint = hint if isinstance(hint, int) else 0
+            if (
+                call_id not in placement.owned
+                and self._sfu is not None
+                and await placement.adopt(call_id, size_hint)
+            ):
+                await self._registry.ensure_subscribed(call_id)
+            if call_id in placement.owned:
+                await self.signal(call_id, pid, message)
+            else:
+                await self.to_sfu(call_id, pid, message)
+        except Exception as exc:
+            error = edge_error(exc, about="an SFU message", fallback=ErrorCode.SFU_ERROR)
+            if isinstance(error, SignalError):
+                await self.reply_error(call_id, pid, error, message.get("id"))
 
     async def signal(self, call_id: str, pid: str, message: Message) -> None:
         """On the owner: hand the message to the SFU; whatever it refuses is answered

@@ -23,6 +23,9 @@ from signaling.presence import Presence
 from signaling.registry import SocketRegistry
 from signaling.seats import SeatRegistry
 
+#: Closes that do not start the grace period: left, node going away or draining, replaced.
+_NO_GRACE = (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, CloseCode.REPLACED)
+
 
 class SocketLifecycle:
     def __init__(
@@ -65,6 +68,10 @@ class SocketLifecycle:
         self._active -= 1
         if self._active == 0:
             self._idle.set()
+
+    def stop_accepting(self) -> None:
+        """Refuse new sockets from now on (a node draining)."""
+        self._shutting_down = True
 
     async def shutdown(self) -> None:
         """Stop accepting and close every socket with 1001 (going away), then wait
@@ -134,7 +141,7 @@ class SocketLifecycle:
         code = conn.close_code
         if code in (CloseCode.TOO_SLOW, CloseCode.HEARTBEAT_TIMEOUT):
             self._metrics.close(code)  # decided by the connection's writer, counted here
-        if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.REPLACED):
+        if code not in _NO_GRACE:
             self._grace.schedule_leave(call_id, pid, conn.name)
         if code != CloseCode.REPLACED and not registry.is_online(call_id, pid):
             self._presence.to_local(call_id, pid, online=False)

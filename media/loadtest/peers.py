@@ -6,6 +6,13 @@ dropped here (so nothing piles up over a long run) except ``error`` and
 ``call_ended``, which are recorded. It adds what a load run measures: when
 each connection came up, and per-track RTP packet counters.
 
+On ``reconnect`` (the node is draining, docs/protocol.md) a peer opened with
+:meth:`SignaledPeer.connect` opens its socket again (where its ``reconnect_url``
+says, by default the same base URL: behind a load balancer, a ready node) and,
+with ``republish``, starts its SFU session over with a fresh media client:
+:attr:`SignaledPeer.media` is then a new :class:`SfuClient` (its statistics
+start again) and :attr:`SignaledPeer.reconnects` counts the moves.
+
 Publishers send pre-encoded clips (:mod:`media.loadtest.preencoded`) through
 :class:`~media.loadtest.sfuclient.ClipTrack`, which answers a PLI with a
 keyframe from the clip; nobody decodes: received frames are counted from the
@@ -26,7 +33,8 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from media.signals import SFU_ID
-from signaling.client import SignalingClient, SignalingClosed
+from signaling.client import SignalingClient, SignalingClosed, SignalingRejected
+from signaling.errors import CloseCode
 
 from .aiortc_compat import receiver_remote_streams, receiver_rtx_ssrcs
 from .preencoded import EncodedClip
@@ -78,6 +86,19 @@ def _receiver_counts(receiver: Any) -> PacketCounts:
     return counts
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """How a peer opens its socket again on ``reconnect``."""
+
+    call_id: str
+    token: str
+    url: Callable[[], str]
+    session: aiohttp.ClientSession | None = None
+    timeout: float = 10.0
+    #: Attempts (a node still draining refuses with 503) stop after this long.
+    give_up_after_s: float = 30.0
+
+
 class SignaledPeer:
     """A headless participant joined over HTTP, signaling and the SFU.
 
@@ -107,6 +128,7 @@ class SignaledPeer:
         sfu_messages_only: bool = False,
         simulcast: SimulcastClips | None = None,
         receive_cap_bps: int | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self.user_id = user_id
         self._sfu_messages_only = sfu_messages_only
@@ -115,22 +137,32 @@ class SignaledPeer:
         self.role = PUBLISHER if sends else SUBSCRIBER
         self._clock = clock
         self.started_at = clock() if started_at is None else started_at
-        self.media = SfuClient(
-            user_id,
-            signaling.send,
-            rtc_configuration=rtc_configuration or RTCConfiguration(iceServers=[]),
-            video=video,
-            audio=audio,
-            clock=clock,
-            count_only=count_only,
-            simulcast=simulcast,
-            receive_cap_bps=receive_cap_bps,
-        )
+
+        def new_media() -> SfuClient:
+            return SfuClient(
+                user_id,
+                self._send,
+                rtc_configuration=rtc_configuration or RTCConfiguration(iceServers=[]),
+                video=video,
+                audio=audio,
+                clock=clock,
+                count_only=count_only,
+                simulcast=simulcast,
+                receive_cap_bps=receive_cap_bps,
+            )
+
+        self._new_media = new_media
+        self.media = new_media()
+        self._reconnect = reconnect
+        #: How many times a ``reconnect`` moved this peer (socket, and media if asked).
+        self.reconnects = 0
+        self._published = False
         self.publish_connected_at: float | None = None
         self.subscribe_connected_at: float | None = None
         self.failures: list[str] = []
         self.call_ended: str | None = None
         self._watch(self.media.subscribe_pc, "subscribe")
+        self._resuming: asyncio.Task[None] | None = None
         self._pump = asyncio.get_running_loop().create_task(self._run(), name=f"pump {user_id}")
 
     @classmethod
@@ -151,8 +183,10 @@ class SignaledPeer:
         sfu_messages_only: bool = False,
         simulcast: SimulcastClips | None = None,
         receive_cap_bps: int | None = None,
+        reconnect_url: Callable[[], str] | None = None,
     ) -> SignaledPeer:
-        """Open the signaling socket of a participant that already joined over HTTP."""
+        """Open the signaling socket of a participant that already joined over HTTP.
+        On ``reconnect`` it opens it again at ``reconnect_url()`` (default: ``base_url``)."""
         signaling = await SignalingClient.open(
             base_url, call_id, token, session=session, timeout=timeout
         )
@@ -167,16 +201,65 @@ class SignaledPeer:
             sfu_messages_only=sfu_messages_only,
             simulcast=simulcast,
             receive_cap_bps=receive_cap_bps,
+            reconnect=Reconnect(
+                call_id, token, reconnect_url or (lambda: base_url), session, timeout
+            ),
         )
 
     # --- actions ---------------------------------------------------------
 
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.signaling.send(message)  # the current socket, also after a reconnect
+
     async def publish(self) -> None:
         """Send the publish offer; a receive-only peer sends ``subscribe`` instead
         (the SFU admits it without a publish connection)."""
+        self._published = True
         await self.media.publish()
         if self.media.publish_pc is not None:
             self._watch(self.media.publish_pc, "publish")
+
+    async def wait_resumed(self, count: int = 1, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Until ``count`` reconnects have completed (socket open, media republished)."""
+        async with asyncio.timeout(timeout):
+            while self.reconnects < count:
+                task = self._resuming
+                if task is not None:
+                    await asyncio.shield(task)
+                else:
+                    await asyncio.sleep(0.05)
+
+    async def _resume(self, republish: bool) -> None:
+        """``reconnect``: open the socket again and, with ``republish``, start the SFU
+        session over on whichever node now places the room."""
+        target = self._reconnect
+        assert target is not None
+        await self.signaling.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + target.give_up_after_s
+        while True:
+            try:
+                self.signaling = await SignalingClient.open(
+                    target.url(),
+                    target.call_id,
+                    target.token,
+                    session=target.session,
+                    timeout=target.timeout,
+                )
+                break
+            except (SignalingRejected, aiohttp.ClientError, OSError) as exc:
+                if loop.time() > deadline:
+                    self.failures.append(f"reconnect failed: {exc}")
+                    return
+                await asyncio.sleep(0.2)
+        if republish:
+            old, self.media = self.media, self._new_media()
+            await old.close()
+            self._watch(self.media.subscribe_pc, "subscribe")
+        self._pump = loop.create_task(self._run(), name=f"pump {self.user_id}")
+        if republish and self._published:
+            await self.publish()
+        self.reconnects += 1
 
     # --- state -----------------------------------------------------------
 
@@ -217,8 +300,12 @@ class SignaledPeer:
         return out
 
     def _watch(self, pc: RTCPeerConnection, name: str) -> None:
+        media = self.media
+
         @pc.on("connectionstatechange")
         def on_state() -> None:
+            if media is not self.media:
+                return  # a media client replaced after a reconnect
             state = pc.connectionState
             if state == "connected":
                 now = self._clock()
@@ -233,18 +320,32 @@ class SignaledPeer:
 
     async def _run(self) -> None:
         # Bounded by close(): it cancels this task; a closed socket ends it too.
-        where = (lambda m: m.get("sender_id") == SFU_ID) if self._sfu_messages_only else None
+        where = _sfu_or_reconnect if self._sfu_messages_only else None
+        signaling = self.signaling
         while True:
             try:
-                message = await self.signaling.receive(where=where, timeout=60)
+                message = await signaling.receive(where=where, timeout=60)
             except TimeoutError:
                 continue
             except SignalingClosed as exc:
-                if not self._closing and self.call_ended is None:
+                if (
+                    exc.code == CloseCode.SERVICE_RESTART
+                    and self._reconnect is not None
+                    and not self._closing
+                ):
+                    # Closed for a drain without its ``reconnect`` read: move all the same.
+                    self._resuming = asyncio.create_task(self._resume(True))
+                elif not self._closing and self.call_ended is None:
                     self.failures.append(f"signaling closed (code {exc.code})")
                 return
             sender = message.get("sender_id")
             kind = message.get("type")
+            if kind == "reconnect" and sender != SFU_ID and self._reconnect is not None:
+                republish = bool(message.get("republish"))
+                self._resuming = asyncio.create_task(
+                    self._resume(republish), name=f"resume {self.user_id}"
+                )
+                return  # the resumed socket gets a pump of its own
             if sender == SFU_ID:
                 self.media.deliver(message)
             if kind == "error":
@@ -256,6 +357,9 @@ class SignaledPeer:
         """Stop handling SFU messages and close both peer connections; the
         signaling socket stays open (to leave over it or over HTTP). Idempotent."""
         self._closing = True
+        if self._resuming is not None:
+            self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
         self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
@@ -265,3 +369,7 @@ class SignaledPeer:
         """Close the media connections and the socket (idempotent)."""
         await self.stop_media()
         await self.signaling.close()
+
+
+def _sfu_or_reconnect(message: dict[str, Any]) -> bool:
+    return message.get("sender_id") == SFU_ID or message.get("type") == "reconnect"

@@ -16,10 +16,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -255,9 +256,27 @@ def security_headers(
     return on_prepare
 
 
-def serve(app: web.Application, config: Config, *, on_ready: Callable[[], None]) -> None:
+class Terminable(Protocol):
+    """What SIGTERM does first (a drain), and how it then stops the server."""
+
+    def bind_stop(self, stop: Callable[[], None]) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+def serve(
+    app: web.Application,
+    config: Config,
+    *,
+    on_ready: Callable[[], None],
+    on_term: Terminable | None = None,
+) -> None:
     """Run ``app`` on ``config.host``/``config.port`` until SIGTERM/SIGINT, then
-    shut down gracefully: aiohttp's ``run_app``, with :class:`EdgeAppRunner`."""
+    shut down gracefully: aiohttp's ``run_app``, with :class:`EdgeAppRunner`.
+
+    With ``on_term``, SIGTERM calls its ``terminate`` (a drain), which stops the
+    server through the ``stop`` it was bound to; a second SIGTERM stops at once.
+    SIGINT always stops at once."""
 
     async def main() -> None:
         runner = EdgeAppRunner(
@@ -270,8 +289,23 @@ def serve(app: web.Application, config: Config, *, on_ready: Callable[[], None])
         await runner.setup()
         try:
             await web.TCPSite(runner, config.host, config.port).start()
+            stopped = asyncio.Event()
+            if on_term is not None:
+                on_term.bind_stop(stopped.set)
+                terms = 0
+
+                def on_sigterm() -> None:
+                    nonlocal terms
+                    terms += 1
+                    if terms == 1:
+                        on_term.terminate()
+                    else:
+                        stopped.set()
+
+                # Replaces aiohttp's handler (GracefulExit), installed by setup().
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
             on_ready()
-            await asyncio.Event().wait()  # until a signal raises GracefulExit
+            await stopped.wait()  # or until SIGINT (SIGTERM without on_term) raises GracefulExit
         finally:
             await runner.cleanup()
 

@@ -29,6 +29,7 @@ async def ready(request: web.Request) -> web.Response:
     body = {
         "status": "ready" if ok else "not_ready",
         "shutting_down": readiness.shutting_down,
+        "draining": readiness.draining,
         "checks": checks,
     }
     return web.json_response(body, status=200 if ok else 503)

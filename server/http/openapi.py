@@ -232,6 +232,16 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/v1/admin/drain": {
+            "post": _op(
+                "Drain this node (as SIGTERM): no new rooms, not ready; rooms run on until"
+                " empty or HUDDLE_DRAIN_TIMEOUT, then clients reconnect and the node stops."
+                " Bearer HUDDLE_ADMIN_TOKEN (403 admin_disabled when unset)",
+                "202",
+                {"type": "object"},
+                ("401", "403"),
+            )
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -362,6 +372,7 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "status": {"enum": ["ready", "not_ready"]},
                     "shutting_down": {"type": "boolean"},
+                    "draining": {"type": "boolean"},
                     "checks": {"type": "object"},
                 },
             },

@@ -1,8 +1,8 @@
 """Signaling in the composition root: which bus and placement, the hub, its route.
 
 One node: ``LocalBus`` and ``LocalPlacement``. ``HUDDLE_REDIS_URL`` set:
-``RedisBus``, ``RedisPlacement`` and the ``SeatRegistry`` on the app's one
-Redis client.
+``RedisBus``, ``RedisPlacement`` (load-aware, publishing this node's load) and
+the ``SeatRegistry`` on the app's one Redis client.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from server.health import Readiness
 from server.metrics import Metrics
 from signaling.bus import LocalBus, MessageBus
 from signaling.hub import HubOptions, SignalingHub
+from signaling.load import LoadMeter
 from signaling.metrics import SignalingMetrics
 from signaling.placement import LocalPlacement, RedisPlacement, RoomPlacement
 from signaling.redis_bus import RedisBus
@@ -29,9 +30,15 @@ RECONCILE_LIMIT = 10_000
 
 
 def build_hub(
-    config: Config, calls: CallService, metrics: Metrics, readiness: Readiness, redis: Redis | None
+    config: Config,
+    calls: CallService,
+    metrics: Metrics,
+    readiness: Readiness,
+    redis: Redis | None,
+    meter: LoadMeter | None = None,
 ) -> SignalingHub:
-    """The hub on the in-process bus, or on Redis when the app has a client."""
+    """The hub on the in-process bus, or on Redis when the app has a client (its
+    placement publishes the node's load as ``meter`` samples it)."""
     signaling_metrics = SignalingMetrics(metrics.registry)
     options = HubOptions(disconnect_grace_s=config.limits.disconnect_grace_s)
     seats: SeatRegistry | None = None
@@ -49,7 +56,7 @@ def build_hub(
     else:
         bus = RedisBus(redis, signaling_metrics, config.node_id)
         seats = SeatRegistry(redis, config.node_id, ttl_s=config.signaling.node_ttl_s)
-        placement = RedisPlacement(redis, config.node_id, room_lost)
+        placement = RedisPlacement(redis, config.node_id, room_lost, meter=meter)
     hub = SignalingHub(
         calls,
         bus,

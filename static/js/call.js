@@ -179,9 +179,10 @@ export class CallSession extends EventTarget {
       if (state === 'reconnecting') this.setStatus('reconnecting', 'Reconnecting to the server…');
       else if (state === 'connecting') this.setStatus('connecting');
     });
-    on(signaling, 'open', ({ reconnected }) => {
+    on(signaling, 'open', ({ reconnected, republish }) => {
       this.setStatus(this.roster.anyOnline() ? 'connected' : 'waiting');
       if (reconnected) this.notice('info', 'reconnected', 'Reconnected to the server.');
+      if (republish && this.mode === 'sfu') this.sfuLink.restart(); // the room moved (drain)
     });
     on(signaling, 'message', (message) => this.onMessage(message));
     on(signaling, 'closed', (close) => this.onSignalingClosed(close));

@@ -62,6 +62,9 @@ export function route(session, message) {
     case 'call_ended':
       session.finish('call_ended', endText(message.reason));
       break;
+    case 'reconnect': // the node is draining: Signaling reopens, SfuLink restarts (call.js)
+      session.notice('info', 'reconnect', 'Moving the call to another server…');
+      break;
     case 'error':
       onError(session, message);
       break;

@@ -75,6 +75,15 @@ export class SfuLink extends EventTarget {
     emit(this, 'media');
   }
 
+  /** The room moved to another node (a drain): start the session over; not a failure. */
+  restart() {
+    const session = this.session;
+    if (!session) return;
+    session.closePcs();
+    session.publish().catch((err) => this.notice('error', 'sfu_error', `Could not publish: ${err.message}`));
+    emit(this, 'media');
+  }
+
   /**
    * @param {'audio' | 'video'} kind
    * @param {MediaStreamTrack | null} track

@@ -3,15 +3,18 @@
 // Reconnects with exponential backoff and jitter while the server still holds
 // our seat (its disconnect grace period); answers the server's `ping`, sends
 // its own pings so a dead socket is noticed, and queues a bounded number of
-// messages while reconnecting. Emits:
+// messages while reconnecting. On `reconnect` (the node is draining) it reopens the
+// socket at once, through the same address (a load balancer sends it to a ready node).
+// Emits:
 //   'state'   detail: 'connecting' | 'open' | 'reconnecting' | 'lost' | 'closed'
-//   'open'    detail: {reconnected: boolean}
+//   'open'    detail: {reconnected: boolean, republish: boolean} (republish: the SFU room
+//             moved with a `reconnect`, start the SFU session over now)
 //   'message' detail: the parsed server message
 //   'closed'  detail: {code, reason, final: boolean}
 
 // Close codes after which reconnecting would not help: of the codes the server sends
 // (docs/protocol.md, "Close codes"; signaling/protocol.py CloseCode), only these two.
-// Every other one (1001 going away, 1009 frame too big, 1011 internal error, 4008
+// Every other one (1001 going away, 1012 node draining, 1009 frame too big, 1011 internal error, 4008
 // heartbeat timeout, 4029 flood, 4030 too many invalid messages, 4031 too slow, and
 // aiohttp's 1002/1007 for a broken frame) keeps the seat for the grace period, so a
 // reconnect is worth it. A refusal before the upgrade (401/403/404/410/503) reaches a
@@ -59,6 +62,7 @@ export class Signaling extends EventTarget {
     this.lastHeard = 0;
     this.lastClose = null;
     this.reconnects = 0;
+    this.republishPending = false;
   }
 
   url() {
@@ -101,7 +105,9 @@ export class Signaling extends EventTarget {
       this.lastHeard = Date.now();
       this.setState('open');
       this.startHeartbeat();
-      this.dispatchEvent(new CustomEvent('open', { detail: { reconnected } }));
+      const republish = this.republishPending;
+      this.republishPending = false;
+      this.dispatchEvent(new CustomEvent('open', { detail: { reconnected, republish } }));
       const queued = this.queue.splice(0);
       for (const message of queued) this.send(message);
     };
@@ -121,6 +127,11 @@ export class Signaling extends EventTarget {
       }
       if (message.type === 'pong') return;
       this.dispatchEvent(new CustomEvent('message', { detail: message }));
+      if (message.type === 'reconnect') {
+        // docs/protocol.md: this node is draining. Reopen now; republish once open.
+        this.republishPending = this.republishPending || message.republish === true;
+        this.dropSocket();
+      }
     };
     ws.onclose = (event) => {
       if (ws !== this.ws) return;

@@ -23,8 +23,10 @@ async def test_a_room_claim_lost_with_redis_is_written_back_unless_taken() -> No
     async def on_lost(call_id: str) -> None:
         lost.append(call_id)
 
-    mine = RedisPlacement(redis, "node-a", on_lost, ttl_s=30)
-    other = RedisPlacement(redis, "node-b", on_lost, ttl_s=30)
+    # A hash of node loads of its own: nodes of other tests must not take the room.
+    nodes_key = f"huddle:test-nodes:{uuid.uuid4().hex}"
+    mine = RedisPlacement(redis, "node-a", on_lost, ttl_s=30, nodes_key=nodes_key)
+    other = RedisPlacement(redis, "node-b", on_lost, ttl_s=30, nodes_key=nodes_key)
     call_id = str(uuid.uuid4())
     key = room_owner_key(call_id)
     try:

@@ -29,6 +29,9 @@ class FakeSfu:
     def has_room(self, call_id: str) -> bool:
         return call_id in self.rooms
 
+    def members(self) -> dict[str, frozenset[str]]:
+        return {call_id: frozenset() for call_id in self.rooms}
+
     async def handle_signal(
         self, call_id: str, participant_id: str, message: dict[str, Any]
     ) -> None:

@@ -1,0 +1,290 @@
+"""Load-aware placement and drain with three ``huddle serve`` processes on one Redis
+and one Postgres, and real aiortc peers (the load tester's ``SignaledPeer``).
+
+- Rooms placed in a burst spread over the nodes (each placement weighs the
+  chosen node by the room's size hint at once).
+- Draining a room's node (``POST /v1/admin/drain``) moves nothing while the
+  drain timeout runs: media keeps flowing there, new rooms go elsewhere, the
+  node reports ``draining``. At the timeout the participants get
+  ``reconnect``, their peers reopen the socket on another node and republish,
+  media flows again through the room placed anew, the call never ends and
+  nobody leaves; the drained node exits.
+- SIGTERM drains too, and a node whose rooms empty stops before the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from media.aiortc_compat import restrict_host_addresses
+from media.loadtest.peers import SignaledPeer
+from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from signaling.bus import room_owner_key
+from signaling.client import SignalingClient
+from signaling.load import NODES_KEY
+from tests.signaling.cluster import Cluster, cluster
+from tests.support.api import Api, User
+from tests.support.polling import eventually
+from tests.support.serve import ServeProcess
+from tests.support.services import REDIS_URL
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+
+ADMIN_TOKEN = "drain-test-admin-token-0123456789abcdef"
+GRACE_S = 2.0
+DRAIN_S = 8.0
+
+
+@pytest.fixture(scope="module")
+def clips() -> tuple[EncodedClip, EncodedClip]:
+    return (
+        vp8_clip(frames=60, width=320, height=240, bitrate=300_000, keyframe_every=30),
+        opus_clip(),
+    )
+
+
+@pytest.fixture
+def restricted_ice() -> Iterator[None]:
+    restrict_host_addresses(["127.0.0.1"])  # the peers in this process: loopback only
+    yield
+    restrict_host_addresses([])
+
+
+def nodes_env(drain_s: float) -> dict[str, str]:
+    return {
+        "HUDDLE_DISCONNECT_GRACE": str(GRACE_S),
+        "HUDDLE_NODE_TTL": "3",
+        "HUDDLE_ICE_HOSTS": "127.0.0.1",
+        "HUDDLE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "HUDDLE_DRAIN_TIMEOUT": str(drain_s),
+    }
+
+
+@pytest.fixture
+def three_nodes(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(tmp_path, nodes=3, **nodes_env(DRAIN_S)) as running:
+        yield running
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+class Http:
+    def __init__(self, running: Cluster) -> None:
+        self.nodes = running.nodes
+        self.sessions = [aiohttp.ClientSession(base_url=n.base_url) for n in running.nodes]
+        self.api = [Api(s) for s in self.sessions]  # type: ignore[arg-type]
+        self.ids = {n.name: i for i, n in enumerate(running.nodes)}
+
+    async def close(self) -> None:
+        for session in self.sessions:
+            await session.close()
+
+    async def sfu_call(self, names: tuple[str, ...]) -> tuple[str, list[User]]:
+        users = await self.api[0].users(*names)
+        call = await self.api[0].group_call(users[0], *users[1:])
+        assert call["mode"] == "sfu"
+        for user in users[1:]:
+            await self.api[0].action(call["call_id"], "join", user)
+        return str(call["call_id"]), users
+
+    async def ready(self, index: int) -> tuple[int, dict[str, object]]:
+        async with self.sessions[index].get("/ready") as response:
+            return response.status, await response.json()
+
+    async def drain(self, index: int) -> None:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with self.sessions[index].post("/v1/admin/drain", headers=headers) as response:
+            assert response.status == 202, await response.text()
+
+
+async def owner_of(redis: Redis, call_id: str) -> str:
+    async def placed() -> str | None:
+        value = await redis.get(room_owner_key(call_id))
+        return value.decode() if value is not None else None
+
+    owner: str = await eventually(placed, timeout=15, message=f"room {call_id} placed")
+    return owner
+
+
+def receives(peer: SignaledPeer, other: str, more_than: int = 10) -> bool:
+    stats = [peer.media.received_from(other, kind) for kind in ("audio", "video")]
+    return all(s is not None and s.frames > more_than for s in stats)
+
+
+def frames(peer: SignaledPeer, other: str) -> int:
+    stats = peer.media.received_from(other, "video")
+    return stats.frames if stats is not None else 0
+
+
+def exited(node: ServeProcess) -> bool:
+    return node.process.poll() is not None
+
+
+async def test_a_burst_of_rooms_spreads_over_the_nodes(three_nodes: Cluster, redis: Redis) -> None:
+    http = Http(three_nodes)
+    sockets: list[SignalingClient] = []
+    try:
+        calls = [await http.sfu_call((f"a{i}", f"b{i}", f"c{i}")) for i in range(3)]
+        # Everyone asks node 1: each room goes to the least-loaded node.
+        for call_id, users in calls:
+            sock = await SignalingClient.open(http.nodes[0].base_url, call_id, users[0].token)
+            sockets.append(sock)
+            await sock.send({"type": "subscribe", "target_id": "sfu"})
+            await owner_of(redis, call_id)
+        owners = [await owner_of(redis, call_id) for call_id, _ in calls]
+        assert sorted(owners) == sorted(n.name for n in http.nodes), owners
+
+        async def each_node_hosts_its_room() -> bool:
+            loads = {
+                k.decode(): json.loads(v)
+                for k, v in (await redis.hgetall(NODES_KEY)).items()  # type: ignore[misc]
+            }
+            return all(
+                loads.get(node.name, {}).get("participants") == 1
+                and loads[node.name]["expected"] == 3
+                and loads[node.name]["draining"] is False
+                for node in http.nodes
+            )
+
+        # Each owner adopted its room (the subscribe reached it) and counts it at its hint.
+        await eventually(each_node_hosts_its_room, timeout=15, message="loads published")
+    finally:
+        for sock in sockets:
+            await sock.close()
+        await http.close()
+
+
+async def test_a_drained_node_keeps_its_room_until_the_timeout_then_media_resumes_elsewhere(
+    three_nodes: Cluster,
+    redis: Redis,
+    clips: tuple[EncodedClip, EncodedClip],
+    restricted_ice: None,
+) -> None:
+    http = Http(three_nodes)
+    video, audio = clips
+    peers: list[SignaledPeer] = []
+    try:
+        call_id, (ana, bob, _cyd) = await http.sfu_call(("ana", "bob", "cyd"))
+        drained: list[int] = []  # filled once the room is placed
+
+        def elsewhere(start: int) -> str:
+            candidates = [i for i in range(3) if i not in drained]
+            return http.nodes[candidates[start % len(candidates)]].base_url
+
+        for index, user in enumerate((ana, bob)):
+            peer = await SignaledPeer.connect(
+                http.nodes[index].base_url,
+                call_id,
+                user.token,
+                user.user_id,
+                video=video,
+                audio=audio,
+                sfu_messages_only=True,
+                reconnect_url=lambda i=index: elsewhere(i),
+            )
+            peers.append(peer)
+            await peer.signaling.receive("mode", timeout=10)
+            await peer.publish()
+        a, b = peers
+        await eventually(lambda: receives(a, bob.user_id) and receives(b, ana.user_id), timeout=30)
+        owner = await owner_of(redis, call_id)
+        doomed = http.ids[owner]
+        drained.append(doomed)
+
+        await http.drain(doomed)
+        status, report = await http.ready(doomed)
+        assert status == 503 and report["draining"] is True
+        # A new room is placed elsewhere while the drain runs.
+        other_id, others = await http.sfu_call(("dan", "eve", "fay"))
+        sock = await SignalingClient.open(http.nodes[doomed].base_url, other_id, others[0].token)
+        try:
+            await sock.send({"type": "subscribe", "target_id": "sfu"})
+            assert await owner_of(redis, other_id) != owner
+        finally:
+            await sock.close()
+        # The live room does not move before the timeout: media keeps flowing on its node.
+        seen = frames(a, bob.user_id)
+        await eventually(lambda: frames(a, bob.user_id) > seen + 30, timeout=DRAIN_S / 2)
+        assert await redis.get(room_owner_key(call_id)) == owner.encode()
+        assert a.reconnects == b.reconnects == 0
+
+        # At the timeout: reconnect, republish, placed anew on a live node, media again.
+        for peer in peers:
+            await peer.wait_resumed(timeout=DRAIN_S + 30)
+        new_owner = await owner_of(redis, call_id)
+        assert new_owner != owner
+        moved_at = time.monotonic()
+        await eventually(
+            lambda: receives(a, bob.user_id) and receives(b, ana.user_id),
+            timeout=30,
+            message="media flows again after the move",
+        )
+        print(f"media flowing again {time.monotonic() - moved_at:.1f} s after the move")
+        await eventually(lambda: exited(http.nodes[doomed]), timeout=30, message="node exits")
+        assert http.nodes[doomed].process.returncode == 0, http.nodes[doomed].tail()
+        assert "drain: done; 1 room(s) released" in http.nodes[doomed].log()
+
+        # Nobody left, the call never ended, also once the grace period and node TTL passed.
+        await asyncio.sleep(GRACE_S + 3 + 1)  # a negative needs time to pass
+        live = next(i for i in range(3) if i != doomed)
+        call = await http.api[live].status(call_id, ana)
+        assert call["status"] == "active"
+        assert all(p["left_at"] is None for p in call["participants"]), call["participants"]
+        assert [f for p in peers for f in p.failures if "reconnect failed" in f] == []
+    finally:
+        for peer in peers:
+            await peer.close()
+        await http.close()
+
+
+@pytest.fixture
+def two_nodes_long_drain(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(tmp_path, nodes=2, **nodes_env(600)) as running:
+        yield running
+
+
+async def test_sigterm_drains_and_the_node_stops_once_its_rooms_empty(
+    two_nodes_long_drain: Cluster, redis: Redis
+) -> None:
+    http = Http(two_nodes_long_drain)
+    sockets: list[SignalingClient] = []
+    try:
+        call_id, (ana, bob, _cyd) = await http.sfu_call(("ana", "bob", "cyd"))
+        for user in (ana, bob):
+            sockets.append(await SignalingClient.open(http.nodes[0].base_url, call_id, user.token))
+        await sockets[0].send({"type": "subscribe", "target_id": "sfu"})
+        owner = await owner_of(redis, call_id)
+        doomed = http.ids[owner]
+        node = http.nodes[doomed]
+        node.process.terminate()  # SIGTERM: drain, for up to 600 s
+
+        async def draining() -> bool:
+            status, report = await http.ready(doomed)
+            return status == 503 and report["draining"] is True
+
+        await eventually(draining, timeout=10)
+        await asyncio.sleep(1.0)  # a negative needs time to pass
+        assert not exited(node)
+        # Ana leaves the call: the room empties (bob and cyd stay in the call).
+        await http.api[1 - doomed].action(call_id, "leave", ana)
+        await eventually(lambda: exited(node), timeout=30, message="the drained node stops")
+        assert node.process.returncode == 0, node.tail()
+        call = await http.api[1 - doomed].status(call_id, bob)
+        assert call["status"] == "active"
+    finally:
+        for sock in sockets:
+            await sock.close()
+        await http.close()
