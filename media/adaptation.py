@@ -144,6 +144,7 @@ class SubscriberAdaptation:
         self._lost: float | None = None  # the most lost in fresh receiver reports
         self._pause_since: dict[Hashable, float] = {}  # mid -> since when it would pause
         self._down_at: dict[Hashable, float] = {}  # mid -> when it last moved down
+        self._given: dict[str, int] = {}  # mid -> the layer the last allocation gave it
         self._shape: list[Any] | None = None  # what was carried at the last idle tick
 
     def __repr__(self) -> str:
@@ -243,7 +244,15 @@ class SubscriberAdaptation:
                     demands.append(Demand(key=mid, kind="audio", layers=layers[:1]))
                 carried[mid] = slot
                 continue
-            current: int | None = PAUSED if up.paused(slot.down) else index
+            # What the last allocation gave it, even while that layer is still on its
+            # way (a layer dynacast stopped takes a while to come back): otherwise
+            # two tracks would take turns at a layer neither has received yet.
+            given = self._given.get(mid)
+            if given is not None and given != PAUSED and given not in rates:
+                given = None  # that layer is gone
+            current: int | None = PAUSED if up.paused(slot.down) else given
+            if current is None:
+                current = index
             if current is not None and current != PAUSED:
                 sending += rates.get(current, 0.0)
             demands.append(
@@ -263,6 +272,7 @@ class SubscriberAdaptation:
         result = allocate(self._budget(remb, sending, demands, now), demands)
         self._hold_pauses(result, demands, now)
         self._hold_ups(result, demands, now)
+        self._given = {str(k): v for k, v in result.items()}
         changed = False
         for key, index in result.items():
             slot = carried[str(key)]

@@ -479,19 +479,20 @@ class FastRtp:
     def pad(self, nbytes: int) -> int:
         """Send about ``nbytes`` of probe padding now; returns the bytes sent.
 
-        Padding-only packets on the RTX stream (RFC 3550 padding, no payload:
-        the subscriber drops them after its transport-wide feedback counted
-        them), as libwebrtc pads when it has no media to resend; also while the
-        stream's video is paused (a probe is how it resumes). Nothing without RTX
-        (padding on the media SSRC would take sequence numbers from the stream).
+        RTX copies of the newest packets this stream sent (the subscriber has
+        them: it drops them once its transport-wide feedback counted them), as
+        libwebrtc probes; padding-only RTX packets (RFC 3550 padding, no payload)
+        when there are none, e.g. while the stream's video is paused (a probe is
+        how it resumes). Nothing without RTX (padding on the media SSRC would
+        take sequence numbers from the stream).
         """
         stream = self.stream
         layout = self.layout
         rtx_payload_type = self.internals.rtx_payload_type
         if nbytes <= 0 or layout is None or rtx_payload_type is None or not self.ready:
             return 0
-        out: list[bytes] = []
-        total = 0
+        out = self._recent_as_rtx(nbytes, rtx_payload_type)
+        total = sum(map(len, out))
         timestamp = stream.rtp_timestamp
         while total < nbytes and len(out) < PAD_PACKETS:
             header = _HEADER.pack(
@@ -506,6 +507,34 @@ class FastRtp:
             out.append(packet)
             total += len(packet)
         return total if stream.send(out) else 0
+
+    def _recent_as_rtx(self, nbytes: int, rtx_payload_type: int) -> list[bytes]:
+        """RTX copies of the newest packets sent, about ``nbytes`` of them."""
+        down = self.down
+        source = down.source if down is not None else None
+        stream = self.stream
+        epoch = stream.epoch
+        out: list[bytes] = []
+        if source is None or epoch is None:
+            return out
+        seq_offset = stream.seq_offset
+        newest = (stream.sequence_number - 1) & 0xFFFF
+        total = 0
+        for back in range(PAD_PACKETS):
+            if total >= nbytes:
+                break
+            sequence_number = (newest - back) & 0xFFFF
+            original = (sequence_number - seq_offset) & 0xFFFF
+            if original != epoch and ((original - epoch) & 0xFFFF) >= 0x8000:
+                break  # from before this source
+            entry = source.cached(original, down)
+            data = stream.build(entry, sequence_number) if entry is not None else None
+            if data is None:
+                continue
+            rtx = self._as_rtx(data, rtx_payload_type, sequence_number)
+            out.append(rtx)
+            total += len(rtx)
+        return out
 
 
 def install_fast_rtp(
