@@ -32,6 +32,7 @@ keyframes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -125,8 +126,10 @@ class SubscriberAdaptation:
         self._send_side = False  # the estimate is the send side's (transport-cc)
         self._probe_outcome: tuple[float | None, float] | None = None
         self._probe_at = 0.0  # no probe before this (monotonic s)
+        self._wake = asyncio.Event()  # an allocation wanted before the next tick
         if transport is not None:
             transport.on_probe = self._probed
+            transport.on_drop = self._wake.set
         self._slots = slots
         self._send = send
         self._metrics = metrics
@@ -456,7 +459,10 @@ class SubscriberAdaptation:
     async def _loop(self) -> None:
         try:
             while True:
-                await asyncio.sleep(INTERVAL)
+                # Every INTERVAL, or at once when the send-side estimate drops.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), INTERVAL)
+                self._wake.clear()
                 try:
                     await self.tick()
                 except Exception:  # a bug must not end adaptation for good

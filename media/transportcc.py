@@ -42,6 +42,8 @@ FEEDBACK_MAX_AGE = 2.0
 #: A packet a feedback reports missing counts as lost when no feedback has said
 #: it arrived this long after (s).
 LOSS_GRACE = 0.3
+#: An estimate falling below this share of the previous one is a drop (on_drop).
+DROP = 0.8
 #: A cluster not judged this long after it ended (s) is dropped.
 CLUSTER_TIMEOUT = 3.0
 #: Fewest packets of a cluster that must arrive for it to say anything.
@@ -129,7 +131,9 @@ class TransportCc:
         # Reported missing, not (yet) counted lost: number -> (sent µs, size, when).
         self._missing: dict[int, tuple[int, int, float]] = {}
         self._clusters: list[Cluster] = []
-        #: Told each probe's outcome: (rate it showed or None, rate it was sent at).
+        #: Told when the estimate falls below DROP times what it was.
+        self.on_drop: Callable[[], None] | None = None
+        #: Told each probe's outcome: (rate it showed or None, the rate it aimed at).
         self.on_probe: Callable[[float | None, float], None] | None = None
 
     def __repr__(self) -> str:
@@ -237,7 +241,9 @@ class TransportCc:
         self.feedback_at = now
         before = self.estimator.estimate
         after = self.estimator.on_feedback(results, monotonic_us())
-        if before is not None and after is not None and after < 0.8 * before:
+        if before is not None and after is not None and after < DROP * before:
+            if self.on_drop is not None:
+                self.on_drop()  # congestion: re-allocate now, not at the next tick
             e = self.estimator
             logger.info(
                 "%r: estimate %.0f -> %.0f kbit/s (%s, trend %.2f, threshold %.1f, "
@@ -295,7 +301,7 @@ class TransportCc:
             "none" if after is None else f"{after / 1000:.0f} kbit/s",
         )  # fmt: skip
         if self.on_probe is not None:
-            self.on_probe(rate, cluster.target if rates is None else rates[1])
+            self.on_probe(rate, cluster.target)
 
 
 def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:
