@@ -46,6 +46,9 @@ LOSS_GRACE = 0.3
 DROP = 0.8
 #: A cluster not judged this long after it ended (s) is dropped.
 CLUSTER_TIMEOUT = 3.0
+#: A cluster of which less than this share was reported received is judged by
+#: the rate the rest arrived at.
+CLUSTER_RECEIVED = 0.8
 #: Fewest packets of a cluster that must arrive for it to say anything.
 CLUSTER_MIN_PACKETS = 5
 #: Codecs that get ``transport-cc`` feedback in the offer (not RTX, RED, FEC).
@@ -313,7 +316,8 @@ def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:
     a little under. Judged on the packets reported received only, as Chrome's
     feedback does not count every padding packet it gets; those it does not
     count crossed the same link, so a link that could not carry them all would
-    have delayed the counted ones.
+    have delayed the counted ones. When much of it never came (a policer), the
+    rate the rest arrived at.
     """
     received = [r for r in results if r.arrival_us is not None]
     if len(received) < CLUSTER_MIN_PACKETS:
@@ -327,6 +331,10 @@ def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:
     if send_span <= 0 or received_send_span <= 0 or receive_span <= 0:
         return None
     send_rate = sum(r.size for r in by_send[:-1]) * 8e6 / send_span
+    if len(received) < CLUSTER_RECEIVED * len(results):
+        # Much of it never came (a policer dropped it): what did come is the rate.
+        received_rate = sum(r.size for r in received[1:]) * 8e6 / receive_span
+        return min(send_rate, received_rate) * 0.95, send_rate
     stretch = receive_span / received_send_span
     if stretch > 1 / 0.9:
         return send_rate / stretch * 0.95, send_rate
