@@ -70,10 +70,8 @@ MAX_QUEUED_BURSTS = 64
 RESEND_HOLDOFF = 0.1
 RESEND_BURST = 128
 RESEND_RATE = 500.0
-#: Probe padding: at most this many packets at a time, each with the most
-#: padding RTP allows (the last byte counts the padding, itself included).
+#: Probe padding: RTX copies of at most this many of the newest packets at a time.
 PAD_PACKETS = 64
-_PADDING = bytes(254) + b"\xff"
 
 ntp_now = downstream.ntp_now
 
@@ -481,32 +479,16 @@ class FastRtp:
 
         RTX copies of the newest packets this stream sent (the subscriber has
         them: it drops them once its transport-wide feedback counted them), as
-        libwebrtc probes; padding-only RTX packets (RFC 3550 padding, no payload)
-        when there are none, e.g. while the stream's video is paused (a probe is
-        how it resumes). Nothing without RTX (padding on the media SSRC would
-        take sequence numbers from the stream).
+        libwebrtc probes. Not padding-only packets: Chrome's transport-wide
+        feedback leaves many of those out, which makes a probe look dropped.
+        Nothing without RTX or before the stream forwards anything.
         """
         stream = self.stream
-        layout = self.layout
         rtx_payload_type = self.internals.rtx_payload_type
-        if nbytes <= 0 or layout is None or rtx_payload_type is None or not self.ready:
+        if nbytes <= 0 or self.layout is None or rtx_payload_type is None or not self.ready:
             return 0
         out = self._recent_as_rtx(nbytes, rtx_payload_type)
-        total = sum(map(len, out))
-        timestamp = stream.rtp_timestamp
-        while total < nbytes and len(out) < PAD_PACKETS:
-            header = _HEADER.pack(
-                layout.first_byte | 0x20,  # P: the payload is all padding
-                rtx_payload_type,
-                self.rtx_sequence_number,
-                timestamp,
-                self.internals.rtx_ssrc,
-            )
-            self.rtx_sequence_number = (self.rtx_sequence_number + 1) & 0xFFFF
-            packet = header + layout.template + _PADDING
-            out.append(packet)
-            total += len(packet)
-        return total if stream.send(out) else 0
+        return sum(map(len, out)) if out and stream.send(out) else 0
 
     def _recent_as_rtx(self, nbytes: int, rtx_payload_type: int) -> list[bytes]:
         """RTX copies of the newest packets sent, about ``nbytes`` of them."""

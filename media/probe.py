@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 #: How long one cluster lasts and how often it sends (s).
 DURATION = 0.3
 TICK = 0.01
+#: A cluster that sent less than this share of its padding is not judged.
+MIN_PADDING = 0.5
 #: Highest probe rate (bit/s): well above any sane layer stack.
 MAX_TARGET = 20_000_000.0
 
@@ -88,7 +90,9 @@ class Prober:
         except Exception:
             logger.exception("%r: probe failed", self)
         finally:
-            transport.end_cluster()
+            # A cluster that could add little padding (nothing cached to copy yet)
+            # says nothing of the link: dropped, not judged.
+            transport.end_cluster(judge=sent >= MIN_PADDING * padding * DURATION / 8)
             self.clusters += 1
             self.bytes_sent += sent
             self._metrics.probe_bytes(sent)

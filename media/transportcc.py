@@ -263,8 +263,11 @@ class TransportCc:
         """A probe at ``target`` bit/s starts with the next packet sent."""
         self._clusters.append(Cluster(self._unwrap(self.log.next), target))
 
-    def end_cluster(self) -> None:
-        """The probe that began last sent its last packet."""
+    def end_cluster(self, judge: bool = True) -> None:
+        """The probe that began last sent its last packet (``judge``: False drops it)."""
+        if not judge:
+            self._clusters = [c for c in self._clusters if c.last is not None]
+            return
         for cluster in self._clusters:
             if cluster.last is None:
                 cluster.last = self._unwrap((self.log.next - 1) & 0xFFFF)
