@@ -148,7 +148,9 @@ export class TileReporter {
       const box = el.getBoundingClientRect();
       const width = Math.round(box.width * window.devicePixelRatio);
       const height = Math.round(box.height * window.devicePixelRatio);
-      const visible = pageVisible && this.inView.has(el) && width > 0 && height > 0;
+      // No size yet is not hidden: a tile whose video has no frame yet may have none,
+      // and reporting it hidden would keep the SFU from ever sending it one.
+      const visible = pageVisible && this.inView.has(el);
       const last = this.sent.get(mid);
       if (
         last &&
