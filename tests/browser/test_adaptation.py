@@ -87,6 +87,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, link: netlink.Link) -> Iter
         HUDDLE_DATABASE_URL=f"sqlite:///{folder}/h.db",
         HUDDLE_ICE_HOSTS=link.server_ip,
         HUDDLE_MAX_PARTICIPANTS="3",
+        HUDDLE_TRANSPORT_CC="1",  # the send-side estimate (off by default)
         HUDDLE_INITIATE_PER_MINUTE="1000",
     ) as serve:
         yield Server(serve)
