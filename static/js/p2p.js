@@ -75,6 +75,8 @@ export class P2PPeer extends EventTarget {
     this.remoteStream = new MediaStream();
     /** @type {Record<string, string>} the other side's sending mids -> source */
     this.remoteSources = {};
+    /** @type {Set<string>} the other side's mids that have carried a screen share */
+    this.screenMids = new Set();
     this.senders = {};
     /** @type {RTCRtpTransceiver | null} */
     this.screenTransceiver = null;
@@ -259,6 +261,7 @@ export class P2PPeer extends EventTarget {
     this.settingRemoteAnswer = description.type === 'answer';
     // Before applying: its `track` events read what each mid carries.
     this.remoteSources = sources && typeof sources === 'object' ? sources : {};
+    for (const [mid, source] of Object.entries(this.remoteSources)) if (source === 'screen') this.screenMids.add(mid);
     try {
       await pc.setRemoteDescription(description); // rolls back our offer on glare
     } finally {

@@ -29,6 +29,12 @@ function sourceOf(session, role, remote, mid) {
   return peer ? peer.remoteSources[mid] || null : null;
 }
 
+/** Whether a P2P peer's `mid` carried a screen share on this connection before. */
+function wasScreen(session, remote, mid) {
+  const peer = session.peers.get(remote);
+  return !!peer && peer.screenMids.has(mid);
+}
+
 export class StatsCollector {
   constructor(session) {
     this.session = session;
@@ -78,7 +84,11 @@ export class StatsCollector {
         const entry = ensure(owner);
         if (rtt !== null) entry.rttMs = Math.round(rtt);
         const kbps = this.rate(`${role}:${owner}:${s.kind}:${s.mid}`, s.bytesReceived || 0, s.timestamp);
-        if (s.kind === 'video' && sourceOf(session, role, remote, s.mid) === 'screen') {
+        const source = s.kind === 'video' ? sourceOf(session, role, remote, s.mid) : null;
+        // A stopped share's m-line (its transceiver is kept for the next share) keeps
+        // its old counters: they are neither the camera's nor a live screen's.
+        if (s.kind === 'video' && source === null && role === 'p2p' && wasScreen(session, remote, s.mid)) return;
+        if (source === 'screen') {
           const sc = entry.screen;
           sc.framesDecoded += s.framesDecoded || 0;
           sc.frameWidth = Math.max(sc.frameWidth, s.frameWidth || 0);

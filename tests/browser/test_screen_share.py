@@ -42,7 +42,16 @@ async def screen_frames(viewer: Participant, user_id: str) -> int:
 
 
 async def screen_decodes(viewer: Participant, user_id: str) -> None:
-    """``viewer`` decodes ``user_id``'s screen share (frames keep coming) in a large tile."""
+    """``viewer`` decodes ``user_id``'s screen share (frames keep coming) in a large tile.
+
+    The count starts once the tile is there: a share resumed on a reused transceiver
+    continues that receiver's frame counter, and the client attributes it to the screen
+    from the moment the offer announcing the share arrives, before the answer is applied
+    and the tile shown.
+    """
+    await viewer.page.locator(f'.tile[data-participant="{user_id}:screen"]').wait_for(
+        state="attached", timeout=EVENTUALLY_S * 1000
+    )
     before = await screen_frames(viewer, user_id)
 
     async def rising() -> bool:
@@ -56,7 +65,8 @@ async def screen_decodes(viewer: Participant, user_id: str) -> None:
     )
     screen = await viewer.page.evaluate(TILE_BOX, f"{user_id}:screen")
     camera = await viewer.page.evaluate(TILE_BOX, user_id)
-    assert screen is not None and camera is not None
+    assert screen is not None, f"{viewer.name} shows no tile for {user_id}'s screen"
+    assert camera is not None, f"{viewer.name} shows no tile for {user_id}'s camera"
     assert screen["width"] > camera["width"] and screen["height"] > camera["height"]
     tile = viewer.page.locator(f'.tile[data-participant="{user_id}:screen"]')
     assert await tile.get_attribute("data-source") == "screen"
