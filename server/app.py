@@ -19,8 +19,6 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from media.metrics import PrometheusMediaMetrics
-from media.sfu import Sfu
 from server.auth import TokenService
 from server.call_notifications import CallNotifications, DurableNotifications
 from server.calls import CallService
@@ -42,13 +40,13 @@ from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from server.store import SqlStore, StoreUnavailable, create_store
 from server.turn import log_turn_status
 from server.wiring.drain import DRAIN, DrainControl
-from server.wiring.media import SFU, media_config
+from server.wiring.media import SFU, WORKERS, open_media
 from server.wiring.signaling import build_hub, reconcile_after_restart
 from server.workers import call_sweeper
 from signaling.handler import PATH, SignalingEndpoint
 from signaling.hub import SignalingHub
 from signaling.keys import HUB
-from signaling.load import LoadMeter, MediaLoad
+from signaling.load import LoadMeter
 
 logger = logging.getLogger(__name__)
 
@@ -227,26 +225,23 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
 
     async def media_ctx(app: web.Application) -> AsyncIterator[None]:
         assert hub is not None
-        media_metrics = PrometheusMediaMetrics(metrics.registry)
-        sfu = Sfu(media_config(config), hub, media_metrics)
-        app[SFU] = sfu
-        hub.attach_sfu(sfu)
-        meter.attach(
-            lambda: MediaLoad(
-                {call_id: len(members) for call_id, members in sfu.members().items()},
-                media_metrics.forwarded_packets(),
+        async with open_media(config, hub, metrics.registry) as plane:
+            if plane.sfu is not None:
+                app[SFU] = plane.sfu
+            if plane.pool is not None:
+                app[WORKERS] = plane.pool
+            hub.attach_sfu(plane.endpoint)
+            meter.attach(plane.load)
+            logger.info(
+                "media: SFU ready, %s (ICE hosts: %s)",
+                "in this process" if config.workers == 1 else f"{config.workers} worker processes",
+                ", ".join(config.media.ice_hosts) or "all non-loopback interfaces",
             )
-        )
-        logger.info(
-            "media: SFU ready (ICE hosts: %s)",
-            ", ".join(config.media.ice_hosts) or "all non-loopback interfaces",
-        )
-        try:
-            yield
-        finally:
-            meter.detach()
-            hub.attach_sfu(None)
-            await sfu.close()
+            try:
+                yield
+            finally:
+                meter.detach()
+                hub.attach_sfu(None)
 
     async def on_shutdown(app: web.Application) -> None:
         readiness.shutting_down = True
@@ -264,7 +259,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
             calls_ctx,  # the call service: store, rate limits, outbox, membership
             workers_ctx,  # the sweeper of stale and timed-out calls
             signaling_ctx,  # the hub: bus, placement, seats; listens to call events
-            media_ctx,  # the SFU, plugged into the hub through media.seam
+            media_ctx,  # the SFU or its worker processes, plugged into the hub (media.seam)
         ]
     )
     app.on_shutdown.append(on_shutdown)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -13,6 +14,10 @@ from server.config import ConfigError, is_loopback_host, load_config
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(os.environ)
+        if args.workers is not None:
+            if not 1 <= args.workers <= 256:
+                raise ConfigError(f"--workers {args.workers} is out of range [1, 256]")
+            config = dataclasses.replace(config, workers=args.workers)
     except ConfigError as exc:
         print(f"huddle: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("HUDDLE_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server (configured by HUDDLE_* vars)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="SFU processes (default: $HUDDLE_WORKERS, else the number of cores; "
+        "1: the SFU runs in the server's process)",
+    )
     serve.set_defaults(run=_serve)
     token = commands.add_parser("token", help="mint a JWT for a user")
     token.add_argument("name")

@@ -9,6 +9,7 @@ so a typo stops the server with one clear line instead of a late surprise.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -119,6 +120,9 @@ class Config:
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     dev_mode: bool = True
     node_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    # SFU processes (HUDDLE_WORKERS, --workers): 1 runs the SFU in this process;
+    # more run a signaling front and that many media workers (docs/workers.md).
+    workers: int = 1
     # Bearer token of the admin API (POST /v1/admin/drain); None: admin API off.
     admin_token: str | None = field(default=None, repr=False)
     static_dir: str | None = None
@@ -366,6 +370,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         dev_mode=dev_mode,
         node_id=env.string("HUDDLE_NODE_ID", secrets.token_hex(4)),
         admin_token=_admin_token(env),
+        workers=env.integer("HUDDLE_WORKERS", len(os.sched_getaffinity(0)), low=1, high=256),
         static_dir=env.raw("HUDDLE_STATIC_DIR"),
         limits=limits,
         db_retry=db_retry,

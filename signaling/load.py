@@ -7,7 +7,8 @@ TTL) and at once when it starts draining::
     {"participants": 7, "expected": 10, "rooms": 2, "pps": 2100.0,
      "cpu": 35.0, "draining": false, "at": 1764600000000}
 
-- ``participants``: participants in this node's SFU rooms;
+- ``participants``: participants in this node's SFU rooms (with media
+  workers: the sum of theirs);
 - ``expected``: the same, but each room placed in the last two minutes
   counted at least at its size hint (the call's participants who have not
   declined or left), so a room whose participants are still on their way
@@ -15,8 +16,8 @@ TTL) and at once when it starts draining::
 - ``rooms``: SFU rooms placed on this node;
 - ``pps``: RTP packets per second forwarded to subscribers (since the last
   heartbeat);
-- ``cpu``: CPU of the node's process, percent of one core (since the last
-  heartbeat);
+- ``cpu``: CPU of the node's processes (the front and its media workers),
+  percent of one core (since the last heartbeat);
 - ``draining``: the node takes no new rooms;
 - ``at``: Redis time (ms) of the write; an entry older than the room TTL is a
   dead node's and is dropped by the next placement.
@@ -104,6 +105,9 @@ class MediaLoad:
     room_sizes: Mapping[str, int]
     #: RTP packets forwarded to subscribers since the process started.
     forwarded_packets: int = 0
+    #: CPU seconds of the node's media worker processes so far (none: the SFU
+    #: runs in this process), added to this process's own.
+    worker_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,8 @@ class LoadMeter:
 
     def sample(self, owned: frozenset[str], hints: Mapping[str, int], draining: bool) -> NodeLoad:
         media = self.media()
-        now, cpu, packets = self._clock(), self._cpu_clock(), media.forwarded_packets
+        now, packets = self._clock(), media.forwarded_packets
+        cpu = self._cpu_clock() + media.worker_cpu_s
         then, cpu_then, packets_then = self._last
         elapsed = now - then
         if elapsed >= 0.5:  # else keep the previous rates (two samples close together)

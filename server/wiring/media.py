@@ -1,26 +1,43 @@
-"""The SFU in the composition root: its settings from the server's, and one per node."""
+"""The SFU in the composition root: its settings from the server's, and the media
+plane of a node: one in-process SFU, or a pool of worker processes."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from media.config import IceServer, MediaConfig
+from media.metrics import PrometheusMediaMetrics
+from media.seam import SfuEndpoint, SignalingPort
 from media.sfu import Sfu
+from media.workers.metrics import WorkerMetrics
+from media.workers.pool import WorkerPool
+from media.workers.protocol import WorkerSpec
 from server.config import Config
 from server.turn import node_ice_servers
+from server.turn_settings import TurnSettings
+from signaling.load import MediaLoad
+
+logger = logging.getLogger(__name__)
 
 
-def media_config(config: Config) -> MediaConfig:
-    """The SFU's settings from the server's: ICE hosts, public IP, keyframe pacing,
-    and TURN credentials minted per peer connection when TURN is configured."""
-    turn = config.turn
+@dataclass(frozen=True)
+class TurnIceServers:
+    """TURN credentials minted per peer connection; a value, not a closure, so that a
+    worker process gets it with the rest of its :class:`MediaConfig`."""
 
-    def provider() -> list[IceServer]:
-        servers = node_ice_servers(
-            turn, config.node_id, time.time(), ttl_s=int(config.limits.max_duration_s)
-        )
+    turn: TurnSettings
+    node_id: str
+    ttl_s: int
+
+    def __call__(self) -> list[IceServer]:
+        servers = node_ice_servers(self.turn, self.node_id, time.time(), ttl_s=self.ttl_s)
         return [
             IceServer(
                 urls=tuple([s.urls] if isinstance(s.urls, str) else s.urls),
@@ -30,6 +47,12 @@ def media_config(config: Config) -> MediaConfig:
             for s in servers
         ]
 
+
+def media_config(config: Config) -> MediaConfig:
+    """The SFU's settings from the server's: ICE hosts, public IP, keyframe pacing,
+    and TURN credentials minted per peer connection when TURN is configured."""
+    turn = config.turn
+    provider = TurnIceServers(turn, config.node_id, int(config.limits.max_duration_s))
     return MediaConfig(
         ice_hosts=config.media.ice_hosts,
         announced_ip=config.media.public_ip,
@@ -42,4 +65,57 @@ def media_config(config: Config) -> MediaConfig:
     )
 
 
+@dataclass(frozen=True)
+class MediaPlane:
+    """What the app plugs into the hub and the load meter."""
+
+    endpoint: SfuEndpoint
+    load: Callable[[], MediaLoad]
+    #: The in-process SFU (one worker), or the pool of worker processes.
+    sfu: Sfu | None = None
+    pool: WorkerPool | None = None
+
+
+@contextlib.asynccontextmanager
+async def open_media(
+    config: Config, signaling: SignalingPort, registry: CollectorRegistry
+) -> AsyncIterator[MediaPlane]:
+    """``HUDDLE_WORKERS=1``: the SFU in this process, as always. More: that many
+    worker processes behind a :class:`WorkerPool`, their metrics merged into
+    ``registry``. Closed (rooms first, workers stopped) when the block ends."""
+    settings = media_config(config)
+    if config.workers == 1:
+        media_metrics = PrometheusMediaMetrics(registry)
+        sfu = Sfu(settings, signaling, media_metrics)
+        try:
+            yield MediaPlane(
+                sfu,
+                lambda: MediaLoad(
+                    {call_id: len(members) for call_id, members in sfu.members().items()},
+                    media_metrics.forwarded_packets(),
+                ),
+                sfu=sfu,
+            )
+        finally:
+            await sfu.close()
+        return
+    level = logging.getLogger().getEffectiveLevel()
+    pool = WorkerPool(lambda i: WorkerSpec(i, settings, level), config.workers, signaling)
+    collector = WorkerMetrics(pool)
+    registry.register(collector)
+
+    def load() -> MediaLoad:
+        packets, cpu_s = pool.totals()
+        sizes = {call_id: len(members) for call_id, members in pool.members().items()}
+        return MediaLoad(sizes, packets, worker_cpu_s=cpu_s)
+
+    try:
+        await pool.start()
+        yield MediaPlane(pool, load, pool=pool)
+    finally:
+        await pool.close()
+        registry.unregister(collector)
+
+
 SFU = web.AppKey("sfu", Sfu)
+WORKERS = web.AppKey("workers", WorkerPool)

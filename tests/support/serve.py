@@ -33,6 +33,9 @@ def serve_env(**settings: str) -> dict[str, str]:
     (so a developer's own configuration never leaks into a test server)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HUDDLE_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # One SFU in the server's process unless a test asks for workers: the suite
+    # behaves the same on any number of cores.
+    env["HUDDLE_WORKERS"] = "1"
     env.update(settings)
     return env
 
