@@ -96,8 +96,10 @@ class ServeProcess:
         return self.process.returncode
 
 
-def spawn_serve(log_dir: Path, *, name: str = "huddle", **settings: str) -> ServeProcess:
-    """Start ``huddle serve`` on 127.0.0.1 (not waited for: see
+def spawn_serve(
+    log_dir: Path, *, name: str = "huddle", args: tuple[str, ...] = (), **settings: str
+) -> ServeProcess:
+    """Start ``huddle serve [args]`` on 127.0.0.1 (not waited for: see
     :meth:`ServeProcess.wait_healthy`). ``settings`` are ``HUDDLE_*`` variables
     (``HUDDLE_HOST`` may name another local address to listen on)."""
     port = free_port()
@@ -106,17 +108,22 @@ def spawn_serve(log_dir: Path, *, name: str = "huddle", **settings: str) -> Serv
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            SERVE_COMMAND, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [*SERVE_COMMAND, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     return ServeProcess(name, port, process, log_path, host)
 
 
 @contextlib.contextmanager
 def huddle_serve(
-    log_dir: Path, *, name: str = "huddle", timeout: float = 30.0, **settings: str
+    log_dir: Path,
+    *,
+    name: str = "huddle",
+    timeout: float = 30.0,
+    args: tuple[str, ...] = (),
+    **settings: str,
 ) -> Iterator[ServeProcess]:
-    """A healthy ``huddle serve`` for the block; stopped at its end."""
-    server = spawn_serve(log_dir, name=name, **settings)
+    """A healthy ``huddle serve [args]`` for the block; stopped at its end."""
+    server = spawn_serve(log_dir, name=name, args=args, **settings)
     try:
         server.wait_healthy(timeout)
         yield server
