@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-weaklink lint format bench bench-janus bench-simulcast bench-deps reliability soak services system-deps clean
+.PHONY: run test test-weaklink lint format bench bench-janus bench-simulcast bench-workers bench-deps reliability soak services system-deps clean
 
 # The stamps re-run pip only when pyproject.toml, setup.py or the C source
 # changed (pip then compiles media/_udpsend.c), so `make run` also
@@ -108,6 +108,13 @@ bench-janus: $(VENV)/.installed-dev bench-deps
 bench-simulcast: $(VENV)/.installed-dev
 	mkdir -p var
 	$(BIN)/python -m bench.simulcast.run --json var/bench-simulcast/results.json $(SIMULCAST_ARGS)
+
+# Media workers (issue #15): rooms of 5 load-tester peers on one worker, then on two,
+# stepping up the room count until a room falls below the quality bar; each
+# count's capacity and the ratio go to var/bench-workers.json (~10-20 min).
+bench-workers: $(VENV)/.installed-dev
+	mkdir -p var
+	$(BIN)/python -m bench.workers.run $(WORKERS_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache node_modules

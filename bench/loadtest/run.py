@@ -66,6 +66,8 @@ async def serve(
             HUDDLE_INITIATE_PER_MINUTE="100000",
             HUDDLE_MAX_PARTICIPANTS=str(max_participants),
             HUDDLE_LOG_LEVEL="WARNING",
+            # The SFU in the server's process (its CPU is the pid's) unless asked.
+            HUDDLE_WORKERS="1",
         )
         env.update(settings or {})
         pin = ["taskset", "-c", str(cpu)] if cpu is not None else []

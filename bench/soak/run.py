@@ -117,6 +117,7 @@ async def server(database_url: str, log_path: Path) -> AsyncIterator[tuple[str, 
         HUDDLE_DISCONNECT_GRACE=str(DISCONNECT_GRACE_S),
         HUDDLE_SWEEP_INTERVAL="1",
         HUDDLE_LOG_LEVEL="WARNING",
+        HUDDLE_WORKERS="1",  # one process: the probe samples its RSS, FDs and tasks
     )
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
