@@ -33,6 +33,13 @@ class NegotiationTimeout(MediaError):
     code = "negotiation_timeout"
 
 
+class SessionLost(MediaError):
+    """The SFU holds no session for the participant any more (the node or worker that
+    served it went away, or the room was placed anew): start the session over."""
+
+    code = "sfu_session_lost"
+
+
 class SessionFailed(MediaError):
     """A participant's server-side connection failed; its session is dropped."""
 

@@ -12,6 +12,7 @@ from .errors import (
     MediaError,
     RoomClosed,
     RoomFull,
+    SessionLost,
     UnknownParticipant,
 )
 from .forwarder import UpTrack
@@ -153,6 +154,11 @@ class Room:
             raise RoomClosed(f"room {self.id} is closed")
         if kind == "track_settings":
             self._track_settings(participant_id, message)
+            return
+        if kind == "resume":
+            # A client whose socket came back asks whether its session is still here.
+            if participant_id not in self._participants:
+                raise SessionLost(f"no session of {participant_id} in room {self.id}: start over")
             return
         if kind == "subscribe":
             # Receive only: enter the room (a subscribe offer follows once

@@ -7,7 +7,7 @@ import logging
 
 from .aiortc_compat import check_aiortc, install_decoder_bypass, restrict_host_addresses
 from .config import MediaConfig
-from .errors import MediaError
+from .errors import MediaError, SessionLost
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .room import Room
@@ -104,6 +104,8 @@ class Sfu:
         Raises :class:`media.errors.MediaError` subclasses for bad input.
         """
         room = self._rooms.get(call_id)
+        if message.get("type") == "resume" and (room is None or room.closed):
+            raise SessionLost(f"no room for call {call_id} here: start over")
         if room is None or room.closed:
             room = self._get_or_create(call_id)
         await room.handle_signal(participant_id, message)

@@ -63,6 +63,7 @@ class ErrorCode:
     INVALID_CANDIDATE = "invalid_candidate"
     SFU_UNAVAILABLE = "sfu_unavailable"
     SFU_ERROR = "sfu_error"
+    SFU_SESSION_LOST = "sfu_session_lost"
     WRONG_MODE = "wrong_mode"
     SIGNALING_DEGRADED = "signaling_degraded"
     INTERNAL_ERROR = "internal_error"

@@ -37,6 +37,7 @@ from signaling.errors import CloseCode, ErrorCode, SignalError
 from signaling.grace import DisconnectGrace
 from signaling.lifecycle_relay import LifecycleRelay
 from signaling.metrics import SignalingMetrics
+from signaling.owner_watch import OwnerProbe, OwnerWatch
 from signaling.placement import RoomPlacement
 from signaling.presence import ROSTER_WINDOW_S, Presence
 from signaling.protocol import SFU_ID, Message, encode, stamp
@@ -76,6 +77,7 @@ class SignalingHub:
         node_id: str,
         options: HubOptions | None = None,
         seats: SeatRegistry | None = None,
+        owner_probe: OwnerProbe | None = None,
     ) -> None:
         self.calls = calls
         self.seats = seats
@@ -114,6 +116,11 @@ class SignalingHub:
             shutdown_wait_s=self.options.shutdown_wait_s,
         )
         self.drain = NodeDrain(self.registry, self.sfu, metrics, self.sockets.stop_accepting)
+        self.owner_watch = (
+            OwnerWatch(self.registry, owner_probe, self.sfu.owner_lost)
+            if owner_probe is not None
+            else None
+        )
         if seats is not None:
             seats.local_seats = self.registry.local_seats
             seats.on_rebuilt = self.metrics.seats_rebuilt.inc
@@ -129,6 +136,8 @@ class SignalingHub:
         if self.seats is not None:
             self.seats.start()
         self.scan.start()
+        if self.owner_watch is not None:
+            self.owner_watch.start()
 
     def attach_sfu(self, endpoint: SfuEndpoint | None) -> None:
         """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
@@ -143,6 +152,8 @@ class SignalingHub:
         rooms, then close seats, placement and bus."""
         self.calls.events.remove(self)
         await self.drain.close()
+        if self.owner_watch is not None:
+            await self.owner_watch.close()
         await self.sockets.close()
         await self.scan.close()
         await self.grace.close()

@@ -79,6 +79,12 @@ class SignalingMetrics:
             registry=r,
         )
 
+        self.rooms_lost = Counter(
+            "video_signaling_rooms_lost_total",
+            "SFU rooms whose node died, found by this node, with participants told to start over",
+            registry=r,
+        )
+
     def message(self, kind: str) -> None:
         self.messages.labels(kind if kind in CLIENT_TYPES else "other").inc()
 

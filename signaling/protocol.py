@@ -49,6 +49,7 @@ CLIENT_TYPES = frozenset(
         "answer",
         "ice_candidate",
         "subscribe",
+        "resume",
         "track_settings",
         "mute",
         "ping",
@@ -117,10 +118,11 @@ def validate(raw: dict[str, Any]) -> Message:
             message["sdp"] = validate_sdp(raw)
             if "sources" in raw:
                 message["sources"] = validate_sources(raw["sources"])
-    elif kind == "subscribe":
-        # A receive-only participant enters the SFU room without a publish offer.
+    elif kind in ("subscribe", "resume"):
+        # subscribe: a receive-only participant enters the SFU room without a
+        # publish offer. resume: after a reconnect, is my SFU session still there?
         if _target(raw) != SFU_ID:
-            raise SignalError(ErrorCode.INVALID_TARGET, "subscribe goes to target_id 'sfu'")
+            raise SignalError(ErrorCode.INVALID_TARGET, f"{kind} goes to target_id 'sfu'")
         message["target_id"] = SFU_ID
     elif kind == "track_settings":
         if _target(raw) != SFU_ID:

@@ -30,6 +30,8 @@ from signaling.registry import SocketRegistry
 
 logger = logging.getLogger(__name__)
 
+_LOST = "the SFU holds no session for you (its node went away): start the session over"
+
 #: Client messages that would open a room: refused for a call in P2P mode.
 _OPENING = frozenset({"offer", "subscribe"})
 
@@ -64,6 +66,8 @@ class SfuRelay:
         """Route a stamped client message to the room's owner. Raises
         :class:`SignalError` (no SFU) or :class:`BusUnavailable`."""
         node_id = self._registry.node_id
+        if message.get("type") == "resume" and not await self._placed(call_id):
+            raise SignalError(ErrorCode.SFU_SESSION_LOST, _LOST)
         owner, size_hint = await self._owner(call_id)
         if owner is None or (owner == node_id and self._sfu is None):
             raise SignalError(ErrorCode.SFU_UNAVAILABLE, "no SFU serves this call")
@@ -105,6 +109,19 @@ class SfuRelay:
         if owner == node_id:
             await self._registry.ensure_subscribed(call_id)
         return owner, size_hint
+
+    async def _placed(self, call_id: str) -> bool:
+        placement = self._registry.placement
+        return call_id in placement.owned or await placement.owner(call_id) is not None
+
+    async def owner_lost(self, call_id: str, owner: str) -> None:
+        """The room's node died (:mod:`signaling.owner_watch`): everyone of the call
+        online anywhere starts the SFU session over, which places the room anew."""
+        self._metrics.rooms_lost.inc()
+        online = set(self._registry.local(call_id)) | set(self._registry.remote.get(call_id, {}))
+        error = SignalError(ErrorCode.SFU_SESSION_LOST, _LOST)
+        for pid in sorted(online):
+            await self.reply_error(call_id, pid, error, sender_id=SFU_ID)
 
     async def _size_hint(self, call_id: str) -> int:
         """How many the room is for: the call's participants who have not declined or left."""

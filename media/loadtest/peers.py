@@ -11,7 +11,12 @@ On ``reconnect`` (the node is draining, docs/protocol.md) a peer opened with
 says, by default the same base URL: behind a load balancer, a ready node) and,
 with ``republish``, starts its SFU session over with a fresh media client:
 :attr:`SignaledPeer.media` is then a new :class:`SfuClient` (its statistics
-start again) and :attr:`SignaledPeer.reconnects` counts the moves.
+start again) and :attr:`SignaledPeer.reconnects` counts the moves. A socket
+that drops for any other reason that is worth a retry (the node died: 1006)
+is opened again the same way; the peer then asks the SFU whether its session
+is still there (``resume``). ``error {code: "sfu_session_lost"}``, the answer
+when it is not and what the other nodes send when a room's node died, starts
+the SFU session over on the same socket (:attr:`SignaledPeer.restarts`).
 
 Publishers send pre-encoded clips (:mod:`media.loadtest.preencoded`) through
 :class:`~media.loadtest.sfuclient.ClipTrack`, which answers a PLI with a
@@ -156,6 +161,8 @@ class SignaledPeer:
         self._reconnect = reconnect
         #: How many times a ``reconnect`` moved this peer (socket, and media if asked).
         self.reconnects = 0
+        #: How many times ``sfu_session_lost`` made it start its SFU session over.
+        self.restarts = 0
         self._published = False
         self.publish_connected_at: float | None = None
         self.subscribe_connected_at: float | None = None
@@ -229,9 +236,10 @@ class SignaledPeer:
                 else:
                     await asyncio.sleep(0.05)
 
-    async def _resume(self, republish: bool) -> None:
+    async def _resume(self, republish: bool, *, ask: bool = False) -> None:
         """``reconnect``: open the socket again and, with ``republish``, start the SFU
-        session over on whichever node now places the room."""
+        session over on whichever node now places the room; ``ask``: the socket
+        dropped (no ``reconnect``): ask the SFU whether the session is still there."""
         target = self._reconnect
         assert target is not None
         await self.signaling.close()
@@ -253,13 +261,24 @@ class SignaledPeer:
                     return
                 await asyncio.sleep(0.2)
         if republish:
-            old, self.media = self.media, self._new_media()
-            await old.close()
-            self._watch(self.media.subscribe_pc, "subscribe")
+            await self._renew_media()
         self._pump = loop.create_task(self._run(), name=f"pump {self.user_id}")
         if republish and self._published:
             await self.publish()
+        elif ask and self._published:
+            await self._send({"type": "resume", "target_id": SFU_ID})
         self.reconnects += 1
+
+    async def _renew_media(self) -> None:
+        old, self.media = self.media, self._new_media()
+        await old.close()
+        self._watch(self.media.subscribe_pc, "subscribe")
+
+    async def _start_over(self) -> None:
+        """``sfu_session_lost``: a fresh SFU session on the same socket."""
+        await self._renew_media()
+        await self.publish()
+        self.restarts += 1
 
     # --- state -----------------------------------------------------------
 
@@ -335,6 +354,13 @@ class SignaledPeer:
                 ):
                     # Closed for a drain without its ``reconnect`` read: move all the same.
                     self._resuming = asyncio.create_task(self._resume(True))
+                elif (
+                    exc.code not in FINAL_CLOSES
+                    and self._reconnect is not None
+                    and not self._closing
+                    and self.call_ended is None
+                ):
+                    self._resuming = asyncio.create_task(self._resume(False, ask=True))
                 elif not self._closing and self.call_ended is None:
                     self.failures.append(f"signaling closed (code {exc.code})")
                 return
@@ -346,6 +372,12 @@ class SignaledPeer:
                     self._resume(republish), name=f"resume {self.user_id}"
                 )
                 return  # the resumed socket gets a pump of its own
+            if kind == "error" and message.get("code") == SESSION_LOST:
+                if self._published and not self._closing:
+                    self._resuming = asyncio.create_task(
+                        self._start_over(), name=f"start over {self.user_id}"
+                    )
+                continue
             if sender == SFU_ID:
                 self.media.deliver(message)
             if kind == "error":
@@ -371,5 +403,15 @@ class SignaledPeer:
         await self.signaling.close()
 
 
+#: Close codes after which opening the socket again would not help (docs/protocol.md).
+FINAL_CLOSES = frozenset({1000, 1002, 1007, 1009, CloseCode.REPLACED, CloseCode.TOO_MANY_ERRORS})
+#: The ``error`` code that means "start the SFU session over".
+SESSION_LOST = "sfu_session_lost"
+
+
 def _sfu_or_reconnect(message: dict[str, Any]) -> bool:
-    return message.get("sender_id") == SFU_ID or message.get("type") == "reconnect"
+    return (
+        message.get("sender_id") == SFU_ID
+        or message.get("type") == "reconnect"
+        or (message.get("type") == "error" and message.get("code") == SESSION_LOST)
+    )

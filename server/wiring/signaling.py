@@ -1,8 +1,9 @@
 """Signaling in the composition root: which bus and placement, the hub, its route.
 
 One node: ``LocalBus`` and ``LocalPlacement``. ``HUDDLE_REDIS_URL`` set:
-``RedisBus``, ``RedisPlacement`` (load-aware, publishing this node's load) and
-the ``SeatRegistry`` on the app's one Redis client.
+``RedisBus``, ``RedisPlacement`` (load-aware, publishing this node's load),
+the ``SeatRegistry`` and the watch on rooms whose node died
+(:mod:`signaling.owner_watch`) on the app's one Redis client.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from signaling.bus import LocalBus, MessageBus
 from signaling.hub import HubOptions, SignalingHub
 from signaling.load import LoadMeter
 from signaling.metrics import SignalingMetrics
+from signaling.owner_watch import RedisOwnerProbe
 from signaling.placement import LocalPlacement, RedisPlacement, RoomPlacement
 from signaling.redis_bus import RedisBus
 from signaling.seats import SeatRegistry
@@ -66,6 +68,7 @@ def build_hub(
         node_id=config.node_id,
         options=options,
         seats=seats,
+        owner_probe=RedisOwnerProbe(redis) if redis is not None else None,
     )
     if isinstance(placement, RedisPlacement):
         placement.start()

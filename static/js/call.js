@@ -182,7 +182,7 @@ export class CallSession extends EventTarget {
     on(signaling, 'open', ({ reconnected, republish }) => {
       this.setStatus(this.roster.anyOnline() ? 'connected' : 'waiting');
       if (reconnected) this.notice('info', 'reconnected', 'Reconnected to the server.');
-      if (republish && this.mode === 'sfu') this.sfuLink.restart(); // the room moved (drain)
+      if (reconnected && this.mode === 'sfu') this.sfuLink.reconnected(republish);
     });
     on(signaling, 'message', (message) => this.onMessage(message));
     on(signaling, 'closed', (close) => this.onSignalingClosed(close));

@@ -263,6 +263,7 @@ class App {
       cameraOn: s.cameraOn,
       signaling: s.signaling ? s.signaling.state : null,
       reconnects: s.signaling ? s.signaling.reconnects : 0,
+      sfuRestarts: s.sfuLink.restarts,
       peers: [...s.peers.keys()],
       sfu: s.sfu
         ? {

@@ -99,6 +99,9 @@ function onError(session, message) {
   const code = message.code || 'error';
   if (code === 'signaling_degraded') {
     session.notice('warning', code, 'Signaling is degraded: some messages may be lost.');
+  } else if (code === 'sfu_session_lost') {
+    // The SFU holds no session for us (its node went away): start over on this socket.
+    if (session.mode === 'sfu') session.sfuLink.restart();
   } else if (code === 'call_ended') {
     session.finish('call_ended', explain('call_ended'));
   } else {

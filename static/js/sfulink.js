@@ -31,6 +31,8 @@ export class SfuLink extends EventTarget {
     /** @type {SfuSession | null} */
     this.session = null;
     this.resets = 0;
+    /** Sessions started over because the room moved or the SFU lost ours (not failures). */
+    this.restarts = 0;
   }
 
   /** Start the SFU session (publish) unless it runs already. */
@@ -75,10 +77,21 @@ export class SfuLink extends EventTarget {
     emit(this, 'media');
   }
 
-  /** The room moved to another node (a drain): start the session over; not a failure. */
+  /**
+   * The socket is back. `republish` (a drain moved the room): start over. Otherwise ask
+   * whether the SFU still holds the session (`resume`); `sfu_session_lost` says it does not.
+   * @param {boolean} republish
+   */
+  reconnected(republish) {
+    if (republish) this.restart();
+    else if (this.session) this.send({ type: 'resume', target_id: 'sfu' });
+  }
+
+  /** The room moved to another node, or the SFU lost the session: start over; not a failure. */
   restart() {
     const session = this.session;
     if (!session) return;
+    this.restarts += 1;
     session.closePcs();
     session.publish().catch((err) => this.notice('error', 'sfu_error', `Could not publish: ${err.message}`));
     emit(this, 'media');

@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -31,14 +30,13 @@ from signaling.bus import room_owner_key
 from signaling.client import SignalingClient
 from signaling.load import NODES_KEY
 from tests.signaling.cluster import Cluster, cluster
-from tests.support.api import Api, User
+from tests.signaling.multinode import ADMIN_TOKEN, Http, exited, frames, owner_of, receives
 from tests.support.polling import eventually
-from tests.support.serve import ServeProcess
 from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
-ADMIN_TOKEN = "drain-test-admin-token-0123456789abcdef"
+
 GRACE_S = 2.0
 DRAIN_S = 8.0
 
@@ -79,58 +77,6 @@ async def redis() -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL)
     yield client
     await client.aclose()
-
-
-class Http:
-    def __init__(self, running: Cluster) -> None:
-        self.nodes = running.nodes
-        self.sessions = [aiohttp.ClientSession(base_url=n.base_url) for n in running.nodes]
-        self.api = [Api(s) for s in self.sessions]  # type: ignore[arg-type]
-        self.ids = {n.name: i for i, n in enumerate(running.nodes)}
-
-    async def close(self) -> None:
-        for session in self.sessions:
-            await session.close()
-
-    async def sfu_call(self, names: tuple[str, ...]) -> tuple[str, list[User]]:
-        users = await self.api[0].users(*names)
-        call = await self.api[0].group_call(users[0], *users[1:])
-        assert call["mode"] == "sfu"
-        for user in users[1:]:
-            await self.api[0].action(call["call_id"], "join", user)
-        return str(call["call_id"]), users
-
-    async def ready(self, index: int) -> tuple[int, dict[str, object]]:
-        async with self.sessions[index].get("/ready") as response:
-            return response.status, await response.json()
-
-    async def drain(self, index: int) -> None:
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        async with self.sessions[index].post("/v1/admin/drain", headers=headers) as response:
-            assert response.status == 202, await response.text()
-
-
-async def owner_of(redis: Redis, call_id: str) -> str:
-    async def placed() -> str | None:
-        value = await redis.get(room_owner_key(call_id))
-        return value.decode() if value is not None else None
-
-    owner: str = await eventually(placed, timeout=15, message=f"room {call_id} placed")
-    return owner
-
-
-def receives(peer: SignaledPeer, other: str, more_than: int = 10) -> bool:
-    stats = [peer.media.received_from(other, kind) for kind in ("audio", "video")]
-    return all(s is not None and s.frames > more_than for s in stats)
-
-
-def frames(peer: SignaledPeer, other: str) -> int:
-    stats = peer.media.received_from(other, "video")
-    return stats.frames if stats is not None else 0
-
-
-def exited(node: ServeProcess) -> bool:
-    return node.process.poll() is not None
 
 
 async def test_a_burst_of_rooms_spreads_over_the_nodes(three_nodes: Cluster, redis: Redis) -> None:

@@ -145,6 +145,20 @@ def test_invalid_messages(raw: dict[str, Any], code: str) -> None:
     assert caught.value.code == code
 
 
+def test_resume_goes_to_the_sfu() -> None:
+    assert validate({"type": "resume", "target_id": "sfu", "extra": 1}) == {
+        "type": "resume",
+        "target_id": "sfu",
+    }
+    for target, code in (
+        ({}, ErrorCode.MISSING_FIELD),
+        ({"target_id": "ana"}, ErrorCode.INVALID_TARGET),
+    ):
+        with pytest.raises(SignalError) as caught:
+            validate({"type": "resume", **target})
+        assert caught.value.code == code
+
+
 def test_decode_rejects_non_objects() -> None:
     with pytest.raises(SignalError) as caught:
         decode("{nope")
