@@ -277,6 +277,9 @@ class WorkerPool:
             raise error
 
     async def handle_signal(self, call_id: str, participant_id: str, message: Message) -> None:
+        if message.get("type") == "resume" and not self.has_room(call_id):
+            # No room is opened for a resume: its worker died, or it never was here.
+            raise SessionLost(f"no room for call {call_id} here: start over")
         route = await self._route(call_id)
         route.seen.add(participant_id)
         frame: Frame = {

@@ -117,9 +117,13 @@ async def test_a_killed_worker_restarts_and_its_rooms_are_told_to_start_over(
     assert pool.worker_of("c1") is None and pool.worker_of("c2") is not None
     await eventually(lambda: len(pool.live_workers()) == 2, timeout=15, message="restarted")
     assert pool.restarts == 1
-    # Starting over places the room anew and it works.
+    # A resume finds no room (none is opened for it); starting over places it anew.
+    with pytest.raises(MediaError) as lost:
+        await pool.handle_signal("c1", "ana", {"type": "resume", "target_id": "sfu"})
+    assert lost.value.code == "sfu_session_lost" and pool.worker_of("c1") is None
     await pool.handle_signal("c1", "ana", SUBSCRIBE)
     await eventually(lambda: pool.members().get("c1") == frozenset({"ana"}), timeout=5)
+    await pool.handle_signal("c1", "ana", {"type": "resume", "target_id": "sfu"})  # there
     assert len(port.errors) == 2  # nobody else was told
 
 
