@@ -52,6 +52,8 @@ class WorkerLink:
         self.pps = 0.0
         self.cpu_percent = 0.0
         self._sampled: tuple[float, int, float] | None = None
+        #: When the worker last sent anything (it reports its load every second).
+        self.heard_at = asyncio.get_running_loop().time()
         self._reader = asyncio.create_task(self._read(), name=f"worker {index} reader")
 
     @classmethod
@@ -101,6 +103,7 @@ class WorkerLink:
     async def _read(self) -> None:
         try:
             async for frame in self._channel.frames():
+                self.heard_at = asyncio.get_running_loop().time()
                 await self._on_frame(frame)
         except Exception:
             logger.exception("worker %d: reading its socket failed", self.index)

@@ -45,6 +45,8 @@ class PoolSettings:
     ready_timeout_s: float = 30.0
     #: How long a worker gets to close its rooms at shut-down before it is killed.
     close_timeout_s: float = 5.0
+    #: A worker that sends nothing for this long (stuck) is killed and restarted.
+    stall_after_s: float = 10.0
 
 
 @dataclass
@@ -133,7 +135,7 @@ class WorkerPool:
             else:
                 self._links[index] = link
                 ready = loop.create_task(self._announce_ready(link))
-                status = await link.finished()
+                status = await self._watch(link)
                 ready.cancel()
                 self._links[index] = None
                 self._changed.set()
@@ -151,6 +153,24 @@ class WorkerPool:
             logger.info("media worker %d restarts in %.1f s", index, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.backoff_max_s)
+
+    async def _watch(self, link: WorkerLink) -> int:
+        """Until the worker is gone; one silent for ``stall_after_s`` (stuck: its load
+        report is due every second) is killed, and then restarts like a dead one."""
+        finished = asyncio.ensure_future(link.finished())
+        try:
+            while True:
+                done, _ = await asyncio.wait([finished], timeout=1.0)
+                if done:
+                    return finished.result()
+                silent = asyncio.get_running_loop().time() - link.heard_at
+                if silent > self.settings.stall_after_s and not self._closing:
+                    logger.error("media worker %d silent for %.0f s: killed", link.index, silent)
+                    link.kill()
+        finally:
+            if not finished.done():
+                finished.cancel()
+                await asyncio.gather(finished, return_exceptions=True)
 
     async def _announce_ready(self, link: WorkerLink) -> None:
         await link.ready.wait()

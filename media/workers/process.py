@@ -187,7 +187,7 @@ def _die_with_parent(parent: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl
-        os._exit(0)
+        sys.exit(0)
 
 
 async def serve(spec: WorkerSpec, sock: socket.socket) -> None:

@@ -138,3 +138,13 @@ async def test_close_stops_every_worker(pool: WorkerPool) -> None:
     with pytest.raises(MediaError) as refused:
         await pool.handle_signal("c2", "bob", SUBSCRIBE)
     assert refused.value.code == "sfu_unavailable"
+
+
+async def test_a_stuck_worker_is_killed_and_restarted(pool: WorkerPool, port: Port) -> None:
+    pool.settings = PoolSettings(backoff_min_s=0.1, stall_after_s=1.5)
+    await pool.handle_signal("c1", "ana", SUBSCRIBE)
+    stuck = next(link for link in pool.live_workers() if link.index == pool.worker_of("c1"))
+    os.kill(stuck.process.pid, signal.SIGSTOP)  # alive, but silent
+    await eventually(lambda: port.errors == [("c1", "ana", "sfu_session_lost")], timeout=10)
+    await eventually(lambda: len(pool.live_workers()) == 2, timeout=15, message="restarted")
+    assert pool.restarts == 1 and stuck.process.returncode == -signal.SIGKILL
