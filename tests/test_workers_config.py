@@ -1,14 +1,20 @@
 """``HUDDLE_WORKERS`` and ``huddle serve --workers``: the number of cores by default,
-bounded, and the flag over the variable."""
+bounded, and the flag over the variable; what the front hands its workers, and
+the node load that counts them."""
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 
 import pytest
 
+from media.workers.protocol import WorkerSpec
 from server.cli import main
 from server.config import ConfigError, load_config
+from server.wiring.media import media_config
+from signaling.load import LoadMeter, MediaLoad
 
 
 def test_workers_default_to_the_cores_this_process_may_use() -> None:
@@ -28,3 +34,35 @@ def test_a_bad_workers_flag_is_a_configuration_error(
     monkeypatch.setenv("HUDDLE_WORKERS", "2")
     assert main(["serve", "--workers", "0"]) == 2
     assert "--workers 0 is out of range" in capsys.readouterr().err
+
+
+def test_a_node_with_workers_weighs_their_cpu_and_packets() -> None:
+    # Between two samples 1 s apart the front used 0.1 s of CPU, its workers 0.5 s.
+    clock, cpu = iter([0.0, 1.0, 2.0]), iter([0.0, 0.0, 0.1])
+    loads = iter(
+        [
+            MediaLoad({"c1": 3}, forwarded_packets=0, worker_cpu_s=1.0),
+            MediaLoad({"c1": 3}, forwarded_packets=2000, worker_cpu_s=1.5),
+        ]
+    )
+    meter = LoadMeter(lambda: next(loads), clock=lambda: next(clock), cpu_clock=lambda: next(cpu))
+    meter.sample(frozenset({"c1"}), {}, draining=False)
+    load = meter.sample(frozenset({"c1"}), {}, draining=False)
+    assert (load.participants, load.pps, load.cpu) == (3, 2000.0, 60.0)
+
+
+def test_the_workers_get_the_fronts_resolved_media_settings() -> None:
+    config = load_config(
+        {
+            "HUDDLE_ICE_HOSTS": "127.0.0.1",
+            "HUDDLE_PUBLIC_IP": "203.0.113.7",
+            "HUDDLE_TURN_URIS": "turn:turn.example.org:3478",
+            "HUDDLE_TURN_SECRET": "a-turn-secret-long-enough",
+        }
+    )
+    spec = WorkerSpec(1, media_config(config), logging.INFO)
+    copy: WorkerSpec = pickle.loads(pickle.dumps(spec))  # as the worker reads its stdin
+    assert copy.media == spec.media and copy.media.announced_ip == "203.0.113.7"
+    assert copy.media.ice_servers_provider is not None
+    (server,) = copy.media.ice_servers_provider()
+    assert server.urls == ("turn:turn.example.org:3478",) and server.username

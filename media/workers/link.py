@@ -75,12 +75,19 @@ class WorkerLink:
             raise
         finally:
             child.close()
-        assert process.stdin is not None
-        process.stdin.write(pickle.dumps(spec))
-        with contextlib.suppress(ConnectionError):
-            await process.stdin.drain()
-        process.stdin.close()
-        return cls(spec.index, process, await Channel.over(front), deliver)
+        try:
+            assert process.stdin is not None
+            process.stdin.write(pickle.dumps(spec))
+            with contextlib.suppress(ConnectionError):
+                await process.stdin.drain()
+            process.stdin.close()
+            channel = await Channel.over(front)
+        except BaseException:  # cancelled while starting (the pool closes): no orphan
+            front.close()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
+        return cls(spec.index, process, channel, deliver)
 
     @property
     def live(self) -> bool:

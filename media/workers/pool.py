@@ -130,13 +130,15 @@ class WorkerPool:
             started = loop.time()
             try:
                 link = await WorkerLink.spawn(self._spec(index), self._deliver)
-            except OSError:
+            except Exception:
                 logger.exception("media worker %d could not start", index)
             else:
                 self._links[index] = link
                 ready = loop.create_task(self._announce_ready(link))
-                status = await self._watch(link)
-                ready.cancel()
+                try:
+                    status = await self._watch(link)
+                finally:
+                    ready.cancel()
                 self._links[index] = None
                 self._changed.set()
                 self._retired_packets += link.packets
