@@ -128,6 +128,8 @@ class WorkerLink:
                 future.set_result(error_from(frame.get("error")))
         elif kind == "load":
             self._on_load(frame)
+        elif kind == "rooms":
+            self._on_rooms(frame.get("rooms"))
         elif kind in ("send_to", "send_error"):
             call_id, pid = frame.get("call_id"), frame.get("participant_id")
             if not isinstance(call_id, str) or not isinstance(pid, str):
@@ -139,14 +141,16 @@ class WorkerLink:
                 if error is not None:
                     await self._deliver(call_id, pid, error)
 
-    def _on_load(self, frame: Frame) -> None:
-        rooms: Any = frame.get("rooms")
+    def _on_rooms(self, rooms: Any) -> None:
         if isinstance(rooms, dict):
             self.rooms = {
                 str(call_id): frozenset(str(p) for p in pids)
                 for call_id, pids in rooms.items()
                 if isinstance(pids, list)
             }
+
+    def _on_load(self, frame: Frame) -> None:
+        self._on_rooms(frame.get("rooms"))
         packets, cpu_s, text = frame.get("packets"), frame.get("cpu_s"), frame.get("metrics")
         if isinstance(packets, int):
             self.packets = packets

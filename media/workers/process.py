@@ -83,6 +83,7 @@ class WorkerServer:
         self.sfu = Sfu(spec.media, FrontPort(channel), self._metrics)
         self._last: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reported: dict[str, list[str]] = {}
 
     async def run(self) -> None:
         """Serve until ``close`` or EOF, then close every room."""
@@ -164,12 +165,26 @@ class WorkerServer:
             answer["error"] = {"code": "sfu_error", "message": "internal error in a media worker"}
         with contextlib.suppress(ChannelClosed):
             await self._channel.send(answer)
+            await self._rooms_if_changed()
+
+    def _rooms(self) -> dict[str, list[str]]:
+        rooms = {call_id: sorted(pids) for call_id, pids in self.sfu.members().items()}
+        self._reported = rooms
+        return rooms
+
+    async def _rooms_if_changed(self) -> None:
+        """A request changed who is in which room: tell the front at once (it routes
+        and drains by it), not only at the next ``load``."""
+        rooms = {call_id: sorted(pids) for call_id, pids in self.sfu.members().items()}
+        if rooms != self._reported:
+            self._reported = rooms
+            await self._channel.send({"kind": "rooms", "rooms": rooms})
 
     async def _report(self) -> None:
         while True:
             frame: Frame = {
                 "kind": "load",
-                "rooms": {call_id: sorted(pids) for call_id, pids in self.sfu.members().items()},
+                "rooms": self._rooms(),
                 "packets": self._metrics.forwarded_packets(),
                 "cpu_s": time.process_time(),
                 "metrics": generate_latest(self._registry).decode(),

@@ -15,7 +15,9 @@ Worker → front:
 - ``send_to {call_id, participant_id, message}`` and
   ``send_error {call_id, participant_id, code, message}``: the
   :class:`~media.seam.SignalingPort` calls;
-- ``load {rooms: {call_id: [participant ids]}, packets, cpu_s, metrics}`` every
+- ``rooms {rooms: {call_id: [participant ids]}}``: who is in which open room,
+  sent when a request changed it;
+- ``load {rooms, packets, cpu_s, metrics}`` every
   :data:`LOAD_INTERVAL_S`: open rooms, RTP packets forwarded and CPU seconds
   since the worker started, its Prometheus samples (text format);
 - ``closed {}``: every room is closed.
