@@ -7,7 +7,8 @@
   ``sfu_session_lost``, publish again and receive media again within 5 s; the
   other room never notices; the call record stays as it was (active, nobody
   left), also after the disconnect grace period.
-- SIGKILL of the front: its workers die with it (no orphans).
+- SIGTERM of the front with live rooms: its workers close them and exit; SIGKILL
+  of the front: its workers die with it (no orphans either way).
 """
 
 from __future__ import annotations
@@ -181,6 +182,12 @@ async def test_two_rooms_land_on_two_workers_and_media_flows_in_both(
     text = await scrape(session)
     assert sample(text, "video_call_sfu_workers_up 2.0")
     assert sample(text, 'video_call_sfu_forwarded_packets_total{kind="video",worker="0"}')
+
+    # SIGTERM with both rooms live: the workers close their rooms and exit with the front.
+    pids = [worker_pid(server, i) for i in (0, 1)]
+    assert await asyncio.to_thread(server.stop) == 0, server.tail()
+    assert all(gone(pid) for pid in pids)
+    assert "media worker 0 stopped" in server.log() and "media worker 1 stopped" in server.log()
 
 
 async def test_a_killed_worker_restarts_and_its_room_resumes_within_5_s(
