@@ -164,8 +164,8 @@ class WorkerServer:
             logger.exception("worker %d: request failed", self._spec.index)
             answer["error"] = {"code": "sfu_error", "message": "internal error in a media worker"}
         with contextlib.suppress(ChannelClosed):
+            await self._rooms_if_changed()  # first: the front sees the rooms it asked for
             await self._channel.send(answer)
-            await self._rooms_if_changed()
 
     def _rooms(self) -> dict[str, list[str]]:
         rooms = {call_id: sorted(pids) for call_id, pids in self.sfu.members().items()}
