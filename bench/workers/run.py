@@ -12,7 +12,7 @@ largest room count where every room held; the report gives both capacities
 and their ratio, with the server's CPU (the front and its workers, from
 ``/proc``) and the load generator's per step::
 
-    python -m bench.workers.run                              # ~10 min
+    python -m bench.workers.run                              # ~10-20 min
     python -m bench.workers.run --rooms 1 --duration 10      # a smoke run
 
 The load generator shares the machine with the server: on two cores it
@@ -113,7 +113,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     steps = [int(n) for n in args.rooms.split(",")]
     results: dict[str, Any] = {"config": vars(args) | {"out": str(args.out)}, "runs": {}}
     for workers in counts:
-        settings = {"HUDDLE_WORKERS": str(workers), "HUDDLE_MAX_PARTICIPANTS": "10"}
+        settings = {"HUDDLE_WORKERS": str(workers)}
         done: list[Step] = []
         async with serve(args.room_size + 1, settings=settings) as served:
             for rooms in steps:
