@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from media.aiortc_compat import check_aiortc
 from media.config import IceServer, MediaConfig
 from media.metrics import PrometheusMediaMetrics
 from media.seam import SfuEndpoint, SignalingPort
@@ -99,6 +100,7 @@ async def open_media(
         finally:
             await sfu.close()
         return
+    check_aiortc()  # here too: a worker without the aiortc it needs would only crash-loop
     level = logging.getLogger().getEffectiveLevel()
     pool = WorkerPool(lambda i: WorkerSpec(i, settings, level), config.workers, signaling)
     collector = WorkerMetrics(pool)
