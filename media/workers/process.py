@@ -91,10 +91,7 @@ class WorkerServer:
         try:
             async for frame in self._channel.frames():
                 if frame["kind"] == "close":
-                    await self._close_rooms()
-                    with contextlib.suppress(ChannelClosed):
-                        await self._channel.send({"kind": "closed"})
-                    return
+                    return  # the rooms close below
                 self._dispatch(frame)
         finally:
             reporter.cancel()
@@ -104,13 +101,6 @@ class WorkerServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.sfu.close()
             await self._channel.close()
-
-    async def _close_rooms(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.sfu.close()
 
     def _dispatch(self, frame: Frame) -> None:
         kind, request_id = frame["kind"], frame.get("id")

@@ -6,7 +6,7 @@ holding one object with a string ``kind``. Front → worker:
 - ``signal {id, call_id, participant_id, message}``: a client message for the SFU;
 - ``left {id, call_id, participant_id}`` / ``ended {id, call_id}``: the
   :data:`~media.seam.RoomEvent` values;
-- ``close {}``: close every room, answer ``closed``, exit.
+- ``close {}``: close every room and exit.
 
 Worker → front:
 
@@ -19,8 +19,7 @@ Worker → front:
   sent when a request changed it;
 - ``load {rooms, packets, cpu_s, metrics}`` every
   :data:`LOAD_INTERVAL_S`: open rooms, RTP packets forwarded and CPU seconds
-  since the worker started, its Prometheus samples (text format);
-- ``closed {}``: every room is closed.
+  since the worker started, its Prometheus samples (text format).
 
 :class:`FrameParser` takes any bytes without raising: a frame that is not a JSON
 object with a string ``kind`` is skipped (counted); a length over
