@@ -181,6 +181,7 @@ async def test_two_rooms_land_on_two_workers_and_media_flows_in_both(
     await eventually(one_room_each, timeout=10, message="each worker reports its room")
     text = await scrape(session)
     assert sample(text, "video_call_sfu_workers_up 2.0")
+    assert sample(text, 'huddle_worker_process_cpu_seconds_total{worker="1"}')
     assert sample(text, 'video_call_sfu_forwarded_packets_total{kind="video",worker="0"}')
 
     # SIGTERM with both rooms live: the workers close their rooms and exit with the front.

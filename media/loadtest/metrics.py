@@ -80,16 +80,22 @@ class ServerSample:
     rss_bytes: float | None
 
 
+#: A server with media workers: each worker's process metrics (``worker`` label).
+_WORKER_PREFIX = "huddle_worker_"
+
+
 def parse_process_metrics(text: str) -> tuple[float | None, float | None]:
-    """``(process_cpu_seconds_total, process_resident_memory_bytes)`` from a scrape."""
+    """``(process_cpu_seconds_total, process_resident_memory_bytes)`` from a scrape,
+    each with its media workers' added (``huddle_worker_process_*``)."""
     cpu: float | None = None
     rss: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "process_cpu_seconds_total":
-                cpu = float(sample.value)
-            elif sample.name == "process_resident_memory_bytes":
-                rss = float(sample.value)
+            name = sample.name.removeprefix(_WORKER_PREFIX)
+            if name == "process_cpu_seconds_total":
+                cpu = (cpu or 0.0) + float(sample.value)
+            elif name == "process_resident_memory_bytes":
+                rss = (rss or 0.0) + float(sample.value)
     return cpu, rss
 
 

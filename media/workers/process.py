@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from media.errors import MediaError
 from media.metrics import PrometheusMediaMetrics
@@ -80,6 +80,8 @@ class WorkerServer:
         self._channel = channel
         self._registry = CollectorRegistry()
         self._metrics = PrometheusMediaMetrics(self._registry)
+        # Named apart from the front's own process_* (one family per name on /metrics).
+        ProcessCollector(namespace="huddle_worker", registry=self._registry)
         self.sfu = Sfu(spec.media, FrontPort(channel), self._metrics)
         self._last: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()

@@ -42,6 +42,19 @@ def test_process_metrics_from_a_scrape() -> None:
     assert parse_process_metrics("") == (None, None)
 
 
+def test_process_metrics_of_a_server_with_workers_add_theirs() -> None:
+    text = (
+        "# TYPE process_cpu_seconds_total counter\n"
+        "process_cpu_seconds_total 1.5\n"
+        "# TYPE huddle_worker_process_cpu_seconds_total counter\n"
+        'huddle_worker_process_cpu_seconds_total{worker="0"} 2.0\n'
+        'huddle_worker_process_cpu_seconds_total{worker="1"} 3.0\n'
+        "# TYPE huddle_worker_process_resident_memory_bytes gauge\n"
+        'huddle_worker_process_resident_memory_bytes{worker="0"} 1000.0\n'
+    )
+    assert parse_process_metrics(text) == (6.5, 1000.0)
+
+
 def test_interval_rates_and_loss() -> None:
     key_v, key_a = ("sub", "pub", "video"), ("sub", "pub", "audio")
     before = {
