@@ -185,14 +185,12 @@ class _Env:
         raise ConfigError(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
 
     def port_range(self, name: str) -> tuple[int, int] | None:
-        value = self.raw(name)
-        if value is None:
+        if (value := self.raw(name)) is None:
             return None
         low, sep, high = value.partition("-")
         if not (sep and low.strip().isdigit() and high.strip().isdigit()):
             raise ConfigError(f"{name}={value!r} is not a port range like 40000-40999")
-        ports = int(low), int(high)
-        if not 1024 <= ports[0] <= ports[1] <= 65535:
+        if not 1024 <= (ports := (int(low), int(high)))[0] <= ports[1] <= 65535:
             raise ConfigError(f"{name}={value!r} must lie within 1024-65535, low port first")
         return ports
 
