@@ -8,6 +8,8 @@ from ipaddress import ip_address
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
 
+from .iceports import check_range
+
 
 @dataclass(frozen=True)
 class IceServer:
@@ -42,6 +44,8 @@ class MediaConfig:
     """
 
     ice_hosts: tuple[str, ...] = ()
+    #: UDP ports ICE host candidates bind within (media/iceports.py); None: any.
+    ice_ports: tuple[int, int] | None = None
     ice_servers: tuple[IceServer, ...] = ()
     announced_ip: str | None = None
     pli_min_interval: float = 0.5
@@ -64,6 +68,8 @@ class MediaConfig:
     def __post_init__(self) -> None:
         for host in self.ice_hosts:
             ip_address(host)  # raises ValueError on a bad address
+        if self.ice_ports is not None:
+            check_range(self.ice_ports)
         if self.announced_ip is not None:
             ip_address(self.announced_ip)
         if self.pli_min_interval < 0:

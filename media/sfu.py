@@ -8,6 +8,7 @@ import logging
 from .aiortc_compat import check_aiortc, install_decoder_bypass, restrict_host_addresses
 from .config import MediaConfig
 from .errors import MediaError, SessionLost
+from .iceports import restrict_ice_ports
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .room import Room
@@ -48,6 +49,8 @@ class Sfu:
         install_decoder_bypass()
         if config.ice_hosts:
             restrict_host_addresses(config.ice_hosts)
+        if config.ice_ports is not None:
+            restrict_ice_ports(config.ice_ports)
         self._config = config
         self._signaling = signaling
         self._metrics: MediaMetrics = metrics or NoopMediaMetrics()

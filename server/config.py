@@ -90,6 +90,7 @@ class SignalingSettings:
 @dataclass(frozen=True)
 class MediaSettings:
     ice_hosts: tuple[str, ...] = ()  # empty: every non-loopback interface (aioice default)
+    ice_ports: tuple[int, int] | None = None  # None: any ephemeral port
     public_ip: str | None = None
     pli_min_interval_s: float = 0.5
     udp_gso: bool = True
@@ -186,6 +187,16 @@ class _Env:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
+
+    def port_range(self, name: str) -> tuple[int, int] | None:
+        if (value := self.raw(name)) is None:
+            return None
+        low, sep, high = value.partition("-")
+        if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+            raise ConfigError(f"{name}={value!r} is not a port range like 40000-40999")
+        if not 1024 <= (ports := (int(low), int(high)))[0] <= ports[1] <= 65535:
+            raise ConfigError(f"{name}={value!r} must lie within 1024-65535, low port first")
+        return ports
 
     def csv(self, name: str) -> tuple[str, ...]:
         value = self.raw(name)
@@ -318,6 +329,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         raise ConfigError("HUDDLE_DROP_AFTER must be longer than HUDDLE_PING_AFTER")
     media = MediaSettings(
         ice_hosts=env.csv("HUDDLE_ICE_HOSTS"),
+        ice_ports=env.port_range("HUDDLE_ICE_PORTS"),
         public_ip=env.raw("HUDDLE_PUBLIC_IP"),
         pli_min_interval_s=env.seconds("HUDDLE_PLI_MIN_INTERVAL", 0.5, low=0.05, high=10),
         udp_gso=env.boolean("HUDDLE_UDP_GSO", True),

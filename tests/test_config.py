@@ -40,8 +40,10 @@ def test_scale_out_settings() -> None:
             "HUDDLE_ICE_HOSTS": "10.0.0.5, 127.0.0.1",
             "HUDDLE_ALLOWED_ORIGINS": "https://a.example,https://b.example",
             "HUDDLE_MAX_PUBLISH_BITRATE": "1200000",
+            "HUDDLE_ICE_PORTS": "40000-40999",
         }
     )
+    assert config.media.ice_ports == (40000, 40999)
     assert config.media.max_publish_bitrate == 1_200_000
     assert config.is_postgres
     assert config.redis_url == "redis://cache:6379/0"
@@ -66,6 +68,10 @@ def test_scale_out_settings() -> None:
         ({"HUDDLE_WEBHOOK_URL": "ftp://x"}, "HUDDLE_WEBHOOK_URL='ftp://x' must be http(s)"),
         ({"HUDDLE_WEBHOOK_URL": "https://x"}, "HUDDLE_WEBHOOK_SECRET is required"),
         ({"HUDDLE_MAX_PUBLISH_BITRATE": "100"}, "HUDDLE_MAX_PUBLISH_BITRATE=100 is out of range"),
+        ({"HUDDLE_ICE_PORTS": "40000"}, "HUDDLE_ICE_PORTS='40000' is not a port range"),
+        ({"HUDDLE_ICE_PORTS": "a-b"}, "HUDDLE_ICE_PORTS='a-b' is not a port range"),
+        ({"HUDDLE_ICE_PORTS": "41000-40000"}, "HUDDLE_ICE_PORTS='41000-40000' must lie within"),
+        ({"HUDDLE_ICE_PORTS": "80-90"}, "HUDDLE_ICE_PORTS='80-90' must lie within"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

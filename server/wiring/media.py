@@ -56,6 +56,7 @@ def media_config(config: Config) -> MediaConfig:
     provider = TurnIceServers(turn, config.node_id, int(config.limits.max_duration_s))
     return MediaConfig(
         ice_hosts=config.media.ice_hosts,
+        ice_ports=config.media.ice_ports,
         announced_ip=config.media.public_ip,
         pli_min_interval=config.media.pli_min_interval_s,
         udp_gso=config.media.udp_gso,
