@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from server.errors import ConfigError as ConfigError
+from server.http_settings import HttpSettings as HttpSettings
+from server.http_settings import parse_frame_ancestors
 from server.turn_settings import TurnSettings as TurnSettings
 from server.turn_settings import validate_turn_settings
 
@@ -99,20 +100,6 @@ class MediaSettings:
 
 
 @dataclass(frozen=True)
-class HttpSettings:
-    """The HTTP edge: framing of the client page and slow-client limits."""
-
-    # CSP frame-ancestors sources for the client page ("'self'": same-origin
-    # embedding only; add the embedding app's origin to allow its iframe).
-    frame_ancestors: tuple[str, ...] = ("'self'",)
-    # Connections per client address that have not yet sent a full request
-    # head (slowloris); more are closed at once.
-    max_pending_per_ip: int = 32
-    # Seconds a new connection gets to send its request line and headers.
-    header_timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -121,9 +108,7 @@ class Config:
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     dev_mode: bool = True
     node_id: str = field(default_factory=lambda: secrets.token_hex(4))
-    # SFU processes (HUDDLE_WORKERS, --workers): 1 runs the SFU in this process;
-    # more run a signaling front and that many media workers (docs/workers.md).
-    workers: int = 1
+    workers: int = 1  # SFU processes (docs/workers.md); 1: the SFU runs in this one
     # Bearer token of the admin API (POST /v1/admin/drain); None: admin API off.
     admin_token: str | None = field(default=None, repr=False)
     static_dir: str | None = None
@@ -253,32 +238,6 @@ def _dev_mode(env: _Env, host: str, jwt_secret: str | None) -> bool:
     return True
 
 
-_FRAME_SOURCE = re.compile(
-    r"^(?:'self'|'none'|\*|https?:|(?:https?://)?(?:\*\.)?[A-Za-z0-9.-]+(?::(?:[0-9]{1,5}|\*))?)$"
-)
-
-
-def _frame_ancestors(env: _Env) -> tuple[str, ...]:
-    value = env.raw("HUDDLE_FRAME_ANCESTORS")
-    if value is None:
-        return ("'self'",)
-    # Unquoted self/none are a common slip; CSP needs the quotes.
-    sources = tuple(
-        f"'{part}'" if part in {"self", "none"} else part
-        for part in re.split(r"[\s,]+", value)
-        if part
-    )
-    for source in sources:
-        if not _FRAME_SOURCE.match(source):
-            raise ConfigError(
-                f"HUDDLE_FRAME_ANCESTORS: {source!r} is not a CSP source "
-                "('self', 'none', https://app.example, *.example.org)"
-            )
-    if "'none'" in sources and len(sources) > 1:
-        raise ConfigError("HUDDLE_FRAME_ANCESTORS: 'none' cannot be combined with other sources")
-    return sources
-
-
 def load_config(environ: Mapping[str, str]) -> Config:
     """Build and validate the configuration from ``environ`` (usually ``os.environ``)."""
     env = _Env(environ)
@@ -367,7 +326,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         cap_s=env.seconds("HUDDLE_DB_RETRY_CAP", 30.0, low=0.01, high=600),
     )
     http = HttpSettings(
-        frame_ancestors=_frame_ancestors(env),
+        frame_ancestors=parse_frame_ancestors(env.raw("HUDDLE_FRAME_ANCESTORS")),
         max_pending_per_ip=env.integer("HUDDLE_MAX_PENDING_PER_IP", 32, low=1, high=100_000),
         header_timeout_s=env.seconds("HUDDLE_HEADER_TIMEOUT", 10, low=0.5, high=600),
     )
