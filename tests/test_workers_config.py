@@ -55,6 +55,7 @@ def test_the_workers_get_the_fronts_resolved_media_settings() -> None:
     config = load_config(
         {
             "HUDDLE_ICE_HOSTS": "127.0.0.1",
+            "HUDDLE_ICE_PORTS": "40000-40099",
             "HUDDLE_PUBLIC_IP": "203.0.113.7",
             "HUDDLE_TURN_URIS": "turn:turn.example.org:3478",
             "HUDDLE_TURN_SECRET": "a-turn-secret-long-enough",
@@ -63,6 +64,7 @@ def test_the_workers_get_the_fronts_resolved_media_settings() -> None:
     spec = WorkerSpec(1, media_config(config), logging.INFO)
     copy: WorkerSpec = pickle.loads(pickle.dumps(spec))  # as the worker reads its stdin
     assert copy.media == spec.media and copy.media.announced_ip == "203.0.113.7"
+    assert copy.media.ice_ports == (40000, 40099)
     assert copy.media.ice_servers_provider is not None
     (server,) = copy.media.ice_servers_provider()
     assert server.urls == ("turn:turn.example.org:3478",) and server.username

@@ -61,6 +61,7 @@ def server(tmp_path: Path) -> Iterator[ServeProcess]:
         HUDDLE_JWT_SECRET=TEST_SECRET,
         HUDDLE_DEV="1",
         HUDDLE_ICE_HOSTS="127.0.0.1",
+        HUDDLE_ICE_PORTS="47000-47199",  # one range for the node: its workers share it
         HUDDLE_INITIATE_PER_MINUTE="1000",
         HUDDLE_DISCONNECT_GRACE=str(GRACE_S),
     ) as running:
