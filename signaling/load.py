@@ -158,8 +158,16 @@ class LoadMeter:
         return self.media is not no_media
 
     def attach(self, media: MediaSource) -> None:
-        """Measure this SFU from now on (and tell who asked, e.g. to publish at once)."""
+        """Measure this SFU from now on (and tell who asked, e.g. to publish at once).
+        Rates count from here: media workers' start-up CPU is not load."""
         self.media = media
+        now = media()
+        self._last = (
+            self._clock(),
+            self._cpu_clock() + now.worker_cpu_s,
+            now.forwarded_packets,
+        )
+        self._rates = (0.0, 0.0)
         for hook in self._on_attach:
             hook()
 

@@ -68,3 +68,11 @@ def test_the_workers_get_the_fronts_resolved_media_settings() -> None:
     assert copy.media.ice_servers_provider is not None
     (server,) = copy.media.ice_servers_provider()
     assert server.urls == ("turn:turn.example.org:3478",) and server.username
+
+
+def test_the_workers_start_up_cpu_is_not_load() -> None:
+    clock, cpu = iter([0.0, 10.0, 11.0]), iter([0.0, 0.0, 0.0])
+    meter = LoadMeter(clock=lambda: next(clock), cpu_clock=lambda: next(cpu))
+    worker_cpu = iter([4.0, 4.2])  # 4 s of imports before they were up
+    meter.attach(lambda: MediaLoad({}, worker_cpu_s=next(worker_cpu)))
+    assert meter.sample(frozenset(), {}, draining=False).cpu == 20.0
