@@ -107,10 +107,10 @@ class WorkerServer:
     def _dispatch(self, frame: Frame) -> None:
         kind, request_id = frame["kind"], frame.get("id")
         call_id, pid = frame.get("call_id"), frame.get("participant_id", "")
-        if not isinstance(call_id, str) or not isinstance(pid, str):
-            logger.warning("worker %d: a %s frame without ids", self._spec.index, kind)
-            return
         work: Callable[[], Awaitable[None]]
+        if not isinstance(call_id, str) or not isinstance(pid, str):
+            self._refuse(request_id, f"a {kind} frame without ids")
+            return
         if kind == "signal" and isinstance(frame.get("message"), dict):
             message: Message = frame["message"]
 
@@ -125,7 +125,7 @@ class WorkerServer:
             def work() -> Awaitable[None]:
                 return self.sfu.on_event(RoomEnded(call_id))
         else:
-            logger.warning("worker %d: unknown frame %r", self._spec.index, kind)
+            self._refuse(request_id, f"unknown or malformed frame {kind!r}")
             return
         key = (call_id, pid)
         task = asyncio.create_task(self._serve(self._last.get(key), request_id, work))
@@ -138,6 +138,27 @@ class WorkerServer:
                 del self._last[key]
 
         task.add_done_callback(done)
+
+    def _refuse(self, request_id: object, why: str) -> None:
+        """A frame this worker cannot serve: logged, and answered if it was a request
+        (the front would wait for its ``done`` otherwise)."""
+        logger.warning("worker %d: %s", self._spec.index, why)
+        if request_id is None:
+            return
+
+        async def answer() -> None:
+            with contextlib.suppress(ChannelClosed):
+                await self._channel.send(
+                    {
+                        "kind": "done",
+                        "id": request_id,
+                        "error": {"code": "sfu_error", "message": why},
+                    }
+                )
+
+        task = asyncio.create_task(answer())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _serve(
         self,
