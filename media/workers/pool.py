@@ -55,6 +55,8 @@ class _Route:
     #: Who sent this room messages through the pool (told if the worker dies).
     seen: set[str]
     used_at: float
+    #: Requests for the room on their way: it is not dropped from the table meanwhile.
+    pending: int = 0
 
 
 class WorkerPool:
@@ -265,7 +267,8 @@ class WorkerPool:
     def _expire_routes(self) -> None:
         now = asyncio.get_running_loop().time()
         for call_id, route in list(self._routes.items()):
-            if call_id not in route.worker.rooms and now - route.used_at > ROUTE_IDLE_S:
+            idle = route.pending == 0 and now - route.used_at > ROUTE_IDLE_S
+            if idle and call_id not in route.worker.rooms:
                 del self._routes[call_id]
 
     # -- SfuEndpoint --------------------------------------------------------------------
@@ -293,8 +296,14 @@ class WorkerPool:
         return route
 
     async def _request(self, route: _Route, frame: Frame) -> None:
-        route.used_at = asyncio.get_running_loop().time()
-        error = await route.worker.request(frame)
+        loop = asyncio.get_running_loop()
+        route.used_at = loop.time()
+        route.pending += 1
+        try:
+            error = await route.worker.request(frame)
+        finally:
+            route.pending -= 1
+            route.used_at = loop.time()
         if error is not None:
             raise error
 
