@@ -69,6 +69,13 @@ LOSS_HIGH = 0.10
 LOSS_CUT_GAP_US = 300_000
 #: Lowest estimate (bit/s): audio must always fit.
 FLOOR = 30_000.0
+#: The first estimate (bit/s) when less has arrived yet, as mediasoup's
+#: ``initialAvailableOutgoingBitrate``: what arrives at first is only what a
+#: start-up allocation sent (audio, a keyframe), and starting from that would
+#: pause video whose padding could then not probe its way back. Kept until
+#: the link shows congestion (growth is capped by what arrives, never pulled
+#: down by it).
+START = 600_000.0
 #: Round trip assumed before one is measured (s).
 DEFAULT_RTT = 0.1
 
@@ -182,7 +189,7 @@ class Aimd:
         if acked is None:
             return self.rate
         if self.rate is None:
-            self.rate = max(acked, FLOOR)
+            self.rate = max(acked, START)
         elapsed = 0.0 if last is None else min(max(now_us - last, 0), 1_000_000) / 1e6
         if usage is Usage.OVERUSING:
             if not self._holding:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from media.gcc import FLOOR, PacketResult, SendSideEstimator, Usage
+from media.gcc import FLOOR, START, PacketResult, SendSideEstimator, Usage
 
 FRAME_US = 33_333
 FEEDBACK_US = 50_000
@@ -158,10 +158,20 @@ def test_a_probe_that_arrives_at_its_rate_raises_the_estimate() -> None:
     link = Link(capacity=3_000_000)
     now, _ = run(estimator, link, 200_000, 3.0)
     low = estimator.estimate
-    assert low is not None and low < 400_000  # 1.5x what was sent, at most
+    assert low == START  # what was sent vouches for less: the start value holds
     assert estimator.probe_result(1_500_000) == 1_500_000
     _, estimates = run(estimator, link, 1_500_000, 2.0, now)
     assert min(estimates) >= 1_400_000
+
+
+def test_the_first_estimate_is_the_start_value_until_the_link_says_less() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=3_000_000)
+    _, estimates = run(estimator, link, 100_000, 2.0)  # a start-up trickle on a fast link
+    assert estimates and all(e == START for e in estimates)
+    slow = SendSideEstimator()
+    _, estimates = run(slow, Link(capacity=150_000), None, 4.0)  # sending what it says
+    assert estimates[0] == START and estimates[-1] < 1.5 * 150_000
 
 
 def test_a_probe_result_is_ignored_while_overusing() -> None:
