@@ -50,6 +50,7 @@ from .allocator import (
 )
 from .gcc import Usage
 from .metrics import MediaMetrics
+from .transportcc import PROBE_HELD
 
 if TYPE_CHECKING:
     from .feedback import SubscriberFeedback
@@ -95,11 +96,24 @@ SIZE_SLACK = 0.9
 #: Most views kept per subscriber (track_settings entries, by mid).
 MAX_VIEWS = 64
 #: A probe aims this much above what it tests for; one that shows at least
-#: PROBE_HELD of its target counts as a success, and the next may follow
-#: PROBE_AGAIN seconds later.
+#: PROBE_HELD of its target counts as a success (media.transportcc), and the
+#: next may follow PROBE_AGAIN seconds later.
 PROBE_OVERSHOOT = 1.1
-PROBE_HELD = 0.9
 PROBE_AGAIN = 1.0
+#: The longest wait for a probe's outcome (judged once its feedback came in)
+#: before another may start (s).
+PROBE_OUTCOME_WAIT = 3.0
+#: No probe this long after the send-side estimate dropped (s): the link just
+#: showed its limit, its queue is still draining, and a cluster at twice the
+#: estimate would overflow it and freeze the video that was just moved down
+#: (nothing moves up within UP_HOLD of that anyway).
+PROBE_QUIET = 4.0
+#: A probe tests twice the estimate, or only this many times it within
+#: PROBE_CAREFUL seconds of a drop: a cluster over the link's rate queues there
+#: (a 0.3 s cluster at 2x fills 300 ms of a shaper's queue and drops media).
+PROBE_GROWTH = 2.0
+PROBE_GROWTH_CAREFUL = 1.5
+PROBE_CAREFUL = 30.0
 
 Message = dict[str, Any]
 
@@ -126,10 +140,11 @@ class SubscriberAdaptation:
         self._send_side = False  # the estimate is the send side's (transport-cc)
         self._probe_outcome: tuple[float | None, float] | None = None
         self._probe_at = 0.0  # no probe before this (monotonic s)
+        self._dropped_at = -PROBE_CAREFUL  # when the send-side estimate last dropped
         self._wake = asyncio.Event()  # an allocation wanted before the next tick
         if transport is not None:
             transport.on_probe = self._probed
-            transport.on_drop = self._wake.set
+            transport.on_drop = self._dropped
         self._slots = slots
         self._send = send
         self._metrics = metrics
@@ -287,7 +302,9 @@ class SubscriberAdaptation:
             # later may be taken then); with one, the allocation is the cap.
             top = index != PAUSED and index >= up.top_index
             cap = None if top and self.estimate is None else index
-            up.set_max_layer(slot.down, cap)
+            # More is sent than the link carries: a move down cannot wait.
+            urgent = self.estimate is not None and sending > self.estimate
+            up.set_max_layer(slot.down, cap, urgent=urgent)
             target = PAUSED if index == PAUSED else up.layer_at(index)
             changed |= target is not before
         if changed:
@@ -387,6 +404,13 @@ class SubscriberAdaptation:
             budget = max(budget, (sending + step) / HEADROOM * 1.01)
         return budget
 
+    def _dropped(self) -> None:
+        """The send-side estimate fell: allocate now, and probe only once it settled."""
+        now = self._clock()
+        self._dropped_at = now
+        self._probe_at = max(self._probe_at, now + PROBE_QUIET)
+        self._wake.set()
+
     def _probed(self, rate: float | None, target: float) -> None:
         self._probe_outcome = (rate, target)
 
@@ -395,11 +419,13 @@ class SubscriberAdaptation:
     ) -> float:
         """Send-side: the estimate is the budget. While it does not cover what the
         subscriber would take (every track at its top layer, within its view), probe
-        clusters test more: at twice the estimate (at least the next step), and again
+        clusters test more: at twice the estimate (1.5 times it for a while after a
+        drop; the allocation takes the next step once the estimate covers it), and again
         :data:`PROBE_AGAIN` seconds after one that held, so the estimate climbs
         exponentially, as libwebrtc's probing does. One that falls short doubles the
         wait before the next (from :data:`UP_AFTER` up to :data:`MAX_UP_AFTER`);
-        none while the estimator sees overuse."""
+        none while the estimator sees overuse, nor :data:`PROBE_QUIET` seconds
+        after the estimate dropped."""
         outcome, self._probe_outcome = self._probe_outcome, None
         if outcome is not None:
             rate, target = outcome
@@ -420,10 +446,12 @@ class SubscriberAdaptation:
         wanted = _full_demand(demands)
         if wanted <= estimate * HEADROOM:
             return estimate
-        step = _next_step(demands)
-        next_step = (sending + step) / HEADROOM if step is not None else wanted / HEADROOM
-        target = min(wanted / HEADROOM, max(next_step, 2 * estimate)) * PROBE_OVERSHOOT
-        prober.probe(target, sending)
+        careful = now - self._dropped_at < PROBE_CAREFUL
+        growth = PROBE_GROWTH_CAREFUL if careful else PROBE_GROWTH
+        target = min(wanted / HEADROOM, growth * estimate) * PROBE_OVERSHOOT
+        if prober.probe(target, sending):
+            # Its outcome (a few hundred ms after the cluster) sets the next time.
+            self._probe_at = now + PROBE_OUTCOME_WAIT
         return estimate
 
     def _cap(self, mid: str, up: UpTrack) -> int | None:
@@ -447,7 +475,7 @@ class SubscriberAdaptation:
     def _describe(self, mid: str, slot: Slot) -> dict[str, Any]:
         up = slot.source
         assert up is not None
-        layer = up.layer_of(slot.down)
+        layer = up.layer_of(slot.down) or up.target_of(slot.down)
         return {
             "mid": mid,
             "participant_id": up.participant_id,

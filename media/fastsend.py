@@ -72,6 +72,9 @@ RESEND_BURST = 128
 RESEND_RATE = 500.0
 #: Probe padding: RTX copies of at most this many of the newest packets at a time.
 PAD_PACKETS = 64
+#: Bytes of the newest packets kept when the source changes or goes (a pause), so
+#: that probes can still copy something while nothing is forwarded.
+PAD_SPARE_BYTES = 16_000
 
 ntp_now = downstream.ntp_now
 
@@ -145,6 +148,9 @@ class FastRtp:
         self.out: DatagramOut | None = None
         self._route: SendRoute | None = None
         self.rtx_sequence_number = random_sequence_number()
+        #: The newest packets sent before the last switch, as (packet, sequence number):
+        #: what probe padding copies while the stream forwards nothing (paused).
+        self._spare: list[tuple[bytes, int]] = []
         self.layout: _Layout | None = None
         self.running = False
         self._enabled = True
@@ -227,7 +233,11 @@ class FastRtp:
             self.down.replay()  # the latest keyframe, from the publisher's cache
 
     def switch(self) -> None:
-        """The source changes (or goes): start over at its next keyframe, numbering continuing."""
+        """The source changes (or goes): start over at its next keyframe, numbering continuing.
+        The newest packets sent so far are kept for probe padding (:meth:`pad`)."""
+        spare = self._recent(PAD_SPARE_BYTES)
+        if spare:
+            self._spare = spare
         self.stream.switch()
 
     def forward(self, entry: Forwardable) -> bool:
@@ -479,9 +489,10 @@ class FastRtp:
 
         RTX copies of the newest packets this stream sent (the subscriber has
         them: it drops them once its transport-wide feedback counted them), as
-        libwebrtc probes. Not padding-only packets: Chrome's transport-wide
-        feedback leaves many of those out, which makes a probe look dropped.
-        Nothing without RTX or before the stream forwards anything.
+        libwebrtc probes; while it forwards nothing (paused), of the newest it
+        sent before, over and over. Not padding-only packets: Chrome's
+        transport-wide feedback leaves many of those out, which makes a probe
+        look dropped. Nothing without RTX or before the stream sent anything.
         """
         stream = self.stream
         rtx_payload_type = self.internals.rtx_payload_type
@@ -492,11 +503,24 @@ class FastRtp:
 
     def _recent_as_rtx(self, nbytes: int, rtx_payload_type: int) -> list[bytes]:
         """RTX copies of the newest packets sent, about ``nbytes`` of them."""
+        recent = self._recent(nbytes)
+        if not recent and self._spare:
+            spare, total = self._spare, 0
+            while total < nbytes:  # the spare is small: copies of it, round and round
+                for data, sequence_number in spare:
+                    recent.append((data, sequence_number))
+                    total += len(data)
+                    if total >= nbytes:
+                        break
+        return [self._as_rtx(data, rtx_payload_type, seq) for data, seq in recent]
+
+    def _recent(self, nbytes: int) -> list[tuple[bytes, int]]:
+        """The newest packets sent from the current source, about ``nbytes`` of them."""
         down = self.down
         source = down.source if down is not None else None
         stream = self.stream
         epoch = stream.epoch
-        out: list[bytes] = []
+        out: list[tuple[bytes, int]] = []
         if source is None or epoch is None:
             return out
         seq_offset = stream.seq_offset
@@ -513,9 +537,8 @@ class FastRtp:
             data = stream.build(entry, sequence_number) if entry is not None else None
             if data is None:
                 continue
-            rtx = self._as_rtx(data, rtx_payload_type, sequence_number)
-            out.append(rtx)
-            total += len(rtx)
+            out.append((data, sequence_number))
+            total += len(data)
         return out
 
 

@@ -99,6 +99,10 @@ class UpTrack:
         self._layer_of: dict[DownTrack, Layer] = {}
         self._max_layer: dict[DownTrack, int] = {}
         self._paused: set[DownTrack] = set()  # downs getting no video (set_max_layer PAUSED)
+        #: Downs taken off a higher layer at once, waiting for the lower layer's
+        #: keyframe: down -> (the layer they wait for, the one they left).
+        self._dropping: dict[DownTrack, tuple[Layer, Layer]] = {}
+        self._urgent: set[DownTrack] = set()  # set_max_layer(urgent=True)
         self._live: set[Layer] | None = None  # layers with packets at the last tick
         self.ended = False
         self._default = Layer(self, None, pli_min_interval=pli_min_interval, metrics=metrics)
@@ -256,6 +260,8 @@ class UpTrack:
         if down in self._downs:
             self._downs.remove(down)
             self._max_layer.pop(down, None)
+            self._dropping.pop(down, None)
+            self._urgent.discard(down)
             if down in self._paused:
                 self._paused.discard(down)
                 self._metrics.paused_track_gone()
@@ -316,13 +322,19 @@ class UpTrack:
             self._active = active
             self._on_layers(self, list(active))
 
-    def set_max_layer(self, down: DownTrack, index: int | None) -> None:
+    def set_max_layer(self, down: DownTrack, index: int | None, *, urgent: bool = False) -> None:
         """The highest layer (index, lowest 0) ``down`` may get; None: any; PAUSED
-        (-1): no video at all until raised again (it restarts at a keyframe)."""
+        (-1): no video at all until raised again (it restarts at a keyframe).
+        ``urgent``: the subscriber's link cannot carry what it gets now, so a move
+        down stops the higher layer at once instead of at the lower one's keyframe."""
         if index is None:
             self._max_layer.pop(down, None)
         else:
             self._max_layer[down] = index
+        if urgent:
+            self._urgent.add(down)
+        else:
+            self._urgent.discard(down)
         self._reassign()
 
     def paused(self, down: DownTrack) -> bool:
@@ -331,17 +343,21 @@ class UpTrack:
 
     def move(self, down: DownTrack, layer: Layer) -> None:
         """``layer`` reached a keyframe: ``down`` continues from it (a new epoch)."""
+        dropping = self._dropping.pop(down, None)
         old = self._layer_of.get(down)
         if old is layer or down not in self._downs:
             return
+        if down.sender is not None and dropping is None:
+            # (A drop switched it when it left the higher layer.) Before the move:
+            # the sender keeps its newest packets, read from the layer it is on.
+            down.sender.switch()
         self._layer_of[down] = layer
         if old is not None:
             self._refresh(old)
         self._refresh(layer)
-        if down.sender is not None:
-            down.sender.switch()
-        if old is not None:
-            self._metrics.layer_switched("up" if self._index(layer) > self._index(old) else "down")
+        left = old if old is not None else dropping[1] if dropping is not None else None
+        if left is not None:
+            self._metrics.layer_switched("up" if self._index(layer) > self._index(left) else "down")
 
     def index_of(self, layer: Layer) -> int:
         """A layer's index: its place in the offer's rids, lowest 0 (0 if not simulcast)."""
@@ -382,7 +398,19 @@ class UpTrack:
         for down in list(self._downs):
             target = self._choose(down)
             current = self._layer_of.get(down)
-            if target is current:
+            dropping = self._dropping.pop(down, None)
+            if dropping is not None:
+                waiting, left = dropping
+                if target is waiting:
+                    self._dropping[down] = dropping
+                    continue  # still waiting for that layer's keyframe
+                waiting.cancel_switch(down)
+                if target is not None and self._index(target) < self._index(left):
+                    self._dropping[down] = (target, left)  # lower still: wait for it instead
+                    target.switch_here(down)
+                    continue
+                # Paused, or back to where it was (placed below as after a pause).
+            if target is current and target is not None:
                 for layer in self.layers():
                     if layer is not target:
                         layer.cancel_switch(down)
@@ -391,10 +419,10 @@ class UpTrack:
                 for layer in self.layers():
                     layer.cancel_switch(down)
                 if current is not None:
+                    if down.sender is not None:
+                        down.sender.switch()  # before it leaves the layer (see move)
                     del self._layer_of[down]
                     self._refresh(current)
-                    if down.sender is not None:
-                        down.sender.switch()
                 if self._max_layer.get(down) == PAUSED and down not in self._paused:
                     self._paused.add(down)
                     self._metrics.layer_switched("pause")
@@ -412,6 +440,17 @@ class UpTrack:
                 if layer is not target:
                     layer.cancel_switch(down)
             target.switch_here(down)
+            if down in self._urgent and self._index(target) < self._index(current):
+                # Down, the subscriber's link short of it: stop the higher layer now
+                # rather than at the lower one's keyframe. Forwarding it meanwhile
+                # floods the link; the queue and losses that leaves behind freeze
+                # the lower layer too once it starts. The picture holds still
+                # until that keyframe (asked for by switch_here).
+                self._dropping[down] = (target, current)
+                if down.sender is not None:
+                    down.sender.switch()  # before it leaves the layer (see move)
+                del self._layer_of[down]
+                self._refresh(current)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -432,6 +471,8 @@ class UpTrack:
             down.detach(self)
         self._downs.clear()
         self._layer_of.clear()
+        self._dropping.clear()
+        self._urgent.clear()
         for _ in self._paused:
             self._metrics.paused_track_gone()
         self._paused.clear()

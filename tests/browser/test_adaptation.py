@@ -185,6 +185,7 @@ async def test_a_weak_downlink_gets_a_low_layer_without_freezing_the_others(
             )
         for source in (ana_id, bob_id):
             freeze = await longest_freeze(cyd, source, 4.0)
+            print(f"cyd's video of {group[source].name}: longest freeze {freeze:.2f} s")
             assert freeze <= MAX_FREEZE_S, (
                 f"cyd's video of {group[source].name} froze {freeze:.1f} s"
             )

@@ -535,3 +535,31 @@ async def test_probe_padding_is_rtx_copies_of_the_newest_packets_numbered() -> N
     assert fast.packets_sent == 1  # padding is not media
     setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", None)  # noqa: B010
     assert fast.pad(1000) == 0  # no RTX, no padding
+
+
+@pytest.mark.usefixtures("implementation")
+async def test_a_paused_stream_still_pads_with_copies_of_what_it_sent_last() -> None:
+    """Paused (its source gone: a switch), a stream forwards nothing, yet probes must
+    still find out when the video would fit again: copies of its newest packets."""
+    log = new_log(IMPL.accelerated)
+    fast, ext_map = _fast(twcc=log)
+    setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
+    source = FakeSource()
+    down = DownTrack("video", NoopMediaMetrics())
+    down.sender, fast.down = fast, down
+    down.attach(source)  # type: ignore[arg-type]
+    entry = vp8(1, 9000, 1, key=True, marker=True, size=600)
+    source.cache.put(entry[3], entry)
+    assert fast.forward(entry)
+    (media,) = sent(fast, ext_map)
+    fast.switch()  # paused: the source goes
+    source.cache = type(source.cache)(16)  # and its cache moved on
+    assert fast.pad(2000) >= 2000
+    copies = sent(fast, ext_map)
+    assert len(copies) >= 3  # one packet kept, copied round and round
+    for copy in copies:
+        assert copy.payload_type == 97
+        assert int.from_bytes(copy.payload[:2], "big") == media.sequence_number
+    rtx_numbers = [c.sequence_number for c in copies]
+    assert len(set(rtx_numbers)) == len(rtx_numbers)  # each copy its own RTX number
+    assert fast.packets_sent == 1

@@ -564,3 +564,73 @@ async def test_a_track_allocated_before_its_layers_arrive_is_sent_once_they_do(
         await adaptation.close()
         slot.close()
         await subscriber.close()
+
+
+async def test_an_urgent_move_down_stops_the_higher_layer_at_once(publish: Publish) -> None:
+    """The subscriber's link cannot carry the top layer: nothing more of it is sent while
+    the low layer's keyframe is awaited (forwarding it would flood the link), and the
+    stream goes on from that keyframe, numbering continuous."""
+    up = publish.up
+    pub = Publisher(publish)
+    fast, ext_map = _fast()
+    down = DownTrack("video", publish.metrics)
+    down.sender, fast.down = fast, down
+    for rid in ("q", "h", "f"):
+        pub.frame(rid, key=True)
+    up.sync()
+    down.attach(up)
+    pub.frame("f", key=True)
+    await eventually(lambda: up.layer_of(down) is up.layer("f"), message="on the top layer")
+    before = sent(fast, ext_map)
+    assert before
+
+    up.set_max_layer(down, 0, urgent=True)
+    assert up.layer_of(down) is None and up.target_of(down) is up.layer("q")
+    pub.frame("f")
+    pub.frame("q")  # a delta frame of the target: not a place to start
+    assert sent(fast, ext_map) == []
+    key_q = pub.frame("q", key=True)
+    after = sent(fast, ext_map)
+    assert [p.payload[4:] for p in after] == [k[4:] for k in key_q]
+    assert up.layer_of(down) is up.layer("q")
+    seqs = [p.sequence_number for p in before + after]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    assert publish.metrics.counts["layer_switch_down"] == 1
+
+    # Not urgent (a smaller tile): the current layer goes on until the keyframe.
+    up.set_max_layer(down, None)
+    pub.frame("f", key=True)
+    assert up.layer_of(down) is up.layer("f")
+    sent(fast, ext_map)
+    up.set_max_layer(down, 1)
+    still_f = pub.frame("f")
+    assert [p.payload[4:] for p in sent(fast, ext_map)] == [c[4:] for c in still_f]
+    down.detach()
+
+
+async def test_a_paused_track_can_still_be_probed_for(publish: Publish) -> None:
+    """Paused for lack of bandwidth, a track sends nothing, yet probes must find out
+    when it fits again: its sender pads with copies of what it sent last on its layer."""
+    up = publish.up
+    pub = Publisher(publish)
+    fast, ext_map = _fast()
+    setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
+    down = DownTrack("video", publish.metrics)
+    down.sender, fast.down = fast, down
+    for rid in ("q", "h", "f"):
+        pub.frame(rid, key=True)
+    up.sync()
+    down.attach(up)
+    pub.frame("f", key=True)
+    await eventually(lambda: up.layer_of(down) is up.layer("f"), message="on the top layer")
+    last = sent(fast, ext_map)[-1]
+    up.set_max_layer(down, PAUSED, urgent=True)
+    assert up.paused(down)
+    for rid in ("q", "h", "f"):  # the layers go on; nothing of them reaches it
+        pub.frame(rid)
+    assert sent(fast, ext_map) == []
+    assert fast.pad(3000) >= 3000
+    copies = sent(fast, ext_map)
+    assert copies and all(c.payload_type == 97 for c in copies)
+    assert int.from_bytes(copies[-1].payload[:2], "big") <= last.sequence_number
+    down.detach()

@@ -142,6 +142,34 @@ def test_a_cluster_that_arrives_at_its_rate_raises_the_estimate() -> None:
     assert metrics.counts["padding_probes_raised"] == 1
 
 
+def test_a_cluster_that_fell_short_raises_nothing() -> None:
+    """It arrived at well under its target (a queue on the way): the link cannot take
+    the target, and the rate it came at is no proof either (a shaper's burst)."""
+    transport, _, metrics = _transport()
+    outcomes: list[Any] = []
+    transport.on_probe = lambda rate, target: outcomes.append((rate, target))
+    arrivals = [(transport.log.take(300), 1_000_000 + i * 10_000) for i in range(60)]
+    transport.on_feedback(_feedback(arrivals))
+    before = transport.estimator.estimate
+    transport.begin_cluster(3_000_000)
+    cluster = [transport.log.take(1000) for _ in range(30)]
+    transport.end_cluster()
+    ring = transport.log._ring  # type: ignore[attr-defined]
+    base_us = ring[cluster[0]][1]
+    for i, seq in enumerate(cluster):
+        ring[seq] = (seq, base_us + i * 2_500, 1000)
+    # Sent at 3.2 Mbit/s, arrived at about 1 Mbit/s (8 ms apart): above the estimate,
+    # below the target.
+    transport.on_feedback(
+        _feedback([(seq, 2_000_000 + i * 8_000) for i, seq in enumerate(cluster)])
+    )
+    (outcome,) = outcomes
+    assert outcome[0] is not None and before is not None and outcome[0] > before
+    after = transport.estimator.estimate
+    assert after is not None and abs(after - before) < 1_000 < outcome[0] - after
+    assert metrics.counts["padding_probes_not_raised"] == 1
+
+
 def test_a_cluster_that_queued_shows_the_rate_it_arrived_at() -> None:
     results = [PacketResult(i, i * 1_000, 1000, 5_000_000 + i * 4_000) for i in range(20)]
     rates = cluster_rates(results)
@@ -170,3 +198,17 @@ def test_a_cluster_mostly_dropped_shows_the_rate_the_rest_came_at() -> None:
     ]
     rates = cluster_rates(results)
     assert rates is not None and abs(rates[0] - 0.95 * 2_000_000) < 1
+
+
+def test_a_cluster_through_a_shapers_burst_is_judged_by_its_queued_tail() -> None:
+    # Sent at 8 Mbit/s: the first ten packets pass at once (the bucket's burst), the
+    # next ten queue at the shaper's 2 Mbit/s.
+    results = [PacketResult(i, i * 1_000, 1000, 5_000_000 + i * 1_000) for i in range(10)]
+    results += [
+        PacketResult(10 + i, (10 + i) * 1_000, 1000, 5_010_000 + i * 4_000) for i in range(10)
+    ]
+    rates = cluster_rates(results)
+    assert rates is not None
+    rate, sent_at = rates
+    assert abs(sent_at - 8_000_000) < 1
+    assert rate < 2_500_000  # not the ~3.2 Mbit/s the whole spread would say

@@ -1,0 +1,76 @@
+"""Send-side probing in the adaptation: probes climb while the estimate does not cover
+what the subscriber would take, but never right after the link showed its limit."""
+
+from __future__ import annotations
+
+from media.adaptation import PROBE_QUIET, SubscriberAdaptation
+from media.allocator import Demand
+from media.feedback import SubscriberFeedback
+from media.metrics import CountingMediaMetrics
+from media.probe import Prober
+from media.transportcc import TransportCc
+from tests.support.clock import ManualClock
+
+CAMERA = Demand(
+    key="v",
+    kind="video",
+    layers=((0, 150_000.0), (1, 500_000.0), (2, 1_500_000.0)),
+    current=0,
+)
+
+
+def rig() -> tuple[SubscriberAdaptation, Prober, ManualClock]:
+    clock = ManualClock(100.0)
+    metrics = CountingMediaMetrics()
+    transport = TransportCc("t", accelerated=False, metrics=metrics, clock=clock)
+    transport.negotiated = True
+    prober = Prober("p", transport, lambda nbytes: nbytes, metrics=metrics)
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    adaptation = SubscriberAdaptation(
+        "s",
+        SubscriberFeedback("s", lambda ssrc: None, metrics=metrics),
+        lambda: [],
+        send,
+        metrics=metrics,
+        transport=transport,
+        prober=prober,
+        clock=clock,
+    )
+    return adaptation, prober, clock
+
+
+async def test_a_capped_subscriber_is_probed_for_more() -> None:
+    adaptation, prober, clock = rig()
+    adaptation._probe_for(300_000.0, 200_000.0, [CAMERA], clock())
+    assert prober.busy
+    await prober.close()
+
+
+async def test_no_second_probe_before_the_first_ones_outcome() -> None:
+    adaptation, prober, clock = rig()
+    adaptation._probe_for(300_000.0, 200_000.0, [CAMERA], clock())
+    assert prober.busy
+    await prober.close()  # the cluster is over; its feedback is not in yet
+    clock.advance(1.0)
+    adaptation._probe_for(300_000.0, 200_000.0, [CAMERA], clock())
+    assert not prober.busy
+    adaptation._probed(310_000.0, 700_000.0)  # it fell short: wait longer
+    clock.advance(0.5)
+    adaptation._probe_for(300_000.0, 200_000.0, [CAMERA], clock())
+    assert not prober.busy
+
+
+async def test_no_probe_right_after_the_estimate_dropped() -> None:
+    adaptation, prober, clock = rig()
+    adaptation._dropped()  # what TransportCc.on_drop calls
+    for _ in range(int(PROBE_QUIET / 0.5)):
+        adaptation._probe_for(300_000.0, 200_000.0, [CAMERA], clock())
+        assert not prober.busy
+        clock.advance(0.5)
+    clock.advance(0.1)
+    adaptation._probe_for(300_000.0, 200_000.0, [CAMERA], clock())
+    assert prober.busy
+    await prober.close()
