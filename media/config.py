@@ -57,8 +57,8 @@ class MediaConfig:
     #: video: a ceiling, like Janus's per-room ``bitrate``.
     max_publish_bitrate: int = 2_500_000
     #: Offer transport-cc to subscribers and estimate their downlinks on the send
-    #: side (media/transportcc.py); off (the default for now): their REMB only.
-    transport_cc: bool = False
+    #: side (media/transportcc.py); off: their REMB only.
+    transport_cc: bool = True
     #: Called for each new peer connection; adds servers whose credentials are
     #: short-lived (TURN REST), so a long-running node never hands out stale ones.
     ice_servers_provider: Callable[[], Sequence[IceServer]] | None = field(

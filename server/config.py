@@ -96,7 +96,7 @@ class MediaSettings:
     pli_min_interval_s: float = 0.5
     udp_gso: bool = True
     max_publish_bitrate: int = 2_500_000
-    transport_cc: bool = False
+    transport_cc: bool = True
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         max_publish_bitrate=env.integer(
             "HUDDLE_MAX_PUBLISH_BITRATE", 2_500_000, low=30_000, high=100_000_000
         ),
-        transport_cc=env.boolean("HUDDLE_TRANSPORT_CC", False),
+        transport_cc=env.boolean("HUDDLE_TRANSPORT_CC", True),
     )
     webhook_url = env.raw("HUDDLE_WEBHOOK_URL")
     webhook_secret = env.raw("HUDDLE_WEBHOOK_SECRET")
