@@ -325,9 +325,7 @@ def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:
     feedback does not count every padding packet it gets; those it does not
     count crossed the same link, so a link that could not carry them all would
     have delayed the counted ones. When much of it never came (a policer), the
-    rate the rest arrived at. The spread is also taken over the later half of the
-    cluster alone, and the wider counts: a token-bucket shaper lets the first
-    packets through at once (its burst) and queues the rest at its rate.
+    rate the rest arrived at.
     """
     received = [r for r in results if r.arrival_us is not None]
     if len(received) < CLUSTER_MIN_PACKETS:
@@ -346,12 +344,6 @@ def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:
         received_rate = sum(r.size for r in received[1:]) * 8e6 / receive_span
         return min(send_rate, received_rate) * 0.95, send_rate
     stretch = receive_span / received_send_span
-    tail = sorted(received, key=lambda r: r.send_us)[len(received) // 2 :]
-    if len(tail) >= CLUSTER_MIN_PACKETS // 2 + 1:
-        tail_sends = tail[-1].send_us - tail[0].send_us
-        tail_arrivals = [r.arrival_us for r in tail if r.arrival_us is not None]
-        if tail_sends > 0:
-            stretch = max(stretch, (max(tail_arrivals) - min(tail_arrivals)) / tail_sends)
     if stretch > 1 / 0.9:
         return send_rate / stretch * 0.95, send_rate
     return send_rate, send_rate

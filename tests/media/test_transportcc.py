@@ -199,16 +199,3 @@ def test_a_cluster_mostly_dropped_shows_the_rate_the_rest_came_at() -> None:
     rates = cluster_rates(results)
     assert rates is not None and abs(rates[0] - 0.95 * 2_000_000) < 1
 
-
-def test_a_cluster_through_a_shapers_burst_is_judged_by_its_queued_tail() -> None:
-    # Sent at 8 Mbit/s: the first ten packets pass at once (the bucket's burst), the
-    # next ten queue at the shaper's 2 Mbit/s.
-    results = [PacketResult(i, i * 1_000, 1000, 5_000_000 + i * 1_000) for i in range(10)]
-    results += [
-        PacketResult(10 + i, (10 + i) * 1_000, 1000, 5_010_000 + i * 4_000) for i in range(10)
-    ]
-    rates = cluster_rates(results)
-    assert rates is not None
-    rate, sent_at = rates
-    assert abs(sent_at - 8_000_000) < 1
-    assert rate < 2_500_000  # not the ~3.2 Mbit/s the whole spread would say
