@@ -198,4 +198,3 @@ def test_a_cluster_mostly_dropped_shows_the_rate_the_rest_came_at() -> None:
     ]
     rates = cluster_rates(results)
     assert rates is not None and abs(rates[0] - 0.95 * 2_000_000) < 1
-
