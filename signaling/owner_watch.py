@@ -19,7 +19,6 @@ that moment asks on its return (``resume``) and is told the same.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
@@ -27,7 +26,9 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.workers import PeriodicWorker
 from signaling.bus import node_channel, room_owner_key
+from signaling.placement import RELEASE
 from signaling.registry import SocketRegistry
 
 logger = logging.getLogger(__name__)
@@ -38,13 +39,6 @@ INTERVAL_S = 1.0
 CONFIRM = 2
 #: At most this many calls are checked per round (one MGET).
 MAX_CALLS = 5_000
-
-_CLEAR = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 OwnerLost = Callable[[str, str], Awaitable[None]]
 
@@ -83,7 +77,7 @@ class RedisOwnerProbe:
         return {n: by_channel.get(node_channel(n), 0) > 0 for n in names}
 
     async def clear(self, call_id: str, owner: str) -> bool:
-        deleted = await self._redis.eval(_CLEAR, 1, room_owner_key(call_id), owner)  # type: ignore[misc]
+        deleted = await self._redis.eval(RELEASE, 1, room_owner_key(call_id), owner)  # type: ignore[misc]
         return bool(deleted)
 
 
@@ -102,38 +96,29 @@ class OwnerWatch:
         self._registry = registry
         self._probe = probe
         self._on_lost = on_lost
-        self._interval_s = interval_s
         self._confirm = confirm
         #: node -> checks in a row that found nothing listening on its channel.
         self._silent: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._worker = PeriodicWorker("room-owner-watch", interval_s, self._step)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="signaling:owner-watch")
+        self._worker.start()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._worker.close()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.check()
-            except (RedisError, OSError) as exc:
-                logger.warning("signaling: room owner check failed: %s", exc)
-            except Exception:
-                logger.exception("signaling: room owner check failed")
+    async def _step(self) -> None:
+        try:
+            await self.check()
+        except (RedisError, OSError) as exc:  # Redis away: the next round tries again
+            logger.warning("signaling: room owner check failed: %s", exc)
 
     async def check(self) -> list[str]:
         """One round; returns the calls whose dead owner's claim this node cleared."""
         registry = self._registry
         mine = registry.placement.owned
         calls = [c for c in registry.conns if c not in mine][:MAX_CALLS]
-        owners = {c: o for c, o in (await self._probe.owners(calls)).items()}
+        owners = await self._probe.owners(calls)
         others = {o for o in owners.values() if o != registry.node_id}
         alive = await self._probe.listening(sorted(others))
         for node, up in alive.items():

@@ -32,7 +32,8 @@ LostCallback = Callable[[str], Awaitable[None]]
 #: (its participants are on their way); then only who is in the room counts.
 HINT_WINDOW_S = 120.0
 
-# Compare-and-set scripts: only the owner may refresh or delete its claim. A
+# Compare-and-set scripts: only the owner may refresh or delete its claim
+# (RELEASE: also the owner watch's, for a dead owner's claim). A
 # claim Redis lost (a restart with no persistence, a flush) is written back by
 # the node still serving the room, unless another node claimed it meanwhile.
 _REFRESH = """
@@ -46,7 +47,7 @@ if not current then
 end
 return 0
 """
-_RELEASE = """
+RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -260,7 +261,7 @@ class RedisPlacement:
 
     async def _give_back(self, call_id: str) -> None:
         try:
-            await self._redis.eval(_RELEASE, 1, room_owner_key(call_id), self._node_id)  # type: ignore[misc]
+            await self._redis.eval(RELEASE, 1, room_owner_key(call_id), self._node_id)  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             logger.warning("Room(%s) release failed (expires by TTL): %s", call_id, exc)
 

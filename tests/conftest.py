@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from media.aiortc_compat import restrict_host_addresses
+from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
 from server.app import create_app
 from server.config import Config, Limits
 from tests.support.services import postgres_schema
@@ -74,3 +76,20 @@ async def make_client(database_url: str, clock: FakeClock) -> AsyncIterator[AppF
     yield factory
     for client in reversed(clients):
         await client.close()
+
+
+@pytest.fixture(scope="module")
+def clips() -> tuple[EncodedClip, EncodedClip]:
+    """A short VP8 clip (320x240, 300 kbit/s) and Opus, for real peers (SignaledPeer)."""
+    return (
+        vp8_clip(frames=60, width=320, height=240, bitrate=300_000, keyframe_every=30),
+        opus_clip(),
+    )
+
+
+@pytest.fixture
+def restricted_ice() -> Iterator[None]:
+    """ICE for the peers in this process: loopback only."""
+    restrict_host_addresses(["127.0.0.1"])
+    yield
+    restrict_host_addresses([])

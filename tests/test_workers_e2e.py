@@ -24,9 +24,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from media.aiortc_compat import restrict_host_addresses
 from media.loadtest.peers import SignaledPeer
-from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.preencoded import EncodedClip
 from tests.conftest import TEST_SECRET
 from tests.support.api import Api, User
 from tests.support.polling import eventually
@@ -35,21 +34,6 @@ from tests.support.serve import ServeProcess, huddle_serve
 pytestmark = pytest.mark.slow
 
 GRACE_S = 2.0
-
-
-@pytest.fixture(scope="module")
-def clips() -> tuple[EncodedClip, EncodedClip]:
-    return (
-        vp8_clip(frames=60, width=320, height=240, bitrate=300_000, keyframe_every=30),
-        opus_clip(),
-    )
-
-
-@pytest.fixture
-def restricted_ice() -> Iterator[None]:
-    restrict_host_addresses(["127.0.0.1"])  # the peers in this process: loopback only
-    yield
-    restrict_host_addresses([])
 
 
 @pytest.fixture

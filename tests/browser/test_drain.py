@@ -88,15 +88,7 @@ async def test_a_drained_node_moves_a_browser_call_without_ending_it(
     call_id = await make_call(front, users[0], *users[1:])
     group: dict[str, Participant] = {}
     try:
-        for user in users:
-            participant = await new_participant(browser, front.base_url, user.name)
-            group[user.user_id] = participant
-            await join_by_link(participant, call_id, user)
-        for participant in group.values():
-            await eventually(
-                lambda p=participant: mode_is(p, "sfu"), timeout=EVENTUALLY_S, interval=POLL_S
-            )
-        await everyone_decodes_everyone(group)
+        await sfu_call_in_browsers(browser, front, call_id, users, group)
 
         client = redis.Redis.from_url(REDIS_URL)
         try:
@@ -146,15 +138,7 @@ async def test_a_killed_node_moves_a_browser_call_without_ending_it(
     call_id = await make_call(front, users[0], *users[1:])
     group: dict[str, Participant] = {}
     try:
-        for user in users:
-            participant = await new_participant(browser, front.base_url, user.name)
-            group[user.user_id] = participant
-            await join_by_link(participant, call_id, user)
-        for participant in group.values():
-            await eventually(
-                lambda p=participant: mode_is(p, "sfu"), timeout=EVENTUALLY_S, interval=POLL_S
-            )
-        await everyone_decodes_everyone(group)
+        await sfu_call_in_browsers(browser, front, call_id, users, group)
         client = redis.Redis.from_url(REDIS_URL)
         try:
             owner = client.get(room_owner_key(call_id))
@@ -188,6 +172,22 @@ async def test_a_killed_node_moves_a_browser_call_without_ending_it(
         for participant in group.values():
             with contextlib.suppress(Exception):
                 await participant.context.close()
+
+
+async def sfu_call_in_browsers(
+    browser: Any, front: Server, call_id: str, users: list[Any], group: dict[str, Participant]
+) -> None:
+    """Each user joins in a browser of its own (added to ``group`` at once, so the
+    caller closes them whatever happens), all on the SFU, everyone decoding everyone."""
+    for user in users:
+        participant = await new_participant(browser, front.base_url, user.name)
+        group[user.user_id] = participant
+        await join_by_link(participant, call_id, user)
+    for participant in group.values():
+        await eventually(
+            lambda p=participant: mode_is(p, "sfu"), timeout=EVENTUALLY_S, interval=POLL_S
+        )
+    await everyone_decodes_everyone(group)
 
 
 async def call_goes_on(

@@ -15,6 +15,7 @@ import re
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pylibsrtp
 import pytest
@@ -566,10 +567,10 @@ async def test_a_track_allocated_before_its_layers_arrive_is_sent_once_they_do(
         await subscriber.close()
 
 
-async def test_an_urgent_move_down_stops_the_higher_layer_at_once(publish: Publish) -> None:
-    """The subscriber's link cannot carry the top layer: nothing more of it is sent while
-    the low layer's keyframe is awaited (forwarding it would flood the link), and the
-    stream goes on from that keyframe, numbering continuous."""
+async def _on_the_top_layer(
+    publish: Publish,
+) -> tuple[UpTrack, Publisher, Any, Any, DownTrack]:
+    """A subscriber's down track receiving the publisher's top layer, all three arriving."""
     up = publish.up
     pub = Publisher(publish)
     fast, ext_map = _fast()
@@ -581,6 +582,14 @@ async def test_an_urgent_move_down_stops_the_higher_layer_at_once(publish: Publi
     down.attach(up)
     pub.frame("f", key=True)
     await eventually(lambda: up.layer_of(down) is up.layer("f"), message="on the top layer")
+    return up, pub, fast, ext_map, down
+
+
+async def test_an_urgent_move_down_stops_the_higher_layer_at_once(publish: Publish) -> None:
+    """The subscriber's link cannot carry the top layer: nothing more of it is sent while
+    the low layer's keyframe is awaited (forwarding it would flood the link), and the
+    stream goes on from that keyframe, numbering continuous."""
+    up, pub, fast, ext_map, down = await _on_the_top_layer(publish)
     before = sent(fast, ext_map)
     assert before
 
@@ -611,18 +620,8 @@ async def test_an_urgent_move_down_stops_the_higher_layer_at_once(publish: Publi
 async def test_a_paused_track_can_still_be_probed_for(publish: Publish) -> None:
     """Paused for lack of bandwidth, a track sends nothing, yet probes must find out
     when it fits again: its sender pads with copies of what it sent last on its layer."""
-    up = publish.up
-    pub = Publisher(publish)
-    fast, ext_map = _fast()
+    up, pub, fast, ext_map, down = await _on_the_top_layer(publish)
     setattr(fast.sender, "_RTCRtpSender__rtx_payload_type", 97)  # noqa: B010
-    down = DownTrack("video", publish.metrics)
-    down.sender, fast.down = fast, down
-    for rid in ("q", "h", "f"):
-        pub.frame(rid, key=True)
-    up.sync()
-    down.attach(up)
-    pub.frame("f", key=True)
-    await eventually(lambda: up.layer_of(down) is up.layer("f"), message="on the top layer")
     last = sent(fast, ext_map)[-1]
     up.set_max_layer(down, PAUSED, urgent=True)
     assert up.paused(down)

@@ -95,6 +95,20 @@ def _transport() -> tuple[TransportCc, Clock, CountingMediaMetrics]:
     return transport, clock, metrics
 
 
+def _cluster(transport: TransportCc, target: float) -> list[int]:
+    """A probe cluster of 30 packets of 1000 B sent 2.5 ms apart (3.2 Mbit/s): the
+    PySendLog logs them all "now", and the cluster's rate comes from the send
+    spread, so its entries are rewritten with one."""
+    transport.begin_cluster(target)
+    cluster = [transport.log.take(1000) for _ in range(30)]
+    transport.end_cluster()
+    ring = transport.log._ring  # type: ignore[attr-defined]
+    base_us = ring[cluster[0]][1]
+    for i, seq in enumerate(cluster):
+        ring[seq] = (seq, base_us + i * 2_500, 1000)
+    return cluster
+
+
 def test_feedback_joined_with_the_log_makes_an_estimate_that_goes_stale() -> None:
     transport, clock, _ = _transport()
     assert transport.estimate is None
@@ -123,15 +137,7 @@ def test_a_cluster_that_arrives_at_its_rate_raises_the_estimate() -> None:
     transport.on_feedback(_feedback(arrivals))
     low = transport.estimator.estimate
     assert low is not None and low <= START
-    transport.begin_cluster(3_000_000)
-    cluster = [transport.log.take(1000) for _ in range(30)]
-    transport.end_cluster()
-    # The PySendLog logged them all "now"; the cluster's rate comes from the send
-    # spread, so give them one: rewrite the log's entries 2.5 ms apart.
-    ring = transport.log._ring  # type: ignore[attr-defined]
-    base_us = ring[cluster[0]][1]
-    for i, seq in enumerate(cluster):
-        ring[seq] = (seq, base_us + i * 2_500, 1000)
+    cluster = _cluster(transport, 3_000_000)
     transport.on_feedback(
         _feedback([(seq, 2_000_000 + i * 2_500) for i, seq in enumerate(cluster)])
     )
@@ -151,13 +157,7 @@ def test_a_cluster_that_fell_short_raises_nothing() -> None:
     arrivals = [(transport.log.take(300), 1_000_000 + i * 10_000) for i in range(60)]
     transport.on_feedback(_feedback(arrivals))
     before = transport.estimator.estimate
-    transport.begin_cluster(3_000_000)
-    cluster = [transport.log.take(1000) for _ in range(30)]
-    transport.end_cluster()
-    ring = transport.log._ring  # type: ignore[attr-defined]
-    base_us = ring[cluster[0]][1]
-    for i, seq in enumerate(cluster):
-        ring[seq] = (seq, base_us + i * 2_500, 1000)
+    cluster = _cluster(transport, 3_000_000)
     # Sent at 3.2 Mbit/s, arrived at about 1 Mbit/s (8 ms apart): above the estimate,
     # below the target.
     transport.on_feedback(

@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from server.app import create_app
 from server.config import Config, Limits, SignalingSettings
 from signaling.client import SignalingClient
 from tests.conftest import TEST_SECRET
+from tests.signaling.cluster import check_redis
 from tests.support.api import Api, User
+from tests.support.services import REDIS_URL
 
 FAST_SIGNALING = SignalingSettings(ping_after_s=20.0, drop_after_s=45.0)
 
@@ -91,3 +94,12 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
 @pytest.fixture
 async def node(make_node: NodeFactory) -> Node:
     return await make_node()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A client of the real Redis (multi-node tests read placement keys with it)."""
+    check_redis()
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()

@@ -17,43 +17,26 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from media.aiortc_compat import restrict_host_addresses
 from media.loadtest.peers import SignaledPeer
-from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.preencoded import EncodedClip
 from signaling.bus import room_owner_key
 from signaling.client import SignalingClient
 from signaling.load import NODES_KEY
 from tests.signaling.cluster import Cluster, cluster
 from tests.signaling.multinode import ADMIN_TOKEN, Http, exited, frames, owner_of, receives
 from tests.support.polling import eventually
-from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
 
 GRACE_S = 2.0
 DRAIN_S = 8.0
-
-
-@pytest.fixture(scope="module")
-def clips() -> tuple[EncodedClip, EncodedClip]:
-    return (
-        vp8_clip(frames=60, width=320, height=240, bitrate=300_000, keyframe_every=30),
-        opus_clip(),
-    )
-
-
-@pytest.fixture
-def restricted_ice() -> Iterator[None]:
-    restrict_host_addresses(["127.0.0.1"])  # the peers in this process: loopback only
-    yield
-    restrict_host_addresses([])
 
 
 def nodes_env(drain_s: float) -> dict[str, str]:
@@ -70,13 +53,6 @@ def nodes_env(drain_s: float) -> dict[str, str]:
 def three_nodes(tmp_path: Path) -> Iterator[Cluster]:
     with cluster(tmp_path, nodes=3, **nodes_env(DRAIN_S)) as running:
         yield running
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def test_a_burst_of_rooms_spreads_over_the_nodes(three_nodes: Cluster, redis: Redis) -> None:

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from media.aiortc_compat import restrict_host_addresses
 from media.loadtest.peers import SignaledPeer
-from media.loadtest.preencoded import EncodedClip, opus_clip, vp8_clip
+from media.loadtest.preencoded import EncodedClip
 from tests.signaling.cluster import Cluster, cluster
 from tests.signaling.multinode import Http, owner_of, receives
 from tests.support.polling import eventually
-from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -34,21 +32,6 @@ GRACE_S = 3.0
 NODE_TTL_S = 3.0
 #: The issue's bound: media flows again this soon after the kill.
 RESUME_S = 10.0
-
-
-@pytest.fixture(scope="module")
-def clips() -> tuple[EncodedClip, EncodedClip]:
-    return (
-        vp8_clip(frames=60, width=320, height=240, bitrate=300_000, keyframe_every=30),
-        opus_clip(),
-    )
-
-
-@pytest.fixture
-def restricted_ice() -> Iterator[None]:
-    restrict_host_addresses(["127.0.0.1"])
-    yield
-    restrict_host_addresses([])
 
 
 @pytest.fixture
@@ -60,13 +43,6 @@ def three_nodes(tmp_path: Path) -> Iterator[Cluster]:
     }
     with cluster(tmp_path, nodes=3, **env) as running:
         yield running
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 def everyone_receives(peers: list[SignaledPeer], ids: list[str]) -> bool:

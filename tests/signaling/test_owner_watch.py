@@ -4,7 +4,6 @@ any more (a killed process) loses its rooms after ``confirm`` checks, once, to o
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -13,18 +12,8 @@ from signaling.bus import LocalBus, node_channel, room_owner_key
 from signaling.owner_watch import OwnerWatch, RedisOwnerProbe
 from signaling.placement import LocalPlacement
 from signaling.registry import SocketRegistry
-from tests.signaling.cluster import check_redis
-from tests.support.services import REDIS_URL
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    check_redis()
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 def node(name: str, *calls: str) -> SocketRegistry:

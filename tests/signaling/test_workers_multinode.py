@@ -5,7 +5,7 @@ and, within each node, over its workers."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +18,6 @@ from signaling.load import NODES_KEY
 from tests.signaling.cluster import Cluster, cluster
 from tests.support.api import Api
 from tests.support.polling import eventually
-from tests.support.services import REDIS_URL
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -41,13 +40,6 @@ async def rooms_on(session: aiohttp.ClientSession, want: int) -> bool:
         )
         == want
     )
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def test_rooms_spread_over_the_nodes_and_their_workers(
