@@ -310,11 +310,12 @@ class SubscriberAdaptation:
         if changed:
             self._steady_since = now
             logger.info(
-                "%r: estimate %s, sending %.0f kbit/s: %s",
+                "%r: estimate %s, sending %.0f kbit/s: %s (layers %s)",
                 self,
                 "none" if remb is None else f"{remb / 1000:.0f} kbit/s",
                 sending / 1000,
                 {str(k): v for k, v in result.items()},
+                _describe_demands(demands),
             )
         told = [self._describe(mid, carried[mid]) for mid in sorted(carried)]
         if told != self._told:
@@ -504,6 +505,13 @@ class SubscriberAdaptation:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _describe_demands(demands: list[Demand]) -> str:
+    """``mid: current [kbit/s per layer]`` of each track, for the allocation's log line."""
+    return ", ".join(
+        f"{d.key}: {d.current} {[round(rate / 1000) for _, rate in d.layers]}" for d in demands
+    )
 
 
 def _full_demand(demands: list[Demand]) -> float:

@@ -62,8 +62,13 @@ GROWTH = 1.08
 #: The estimate never exceeds this times the arrived rate (plus ACKED_SLACK).
 ACKED_CAP = 1.5
 ACKED_SLACK = 10_000.0
-#: The arrived ("acked") rate is measured over this much arrival time.
-ACKED_WINDOW_US = 500_000
+#: The arrived ("acked") rate: sampled over windows of this much arrival time
+#: (the first one longer), each sample weighed by how far it lies from the
+#: estimate (libwebrtc's acknowledged-bitrate estimator): an SFU waiting for a
+#: keyframe, or sending a paused track nothing, sends less than the link
+#: carries, and the windows of that must not pass for the link's rate.
+ACKED_WINDOW_US = 150_000
+ACKED_FIRST_WINDOW_US = 500_000
 LOSS_LOW = 0.02
 LOSS_HIGH = 0.10
 LOSS_CUT_GAP_US = 300_000
@@ -238,6 +243,65 @@ class Aimd:
         self._capacity = None  # the link changed: grow fast again
 
 
+class AckedRate:
+    """The rate packets arrive at (bit/s), as a Bayesian estimate over short windows.
+
+    A window's sample far below the estimate is uncertain and moves it little; a
+    gap longer than a window (nothing sent) starts the next window afresh
+    instead of counting as silence.
+    """
+
+    def __init__(self) -> None:
+        self.rate: float | None = None  # kbit/s internally
+        self._var = 50.0
+        self._window_us = 0
+        self._bytes = 0
+        self._last_us: int | None = None
+        self._first = True
+
+    @property
+    def bitrate(self) -> float | None:
+        """The estimate; before the first window closes, what arrived in it so far
+        (once it spans a short window)."""
+        if self.rate is not None:
+            return self.rate * 1000.0
+        if self._window_us >= ACKED_WINDOW_US:
+            return self._bytes * 8e6 / self._window_us
+        return None
+
+    def update(self, arrival_us: int, size: int) -> None:
+        last, self._last_us = self._last_us, arrival_us
+        window = ACKED_FIRST_WINDOW_US if self._first else ACKED_WINDOW_US
+        if last is not None:
+            elapsed = arrival_us - last
+            if elapsed < 0:
+                elapsed = 0  # reordered: counted where it is
+            if elapsed > window:
+                self._bytes = 0  # a gap: nothing was sent, not nothing carried
+                self._window_us %= window
+            self._window_us += elapsed
+        if self._window_us >= window:
+            self._sample(self._bytes * 8 / (window / 1000), window)
+            self._window_us -= window
+            self._bytes = 0
+            self._first = False
+        self._bytes += size
+
+    def _sample(self, kbps: float, window_us: int) -> None:
+        rate = self.rate
+        if rate is None:
+            self.rate = kbps
+            return
+        uncertainty = 10.0 * abs(rate - kbps) / (rate + min(kbps, 25_000.0))
+        if window_us < ACKED_FIRST_WINDOW_US and kbps < rate:
+            uncertainty *= 2.0  # a short window under the estimate: likely just little sent
+        sample_var = uncertainty * uncertainty
+        predicted_var = self._var + 5.0
+        self.rate = (sample_var * rate + predicted_var * kbps) / (sample_var + predicted_var)
+        self.rate = max(self.rate, 0.0)
+        self._var = sample_var * predicted_var / (sample_var + predicted_var)
+
+
 class SendSideEstimator:
     """One subscriber connection's estimate of what it can be sent (bit/s)."""
 
@@ -247,8 +311,7 @@ class SendSideEstimator:
         self.rtt = DEFAULT_RTT
         self._group: tuple[int, int, int] | None = None  # first send, last send, last arrival
         self._previous: tuple[int, int] | None = None  # last send, last arrival of the last group
-        self._acked: deque[tuple[int, int]] = deque()  # (arrival_us, size) in the window
-        self._acked_bytes = 0
+        self._acked = AckedRate()
         self._loss_rate: float | None = None
         self._cut_at = -(10**12)  # when loss last lowered the estimate (µs)
         self.loss = 0.0
@@ -284,14 +347,8 @@ class SendSideEstimator:
         return self.estimate
 
     def _ack(self, arrival_us: int, size: int) -> None:
-        acked = self._acked
-        acked.append((arrival_us, size))
-        self._acked_bytes += size
-        while acked and arrival_us - acked[0][0] > ACKED_WINDOW_US:
-            self._acked_bytes -= acked.popleft()[1]
-        span = arrival_us - acked[0][0]
-        if span >= ACKED_WINDOW_US // 4:
-            self.acked = self._acked_bytes * 8 * 1e6 / max(span, 1)
+        self._acked.update(arrival_us, size)
+        self.acked = self._acked.bitrate
 
     def _group_packet(self, send_us: int, arrival_us: int) -> None:
         group = self._group

@@ -5,7 +5,8 @@ is only as good as the traffic that tested it), so a subscriber moved down a
 layer would stay down. When the adaptation wants a step up that the
 estimate does not cover, :class:`Prober` sends one cluster: for
 :data:`DURATION` seconds, padding on top of the media so that the whole
-connection runs at the target rate, paced every :data:`TICK` seconds. The
+connection runs at the target rate, paced every :data:`TICK` seconds against
+the bytes the connection actually sent (media as it came, and padding). The
 padding is RTX copies of the newest video packets
 (:meth:`media.fastsend.FastRtp.pad`), numbered like everything else on the
 connection; :class:`media.transportcc.TransportCc` judges what the
@@ -31,8 +32,12 @@ logger = logging.getLogger(__name__)
 #: (0.1 s clusters failed on an unshaped link in CI).
 DURATION = 0.2
 TICK = 0.01
-#: A cluster that sent less than this share of its padding is not judged.
-MIN_PADDING = 0.5
+#: A cluster whose connection sent less than this share of its target (media and
+#: padding, nothing cached to copy) is not judged: it did not test that rate.
+MIN_REACHED = 0.8
+#: Most padding one tick sends (in ticks' worth of the target): a stall of the
+#: event loop is not made up for in one burst.
+MAX_CATCH_UP = 3
 #: Highest probe rate (bit/s): well above any sane layer stack.
 MAX_TARGET = 20_000_000.0
 
@@ -70,24 +75,29 @@ class Prober:
         if self.busy or not self._transport.negotiated or target <= sending:
             return False
         self._task = asyncio.get_running_loop().create_task(
-            self._run(target, target - sending), name=f"probe {self.name}"
+            self._run(target), name=f"probe {self.name}"
         )
         return True
 
-    async def _run(self, target: float, padding: float) -> None:
+    async def _run(self, target: float) -> None:
+        """Pad the whole connection up to ``target``: what it sent so far (media as it
+        came, padding) against the target's share of the time gone, every tick."""
         transport = self._transport
+        log = transport.log
         transport.begin_cluster(target)
+        start_bytes = log.bytes
         sent = 0
-        owed = 0.0
         try:
             loop = asyncio.get_running_loop()
             start = loop.time()
             next_at = start
-            while loop.time() - start < DURATION:
-                owed = min(owed + padding * TICK / 8, 3 * padding * TICK / 8)
-                done = self._pad(int(owed))
-                owed = max(0.0, owed - done)
-                sent += done
+            while (elapsed := loop.time() - start) < DURATION:
+                due = target * min(elapsed + TICK, DURATION) / 8 - (log.bytes - start_bytes)
+                owed = min(due, MAX_CATCH_UP * target * TICK / 8)
+                if owed > 0:
+                    first = log.next
+                    sent += self._pad(int(owed))
+                    transport.note_padding(first, log.next)
                 next_at += TICK
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
         except asyncio.CancelledError:
@@ -95,9 +105,10 @@ class Prober:
         except Exception:
             logger.exception("%r: probe failed", self)
         finally:
-            # A cluster that could add little padding (nothing cached to copy yet)
-            # says nothing of the link: dropped, not judged.
-            transport.end_cluster(judge=sent >= MIN_PADDING * padding * DURATION / 8)
+            # A cluster that could not reach its rate (nothing cached to copy yet) says
+            # nothing of the link: dropped, not judged.
+            reached = (log.bytes - start_bytes) * 8 / DURATION
+            transport.end_cluster(judge=reached >= MIN_REACHED * target, padded=sent)
             self.clusters += 1
             self.bytes_sent += sent
             self._metrics.probe_bytes(sent)

@@ -56,6 +56,8 @@ PROBE_HELD = 0.9
 CLUSTER_RECEIVED = 0.8
 #: Fewest packets of a cluster that must arrive for it to say anything.
 CLUSTER_MIN_PACKETS = 5
+#: Most padding numbers noted per cluster (bounded whatever the prober sends).
+CLUSTER_MAX_PADDING = 4096
 #: Codecs that get ``transport-cc`` feedback in the offer (not RTX, RED, FEC).
 _MEDIA_CODEC = re.compile(r"^a=rtpmap:(\d+) (?!rtx/|red/|ulpfec/)", re.IGNORECASE)
 _EXTMAP = re.compile(r"^a=extmap:(\d+)(?:/\w+)? (\S+)")
@@ -110,6 +112,9 @@ class Cluster:
     target: float
     last: int | None = None  # unwrapped; None while it is being sent
     ended_at: float | None = None
+    padded: int = 0  # bytes of padding the prober sent in it
+    padding: set[int] = field(default_factory=set)  # its padding's numbers (unwrapped)
+    reported_at: float | None = None  # when a feedback first reached its last packet
     results: list[PacketResult] = field(default_factory=list)
 
 
@@ -268,8 +273,20 @@ class TransportCc:
         """A probe at ``target`` bit/s starts with the next packet sent."""
         self._clusters.append(Cluster(self._unwrap(self.log.next), target))
 
-    def end_cluster(self, judge: bool = True) -> None:
-        """The probe that began last sent its last packet (``judge``: False drops it)."""
+    def note_padding(self, first: int, end: int) -> None:
+        """Numbers ``first`` up to ``end`` (exclusive, 16-bit) went out as padding of the
+        cluster being sent."""
+        cluster = next((c for c in self._clusters if c.last is None), None)
+        if cluster is None:
+            return
+        count = (end - first) & 0xFFFF
+        start = self._unwrap(first)
+        if count <= CLUSTER_MAX_PADDING - len(cluster.padding):
+            cluster.padding.update(range(start, start + count))
+
+    def end_cluster(self, judge: bool = True, padded: int = 0) -> None:
+        """The probe that began last sent its last packet, ``padded`` bytes of padding
+        in all (``judge``: False drops it)."""
         if not judge:
             self._clusters = [c for c in self._clusters if c.last is not None]
             return
@@ -277,6 +294,7 @@ class TransportCc:
             if cluster.last is None:
                 cluster.last = self._unwrap((self.log.next - 1) & 0xFFFF)
                 cluster.ended_at = self._clock()
+                cluster.padded = padded
 
     def _judge(self, results: list[PacketResult]) -> None:
         now = self._clock()
@@ -289,7 +307,18 @@ class TransportCc:
             )
             if cluster.last is None:
                 keep.append(cluster)
-            elif self._highest is not None and self._highest >= cluster.last:
+                continue
+            if (
+                cluster.reported_at is None
+                and self._highest is not None
+                and self._highest >= cluster.last
+            ):
+                cluster.reported_at = now
+            if cluster.reported_at is not None and (
+                now - cluster.reported_at > LOSS_GRACE
+                or not any(cluster.first <= q <= cluster.last for q in self._missing)
+            ):
+                # All of it reported: each packet received, or lost after the grace.
                 self._conclude(cluster, cluster_rates(cluster.results))
             elif cluster.ended_at is not None and now - cluster.ended_at > CLUSTER_TIMEOUT:
                 self._conclude(cluster, None)
@@ -306,13 +335,29 @@ class TransportCc:
         after = self.estimator.estimate
         raised = after is not None and (before is None or after > before)
         self._metrics.padding_probe(raised)
+        media, padding = _tally(cluster)
         logger.info(
-            "%r: probe at %.0f kbit/s showed %s, estimate %s", self, cluster.target / 1000,
+            "%r: probe at %.0f kbit/s (%d packets, sent at %s; received of media %d/%d, "
+            "of padding %d/%d) showed %s, estimate %s", self, cluster.target / 1000,
+            cluster.last - cluster.first + 1 if cluster.last is not None else 0,
+            "?" if rates is None else f"{rates[1] / 1000:.0f} kbit/s",
+            *media, *padding,
             "nothing" if rate is None else f"{rate / 1000:.0f} kbit/s",
             "none" if after is None else f"{after / 1000:.0f} kbit/s",
         )  # fmt: skip
         if self.on_probe is not None:
             self.on_probe(rate, cluster.target)
+
+
+def _tally(cluster: Cluster) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(received, reported) of the cluster's media packets, and of its padding."""
+    media = [0, 0]
+    padding = [0, 0]
+    for r in cluster.results:
+        counts = padding if r.seq in cluster.padding else media
+        counts[1] += 1
+        counts[0] += r.arrival_us is not None
+    return (media[0], media[1]), (padding[0], padding[1])
 
 
 def cluster_rates(results: list[PacketResult]) -> tuple[float, float] | None:

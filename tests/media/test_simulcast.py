@@ -585,6 +585,7 @@ async def _on_the_top_layer(
     return up, pub, fast, ext_map, down
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_an_urgent_move_down_stops_the_higher_layer_at_once(publish: Publish) -> None:
     """The subscriber's link cannot carry the top layer: nothing more of it is sent while
     the low layer's keyframe is awaited (forwarding it would flood the link), and the
@@ -617,6 +618,7 @@ async def test_an_urgent_move_down_stops_the_higher_layer_at_once(publish: Publi
     down.detach()
 
 
+@pytest.mark.usefixtures("implementation")
 async def test_a_paused_track_can_still_be_probed_for(publish: Publish) -> None:
     """Paused for lack of bandwidth, a track sends nothing, yet probes must find out
     when it fits again: its sender pads with copies of what it sent last on its layer."""
