@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
@@ -32,7 +33,8 @@ def test_reads_the_transport_wide_sequence_number() -> None:
 
 
 def test_finds_the_offered_extension_id() -> None:
-    sdp = f"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:1 urn:x\r\na=extmap:5 {URI_TRANSPORT_CC}\r\n"
+    video = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:1 urn:x\r\n"
+    sdp = f"v=0\r\n{video}a=extmap:5 {URI_TRANSPORT_CC}\r\n"
     assert extension_id(sdp) == 5
     assert extension_id("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n") is None
 
@@ -67,4 +69,4 @@ async def test_reports_what_arrived_and_what_did_not() -> None:
     assert [a is None for a in arrivals] == [False, False, True, True, False, False]
     # The arrival deltas, kept (250 µs ticks): 10 ms, then 60 ms each (a queue building).
     got = [a for a in arrivals if a is not None]
-    assert [b - a for a, b in zip(got, got[1:], strict=False)] == [10_000, 60_000, 60_000]
+    assert [b - a for a, b in itertools.pairwise(got)] == [10_000, 60_000, 60_000]
