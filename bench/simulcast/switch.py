@@ -155,7 +155,7 @@ async def trial(
         tap, transport = tap_subscriber(peer.media.subscribe_pc)
         cap = ReceiveCap(p.cap_bps)
         cap.set_bitrate(None)  # in place, not policing yet
-        install_receive_cap(transport, cap)
+        install_receive_cap(transport, cap, peer.media.arrival_stamps)
         video = stats()
         assert video is not None
 

@@ -19,6 +19,12 @@ subscriber do the same:
   probes), record its arrival in a :class:`media.twcc.TwccRecorder` and send
   its feedback packets (RTPFB FMT 15) every :data:`INTERVAL`. Packets the
   cap dropped are reported as not received.
+- :class:`ArrivalStamps`: when each RTP datagram reached the socket, as
+  Chrome stamps arrivals on its network thread. Stamped later (where the
+  packet is handled, after aioice's queue, the DTLS transport's task and
+  SRTP), a busy load generator's own backlog would read as a queue on the
+  link, and the SFU's delay-based estimate would fall for an uncapped
+  subscriber. The cap adds the wait in its queue to a packet's stamp.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from media.aiortc_compat import accept_transport_cc
 from media.rtpheader import URI_TRANSPORT_CC, MalformedPacket, parse_rtp
 from media.twcc import TwccRecorder
 
-from .aiortc_compat import replace_rtp_handler, rtp_handler, send_rtp
+from .aiortc_compat import on_datagram, replace_rtp_handler, rtp_handler, send_rtp
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,48 @@ def transport_sequence_number(data: bytes, ext_id: int) -> int | None:
     return (value[0] << 8) | value[1]
 
 
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class ArrivalStamps:
+    """Socket arrival times (µs, monotonic) of RTP datagrams, by their cleartext
+    SSRC and sequence number (SRTP leaves the RTP header readable), bounded."""
+
+    #: Stamps kept at most (a few seconds of a subscriber's packets).
+    MAX = 4096
+
+    def __init__(self, clock_us: Callable[[], int] = _now_us) -> None:
+        self._clock_us = clock_us
+        self._at: dict[bytes, int] = {}
+
+    def install(self, pc: Any) -> bool:
+        """Stamp what arrives on ``pc``'s sockets (call after ICE gathered; idempotent)."""
+        return on_datagram(pc, self.note) > 0
+
+    def note(self, data: bytes) -> None:
+        """A datagram arrived now: stamp it if it is SRTP (not SRTCP, STUN or DTLS)."""
+        if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
+            return
+        at = self._at
+        if len(at) >= self.MAX:
+            del at[next(iter(at))]  # the oldest
+        at[data[2:4] + data[8:12]] = self._clock_us()
+
+    def take(self, data: bytes) -> int | None:
+        """The stamp of an (unprotected) RTP packet, forgotten; None if it has none."""
+        return self._at.pop(data[2:4] + data[8:12], None)
+
+    def peek(self, data: bytes) -> int | None:
+        return self._at.get(data[2:4] + data[8:12])
+
+    def shift(self, data: bytes, delay_us: int) -> None:
+        """The packet waited ``delay_us`` more before the receiver got it (a queue)."""
+        key = data[2:4] + data[8:12]
+        if key in self._at:
+            self._at[key] += delay_us
+
+
 class TransportFeedback:
     """Records what arrives on one DTLS transport and sends its transport-wide feedback."""
 
@@ -80,8 +128,9 @@ class TransportFeedback:
         ext_id: int,
         *,
         sender_ssrc: int | None = None,
+        stamps: ArrivalStamps | None = None,
         interval: float = INTERVAL,
-        clock_us: Callable[[], int] = lambda: time.monotonic_ns() // 1000,
+        clock_us: Callable[[], int] = _now_us,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -89,6 +138,7 @@ class TransportFeedback:
         self.sender_ssrc = sender_ssrc if sender_ssrc is not None else random.getrandbits(32)
         self._interval = interval
         self._clock_us = clock_us
+        self.stamps = stamps
         self._recorder = TwccRecorder()
         self._media_ssrc = 0
         self._task: asyncio.Task[None] | None = None
@@ -111,7 +161,8 @@ class TransportFeedback:
             return
         if not self._media_ssrc:
             self._media_ssrc = int.from_bytes(data[8:12], "big")
-        self._recorder.record(seq, self._clock_us())
+        stamp = self.stamps.take(data) if self.stamps is not None else None
+        self._recorder.record(seq, self._clock_us() if stamp is None else stamp)
         self.recorded += 1
 
     def start(self) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .aiortc_compat import replace_rtp_handler, rtp_handler
+from .ccfeedback import ArrivalStamps
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,11 @@ class ReceiveCap:
         self._free_at = now  # when the last packet admitted leaves the queue
         self._tokens = self._burst  # the bucket at _free_at
 
-    def delay(self, nbytes: int) -> float | None:
-        """How long a packet of ``nbytes`` (RTP bytes) arriving now waits before it
-        is delivered (0: at once), or None if the queue drops it."""
-        now = self._clock()
+    def delay(self, nbytes: int, at: float | None = None) -> float | None:
+        """How long a packet of ``nbytes`` (RTP bytes) arriving now (or ``at``, on
+        the cap's clock) waits before it is delivered (0: at once), or None if the
+        queue drops it."""
+        now = self._clock() if at is None else at
         if self.bitrate is None:
             self.passed += 1
             return max(0.0, self._free_at - now)
@@ -106,6 +108,12 @@ class ReceiveCap:
         """Whether a packet of ``nbytes`` gets through (after its wait, if any)."""
         return self.delay(nbytes) is not None
 
+    def shape(self, inner: Handler, stamps: ArrivalStamps | None = None) -> Handler:
+        """A handler of unprotected RTP that hands ``inner`` what passes, when it passes."""
+        path = _ShapedPath(self, inner, stamps)
+        self._paths.append(path)
+        return path.handle
+
     async def close(self) -> None:
         """Drop what is queued and stop delivering (idempotent)."""
         paths, self._paths = self._paths, []
@@ -116,9 +124,10 @@ class ReceiveCap:
 class _ShapedPath:
     """One transport's queue: packets delivered to ``inner`` at their time."""
 
-    def __init__(self, cap: ReceiveCap, inner: Handler) -> None:
+    def __init__(self, cap: ReceiveCap, inner: Handler, stamps: ArrivalStamps | None) -> None:
         self._cap = cap
         self._inner = inner
+        self._stamps = stamps
         # (when it leaves, the packet, its arrival as the receiver sees it: ms)
         self._queue: collections.deque[tuple[float, bytes, int]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
@@ -127,14 +136,24 @@ class _ShapedPath:
     async def handle(self, data: bytes, arrival_time_ms: int) -> None:
         if self._closed:
             return
-        wait = self._cap.delay(len(data))
+        stamps = self._stamps
+        stamp = stamps.peek(data) if stamps is not None else None
+        # Decided at the packet's arrival on the socket, where known (see ArrivalStamps).
+        arrived = stamp / 1e6 if stamp is not None else None
+        wait = self._cap.delay(len(data), arrived)
         if wait is None:
+            if stamps is not None:
+                stamps.take(data)
             return
-        if wait <= 0 and not self._queue:
+        if stamps is not None and wait > 0:
+            stamps.shift(data, round(wait * 1e6))
+        loop = asyncio.get_running_loop()
+        # Still to wait now (the cap's clock is the loop's: monotonic).
+        left = wait if arrived is None else arrived + wait - time.monotonic()
+        if left <= 0 and not self._queue:
             await self._inner(data, arrival_time_ms)
             return
-        loop = asyncio.get_running_loop()
-        self._queue.append((loop.time() + wait, data, arrival_time_ms + round(wait * 1000)))
+        self._queue.append((loop.time() + left, data, arrival_time_ms + round(wait * 1000)))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._deliver(), name="receive cap")
 
@@ -164,13 +183,14 @@ class _ShapedPath:
             await asyncio.gather(task, return_exceptions=True)
 
 
-def install_receive_cap(transport: Any, cap: ReceiveCap) -> None:
+def install_receive_cap(
+    transport: Any, cap: ReceiveCap, stamps: ArrivalStamps | None = None
+) -> None:
     """Shape the RTP arriving on ``transport`` (an ``RTCDtlsTransport``) with ``cap``.
 
     Install after anything else that replaces or wraps the transport's RTP
     handler (the transport-wide feedback must see packets as they leave the
-    queue). :meth:`ReceiveCap.close` stops it.
+    queue). ``stamps``: the subscriber's socket arrival times, which the cap
+    decides by and adds each packet's wait to. :meth:`ReceiveCap.close` stops it.
     """
-    path = _ShapedPath(cap, rtp_handler(transport))
-    cap._paths.append(path)
-    replace_rtp_handler(transport, path.handle)
+    replace_rtp_handler(transport, cap.shape(rtp_handler(transport), stamps))

@@ -51,7 +51,7 @@ from .aiortc_compat import (
     receiver_rtcp_ssrc,
     send_receiver_rtcp,
 )
-from .ccfeedback import TransportFeedback, accept_in_answer, extension_id
+from .ccfeedback import ArrivalStamps, TransportFeedback, accept_in_answer, extension_id
 from .frames import EncodedFrame, time_base_for, vp8_frame_size
 from .netcap import ReceiveCap, install_receive_cap
 from .packer import install_packer
@@ -281,6 +281,8 @@ class SfuClient:
         self._twcc_ext_id: int | None = None  # the offered extension's id, once offered
         #: The subscribe connection's transport-wide feedback, once it receives.
         self.transport_feedback: TransportFeedback | None = None
+        #: When its RTP reached the socket (the feedback's and the cap's clock).
+        self.arrival_stamps = ArrivalStamps()
         self._video_receivers: list[Any] = []  # RTCRtpReceivers of received video
         self._remb_task: asyncio.Task[None] | None = None
         self.rembs_sent = 0
@@ -432,6 +434,8 @@ class SfuClient:
                     ", ".join(stray),
                 )
             await pc.setLocalDescription(await pc.createAnswer())
+            if self._twcc_ext_id is not None or self.receive_cap is not None:
+                self.arrival_stamps.install(pc)  # ICE has gathered: its sockets exist
             self.subscribe_offers += 1
             sdp = pc.localDescription.sdp
             await self._send({"type": "answer", "target_id": SFU_ID, "pc": SUBSCRIBE, "sdp": sdp})
@@ -594,10 +598,12 @@ class SfuClient:
                 self._tasks.append(
                     asyncio.get_running_loop().create_task(self.transport_feedback.close())
                 )
-            self.transport_feedback = TransportFeedback(self.id, transport, ext_id)
+            self.transport_feedback = TransportFeedback(
+                self.id, transport, ext_id, stamps=self.arrival_stamps
+            )
             self.transport_feedback.start()
         if self.receive_cap is not None and not any(t is transport for t in self._capped):
-            install_receive_cap(transport, self.receive_cap)
+            install_receive_cap(transport, self.receive_cap, self.arrival_stamps)
             self._capped.append(transport)
 
     def _on_counted_frame(self, mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
