@@ -11,6 +11,10 @@
   track through a pass-through receiver (:mod:`media.loadtest.passthrough`)
   or, ``count_only``, from RTP headers (:mod:`media.loadtest.rtpcount`), and
   which picture size (simulcast layer) arrives, from the VP8 keyframes.
+  As a receiver it behaves like Chrome for congestion control: it answers
+  the SFU's ``transport-cc`` and sends transport-wide feedback
+  (:mod:`media.loadtest.ccfeedback`; REMB only without it), and its
+  downlink can be capped by a shaper (:mod:`media.loadtest.netcap`).
 
 Both connections of an :class:`SfuClient` use ``max-bundle`` whatever
 configuration it is given: the SFU always bundles, and with aiortc's default
@@ -273,7 +277,7 @@ class SfuClient:
         )
         self._simulcast_offer: SimulcastOffer | None = None
         self._simulcast_transceiver: RTCRtpTransceiver | None = None
-        #: Polices what arrives on the subscribe connection (media.loadtest.netcap).
+        #: Shapes what arrives on the subscribe connection (media.loadtest.netcap).
         self.receive_cap = ReceiveCap(receive_cap_bps) if receive_cap_bps else None
         self._capped: list[Any] = []  # transports the cap is installed on
         # Answer the SFU's transport-cc and send transport-wide feedback (ccfeedback).
