@@ -18,7 +18,12 @@ with the send times from the connection's log (:mod:`media.sendlog`):
 - **loss-based**, from the subscriber's RTCP receiver reports (as
   libwebrtc's loss-based control v1): more than :data:`LOSS_HIGH` lost lowers
   the estimate by half the loss, at most once per :data:`LOSS_CUT_GAP_US` plus
-  a round trip; under :data:`LOSS_LOW` lifts that limit. (Transport-wide
+  a round trip; under :data:`LOSS_LOW` the limit grows again by
+  :data:`LOSS_GROWTH` per second until the delay-based estimate rules, and a
+  probe that holds lifts it to what it showed (libwebrtc's loss-based control
+  grows the same way: lifting it at once would go straight back to a
+  delay-based estimate that a shaper with a full queue never lowered, and
+  congest the link again at every report without loss). (Transport-wide
   feedback says "not received" also of packets Chrome received but counted
   late; its receiver reports count media packets that never came.)
 - **probes** (:meth:`SendSideEstimator.probe_result`): a burst sent faster
@@ -72,6 +77,8 @@ ACKED_FIRST_WINDOW_US = 500_000
 LOSS_LOW = 0.02
 LOSS_HIGH = 0.10
 LOSS_CUT_GAP_US = 300_000
+#: Growth per second of the loss-based limit while reports show under LOSS_LOW.
+LOSS_GROWTH = 1.08
 #: Lowest estimate (bit/s): audio must always fit.
 FLOOR = 30_000.0
 #: The first estimate (bit/s) when less has arrived yet, as mediasoup's
@@ -314,6 +321,7 @@ class SendSideEstimator:
         self._acked = AckedRate()
         self._loss_rate: float | None = None
         self._cut_at = -(10**12)  # when loss last lowered the estimate (µs)
+        self._loss_at: int | None = None  # the last loss report (µs)
         self.loss = 0.0
         self.acked: float | None = None
         self.feedbacks = 0
@@ -376,6 +384,7 @@ class SendSideEstimator:
     def on_loss_report(self, fraction_lost: float, now_us: int) -> float | None:
         """A receiver report's fraction lost (0..1) about a stream sent to the subscriber."""
         self.loss = fraction_lost
+        last, self._loss_at = self._loss_at, now_us
         delay = self.aimd.rate
         if delay is None:
             return self.estimate
@@ -384,8 +393,11 @@ class SendSideEstimator:
                 base = self._loss_rate if self._loss_rate is not None else delay
                 self._loss_rate = max(FLOOR, min(base, delay) * (1 - fraction_lost / 2))
                 self._cut_at = now_us  # one cut per loss episode (300 ms + RTT apart)
-        elif fraction_lost < LOSS_LOW:
-            self._loss_rate = None  # no loss limit: the delay-based estimate rules
+        elif fraction_lost < LOSS_LOW and self._loss_rate is not None:
+            elapsed = 0.0 if last is None else min(max(now_us - last, 0), 1_000_000) / 1e6
+            grown = self._loss_rate * LOSS_GROWTH**elapsed + 1000 * elapsed
+            # Up to the delay-based estimate: then no loss limit.
+            self._loss_rate = None if grown >= delay else grown
         return self.estimate
 
     def probe_result(self, rate: float) -> float | None:
@@ -396,4 +408,6 @@ class SendSideEstimator:
         if current is None or rate > current:
             self.aimd.set(rate)
             self._loss_rate = None
+        elif self._loss_rate is not None and rate > self._loss_rate:
+            self._loss_rate = rate  # the link carried that, loss or not
         return self.estimate

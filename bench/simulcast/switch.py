@@ -2,10 +2,11 @@
 
 One simulcast publisher (three layers, :mod:`media.loadtest.simulcast`) and
 one uncapped *watcher* stay in the room for the whole run; each trial is a
-fresh receive-only subscriber whose downlink is policed by the load
-tester's token bucket (:class:`media.loadtest.netcap.ReceiveCap`: RTP
-arriving above the rate is dropped, as a slow link would, and the
-subscriber's receiver reports show it as loss). Its cap is installed once
+fresh receive-only subscriber whose downlink is shaped by the load
+tester's cap (:class:`media.loadtest.netcap.ReceiveCap`: RTP arriving above
+the rate waits in a bounded queue, then is dropped, as on a slow link; the
+subscriber's transport-wide feedback shows the delay and the drops, its
+receiver reports the drops as loss). Its cap is installed once
 it receives video, lifted (everything passes) until it is on the top layer
 and has held it for ``steady_s``; then, at a noted instant:
 
@@ -155,7 +156,7 @@ async def trial(
         tap, transport = tap_subscriber(peer.media.subscribe_pc)
         cap = ReceiveCap(p.cap_bps)
         cap.set_bitrate(None)  # in place, not policing yet
-        install_receive_cap(transport, cap)
+        install_receive_cap(transport, cap, peer.media.arrival_stamps)
         video = stats()
         assert video is not None
 

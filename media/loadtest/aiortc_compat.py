@@ -28,7 +28,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
 from aiortc.rtp import RtpPacket
 
-from media.aiortc_compat import fail_if, missing_names, version_problems
+from media.aiortc_compat import fail_if, ice_protocols, missing_names, version_problems
 
 # (owner, where the name must appear, name): see media.aiortc_compat.missing_names.
 _REQUIRED: tuple[tuple[Any, str, str], ...] = (
@@ -186,6 +186,29 @@ def replace_rtp_handler(
     """Hand every unprotected RTP packet of ``transport`` to ``handler(data, arrival_ms)``
     instead of aiortc's parsing and routing."""
     setattr(transport, "_handle_rtp_data", handler)  # noqa: B010
+
+
+def on_datagram(pc: Any, callback: Callable[[bytes], None]) -> int:
+    """Call ``callback(data)`` with each datagram arriving on ``pc``'s ICE sockets, as
+    the socket hands it over (before aioice queues it); returns how many sockets
+    it was installed on (0 before ICE gathered). Once per connection."""
+    count = 0
+    for protocol in ice_protocols(pc):
+        if getattr(protocol, "_huddle_stamped", False):
+            continue
+        original = protocol.datagram_received
+
+        def datagram_received(
+            data: bytes | str, addr: tuple[Any, ...], original: Any = original
+        ) -> None:
+            if isinstance(data, bytes):
+                callback(data)
+            original(data, addr)
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+        setattr(protocol, "_huddle_stamped", True)  # noqa: B010
+        count += 1
+    return count
 
 
 def send_rtp(transport: RTCDtlsTransport, data: bytes) -> Awaitable[None]:

@@ -90,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--subscriber-cap",
         type=_rate,
         metavar="BITRATE",
-        help="cap every subscriber's receive bitrate (e.g. 400k): RTP beyond it is "
-        "dropped on arrival, like a slow downlink (off)",
+        help="cap every subscriber's receive bitrate (e.g. 400k): RTP beyond it waits "
+        "in a 300 ms queue, then is dropped, like a slow downlink (tc tbf) (off)",
     )
     media.add_argument(
         "--light-receivers",

@@ -111,7 +111,7 @@ class SignaledPeer:
     video layers instead of ``video`` (all None: it only receives).
     Construct with :meth:`connect`, then :meth:`publish`.
 
-    ``receive_cap_bps``: police what arrives on its subscribe connection
+    ``receive_cap_bps``: shape what arrives on its subscribe connection
     (:mod:`media.loadtest.netcap`), like a slow downlink.
 
     ``sfu_messages_only``: take only the SFU's messages off the socket and

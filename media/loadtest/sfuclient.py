@@ -11,6 +11,10 @@
   track through a pass-through receiver (:mod:`media.loadtest.passthrough`)
   or, ``count_only``, from RTP headers (:mod:`media.loadtest.rtpcount`), and
   which picture size (simulcast layer) arrives, from the VP8 keyframes.
+  As a receiver it behaves like Chrome for congestion control: it answers
+  the SFU's ``transport-cc`` and sends transport-wide feedback
+  (:mod:`media.loadtest.ccfeedback`; REMB only without it), and its
+  downlink can be capped by a shaper (:mod:`media.loadtest.netcap`).
 
 Both connections of an :class:`SfuClient` use ``max-bundle`` whatever
 configuration it is given: the SFU always bundles, and with aiortc's default
@@ -51,6 +55,7 @@ from .aiortc_compat import (
     receiver_rtcp_ssrc,
     send_receiver_rtcp,
 )
+from .ccfeedback import ArrivalStamps, TransportFeedback, accept_in_answer, extension_id
 from .frames import EncodedFrame, time_base_for, vp8_frame_size
 from .netcap import ReceiveCap, install_receive_cap
 from .packer import install_packer
@@ -74,13 +79,14 @@ GAP_THRESHOLD = 0.5
 #: A video gap longer than this is a freeze a person notices (the simulcast
 #: layer report's count; issue #13's "no freeze longer than 1 s").
 LONG_FREEZE = 1.0
-#: The subscriber's REMB, sent every REMB_INTERVAL, models Chrome's
-#: delay-based estimate on a link with no queueing delay: it starts at
-#: REMB_START (Chrome's start bit rate), rises to REMB_GROWTH times the video
-#: bit rate that arrived (its limit while not congested) and never falls (a
-#: loopback link, or the policer of media.loadtest.netcap, builds no delay
-#: for it to see). Loss is left to the SFU, which reads it from the receiver
-#: reports.
+#: Without transport-cc (the SFU's HUDDLE_TRANSPORT_CC=0, or ``transport_cc=
+#: False``) the subscriber sends a REMB every REMB_INTERVAL, a model of
+#: Chrome's receive-side estimate: REMB_START (Chrome's start bit rate) until
+#: video has arrived for a whole interval, then REMB_GROWTH times the video
+#: bit rate that arrived in the last one (Chrome's limit on its estimate: what
+#: got through vouches for that much), so behind a cap it falls to what the
+#: cap lets through. Loss is left to the SFU, which reads it from the
+#: receiver reports. With transport-cc negotiated it sends no REMB, as Chrome.
 REMB_START = 300_000
 REMB_GROWTH = 1.5
 REMB_INTERVAL = 1.0
@@ -256,6 +262,7 @@ class SfuClient:
         count_only: bool = False,
         simulcast: SimulcastClips | None = None,
         receive_cap_bps: int | None = None,
+        transport_cc: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if simulcast is not None and video is not None:
@@ -270,9 +277,16 @@ class SfuClient:
         )
         self._simulcast_offer: SimulcastOffer | None = None
         self._simulcast_transceiver: RTCRtpTransceiver | None = None
-        #: Polices what arrives on the subscribe connection (media.loadtest.netcap).
+        #: Shapes what arrives on the subscribe connection (media.loadtest.netcap).
         self.receive_cap = ReceiveCap(receive_cap_bps) if receive_cap_bps else None
         self._capped: list[Any] = []  # transports the cap is installed on
+        # Answer the SFU's transport-cc and send transport-wide feedback (ccfeedback).
+        self._transport_cc = transport_cc
+        self._twcc_ext_id: int | None = None  # the offered extension's id, once offered
+        #: The subscribe connection's transport-wide feedback, once it receives.
+        self.transport_feedback: TransportFeedback | None = None
+        #: When its RTP reached the socket (the feedback's and the cap's clock).
+        self.arrival_stamps = ArrivalStamps()
         self._video_receivers: list[Any] = []  # RTCRtpReceivers of received video
         self._remb_task: asyncio.Task[None] | None = None
         self.rembs_sent = 0
@@ -410,7 +424,12 @@ class SfuClient:
             self._start_simulcast(str(message["sdp"]))
         elif kind == "offer" and message.get("pc") == SUBSCRIBE:
             pc = self.subscribe_pc
+            if self._transport_cc and self._twcc_ext_id is None:
+                # Known before setRemoteDescription: its track events wrap the transport.
+                self._twcc_ext_id = extension_id(str(message["sdp"]))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+            if self._twcc_ext_id is not None:
+                accept_in_answer(pc)
             stray = unbundled_mids(pc)
             if stray:
                 logger.error(
@@ -419,6 +438,8 @@ class SfuClient:
                     ", ".join(stray),
                 )
             await pc.setLocalDescription(await pc.createAnswer())
+            if self._twcc_ext_id is not None or self.receive_cap is not None:
+                self.arrival_stamps.install(pc)  # ICE has gathered: its sockets exist
             self.subscribe_offers += 1
             sdp = pc.localDescription.sdp
             await self._send({"type": "answer", "target_id": SFU_ID, "pc": SUBSCRIBE, "sdp": sdp})
@@ -516,10 +537,11 @@ class SfuClient:
             return
 
         if kind == "video":
-            # One REMB for the connection, as a browser sends (see _remb_loop).
+            # One REMB for the connection, as a browser sends (see _remb_loop);
+            # none with transport-cc.
             disable_receiver_remb(transceiver.receiver)
             self._video_receivers.append(transceiver.receiver)
-            if self._remb_task is None:
+            if self._remb_task is None and self._twcc_ext_id is None:
                 self._remb_task = asyncio.get_running_loop().create_task(
                     self._remb_loop(), name=f"remb {self.id}"
                 )
@@ -569,9 +591,23 @@ class SfuClient:
         self._apply_cap(transceiver.receiver.transport)
 
     def _apply_cap(self, transport: Any) -> None:
-        # After the RTP counter (if any) took the transport's handler: the cap wraps it.
+        # After the RTP counter (if any) took the transport's handler: the
+        # transport-wide feedback wraps it, and the cap wraps both (feedback
+        # reports packets as they leave the cap's queue).
+        ext_id = self._twcc_ext_id
+        if ext_id is not None and (
+            self.transport_feedback is None or self.transport_feedback.transport is not transport
+        ):
+            if self.transport_feedback is not None:
+                self._tasks.append(
+                    asyncio.get_running_loop().create_task(self.transport_feedback.close())
+                )
+            self.transport_feedback = TransportFeedback(
+                self.id, transport, ext_id, stamps=self.arrival_stamps
+            )
+            self.transport_feedback.start()
         if self.receive_cap is not None and not any(t is transport for t in self._capped):
-            install_receive_cap(transport, self.receive_cap)
+            install_receive_cap(transport, self.receive_cap, self.arrival_stamps)
             self._capped.append(transport)
 
     def _on_counted_frame(self, mid: str, kind: str, nbytes: int, keyframe: bool) -> None:
@@ -594,17 +630,21 @@ class SfuClient:
         loop = asyncio.get_running_loop()
         at, received = loop.time(), 0
         estimate = REMB_START
+        video_since: float | None = None  # the start of the first interval video arrived in
         while True:
             await asyncio.sleep(REMB_INTERVAL)
             now = loop.time()
             total = sum(s.bytes for s in self._current.values() if s.kind == "video")
             rate = (total - received) * 8 / (now - at) if now > at else 0.0
-            at, received = now, total
+            start, at, received = at, now, total
             ssrcs = self._video_ssrcs()
             sender = next(
                 (r for r in self._video_receivers if receiver_rtcp_ssrc(r) is not None), None
             )
-            estimate = max(estimate, int(rate * REMB_GROWTH))
+            if rate > 0 and video_since is not None and now - video_since >= REMB_INTERVAL:
+                estimate = int(rate * REMB_GROWTH)  # what got through vouches for this
+            elif rate > 0 and video_since is None:
+                video_since = start
             if not ssrcs or sender is None:
                 continue
             packet = RtcpPsfbPacket(
@@ -665,6 +705,10 @@ class SfuClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.transport_feedback is not None:
+            await self.transport_feedback.close()
+        if self.receive_cap is not None:
+            await self.receive_cap.close()
         if self.simulcast is not None:
             await self.simulcast.stop()
         if self.publish_pc is not None:

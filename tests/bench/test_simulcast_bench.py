@@ -57,14 +57,14 @@ def test_the_tap_notes_every_keyframe_start_that_arrives() -> None:
 
 def test_a_cap_can_be_lifted_and_set_again() -> None:
     now = [0.0]
-    cap = ReceiveCap(80_000, burst_s=0.1, clock=lambda: now[0])  # 10 kB/s, 6 kB deep
+    cap = ReceiveCap(80_000, burst_bytes=6000, queue_s=0.3, clock=lambda: now[0])
     size = 1000 - WIRE_OVERHEAD
-    assert sum(cap.admit(size) for _ in range(10)) == 6
+    assert sum(cap.admit(size) for _ in range(10)) == 9  # 6 at once, 3 queued
     cap.set_bitrate(None)
     assert cap.bitrate is None and all(cap.admit(size) for _ in range(100))
     cap.set_bitrate(80_000)  # from a full bucket, as a link that just changed
-    assert sum(cap.admit(size) for _ in range(10)) == 6
-    assert (cap.passed, cap.dropped) == (112, 8)
+    assert sum(cap.admit(size) for _ in range(10)) == 9
+    assert (cap.passed, cap.dropped) == (118, 2)
     with pytest.raises(ValueError, match="positive"):
         cap.set_bitrate(0)
 

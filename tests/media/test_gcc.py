@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 from media.gcc import FLOOR, START, PacketResult, SendSideEstimator, Usage
 
 FRAME_US = 33_333
@@ -134,7 +136,9 @@ def test_following_the_estimate_settles_near_the_capacity() -> None:
     assert sum(tail) / len(tail) > 800_000 * 0.5
 
 
-def test_reported_loss_lowers_the_estimate_once_per_episode_and_low_loss_lifts_it() -> None:
+def test_reported_loss_lowers_the_estimate_once_per_episode_and_low_loss_lifts_it_gradually() -> (
+    None
+):
     estimator = SendSideEstimator()
     link = Link(capacity=10_000_000)
     now, _ = run(estimator, link, 1_000_000, 2.0)
@@ -149,8 +153,28 @@ def test_reported_loss_lowers_the_estimate_once_per_episode_and_low_loss_lifts_i
     assert estimator.estimate is not None and estimator.estimate < cut
     estimator.on_loss_report(0.05, now + 1_000_000)  # 2-10 %: hold
     assert estimator.estimate is not None and estimator.estimate < cut
-    estimator.on_loss_report(0.0, now + 1_500_000)  # none: the delay-based estimate again
+    held = estimator.estimate
+    estimator.on_loss_report(0.0, now + 1_500_000)  # none: it grows, 8 % a second
+    assert estimator.estimate == pytest.approx(held * 1.08**0.5 + 500)
+    for i in range(1, 40):  # ... until the delay-based estimate rules again
+        estimator.on_loss_report(0.0, now + 1_500_000 + i * 1_000_000)
     assert estimator.estimate == estimator.aimd.rate
+
+
+def test_a_probe_that_holds_lifts_the_loss_limit_to_what_it_showed() -> None:
+    estimator = SendSideEstimator()
+    link = Link(capacity=10_000_000)
+    now, _ = run(estimator, link, 1_000_000, 2.0)
+    delay = estimator.aimd.rate
+    assert delay is not None
+    estimator.on_loss_report(0.6, now)  # a shaper dropping most: down by 30 %
+    limited = estimator.estimate
+    assert limited is not None and limited < delay
+    estimator.probe_result(limited * 0.9)  # showed less: nothing
+    assert estimator.estimate == limited
+    estimator.probe_result(limited * 1.2)  # more, though under the delay-based estimate
+    assert estimator.estimate == pytest.approx(limited * 1.2)
+    assert estimator.aimd.rate == delay
 
 
 def test_a_probe_that_arrives_at_its_rate_raises_the_estimate() -> None:

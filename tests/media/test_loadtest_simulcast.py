@@ -158,16 +158,22 @@ async def test_subscribers_get_the_top_layer_then_move_down_when_it_stops(
         await call.close()
 
 
-def test_receive_cap_is_a_token_bucket() -> None:
+def test_receive_cap_is_a_shaper_with_a_bounded_queue() -> None:
     now = [0.0]
-    cap = ReceiveCap(80_000, burst_s=0.1, clock=lambda: now[0])  # 10 kB/s, 6 kB deep
+    # 10 kB/s, a 6 kB burst, 0.3 s of queue (tc's tbf rate/burst/latency)
+    cap = ReceiveCap(80_000, burst_bytes=6000, queue_s=0.3, clock=lambda: now[0])
     size = 1000 - WIRE_OVERHEAD  # 1000 bytes on the wire
-    assert [cap.admit(size) for _ in range(7)] == [True] * 6 + [False]
-    now[0] += 0.25  # 2.5 kB of tokens
-    assert [cap.admit(size) for _ in range(3)] == [True, True, False]
-    now[0] += 10.0  # never more than the depth
-    assert sum(cap.admit(size) for _ in range(10)) == 6
-    assert (cap.passed, cap.dropped, cap.dropped_bytes) == (14, 6, 6000)
+    waits = [cap.delay(size) for _ in range(10)]
+    # The burst passes at once, then each waits 0.1 s longer; past 0.3 s: dropped.
+    assert waits[:6] == [0.0] * 6
+    assert waits[6:9] == pytest.approx([0.1, 0.2, 0.3])
+    assert waits[9] is None
+    assert (cap.passed, cap.dropped, cap.dropped_bytes, cap.delayed) == (9, 1, 1000, 3)
+    assert cap.max_delay == pytest.approx(0.3)
+    now[0] += 0.35  # the queue drained to 0.05 s, no tokens saved meanwhile
+    assert cap.delay(size) == pytest.approx(0.05)
+    now[0] += 10.0  # idle: the bucket refills, never beyond its depth
+    assert [cap.delay(size) for _ in range(7)][-2:] == [0.0, pytest.approx(0.1)]
     with pytest.raises(ValueError, match="positive"):
         ReceiveCap(0)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from media.config import MediaConfig
+from media.loadtest.preencoded import EncodedClip
 from media.loadtest.rtpcount import vp8_keyframe
 from tests.support.polling import eventually
 
@@ -53,21 +57,41 @@ async def test_counting_subscriber_matches_the_full_one(call: Call) -> None:
     assert light.plis_sent == 0
 
 
-async def test_counting_subscriber_still_sends_reports_and_remb(call: Call) -> None:
-    """The server's RTCP work is part of a benchmark: RR and REMB keep coming."""
+async def test_counting_subscriber_still_sends_reports_and_transport_feedback(call: Call) -> None:
+    """The server's RTCP work is part of a benchmark: RR and transport-wide feedback
+    keep coming (transport-cc answered, as Chrome does: then no REMB)."""
     await call.join("ana")
-    await call.join("cy", count_only=True)
+    client = await call.join("cy", count_only=True)
     participant = call.room.participants["cy"]
     slot = next(s for s in participant._slots if s.kind == "video")
     feedback = participant._feedback  # the server's reader of cy's RTCP (media.feedback)
+    transport = participant._transport  # its send-side estimate (media.transportcc)
 
     def got_both() -> bool:
         report = slot.fast.last_report
         # A report sent before cy saw any of our sender reports has no RTT yet.
-        return report is not None and report.rtt is not None and feedback.remb is not None
+        return report is not None and report.rtt is not None and transport.feedbacks >= 5
 
-    await eventually(got_both, timeout=10, message="a receiver report with an RTT and a REMB")
+    await eventually(got_both, timeout=10, message="a receiver report with an RTT and feedback")
     report = slot.fast.last_report
     assert report is not None and report.cumulative_lost == 0 and report.fraction_lost == 0
     assert report.rtt is not None and 0 <= report.rtt < 1.0  # LSR/DLSR against our SRs
-    assert feedback.remb is not None and 50_000 < feedback.remb < 2_000_000
+    assert transport.negotiated and transport.lost == 0
+    assert transport.estimate is not None and transport.estimate > 50_000
+    assert client.transport_feedback is not None and client.transport_feedback.feedbacks_sent >= 5
+    assert feedback.remb is None and client.rembs_sent == 0
+
+
+async def test_counting_subscriber_sends_remb_without_transport_cc(
+    config: MediaConfig, video_clip: EncodedClip, audio_clip: EncodedClip
+) -> None:
+    call = Call(dataclasses.replace(config, transport_cc=False), video_clip, audio_clip)
+    try:
+        await call.join("ana")
+        client = await call.join("cy", count_only=True)
+        feedback = call.room.participants["cy"]._feedback
+        await eventually(lambda: feedback.remb is not None, timeout=10, message="a REMB")
+        assert feedback.remb is not None and 50_000 < feedback.remb < 2_000_000
+        assert client.transport_feedback is None
+    finally:
+        await call.close()
