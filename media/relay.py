@@ -1,0 +1,314 @@
+"""The node's relay socket: published tracks out to other nodes, theirs in.
+
+One UDP socket per node (per SFU process) carries every relayed track of
+every spanning room, to and from every other node, in the frames of
+:mod:`media.relaywire`. Out: a :class:`RelayTap` is the sender of a
+:class:`RelayDown`, one per (local published track, other node with
+subscribers), attached to the track like a subscriber's down track, so the
+track's layer hands it each packet once and it sends it once to that node,
+however many subscribers the node has. In: a datagram's (sender address,
+stream) finds its :class:`RemoteSource`, which turns the body into an RTP
+packet for the remote track's up track (:mod:`media.span`); a keyframe
+request (PLI) from the other node finds the tap and asks the publisher.
+
+Every datagram in or out is counted (``video_call_sfu_relay_*``,
+:mod:`media.metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from . import relaywire
+from .downstream import PacketTuple
+from .forwarder import DownTrack
+from .metrics import MediaMetrics
+from .rtpheader import MalformedPacket, parse_rtp
+
+if TYPE_CHECKING:
+    from .fastsend import FastRtp
+    from .forwarder import UpTrack
+
+logger = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+
+#: The one-byte header extension id of the audio level in relayed RTP packets.
+LEVEL_ID = 1
+_RTP = struct.Struct("!BBHII")
+_LEVEL_EXT = struct.Struct("!HHBBBB")
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Where the relay socket binds, and the cluster secret that authenticates it."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port (tests); production: a fixed one to open
+    secret: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("the relay needs a cluster secret")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("relay port out of range")
+
+
+def parse_addr(text: object) -> Addr | None:
+    """``host:port`` as the span state carries it; None if it is not one."""
+    if not isinstance(text, str) or ":" not in text:
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def rtp_body(entry: PacketTuple, payload_type: int, ssrc: int) -> bytes:
+    """The RTP packet a relayed packet crosses as: the original sequence number,
+    timestamp and marker, the audio level (if any) as extension :data:`LEVEL_ID`."""
+    data, start, end, seq, ts, marker, _key, _pid, _pid_at, _tl0, _tl0_at, level = entry
+    payload = bytes(data[start:end])
+    first = 0x80
+    ext = b""
+    if level >= 0:
+        first |= 0x10
+        ext = _LEVEL_EXT.pack(0xBEDE, 1, (LEVEL_ID << 4) | 0, level & 0xFF, 0, 0)
+    head = _RTP.pack(first, (0x80 if marker else 0) | (payload_type & 0x7F), seq, ts, ssrc)
+    return head + ext + payload
+
+
+class _TapFanout:
+    """The fan-out a layer runs for its relay taps (Python: one send per packet)."""
+
+    accelerated = False
+
+    @staticmethod
+    def forward(streams: list[Any], entry: PacketTuple, complete: bool) -> int:
+        return sum(1 for tap in streams if tap.forward(entry))
+
+    @staticmethod
+    def flush(streams: list[Any]) -> None:
+        pass
+
+
+TAP_FANOUT = _TapFanout()
+
+
+class RelayTap:
+    """Sends one local track's packets to one other node (a relay down's sender)."""
+
+    impl = TAP_FANOUT
+    ready = True
+
+    def __init__(self, relay: Relay, peer: Addr, stream: int, payload_type: int, kind: str) -> None:
+        self._relay = relay
+        self.peer = peer
+        self.stream_id = stream
+        self._pt = payload_type
+        self._kind = kind
+        self.packets_sent = 0
+
+    @property
+    def stream(self) -> RelayTap:
+        return self
+
+    def forward(self, entry: PacketTuple) -> bool:
+        body = rtp_body(entry, self._pt, self.stream_id)
+        if self._relay.send(self.peer, relaywire.RTP, self.stream_id, body, self._kind):
+            self.packets_sent += 1
+            return True
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def switch(self) -> None:
+        pass
+
+
+class RelayDown(DownTrack):
+    """A track's relay to one node, attached to it like a subscriber's down track."""
+
+    def __init__(self, relay: Relay, up: UpTrack, peer: Addr, metrics: MediaMetrics) -> None:
+        super().__init__(up.kind, metrics)
+        stream = relay.stream_of(up)
+        pt = int(up.codec.payloadType or 96)
+        self.tap = RelayTap(relay, peer, stream, pt, up.kind)
+        # Duck-typed: a layer and an up track use only what RelayTap has.
+        self.sender = cast("FastRtp", self.tap)
+        relay.taps[(peer, stream)] = self
+        self._relay = relay
+        self.attach(up)
+
+    def close(self) -> None:
+        self._relay.taps.pop((self.tap.peer, self.tap.stream_id), None)
+        self.stop()
+
+
+class RemoteSource:
+    """What a remote track's up track reads from: bind/PLI, as a publisher's inbound."""
+
+    def __init__(self, relay: Relay, peer: Addr, stream: int, kind: str) -> None:
+        from .rtpheader import ExtensionIds
+
+        self._relay = relay
+        self.peer = peer
+        self.stream = stream
+        self.kind = kind
+        self.ids = ExtensionIds(audio_level=LEVEL_ID)
+        self._sink: Any = None
+        relay.sources[(peer, stream)] = self
+
+    # --- what UpTrack reads of a PublisherInbound ---------------------------------
+
+    def bind(self, mid: str, sink: Any) -> None:
+        self._sink = sink
+
+    def unbind(self, mid: str, sink: Any) -> None:
+        if self._sink is sink:
+            self._sink = None
+
+    def rids_of(self, mid: str) -> tuple[str, ...]:
+        return ()
+
+    def send_pli(self, mid: str, rid: str | None = None) -> bool:
+        return self._relay.send(self.peer, relaywire.PLI, self.stream, b"", "video")
+
+    # --- from the relay socket ----------------------------------------------------
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        try:
+            packet = parse_rtp(body)
+        except MalformedPacket:
+            self._relay.dropped("malformed")
+            return
+        sink.on_packet(packet)
+
+    def close(self) -> None:
+        self._sink = None
+        if self._relay.sources.get((self.peer, self.stream)) is self:
+            del self._relay.sources[(self.peer, self.stream)]
+
+
+class Relay(asyncio.DatagramProtocol):
+    """The node's relay socket and its tables (streams out, sources in)."""
+
+    def __init__(self, config: RelayConfig, metrics: MediaMetrics) -> None:
+        self._config = config
+        self._key = relaywire.relay_key(config.secret)
+        self._metrics = metrics
+        self._counter = relaywire.Counter()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._next_stream = 1
+        self._streams: dict[UpTrack, int] = {}
+        self.taps: dict[tuple[Addr, int], RelayDown] = {}
+        self.sources: dict[tuple[Addr, int], RemoteSource] = {}
+        self._windows: dict[Addr, relaywire.ReplayWindow] = {}
+        self.address = ""
+        self._on_links: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self._config.host, self._config.port)
+        )
+        self._transport = transport
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        logger.info("relay listening on %s", self.address)
+
+    # --- out -------------------------------------------------------------------
+
+    def stream_of(self, up: UpTrack) -> int:
+        """The relay's number for a local track (the same towards every node)."""
+        stream = self._streams.get(up)
+        if stream is None:
+            stream = self._streams[up] = self._next_stream
+            self._next_stream = (self._next_stream % 0xFFFFFFFF) + 1
+        return stream
+
+    def release_stream(self, up: UpTrack) -> None:
+        self._streams.pop(up, None)
+
+    def send(self, peer: Addr, kind: int, stream: int, body: bytes, media: str) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        datagram = relaywire.encode(self._key, kind, stream, self._counter.take(), body)
+        transport.sendto(datagram, peer)
+        if kind == relaywire.RTP:
+            self._metrics.relayed("out", media, len(datagram))
+        else:
+            self._metrics.relay_pli("out")
+        return True
+
+    # --- in --------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        peer: Addr = (str(addr[0]), int(addr[1]))
+        try:
+            frame = relaywire.parse(self._key, data)
+        except relaywire.BadFrame as exc:
+            self.dropped(exc.reason)
+            return
+        window = self._windows.get(peer)
+        if window is None:
+            if not self._known(peer):
+                self.dropped("unknown_peer")
+                return
+            window = self._windows[peer] = relaywire.ReplayWindow()
+        if not window.accept(frame.counter):
+            self.dropped("replay")
+            return
+        if frame.type == relaywire.RTP:
+            source = self.sources.get((peer, frame.stream))
+            if source is None:
+                self.dropped("unknown_stream")
+                return
+            self._metrics.relayed("in", source.kind, len(data))
+            source.on_body(frame.body)
+        else:
+            tap = self.taps.get((peer, frame.stream))
+            if tap is None:
+                self.dropped("unknown_stream")
+                return
+            self._metrics.relay_pli("in")
+            tap.request_keyframe()
+
+    def _known(self, peer: Addr) -> bool:
+        return any(p == peer for p, _ in self.sources) or any(p == peer for p, _ in self.taps)
+
+    def forget_peer(self, peer: Addr) -> None:
+        """Nothing is relayed with ``peer`` any more: drop its replay window."""
+        if not self._known(peer):
+            self._windows.pop(peer, None)
+
+    def dropped(self, reason: str) -> None:
+        self._metrics.relay_dropped(reason)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("relay socket: %s", exc)
+
+    @property
+    def links(self) -> int:
+        """Other nodes this node relays with now (either way)."""
+        return len({p for p, _ in self.sources} | {p for p, _ in self.taps})
+
+    def close(self) -> None:
+        """Close the socket (idempotent); the rooms closed their taps and sources first."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        self.taps.clear()
+        self.sources.clear()
+        self._streams.clear()
+        self._windows.clear()
