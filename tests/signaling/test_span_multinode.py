@@ -1,0 +1,156 @@
+"""One room across two ``huddle serve`` processes on one Redis and one Postgres, with
+real aiortc peers (the load tester's ``SignaledPeer``).
+
+``HUDDLE_ROOM_SPAN=local`` puts each participant's media on the node its socket is
+on: ana on node 1, bob and cyd on node 2. Everyone receives everyone; ana's tracks
+cross to node 2 once, although two subscribers receive them there (counted by the
+relay metrics of both nodes against what the subscribers received); leaving frees
+the relay on both nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from media.loadtest.peers import SignaledPeer
+from media.loadtest.preencoded import EncodedClip
+from tests.signaling.cluster import Cluster, cluster
+from tests.signaling.multinode import Http, receives
+from tests.support.polling import eventually
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[Cluster]:
+    env = {
+        "HUDDLE_ROOM_SPAN": "local",
+        "HUDDLE_ICE_HOSTS": "127.0.0.1",
+        "HUDDLE_NODE_TTL": "3",
+    }
+    with cluster(tmp_path, nodes=2, **env) as running:
+        yield running
+
+
+async def scrape(session: aiohttp.ClientSession) -> dict[str, float]:
+    """The node's metric samples by name with labels (``name{labels}``)."""
+    async with session.get("/metrics") as response:
+        text = await response.text()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def relay(samples: dict[str, float], direction: str, kind: str) -> float:
+    key = f'video_call_sfu_relay_packets_total{{direction="{direction}",kind="{kind}"}}'
+    return samples.get(key, 0.0)
+
+
+async def test_a_room_spans_two_nodes_and_each_track_crosses_once(
+    two_nodes: Cluster, clips: tuple[EncodedClip, EncodedClip], restricted_ice: None
+) -> None:
+    http = Http(two_nodes)
+    video, audio = clips
+    peers: list[SignaledPeer] = []
+    try:
+        call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
+        ids = [u.user_id for u in users]
+        homes = [0, 1, 1]  # ana on node 1; bob and cyd on node 2
+        for user, home in zip(users, homes, strict=True):
+            peer = await SignaledPeer.connect(
+                http.nodes[home].base_url,
+                call_id,
+                user.token,
+                user.user_id,
+                video=video,
+                audio=audio,
+                sfu_messages_only=True,
+            )
+            peers.append(peer)
+            await peer.signaling.receive("mode", timeout=10)
+            await peer.publish()
+
+        def everyone_receives() -> bool:
+            return all(
+                receives(peer, other, more_than=30)
+                for peer, me in zip(peers, ids, strict=True)
+                for other in ids
+                if other != me
+            )
+
+        await eventually(everyone_receives, timeout=40, message="media across the nodes")
+        ana = ids[0]
+
+        def subscribers_got() -> list[int]:
+            counts = [peers[i].packet_counts().get((ana, "video")) for i in (1, 2)]
+            return [c.received if c is not None else 0 for c in counts]
+
+        # Over the same stretch, once everyone's subscriptions run: what crossed vs
+        # what each of node 2's two subscribers received.
+        start_a, start_b = await scrape(http.sessions[0]), await scrape(http.sessions[1])
+        start_got = subscribers_got()
+        await eventually(
+            lambda: min(g - s for g, s in zip(subscribers_got(), start_got, strict=True)) >= 150,
+            timeout=20,
+            message="150 more packets of ana's video at bob and cyd",
+        )
+        a, b = await scrape(http.sessions[0]), await scrape(http.sessions[1])
+        got = [g - s for g, s in zip(subscribers_got(), start_got, strict=True)]
+        out_a = relay(a, "out", "video") - relay(start_a, "out", "video")
+        in_b = relay(b, "in", "video") - relay(start_b, "in", "video")
+        print(
+            f"ana's video meanwhile: {out_a:.0f} packets relayed out of node 1, {in_b:.0f} "
+            f"into node 2; bob received {got[0]}, cyd {got[1]}"
+        )
+        # Each packet of ana's video crossed once: about what one subscriber on node 2
+        # received (they are read a moment apart), not the two subscribers' sum.
+        assert out_a > 0 and in_b > 0
+        assert out_a < 1.25 * max(got), (out_a, got)
+        assert out_a < 0.7 * sum(got), (out_a, got)
+        assert in_b <= out_a + 5
+        # Node 2 sent node 1 its two publishers' video, each once.
+        assert relay(b, "out", "video") > 0 and relay(a, "in", "video") > 0
+        assert a.get("video_call_sfu_relay_links") == 1.0
+        assert b.get("video_call_sfu_relay_links") == 1.0
+        # None forged, replayed or malformed (a stream's first packets may arrive before
+        # its state: unknown_stream, unknown_peer).
+        drops = {
+            k: v for k, v in {**a, **b}.items() if k.startswith("video_call_sfu_relay_dropped")
+        }
+        print("relay drops:", drops)
+        for reason in ("auth", "replay", "malformed", "short", "magic"):
+            assert not any(f'reason="{reason}"' in k and v for k, v in drops.items()), drops
+
+        # Bob and cyd leave: node 2's room closes, and node 1 stops relaying.
+        for index in (1, 2):
+            await http.api[1].action(call_id, "leave", users[index])
+
+        async def released() -> bool:
+            first, second = await scrape(http.sessions[0]), await scrape(http.sessions[1])
+            return (
+                first.get("video_call_sfu_relay_links") == 0.0
+                and second.get("video_call_sfu_relay_links", 0.0) == 0.0
+                and second.get("video_call_sfu_rooms_active") == 0.0
+            )
+
+        await eventually(released, timeout=10, message="relay state released on both nodes")
+        # Ana still publishes, but nothing of it crosses any more: two readings agree.
+        last = [-1.0]
+
+        async def relay_stopped() -> bool:
+            now = relay(await scrape(http.sessions[0]), "out", "video")
+            same, last[0] = now == last[0], now
+            return same
+
+        await eventually(relay_stopped, timeout=5, message="node 1 stops relaying ana's video")
+    finally:
+        for peer in peers:
+            await peer.close()
+        await http.close()
