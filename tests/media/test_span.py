@@ -130,9 +130,11 @@ async def test_participants_on_two_nodes_see_each_other_and_a_track_crosses_once
     for name in names:
         others = [n for n in names if n != name]
         client = span.clients[name]
-        await eventually(
-            lambda c=client, o=others: receives(c, o), timeout=20, message=f"{name} media"
-        )
+
+        def got_all(c: SfuClient = client, o: list[str] = others) -> bool:
+            return receives(c, o)
+
+        await eventually(got_all, timeout=20, message=f"{name} media")
     a, b = span.metrics["a"].counts, span.metrics["b"].counts
     room_a = span.sfus["a"].room(CALL)
     assert room_a is not None and room_a.span is not None
@@ -172,6 +174,7 @@ async def test_leaving_releases_relay_state_on_both_nodes(span: Span) -> None:
     await eventually(lambda: not relay_a.taps, timeout=5, message="a stops relaying to b")
     room_a = span.sfus["a"].room(CALL)
     assert room_a is not None and room_a.span is not None
-    await eventually(lambda: not room_a.span.remote_tracks(), message="b's tracks gone on a")
+    span_a = room_a.span
+    await eventually(lambda: not span_a.remote_tracks(), message="b's tracks gone on a")
     assert not relay_a.sources
     assert relay_a.links == 0
