@@ -212,6 +212,8 @@ class Relay(asyncio.DatagramProtocol):
         self._streams: dict[UpTrack, int] = {}
         self.taps: dict[tuple[Addr, int], RelayDown] = {}
         self.sources: dict[tuple[Addr, int], RemoteSource] = {}
+        # One per peer node ever relayed with (kept: a window dropped and made anew
+        # would take a replay of what that peer sent before).
         self._windows: dict[Addr, relaywire.ReplayWindow] = {}
         self.address = ""
         self._on_links: Callable[[], None] | None = None
@@ -286,11 +288,6 @@ class Relay(asyncio.DatagramProtocol):
 
     def _known(self, peer: Addr) -> bool:
         return any(p == peer for p, _ in self.sources) or any(p == peer for p, _ in self.taps)
-
-    def forget_peer(self, peer: Addr) -> None:
-        """Nothing is relayed with ``peer`` any more: drop its replay window."""
-        if not self._known(peer):
-            self._windows.pop(peer, None)
 
     def dropped(self, reason: str) -> None:
         self._metrics.relay_dropped(reason)

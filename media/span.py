@@ -237,7 +237,6 @@ class RoomSpan:
         wanted = {(up, addr) for up in local for addr in peers}
         for key in [k for k in self._taps if k not in wanted]:
             self._taps.pop(key).close()
-            self._relay.forget_peer(key[1])
         for up, addr in wanted:
             if (up, addr) not in self._taps:
                 self._taps[(up, addr)] = RelayDown(self._relay, up, addr, self._metrics)
@@ -302,7 +301,6 @@ class RoomSpan:
         source = self._sources.pop(up, None)
         if source is not None:
             source.close()
-            self._relay.forget_peer(source.peer)
         for down in up.downs():
             down.detach(up)
         self._retired.append(up)
@@ -346,6 +344,7 @@ class RoomSpan:
                 self._expire()
                 for up in self.remote_tracks():
                     up.sync()
+                self._metrics.relay_links(self._relay.links)
                 if announce:
                     await self._announce(self.state())
                 await self._close_retired()
@@ -390,10 +389,7 @@ class RoomSpan:
         for up in self._exported:
             self._relay.release_stream(up)
         self._exported.clear()
-        peers = {n.addr for n in self._nodes.values()}
         self._nodes.clear()
-        for addr in peers:
-            self._relay.forget_peer(addr)
         self._metrics.relay_links(self._relay.links)
         await self._close_retired()
         await self._announce(self.state(closing=True))
