@@ -315,6 +315,7 @@ class PrometheusMediaMetrics:
             ["reason"],
             registry=registry,
         )
+        self._relay_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         self.relay_link_count = Gauge(
             f"{p}_sfu_relay_links",
             "Other nodes this node relays tracks with now (either way)",
@@ -404,8 +405,16 @@ class PrometheusMediaMetrics:
         self.speaker_changes.inc()
 
     def relayed(self, direction: str, kind: str, nbytes: int) -> None:
-        self.relay_packets.labels(direction, kind).inc()
-        self.relay_bytes.labels(direction).inc(nbytes)
+        # Per relayed packet: the labelled children looked up once.
+        key = (direction, kind)
+        children = self._relay_children.get(key)
+        if children is None:
+            children = self._relay_children[key] = (
+                self.relay_packets.labels(direction, kind),
+                self.relay_bytes.labels(direction),
+            )
+        children[0].inc()
+        children[1].inc(nbytes)
 
     def relay_pli(self, direction: str) -> None:
         self.relay_plis.labels(direction).inc()

@@ -357,6 +357,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
         http=http,
     )
     validate_turn_settings(config.turn)
+    validate_span_settings(
+        config.span, ice_hosts=config.media.ice_hosts, clustered=config.redis_url is not None
+    )
     return config
 
 
@@ -368,7 +371,6 @@ def _span(env: _Env) -> SpanConfig:
         relay_port=env.integer("HUDDLE_RELAY_PORT", 0, low=0, high=65535),
         relay_secret=env.raw("HUDDLE_RELAY_SECRET"),
     )
-    validate_span_settings(span)
     return span
 
 

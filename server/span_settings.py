@@ -19,7 +19,7 @@ class SpanConfig:
     #: ``owner`` (the owner until the limit) or ``local`` (always the socket's node).
     policy: str = "owner"
     #: The relay socket's address: one the other nodes reach (None: the first ICE host,
-    #: else 127.0.0.1); port 0: any free one.
+    #: required then on a cluster); port 0: any free one.
     relay_host: str | None = None
     relay_port: int = 0
     #: Authenticates relay datagrams (None: derived from the JWT secret all nodes share).
@@ -30,8 +30,17 @@ class SpanConfig:
         return self.policy == "local" or self.node_limit > 0
 
 
-def validate_span_settings(span: SpanConfig) -> None:
-    """Raise :class:`ConfigError` naming the variable that is wrong."""
+def validate_span_settings(
+    span: SpanConfig, *, ice_hosts: tuple[str, ...] = (), clustered: bool = False
+) -> None:
+    """Raise :class:`ConfigError` naming the variable that is wrong. Rooms that may span
+    the nodes of a cluster need a relay address the other nodes reach: one given, or
+    the first ICE host (never a guess at loopback on a real cluster)."""
+    if span.enabled and clustered and span.relay_host is None and not ice_hosts:
+        raise ConfigError(
+            "rooms may span nodes (HUDDLE_ROOM_NODE_LIMIT or HUDDLE_ROOM_SPAN): set "
+            "HUDDLE_RELAY_HOST (or HUDDLE_ICE_HOSTS) to an address the other nodes reach"
+        )
     if span.policy not in SPAN_POLICIES:
         raise ConfigError(f"HUDDLE_ROOM_SPAN={span.policy!r} is not owner or local")
     if span.relay_host is not None:
