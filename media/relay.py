@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -216,7 +215,7 @@ class Relay(asyncio.DatagramProtocol):
         # would take a replay of what that peer sent before).
         self._windows: dict[Addr, relaywire.ReplayWindow] = {}
         self.address = ""
-        self._on_links: Callable[[], None] | None = None
+        self._lost: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -300,11 +299,18 @@ class Relay(asyncio.DatagramProtocol):
         """Other nodes this node relays with now (either way)."""
         return len({p for p, _ in self.sources} | {p for p, _ in self.taps})
 
-    def close(self) -> None:
-        """Close the socket (idempotent); the rooms closed their taps and sources first."""
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def close(self) -> None:
+        """Close the socket, and wait until it is (idempotent); the rooms closed their
+        taps and sources first."""
         transport, self._transport = self._transport, None
         if transport is not None:
+            self._lost = asyncio.get_running_loop().create_future()
             transport.close()
+            await self._lost
         self.taps.clear()
         self.sources.clear()
         self._streams.clear()

@@ -187,4 +187,4 @@ class Sfu:
         self._rooms.clear()
         await asyncio.gather(*(room.close() for room in rooms))
         if self._relay is not None:
-            self._relay.close()
+            await self._relay.close()

@@ -148,7 +148,7 @@ async def test_participants_on_two_nodes_see_each_other_and_a_track_crosses_once
     assert b["relay_in_video_packets"] >= relayed * 0.9
     ben = span.clients["ben"].received_from("ana", "video")
     cleo = span.clients["cleo"].received_from("ana", "video")
-    assert ben is not None and cleo is not None and ben.frames > 5 and cleo.frames > 5
+    assert ben is not None and cleo is not None and ben.frames >= 5 and cleo.frames >= 5
     assert a["relay_dropped_auth"] == 0 and b["relay_dropped_auth"] == 0
 
 
