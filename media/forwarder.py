@@ -227,6 +227,16 @@ class UpTrack:
         since the last call, for :class:`media.speakers.SpeakerMonitor`; zeroes them."""
         return self._default.take_audio_levels()
 
+    def restart(self) -> None:
+        """A remote track's source changed on its node (a layer switch there, in
+        other numbers): its subscribers here start over at it, the cache with it."""
+        for layer in [self._default, *self._layers.values()]:
+            if layer.cache is not None:
+                layer.cache.clear()
+        for down in self._downs:
+            if down.sender is not None:
+                down.sender.switch()
+
     # --- keyframes -----------------------------------------------------------
 
     def send_pli(self, rid: str | None) -> bool:

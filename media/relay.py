@@ -112,6 +112,7 @@ class RelayTap:
         self._pt = payload_type
         self._kind = kind
         self.packets_sent = 0
+        self._switched = True
 
     @property
     def stream(self) -> RelayTap:
@@ -119,7 +120,9 @@ class RelayTap:
 
     def forward(self, entry: PacketTuple) -> bool:
         body = rtp_body(entry, self._pt, self.stream_id)
-        if self._relay.send(self.peer, relaywire.RTP, self.stream_id, body, self._kind):
+        kind = relaywire.RTP_SWITCH if self._switched else relaywire.RTP
+        if self._relay.send(self.peer, kind, self.stream_id, body, self._kind):
+            self._switched = False
             self.packets_sent += 1
             return True
         return False
@@ -128,7 +131,9 @@ class RelayTap:
         pass
 
     def switch(self) -> None:
-        pass
+        """The track moves this tap to another layer (its own numbers): the next packet
+        tells the other node, whose subscribers start over from it."""
+        self._switched = True
 
 
 class RelayDown(DownTrack):
@@ -181,7 +186,7 @@ class RemoteSource:
 
     # --- from the relay socket ----------------------------------------------------
 
-    def on_body(self, body: bytes) -> None:
+    def on_body(self, body: bytes, switched: bool = False) -> None:
         sink = self._sink
         if sink is None:
             return
@@ -190,6 +195,8 @@ class RemoteSource:
         except MalformedPacket:
             self._relay.dropped("malformed")
             return
+        if switched:
+            sink.restart()
         sink.on_packet(packet)
 
     def close(self) -> None:
@@ -246,7 +253,7 @@ class Relay(asyncio.DatagramProtocol):
             return False
         datagram = relaywire.encode(self._key, kind, stream, self._counter.take(), body)
         transport.sendto(datagram, peer)
-        if kind == relaywire.RTP:
+        if kind != relaywire.PLI:
             self._metrics.relayed("out", media, len(datagram))
         else:
             self._metrics.relay_pli("out")
@@ -270,13 +277,13 @@ class Relay(asyncio.DatagramProtocol):
         if not window.accept(frame.counter):
             self.dropped("replay")
             return
-        if frame.type == relaywire.RTP:
+        if frame.type != relaywire.PLI:
             source = self.sources.get((peer, frame.stream))
             if source is None:
                 self.dropped("unknown_stream")
                 return
             self._metrics.relayed("in", source.kind, len(data))
-            source.on_body(frame.body)
+            source.on_body(frame.body, frame.type == relaywire.RTP_SWITCH)
         else:
             tap = self.taps.get((peer, frame.stream))
             if tap is None:

@@ -7,7 +7,9 @@ socket pair per node pair). Each datagram::
 
     0   2  magic  b"HR"
     2   1  version 1
-    3   1  type   1 RTP, 2 PLI (keyframe request, back to the publisher's node)
+    3   1  type   1 RTP, 3 RTP that starts a new source (a simulcast layer switch on
+                  the publisher's node: the receiver's subscribers start over at it),
+                  2 PLI (keyframe request, back to the publisher's node)
     4   4  stream the relayed track, as the publisher's node numbered it
     8   8  counter  per sending socket, strictly increasing (replay window)
     16  n  body   RTP: one RTP packet (header, audio level extension, payload); PLI: empty
@@ -34,7 +36,8 @@ MAGIC = b"HR"
 VERSION = 1
 RTP = 1
 PLI = 2
-TYPES = frozenset({RTP, PLI})
+RTP_SWITCH = 3
+TYPES = frozenset({RTP, PLI, RTP_SWITCH})
 
 _HEAD = struct.Struct("!2sBBIQ")
 HEAD_SIZE = _HEAD.size  # 16
@@ -100,7 +103,7 @@ def parse(key: bytes, datagram: bytes) -> Frame:
     body = data[HEAD_SIZE:]
     if kind == PLI and body:
         raise BadFrame("body")
-    if kind == RTP and len(body) < 12:
+    if kind != PLI and len(body) < 12:
         raise BadFrame("body")
     return Frame(kind, stream, counter, body)
 

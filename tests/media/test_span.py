@@ -12,6 +12,7 @@ from media.config import MediaConfig
 from media.errors import MediaError
 from media.loadtest.preencoded import EncodedClip
 from media.loadtest.sfuclient import LocalSignaling, SfuClient
+from media.loadtest.simulcast import SimulcastClips, simulcast_clips
 from media.metrics import CountingMediaMetrics
 from media.relay import RelayConfig
 from media.seam import Message
@@ -68,7 +69,9 @@ class Span:
         for sfu in self.sfus.values():
             await sfu.start()
 
-    async def join(self, name: str, node: str, *, publish: bool = True) -> SfuClient:
+    async def join(
+        self, name: str, node: str, *, publish: bool = True, simulcast: SimulcastClips | None = None
+    ) -> SfuClient:
         sfu = self.sfus[node]
 
         async def send(message: dict[str, object]) -> None:
@@ -78,8 +81,9 @@ class Span:
             name,
             send,
             rtc_configuration=self.config.rtc_configuration(),
-            video=self.video if publish else None,
+            video=self.video if publish and simulcast is None else None,
             audio=self.audio if publish else None,
+            simulcast=simulcast,
         )
         self.clients[name] = client
         self.node_of[name] = node
@@ -178,3 +182,33 @@ async def test_leaving_releases_relay_state_on_both_nodes(span: Span) -> None:
     await eventually(lambda: not span_a.remote_tracks(), message="b's tracks gone on a")
     assert not relay_a.sources
     assert relay_a.links == 0
+
+
+async def test_a_simulcast_track_crosses_as_one_layer_and_survives_a_switch(span: Span) -> None:
+    layers = simulcast_clips(320, 180, frames=30, fps=15, bitrate=300_000, keyframe_every=15)
+    await span.join("ana", "a", simulcast=layers)
+    await span.join("ben", "b", publish=False)
+    ben = span.clients["ben"]
+
+    def video() -> int:
+        stats = ben.received_from("ana", "video")
+        return stats.frames if stats is not None else 0
+
+    def saw(size: tuple[int, int]) -> bool:
+        stats = ben.received_from("ana", "video")
+        return stats is not None and any((w, h) == size for _, w, h in stats.sizes)
+
+    top, low = layers.sizes[-1], layers.sizes[0]
+    await eventually(lambda: video() >= 10 and saw(top), timeout=20, message="ana's top layer")
+    room_a = span.sfus["a"].room(CALL)
+    relay_a = span.sfus["a"].relay
+    assert room_a is not None and relay_a is not None
+    (tap,) = [d for d in relay_a.taps.values() if d.kind == "video"]
+    up = next(u for u in room_a.local_tracks() if u.kind == "video")
+    # The tap moves to the lowest layer on node a (other sequence numbers, timestamps
+    # and picture ids): ben, on node b, starts over there at its keyframe.
+    up.set_max_layer(tap, 0)
+    frames = video()
+    await eventually(
+        lambda: saw(low) and video() >= frames + 10, timeout=20, message="the lower layer"
+    )
