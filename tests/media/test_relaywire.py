@@ -28,6 +28,8 @@ def test_a_frame_round_trips() -> None:
     assert parsed.body == b"\x80" + bytes(15)
     pli = relaywire.parse(KEY, frame(relaywire.PLI, b""))
     assert pli.type == relaywire.PLI and pli.body == b""
+    switched = relaywire.parse(KEY, frame(relaywire.RTP_SWITCH))
+    assert switched.type == relaywire.RTP_SWITCH and len(switched.body) == 16
 
 
 def test_forged_and_foreign_datagrams_are_refused() -> None:
@@ -73,6 +75,7 @@ def test_signed_frames_that_break_the_rules_are_refused() -> None:
         (signed(1, 9, bytes(12)), "type"),
         (signed(1, relaywire.PLI, b"x"), "body"),
         (signed(1, relaywire.RTP, bytes(11)), "body"),
+        (signed(1, relaywire.RTP_SWITCH, b""), "body"),
         (bytes(relaywire.MAX_DATAGRAM + 1), "long"),
         (b"XX" + frame()[2:], "magic"),
     ]:
