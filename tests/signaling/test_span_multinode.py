@@ -1,11 +1,12 @@
-"""One room across two ``huddle serve`` processes on one Redis and one Postgres, with
-real aiortc peers (the load tester's ``SignaledPeer``).
+"""One room across two or three ``huddle serve`` processes on one Redis and one Postgres,
+with real aiortc peers (the load tester's ``SignaledPeer``).
 
 ``HUDDLE_ROOM_SPAN=local`` puts each participant's media on the node its socket is
 on: ana on node 1, bob and cyd on node 2. Everyone receives everyone; ana's tracks
 cross to node 2 once, although two subscribers receive them there (counted by the
 relay metrics of both nodes against what the subscribers received); leaving frees
-the relay on both nodes.
+the relay on both nodes. With the default policy and a limit of one per node, a
+room of three spreads over three nodes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from media.loadtest.peers import SignaledPeer
 from media.loadtest.preencoded import EncodedClip
+from signaling.span import media_key
 from tests.signaling.cluster import Cluster, cluster
 from tests.signaling.multinode import Http, receives
 from tests.support.polling import eventually
@@ -150,6 +153,67 @@ async def test_a_room_spans_two_nodes_and_each_track_crosses_once(
             return same
 
         await eventually(relay_stopped, timeout=5, message="node 1 stops relaying ana's video")
+    finally:
+        for peer in peers:
+            await peer.close()
+        await http.close()
+
+
+@pytest.fixture
+def three_nodes(tmp_path: Path) -> Iterator[Cluster]:
+    env = {
+        "HUDDLE_ROOM_NODE_LIMIT": "1",  # the default policy (owner), spilling at once
+        "HUDDLE_ICE_HOSTS": "127.0.0.1",
+        "HUDDLE_NODE_TTL": "3",
+    }
+    with cluster(tmp_path, nodes=3, **env) as running:
+        yield running
+
+
+async def test_a_room_that_outgrows_its_owner_spreads_over_three_nodes(
+    three_nodes: Cluster,
+    redis: Redis,
+    clips: tuple[EncodedClip, EncodedClip],
+    restricted_ice: None,
+) -> None:
+    http = Http(three_nodes)
+    video, audio = clips
+    peers: list[SignaledPeer] = []
+    try:
+        call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
+        ids = [u.user_id for u in users]
+        for index, user in enumerate(users):
+            peer = await SignaledPeer.connect(
+                http.nodes[index].base_url,
+                call_id,
+                user.token,
+                user.user_id,
+                video=video,
+                audio=audio,
+                sfu_messages_only=True,
+            )
+            peers.append(peer)
+            await peer.signaling.receive("mode", timeout=10)
+            await peer.publish()
+
+        def everyone_receives() -> bool:
+            return all(
+                receives(peer, other)
+                for peer, me in zip(peers, ids, strict=True)
+                for other in ids
+                if other != me
+            )
+
+        await eventually(everyone_receives, timeout=45, message="media across three nodes")
+        # One media participant per node (the limit), wherever the sockets are.
+        media = await redis.hgetall(media_key(call_id))  # type: ignore[misc]
+        assert len(media) == 3 and len(set(media.values())) == 3, media
+        samples = [await scrape(s) for s in http.sessions]
+        for node in samples:
+            assert node.get("video_call_sfu_relay_links") == 2.0  # the two others
+            assert node.get("video_call_sfu_participants_active") == 1.0
+            # Its publisher's video out to two nodes, the two others' in.
+            assert relay(node, "out", "video") > 0 and relay(node, "in", "video") > 0
     finally:
         for peer in peers:
             await peer.close()
