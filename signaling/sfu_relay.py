@@ -128,7 +128,8 @@ class SfuRelay:
         if span is None:
             return
         node_id = self._registry.node_id
-        for node in sorted(await span.nodes(call_id) - {node_id}):
+        local = self._sfu.members().get(call_id, frozenset()) if self._sfu is not None else ()
+        for node in sorted(await span.nodes(call_id, local) - {node_id}):
             await self._registry.publish(call_id, span_envelope(state), node=node)
 
     async def on_span(self, call_id: str, envelope: Message) -> None:
@@ -284,9 +285,10 @@ class SfuRelay:
     def _holds(self, call_id: str) -> bool:
         return self._sfu is not None and self._sfu.has_room(call_id)
 
-    async def close_room(self, call_id: str) -> None:
-        """The call ended: close the room if this node has one (its owner's, or its
-        part of a room across nodes), and release the claim if it owns it."""
+    async def close_room(self, call_id: str, *, ended: bool = True) -> None:
+        """The call ended (or, ``ended=False``, this node gives the room up: drain):
+        close the room if this node has one (its owner's, or its part of a room
+        across nodes), and release the claim if it owns it."""
         placement = self._registry.placement
         for key in [k for k in self._media_nodes if k[0] == call_id]:
             del self._media_nodes[key]
@@ -296,7 +298,8 @@ class SfuRelay:
         await self._tell(RoomEnded(call_id))
         if owned:
             await placement.release(call_id)
-            if self.span is not None:
+            if ended and self.span is not None:
+                # (A drained owner leaves the media nodes: the room goes on elsewhere.)
                 await self.span.forget_call(call_id)
 
     async def on_room_lost(self, call_id: str) -> None:

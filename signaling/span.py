@@ -19,7 +19,9 @@ node id; expires with the room, refreshed at each assignment), by one script
 
 A participant keeps its media node while that node is live (in
 ``huddle:nodes``); one assigned to a dead node is assigned anew. The entry
-is removed when the participant leaves the call.
+is removed when the participant leaves the call; the hash goes when the call
+ends. Every node writes back its own participants (``HSETNX``) each time it
+sends its state, so a Redis that restarted empty has the hash again.
 
 Span states (:mod:`media.span`) travel as ``span`` envelopes
 ``{state}`` on the other media nodes' own channels.
@@ -28,6 +30,7 @@ Span states (:mod:`media.span`) travel as ``span`` envelopes
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -145,14 +148,19 @@ class SpanPlacement:
             raise BusUnavailable(f"media placement unavailable: {exc}") from exc
         return node.decode() if isinstance(node, bytes) else str(node)
 
-    async def nodes(self, call_id: str) -> set[str]:
-        """Every node with media participants of the call (and keep the hash alive:
-        a room's nodes ask every second while it spans)."""
+    async def nodes(self, call_id: str, local: Iterable[str] = ()) -> set[str]:
+        """Every node with media participants of the call. Keeps the hash alive (a
+        room's nodes ask every second while it spans) and writes back, unless another
+        node holds them now, the participants whose media is here (``local``), so a
+        Redis that lost the hash has it again within a second."""
+        key = media_key(call_id)
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hvals(media_key(call_id))
-            pipe.pexpire(media_key(call_id), self._hash_ttl_ms)
-            values, _ = await pipe.execute()
+            for pid in sorted(local):
+                pipe.hsetnx(key, pid, self._node_id)
+            pipe.hvals(key)
+            pipe.pexpire(key, self._hash_ttl_ms)
+            *_, values, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"media placement unavailable: {exc}") from exc
         return {v.decode() if isinstance(v, bytes) else str(v) for v in values}

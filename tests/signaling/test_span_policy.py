@@ -104,3 +104,18 @@ async def test_a_participant_on_a_dead_node_is_placed_anew(
     await live(redis, nodes_key, "d", 0, draining=True)
     await redis.hset(media_key(call_id), "p2", "c")  # type: ignore[misc]
     assert await at["a"].media_node(call_id, "p3", "a") == "a"
+
+
+async def test_nodes_write_their_participants_back_when_redis_lost_them(
+    redis: Redis, nodes_key: str, call_id: str
+) -> None:
+    await live(redis, nodes_key, "a")
+    await live(redis, nodes_key, "b")
+    at = placements(redis, nodes_key, SpanConfig(policy="local"), "a", "b")
+    assert await at["a"].media_node(call_id, "p1", "a") == "a"
+    assert await at["b"].media_node(call_id, "p2", "a") == "b"
+    await redis.delete(media_key(call_id))  # a Redis that restarted empty
+    assert await at["a"].nodes(call_id, ["p1"]) == {"a"}
+    assert await at["b"].nodes(call_id, ["p2", "p1"]) == {"a", "b"}  # p1 stays a's
+    assert await redis.hget(media_key(call_id), "p1") == b"a"  # type: ignore[misc]
+    assert await redis.pttl(media_key(call_id)) > 0
