@@ -95,7 +95,7 @@ class SfuRelay:
         target = await self._media_node(call_id, pid, owner, message)
         if target == node_id:
             if target != owner:
-                await self._registry.ensure_subscribed(call_id)  # hear its lifecycle
+                await self._hold_part(call_id)
             await self.signal(call_id, pid, message)
             return
         envelope: Message = {
@@ -121,6 +121,12 @@ class SfuRelay:
         if known is None or message.get("type") in _OPENING or message.get("type") == "resume":
             known = self._media_nodes[key] = await span.media_node(call_id, pid, owner)
         return known
+
+    async def _hold_part(self, call_id: str) -> None:
+        """This node holds media of a room it does not own: hear the call's lifecycle
+        until its part closes (:meth:`close_room`, or the last one of it leaving)."""
+        self._registry.media_parts.add(call_id)
+        await self._registry.ensure_subscribed(call_id)
 
     async def announce(self, call_id: str, state: Message) -> None:
         """A room's span state to the call's other media nodes (media.seam.SpanPort)."""
@@ -195,7 +201,7 @@ class SfuRelay:
         try:
             if envelope.get("media") is True and self._sfu is not None:
                 # This node holds the participant's media (the room spans nodes).
-                await self._registry.ensure_subscribed(call_id)
+                await self._hold_part(call_id)
                 await self.signal(call_id, pid, message)
                 return
             size_hint = hint if isinstance(hint, int) else 0
@@ -281,6 +287,9 @@ class SfuRelay:
             await self.span.forget(call_id, pid)
         if owned or self._holds(call_id):
             await self._tell(ParticipantLeft(call_id, pid))
+        if call_id in self._registry.media_parts and not self._holds(call_id):
+            self._registry.media_parts.discard(call_id)
+            await self._registry.maybe_unsubscribe(call_id)
 
     def _holds(self, call_id: str) -> bool:
         return self._sfu is not None and self._sfu.has_room(call_id)
@@ -293,6 +302,7 @@ class SfuRelay:
         for key in [k for k in self._media_nodes if k[0] == call_id]:
             del self._media_nodes[key]
         owned = call_id in placement.owned
+        self._registry.media_parts.discard(call_id)
         if not owned and not self._holds(call_id):
             return
         await self._tell(RoomEnded(call_id))
