@@ -214,6 +214,26 @@ async def test_a_room_that_outgrows_its_owner_spreads_over_three_nodes(
             assert node.get("video_call_sfu_participants_active") == 1.0
             # Its publisher's video out to two nodes, the two others' in.
             assert relay(node, "out", "video") > 0 and relay(node, "in", "video") > 0
+
+        # The call ends: every node closes its part, nothing is relayed any more, and
+        # the media nodes are forgotten.
+        await http.api[0].action(call_id, "end", users[0])
+
+        async def all_released() -> bool:
+            for session in http.sessions:
+                node = await scrape(session)
+                if node.get("video_call_sfu_relay_links") or node.get(
+                    "video_call_sfu_rooms_active"
+                ):
+                    return False
+            return True
+
+        await eventually(all_released, timeout=10, message="every node's part released")
+
+        async def forgotten() -> bool:
+            return await redis.exists(media_key(call_id)) == 0
+
+        await eventually(forgotten, timeout=5, message="the call's media nodes forgotten")
     finally:
         for peer in peers:
             await peer.close()
