@@ -41,6 +41,7 @@ class MediaMetrics(Protocol):
     def dominant_speaker_changed(self) -> None: ...
     def relayed(self, direction: str, kind: str, nbytes: int) -> None: ...
     def relay_pli(self, direction: str) -> None: ...
+    def relay_nack(self, direction: str, packets: int) -> None: ...
     def relay_dropped(self, reason: str) -> None: ...
     def relay_links(self, count: int) -> None: ...
 
@@ -136,6 +137,9 @@ class NoopMediaMetrics:
         pass
 
     def relay_pli(self, direction: str) -> None:
+        pass
+
+    def relay_nack(self, direction: str, packets: int) -> None:
         pass
 
     def relay_dropped(self, reason: str) -> None:
@@ -308,6 +312,13 @@ class PrometheusMediaMetrics:
             ["direction"],
             registry=registry,
         )
+        self.relay_nacks = Counter(
+            f"{p}_sfu_relay_nack_total",
+            "Packets lost between nodes and asked for again (in: asked of this node, "
+            "which resends them from its cache; out: asked by this node)",
+            ["direction"],
+            registry=registry,
+        )
         self.relay_drops = Counter(
             f"{p}_sfu_relay_dropped_total",
             "Relay datagrams from other nodes dropped, by reason (auth: not signed with "
@@ -419,6 +430,9 @@ class PrometheusMediaMetrics:
     def relay_pli(self, direction: str) -> None:
         self.relay_plis.labels(direction).inc()
 
+    def relay_nack(self, direction: str, packets: int) -> None:
+        self.relay_nacks.labels(direction).inc(packets)
+
     def relay_dropped(self, reason: str) -> None:
         if reason in RELAY_DROP_REASONS:
             self.relay_drops.labels(reason).inc()
@@ -507,6 +521,9 @@ class CountingMediaMetrics:
 
     def relay_pli(self, direction: str) -> None:
         self.counts[f"relay_pli_{direction}"] += 1
+
+    def relay_nack(self, direction: str, packets: int) -> None:
+        self.counts[f"relay_nack_{direction}"] += packets
 
     def relay_dropped(self, reason: str) -> None:
         self.counts[f"relay_dropped_{reason}"] += 1

@@ -41,6 +41,9 @@ Addr = tuple[str, int]
 LEVEL_ID = 1
 _RTP = struct.Struct("!BBHII")
 _LEVEL_EXT = struct.Struct("!HHBBBB")
+#: A jump of sequence numbers up to this is asked for again (NACK); a longer one
+#: (a pause, a restart) waits for the next keyframe.
+MAX_GAP = 32
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class RelayTap:
         self._pt = payload_type
         self._kind = kind
         self.packets_sent = 0
+        self.resent = 0  # packets the other node lost, sent again
         self._switched = True
 
     @property
@@ -124,6 +128,14 @@ class RelayTap:
         if self._relay.send(self.peer, kind, self.stream_id, body, self._kind):
             self._switched = False
             self.packets_sent += 1
+            return True
+        return False
+
+    def resend(self, entry: PacketTuple) -> bool:
+        """A packet the other node lost, again (not the start of a new source)."""
+        body = rtp_body(entry, self._pt, self.stream_id)
+        if self._relay.send(self.peer, relaywire.RTP, self.stream_id, body, self._kind):
+            self.resent += 1
             return True
         return False
 
@@ -150,6 +162,16 @@ class RelayDown(DownTrack):
         self._relay = relay
         self.attach(up)
 
+    def resend(self, seqs: list[int]) -> int:
+        """Send the other node the packets it lost, those still in the cache."""
+        source = self.source
+        sent = 0
+        for seq in seqs if source is not None else ():
+            entry = source.cached(seq, self) if source is not None else None
+            if entry is not None and self.tap.resend(entry):
+                sent += 1
+        return sent
+
     def close(self) -> None:
         self._relay.taps.pop((self.tap.peer, self.tap.stream_id), None)
         self.stop()
@@ -167,6 +189,7 @@ class RemoteSource:
         self.kind = kind
         self.ids = ExtensionIds(audio_level=LEVEL_ID)
         self._sink: Any = None
+        self._top: int | None = None  # the newest sequence number (video)
         relay.sources[(peer, stream)] = self
 
     # --- what UpTrack reads of a PublisherInbound ---------------------------------
@@ -197,7 +220,28 @@ class RemoteSource:
             return
         if switched:
             sink.restart()
+            self._top = None
+        if self.kind == "video":
+            self._check_gap(packet.sequence_number)
         sink.on_packet(packet)
+
+    def _check_gap(self, seq: int) -> None:
+        """Ask the publisher's node again for what a jump in sequence numbers skipped
+        (once: a packet lost twice is left to the subscribers' keyframe requests)."""
+        top = self._top
+        if top is None:
+            self._top = seq
+            return
+        delta = (seq - top) & 0xFFFF
+        if delta >= 0x8000 or delta == 0:
+            return  # older (a resend, reordered) or a repeat
+        self._top = seq
+        if 1 < delta <= MAX_GAP:
+            missing = [(top + i) & 0xFFFF for i in range(1, delta)]
+            if self._relay.send(
+                self.peer, relaywire.NACK, self.stream, relaywire.nack_body(missing), "video"
+            ):
+                self._relay.nacked(len(missing))
 
     def close(self) -> None:
         self._sink = None
@@ -253,11 +297,14 @@ class Relay(asyncio.DatagramProtocol):
             return False
         datagram = relaywire.encode(self._key, kind, stream, self._counter.take(), body)
         transport.sendto(datagram, peer)
-        if kind != relaywire.PLI:
+        if kind in (relaywire.RTP, relaywire.RTP_SWITCH):
             self._metrics.relayed("out", media, len(datagram))
-        else:
+        elif kind == relaywire.PLI:
             self._metrics.relay_pli("out")
         return True
+
+    def nacked(self, packets: int) -> None:
+        self._metrics.relay_nack("out", packets)
 
     # --- in --------------------------------------------------------------------
 
@@ -277,7 +324,7 @@ class Relay(asyncio.DatagramProtocol):
         if not window.accept(frame.counter):
             self.dropped("replay")
             return
-        if frame.type != relaywire.PLI:
+        if frame.type in (relaywire.RTP, relaywire.RTP_SWITCH):
             source = self.sources.get((peer, frame.stream))
             if source is None:
                 self.dropped("unknown_stream")
@@ -289,8 +336,13 @@ class Relay(asyncio.DatagramProtocol):
             if tap is None:
                 self.dropped("unknown_stream")
                 return
-            self._metrics.relay_pli("in")
-            tap.request_keyframe()
+            if frame.type == relaywire.NACK:
+                seqs = relaywire.nack_seqs(frame.body)
+                self._metrics.relay_nack("in", len(seqs))
+                tap.resend(seqs)
+            else:
+                self._metrics.relay_pli("in")
+                tap.request_keyframe()
 
     def _known(self, peer: Addr) -> bool:
         return any(p == peer for p, _ in self.sources) or any(p == peer for p, _ in self.taps)

@@ -9,10 +9,13 @@ socket pair per node pair). Each datagram::
     2   1  version 1
     3   1  type   1 RTP, 3 RTP that starts a new source (a simulcast layer switch on
                   the publisher's node: the receiver's subscribers start over at it),
-                  2 PLI (keyframe request, back to the publisher's node)
+                  2 PLI (keyframe request, back to the publisher's node),
+                  4 NACK (sequence numbers lost between the nodes, back to the
+                  publisher's node, which sends them again from its cache)
     4   4  stream the relayed track, as the publisher's node numbered it
     8   8  counter  per sending socket, strictly increasing (replay window)
-    16  n  body   RTP: one RTP packet (header, audio level extension, payload); PLI: empty
+    16  n  body   RTP: one RTP packet (header, audio level extension, payload); PLI: empty;
+                  NACK: 1 to 64 sequence numbers, 16 bits each
     16+n 16 tag   HMAC-SHA256(cluster secret, bytes 0..16+n), first 16 bytes
 
 This is network input: :func:`parse` takes any byte string and either returns
@@ -37,7 +40,10 @@ VERSION = 1
 RTP = 1
 PLI = 2
 RTP_SWITCH = 3
-TYPES = frozenset({RTP, PLI, RTP_SWITCH})
+NACK = 4
+TYPES = frozenset({RTP, PLI, RTP_SWITCH, NACK})
+#: At most this many sequence numbers in one NACK frame.
+MAX_NACK = 64
 
 _HEAD = struct.Struct("!2sBBIQ")
 HEAD_SIZE = _HEAD.size  # 16
@@ -103,9 +109,21 @@ def parse(key: bytes, datagram: bytes) -> Frame:
     body = data[HEAD_SIZE:]
     if kind == PLI and body:
         raise BadFrame("body")
-    if kind != PLI and len(body) < 12:
+    if kind == NACK and (not body or len(body) % 2 or len(body) > 2 * MAX_NACK):
+        raise BadFrame("body")
+    if kind in (RTP, RTP_SWITCH) and len(body) < 12:
         raise BadFrame("body")
     return Frame(kind, stream, counter, body)
+
+
+def nack_body(seqs: list[int]) -> bytes:
+    """The body of a NACK frame (at most :data:`MAX_NACK` sequence numbers)."""
+    return b"".join(struct.pack("!H", seq & 0xFFFF) for seq in seqs[:MAX_NACK])
+
+
+def nack_seqs(body: bytes) -> list[int]:
+    """The sequence numbers of a parsed NACK frame's body."""
+    return [value for (value,) in struct.iter_unpack("!H", body)]
 
 
 class Counter:

@@ -28,6 +28,9 @@ def test_a_frame_round_trips() -> None:
     assert parsed.body == b"\x80" + bytes(15)
     pli = relaywire.parse(KEY, frame(relaywire.PLI, b""))
     assert pli.type == relaywire.PLI and pli.body == b""
+    nack = relaywire.parse(KEY, frame(relaywire.NACK, relaywire.nack_body([65535, 0, 7])))
+    assert relaywire.nack_seqs(nack.body) == [65535, 0, 7]
+    assert len(relaywire.nack_body(list(range(100)))) == 2 * relaywire.MAX_NACK
     switched = relaywire.parse(KEY, frame(relaywire.RTP_SWITCH))
     assert switched.type == relaywire.RTP_SWITCH and len(switched.body) == 16
 
@@ -76,6 +79,9 @@ def test_signed_frames_that_break_the_rules_are_refused() -> None:
         (signed(1, relaywire.PLI, b"x"), "body"),
         (signed(1, relaywire.RTP, bytes(11)), "body"),
         (signed(1, relaywire.RTP_SWITCH, b""), "body"),
+        (signed(1, relaywire.NACK, b""), "body"),
+        (signed(1, relaywire.NACK, b"\x00\x01\x02"), "body"),
+        (signed(1, relaywire.NACK, bytes(2 * relaywire.MAX_NACK + 2)), "body"),
         (bytes(relaywire.MAX_DATAGRAM + 1), "long"),
         (b"XX" + frame()[2:], "magic"),
     ]:

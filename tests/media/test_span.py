@@ -212,3 +212,41 @@ async def test_a_simulcast_track_crosses_as_one_layer_and_survives_a_switch(span
     await eventually(
         lambda: saw(low) and video() >= frames + 10, timeout=20, message="the lower layer"
     )
+
+
+async def test_packets_lost_between_the_nodes_are_sent_again(span: Span) -> None:
+    relay_b = span.sfus["b"].relay
+    assert relay_b is not None
+    # Fault injection: node b's socket loses every 10th video datagram from node a
+    # (video ones are the large ones: Opus packets stay far below 300 bytes).
+    received = relay_b.datagram_received
+    seen = [0, 0]
+
+    def lossy(data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) > 300:
+            seen[0] += 1
+            if seen[0] % 10 == 0:
+                seen[1] += 1
+                return
+        received(data, addr)
+
+    setattr(relay_b, "datagram_received", lossy)  # noqa: B010 - the one instance
+    await span.join("ana", "a")
+    await span.join("ben", "b", publish=False)
+    a, b = span.metrics["a"].counts, span.metrics["b"].counts
+    await eventually(
+        lambda: receives(span.clients["ben"], ["ana"], frames=30) and b["relay_nack_out"] >= 3,
+        timeout=30,
+        message="media, and lost packets asked for again",
+    )
+    print(f"dropped {seen[1]}, asked again {b['relay_nack_out']}, resent {a['relay_nack_in']}")
+    assert seen[1] >= 3
+    relay_a = span.sfus["a"].relay
+    assert relay_a is not None
+    (tap,) = [d for d in relay_a.taps.values() if d.kind == "video"]
+
+    def resent() -> bool:
+        # Node a heard each request and sent the packets again from its cache.
+        return a["relay_nack_in"] >= 3 and tap.tap.resent >= 3
+
+    await eventually(resent, timeout=5, message="lost packets sent again")
