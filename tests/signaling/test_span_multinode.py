@@ -22,7 +22,7 @@ from media.loadtest.peers import SignaledPeer
 from media.loadtest.preencoded import EncodedClip
 from signaling.span import media_key
 from tests.signaling.cluster import Cluster, cluster
-from tests.signaling.multinode import Http, receives
+from tests.signaling.multinode import ADMIN_TOKEN, Http, exited, receives
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -234,6 +234,67 @@ async def test_a_room_that_outgrows_its_owner_spreads_over_three_nodes(
             return await redis.exists(media_key(call_id)) == 0
 
         await eventually(forgotten, timeout=5, message="the call's media nodes forgotten")
+    finally:
+        for peer in peers:
+            await peer.close()
+        await http.close()
+
+
+@pytest.fixture
+def two_draining_nodes(tmp_path: Path) -> Iterator[Cluster]:
+    env = {
+        "HUDDLE_ROOM_SPAN": "local",
+        "HUDDLE_ICE_HOSTS": "127.0.0.1",
+        "HUDDLE_NODE_TTL": "3",
+        "HUDDLE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "HUDDLE_DRAIN_TIMEOUT": "2",
+    }
+    with cluster(tmp_path, nodes=2, **env) as running:
+        yield running
+
+
+async def test_draining_a_node_with_part_of_a_room_moves_its_participants_to_the_rest(
+    two_draining_nodes: Cluster, clips: tuple[EncodedClip, EncodedClip], restricted_ice: None
+) -> None:
+    http = Http(two_draining_nodes)
+    video, audio = clips
+    peers: list[SignaledPeer] = []
+    try:
+        call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
+        ids = [u.user_id for u in users]
+        for user, home in zip(users, (0, 1, 1), strict=True):
+            peer = await SignaledPeer.connect(
+                http.nodes[home].base_url,
+                call_id,
+                user.token,
+                user.user_id,
+                video=video,
+                audio=audio,
+                sfu_messages_only=True,
+                reconnect_url=lambda: http.nodes[0].base_url,
+            )
+            peers.append(peer)
+            await peer.signaling.receive("mode", timeout=10)
+            await peer.publish()
+
+        def everyone_receives() -> bool:
+            return all(
+                receives(peer, other)
+                for peer, me in zip(peers, ids, strict=True)
+                for other in ids
+                if other != me
+            )
+
+        await eventually(everyone_receives, timeout=40, message="media across the nodes")
+        await http.drain(1)  # node 2: bob's and cyd's media
+        for peer in peers[1:]:
+            await peer.wait_resumed(timeout=30)
+        assert [p.reconnects for p in peers] == [0, 1, 1]
+        await eventually(everyone_receives, timeout=30, message="media again, all on node 1")
+        await eventually(lambda: exited(http.nodes[1]), timeout=30, message="node 2 exits")
+        node = await scrape(http.sessions[0])
+        assert node.get("video_call_sfu_relay_links") == 0.0
+        assert node.get("video_call_sfu_participants_active") == 3.0
     finally:
         for peer in peers:
             await peer.close()
