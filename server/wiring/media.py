@@ -70,18 +70,19 @@ def media_config(config: Config) -> MediaConfig:
 
 
 def spans(config: Config) -> bool:
-    """Whether this node's rooms may span nodes: asked for, over Redis, and the SFU in
-    this process (with media workers rooms stay on one node: docs/deploy.md)."""
-    return config.span.enabled and config.redis_url is not None and config.workers == 1
+    """Whether this node's rooms may span nodes: asked for, and over Redis."""
+    return config.span.enabled and config.redis_url is not None
 
 
-def relay_config(config: Config) -> RelayConfig:
+def relay_config(config: Config, worker: int = 0) -> RelayConfig:
     """The relay socket's address (``HUDDLE_RELAY_HOST``, else the first ICE host, else
-    loopback) and the cluster secret (``HUDDLE_RELAY_SECRET``, else from the JWT secret)."""
+    loopback; with media workers, worker ``i`` binds ``HUDDLE_RELAY_PORT + i``) and the
+    cluster secret (``HUDDLE_RELAY_SECRET``, else from the JWT secret)."""
     span = config.span
     host = span.relay_host or next(iter(config.media.ice_hosts), "127.0.0.1")
     secret = span.relay_secret or relay_key(config.jwt_secret).hex()
-    return RelayConfig(host=host, port=span.relay_port, secret=secret)
+    port = span.relay_port + worker if span.relay_port else 0
+    return RelayConfig(host=host, port=port, secret=secret)
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,10 @@ async def open_media(
     registry: CollectorRegistry,
     span: SpanPort | None = None,
 ) -> AsyncIterator[MediaPlane]:
-    """``HUDDLE_WORKERS=1``: the SFU in this process, as always (with its relay socket
-    when ``span`` is given: rooms across nodes). More: that many worker processes
-    behind a :class:`WorkerPool`, their metrics merged into ``registry``. Closed
-    (rooms first, workers stopped) when the block ends."""
+    """``HUDDLE_WORKERS=1``: the SFU in this process, as always. More: that many worker
+    processes behind a :class:`WorkerPool`, their metrics merged into ``registry``.
+    With ``span`` (rooms across nodes) the SFU, or each worker, opens a relay socket.
+    Closed (rooms first, workers stopped) when the block ends."""
     settings = media_config(config)
     if config.workers == 1:
         media_metrics = PrometheusMediaMetrics(registry)
@@ -131,7 +132,12 @@ async def open_media(
         return
     check_aiortc()  # here too: a worker without the aiortc it needs would only crash-loop
     level = logging.getLogger().getEffectiveLevel()
-    pool = WorkerPool(lambda i: WorkerSpec(i, settings, level), config.workers, signaling)
+
+    def spec(index: int) -> WorkerSpec:
+        relay = relay_config(config, index) if span is not None else None
+        return WorkerSpec(index, settings, level, relay=relay, node_id=config.node_id)
+
+    pool = WorkerPool(spec, config.workers, signaling, span=span)
     collector = WorkerMetrics(pool)
     registry.register(collector)
 
@@ -142,7 +148,7 @@ async def open_media(
 
     try:
         await pool.start()
-        yield MediaPlane(pool, load, pool=pool)
+        yield MediaPlane(pool, load, span=pool if span is not None else None, pool=pool)
     finally:
         await pool.close()
         registry.unregister(collector)

@@ -299,3 +299,65 @@ async def test_draining_a_node_with_part_of_a_room_moves_its_participants_to_the
         for peer in peers:
             await peer.close()
         await http.close()
+
+
+@pytest.fixture
+def two_nodes_with_workers(tmp_path: Path) -> Iterator[Cluster]:
+    env = {
+        "HUDDLE_ROOM_SPAN": "local",
+        "HUDDLE_ICE_HOSTS": "127.0.0.1",
+        "HUDDLE_NODE_TTL": "3",
+        "HUDDLE_WORKERS": "2",
+    }
+    with cluster(tmp_path, nodes=2, **env) as running:
+        yield running
+
+
+def summed(samples: dict[str, float], prefix: str) -> float:
+    """A metric summed over its ``worker`` label (and any other)."""
+    return sum(v for k, v in samples.items() if k.startswith(prefix + "{"))
+
+
+async def test_a_room_spans_nodes_whose_media_runs_in_workers(
+    two_nodes_with_workers: Cluster, clips: tuple[EncodedClip, EncodedClip], restricted_ice: None
+) -> None:
+    http = Http(two_nodes_with_workers)
+    video, audio = clips
+    peers: list[SignaledPeer] = []
+    try:
+        call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
+        ids = [u.user_id for u in users[:2]]
+        for user, home in zip(users[:2], (0, 1), strict=True):
+            peer = await SignaledPeer.connect(
+                http.nodes[home].base_url,
+                call_id,
+                user.token,
+                user.user_id,
+                video=video,
+                audio=audio,
+                sfu_messages_only=True,
+            )
+            peers.append(peer)
+            await peer.signaling.receive("mode", timeout=10)
+            await peer.publish()
+        await eventually(
+            lambda: receives(peers[0], ids[1]) and receives(peers[1], ids[0]),
+            timeout=40,
+            message="media across the nodes' workers",
+        )
+
+        async def relayed_both_ways() -> bool:
+            # (The workers' samples reach the front's /metrics with their load, each second.)
+            for session in http.sessions:
+                node = await scrape(session)
+                if not summed(node, "video_call_sfu_relay_packets_total") or (
+                    summed(node, "video_call_sfu_relay_links") != 1.0
+                ):
+                    return False
+            return True
+
+        await eventually(relayed_both_ways, timeout=10, message="relayed between the workers")
+    finally:
+        for peer in peers:
+            await peer.close()
+        await http.close()
