@@ -39,6 +39,7 @@ from .signals import default_source
 if TYPE_CHECKING:
     from .fastsend import FastRtp
     from .inbound import PublisherInbound
+    from .relay import RemoteSource
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +70,34 @@ class UpTrack:
     def __init__(
         self,
         participant_id: str,
-        transceiver: RTCRtpTransceiver,
-        inbound: PublisherInbound,
+        transceiver: RTCRtpTransceiver | None,
+        inbound: PublisherInbound | RemoteSource,
         *,
         pli_min_interval: float,
         metrics: MediaMetrics,
         on_ended: Callable[[UpTrack], None],
         on_layers: Callable[[UpTrack, list[str]], None] | None = None,
         source: str | None = None,
+        remote: tuple[str, str, Any] | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.participant_id = participant_id
-        self.kind: str = transceiver.kind
+        #: A track published on another node of a spanning room (media/span.py):
+        #: no transceiver here, ``remote`` says (kind, mid, codec), ``inbound`` is the relay.
+        self.remote = transceiver is None
+        if transceiver is not None:
+            kind, mid = transceiver.kind, str(transceiver.mid)
+            codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
+        elif remote is not None:
+            kind, mid, codec = remote
+            codecs = [codec]
+        else:
+            raise ValueError("an up track needs a transceiver or a remote description")
+        self.kind: str = kind
         #: What it carries: ``camera``, ``screen`` or ``microphone`` (``media.seam.TRACK_SOURCES``),
         #: as the publisher's offer said; what an allocator ranks tracks by (screen before camera).
         self.source: str = source or default_source(self.kind)
-        self.mid: str = str(transceiver.mid)
-        codecs = [c for c in negotiated_codecs(transceiver) if c.name.lower() != "rtx"]
+        self.mid: str = mid
         if not codecs:
             raise ValueError("transceiver has no negotiated codec")
         self.codec: Any = codecs[0]
@@ -108,7 +120,8 @@ class UpTrack:
         self._default = Layer(self, None, pli_min_interval=pli_min_interval, metrics=metrics)
         self._layers: dict[str, Layer] = {}  # simulcast: rid -> layer
         inbound.bind(self.mid, self)
-        on_receiver_end(transceiver.receiver, self._end)
+        if transceiver is not None:
+            on_receiver_end(transceiver.receiver, self._end)
 
     def __repr__(self) -> str:
         return f"UpTrack({self.participant_id}/{self.source} {self.id[:8]})"
@@ -213,6 +226,16 @@ class UpTrack:
         """(packets carrying a level, speech packets, their summed ``127 - level``)
         since the last call, for :class:`media.speakers.SpeakerMonitor`; zeroes them."""
         return self._default.take_audio_levels()
+
+    def restart(self) -> None:
+        """A remote track's source changed on its node (a layer switch there, in
+        other numbers): its subscribers here start over at it, the cache with it."""
+        for layer in [self._default, *self._layers.values()]:
+            if layer.cache is not None:
+                layer.cache.clear()
+        for down in self._downs:
+            if down.sender is not None:
+                down.sender.switch()
 
     # --- keyframes -----------------------------------------------------------
 

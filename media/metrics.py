@@ -39,10 +39,29 @@ class MediaMetrics(Protocol):
     def paused_track_gone(self) -> None: ...
     def subscribe_offer_sent(self) -> None: ...
     def dominant_speaker_changed(self) -> None: ...
+    def relayed(self, direction: str, kind: str, nbytes: int) -> None: ...
+    def relay_pli(self, direction: str) -> None: ...
+    def relay_nack(self, direction: str, packets: int) -> None: ...
+    def relay_dropped(self, reason: str) -> None: ...
+    def relay_links(self, count: int) -> None: ...
 
 
 #: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
 DROP_REASONS = ("malformed", "unknown_ssrc", "srtp", "padding")
+#: Reasons a relay datagram from another node is dropped (media/relaywire.py, media/relay.py).
+RELAY_DROP_REASONS = (
+    "short",
+    "long",
+    "magic",
+    "auth",
+    "version",
+    "type",
+    "body",
+    "replay",
+    "unknown_peer",
+    "unknown_stream",
+    "malformed",
+)
 
 
 class NoopMediaMetrics:
@@ -112,6 +131,21 @@ class NoopMediaMetrics:
         pass
 
     def dominant_speaker_changed(self) -> None:
+        pass
+
+    def relayed(self, direction: str, kind: str, nbytes: int) -> None:
+        pass
+
+    def relay_pli(self, direction: str) -> None:
+        pass
+
+    def relay_nack(self, direction: str, packets: int) -> None:
+        pass
+
+    def relay_dropped(self, reason: str) -> None:
+        pass
+
+    def relay_links(self, count: int) -> None:
         pass
 
 
@@ -259,6 +293,45 @@ class PrometheusMediaMetrics:
             "Dominant speaker changes in SFU rooms (each time a participant becomes it)",
             registry=registry,
         )
+        self.relay_packets = Counter(
+            f"{p}_sfu_relay_packets_total",
+            "RTP packets relayed between nodes of spanning rooms, by direction (out, in) "
+            "and kind: one per packet per other node, whatever its subscriber count",
+            ["direction", "kind"],
+            registry=registry,
+        )
+        self.relay_bytes = Counter(
+            f"{p}_sfu_relay_bytes_total",
+            "Bytes of relay datagrams between nodes, by direction (out, in)",
+            ["direction"],
+            registry=registry,
+        )
+        self.relay_plis = Counter(
+            f"{p}_sfu_relay_pli_total",
+            "Keyframe requests relayed between nodes, by direction (out, in)",
+            ["direction"],
+            registry=registry,
+        )
+        self.relay_nacks = Counter(
+            f"{p}_sfu_relay_nack_total",
+            "Packets lost between nodes and asked for again (in: asked of this node, "
+            "which resends them from its cache; out: asked by this node)",
+            ["direction"],
+            registry=registry,
+        )
+        self.relay_drops = Counter(
+            f"{p}_sfu_relay_dropped_total",
+            "Relay datagrams from other nodes dropped, by reason (auth: not signed with "
+            "the cluster secret, replay, short, unknown_peer, unknown_stream, ...)",
+            ["reason"],
+            registry=registry,
+        )
+        self._relay_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        self.relay_link_count = Gauge(
+            f"{p}_sfu_relay_links",
+            "Other nodes this node relays tracks with now (either way)",
+            registry=registry,
+        )
 
     def room_opened(self) -> None:
         self.rooms_active.inc()
@@ -342,6 +415,31 @@ class PrometheusMediaMetrics:
     def dominant_speaker_changed(self) -> None:
         self.speaker_changes.inc()
 
+    def relayed(self, direction: str, kind: str, nbytes: int) -> None:
+        # Per relayed packet: the labelled children looked up once.
+        key = (direction, kind)
+        children = self._relay_children.get(key)
+        if children is None:
+            children = self._relay_children[key] = (
+                self.relay_packets.labels(direction, kind),
+                self.relay_bytes.labels(direction),
+            )
+        children[0].inc()
+        children[1].inc(nbytes)
+
+    def relay_pli(self, direction: str) -> None:
+        self.relay_plis.labels(direction).inc()
+
+    def relay_nack(self, direction: str, packets: int) -> None:
+        self.relay_nacks.labels(direction).inc(packets)
+
+    def relay_dropped(self, reason: str) -> None:
+        if reason in RELAY_DROP_REASONS:
+            self.relay_drops.labels(reason).inc()
+
+    def relay_links(self, count: int) -> None:
+        self.relay_link_count.set(count)
+
 
 class CountingMediaMetrics:
     """Plain counters, for tests and benchmarks."""
@@ -416,3 +514,19 @@ class CountingMediaMetrics:
 
     def dominant_speaker_changed(self) -> None:
         self.counts["dominant_speaker_changes"] += 1
+
+    def relayed(self, direction: str, kind: str, nbytes: int) -> None:
+        self.counts[f"relay_{direction}_{kind}_packets"] += 1
+        self.counts[f"relay_{direction}_bytes"] += nbytes
+
+    def relay_pli(self, direction: str) -> None:
+        self.counts[f"relay_pli_{direction}"] += 1
+
+    def relay_nack(self, direction: str, packets: int) -> None:
+        self.counts[f"relay_nack_{direction}"] += packets
+
+    def relay_dropped(self, reason: str) -> None:
+        self.counts[f"relay_dropped_{reason}"] += 1
+
+    def relay_links(self, count: int) -> None:
+        self.counts["relay_links"] = count

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import MediaConfig
 from .errors import (
@@ -20,6 +21,9 @@ from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
 from .signals import PUBLISH, SUBSCRIBE, Message, RoomSignaling, parse_pc
 from .speakers import SpeakerMonitor
+
+if TYPE_CHECKING:
+    from .span import RoomSpan
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class Room:
         signaling: RoomSignaling,
         metrics: MediaMetrics | None = None,
         on_closed: Callable[[Room], None] | None = None,
+        span: Callable[[Room], RoomSpan] | None = None,
     ) -> None:
         self.id = room_id
         self._config = config
@@ -62,6 +67,10 @@ class Room:
             self._metrics,
         )
         self._speakers.start()
+        #: Its part in a room that spans nodes (media/span.py), if this node relays.
+        self.span = span(self) if span is not None else None
+        if self.span is not None:
+            self.span.start()
         self._metrics.room_opened()
         logger.info("Room(%s) opened", room_id)
 
@@ -200,19 +209,35 @@ class Room:
         participant.set_track_settings(message.get("tracks") or [])
 
     def _audio_tracks(self) -> list[UpTrack]:
-        """Every live published audio track of the room (for speaker detection)."""
-        return [
-            up for p in self._participants.values() for up in p.published() if up.kind == "audio"
-        ]
+        """Every live audio track of the room, also those of other nodes (speakers)."""
+        return [up for up in self.local_tracks() + self._remote_tracks() if up.kind == "audio"]
+
+    def local_tracks(self) -> list[UpTrack]:
+        """The live tracks published by this node's participants of the room."""
+        return [up for p in self._participants.values() for up in p.published()]
+
+    def local_count(self) -> int:
+        return len(self._participants)
+
+    def _remote_tracks(self) -> list[UpTrack]:
+        return self.span.remote_tracks() if self.span is not None else []
+
+    def refresh(self) -> None:
+        """The tracks of other nodes changed: recompute what everyone receives."""
+        self._refresh()
 
     def _refresh(self) -> None:
         """Recompute what every participant should receive (no awaits)."""
         if self._closed:
             return
         participants = list(self._participants.values())
+        remote = self._remote_tracks()
         for p in participants:
             wanted = [up for other in participants if other is not p for up in other.published()]
+            wanted += [up for up in remote if up.participant_id != p.id]
             p.set_wanted(wanted)
+        if self.span is not None:
+            self.span.changed()
 
     async def close(self) -> None:
         """Close every participant and release everything (idempotent)."""
@@ -231,6 +256,8 @@ class Room:
     async def _release(self, participants: list[Participant]) -> None:
         """Close ``participants`` and finish closing (once, by whoever closed the room)."""
         await self._speakers.close()
+        if self.span is not None:
+            await self.span.close()  # nothing relayed either way from here on
         await asyncio.gather(*(p.close() for p in participants))
         # Removals of failed participants in flight: each finds its
         # participant gone or closes it; let them finish.

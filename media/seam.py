@@ -32,6 +32,8 @@ __all__ = [
     "RoomEvent",
     "SfuEndpoint",
     "SignalingPort",
+    "SpanEndpoint",
+    "SpanPort",
 ]
 
 Message = dict[str, Any]
@@ -94,3 +96,17 @@ class SfuEndpoint(Protocol):
 
     async def on_event(self, event: RoomEvent) -> None:
         """A lifecycle event for a room of this node."""
+
+
+class SpanPort(Protocol):
+    """How a room that spans nodes tells the call's other nodes what it has
+    (media/span.py: its relay address, subscribers and published tracks)."""
+
+    async def announce(self, call_id: str, state: Message) -> None:
+        """Send ``state`` to every other node with media participants of the call."""
+
+
+class SpanEndpoint(Protocol):
+    """The SFU's side of spanning: another node's state for a room of this node."""
+
+    async def on_span(self, call_id: str, state: Message) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from .aiortc_compat import check_aiortc, install_decoder_bypass, restrict_host_addresses
 from .config import MediaConfig
@@ -11,8 +12,10 @@ from .errors import MediaError, SessionLost
 from .iceports import restrict_ice_ports
 from .metrics import MediaMetrics, NoopMediaMetrics
 from .participant import Participant
+from .relay import Relay, RelayConfig
 from .room import Room
-from .seam import Message, ParticipantLeft, RoomEnded, RoomEvent, SignalingPort
+from .seam import Message, ParticipantLeft, RoomEnded, RoomEvent, SignalingPort, SpanPort
+from .span import RoomSpan
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ class Sfu:
         config: MediaConfig,
         signaling: SignalingPort,
         metrics: MediaMetrics | None = None,
+        *,
+        relay: RelayConfig | None = None,
+        span: SpanPort | None = None,
+        node_id: str = "",
     ) -> None:
         check_aiortc()
         install_decoder_bypass()
@@ -56,6 +63,22 @@ class Sfu:
         self._metrics: MediaMetrics = metrics or NoopMediaMetrics()
         self._rooms: dict[str, Room] = {}
         self._closed = False
+        #: Rooms across nodes (media/span.py): the relay socket, once started, and
+        #: how the rooms tell the call's other nodes what they have.
+        self._relay: Relay | None = None
+        if relay is not None and span is not None:
+            self._relay = Relay(relay, self._metrics)
+        self._span_port = span
+        self._node_id = node_id
+
+    async def start(self) -> None:
+        """Open the relay socket, if this node relays (rooms across nodes)."""
+        if self._relay is not None:
+            await self._relay.start()
+
+    @property
+    def relay(self) -> Relay | None:
+        return self._relay
 
     @property
     def rooms(self) -> dict[str, Room]:
@@ -88,9 +111,36 @@ class Sfu:
                 _BoundSignaling(self._signaling, call_id),
                 self._metrics,
                 on_closed=self._forget,
+                span=self._span_of(call_id),
             )
             self._rooms[call_id] = room
         return room
+
+    def _span_of(self, call_id: str) -> Callable[[Room], RoomSpan] | None:
+        relay, port = self._relay, self._span_port
+        if relay is None or port is None or not relay.address:
+            return None
+
+        def make(room: Room) -> RoomSpan:
+            return RoomSpan(
+                call_id,
+                self._node_id,
+                relay,
+                port,
+                self._metrics,
+                local_tracks=room.local_tracks,
+                local_count=room.local_count,
+                on_remote_changed=room.refresh,
+                pli_min_interval=self._config.pli_min_interval,
+            )
+
+        return make
+
+    async def on_span(self, call_id: str, state: Message) -> None:
+        """Another node's span state for a room of this node (ignored without one)."""
+        room = self._rooms.get(call_id)
+        if room is not None and not room.closed and room.span is not None:
+            room.span.on_state(state)
 
     def _forget(self, room: Room) -> None:
         if self._rooms.get(room.id) is room:
@@ -136,3 +186,5 @@ class Sfu:
         rooms = list(self._rooms.values())
         self._rooms.clear()
         await asyncio.gather(*(room.close() for room in rooms))
+        if self._relay is not None:
+            await self._relay.close()

@@ -40,7 +40,7 @@ from server.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from server.store import SqlStore, StoreUnavailable, create_store
 from server.turn import log_turn_status
 from server.wiring.drain import DRAIN, DrainControl
-from server.wiring.media import SFU, WORKERS, open_media
+from server.wiring.media import SFU, WORKERS, open_media, spans
 from server.wiring.signaling import build_hub, reconcile_after_restart
 from server.workers import call_sweeper
 from signaling.handler import PATH, SignalingEndpoint
@@ -225,12 +225,13 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
 
     async def media_ctx(app: web.Application) -> AsyncIterator[None]:
         assert hub is not None
-        async with open_media(config, hub, metrics.registry) as plane:
+        span = hub if spans(config) else None
+        async with open_media(config, hub, metrics.registry, span) as plane:
             if plane.sfu is not None:
                 app[SFU] = plane.sfu
             if plane.pool is not None:
                 app[WORKERS] = plane.pool
-            hub.attach_sfu(plane.endpoint)
+            hub.attach_sfu(plane.endpoint, plane.span)
             meter.attach(plane.load)
             logger.info(
                 "media: SFU ready, %s (ICE hosts: %s)",

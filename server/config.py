@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from server.errors import ConfigError as ConfigError
 from server.http_settings import HttpSettings as HttpSettings
 from server.http_settings import parse_frame_ancestors
+from server.span_settings import SpanConfig as SpanConfig
+from server.span_settings import validate_span_settings
 from server.turn_settings import TurnSettings as TurnSettings
 from server.turn_settings import validate_turn_settings
 
@@ -119,6 +121,7 @@ class Config:
     membership: MembershipSettings = field(default_factory=MembershipSettings)
     signaling: SignalingSettings = field(default_factory=SignalingSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    span: SpanConfig = field(default_factory=SpanConfig)
     http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
@@ -350,10 +353,25 @@ def load_config(environ: Mapping[str, str]) -> Config:
         membership=membership,
         signaling=signaling,
         media=media,
+        span=_span(env),
         http=http,
     )
     validate_turn_settings(config.turn)
+    validate_span_settings(
+        config.span, ice_hosts=config.media.ice_hosts, clustered=config.redis_url is not None
+    )
     return config
+
+
+def _span(env: _Env) -> SpanConfig:
+    span = SpanConfig(
+        node_limit=env.integer("HUDDLE_ROOM_NODE_LIMIT", 0, low=0, high=100_000),
+        policy=env.string("HUDDLE_ROOM_SPAN", "owner").lower(),
+        relay_host=env.raw("HUDDLE_RELAY_HOST"),
+        relay_port=env.integer("HUDDLE_RELAY_PORT", 0, low=0, high=65535),
+        relay_secret=env.raw("HUDDLE_RELAY_SECRET"),
+    )
+    return span
 
 
 def _admin_token(env: _Env) -> str | None:

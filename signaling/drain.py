@@ -102,9 +102,10 @@ class NodeDrain:
         registry = self._registry
         members = self._sfu.members()
         moved: dict[str, frozenset[str]] = {}
-        for call_id in sorted(registry.placement.owned):
+        # The rooms it owns, and its parts of rooms across nodes owned elsewhere.
+        for call_id in sorted(registry.placement.owned | set(members)):
             pids = members.get(call_id, frozenset())
-            await self._sfu.close_room(call_id)  # media released, placement too
+            await self._sfu.close_room(call_id, ended=False)  # media released, placement too
             moved[call_id] = pids
             if pids:
                 self._metrics.rooms_moved.inc()

@@ -15,7 +15,8 @@ The hub puts the parts together; each lives in its own module:
 Envelopes on ``call:{call_id}`` (``kind``): ``deliver`` ``{message, to}`` (a
 stamped message for one participant's socket), ``lifecycle`` (see
 :mod:`signaling.lifecycle_relay`), ``presence`` and ``sync`` (see
-:mod:`signaling.presence`), ``sfu`` (see :mod:`signaling.sfu_relay`).
+:mod:`signaling.presence`), ``sfu`` (see :mod:`signaling.sfu_relay`); on a node's
+own channel also ``span`` ``{state}`` (rooms across nodes, :mod:`signaling.span`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from media.seam import MediaError, SfuEndpoint
+from media.seam import MediaError, SfuEndpoint, SpanEndpoint
 from server.auth import Identity
 from server.calls import CallService
 from server.config import SignalingSettings
@@ -139,9 +140,10 @@ class SignalingHub:
         if self.owner_watch is not None:
             self.owner_watch.start()
 
-    def attach_sfu(self, endpoint: SfuEndpoint | None) -> None:
-        """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
-        self.sfu.attach(endpoint)
+    def attach_sfu(self, endpoint: SfuEndpoint | None, span: SpanEndpoint | None = None) -> None:
+        """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``.
+        ``span``: the SFU's side of rooms across nodes, when it relays."""
+        self.sfu.attach(endpoint, span)
 
     async def shutdown(self) -> None:
         """Close every socket with 1001 and stop accepting (:class:`SocketLifecycle`)."""
@@ -218,6 +220,10 @@ class SignalingHub:
     async def send_error(self, call_id: str, participant_id: str, error: MediaError) -> None:
         await self.sfu.send_error(call_id, participant_id, error)
 
+    async def announce(self, call_id: str, state: Message) -> None:
+        """A room's span state to the call's other nodes (:class:`media.seam.SpanPort`)."""
+        await self.sfu.announce(call_id, state)
+
     async def on_room_lost(self, call_id: str) -> None:
         """Placement lost this node's claim (e.g. the key expired during an outage)."""
         await self.sfu.on_room_lost(call_id)
@@ -243,6 +249,8 @@ class SignalingHub:
             await self.presence.on_sync(call_id, envelope)
         elif kind == "sfu" and envelope.get("owner") == self.node_id:
             await self.sfu.on_envelope(call_id, envelope)
+        elif kind == "span":
+            await self.sfu.on_span(call_id, envelope)
 
     async def on_bus_down(self, call_ids: list[str]) -> None:
         await self.presence.on_bus_down(call_ids)

@@ -36,6 +36,9 @@ class SocketRegistry:
         self.pending: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._subscribed: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Calls whose media this node's SFU holds a part of without owning the room
+        #: (rooms across nodes): their channel stays, for the lifecycle.
+        self.media_parts: set[str] = set()
 
     # -- who is where -----------------------------------------------------------------
 
@@ -93,7 +96,12 @@ class SocketRegistry:
     # -- call channels ----------------------------------------------------------------
 
     def needs_channel(self, call_id: str) -> bool:
-        return call_id in self.conns or call_id in self.pending or call_id in self.placement.owned
+        return (
+            call_id in self.conns
+            or call_id in self.pending
+            or call_id in self.placement.owned
+            or call_id in self.media_parts
+        )
 
     async def ensure_subscribed(self, call_id: str) -> None:
         lock = self._locks.setdefault(call_id, asyncio.Lock())

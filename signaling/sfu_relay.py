@@ -10,6 +10,12 @@ through :meth:`SfuRelay.send_to` (its :class:`~media.seam.SignalingPort`),
 which stamps ``sender_id: "sfu"`` and delivers on whichever node holds the
 participant's socket. Lifecycle reaches the room as typed
 :data:`~media.seam.RoomEvent` values.
+
+Rooms across nodes (:mod:`signaling.span`): with spanning on, a message goes
+to the participant's media node instead (the owner, or another node once the
+room outgrew it), as an ``sfu`` envelope with ``media: true``; that node's
+SFU holds its own room for the call, in step with the others' through
+``span`` envelopes, and hears the call's lifecycle like the owner.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from media.seam import MediaError, Message, ParticipantLeft, RoomEnded, RoomEvent, SfuEndpoint
+from media.seam import (
+    MediaError,
+    Message,
+    ParticipantLeft,
+    RoomEnded,
+    RoomEvent,
+    SfuEndpoint,
+    SpanEndpoint,
+)
 from server.lifecycle import sfu_may_serve
 from server.models import Call
 from signaling.bus import BusUnavailable
@@ -27,6 +41,7 @@ from signaling.metrics import SignalingMetrics
 from signaling.placement import NoNodeAvailable
 from signaling.protocol import SERVER_ID, SFU_ID, stamp
 from signaling.registry import SocketRegistry
+from signaling.span import SpanPlacement, span_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +62,20 @@ class SfuRelay:
         self._metrics = metrics
         self._get_call = get_call
         self._sfu: SfuEndpoint | None = None
+        self._span_sfu: SpanEndpoint | None = None
+        #: Rooms across nodes: where participants' media lives (None: on the owner).
+        self.span: SpanPlacement | None = None
+        self._media_nodes: dict[tuple[str, str], str] = {}
 
     @property
     def attached(self) -> bool:
         return self._sfu is not None
 
-    def attach(self, endpoint: SfuEndpoint | None) -> None:
-        """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``."""
+    def attach(self, endpoint: SfuEndpoint | None, span: SpanEndpoint | None = None) -> None:
+        """Plug in (or remove) the SFU; without one, SFU messages get ``sfu_unavailable``.
+        ``span``: its side of rooms across nodes, if it relays."""
         self._sfu = endpoint
+        self._span_sfu = span
 
     def members(self) -> dict[str, frozenset[str]]:
         """The participants of each open room of this node's SFU, by call id."""
@@ -71,18 +92,57 @@ class SfuRelay:
         owner, size_hint = await self._owner(call_id)
         if owner is None or (owner == node_id and self._sfu is None):
             raise SignalError(ErrorCode.SFU_UNAVAILABLE, "no SFU serves this call")
-        if owner == node_id:
+        target = await self._media_node(call_id, pid, owner, message)
+        if target == node_id:
+            if target != owner:
+                await self._hold_part(call_id)
             await self.signal(call_id, pid, message)
             return
         envelope: Message = {
             "kind": "sfu",
-            "owner": owner,
+            "owner": target,
             "participant_id": pid,
             "message": message,
         }
+        if target != owner:
+            envelope["media"] = True
         if size_hint:
             envelope["size_hint"] = size_hint
-        await self._registry.publish(call_id, envelope, node=owner)
+        await self._registry.publish(call_id, envelope, node=target)
+
+    async def _media_node(self, call_id: str, pid: str, owner: str, message: Message) -> str:
+        """Where ``pid``'s media lives: the owner, unless rooms span nodes. Asked of
+        Redis when its session (re)starts, remembered for the rest of it."""
+        span = self.span
+        if span is None:
+            return owner
+        key = (call_id, pid)
+        known = self._media_nodes.get(key)
+        if known is None or message.get("type") in _OPENING or message.get("type") == "resume":
+            known = self._media_nodes[key] = await span.media_node(call_id, pid, owner)
+        return known
+
+    async def _hold_part(self, call_id: str) -> None:
+        """This node holds media of a room it does not own: hear the call's lifecycle
+        until its part closes (:meth:`close_room`, or the last one of it leaving)."""
+        self._registry.media_parts.add(call_id)
+        await self._registry.ensure_subscribed(call_id)
+
+    async def announce(self, call_id: str, state: Message) -> None:
+        """A room's span state to the call's other media nodes (media.seam.SpanPort)."""
+        span = self.span
+        if span is None:
+            return
+        node_id = self._registry.node_id
+        local = self._sfu.members().get(call_id, frozenset()) if self._sfu is not None else ()
+        for node in sorted(await span.nodes(call_id, local) - {node_id}):
+            await self._registry.publish(call_id, span_envelope(state), node=node)
+
+    async def on_span(self, call_id: str, envelope: Message) -> None:
+        """Another node's span state for a room here."""
+        state = envelope.get("state")
+        if self._span_sfu is not None and isinstance(state, dict):
+            await self._span_sfu.on_span(call_id, state)
 
     async def _owner(self, call_id: str) -> tuple[str | None, int]:
         """The room's owner, placing the room when it has none and this node has an
@@ -139,6 +199,11 @@ class SfuRelay:
         placement = self._registry.placement
         hint = envelope.get("size_hint")
         try:
+            if envelope.get("media") is True and self._sfu is not None:
+                # This node holds the participant's media (the room spans nodes).
+                await self._hold_part(call_id)
+                await self.signal(call_id, pid, message)
+                return
             size_hint = hint if isinstance(hint, int) else 0
             if (
                 call_id not in placement.owned
@@ -216,16 +281,36 @@ class SfuRelay:
     # -- lifecycle → the room -----------------------------------------------------------
 
     async def participant_left(self, call_id: str, pid: str) -> None:
-        if call_id in self._registry.placement.owned:
+        self._media_nodes.pop((call_id, pid), None)
+        owned = call_id in self._registry.placement.owned
+        if owned and self.span is not None:
+            await self.span.forget(call_id, pid)
+        if owned or self._holds(call_id):
             await self._tell(ParticipantLeft(call_id, pid))
+        if call_id in self._registry.media_parts and not self._holds(call_id):
+            self._registry.media_parts.discard(call_id)
+            await self._registry.maybe_unsubscribe(call_id)
 
-    async def close_room(self, call_id: str) -> None:
-        """The call ended: close the room if this node owns it, and release the claim."""
+    def _holds(self, call_id: str) -> bool:
+        return self._sfu is not None and self._sfu.has_room(call_id)
+
+    async def close_room(self, call_id: str, *, ended: bool = True) -> None:
+        """The call ended (or, ``ended=False``, this node gives the room up: drain):
+        close the room if this node has one (its owner's, or its part of a room
+        across nodes), and release the claim if it owns it."""
         placement = self._registry.placement
-        if call_id not in placement.owned:
+        for key in [k for k in self._media_nodes if k[0] == call_id]:
+            del self._media_nodes[key]
+        owned = call_id in placement.owned
+        self._registry.media_parts.discard(call_id)
+        if not owned and not self._holds(call_id):
             return
         await self._tell(RoomEnded(call_id))
-        await placement.release(call_id)
+        if owned:
+            await placement.release(call_id)
+            if ended and self.span is not None:
+                # (A drained owner leaves the media nodes: the room goes on elsewhere.)
+                await self.span.forget_call(call_id)
 
     async def on_room_lost(self, call_id: str) -> None:
         """Placement lost this node's claim (e.g. the key expired during an outage):

@@ -78,3 +78,42 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
     with pytest.raises(ConfigError) as caught:
         load_config(env)
     assert message in str(caught.value)
+
+
+def test_rooms_across_nodes_are_off_by_default_and_configurable() -> None:
+    assert not load_config({}).span.enabled
+    cluster = {"HUDDLE_REDIS_URL": "redis://cache:6379/0"}
+    span = load_config(
+        {
+            **cluster,
+            "HUDDLE_ROOM_NODE_LIMIT": "25",
+            "HUDDLE_RELAY_HOST": "10.0.0.5",
+            "HUDDLE_RELAY_PORT": "7882",
+            "HUDDLE_RELAY_SECRET": "r" * 32,
+        }
+    ).span
+    assert span.enabled and (span.node_limit, span.policy) == (25, "owner")
+    assert (span.relay_host, span.relay_port, span.relay_secret) == ("10.0.0.5", 7882, "r" * 32)
+    assert "r" * 32 not in repr(span)
+    local = load_config({**cluster, "HUDDLE_ROOM_SPAN": "local", "HUDDLE_ICE_HOSTS": "10.0.0.6"})
+    assert local.span.enabled and local.span.relay_host is None  # the ICE host, then
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HUDDLE_ROOM_SPAN": "everywhere"}, "HUDDLE_ROOM_SPAN"),
+        ({"HUDDLE_ROOM_NODE_LIMIT": "-1"}, "HUDDLE_ROOM_NODE_LIMIT"),
+        ({"HUDDLE_RELAY_HOST": "relay.example"}, "HUDDLE_RELAY_HOST"),
+        ({"HUDDLE_RELAY_HOST": "0.0.0.0"}, "HUDDLE_RELAY_HOST"),
+        ({"HUDDLE_RELAY_PORT": "70000"}, "HUDDLE_RELAY_PORT"),
+        ({"HUDDLE_RELAY_SECRET": "short"}, "HUDDLE_RELAY_SECRET"),
+        (
+            {"HUDDLE_REDIS_URL": "redis://cache:6379/0", "HUDDLE_ROOM_NODE_LIMIT": "5"},
+            "HUDDLE_RELAY_HOST",
+        ),
+    ],
+)
+def test_bad_span_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env)

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 #: What the link hands on to the pool: ``send_to`` and ``send_error`` frames.
 Deliver = Callable[[str, str, Message | MediaError], Awaitable[None]]
+#: And ``announce`` frames: a room's span state (rooms across nodes).
+Announce = Callable[[str, Message], Awaitable[None]]
 
 
 class WorkerLink:
@@ -36,11 +38,13 @@ class WorkerLink:
         process: asyncio.subprocess.Process,
         channel: Channel,
         deliver: Deliver,
+        announce: Announce | None = None,
     ) -> None:
         self.index = index
         self.process = process
         self._channel = channel
         self._deliver = deliver
+        self._announce = announce
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[WorkerError | None]] = {}
         #: The first ``load`` arrived: the worker's SFU is up.
@@ -57,7 +61,9 @@ class WorkerLink:
         self._reader = asyncio.create_task(self._read(), name=f"worker {index} reader")
 
     @classmethod
-    async def spawn(cls, spec: WorkerSpec, deliver: Deliver) -> WorkerLink:
+    async def spawn(
+        cls, spec: WorkerSpec, deliver: Deliver, announce: Announce | None = None
+    ) -> WorkerLink:
         """Start the worker process on one end of a socket pair, its spec on stdin."""
         front, child = socket.socketpair()
         try:
@@ -87,7 +93,7 @@ class WorkerLink:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             raise
-        return cls(spec.index, process, channel, deliver)
+        return cls(spec.index, process, channel, deliver, announce)
 
     @property
     def live(self) -> bool:
@@ -130,6 +136,10 @@ class WorkerLink:
             self._on_load(frame)
         elif kind == "rooms":
             self._on_rooms(frame.get("rooms"))
+        elif kind == "announce":
+            call_id, state = frame.get("call_id"), frame.get("state")
+            if self._announce is not None and isinstance(call_id, str) and isinstance(state, dict):
+                await self._announce(call_id, state)
         elif kind in ("send_to", "send_error"):
             call_id, pid = frame.get("call_id"), frame.get("participant_id")
             if not isinstance(call_id, str) or not isinstance(pid, str):

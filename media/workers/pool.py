@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from media.errors import MediaError, SessionLost
-from media.seam import Message, ParticipantLeft, RoomEnded, RoomEvent, SignalingPort
+from media.seam import Message, ParticipantLeft, RoomEnded, RoomEvent, SignalingPort, SpanPort
 
 from .link import WorkerLink
 from .protocol import Frame, WorkerError, WorkerSpec
@@ -68,10 +68,13 @@ class WorkerPool:
         count: int,
         signaling: SignalingPort,
         settings: PoolSettings | None = None,
+        span: SpanPort | None = None,
     ) -> None:
         self._spec = spec
         self._count = count
         self._signaling = signaling
+        #: Rooms across nodes: where the workers' span states go (None: they do not span).
+        self._span = span
         self.settings = settings or PoolSettings()
         self._links: list[WorkerLink | None] = [None] * count
         self._routes: dict[str, _Route] = {}
@@ -131,7 +134,9 @@ class WorkerPool:
         while not self._closing:
             started = loop.time()
             try:
-                link = await WorkerLink.spawn(self._spec(index), self._deliver)
+                link = await WorkerLink.spawn(
+                    self._spec(index), self._deliver, self._announce if self._span else None
+                )
             except Exception:
                 logger.exception("media worker %d could not start", index)
             else:
@@ -213,6 +218,17 @@ class WorkerPool:
                 logger.exception("Room(%s) could not tell %s its session was lost", call_id, pid)
 
     # -- what the workers send ----------------------------------------------------------
+
+    async def _announce(self, call_id: str, state: Message) -> None:
+        if self._span is not None:
+            await self._span.announce(call_id, state)
+
+    async def on_span(self, call_id: str, state: Message) -> None:
+        """Another node's span state: to the worker of the call's room, if there is one."""
+        route = self._routes.get(call_id)
+        if route is None or not route.worker.live:
+            return
+        await self._request(route, {"kind": "span", "call_id": call_id, "state": state})
 
     async def _deliver(self, call_id: str, pid: str, what: Message | MediaError) -> None:
         if isinstance(what, MediaError):

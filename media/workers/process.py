@@ -69,6 +69,10 @@ class FrontPort:
             }
         )
 
+    async def announce(self, call_id: str, state: Message) -> None:
+        """A room's span state, for the front to send to the call's other nodes."""
+        await self._send({"kind": "announce", "call_id": call_id, "state": state})
+
 
 class WorkerServer:
     """Runs the front's requests on the SFU: those of one participant (or one
@@ -82,13 +86,22 @@ class WorkerServer:
         self._metrics = PrometheusMediaMetrics(self._registry)
         # Named apart from the front's own process_* (one family per name on /metrics).
         ProcessCollector(namespace="huddle_worker", registry=self._registry)
-        self.sfu = Sfu(spec.media, FrontPort(channel), self._metrics)
+        port = FrontPort(channel)
+        self.sfu = Sfu(
+            spec.media,
+            port,
+            self._metrics,
+            relay=spec.relay,
+            span=port if spec.relay is not None else None,
+            node_id=spec.node_id,
+        )
         self._last: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reported: dict[str, list[str]] = {}
 
     async def run(self) -> None:
         """Serve until ``close`` or EOF, then close every room."""
+        await self.sfu.start()  # its relay socket, if rooms may span nodes
         reporter = asyncio.create_task(self._report(), name="worker load")
         try:
             async for frame in self._channel.frames():
@@ -124,6 +137,11 @@ class WorkerServer:
 
             def work() -> Awaitable[None]:
                 return self.sfu.on_event(RoomEnded(call_id))
+        elif kind == "span" and isinstance(frame.get("state"), dict):
+            state: Message = frame["state"]
+
+            def work() -> Awaitable[None]:
+                return self.sfu.on_span(call_id, state)
         else:
             self._refuse(request_id, f"unknown or malformed frame {kind!r}")
             return

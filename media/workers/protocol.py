@@ -6,6 +6,8 @@ holding one object with a string ``kind``. Front → worker:
 - ``signal {id, call_id, participant_id, message}``: a client message for the SFU;
 - ``left {id, call_id, participant_id}`` / ``ended {id, call_id}``: the
   :data:`~media.seam.RoomEvent` values;
+- ``span {id, call_id, state}``: another node's span state for a room of the
+  worker (rooms across nodes, :mod:`media.span`);
 - ``close {}``: close every room and exit.
 
 Worker → front:
@@ -15,6 +17,8 @@ Worker → front:
 - ``send_to {call_id, participant_id, message}`` and
   ``send_error {call_id, participant_id, code, message}``: the
   :class:`~media.seam.SignalingPort` calls;
+- ``announce {call_id, state}``: a room's span state, for the call's other nodes
+  (the :class:`~media.seam.SpanPort` call);
 - ``rooms {rooms: {call_id: [participant ids]}}``: who is in which open room,
   sent when a request changed it;
 - ``load {rooms, packets, cpu_s, metrics}`` every
@@ -35,6 +39,7 @@ from typing import Any
 
 from media.config import MediaConfig
 from media.errors import MediaError
+from media.relay import RelayConfig
 
 Frame = dict[str, Any]
 
@@ -55,6 +60,10 @@ class WorkerSpec:
     index: int
     media: MediaConfig
     log_level: int
+    #: Rooms across nodes: this worker's relay socket (None: rooms stay on one node)
+    #: and the node's id, which its span states carry.
+    relay: RelayConfig | None = None
+    node_id: str = ""
 
 
 class WorkerError(MediaError):

@@ -15,7 +15,9 @@ from prometheus_client import CollectorRegistry
 from media.aiortc_compat import check_aiortc
 from media.config import IceServer, MediaConfig
 from media.metrics import PrometheusMediaMetrics
-from media.seam import SfuEndpoint, SignalingPort
+from media.relay import RelayConfig
+from media.relaywire import relay_key
+from media.seam import SfuEndpoint, SignalingPort, SpanEndpoint, SpanPort
 from media.sfu import Sfu
 from media.workers.metrics import WorkerMetrics
 from media.workers.pool import WorkerPool
@@ -67,12 +69,30 @@ def media_config(config: Config) -> MediaConfig:
     )
 
 
+def spans(config: Config) -> bool:
+    """Whether this node's rooms may span nodes: asked for, and over Redis."""
+    return config.span.enabled and config.redis_url is not None
+
+
+def relay_config(config: Config, worker: int = 0) -> RelayConfig:
+    """The relay socket's address (``HUDDLE_RELAY_HOST``, else the first ICE host, else
+    loopback; with media workers, worker ``i`` binds ``HUDDLE_RELAY_PORT + i``) and the
+    cluster secret (``HUDDLE_RELAY_SECRET``, else from the JWT secret)."""
+    span = config.span
+    host = span.relay_host or next(iter(config.media.ice_hosts), "127.0.0.1")
+    secret = span.relay_secret or relay_key(config.jwt_secret).hex()
+    port = span.relay_port + worker if span.relay_port else 0
+    return RelayConfig(host=host, port=port, secret=secret)
+
+
 @dataclass(frozen=True)
 class MediaPlane:
     """What the app plugs into the hub and the load meter."""
 
     endpoint: SfuEndpoint
     load: Callable[[], MediaLoad]
+    #: The SFU's side of rooms across nodes, when this node relays.
+    span: SpanEndpoint | None = None
     #: The in-process SFU (one worker), or the pool of worker processes.
     sfu: Sfu | None = None
     pool: WorkerPool | None = None
@@ -80,22 +100,31 @@ class MediaPlane:
 
 @contextlib.asynccontextmanager
 async def open_media(
-    config: Config, signaling: SignalingPort, registry: CollectorRegistry
+    config: Config,
+    signaling: SignalingPort,
+    registry: CollectorRegistry,
+    span: SpanPort | None = None,
 ) -> AsyncIterator[MediaPlane]:
-    """``HUDDLE_WORKERS=1``: the SFU in this process, as always. More: that many
-    worker processes behind a :class:`WorkerPool`, their metrics merged into
-    ``registry``. Closed (rooms first, workers stopped) when the block ends."""
+    """``HUDDLE_WORKERS=1``: the SFU in this process, as always. More: that many worker
+    processes behind a :class:`WorkerPool`, their metrics merged into ``registry``.
+    With ``span`` (rooms across nodes) the SFU, or each worker, opens a relay socket.
+    Closed (rooms first, workers stopped) when the block ends."""
     settings = media_config(config)
     if config.workers == 1:
         media_metrics = PrometheusMediaMetrics(registry)
-        sfu = Sfu(settings, signaling, media_metrics)
+        relay = relay_config(config) if span is not None else None
+        sfu = Sfu(
+            settings, signaling, media_metrics, relay=relay, span=span, node_id=config.node_id
+        )
         try:
+            await sfu.start()
             yield MediaPlane(
                 sfu,
                 lambda: MediaLoad(
                     {call_id: len(members) for call_id, members in sfu.members().items()},
                     media_metrics.forwarded_packets(),
                 ),
+                span=sfu if relay is not None else None,
                 sfu=sfu,
             )
         finally:
@@ -103,7 +132,12 @@ async def open_media(
         return
     check_aiortc()  # here too: a worker without the aiortc it needs would only crash-loop
     level = logging.getLogger().getEffectiveLevel()
-    pool = WorkerPool(lambda i: WorkerSpec(i, settings, level), config.workers, signaling)
+
+    def spec(index: int) -> WorkerSpec:
+        relay = relay_config(config, index) if span is not None else None
+        return WorkerSpec(index, settings, level, relay=relay, node_id=config.node_id)
+
+    pool = WorkerPool(spec, config.workers, signaling, span=span)
     collector = WorkerMetrics(pool)
     registry.register(collector)
 
@@ -114,7 +148,7 @@ async def open_media(
 
     try:
         await pool.start()
-        yield MediaPlane(pool, load, pool=pool)
+        yield MediaPlane(pool, load, span=pool if span is not None else None, pool=pool)
     finally:
         await pool.close()
         registry.unregister(collector)

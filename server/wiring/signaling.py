@@ -16,6 +16,7 @@ from server.calls import CallService
 from server.config import Config
 from server.health import Readiness
 from server.metrics import Metrics
+from server.wiring.media import spans
 from signaling.bus import LocalBus, MessageBus
 from signaling.hub import HubOptions, SignalingHub
 from signaling.load import LoadMeter
@@ -24,6 +25,7 @@ from signaling.owner_watch import RedisOwnerProbe
 from signaling.placement import LocalPlacement, RedisPlacement, RoomPlacement
 from signaling.redis_bus import RedisBus
 from signaling.seats import SeatRegistry
+from signaling.span import SpanPlacement
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,15 @@ def build_hub(
         seats=seats,
         owner_probe=RedisOwnerProbe(redis) if redis is not None else None,
     )
+    if redis is not None and spans(config):
+        hub.sfu.span = SpanPlacement(
+            redis, config.node_id, config.span, ttl_s=config.signaling.node_ttl_s
+        )
+        logger.info(
+            "signaling: rooms may span nodes (policy %s, %d per node)",
+            config.span.policy,
+            config.span.node_limit,
+        )
     if isinstance(placement, RedisPlacement):
         placement.start()
         ready_hub = hub
