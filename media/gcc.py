@@ -36,6 +36,7 @@ here reads a clock. Rates are bit/s, times µs.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -74,9 +75,16 @@ ACKED_SLACK = 10_000.0
 #: carries, and the windows of that must not pass for the link's rate.
 ACKED_WINDOW_US = 150_000
 ACKED_FIRST_WINDOW_US = 500_000
+#: What an overuse decreases to: the rate packets arrived at over this long, or
+#: over the newest this many packets if faster (spanning at least this much).
+RECENT_US = 500_000
+RECENT_PACKETS = 10
+RECENT_MIN_SPAN_US = 20_000
 LOSS_LOW = 0.02
 LOSS_HIGH = 0.10
 LOSS_CUT_GAP_US = 300_000
+#: A loss-based cut stops at this share of the arrived rate.
+LOSS_ACKED_SHARE = BETA
 #: Growth per second of the loss-based limit while reports show under LOSS_LOW.
 LOSS_GROWTH = 1.08
 #: Lowest estimate (bit/s): audio must always fit.
@@ -196,7 +204,16 @@ class Aimd:
         self._capacity_var = 0.4
         self._last_us: int | None = None
 
-    def update(self, usage: Usage, acked: float | None, now_us: int, rtt: float) -> float | None:
+    def update(
+        self,
+        usage: Usage,
+        acked: float | None,
+        now_us: int,
+        rtt: float,
+        throughput: float | None = None,
+    ) -> float | None:
+        """``acked``: the arrived rate that caps growth; ``throughput``: what the link
+        delivered just now, that an overuse decreases to (``acked`` if None)."""
         last, self._last_us = self._last_us, now_us
         if acked is None:
             return self.rate
@@ -205,8 +222,9 @@ class Aimd:
         elapsed = 0.0 if last is None else min(max(now_us - last, 0), 1_000_000) / 1e6
         if usage is Usage.OVERUSING:
             if not self._holding:
-                self._note_capacity(acked)
-                self.rate = max(FLOOR, min(self.rate, BETA * acked))
+                delivered = acked if throughput is None else throughput
+                self._note_capacity(delivered)
+                self.rate = max(FLOOR, min(self.rate, BETA * delivered))
             self._holding = True
             return self.rate
         if usage is Usage.UNDERUSING:
@@ -319,6 +337,8 @@ class SendSideEstimator:
         self._group: tuple[int, int, int] | None = None  # first send, last send, last arrival
         self._previous: tuple[int, int] | None = None  # last send, last arrival of the last group
         self._acked = AckedRate()
+        self._recent: deque[tuple[int, int]] = deque()  # (arrival_us, size), last 500 ms
+        self._recent_bytes = 0
         self._loss_rate: float | None = None
         self._cut_at = -(10**12)  # when loss last lowered the estimate (µs)
         self._loss_at: int | None = None  # the last loss report (µs)
@@ -351,12 +371,47 @@ class SendSideEstimator:
             assert r.arrival_us is not None
             self._ack(r.arrival_us, r.size)
             self._group_packet(r.send_us, r.arrival_us)
-        self.aimd.update(self.trendline.usage, self.acked, now_us, self.rtt)
+        self.aimd.update(
+            self.trendline.usage, self.acked, now_us, self.rtt, throughput=self.throughput()
+        )
         return self.estimate
+
+    def throughput(self) -> float | None:
+        """What the link delivered just now (bit/s), that an overuse decreases to.
+
+        The arrived rate over the last :data:`RECENT_US`, or over the newest
+        :data:`RECENT_PACKETS` if that is faster (a queue draining delivers at the
+        link's rate, however little was sent before it), never above the
+        long-run arrived rate (:class:`AckedRate`: a receiver that stamps a batch
+        of arrivals late makes a short span look fast)."""
+        recent = self._recent
+        if not recent:
+            return self.acked
+        span = recent[-1][0] - recent[0][0]
+        rates = []
+        if span >= RECENT_US // 4:
+            rates.append(self._recent_bytes * 8e6 / span)
+        if len(recent) > RECENT_PACKETS:
+            first = recent[-RECENT_PACKETS - 1][0]
+            newest_span = recent[-1][0] - first
+            if newest_span >= RECENT_MIN_SPAN_US:
+                size = sum(
+                    size for _, size in itertools.islice(recent, len(recent) - RECENT_PACKETS, None)
+                )
+                rates.append(size * 8e6 / newest_span)
+        if not rates:
+            return self.acked
+        rate = max(rates)
+        return rate if self.acked is None else min(rate, self.acked)
 
     def _ack(self, arrival_us: int, size: int) -> None:
         self._acked.update(arrival_us, size)
         self.acked = self._acked.bitrate
+        recent = self._recent
+        recent.append((arrival_us, size))
+        self._recent_bytes += size
+        while arrival_us - recent[0][0] > RECENT_US:
+            self._recent_bytes -= recent.popleft()[1]
 
     def _group_packet(self, send_us: int, arrival_us: int) -> None:
         group = self._group
@@ -390,8 +445,13 @@ class SendSideEstimator:
             return self.estimate
         if fraction_lost > LOSS_HIGH:
             if now_us - self._cut_at >= LOSS_CUT_GAP_US + self.rtt * 1e6:
-                base = self._loss_rate if self._loss_rate is not None else delay
-                self._loss_rate = max(FLOOR, min(base, delay) * (1 - fraction_lost / 2))
+                base = min(self._loss_rate if self._loss_rate is not None else delay, delay)
+                cut = base * (1 - fraction_lost / 2)
+                # Not below what the link was seen to carry: a receiver report counts
+                # loss over the second before it, and cuts 300 ms apart would
+                # otherwise compound the same episode's loss down to a pause.
+                carried = LOSS_ACKED_SHARE * self.acked if self.acked is not None else 0.0
+                self._loss_rate = max(FLOOR, min(base, max(cut, carried)))
                 self._cut_at = now_us  # one cut per loss episode (300 ms + RTT apart)
         elif fraction_lost < LOSS_LOW and self._loss_rate is not None:
             elapsed = 0.0 if last is None else min(max(now_us - last, 0), 1_000_000) / 1e6

@@ -186,8 +186,18 @@ class TransportCc:
 
     def on_loss_report(self, fraction_lost: float) -> None:
         """A receiver report's fraction lost about a stream sent on this connection."""
-        if self.negotiated:
-            self.estimator.on_loss_report(fraction_lost, monotonic_us())
+        if not self.negotiated:
+            return
+        before = self.estimator.estimate
+        after = self.estimator.on_loss_report(fraction_lost, monotonic_us())
+        if before is not None and after is not None and after < DROP * before:
+            if self.on_drop is not None:
+                self.on_drop()
+            logger.info(
+                "%r: estimate %.0f -> %.0f kbit/s (receiver reports %.0f %% lost, acked %s)",
+                self, before / 1000, after / 1000, 100 * fraction_lost,
+                None if self.estimator.acked is None else round(self.estimator.acked / 1000),
+            )  # fmt: skip
 
     def _unwrap(self, seq: int) -> int:
         ref = self._reference

@@ -220,3 +220,58 @@ def test_garbage_feedback_does_not_break_it() -> None:
         estimator.on_feedback(results, i * 50_000)
     estimate = estimator.estimate
     assert estimate is None or estimate >= FLOOR
+
+
+def test_loss_cuts_stop_at_what_the_link_was_seen_to_carry() -> None:
+    """Receiver reports count loss over the second before them: cuts 300 ms apart about
+    one overflow must not compound below what kept arriving (a 400 kbit/s link)."""
+    estimator = SendSideEstimator()
+    now = 1_000_000
+    seq = 0
+    # 400 kbit/s arriving for 2 s: 1000 B every 20 ms.
+    for _ in range(10):
+        results = []
+        for _ in range(10):
+            results.append(PacketResult(seq, now, 1000, now + 5_000))
+            seq += 1
+            now += 20_000
+        estimator.on_feedback(results, now)
+    acked = estimator.acked
+    assert acked is not None and 350_000 < acked < 450_000
+    for _ in range(8):  # one report of 60 % lost after another, 400 ms apart
+        now += 400_000
+        estimator.on_loss_report(0.6, now)
+    estimate = estimator.estimate
+    assert estimate is not None and estimate >= 0.8 * acked
+
+
+def _arrive(estimator: SendSideEstimator, start: int, seq: int, count: int, size: int,
+            gap_us: int) -> tuple[int, int]:  # fmt: skip
+    """``count`` packets of ``size`` B arriving ``gap_us`` apart (sent as they arrive)."""
+    results = []
+    for _ in range(count):
+        results.append(PacketResult(seq, start, size, start + 5_000))
+        seq += 1
+        start += gap_us
+    estimator.on_feedback(results, start)
+    return start, seq
+
+
+def test_an_overuse_decreases_to_what_the_link_delivers_after_a_drop() -> None:
+    estimator = SendSideEstimator()
+    now, seq = _arrive(estimator, 1_000_000, 0, 250, 1000, 8_000)  # 1 Mbit/s for 2 s
+    now, seq = _arrive(estimator, now, seq, 30, 1000, 20_000)  # then 400 kbit/s
+    throughput = estimator.throughput()
+    assert throughput is not None and throughput < 550_000
+
+
+def test_a_queue_draining_after_a_quiet_spell_shows_the_links_rate() -> None:
+    """The SFU sent little (a track waiting for a keyframe), then a burst queued at a
+    400 kbit/s link: what arrived over the last 500 ms is far under the link's rate,
+    the burst's own arrivals are not."""
+    estimator = SendSideEstimator()
+    now, seq = _arrive(estimator, 1_000_000, 0, 100, 1000, 20_000)  # 400 kbit/s for 2 s
+    now, seq = _arrive(estimator, now, seq, 20, 100, 20_000)  # 40 kbit/s of audio, 0.4 s
+    now, seq = _arrive(estimator, now, seq, 12, 1000, 20_000)  # the burst, at the link's rate
+    throughput = estimator.throughput()
+    assert throughput is not None and throughput > 300_000
