@@ -3,10 +3,13 @@ room is placed, and what a real peer (``SignaledPeer``) receives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import aiohttp
 from redis.asyncio import Redis
 
 from media.loadtest.peers import SignaledPeer
+from media.loadtest.preencoded import EncodedClip
 from signaling.bus import room_owner_key
 from tests.signaling.cluster import Cluster
 from tests.support.api import Api, User
@@ -66,3 +69,44 @@ def frames(peer: SignaledPeer, other: str) -> int:
 
 def exited(node: ServeProcess) -> bool:
     return node.process.poll() is not None
+
+
+async def join_and_publish(
+    http: Http,
+    call_id: str,
+    users: Sequence[User],
+    homes: Sequence[int],
+    clips: tuple[EncodedClip, EncodedClip],
+    peers: list[SignaledPeer],
+    reconnect_url: Callable[[int], str] | None = None,
+) -> None:
+    """Connect each user's peer to node ``homes[i]`` and publish; appended to ``peers``
+    as they connect (the caller closes them). ``reconnect_url(i)``: where peer ``i``
+    reconnects."""
+    video, audio = clips
+    for index, (user, home) in enumerate(zip(users, homes, strict=True)):
+        peer = await SignaledPeer.connect(
+            http.nodes[home].base_url,
+            call_id,
+            user.token,
+            user.user_id,
+            video=video,
+            audio=audio,
+            sfu_messages_only=True,
+            reconnect_url=(None if reconnect_url is None else (lambda i=index: reconnect_url(i))),
+        )
+        peers.append(peer)
+        await peer.signaling.receive("mode", timeout=10)
+        await peer.publish()
+
+
+def everyone_receives(
+    peers: Sequence[SignaledPeer], ids: Sequence[str], more_than: int = 10
+) -> bool:
+    """Each peer receives every other's audio and video."""
+    return all(
+        receives(peer, other, more_than)
+        for peer, me in zip(peers, ids, strict=True)
+        for other in ids
+        if other != me
+    )

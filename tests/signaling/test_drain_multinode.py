@@ -29,7 +29,15 @@ from signaling.bus import room_owner_key
 from signaling.client import SignalingClient
 from signaling.load import NODES_KEY
 from tests.signaling.cluster import Cluster, cluster
-from tests.signaling.multinode import ADMIN_TOKEN, Http, exited, frames, owner_of, receives
+from tests.signaling.multinode import (
+    ADMIN_TOKEN,
+    Http,
+    exited,
+    frames,
+    join_and_publish,
+    owner_of,
+    receives,
+)
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -96,7 +104,6 @@ async def test_a_drained_node_keeps_its_room_until_the_timeout_then_media_resume
     restricted_ice: None,
 ) -> None:
     http = Http(three_nodes)
-    video, audio = clips
     peers: list[SignaledPeer] = []
     try:
         call_id, (ana, bob, _cyd) = await http.sfu_call(("ana", "bob", "cyd"))
@@ -106,20 +113,10 @@ async def test_a_drained_node_keeps_its_room_until_the_timeout_then_media_resume
             candidates = [i for i in range(3) if i not in drained]
             return http.nodes[candidates[start % len(candidates)]].base_url
 
-        for index, user in enumerate((ana, bob)):
-            peer = await SignaledPeer.connect(
-                http.nodes[index].base_url,
-                call_id,
-                user.token,
-                user.user_id,
-                video=video,
-                audio=audio,
-                sfu_messages_only=True,
-                reconnect_url=lambda i=index: elsewhere(i),
-            )
-            peers.append(peer)
-            await peer.signaling.receive("mode", timeout=10)
-            await peer.publish()
+        users_ = (ana, bob)
+        await join_and_publish(
+            http, call_id, users_, range(len(users_)), clips, peers, reconnect_url=elsewhere
+        )
         a, b = peers
         await eventually(lambda: receives(a, bob.user_id) and receives(b, ana.user_id), timeout=30)
         owner = await owner_of(redis, call_id)

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from media.loadtest.peers import SignaledPeer
 from media.loadtest.preencoded import EncodedClip
 from tests.signaling.cluster import Cluster, cluster
-from tests.signaling.multinode import Http, owner_of, receives
+from tests.signaling.multinode import Http, everyone_receives, join_and_publish, owner_of
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -45,15 +45,6 @@ def three_nodes(tmp_path: Path) -> Iterator[Cluster]:
         yield running
 
 
-def everyone_receives(peers: list[SignaledPeer], ids: list[str]) -> bool:
-    return all(
-        receives(peer, other)
-        for peer, me in zip(peers, ids, strict=True)
-        for other in ids
-        if other != me
-    )
-
-
 async def test_killing_the_rooms_node_resumes_everyone_elsewhere(
     three_nodes: Cluster,
     redis: Redis,
@@ -61,7 +52,6 @@ async def test_killing_the_rooms_node_resumes_everyone_elsewhere(
     restricted_ice: None,
 ) -> None:
     http = Http(three_nodes)
-    video, audio = clips
     peers: list[SignaledPeer] = []
     killed: list[int] = []
 
@@ -72,20 +62,10 @@ async def test_killing_the_rooms_node_resumes_everyone_elsewhere(
     try:
         call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
         ids = [u.user_id for u in users]
-        for index, user in enumerate(users):
-            peer = await SignaledPeer.connect(
-                http.nodes[index].base_url,
-                call_id,
-                user.token,
-                user.user_id,
-                video=video,
-                audio=audio,
-                sfu_messages_only=True,
-                reconnect_url=lambda i=index: live_node(i),
-            )
-            peers.append(peer)
-            await peer.signaling.receive("mode", timeout=10)
-            await peer.publish()
+        users_ = users
+        await join_and_publish(
+            http, call_id, users_, range(len(users_)), clips, peers, reconnect_url=live_node
+        )
         await eventually(lambda: everyone_receives(peers, ids), timeout=30, message="media")
         owner = await owner_of(redis, call_id)
         doomed = http.ids[owner]

@@ -22,7 +22,14 @@ from media.loadtest.peers import SignaledPeer
 from media.loadtest.preencoded import EncodedClip
 from signaling.span import media_key
 from tests.signaling.cluster import Cluster, cluster
-from tests.signaling.multinode import ADMIN_TOKEN, Http, exited, receives
+from tests.signaling.multinode import (
+    ADMIN_TOKEN,
+    Http,
+    everyone_receives,
+    exited,
+    join_and_publish,
+    receives,
+)
 from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -60,35 +67,18 @@ async def test_a_room_spans_two_nodes_and_each_track_crosses_once(
     two_nodes: Cluster, clips: tuple[EncodedClip, EncodedClip], restricted_ice: None
 ) -> None:
     http = Http(two_nodes)
-    video, audio = clips
     peers: list[SignaledPeer] = []
     try:
         call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
         ids = [u.user_id for u in users]
         homes = [0, 1, 1]  # ana on node 1; bob and cyd on node 2
-        for user, home in zip(users, homes, strict=True):
-            peer = await SignaledPeer.connect(
-                http.nodes[home].base_url,
-                call_id,
-                user.token,
-                user.user_id,
-                video=video,
-                audio=audio,
-                sfu_messages_only=True,
-            )
-            peers.append(peer)
-            await peer.signaling.receive("mode", timeout=10)
-            await peer.publish()
+        await join_and_publish(http, call_id, users, homes, clips, peers)
 
-        def everyone_receives() -> bool:
-            return all(
-                receives(peer, other, more_than=30)
-                for peer, me in zip(peers, ids, strict=True)
-                for other in ids
-                if other != me
-            )
-
-        await eventually(everyone_receives, timeout=40, message="media across the nodes")
+        await eventually(
+            lambda: everyone_receives(peers, ids, more_than=30),
+            timeout=40,
+            message="media across the nodes",
+        )
         ana = ids[0]
 
         def subscribers_got() -> list[int]:
@@ -177,34 +167,15 @@ async def test_a_room_that_outgrows_its_owner_spreads_over_three_nodes(
     restricted_ice: None,
 ) -> None:
     http = Http(three_nodes)
-    video, audio = clips
     peers: list[SignaledPeer] = []
     try:
         call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
         ids = [u.user_id for u in users]
-        for index, user in enumerate(users):
-            peer = await SignaledPeer.connect(
-                http.nodes[index].base_url,
-                call_id,
-                user.token,
-                user.user_id,
-                video=video,
-                audio=audio,
-                sfu_messages_only=True,
-            )
-            peers.append(peer)
-            await peer.signaling.receive("mode", timeout=10)
-            await peer.publish()
+        await join_and_publish(http, call_id, users, range(len(users)), clips, peers)
 
-        def everyone_receives() -> bool:
-            return all(
-                receives(peer, other)
-                for peer, me in zip(peers, ids, strict=True)
-                for other in ids
-                if other != me
-            )
-
-        await eventually(everyone_receives, timeout=45, message="media across three nodes")
+        await eventually(
+            lambda: everyone_receives(peers, ids), timeout=45, message="media across three nodes"
+        )
         # One media participant per node (the limit), wherever the sockets are.
         media = await redis.hgetall(media_key(call_id))  # type: ignore[misc]
         assert len(media) == 3 and len(set(media.values())) == 3, media
@@ -257,40 +228,30 @@ async def test_draining_a_node_with_part_of_a_room_moves_its_participants_to_the
     two_draining_nodes: Cluster, clips: tuple[EncodedClip, EncodedClip], restricted_ice: None
 ) -> None:
     http = Http(two_draining_nodes)
-    video, audio = clips
     peers: list[SignaledPeer] = []
     try:
         call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
         ids = [u.user_id for u in users]
-        for user, home in zip(users, (0, 1, 1), strict=True):
-            peer = await SignaledPeer.connect(
-                http.nodes[home].base_url,
-                call_id,
-                user.token,
-                user.user_id,
-                video=video,
-                audio=audio,
-                sfu_messages_only=True,
-                reconnect_url=lambda: http.nodes[0].base_url,
-            )
-            peers.append(peer)
-            await peer.signaling.receive("mode", timeout=10)
-            await peer.publish()
+        await join_and_publish(
+            http,
+            call_id,
+            users,
+            (0, 1, 1),
+            clips,
+            peers,
+            reconnect_url=lambda i: http.nodes[0].base_url,
+        )
 
-        def everyone_receives() -> bool:
-            return all(
-                receives(peer, other)
-                for peer, me in zip(peers, ids, strict=True)
-                for other in ids
-                if other != me
-            )
-
-        await eventually(everyone_receives, timeout=40, message="media across the nodes")
+        await eventually(
+            lambda: everyone_receives(peers, ids), timeout=40, message="media across the nodes"
+        )
         await http.drain(1)  # node 2: bob's and cyd's media
         for peer in peers[1:]:
             await peer.wait_resumed(timeout=30)
         assert [p.reconnects for p in peers] == [0, 1, 1]
-        await eventually(everyone_receives, timeout=30, message="media again, all on node 1")
+        await eventually(
+            lambda: everyone_receives(peers, ids), timeout=30, message="media again, all on node 1"
+        )
         await eventually(lambda: exited(http.nodes[1]), timeout=30, message="node 2 exits")
         node = await scrape(http.sessions[0])
         assert node.get("video_call_sfu_relay_links") == 0.0
@@ -322,24 +283,11 @@ async def test_a_room_spans_nodes_whose_media_runs_in_workers(
     two_nodes_with_workers: Cluster, clips: tuple[EncodedClip, EncodedClip], restricted_ice: None
 ) -> None:
     http = Http(two_nodes_with_workers)
-    video, audio = clips
     peers: list[SignaledPeer] = []
     try:
         call_id, users = await http.sfu_call(("ana", "bob", "cyd"))
         ids = [u.user_id for u in users[:2]]
-        for user, home in zip(users[:2], (0, 1), strict=True):
-            peer = await SignaledPeer.connect(
-                http.nodes[home].base_url,
-                call_id,
-                user.token,
-                user.user_id,
-                video=video,
-                audio=audio,
-                sfu_messages_only=True,
-            )
-            peers.append(peer)
-            await peer.signaling.receive("mode", timeout=10)
-            await peer.publish()
+        await join_and_publish(http, call_id, users[:2], (0, 1), clips, peers)
         await eventually(
             lambda: receives(peers[0], ids[1]) and receives(peers[1], ids[0]),
             timeout=40,
