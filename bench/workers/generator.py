@@ -2,10 +2,11 @@
 
 ``python -m bench.workers.generator '<json spec>'`` runs the load tester
 (:class:`media.loadtest.orchestration.LoadTest`) against the spec's URL and
-prints one JSON line: each room's quality (:mod:`bench.workers.quality`), its
-steady window in ``CLOCK_MONOTONIC`` seconds (the same clock in every process
-of the machine, so the parent can measure the server's CPU over it) and its
-own CPU over that window and over the whole run. The benchmark runs one or
+prints one JSON line (after ``settled``, see :class:`GeneratorSpec`): each
+room's quality (:mod:`bench.workers.quality`), its steady window in
+``CLOCK_MONOTONIC`` seconds (the same clock in every process of the machine,
+so the parent can measure the server's CPU over it) and its own CPU over that
+window and over the whole run. The benchmark runs one or
 more of these at a time, splitting the rooms, so that the generator does not
 run out of its one core before the server does.
 """
@@ -37,6 +38,17 @@ class GeneratorSpec:
     light_receivers: bool
     min_fps: float
     max_loss_pct: float
+    #: Once settled, print ``settled`` and start the steady window when a line
+    #: comes on stdin (the parent's ``go``, once every generator settled).
+    barrier: bool = False
+
+
+SETTLED = "settled"
+
+
+async def _wait_for_go() -> None:
+    print(SETTLED, flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
 
 
 async def generate(spec: GeneratorSpec) -> dict[str, Any]:
@@ -53,7 +65,7 @@ async def generate(spec: GeneratorSpec) -> dict[str, Any]:
         thresholds=Thresholds(),
     )
     cpu_then, then = time.process_time(), time.monotonic()
-    report = await LoadTest(config).run()
+    report = await LoadTest(config, before_steady=_wait_for_go if spec.barrier else None).run()
     cpu_now, now = time.process_time(), time.monotonic()
     bar = QualityBar(min_fps=spec.min_fps, max_loss_pct=spec.max_loss_pct)
     steady = [p.loadgen_cpu_pct for p in report.timeline if p.phase == "steady"]

@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ from .cgroups import (
     quota_workers,
     sweep_stale,
 )
-from .generator import GeneratorSpec
+from .generator import SETTLED, GeneratorSpec
 from .procs import children, cpu_s
 from .search import find_capacity
 
@@ -176,23 +177,37 @@ def cpu_over(
     return front, workers, machine
 
 
-async def run_generator(spec: GeneratorSpec, timeout_s: float) -> dict[str, Any]:
+async def run_generator(
+    spec: GeneratorSpec, barrier: asyncio.Barrier, timeout_s: float
+) -> dict[str, Any]:
+    """One generator process; its steady window starts when every generator of the
+    step has settled (``barrier``)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench.workers.generator",
         json.dumps(dataclasses.asdict(spec)),
         cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
+    assert process.stdin is not None and process.stdout is not None
     try:
         async with asyncio.timeout(timeout_s):
-            out, _ = await process.communicate()
+            while (said := await process.stdout.readline()).strip() != SETTLED.encode():
+                if not said:
+                    break  # it exited before settling: its status says why
+            else:
+                await barrier.wait()
+                process.stdin.write(b"go\n")
+                await process.stdin.drain()
+            out = await process.stdout.read()
+            await process.wait()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    if process.returncode != 0:
+    if process.returncode != 0 or not out.strip():
         raise RuntimeError(f"a load generator exited with {process.returncode}")
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     return result
@@ -219,12 +234,14 @@ async def run_step(
             light_receivers=args.light_receivers,
             min_fps=args.min_fps,
             max_loss_pct=args.max_loss,
+            barrier=True,
         )
         for n in shares
     ]
     timeout = rooms * args.room_size / args.ramp + args.settle + args.duration + 120
+    barrier = asyncio.Barrier(len(specs))
     async with asyncio.TaskGroup() as group:  # one fails: the others are stopped
-        tasks = [group.create_task(run_generator(spec, timeout)) for spec in specs]
+        tasks = [group.create_task(run_generator(spec, barrier, timeout)) for spec in specs]
     results = [task.result() for task in tasks]
     start = max(r["steady_start"] for r in results)
     end = min(r["steady_end"] for r in results)
@@ -334,6 +351,10 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    # SIGTERM cancels the run like Ctrl-C: the servers stop and the cgroups go.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     counts = [int(n) for n in args.workers.split(",")]
     results: dict[str, Any] = {"config": vars(args) | {"out": str(args.out)}, "runs": {}}
     end = time.monotonic() + args.budget * 60
@@ -419,7 +440,7 @@ def main() -> None:
         pass
     try:
         results = asyncio.run(main_async(args))
-    except KeyboardInterrupt:  # the cgroups are gone already (quota_workers)
+    except (KeyboardInterrupt, asyncio.CancelledError):  # the cgroups are gone already
         sys.exit(130)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
