@@ -344,6 +344,25 @@ async def measure_count(
     return search | {"steps": [dataclasses.asdict(s) | {"holds": s.holds} for s in done]}
 
 
+def quota_check(run: dict[str, Any], cores: float) -> dict[str, Any] | None:
+    """At the first count that failed: did every worker use its quota (>= 80 % of
+    it)? If so the quota was the limit; if not, something else was (the generators,
+    the machine). None if no count failed."""
+    failed = [s for s in run["steps"] if not s["holds"]]
+    if not failed:
+        return None
+    step = min(failed, key=lambda s: s["rooms"])
+    used = [w["cpu_pct"] for w in step["worker_cpu"]]
+    binds = bool(used) and min(used) >= 0.8 * 100 * cores
+    verdict = (
+        f"every worker at >= 80 % of its {cores:g} core: the quota was the limit"
+        if binds
+        else f"workers at {used} % of a core, under 80 % of the {100 * cores:g} % quota: "
+        "the quota was not the limit (see the generators' and the machine's CPU)"
+    )
+    return {"rooms": step["rooms"], "worker_cpu_pct": used, "binds": binds, "verdict": verdict}
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -369,11 +388,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             f"workers={workers}: holds {run['capacity_rooms']} room(s) of {args.room_size}{exact}",
             flush=True,
         )
+        if args.worker_cpu is not None and (binds := quota_check(run, args.worker_cpu)):
+            run["quota_check"] = binds
+            print(f"  at {binds['rooms']} rooms (failed): {binds['verdict']}", flush=True)
     capacities = {w: results["runs"][str(w)]["capacity_rooms"] for w in counts}
     if len(counts) >= 2 and capacities[counts[0]]:
         ratio = capacities[counts[-1]] / capacities[counts[0]]
         results["ratio"] = round(ratio, 2)
-        print(f"rooms held, {counts[-1]} over {counts[0]} worker(s): {ratio:.2f}", flush=True)
+        bracketed = all(results["runs"][str(w)].get("exact") is not False for w in counts)
+        note = "" if bracketed else " (a count is not bracketed: a bound, not a measure)"
+        print(f"rooms held, {counts[-1]} over {counts[0]} worker(s): {ratio:.2f}{note}", flush=True)
     return results
 
 

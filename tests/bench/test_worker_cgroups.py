@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from bench.loadtest.run import serve
+from bench.loadtest.run import ROOT, serve
 from bench.workers.cgroups import (
     CPU_ROOT,
     CgroupError,
@@ -170,3 +171,30 @@ async def test_one_worker_process_when_the_sfu_is_not_in_the_front() -> None:
     settings = {"HUDDLE_WORKERS": "1", "HUDDLE_SFU_IN_PROCESS": "0", "HUDDLE_LOG_LEVEL": "ERROR"}
     async with serve(6, settings=settings) as served:
         await poll(lambda: len(children(served.pid, "media.workers.process")) == 1, 15)
+
+
+@needs_cgroups
+@pytest.mark.slow
+async def test_a_benchmark_stopped_by_sigterm_removes_its_groups_and_servers(
+    tmp_path: Path,
+) -> None:
+    bench = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.workers.run",
+        "--workers", "2", "--worker-cpu", "0.5", "--rooms", "1", "--room-size", "2",
+        "--duration", "60", "--out", str(tmp_path / "out.json"),
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        group = CPU_ROOT / f"huddle-bench-{bench.pid}-1"
+        await poll(lambda: bool(group.exists() and (group / "cgroup.procs").read_text()), 30)
+        (front,) = children(bench.pid, "server.cli")
+        bench.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await bench.wait() == 130
+    finally:
+        if bench.returncode is None:
+            bench.kill()
+            await bench.wait()
+    assert not list(CPU_ROOT.glob(f"huddle-bench-{bench.pid}-*"))
+    assert cpu_s(front) is None  # the server is gone, and with it its workers
+    assert not (tmp_path / "out.json").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.workers.run import parse_args, split
+from bench.workers.run import parse_args, quota_check, split
 from bench.workers.search import Measure, find_capacity
 
 
@@ -60,3 +60,15 @@ def test_rooms_split_evenly_over_the_generators() -> None:
     assert (args.worker_cpu, args.generators, args.rooms) == (0.25, 2, None)
     with pytest.raises(SystemExit):
         parse_args(["--generators", "0"])
+
+
+def test_the_quota_check_reads_the_first_failing_count() -> None:
+    def step(rooms: int, holds: bool, *cpu: float) -> dict[str, object]:
+        return {"rooms": rooms, "holds": holds, "worker_cpu": [{"cpu_pct": c} for c in cpu]}
+
+    run = {"steps": [step(4, True, 20.0), step(6, False, 24.6, 24.9), step(5, False, 23.0, 25.0)]}
+    check = quota_check(run, 0.25)
+    assert check is not None and check["rooms"] == 5 and check["binds"]
+    starved = quota_check({"steps": [step(5, False, 12.0, 24.0)]}, 0.25)
+    assert starved is not None and not starved["binds"]
+    assert quota_check({"steps": [step(4, True, 20.0)]}, 0.25) is None
