@@ -157,10 +157,10 @@ async def test_the_workers_of_a_real_server_and_a_restarted_one_are_placed() -> 
                     len(children(served.pid, "media.workers.process")) == 2
                     and workers[0] not in children(served.pid, "media.workers.process")
                 ),
-                timeout_s=15,
+                timeout_s=30,  # a worker starts in ~1 s; generous on a loaded machine
             )
             (restarted,) = set(children(served.pid, "media.workers.process")) - set(workers)
-            await poll(lambda: groups.group_of(restarted) is not None)
+            await poll(lambda: groups.group_of(restarted) is not None, 10)
             assert groups.group_of(restarted) == freed  # the dead worker's group
             now = children(served.pid, "media.workers.process")
             assert {groups.group_of(pid) for pid in now} == {0, 1}
