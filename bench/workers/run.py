@@ -238,7 +238,8 @@ async def run_step(
         )
         for n in shares
     ]
-    timeout = rooms * args.room_size / args.ramp + args.settle + args.duration + 120
+    joins_s = rooms * args.room_size / args.ramp if args.ramp else 0.0
+    timeout = joins_s + args.settle + args.duration + 120
     barrier = asyncio.Barrier(len(specs))
     async with asyncio.TaskGroup() as group:  # one fails: the others are stopped
         tasks = [group.create_task(run_generator(spec, barrier, timeout)) for spec in specs]
@@ -312,12 +313,17 @@ async def measure_count(
         stack.push_async_callback(_cancel, sampling)
 
         async def measure(rooms: int) -> bool:
-            step = await run_step(served.url, sampler, groups, args, workers, rooms)
-            print(line(step), flush=True)
-            for warning in step.warnings:
-                print(f"  warning: {warning}", flush=True)
-            done.append(step)
-            return step.holds
+            """A count holds if a step of it holds; one that fails is measured
+            ``--retries`` more times (one hiccup of the machine does not decide)."""
+            for _ in range(1 + args.retries):
+                step = await run_step(served.url, sampler, groups, args, workers, rooms)
+                print(line(step), flush=True)
+                for warning in step.warnings:
+                    print(f"  warning: {warning}", flush=True)
+                done.append(step)
+                if step.holds:
+                    return True
+            return False
 
         if args.rooms:
             tried = []
@@ -347,8 +353,9 @@ async def measure_count(
 def quota_check(run: dict[str, Any], cores: float) -> dict[str, Any] | None:
     """At the first count that failed: did every worker use its quota (>= 80 % of
     it)? If so the quota was the limit; if not, something else was (the generators,
-    the machine). None if no count failed."""
-    failed = [s for s in run["steps"] if not s["holds"]]
+    the machine). None if no count failed (a count with a step that held did not)."""
+    held = {s["rooms"] for s in run["steps"] if s["holds"]}
+    failed = [s for s in run["steps"] if not s["holds"] and s["rooms"] not in held]
     if not failed:
         return None
     step = min(failed, key=lambda s: s["rooms"])
@@ -383,6 +390,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + (end - time.monotonic()) / (len(counts) - i)
         run = await measure_count(args, workers, start, deadline)
         results["runs"][str(workers)] = run
+        write(args.out, results)  # so far: an interrupted run keeps its counts
         exact = "" if run.get("exact") in (True, None) else f" (not bracketed: {run['cut_short']})"
         print(
             f"workers={workers}: holds {run['capacity_rooms']} room(s) of {args.room_size}{exact}",
@@ -399,6 +407,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         note = "" if bracketed else " (a count is not bracketed: a bound, not a measure)"
         print(f"rooms held, {counts[-1]} over {counts[0]} worker(s): {ratio:.2f}{note}", flush=True)
     return results
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -422,6 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start", type=int, default=4, help="the search's first room count")
     parser.add_argument("--max-rooms", type=int, default=24)
     parser.add_argument("--max-steps", type=int, default=8, help="measures per worker count")
+    parser.add_argument(
+        "--retries", type=int, default=1, help="more measures of a count that failed"
+    )
     parser.add_argument("--budget", type=float, default=15.0, help="minutes for the search")
     parser.add_argument("--room-size", type=int, default=5)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per step")
@@ -440,6 +456,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.generators < 1:
         parser.error("--generators must be at least 1")
+    if not 0 <= args.retries <= 3:
+        parser.error("--retries must be in [0, 3]")
     return args
 
 
@@ -466,8 +484,7 @@ def main() -> None:
         results = asyncio.run(main_async(args))
     except (KeyboardInterrupt, asyncio.CancelledError):  # the cgroups are gone already
         sys.exit(130)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write(args.out, results)
     print(f"report: {args.out}")
 
 

@@ -57,7 +57,7 @@ async def test_it_is_bounded_by_rooms_steps_and_time() -> None:
 def test_rooms_split_evenly_over_the_generators() -> None:
     assert split(7, 2) == [4, 3] and split(1, 2) == [1] and split(6, 3) == [2, 2, 2]
     args = parse_args(["--worker-cpu", "0.25", "--generators", "2"])
-    assert (args.worker_cpu, args.generators, args.rooms) == (0.25, 2, None)
+    assert (args.worker_cpu, args.generators, args.rooms, args.retries) == (0.25, 2, None, 1)
     with pytest.raises(SystemExit):
         parse_args(["--generators", "0"])
 
@@ -66,7 +66,15 @@ def test_the_quota_check_reads_the_first_failing_count() -> None:
     def step(rooms: int, holds: bool, *cpu: float) -> dict[str, object]:
         return {"rooms": rooms, "holds": holds, "worker_cpu": [{"cpu_pct": c} for c in cpu]}
 
-    run = {"steps": [step(4, True, 20.0), step(6, False, 24.6, 24.9), step(5, False, 23.0, 25.0)]}
+    run = {
+        "steps": [
+            step(4, True, 20.0),
+            step(6, False, 24.6, 24.9),
+            step(5, False, 23.0, 25.0),
+            step(3, False, 9.0),  # a hiccup: its retry held
+            step(3, True, 15.0),
+        ]
+    }
     check = quota_check(run, 0.25)
     assert check is not None and check["rooms"] == 5 and check["binds"]
     starved = quota_check({"steps": [step(5, False, 12.0, 24.0)]}, 0.25)
