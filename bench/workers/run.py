@@ -390,7 +390,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + (end - time.monotonic()) / (len(counts) - i)
         run = await measure_count(args, workers, start, deadline)
         results["runs"][str(workers)] = run
-        write(args.out, results)  # so far: an interrupted run keeps its counts
         exact = "" if run.get("exact") in (True, None) else f" (not bracketed: {run['cut_short']})"
         print(
             f"workers={workers}: holds {run['capacity_rooms']} room(s) of {args.room_size}{exact}",
@@ -399,6 +398,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.worker_cpu is not None and (binds := quota_check(run, args.worker_cpu)):
             run["quota_check"] = binds
             print(f"  at {binds['rooms']} rooms (failed): {binds['verdict']}", flush=True)
+        write(args.out, results)  # so far: an interrupted run keeps its counts
     capacities = {w: results["runs"][str(w)]["capacity_rooms"] for w in counts}
     if len(counts) >= 2 and capacities[counts[0]]:
         ratio = capacities[counts[-1]] / capacities[counts[0]]
