@@ -20,7 +20,9 @@ does. With a quota the SFU runs in worker processes for one worker too
 The room count is searched (:mod:`bench.workers.search`): from ``--start``
 for the first worker count, from N times the first count's capacity for the
 others, galloping and then bisecting to the largest count that holds, bounded
-by ``--max-rooms``, ``--max-steps`` and ``--budget`` (minutes, all counts).
+by ``--max-rooms``, ``--max-steps`` and ``--budget`` (minutes, all counts);
+a count that fails is measured ``--retries`` (1) more times before it counts
+as failed.
 ``--rooms 1,2,4`` steps through a list instead (stopping at the first count
 that fails), the benchmark's first method::
 
