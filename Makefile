@@ -109,9 +109,13 @@ bench-simulcast: $(VENV)/.installed-dev
 	mkdir -p var
 	$(BIN)/python -m bench.simulcast.run --json var/bench-simulcast/results.json $(SIMULCAST_ARGS)
 
-# Media workers (issue #15): rooms of 5 load-tester peers on one worker, then on two,
-# stepping up the room count until a room falls below the quality bar; each
-# count's capacity and the ratio go to var/bench-workers.json (~10-20 min).
+# Media workers (issue #15): rooms of 5 load-tester peers on one worker process, then
+# on two, each worker in its own cgroup with a quota of 0.25 core (root, cgroup v1
+# cpu controller) and two load generator processes; the room count each holds at
+# the quality bar is searched, bounded to 15 min; var/bench-workers.json (~5-15 min).
+# The first method (no quota, one generator, a list of room counts):
+#   make bench-workers WORKERS_ARGS="--rooms 1,2,3,4,5,6,8,10"
+WORKERS_ARGS ?= --worker-cpu 0.25 --generators 2 --budget 15
 bench-workers: $(VENV)/.installed-dev
 	mkdir -p var
 	$(BIN)/python -m bench.workers.run $(WORKERS_ARGS)

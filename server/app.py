@@ -235,7 +235,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utcnow) -> web
             meter.attach(plane.load)
             logger.info(
                 "media: SFU ready, %s (ICE hosts: %s)",
-                "in this process" if config.workers == 1 else f"{config.workers} worker processes",
+                "in this process" if plane.pool is None else f"{config.workers} worker process(es)",
                 ", ".join(config.media.ice_hosts) or "all non-loopback interfaces",
             )
             try:

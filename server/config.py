@@ -111,6 +111,9 @@ class Config:
     dev_mode: bool = True
     node_id: str = field(default_factory=lambda: secrets.token_hex(4))
     workers: int = 1  # SFU processes (docs/workers.md); 1: the SFU runs in this one
+    # With workers == 1: False runs that one SFU in a worker process as with more
+    # (the workers benchmark compares one worker process with two).
+    sfu_in_process: bool = True
     # Bearer token of the admin API (POST /v1/admin/drain); None: admin API off.
     admin_token: str | None = field(default=None, repr=False)
     static_dir: str | None = None
@@ -345,6 +348,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         node_id=env.string("HUDDLE_NODE_ID", secrets.token_hex(4)),
         admin_token=_admin_token(env),
         workers=env.integer("HUDDLE_WORKERS", len(os.sched_getaffinity(0)), low=1, high=256),
+        sfu_in_process=env.boolean("HUDDLE_SFU_IN_PROCESS", True),
         static_dir=env.raw("HUDDLE_STATIC_DIR"),
         limits=limits,
         db_retry=db_retry,

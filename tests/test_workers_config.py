@@ -22,6 +22,13 @@ def test_workers_default_to_the_cores_this_process_may_use() -> None:
     assert load_config({"HUDDLE_WORKERS": "3"}).workers == 3
 
 
+def test_one_worker_runs_in_the_front_unless_asked_for_a_process() -> None:
+    assert load_config({"HUDDLE_WORKERS": "1"}).sfu_in_process
+    assert not load_config({"HUDDLE_WORKERS": "1", "HUDDLE_SFU_IN_PROCESS": "0"}).sfu_in_process
+    with pytest.raises(ConfigError, match="HUDDLE_SFU_IN_PROCESS"):
+        load_config({"HUDDLE_SFU_IN_PROCESS": "maybe"})
+
+
 @pytest.mark.parametrize("value", ["0", "257", "two"])
 def test_a_bad_worker_count_stops_the_server(value: str) -> None:
     with pytest.raises(ConfigError, match="HUDDLE_WORKERS"):

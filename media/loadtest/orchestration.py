@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -202,10 +202,14 @@ class LoadTest:
         *,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.monotonic,
+        before_steady: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_steady``: awaited once the run settled, before its steady window
+        (a barrier: several load generator processes start their windows together)."""
         config.validate()
         self.config = config
         self._progress = progress
+        self._before_steady = before_steady
         self._clock = clock
         self._rooms: list[_Room] = []
         self._phase = "ramp"
@@ -235,6 +239,8 @@ class LoadTest:
                 ramp_end = self._clock()
                 self._phase = "settle"
                 await self._settle()
+                if self._before_steady is not None:
+                    await self._before_steady()
                 steady_at = self._clock()
                 self._phase = "steady"
                 steady = snapshot(self._live_peers())

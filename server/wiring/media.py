@@ -105,12 +105,13 @@ async def open_media(
     registry: CollectorRegistry,
     span: SpanPort | None = None,
 ) -> AsyncIterator[MediaPlane]:
-    """``HUDDLE_WORKERS=1``: the SFU in this process, as always. More: that many worker
+    """``HUDDLE_WORKERS=1``: the SFU in this process, as always (unless
+    ``HUDDLE_SFU_IN_PROCESS=0``: one worker process). More: that many worker
     processes behind a :class:`WorkerPool`, their metrics merged into ``registry``.
     With ``span`` (rooms across nodes) the SFU, or each worker, opens a relay socket.
     Closed (rooms first, workers stopped) when the block ends."""
     settings = media_config(config)
-    if config.workers == 1:
+    if config.workers == 1 and config.sfu_in_process:
         media_metrics = PrometheusMediaMetrics(registry)
         relay = relay_config(config) if span is not None else None
         sfu = Sfu(
