@@ -85,6 +85,9 @@ LOSS_HIGH = 0.10
 LOSS_CUT_GAP_US = 300_000
 #: A loss-based cut stops at this share of the arrived rate.
 LOSS_ACKED_SHARE = BETA
+#: Receiver reports this long after a decrease on overuse report its overflow
+#: (µs): their loss cuts no lower than that decrease did.
+LOSS_AFTERMATH_US = 2_500_000
 #: Growth per second of the loss-based limit while reports show under LOSS_LOW.
 LOSS_GROWTH = 1.08
 #: Lowest estimate (bit/s): audio must always fit.
@@ -203,6 +206,8 @@ class Aimd:
         self._capacity: float | None = None  # kbit/s arrived at the last overuses (EWMA)
         self._capacity_var = 0.4
         self._last_us: int | None = None
+        #: The last decrease on overuse: (when, the rate the link delivered then).
+        self.decreased: tuple[int, float] | None = None
 
     def update(
         self,
@@ -225,6 +230,7 @@ class Aimd:
                 delivered = acked if throughput is None else throughput
                 self._note_capacity(delivered)
                 self.rate = max(FLOOR, min(self.rate, BETA * delivered))
+                self.decreased = (now_us, delivered)
             self._holding = True
             return self.rate
         if usage is Usage.UNDERUSING:
@@ -451,6 +457,12 @@ class SendSideEstimator:
                 # loss over the second before it, and cuts 300 ms apart would
                 # otherwise compound the same episode's loss down to a pause.
                 carried = LOSS_ACKED_SHARE * self.acked if self.acked is not None else 0.0
+                decreased = self.aimd.decreased
+                if decreased is not None and now_us - decreased[0] <= LOSS_AFTERMATH_US:
+                    # The loss of the overflow that decrease answered, reported late:
+                    # the link delivered that rate then (the SFU may send less since,
+                    # waiting for a lower layer's keyframe, which lowers what arrives).
+                    carried = max(carried, LOSS_ACKED_SHARE * decreased[1])
                 self._loss_rate = max(FLOOR, min(base, max(cut, carried)))
                 self._cut_at = now_us  # one cut per loss episode (300 ms + RTT apart)
         elif fraction_lost < LOSS_LOW and self._loss_rate is not None:

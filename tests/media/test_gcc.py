@@ -275,3 +275,24 @@ def test_a_queue_draining_after_a_quiet_spell_shows_the_links_rate() -> None:
     now, seq = _arrive(estimator, now, seq, 12, 1000, 20_000)  # the burst, at the link's rate
     throughput = estimator.throughput()
     assert throughput is not None and throughput > 300_000
+
+
+def test_the_loss_reported_after_a_decrease_cuts_no_lower_than_it() -> None:
+    """After an overuse decrease the SFU sends less (a lower layer's keyframe awaited):
+    what arrives falls, but the loss reported then is the old overflow's."""
+    estimator = SendSideEstimator()
+    now = 1_000_000
+    estimator.aimd.update(Usage.NORMAL, 2_000_000.0, now, 0.1)
+    estimator.aimd.update(Usage.OVERUSING, 2_000_000.0, now, 0.1, throughput=400_000.0)
+    decreased = estimator.estimate
+    assert decreased is not None and abs(decreased - 340_000) < 1
+    estimator.acked = 150_000.0  # little sent since
+    for _ in range(4):
+        now += 400_000
+        estimator.on_loss_report(0.75, now)
+    estimate = estimator.estimate
+    assert estimate is not None and estimate >= 0.85 * 0.85 * 400_000
+    now += 3_000_000  # long after: what arrives is what the link carries
+    estimator.on_loss_report(0.75, now)
+    later = estimator.estimate
+    assert later is not None and later < estimate
