@@ -17,6 +17,7 @@ from media.metrics import CountingMediaMetrics
 from media.relay import RelayConfig
 from media.seam import Message
 from media.sfu import Sfu
+from tests.media.test_room import receives_all
 from tests.support.polling import eventually
 
 CALL = "call-span"
@@ -116,12 +117,7 @@ async def span(
 
 
 def receives(client: SfuClient, others: list[str], frames: int = 5) -> bool:
-    for other in others:
-        for kind in ("audio", "video"):
-            stats = client.received_from(other, kind)
-            if stats is None or stats.frames < frames:
-                return False
-    return True
+    return receives_all(client, others, frames)
 
 
 async def test_participants_on_two_nodes_see_each_other_and_a_track_crosses_once(

@@ -13,18 +13,8 @@ from redis.asyncio import Redis
 from server.config import SpanConfig
 from signaling.load import PUBLISH
 from signaling.span import SpanPlacement, media_key
-from tests.signaling.cluster import check_redis
-from tests.support.services import REDIS_URL
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    check_redis()
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
