@@ -33,6 +33,7 @@ is behaviour-preserving for code that does not opt in:
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import logging
@@ -43,8 +44,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aioice.ice
+import aioice.utils
 import aiortc
 import aiortc.rtcdtlstransport
+import aiortc.rtcicetransport
 import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
@@ -139,6 +142,27 @@ _REQUIRED: tuple[tuple[Any, str, str], ...] = (
     (pylibsrtp._binding.lib, "attr", "srtp_protect"),
     (pylibsrtp._binding.lib, "attr", "srtp_unprotect"),
     (pylibsrtp._binding.lib, "attr", "srtp_unprotect_rtcp"),
+    # IceRestart: an ICE restart in place
+    (aioice.utils, "attr", "random_string"),
+    (aioice.ice.Connection, "code:__init__", "_check_list"),
+    (aioice.ice.Connection, "code:__init__", "_check_list_done"),
+    (aioice.ice.Connection, "code:__init__", "_check_list_state"),
+    (aioice.ice.Connection, "code:__init__", "_nominating"),
+    (aioice.ice.Connection, "code:__init__", "_remote_candidates"),
+    (aioice.ice.Connection, "code:__init__", "_remote_candidates_end"),
+    (aioice.ice.Connection, "code:__init__", "_local_username"),
+    (aioice.ice.Connection, "code:__init__", "_local_password"),
+    (aioice.ice.Connection, "code:__init__", "_early_checks"),
+    (aioice.ice.Connection, "code:__init__", "_early_checks_done"),
+    (aioice.ice.Connection, "code:__init__", "_closing"),
+    (aioice.ice.Connection, "code:request_received", "_early_checks_done"),
+    (aioice.ice.Connection, "attr", "check_incoming"),
+    (aioice.ice.Connection, "attr", "check_start_task"),
+    (aioice.ice.Connection, "attr", "sort_check_list"),
+    (aioice.ice.Connection, "attr", "_unfreeze_initial"),
+    (aioice.ice.CandidatePair, "attr", "State"),
+    (aiortc.rtcicetransport.RTCIceGatherer, "code:__init__", "_remote_candidates_end"),
+    (RTCIceTransport, "code:addRemoteCandidate", "_remote_candidates_end"),
     # install_receive_guards
     (HeaderExtensionsMap, "attr", "get"),
     (aioice.ice.Connection, "attr", "data_received"),
@@ -768,6 +792,163 @@ def add_transport_tx(dtls: RTCDtlsTransport, octets: int, packets: int) -> None:
     setattr(dtls, name, getattr(dtls, name) + octets)
     name = "_RTCDtlsTransport__tx_packets"
     setattr(dtls, name, getattr(dtls, name) + packets)
+
+
+# --- ICE restart (aiortc has none) ---------------------------------------------
+
+#: Between two checks a restart starts (RFC 8445's Ta, as aioice's connect()).
+_RESTART_PACE = 0.02
+#: An ICE restart gives up after this long without a new pair (s); a client
+#: whose restart fails starts its session over.
+ICE_RESTART_TIMEOUT = 15.0
+
+
+class IceRestart:
+    """ICE restarts (RFC 8445 section 9) of one connected peer connection, in place.
+
+    aiortc starts a connection's ICE agent once and ignores the new
+    credentials of later descriptions. This gives the aioice agent under the
+    (bundled) connection new local credentials (:meth:`renew_local`, before
+    creating the description that carries them), takes the peer's new ones
+    (:meth:`set_remote`) and runs new connectivity checks from the same local
+    sockets (their candidates stay valid: the server did not move). DTLS,
+    SRTP and the old selected pair carry on meanwhile; the first pair
+    nominated under the new credentials replaces the old one, which is what
+    every send path reads (``_nominated``): aiortc's DTLS transport, RTCP
+    (:func:`send_srtcp`) and the SFU's own RTP routes (:func:`send_route`).
+
+    Either role works: as the controlled agent (the peer offered), the peer's
+    checks nominate; as the controlling agent, aioice nominates aggressively
+    (every check of ours carries USE-CANDIDATE). Checks the peer sends before
+    :meth:`set_remote` are answered and kept, then triggered.
+    """
+
+    def __init__(self, pc: Any, name: str) -> None:
+        self._pc = pc
+        self._name = name
+        self._old: Any = None
+        self._pacer: asyncio.Task[Any] | None = None
+        self._started = 0.0
+        self._waiter: asyncio.Future[float] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._waiter is not None and not self._waiter.done()
+
+    def _connection(self) -> aioice.ice.Connection:
+        dtls = dtls_transport_of(self._pc)
+        if (
+            dtls is None
+            or dtls.transport.state != "completed"
+            or dtls._state is not (aiortc.rtcdtlstransport.State.CONNECTED)
+        ):
+            raise ConnectionError(f"the {self._name} connection is not connected")
+        return dtls.transport._connection
+
+    def renew_local(self) -> None:
+        """New local credentials, no checks, no remote candidates: the next
+        local description carries the credentials. Raises ``ConnectionError``
+        unless the connection is established (ICE completed, DTLS connected)."""
+        connection = self._connection()
+        self._stop_pacer()
+        for pair in connection._check_list:
+            if pair.task is not None:
+                pair.task.cancel()
+        connection._check_list = []
+        connection._check_list_done = False
+        connection._check_list_state = asyncio.Queue()
+        connection._nominating = set()
+        connection._remote_candidates = []
+        connection._remote_candidates_end = False
+        self._pc_remote_candidates_reset()
+        connection._local_username = aioice.utils.random_string(4)
+        connection._local_password = aioice.utils.random_string(22)
+        # The peer's new username fragment comes with its description: accept
+        # any until then, holding its checks (answered) for set_remote.
+        connection.remote_username = None
+        connection._early_checks.clear()
+        connection._early_checks_done = False
+        self._old = connection._nominated.get(1)
+        self._started = time.monotonic()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
+        self._waiter = asyncio.get_running_loop().create_future()
+
+    def _pc_remote_candidates_reset(self) -> None:
+        dtls = dtls_transport_of(self._pc)
+        if dtls is not None:
+            dtls.transport.iceGatherer._remote_candidates_end = False
+
+    def set_remote(
+        self, username: str, password: str, timeout: float = ICE_RESTART_TIMEOUT
+    ) -> None:
+        """The peer's new credentials: check, nominate, switch (in the background).
+
+        Gives up after ``timeout`` s (the old pair, if it still works, goes on)."""
+        connection = self._connection()
+        if self._waiter is None:
+            raise ConnectionError(f"no ICE restart of the {self._name} connection is under way")
+        connection.remote_username = username
+        connection.remote_password = password
+        # Candidates trickled since renew_local are paired already.
+        connection.sort_check_list()
+        connection._unfreeze_initial()
+        held = list(connection._early_checks)
+        connection._early_checks.clear()
+        connection._early_checks_done = True
+        for check in held:
+            connection.check_incoming(*check)
+        self._stop_pacer()
+        self._pacer = asyncio.get_running_loop().create_task(
+            self._pace(connection, timeout), name=f"ICE restart {self._name}"
+        )
+
+    async def wait(self) -> float:
+        """Seconds from renew_local to the new pair; ``TimeoutError`` if none came."""
+        if self._waiter is None:
+            raise ConnectionError(f"no ICE restart of the {self._name} connection is under way")
+        return await asyncio.shield(self._waiter)
+
+    async def _pace(self, connection: aioice.ice.Connection, within: float) -> None:
+        waiter = self._waiter
+        assert waiter is not None
+        deadline = time.monotonic() + within
+        waiting, frozen = (
+            aioice.ice.CandidatePair.State.WAITING,
+            aioice.ice.CandidatePair.State.FROZEN,
+        )
+        while time.monotonic() < deadline:
+            pair = connection._nominated.get(1)
+            if pair is not None and pair is not self._old and pair.nominated:
+                if not waiter.done():
+                    waiter.set_result(time.monotonic() - self._started)
+                return
+            if connection._closing:
+                break
+            # Like aioice's _check_periodic, but on after an old pair "completed" the list.
+            for state in (waiting, frozen):
+                pair = next((p for p in connection._check_list if p.state == state), None)
+                if pair is not None:
+                    connection.check_start_task(pair)
+                    break
+            await asyncio.sleep(_RESTART_PACE)
+        if not waiter.done():
+            waiter.set_exception(TimeoutError(f"no {self._name} ICE pair within {within:g} s"))
+            waiter.exception()  # retrieved: wait() is optional
+
+    def _stop_pacer(self) -> None:
+        if self._pacer is not None and not self._pacer.done():
+            self._pacer.cancel()
+        self._pacer = None
+
+    async def close(self) -> None:
+        """Stop checking (idempotent); the connection's own close stops the rest."""
+        pacer, self._pacer = self._pacer, None
+        if pacer is not None and not pacer.done():
+            pacer.cancel()
+            await asyncio.gather(pacer, return_exceptions=True)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
 
 
 # --- ICE host addresses ---------------------------------------------------

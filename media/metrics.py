@@ -44,6 +44,7 @@ class MediaMetrics(Protocol):
     def relay_nack(self, direction: str, packets: int) -> None: ...
     def relay_dropped(self, reason: str) -> None: ...
     def relay_links(self, count: int) -> None: ...
+    def ice_restart(self, pc: str, outcome: str) -> None: ...
 
 
 #: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
@@ -146,6 +147,9 @@ class NoopMediaMetrics:
         pass
 
     def relay_links(self, count: int) -> None:
+        pass
+
+    def ice_restart(self, pc: str, outcome: str) -> None:
         pass
 
 
@@ -327,6 +331,13 @@ class PrometheusMediaMetrics:
             registry=registry,
         )
         self._relay_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        self.ice_restarts = Counter(
+            f"{p}_sfu_ice_restarts_total",
+            "ICE restarts of SFU connections (a client's network changed), by connection "
+            "(publish, subscribe) and outcome (ok: a new pair within the timeout; timeout)",
+            ["pc", "outcome"],
+            registry=registry,
+        )
         self.relay_link_count = Gauge(
             f"{p}_sfu_relay_links",
             "Other nodes this node relays tracks with now (either way)",
@@ -440,6 +451,9 @@ class PrometheusMediaMetrics:
     def relay_links(self, count: int) -> None:
         self.relay_link_count.set(count)
 
+    def ice_restart(self, pc: str, outcome: str) -> None:
+        self.ice_restarts.labels(pc, outcome).inc()
+
 
 class CountingMediaMetrics:
     """Plain counters, for tests and benchmarks."""
@@ -530,3 +544,6 @@ class CountingMediaMetrics:
 
     def relay_links(self, count: int) -> None:
         self.counts["relay_links"] = count
+
+    def ice_restart(self, pc: str, outcome: str) -> None:
+        self.counts[f"ice_restart_{pc}_{outcome}"] += 1

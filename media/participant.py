@@ -10,6 +10,12 @@ offer.
 A participant whose connection fails, whose subscribe answer does not come
 within ``MediaConfig.negotiation_timeout``, or whose negotiation task dies
 tells its room (``on_failed``), which removes it: no zombie participants.
+
+A client whose network changed restarts ICE (docs/protocol.md "ICE restart")
+instead of starting over: a publish offer with ``ice_restart: true``, and an
+``ice_restart`` message for the subscribe connection (the next subscribe
+offer carries new credentials). :class:`media.aiortc_compat.IceRestart` does
+it in place, under the running DTLS session, tracks and subscriptions.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from . import downstream
 from .adaptation import SubscriberAdaptation
 from .aiortc_compat import (
+    IceRestart,
     accept_header_extensions,
     accept_transport_cc,
     negotiated_codecs,
@@ -47,6 +54,8 @@ from .signals import (
     announce_ip,
     default_source,
     description_message,
+    ice_credentials,
+    ice_ufrag,
     parse_candidate,
     parse_description,
     parse_sources,
@@ -66,14 +75,6 @@ _DESCRIPTION_ERRORS = (Exception,)
 # Remote candidates held for a connection without a remote description yet (a
 # browser gathers a handful per connection; more means a misbehaving client).
 MAX_HELD_CANDIDATES = 64
-
-
-def ice_ufrag(sdp: str) -> str | None:
-    """The first ``a=ice-ufrag`` of an SDP (one per bundle: the session's ICE username)."""
-    for line in sdp.splitlines():
-        if line.startswith("a=ice-ufrag:"):
-            return line[len("a=ice-ufrag:") :].strip()
-    return None
 
 
 class HeldCandidates:
@@ -163,6 +164,13 @@ class Participant:
             remb_bitrate=config.max_publish_bitrate,
         )
         self._subscribe_candidates = HeldCandidates(self._subscribe_pc, SUBSCRIBE)
+        self._publish_restart = IceRestart(self._publish_pc, PUBLISH)
+        self._subscribe_restart = IceRestart(self._subscribe_pc, SUBSCRIBE)
+        #: The client asked for an ICE restart of the subscribe connection.
+        self._restart_subscribe = False
+        #: The outstanding subscribe offer's messages (``tracks``, ``offer``), sent
+        #: again when the client resumes: its socket may have died with them.
+        self._offer_messages: list[Message] = []
         # ... and its subscribers' RTCP through Huddle's own feedback handling.
         self._feedback = SubscriberFeedback(
             f"{room_id}/{participant_id}", self._sender_for, metrics=metrics
@@ -242,16 +250,19 @@ class Participant:
     def is_new_session(self, message: Message) -> bool:
         """Whether a publish offer starts over rather than renegotiates.
 
-        aiortc has no ICE restart, so a client whose SFU connection failed
-        closes both connections and offers from a fresh one: a new ICE
-        username. An offer to a publish connection that is failed or closed
-        cannot be applied to it either.
+        A client whose SFU connection failed closes both connections and
+        offers from a fresh one: a new ICE username. An offer to a publish
+        connection that is failed or closed cannot be applied to it either.
+        A new ICE username on an offer marked ``ice_restart`` renegotiates
+        (an ICE restart) while the connection is established.
         """
         if self.closed:
             return True
         pc = self._publish_pc
         if pc.signalingState == "closed" or pc.connectionState in ("failed", "closed"):
             return True
+        if message.get("ice_restart") is True and pc.connectionState == "connected":
+            return False
         if self._publish_ufrag is None:
             return False  # no offer applied yet: this is the first
         sdp = message.get("sdp")
@@ -268,6 +279,17 @@ class Participant:
                 return
             # Read by the up tracks this offer starts (its ``track`` events).
             self._sources = sources
+            credentials = ice_credentials(description.sdp)
+            restart = (
+                message.get("ice_restart") is True
+                and credentials is not None
+                and credentials[0] != self._publish_ufrag
+            )
+            if restart:
+                try:
+                    self._publish_restart.renew_local()
+                except ConnectionError as exc:
+                    raise BadSignal(f"cannot restart ICE: {exc}") from exc
             try:
                 await self._publish_pc.setRemoteDescription(description)
                 accept_transport_cc(self._publish_pc, URI_TRANSPORT_CC)
@@ -276,6 +298,8 @@ class Participant:
                 await self._publish_pc.setLocalDescription(answer)
             except _DESCRIPTION_ERRORS as exc:
                 raise BadSignal(f"cannot apply publish offer: {type(exc).__name__}: {exc}") from exc
+            if restart and credentials is not None:
+                self._start_restart(self._publish_restart, PUBLISH, credentials)
             self._publish_ufrag = ice_ufrag(description.sdp)
             layers = offered_layers(description.sdp)
             self._inbound.configure(self._publish_pc, layers)
@@ -389,6 +413,46 @@ class Participant:
         self._wanted = list(tracks)
         self._dirty.set()
 
+    def request_ice_restart(self) -> None:
+        """The client's ``ice_restart``: offer the subscribe connection new ICE credentials."""
+        if self.closed:
+            return
+        if self._subscribe_pc.connectionState != "connected":
+            raise BadSignal("the subscribe connection is not connected: start over instead")
+        self._restart_subscribe = True
+        self._dirty.set()
+
+    async def resend_offer(self) -> None:
+        """The client resumed: send the outstanding subscribe offer again, if any."""
+        if self._answer is None or self._answer.done():
+            return
+        for message in list(self._offer_messages):
+            await self._send(message)
+
+    def _start_restart(self, restart: IceRestart, name: str, credentials: tuple[str, str]) -> None:
+        restart.set_remote(*credentials)
+        task = asyncio.get_running_loop().create_task(
+            self._watch_restart(restart, name), name=f"ICE restart {name} {self.id}"
+        )
+        self._posts.add(task)
+        task.add_done_callback(self._posts.discard)
+
+    async def _watch_restart(self, restart: IceRestart, name: str) -> None:
+        try:
+            took = await restart.wait()
+        except TimeoutError as exc:
+            logger.warning("%r: ICE restart failed: %s", self, exc)
+            self._metrics.ice_restart(name, "timeout")
+            return
+        except (asyncio.CancelledError, ConnectionError):
+            return  # superseded by another restart, or closed
+        logger.info("%r: %s ICE restarted on a new pair in %.2f s", self, name, took)
+        self._metrics.ice_restart(name, "ok")
+        if name == SUBSCRIBE:
+            self._transport.path_changed()
+            for slot in self._slots:
+                slot.fast.check_route()  # the RTP routes follow the pair now, not at the next RTCP
+
     async def handle_subscribe_answer(self, message: Message) -> None:
         description = parse_description(message, "answer")
         waiter = self._answer
@@ -423,7 +487,11 @@ class Participant:
         try:
             while True:
                 await self._dirty.wait()
-                if self.offers_sent and self._config.renegotiation_delay > 0:
+                if (
+                    self.offers_sent
+                    and self._config.renegotiation_delay > 0
+                    and not self._restart_subscribe
+                ):
                     # A renegotiation: let the rest of a burst of changes
                     # (joiners publishing at once) arrive, then offer once.
                     await asyncio.sleep(self._config.renegotiation_delay)
@@ -433,7 +501,8 @@ class Participant:
                     # closed (the client went away): nothing left to negotiate.
                     logger.info("%r: subscribe connection closed", self)
                     return
-                if self._apply_wanted():
+                restart = self._restart_subscribe
+                if self._apply_wanted() or restart:
                     await self._negotiate_once()
         except asyncio.CancelledError:
             pass
@@ -446,6 +515,13 @@ class Participant:
 
     async def _negotiate_once(self) -> None:
         pc = self._subscribe_pc
+        restart, self._restart_subscribe = self._restart_subscribe, False
+        if restart:
+            try:
+                self._subscribe_restart.renew_local()
+            except ConnectionError as exc:
+                logger.info("%r: no subscribe ICE restart: %s", self, exc)
+                restart = False
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         self._answer = asyncio.get_running_loop().create_future()
@@ -455,8 +531,12 @@ class Participant:
         sdp = announce_ip(sdp, self._config.announced_ip)
         self.offers_sent += 1
         self._metrics.subscribe_offer_sent()
-        await self._send({"type": "tracks", "tracks": self.subscriptions()})
-        await self._send(description_message("offer", SUBSCRIBE, sdp))
+        self._offer_messages = [
+            {"type": "tracks", "tracks": self.subscriptions()},
+            description_message("offer", SUBSCRIBE, sdp),
+        ]
+        for message in self._offer_messages:
+            await self._send(message)
         timeout = self._config.negotiation_timeout
         done, _ = await asyncio.wait({self._answer}, timeout=timeout)
         if not done:
@@ -465,13 +545,18 @@ class Participant:
             raise NegotiationTimeout(f"no subscribe answer within {timeout:g} s")
         answer = self._answer.result()
         self._answer = None
+        self._offer_messages = []
         try:
             await pc.setRemoteDescription(answer)
         except _DESCRIPTION_ERRORS as exc:
             logger.warning("%r: bad subscribe answer: %r", self, exc)
             await self._send_error(BadSignal(f"bad subscribe answer: {exc}"))
+            self._restart_subscribe = self._restart_subscribe or restart
             self._dirty.set()  # offer again
             return
+        credentials = ice_credentials(answer.sdp)
+        if restart and credentials is not None:
+            self._start_restart(self._subscribe_restart, SUBSCRIBE, credentials)
         self._transport.answered(pc, answer.sdp)
         self._feedback.configure(pc)
         for slot in self._slots:
@@ -557,6 +642,8 @@ class Participant:
         await asyncio.gather(self._negotiator, return_exceptions=True)
         await self._adaptation.close()
         await self._prober.close()
+        await self._publish_restart.close()
+        await self._subscribe_restart.close()
         posts = list(self._posts)
         for task in posts:
             task.cancel()

@@ -166,8 +166,16 @@ class Room:
             return
         if kind == "resume":
             # A client whose socket came back asks whether its session is still here.
-            if participant_id not in self._participants:
+            resumed = self._participants.get(participant_id)
+            if resumed is None:
                 raise SessionLost(f"no session of {participant_id} in room {self.id}: start over")
+            await resumed.resend_offer()
+            return
+        if kind == "ice_restart":
+            participant = self._participants.get(participant_id)
+            if participant is None:
+                raise UnknownParticipant(f"{participant_id} is not in room {self.id}")
+            participant.request_ice_restart()
             return
         if kind == "subscribe":
             # Receive only: enter the room (a subscribe offer follows once

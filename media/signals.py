@@ -119,3 +119,21 @@ def announce_ip(sdp: str, announced_ip: str | None) -> str:
             line = f"c=IN IP4 {announced_ip}"
         lines.append(line)
     return "\r\n".join(lines)
+
+
+def ice_ufrag(sdp: str) -> str | None:
+    """The first ``a=ice-ufrag`` of an SDP (one per bundle: the session's ICE username)."""
+    return _first_attribute(sdp, "a=ice-ufrag:")
+
+
+def ice_credentials(sdp: str) -> tuple[str, str] | None:
+    """(ufrag, pwd) of an SDP's first ``a=ice-ufrag``/``a=ice-pwd`` (the bundle's)."""
+    ufrag, pwd = _first_attribute(sdp, "a=ice-ufrag:"), _first_attribute(sdp, "a=ice-pwd:")
+    return (ufrag, pwd) if ufrag and pwd else None
+
+
+def _first_attribute(sdp: str, prefix: str) -> str | None:
+    for line in sdp.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    return None

@@ -61,6 +61,9 @@ CLUSTER_MAX_PADDING = 4096
 #: Codecs that get ``transport-cc`` feedback in the offer (not RTX, RED, FEC).
 _MEDIA_CODEC = re.compile(r"^a=rtpmap:(\d+) (?!rtx/|red/|ulpfec/)", re.IGNORECASE)
 _EXTMAP = re.compile(r"^a=extmap:(\d+)(?:/\w+)? (\S+)")
+#: After a path change, receiver reports for this long still cover the outage
+#: (a subscriber reports about once a second).
+OUTAGE_REPORTS_S = 2.5
 
 
 def offer_transport_cc(sdp: str, ext_id: int = EXT_ID) -> str:
@@ -144,6 +147,8 @@ class TransportCc:
         # Reported missing, not (yet) counted lost: number -> (sent µs, size, when).
         self._missing: dict[int, tuple[int, int, float]] = {}
         self._clusters: list[Cluster] = []
+        # Receiver reports before this (monotonic s) count an outage: not loss.
+        self._loss_from = 0.0
         #: Told when the estimate falls below DROP times what it was.
         self.on_drop: Callable[[], None] | None = None
         #: Told each probe's outcome: (rate it showed or None, the rate it aimed at).
@@ -184,9 +189,14 @@ class TransportCc:
         if 0 < rtt < 10:
             self.estimator.rtt = rtt
 
+    def path_changed(self) -> None:
+        """The connection moved to a new ICE pair (an ICE restart): what was lost on the
+        way there is the old path's outage, not congestion of the new one."""
+        self._loss_from = self._clock() + OUTAGE_REPORTS_S
+
     def on_loss_report(self, fraction_lost: float) -> None:
         """A receiver report's fraction lost about a stream sent on this connection."""
-        if not self.negotiated:
+        if not self.negotiated or self._clock() < self._loss_from:
             return
         before = self.estimator.estimate
         after = self.estimator.on_loss_report(fraction_lost, monotonic_us())

@@ -50,6 +50,7 @@ CLIENT_TYPES = frozenset(
         "ice_candidate",
         "subscribe",
         "resume",
+        "ice_restart",
         "track_settings",
         "mute",
         "ping",
@@ -118,9 +119,18 @@ def validate(raw: dict[str, Any]) -> Message:
             message["sdp"] = validate_sdp(raw)
             if "sources" in raw:
                 message["sources"] = validate_sources(raw["sources"])
-    elif kind in ("subscribe", "resume"):
+            if "ice_restart" in raw:
+                if kind != "offer" or target != SFU_ID or pc != PUBLISH:
+                    raise SignalError(
+                        ErrorCode.INVALID_FIELD, "ice_restart goes on a publish offer to the SFU"
+                    )
+                if not isinstance(raw["ice_restart"], bool):
+                    raise SignalError(ErrorCode.INVALID_FIELD, "ice_restart must be true or false")
+                message["ice_restart"] = raw["ice_restart"]
+    elif kind in ("subscribe", "resume", "ice_restart"):
         # subscribe: a receive-only participant enters the SFU room without a
         # publish offer. resume: after a reconnect, is my SFU session still there?
+        # ice_restart: restart ICE on my subscribe connection (a new offer).
         if _target(raw) != SFU_ID:
             raise SignalError(ErrorCode.INVALID_TARGET, f"{kind} goes to target_id 'sfu'")
         message["target_id"] = SFU_ID

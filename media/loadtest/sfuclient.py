@@ -45,9 +45,10 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
+from media.aiortc_compat import IceRestart
 from media.errors import MediaError
 from media.keyframes import KeyframeRequester
-from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message, default_source
+from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, Message, default_source, ice_credentials
 
 from .aiortc_compat import (
     disable_receiver_remb,
@@ -317,6 +318,13 @@ class SfuClient:
         self._tasks: list[asyncio.Task[None]] = []
         self.errors: list[Message] = []
         self.subscribe_offers = 0
+        # ICE restarts (restart_ice): in place, as a browser's restartIce().
+        self._publish_restart: IceRestart | None = None
+        self._subscribe_restart = IceRestart(self.subscribe_pc, SUBSCRIBE)
+        self._publish_restarting = False
+        self._subscribe_ufrag: str | None = None
+        #: ICE restarts this client made and the server answered (publish, subscribe).
+        self.ice_restarts = 0
         self._closed = False
         self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"client {self.id}")
 
@@ -347,7 +355,19 @@ class SfuClient:
         self._simulcast_transceiver = simulcast_transceiver
         await self._offer()
 
-    async def _offer(self) -> None:
+    async def restart_ice(self) -> None:
+        """Restart ICE on both connections, as the browser client does after a network
+        change: a publish offer marked ``ice_restart`` and an ``ice_restart`` asking the
+        SFU for a subscribe offer with new credentials (docs/protocol.md)."""
+        if self.publish_pc is not None:
+            if self._publish_restart is None:
+                self._publish_restart = IceRestart(self.publish_pc, PUBLISH)
+            self._publish_restart.renew_local()
+            self._publish_restarting = True
+            await self._offer(ice_restart=True)
+        await self._send({"type": "ice_restart", "target_id": SFU_ID})
+
+    async def _offer(self, *, ice_restart: bool = False) -> None:
         """(Re)offer the publish connection, saying which m-line sends what."""
         pc = self.publish_pc
         assert pc is not None
@@ -362,9 +382,16 @@ class SfuClient:
             for t in pc.getTransceivers()
             if t.mid is not None
         }
-        await self._send(
-            {"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": sdp, "sources": sources}
-        )
+        offer: Message = {
+            "type": "offer",
+            "target_id": SFU_ID,
+            "pc": PUBLISH,
+            "sdp": sdp,
+            "sources": sources,
+        }
+        if ice_restart:
+            offer["ice_restart"] = True
+        await self._send(offer)
 
     async def share_screen(self, clip: EncodedClip) -> None:
         """Publish ``clip`` as a screen share: a second video m-line, renegotiated.
@@ -421,13 +448,34 @@ class SfuClient:
             await self.publish_pc.setRemoteDescription(
                 RTCSessionDescription(sdp=message["sdp"], type="answer")
             )
+            credentials = ice_credentials(str(message["sdp"]))
+            if self._publish_restarting and self._publish_restart is not None and credentials:
+                self._publish_restarting = False
+                self._publish_restart.set_remote(*credentials)
+                self.ice_restarts += 1
             self._start_simulcast(str(message["sdp"]))
         elif kind == "offer" and message.get("pc") == SUBSCRIBE:
             pc = self.subscribe_pc
             if self._transport_cc and self._twcc_ext_id is None:
                 # Known before setRemoteDescription: its track events wrap the transport.
                 self._twcc_ext_id = extension_id(str(message["sdp"]))
+            credentials = ice_credentials(str(message["sdp"]))
+            # New credentials on an established connection: the SFU restarts ICE;
+            # an answerer restarts too (new credentials of its own, new checks).
+            restart = (
+                credentials is not None
+                and self._subscribe_ufrag is not None
+                and credentials[0] != self._subscribe_ufrag
+                and pc.connectionState == "connected"
+            )
+            if restart:
+                self._subscribe_restart.renew_local()
             await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+            if credentials is not None:
+                self._subscribe_ufrag = credentials[0]
+            if restart and credentials is not None:
+                self._subscribe_restart.set_remote(*credentials)
+                self.ice_restarts += 1
             if self._twcc_ext_id is not None:
                 accept_in_answer(pc)
             stray = unbundled_mids(pc)

@@ -75,6 +75,7 @@ export class CallSession extends EventTarget {
       local,
       kinds: () => (this.isVideo ? ['audio', 'video'] : ['audio']),
       failures: this.failures,
+      checkSignaling: () => this.signaling && this.signaling.check(),
     });
     this.sending = new LocalSending({
       replace: (kind, track) =>

@@ -264,6 +264,8 @@ class App {
       signaling: s.signaling ? s.signaling.state : null,
       reconnects: s.signaling ? s.signaling.reconnects : 0,
       sfuRestarts: s.sfuLink.restarts,
+      sfuResets: s.sfuLink.resets,
+      iceRestarts: s.sfuLink.iceRestarts,
       peers: [...s.peers.keys()],
       sfu: s.sfu
         ? {

@@ -7,8 +7,11 @@
 // A `speakers` message says who talks (`speakers`, the dominant one): kept as `speakers`.
 // `quality`, `layers` and `track_settings`: adaptation to this receiver (adapt.js).
 //
-// The SFU (aiortc) has no ICE restart: a failed connection is rebuilt by starting
-// over (`reset` event; the call sends a fresh publish offer).
+// A connection that was connected and then drops (`disconnected`/`failed`: the network
+// changed) is `interrupted`: the link restarts ICE on it (docs/protocol.md "ICE
+// restart": a publish offer with `ice_restart: true`; `ice_restart` for the subscribe
+// connection, which the SFU answers with a new offer). One that fails before ever
+// connecting, or whose restart does not connect, is `failed`: the link starts over.
 //
 // Screen sharing: a second video transceiver on the publish connection, announced by
 // the publish offer's `sources` (mid -> camera | screen | microphone); the SFU's
@@ -18,6 +21,9 @@
 import { sourcesOf } from './p2p.js';
 
 import { applyLayers, parseQuality, TileReporter } from './adapt.js';
+import { preferCodecs } from './codecs.js';
+import { ReceiveWatch } from './liveness.js';
+import { parseSpeakers } from './speakers.js';
 
 const SFU = 'sfu';
 const ANSWER_WAIT_MS = 10000;
@@ -31,47 +37,6 @@ const SIMULCAST = [
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 400_000 },
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
 ];
-
-/**
- * Who the SFU says is talking (docs/protocol.md `speakers`).
- * @typedef {{dominant: string | null, speaking: Set<string>}} Speakers
- */
-
-/**
- * @param {{dominant?: unknown, speakers?: unknown}} message
- * @returns {Speakers}
- */
-function parseSpeakers(message) {
-  const dominant = typeof message.dominant === 'string' ? message.dominant : null;
-  const entries = Array.isArray(message.speakers) ? message.speakers : [];
-  const ids = entries.map((entry) => entry && entry.participant_id).filter((id) => typeof id === 'string');
-  return { dominant, speaking: new Set(ids) };
-}
-
-function preferCodecs(transceiver, kind) {
-  // The SFU forwards without transcoding and understands VP8/H.264 video and Opus.
-  if (!window.RTCRtpSender || !RTCRtpSender.getCapabilities || !transceiver.setCodecPreferences) {
-    return;
-  }
-  const caps = RTCRtpSender.getCapabilities(kind);
-  if (!caps) return;
-  const rank = (codec) => {
-    const mime = codec.mimeType.toLowerCase();
-    if (kind === 'video') {
-      if (mime === 'video/vp8') return 0;
-      if (mime === 'video/h264') return 1;
-      if (mime === 'video/rtx') return 2;
-      return 9;
-    }
-    return mime === 'audio/opus' ? 0 : 9;
-  };
-  const codecs = caps.codecs.filter((c) => rank(c) < 9).sort((a, b) => rank(a) - rank(b));
-  try {
-    transceiver.setCodecPreferences(codecs);
-  } catch (err) {
-    /* keep the browser's defaults */
-  }
-}
 
 export class SfuSession extends EventTarget {
   /**
@@ -93,7 +58,7 @@ export class SfuSession extends EventTarget {
     /** @type {RTCRtpTransceiver | null} */
     this.screenTransceiver = null;
     this.trackInfo = new Map(); // mid -> {participant_id, kind, source, track_id}
-    /** @type {Speakers} */
+    /** @type {import('./speakers.js').Speakers} */
     this.speakers = parseSpeakers({});
     /** What the SFU sends us of each participant's video (docs/protocol.md `quality`). */
     this.quality = parseQuality({});
@@ -153,7 +118,8 @@ export class SfuSession extends EventTarget {
    * a time. Resolves early if the connection is replaced meanwhile.
    * @param {RTCPeerConnection} pc
    */
-  async offerPublish(pc) {
+  async offerPublish(pc, iceRestart = false) {
+    if (iceRestart) pc.restartIce();
     const offer = await pc.createOffer();
     if (pc !== this.publishPc) return;
     await pc.setLocalDescription(offer);
@@ -166,13 +132,35 @@ export class SfuSession extends EventTarget {
         resolve(undefined);
       };
     });
-    this.send({
+    /** @type {Record<string, unknown>} */
+    const message = {
       type: 'offer',
       pc: 'publish',
       sdp: pc.localDescription.sdp,
       sources: sourcesOf(pc, this.screenTransceiver),
-    });
+    };
+    if (iceRestart) message.ice_restart = true;
+    this.send(message);
     await answered;
+  }
+
+  /**
+   * Restart ICE on one connection (its network changed). Publish: a new offer with
+   * new credentials, ahead of one whose answer may have been lost with the socket.
+   * Subscribe: ask the SFU, which offers new credentials.
+   * @param {'publish' | 'subscribe'} name
+   */
+  restartIce(name) {
+    if (this.closed) return;
+    if (name === 'subscribe') {
+      if (this.subscribePc) this.send({ type: 'ice_restart' });
+      return;
+    }
+    const pc = this.publishPc;
+    if (!pc) return;
+    if (this.answered) this.answered(); // an offer still waiting: its answer is not coming
+    const run = () => (pc === this.publishPc && !this.closed ? this.offerPublish(pc, true) : undefined);
+    this.publishQueue = this.publishQueue.then(run).catch((err) => this.fail('ICE restart', err));
   }
 
   /** @param {MediaStreamTrack} track */
@@ -221,28 +209,47 @@ export class SfuSession extends EventTarget {
 
   watch(pc, name) {
     let failedTimer = null;
+    let connected = false;
+    // Silence on a connected connection: interrupted before Chromium says so.
+    const silence = new ReceiveWatch(pc, () => {
+      if (!this.closed && connected) this.emit('interrupted', { pc: name });
+    });
     const check = () => {
-      if (this.closed) return;
+      if (this.closed || pc.connectionState === 'closed') {
+        silence.stop();
+        return;
+      }
       const state = pc.connectionState;
       this.emit('state', { pc: name, state });
-      if (state === 'failed') {
+      if (state === 'connected') {
+        silence.start();
+        connected = true;
+        clearTimeout(failedTimer);
+        failedTimer = null;
+      } else if ((state === 'disconnected' || state === 'failed') && connected) {
+        // It worked and stopped: the network changed. Restart ICE (the link's policy).
+        this.emit('interrupted', { pc: name });
+      } else if (state === 'failed') {
         if (!failedTimer) {
           failedTimer = setTimeout(() => this.emit('failed', { pc: name }), 0);
         }
       } else if (state === 'disconnected') {
-        // Give a transient blip a few seconds before treating it as failure.
+        // Never connected yet: give a transient blip a few seconds before failing.
         clearTimeout(failedTimer);
         failedTimer = setTimeout(() => {
           if (!this.closed && pc.connectionState === 'disconnected') {
             this.emit('failed', { pc: name });
           }
         }, 6000);
-      } else {
-        clearTimeout(failedTimer);
-        failedTimer = null;
       }
     };
     pc.onconnectionstatechange = check;
+  }
+
+  /** @param {'publish' | 'subscribe'} name */
+  connectionState(name) {
+    const pc = name === 'publish' ? this.publishPc : this.subscribePc;
+    return pc ? pc.connectionState : 'closed';
   }
 
   /** Handle a message from the SFU (`sender_id: "sfu"`): negotiation, `tracks`, `speakers`. */

@@ -1,6 +1,8 @@
-// The group call's link to the SFU: starts the SfuSession, and the reset policy when
-// its connections fail (aiortc has no ICE restart: a fresh publish offer makes the
-// SFU start over), up to MAX_RESETS times in the life of the call.
+// The group call's link to the SFU: starts the SfuSession, restarts ICE on a connection
+// that was interrupted (the network changed; docs/protocol.md "ICE restart"), and
+// starts the session over when a connection fails or its restart does not connect
+// within RESTART_WAIT_MS (a fresh publish offer), up to MAX_RESETS times in the life of
+// the call.
 //
 // Events: 'media' (tracks or connection state changed), 'notice' {level, code, message}.
 
@@ -11,6 +13,8 @@ import { explain } from './texts.js';
 /** The key of the SFU's entry in the shared failures map. */
 export const SFU = 'sfu';
 const MAX_RESETS = 5;
+/** An interrupted connection not connected again this long after its ICE restart fails. */
+const RESTART_WAIT_MS = 12000;
 
 export class SfuLink extends EventTarget {
   /**
@@ -20,8 +24,9 @@ export class SfuLink extends EventTarget {
    * @param {() => import('./media.js').LocalTracks} o.local
    * @param {() => string[]} o.kinds  what to publish: ['audio'] or ['audio', 'video']
    * @param {Map<string, string>} o.failures  shared with the P2P side; this link owns key SFU
+   * @param {() => void} [o.checkSignaling]  make sure the socket is alive (drop it if not)
    */
-  constructor({ send, rtcConfig, local, kinds, failures }) {
+  constructor({ send, rtcConfig, local, kinds, failures, checkSignaling = () => {} }) {
     super();
     this.send = send;
     this.rtcConfig = rtcConfig;
@@ -31,6 +36,11 @@ export class SfuLink extends EventTarget {
     /** @type {SfuSession | null} */
     this.session = null;
     this.resets = 0;
+    this.checkSignaling = checkSignaling;
+    /** Connections whose ICE restart is under way: name -> give-up timer. */
+    this.restarting = new Map();
+    /** ICE restarts asked for (one per interrupted connection). */
+    this.iceRestarts = 0;
     /** Sessions started over because the room moved or the SFU lost ours (not failures). */
     this.restarts = 0;
   }
@@ -48,13 +58,36 @@ export class SfuLink extends EventTarget {
     on(session, 'tracks', () => emit(this, 'media'));
     on(session, 'speakers', () => emit(this, 'media'));
     on(session, 'quality', () => emit(this, 'media'));
-    on(session, 'state', ({ state }) => {
-      if (state === 'connected') this.failures.delete(SFU);
+    on(session, 'state', ({ pc, state }) => {
+      if (state === 'connected') {
+        this.failures.delete(SFU);
+        clearTimeout(this.restarting.get(pc));
+        this.restarting.delete(pc);
+      }
       emit(this, 'media');
     });
+    on(session, 'interrupted', ({ pc }) => this.interrupted(session, pc));
     on(session, 'failed', () => this.failed(session));
     on(session, 'error', ({ message }) => this.notice('error', 'sfu_error', message));
     session.publish().catch((err) => this.notice('error', 'sfu_error', `Could not publish: ${err.message}`));
+  }
+
+  /**
+   * A connection that worked stopped (its network changed): restart ICE on it, and
+   * start over if it is not connected again within RESTART_WAIT_MS.
+   * @param {SfuSession} session
+   * @param {'publish' | 'subscribe'} name
+   */
+  interrupted(session, name) {
+    if (session !== this.session || this.restarting.has(name)) return;
+    this.iceRestarts += 1;
+    this.checkSignaling(); // the socket may have died with the network: notice it now
+    const timer = setTimeout(() => {
+      this.restarting.delete(name);
+      if (session === this.session && session.connectionState(name) !== 'connected') this.failed(session);
+    }, RESTART_WAIT_MS);
+    this.restarting.set(name, timer);
+    session.restartIce(name);
   }
 
   /**
@@ -72,6 +105,7 @@ export class SfuLink extends EventTarget {
     }
     this.failures.set(SFU, explain('ice_failed'));
     this.notice('warning', 'ice_failed', 'Media connection to the server failed: reconnecting…');
+    this.clearRestarts();
     session.closePcs();
     session.publish().catch((err) => this.notice('error', 'sfu_error', err.message));
     emit(this, 'media');
@@ -83,8 +117,20 @@ export class SfuLink extends EventTarget {
    * @param {boolean} republish
    */
   reconnected(republish) {
-    if (republish) this.restart();
-    else if (this.session) this.send({ type: 'resume', target_id: 'sfu' });
+    if (republish) {
+      this.restart();
+      return;
+    }
+    const session = this.session;
+    if (!session) return;
+    this.send({ type: 'resume', target_id: 'sfu' });
+    // ICE restarts asked for on the socket that died may never have arrived: again.
+    for (const name of this.restarting.keys()) session.restartIce(name);
+  }
+
+  clearRestarts() {
+    for (const timer of this.restarting.values()) clearTimeout(timer);
+    this.restarting.clear();
   }
 
   /** The room moved to another node, or the SFU lost the session: start over; not a failure. */
@@ -92,6 +138,7 @@ export class SfuLink extends EventTarget {
     const session = this.session;
     if (!session) return;
     this.restarts += 1;
+    this.clearRestarts();
     session.closePcs();
     session.publish().catch((err) => this.notice('error', 'sfu_error', `Could not publish: ${err.message}`));
     emit(this, 'media');
@@ -117,6 +164,7 @@ export class SfuLink extends EventTarget {
 
   /** Close the session (a rejoin or the end); a later start() opens a new one. */
   close() {
+    this.clearRestarts();
     if (!this.session) return;
     this.session.close();
     this.session = null;

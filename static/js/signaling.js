@@ -207,7 +207,23 @@ export class Signaling extends EventTarget {
     this.heartbeat = null;
   }
 
-  /** Close the socket as if the network had dropped it: the reconnect logic takes over. */
+  /**
+   * Is the socket alive? Pings now and drops it (reconnecting) unless the server is heard
+   * within `withinMs`: after a network change the OS may not notice a dead socket for
+   * minutes, and messages sent into it are lost.
+   * @param {number} [withinMs]
+   */
+  check(withinMs = 1000) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return; // reconnecting already
+    const asked = Date.now();
+    this.send({ type: 'ping' });
+    setTimeout(() => {
+      if (this.ws === ws && this.lastHeard < asked) this.dropSocket();
+    }, withinMs);
+  }
+
+    /** Close the socket as if the network had dropped it: the reconnect logic takes over. */
   dropSocket() {
     const ws = this.ws;
     if (!ws) return;

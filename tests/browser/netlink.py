@@ -34,6 +34,7 @@ class Link:
     device: str  # our end of the pair: its egress is the namespace's downlink
     server_ip: str
     peer_ip: str
+    peer_device: str = ""  # the namespace's end of the pair
 
     def limit(self, kbit: int) -> None:
         """Shape the namespace's downlink to ``kbit`` kbit/s (a token bucket, as a DSL line)."""
@@ -44,6 +45,19 @@ class Link:
 
     def lift(self) -> None:
         _run("tc", "qdisc", "del", "dev", self.device, "root", check=False)
+
+    def move(self) -> str:
+        """A network change: the namespace's end gets the next address and loses its
+        own, as a phone moving from one network to another. Returns the new address."""
+        prefix, last = self.peer_ip.rsplit(".", 1)
+        new = f"{prefix}.{int(last) + 1}"
+        inside = ("ip", "netns", "exec", self.netns)
+        # Else removing the subnet's first address removes the second with it.
+        _run(*inside, "sysctl", "-qw", f"net.ipv4.conf.{self.peer_device}.promote_secondaries=1")
+        _run(*inside, "ip", "addr", "add", f"{new}/24", "dev", self.peer_device)
+        _run(*inside, "ip", "addr", "del", f"{self.peer_ip}/24", "dev", self.peer_device)
+        self.peer_ip = new
+        return new
 
     def wrapper(self, folder: Path, executable: str) -> Path:
         """A script that runs ``executable`` inside the namespace (Playwright's executable_path;
@@ -89,7 +103,7 @@ def constrained_namespace() -> Iterator[Link]:
         _run(*inside, "ip", "addr", "add", f"{peer_ip}/24", "dev", theirs)
         _run(*inside, "ip", "link", "set", theirs, "up")
         _run(*inside, "ip", "link", "set", "lo", "up")
-        yield Link(netns, ours, server_ip, peer_ip)
+        yield Link(netns, ours, server_ip, peer_ip, theirs)
     finally:
         _run("ip", "link", "del", ours, check=False)  # takes the other end with it
         _run("ip", "netns", "del", netns, check=False)

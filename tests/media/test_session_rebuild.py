@@ -8,8 +8,8 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from media.loadtest.sfuclient import SfuClient
-from media.participant import Participant, ice_ufrag
-from media.signals import PUBLISH, SFU_ID
+from media.participant import Participant
+from media.signals import PUBLISH, SFU_ID, ice_ufrag
 from tests.support.polling import eventually
 
 from .conftest import Call

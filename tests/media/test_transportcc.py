@@ -16,6 +16,7 @@ from media.metrics import CountingMediaMetrics
 from media.rtpheader import URI_TRANSPORT_CC
 from media.transportcc import (
     EXT_ID,
+    OUTAGE_REPORTS_S,
     TransportCc,
     answered_transport_cc,
     cluster_rates,
@@ -198,3 +199,22 @@ def test_a_cluster_mostly_dropped_shows_the_rate_the_rest_came_at() -> None:
     ]
     rates = cluster_rates(results)
     assert rates is not None and abs(rates[0] - 0.95 * 2_000_000) < 1
+
+
+def test_loss_reported_across_a_path_change_is_the_outage_not_congestion() -> None:
+    transport, clock, _ = _transport()
+    arrivals = []
+    for i in range(200):
+        seq = transport.log.take(1200)
+        arrivals.append((seq, 1_000_000 + i * 2_000))
+    transport.on_feedback(_feedback(arrivals))
+    estimate = transport.estimator.estimate
+    assert estimate is not None
+    transport.path_changed()  # an ICE restart moved the connection
+    clock.now += 1.0
+    transport.on_loss_report(0.98)  # the report covering the outage
+    assert transport.estimator.estimate == estimate
+    clock.now += OUTAGE_REPORTS_S
+    transport.on_loss_report(0.98)  # on the new path, loss is loss again
+    after = transport.estimator.estimate
+    assert after is not None and after < estimate

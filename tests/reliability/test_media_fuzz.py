@@ -53,9 +53,8 @@ from media.loadtest.reassembly import (
 )
 from media.loadtest.rtpcount import RtpCounter, StreamCount, vp8_keyframe
 from media.loadtest.sfuclient import LocalSignaling, SfuClient
-from media.participant import ice_ufrag
 from media.room import Room
-from media.signals import announce_ip, parse_candidate, parse_description
+from media.signals import announce_ip, ice_ufrag, parse_candidate, parse_description
 from tests.reliability.scale import examples
 from tests.support.polling import eventually
 

@@ -159,6 +159,31 @@ def test_resume_goes_to_the_sfu() -> None:
         assert caught.value.code == code
 
 
+def test_ice_restart_goes_to_the_sfu() -> None:
+    assert validate({"type": "ice_restart", "target_id": "sfu"}) == {
+        "type": "ice_restart",
+        "target_id": "sfu",
+    }
+    with pytest.raises(SignalError) as caught:
+        validate({"type": "ice_restart", "target_id": "ana"})
+    assert caught.value.code == ErrorCode.INVALID_TARGET
+
+
+def test_a_publish_offer_may_restart_ice() -> None:
+    publish = {"type": "offer", "target_id": "sfu", "pc": "publish", "sdp": SDP}
+    assert validate({**publish, "ice_restart": True})["ice_restart"] is True
+    assert "ice_restart" not in validate(publish)
+    for wrong in (
+        {**publish, "ice_restart": "yes"},
+        {**publish, "pc": "subscribe", "ice_restart": True},
+        {"type": "offer", "target_id": "bob", "sdp": SDP, "ice_restart": True},
+        {"type": "answer", "target_id": "sfu", "pc": "subscribe", "sdp": SDP, "ice_restart": True},
+    ):
+        with pytest.raises(SignalError) as caught:
+            validate(wrong)
+        assert caught.value.code == ErrorCode.INVALID_FIELD, wrong
+
+
 def test_decode_rejects_non_objects() -> None:
     with pytest.raises(SignalError) as caught:
         decode("{nope")
