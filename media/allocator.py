@@ -14,7 +14,11 @@ allocator and Jitsi's bandwidth allocator:
   (:data:`PAUSED`); audio is never paused;
 - hysteresis so layers don't flap: going up to a layer (or resuming) needs
   the estimate to cover it with a margin (:data:`UP_MARGIN`,
-  :data:`RESUME_MARGIN`), keeping what a track has only needs it to fit.
+  :data:`RESUME_MARGIN`), keeping what a track has only needs it to fit;
+- a paused track resumes on its lowest layer, whatever the estimate: that
+  keyframe is the smallest, so the picture comes back soonest (after an
+  outage the publisher's own estimate is low and paces a large keyframe out
+  over seconds); the next allocations move it up as usual.
 
 Bit rates are measured per layer on the publisher side
 (:attr:`media.layer.Layer.bitrate`); only layers that are arriving are
@@ -93,7 +97,7 @@ def allocate(estimate: float | None, demands: Sequence[Demand]) -> dict[Hashable
         # both fit would swap it at every allocation.
         for d in sorted(ordered, key=lambda d: (not d.screen, not _holds(d, level))):
             allowed = allowed_of[d.key]
-            if levels.get(d.key) != level - 1 or level >= len(allowed):
+            if levels.get(d.key) != level - 1 or level >= len(allowed) or d.current == PAUSED:
                 continue
             index, rate = allowed[level]
             delta = _cost(rate) - _cost(allowed[level - 1][1])

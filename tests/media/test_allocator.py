@@ -94,3 +94,9 @@ def test_a_track_keeping_its_layer_goes_before_one_moving_up_to_it() -> None:
     # Screens still come first.
     screen = Demand(key="s", kind="video", layers=THREE, screen=True, current=0)
     assert allocate(room, [camera("a", current=1), screen]) == {"a": 0, "s": 1}
+
+
+def test_a_paused_track_resumes_on_its_lowest_layer_then_climbs() -> None:
+    plenty = 10_000_000
+    assert allocate(plenty, [camera("a", current=PAUSED)]) == {"a": 0}
+    assert allocate(plenty, [camera("a", current=0)]) == {"a": 2}

@@ -356,17 +356,23 @@ async def test_the_subscriber_estimate_picks_its_layer_and_pauses_when_nothing_f
         pub.frame("h", key=True)
         assert slot.fast.packets_sent == sent_before  # nothing forwarded while paused
 
-        # Plenty again: resumed on the top layer.
+        # Plenty again: resumed on the lowest layer (its keyframe comes soonest)...
         now[0] += 0.5
         estimate(5_000_000)
         await adaptation.tick()
-        assert not up.paused(slot.down) and up.layer_of(slot.down) is up.layer("f")
+        pub.frame("q", key=True)
+        assert not up.paused(slot.down) and up.layer_of(slot.down) is up.layer("q")
         assert told[-1]["tracks"][0] == {  # type: ignore[index]
             "mid": slot.transceiver.mid, "participant_id": "pub", "kind": "video",
-            "layer": "f", "paused": False,
+            "layer": "q", "paused": False,
         }  # fmt: skip
         assert metrics.counts["layer_switch_pause"] == 1
         assert metrics.counts["layer_switch_resume"] == 1
+        # ... and up to the top layer once the hold after the move down is over.
+        now[0] += adapt.UP_HOLD
+        await adaptation.tick()
+        pub.frame("f", key=True)
+        assert up.layer_of(slot.down) is up.layer("f")
 
         # A 320x180 tile needs no more than the lowest layer (sizes read from keyframes).
         assert [layer.size for layer in up.layers()] == list(SIZES.values())
