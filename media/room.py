@@ -171,11 +171,12 @@ class Room:
                 raise SessionLost(f"no session of {participant_id} in room {self.id}: start over")
             await resumed.resend_offer()
             return
+        restarting = kind == "ice_restart" or message.get("ice_restart") is True
+        if restarting and participant_id not in self._participants:
+            # Restarting ICE of a session this room does not hold: it was lost.
+            raise SessionLost(f"no session of {participant_id} in room {self.id}: start over")
         if kind == "ice_restart":
-            participant = self._participants.get(participant_id)
-            if participant is None:
-                raise UnknownParticipant(f"{participant_id} is not in room {self.id}")
-            participant.request_ice_restart()
+            self._participants[participant_id].request_ice_restart()
             return
         if kind == "subscribe":
             # Receive only: enter the room (a subscribe offer follows once

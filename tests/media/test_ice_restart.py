@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from media.aiortc_compat import dtls_transport_of, ice_connection
-from media.errors import BadSignal
+from media.errors import BadSignal, SessionLost
 from media.loadtest.sfuclient import SfuClient
 from media.signals import PUBLISH, SFU_ID, SUBSCRIBE, ice_credentials
 from tests.support.polling import eventually
@@ -128,6 +128,15 @@ async def test_an_ice_restart_needs_an_established_connection(call: Call) -> Non
     with pytest.raises(BadSignal, match="not connected"):
         await call.room.handle_signal("ana", {"type": "ice_restart", "target_id": SFU_ID})
     assert call.room.participants["ana"].failure is None
+
+
+async def test_restarting_a_session_the_room_does_not_hold_says_it_was_lost(call: Call) -> None:
+    await call.join("ana")
+    offer = {"type": "offer", "target_id": SFU_ID, "pc": PUBLISH, "sdp": "v=0\r\n"}
+    for message in ({"type": "ice_restart", "target_id": SFU_ID}, {**offer, "ice_restart": True}):
+        with pytest.raises(SessionLost):
+            await call.room.handle_signal("nobody", message)
+    assert set(call.room.participants) == {"ana"}  # no session opened for it
 
 
 async def test_resume_sends_the_outstanding_subscribe_offer_again(call: Call) -> None:
