@@ -149,6 +149,7 @@ down_log_batch(Down *self)
 static int
 parse_packet(PyObject *tuple, Packet *p)
 {
+    p->rtx = 0;
     if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != 12) {
         PyErr_SetString(PyExc_TypeError, "packet must be a 12-tuple");
         return -1;

@@ -313,6 +313,7 @@ typedef struct {
     unsigned long long hits, misses, packets_in;
     unsigned long long frames, packets, octets; /* forwarded, since take_counts */
     unsigned long long bytes_in;                /* payload bytes received */
+    unsigned long long rtx_bytes_in;            /* ... of them as retransmissions (RTX) */
     int width, height;                          /* of the latest VP8 keyframe, 0 if none */
     unsigned long long level_packets, level_active, level_loudness; /* since take_levels */
 } Sink;
@@ -445,6 +446,8 @@ sink_packet(Sink *self, PyObject *data, Packet *p)
 {
     self->packets_in++;
     self->bytes_in += (unsigned long long)(p->end - p->start);
+    if (p->rtx)
+        self->rtx_bytes_in += (unsigned long long)(p->end - p->start);
     int audio = self->mode == SINK_AUDIO;
     if (audio) {
         p->keyframe = 1;
@@ -641,6 +644,8 @@ static PyMemberDef Sink_members[] = {
     {"misses", T_ULONGLONG, offsetof(Sink, misses), READONLY, NULL},
     {"packets_in", T_ULONGLONG, offsetof(Sink, packets_in), READONLY, NULL},
     {"bytes_in", T_ULONGLONG, offsetof(Sink, bytes_in), READONLY, "payload bytes received"},
+    {"rtx_bytes_in", T_ULONGLONG, offsetof(Sink, rtx_bytes_in), READONLY,
+     "payload bytes received as retransmissions (RTX: NACK answers, the sender's probes)"},
     {"width", T_INT, offsetof(Sink, width), 0, "the latest VP8 keyframe's width, 0 if none"},
     {"height", T_INT, offsetof(Sink, height), 0, "the latest VP8 keyframe's height, 0 if none"},
     {NULL, 0, 0, 0, NULL},
@@ -830,7 +835,7 @@ scan_extensions(const unsigned char *d, Py_ssize_t pos, Py_ssize_t end, int one_
     return 0;
 }
 
-static int receiver_take(Receiver *self, InStream *stream, PyObject *sink, PyObject *plain,
+static int receiver_take(Receiver *self, InStream *stream, PyObject *sink, PyObject *plain, int is_rtx,
                          const unsigned char *d, Py_ssize_t size, Py_ssize_t pos, Py_ssize_t end,
                          long seq, const unsigned char *tw, Py_ssize_t tw_len,
                          const unsigned char *lv, Py_ssize_t lv_len);
@@ -910,14 +915,15 @@ receiver_fast(Receiver *self, PyObject *plain)
     /* Held: the Python called below (NACK tracker, on_gap, on_arm) may change the tables. */
     Py_INCREF(stream);
     Py_XINCREF(sink);
-    int r = receiver_take(self, stream, sink, plain, d, size, pos, end, seq, tw, tw_len, lv, lv_len);
+    int r = receiver_take(self, stream, sink, plain, is_rtx, d, size, pos, end, seq, tw, tw_len, lv,
+                          lv_len);
     Py_XDECREF(sink);
     Py_DECREF(stream);
     return r;
 }
 
 static int
-receiver_take(Receiver *self, InStream *stream, PyObject *sink, PyObject *plain,
+receiver_take(Receiver *self, InStream *stream, PyObject *sink, PyObject *plain, int is_rtx,
               const unsigned char *d, Py_ssize_t size, Py_ssize_t pos, Py_ssize_t end, long seq,
               const unsigned char *tw, Py_ssize_t tw_len, const unsigned char *lv,
               Py_ssize_t lv_len)
@@ -961,6 +967,7 @@ receiver_take(Receiver *self, InStream *stream, PyObject *sink, PyObject *plain,
     p.marker = (d[1] & 0x80) != 0;
     p.level = (lv != NULL && lv_len >= 1) ? lv[0] : -1;
     p.keyframe = 0;
+    p.rtx = is_rtx;
     p.pid = p.pid_at = p.tl0 = p.tl0_at = -1;
     if (sink_packet((Sink *)sink, plain, &p) < 0)
         return -1;

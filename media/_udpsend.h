@@ -71,6 +71,7 @@ typedef struct {
     Py_ssize_t size, start, end;
     long seq, ts, pid, pid_at, tl0, tl0_at, level;
     int marker, keyframe;
+    int rtx; /* arrived as a retransmission (RFC 4588): not the layer's own rate */
 } Packet;
 
 /* A big-endian 32-bit field. */

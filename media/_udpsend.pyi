@@ -144,6 +144,7 @@ class Sink:
     misses: int
     packets_in: int
     bytes_in: int
+    rtx_bytes_in: int
     width: int
     height: int
     keyframe_seq: int | None

@@ -21,7 +21,7 @@ allocator and Jitsi's bandwidth allocator:
   over seconds); the next allocations move it up as usual.
 
 Bit rates are measured per layer on the publisher side
-(:attr:`media.layer.Layer.bitrate`); only layers that are arriving are
+(:attr:`media.layer.Layer.cost`); only layers that are arriving are
 offered.
 """
 

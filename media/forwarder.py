@@ -187,6 +187,9 @@ class UpTrack:
         """One packet of a track that is not simulcast."""
         self._default.on_packet(packet)
 
+    def repaired(self, nbytes: int) -> None:
+        self._default.repaired(nbytes)
+
     def layer(self, rid: str) -> Layer:
         """The layer of ``rid`` (created at its first stream)."""
         layer = self._layers.get(rid)
@@ -304,12 +307,12 @@ class UpTrack:
         out: list[tuple[int, float]] = []
         rids = self.rids
         if not rids:
-            return [(0, self._default.bitrate)]
+            return [(0, self._default.cost)]
         below = 0.0
         for index, rid in enumerate(rids):
             layer = self._layers.get(rid)
             suspended = rid not in active
-            rate = layer.bitrate if layer is not None else 0.0
+            rate = layer.cost if layer is not None else 0.0
             if layer is not None and (live is None or layer in live or suspended):
                 out.append((index, rate))
             elif layer is None and suspended:

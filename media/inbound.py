@@ -49,6 +49,9 @@ class PacketSink(Protocol):
     """Where a stream's packets go (an :class:`media.forwarder.UpTrack`)."""
 
     def on_packet(self, packet: RtpPacket) -> None: ...
+    def repaired(self, nbytes: int) -> None:
+        """The next packet (``nbytes`` of payload) came as a retransmission (RTX)."""
+
     def request_keyframe(self) -> None: ...
     def layer(self, rid: str) -> PacketSink:
         """The sink of simulcast layer ``rid`` of this track."""
@@ -551,6 +554,8 @@ class PublisherInbound:
             return
         sink = stream.sink
         if sink is not None:
+            if stream.ssrc != ssrc:
+                sink.repaired(packet.payload_size)
             sink.on_packet(packet)
 
     def _learn(self, packet: RtpPacket) -> InboundStream | None:

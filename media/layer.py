@@ -21,6 +21,7 @@ pending the layer's packets come through Python, which sees the keyframe.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +49,8 @@ FLUSH_AFTER = 0.005
 #: A new subscriber is sent the cached latest keyframe and what followed it, if
 #: that is at most this many packets; otherwise it waits for a fresh keyframe.
 MAX_REPLAY_PACKETS = 128
+#: Ticks (receiver-report periods, 0.5-1.5 s) a layer's allocation cost is the median of.
+COST_TICKS = 3
 
 
 class PacketStore(Protocol):
@@ -94,12 +97,15 @@ class Layer:
         self.pending: list[DownTrack] = []
         self._packets_in = 0
         self._bytes_in = 0
+        self._rtx_bytes_in = 0
         self._sampled = 0
         self._size = (0, 0)  # of the latest VP8 keyframe (Python path without the C sink)
         #: Incoming payload bit rate (bit/s), smoothed, updated at each tick.
         self.bitrate = 0.0
         self._rate_bytes = 0
         self._rate_at: float | None = None
+        # The last few ticks' rates, unsmoothed: the allocator's cost (see cost).
+        self._rates: collections.deque[float] = collections.deque(maxlen=COST_TICKS)
         # Audio levels since the last take_audio_levels (RFC 6464; the active speaker).
         self._levels = [0, 0, 0]
         # The C receive path's half of this layer (media/_receive.c): it reads,
@@ -151,18 +157,43 @@ class Layer:
         return self._bytes_in + (sink.bytes_in if sink is not None else 0)
 
     @property
+    def rtx_bytes_in(self) -> int:
+        """Of :attr:`bytes_in`, what came as retransmissions (RTX: answers to NACKs, and
+        the publisher's bandwidth probes, which Chrome sends as RTX of recent packets)."""
+        sink = self._sink
+        return self._rtx_bytes_in + (sink.rtx_bytes_in if sink is not None else 0)
+
+    def repaired(self, nbytes: int) -> None:
+        """The next packet (Python path) came as a retransmission."""
+        self._rtx_bytes_in += nbytes
+
+    @property
     def size(self) -> tuple[int, int]:
         """(width, height) of its latest VP8 keyframe; (0, 0) before one (or not VP8)."""
         sink = self._sink
         return (sink.width, sink.height) if sink is not None else self._size
 
     def tick(self, now: float) -> None:
-        """Update :attr:`bitrate` from the bytes received since the last tick."""
-        count = self.bytes_in
+        """Update :attr:`bitrate` from the bytes received since the last tick, but for
+        retransmissions: a layer's rate is its encoder's, not what the publisher's
+        probes added (Chrome probes with RTX on the lowest layer: ~250 kbit/s
+        measured on a layer capped at 100)."""
+        count = self.bytes_in - self.rtx_bytes_in
         if self._rate_at is not None and now > self._rate_at:
             rate = (count - self._rate_bytes) * 8 / (now - self._rate_at)
             self.bitrate = rate if not self.bitrate else 0.5 * self.bitrate + 0.5 * rate
+            self._rates.append(rate)
         self._rate_bytes, self._rate_at = count, now
+
+    @property
+    def cost(self) -> float:
+        """What sending this layer to a subscriber costs (bit/s), for the allocator: the
+        median of the last :data:`COST_TICKS` ticks' rates. A tick that carried the
+        keyframes subscribers' switches asked for (a 320x180 layer's rate doubles)
+        does not count, so a switch down does not make the layer it lands on look
+        too dear to fit and pause a track; a lasting change shows after two ticks."""
+        rates = sorted(self._rates)
+        return rates[len(rates) // 2] if rates else self.bitrate
 
     def take_activity(self) -> bool:
         """Whether packets arrived since the last call."""

@@ -122,9 +122,16 @@ class Recorder:
     def __init__(self) -> None:
         self.packets: list[RtpPacket] = []
         self.keyframe_requests = 0
+        self.repaired_bytes: list[int] = []  # per packet: RTX payload bytes, 0 if not RTX
+        self._repaired = 0
 
     def on_packet(self, packet: RtpPacket) -> None:
         self.packets.append(packet)
+        self.repaired_bytes.append(self._repaired)
+        self._repaired = 0
+
+    def repaired(self, nbytes: int) -> None:
+        self._repaired = nbytes
 
     def request_keyframe(self) -> None:
         self.keyframe_requests += 1
@@ -199,6 +206,8 @@ async def test_rtx_is_unwrapped_by_its_own_ssrc_with_two_bundled_video_tracks(
         assert repaired.sequence_number == 500 + i  # the original sequence number
         assert repaired.payload_type == video.pt and repaired.ssrc == video.ssrc
         assert repaired.timestamp == 42
+        # The sink hears which was a retransmission (not the layer's own rate).
+        assert sinks[video.mid].repaired_bytes == [0, len(b"repair-%d" % i)]
     assert inbound.rtx_packets == 2
     assert not inbound.dropped
 

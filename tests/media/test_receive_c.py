@@ -171,7 +171,7 @@ class Side:
                     cache.keyframe_seq,
                     [cache.get(seq) for seq in range(0, 0x10000, 1)],
                 )
-            sizes = [(layer.bytes_in, layer.size) for layer in up.layers()]
+            sizes = [(layer.bytes_in, layer.rtx_bytes_in, layer.size) for layer in up.layers()]
             ups.append((up.kind, up.packets_in, cached, up.take_audio_levels(), sizes))
         twcc = inbound._twcc
         return {

@@ -290,6 +290,37 @@ def _measure(up: UpTrack, pub: Publisher, rates: tuple[float, ...]) -> None:
         layer.tick((layer.bytes_in - start) * 8 / rate)
 
 
+async def test_a_layers_cost_ignores_a_tick_of_keyframes_but_follows_a_lasting_change(
+    publish: Publish,
+) -> None:
+    up, pub = publish.up, Publisher(publish)
+    layer = up.layer("q")
+    at = 0.0
+
+    def tick(frames: int) -> float:
+        """One tick (1 s) over which ``frames`` packets of ``q`` arrived; its rate."""
+        nonlocal at
+        start = layer.bytes_in
+        for _ in range(frames):
+            pub.frame("q")
+        at += 1.0
+        layer.tick(at)
+        return (layer.bytes_in - start) * 8.0
+
+    layer.tick(at)
+    steady = tick(10)
+    assert tick(10) == tick(10) == steady and layer.cost == steady
+    burst = tick(30)  # the keyframes subscribers' switches asked for: 3 times the bytes
+    assert burst == 3 * steady and layer.cost == steady
+    tick(10)
+    tick(10)
+    assert layer.cost == steady  # the burst never counted
+    doubled = tick(20)  # the encoder doubled its rate: it counts from the second tick
+    assert layer.cost == steady
+    tick(20)
+    assert layer.cost == doubled == 2 * steady
+
+
 async def test_the_subscriber_estimate_picks_its_layer_and_pauses_when_nothing_fits(
     publish: Publish,
 ) -> None:

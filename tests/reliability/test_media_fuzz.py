@@ -781,6 +781,9 @@ class _Sink:
     def on_packet(self, packet: Any) -> None:
         self.packets += 1
 
+    def repaired(self, nbytes: int) -> None:
+        pass
+
     def request_keyframe(self) -> None:
         pass
 
