@@ -79,6 +79,52 @@ PAD_SPARE_BYTES = 16_000
 ntp_now = downstream.ntp_now
 
 
+class ResendBudget:
+    """What one subscriber's retransmissions may send, all its streams together.
+
+    After a loss, a subscriber NACKs every packet it missed; answered at once (up
+    to the per-stream bucket, ``RESEND_BURST`` packets) that burst overflows the
+    very queue that lost them, on a link the estimate says is the bottleneck, and
+    the keyframe behind it is lost too. So repairs get :data:`SHARE` of the
+    subscriber's estimate, in a bucket of :data:`WINDOW` s of it (at least two
+    packets); what does not fit is refused, and asked for again by the
+    subscriber's next NACK if still worth it. Unbounded without an estimate.
+    """
+
+    #: Share of the estimate retransmissions may take (libwebrtc's sender caps them
+    #: at its target rate too); the bucket is what keeps a burst off the queue.
+    SHARE = 1.0
+    #: The bucket: this many seconds of that share.
+    WINDOW = 0.1
+    #: The bucket holds at least this many bytes (two full packets).
+    MIN_BURST = 2400
+
+    def __init__(
+        self, estimate: Callable[[], float | None], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._estimate = estimate
+        self._clock = clock
+        self._tokens = float(self.MIN_BURST)
+        self._at = clock()
+        self.refused = 0
+
+    def allow(self, nbytes: int) -> bool:
+        """Take ``nbytes`` of repair from the budget, if it has them."""
+        estimate = self._estimate()
+        if estimate is None or estimate <= 0:
+            return True
+        now = self._clock()
+        rate = estimate * self.SHARE / 8  # bytes/s
+        burst = max(rate * self.WINDOW, float(self.MIN_BURST))
+        self._tokens = min(burst, self._tokens + (now - self._at) * rate)
+        self._at = now
+        if self._tokens < nbytes:
+            self.refused += 1
+            return False
+        self._tokens -= nbytes
+        return True
+
+
 class _Layout:
     """The header-extension block of one sender, with where abs-send-time, audio level
     and the transport-wide sequence number go."""
@@ -163,6 +209,8 @@ class FastRtp:
         self.clock: Callable[[], float] = time.monotonic
         self._tokens = float(RESEND_BURST)
         self._tokens_at = self.clock()
+        #: The subscriber's repair budget over all its streams (set by its participant).
+        self.resend_budget: ResendBudget | None = None
         self.header_len = 12
         #: Told how many packets a retransmission sent (the fan-out counts the rest).
         self.on_retransmit: Callable[[int], None] | None = None
@@ -453,6 +501,10 @@ class FastRtp:
             data = stream.build(entry, sequence_number)
             if data is None:
                 continue
+            budget = self.resend_budget
+            if budget is not None and not budget.allow(len(data)):
+                self.resends_refused += 1
+                break
             resent[sequence_number] = now
             self._tokens -= 1
             if rtx_payload_type is not None:

@@ -40,6 +40,7 @@ from .aiortc_compat import (
 )
 from .config import MediaConfig
 from .errors import BadSignal, MediaError, NegotiationTimeout, SessionFailed
+from .fastsend import ResendBudget
 from .feedback import FeedbackTarget, SubscriberFeedback
 from .forwarder import DownTrack, UpTrack
 from .inbound import PublisherInbound
@@ -206,6 +207,8 @@ class Participant:
             transport=self._transport,
             prober=self._prober,
         )
+        # Its retransmissions share one budget, a part of its downlink estimate.
+        self._resend_budget = ResendBudget(lambda: self._adaptation.estimate)
         self._wanted: list[UpTrack] = []
         self._dirty = asyncio.Event()
         self._answer: asyncio.Future[RTCSessionDescription] | None = None
@@ -479,6 +482,7 @@ class Participant:
             else:
                 slot = Slot(self._subscribe_pc, up, self._metrics, gso=self._config.udp_gso)
                 slot.fast.stream.twcc = self._transport.log
+                slot.fast.resend_budget = self._resend_budget
                 self._slots.append(slot)
             changed = True
         return changed

@@ -39,3 +39,23 @@ async def test_sender_reports_carry_the_forwarded_counts(call: Call) -> None:
     sender_stats = await slot.transceiver.sender.getStats()
     outbound = [s for s in sender_stats.values() if s.type == "outbound-rtp"]
     assert outbound and 0 < outbound[0].packetsSent <= slot.fast.packets_sent
+
+
+def test_retransmissions_to_a_subscriber_get_a_share_of_its_estimate() -> None:
+    from media.fastsend import ResendBudget
+
+    now = [0.0]
+    estimate: list[float | None] = [200_000.0]  # 25 kB/s for repairs, a 2.5 kB bucket
+    budget = ResendBudget(lambda: estimate[0], clock=lambda: now[0])
+    assert budget.allow(1200) and budget.allow(1200)
+    assert not budget.allow(1200)  # a NACK storm's burst stops at the bucket
+    assert budget.refused == 1
+    now[0] += 0.048  # 1.2 kB of refill
+    assert budget.allow(1200) and not budget.allow(1200)
+    now[0] += 10.0  # idle: the bucket holds 0.1 s of the share, no more
+    sent = 0
+    while budget.allow(1200):
+        sent += 1
+    assert sent == 2
+    estimate[0] = None  # no estimate yet: repairs are not held back
+    assert all(budget.allow(1200) for _ in range(100))
