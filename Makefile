@@ -9,13 +9,13 @@ BIN := $(VENV)/bin
 # The stamps re-run pip only when pyproject.toml, setup.py or the C source
 # changed (pip then compiles media/_udpsend.c), so `make run` also
 # starts offline once installed.
-$(VENV)/.installed-run: pyproject.toml setup.py media/_udpsend.c media/_fanout.c media/_rtpparse.c media/_receive.c media/_sendlog.c media/_udpsend.h
+$(VENV)/.installed-run: pyproject.toml setup.py media/_udpsend.c media/_fanout.c media/_rtpparse.c media/_receive.c media/_sendlog.c media/_pacer.c media/_udpsend.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml setup.py media/_udpsend.c media/_fanout.c media/_rtpparse.c media/_receive.c media/_sendlog.c media/_udpsend.h
+$(VENV)/.installed-dev: pyproject.toml setup.py media/_udpsend.c media/_fanout.c media/_rtpparse.c media/_receive.c media/_sendlog.c media/_pacer.c media/_udpsend.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

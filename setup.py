@@ -18,6 +18,7 @@ setup(
                 "media/_rtpparse.c",
                 "media/_receive.c",
                 "media/_sendlog.c",
+                "media/_pacer.c",
             ],
             depends=["media/_udpsend.h"],
             optional=True,

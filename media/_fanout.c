@@ -47,6 +47,7 @@ typedef struct {
     unsigned char ext[MAX_EXT];
     int ext_len, abs_at, level_at, twcc_at;
     SendLog *twcc; /* the connection's transport-wide numbering; NULL: not negotiated */
+    Pacer *pacer;  /* the connection's pacer (media/_pacer.c); NULL: sent as flushed */
     /* the epoch: offsets from the current source's numbering */
     int gated, have_epoch, rewrite_vp8;
     uint16_t epoch_seq, seq_offset, next_seq, pid_offset;
@@ -239,8 +240,17 @@ down_flush(Down *self)
         self->twcc->pending = NULL;
     if (!self->count)
         return;
-    down_log_batch(self);
     UdpOut *out = self->out;
+    if (out != NULL && out->fd >= 0 && pacer_active(self->pacer)) {
+        /* The pacer logs the numbers as the datagrams leave. */
+        Py_ssize_t taken = pacer_submit(self->pacer, out, self->twcc, self->buf, self->off,
+                                        self->seg, self->count, self->twcc_seqs);
+        self->tx_bytes += (unsigned long long)taken;
+        self->tx_packets += (unsigned long long)self->count;
+        down_reset_batch(self);
+        return;
+    }
+    down_log_batch(self);
     if (out != NULL && out->fd >= 0) {
         Py_ssize_t sent = udpout_send_run(out, self->buf, self->off, self->seg, self->count);
         self->tx_bytes += (unsigned long long)sent;
@@ -495,6 +505,7 @@ Down_traverse(Down *self, visitproc visit, void *arg)
     Py_VISIT(self->out);
     Py_VISIT(self->spill);
     Py_VISIT(self->twcc);
+    Py_VISIT(self->pacer);
     return 0;
 }
 
@@ -506,6 +517,7 @@ Down_clear(Down *self)
     if (self->twcc != NULL && self->twcc->pending == (PyObject *)self)
         self->twcc->pending = NULL;
     Py_CLEAR(self->twcc);
+    Py_CLEAR(self->pacer);
     return 0;
 }
 
@@ -710,6 +722,30 @@ Down_set_twcc(Down *self, PyObject *value, void *Py_UNUSED(c))
 }
 
 static PyObject *
+Down_get_pacer(Down *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(self->pacer ? (PyObject *)self->pacer : Py_None);
+}
+
+static int
+Down_set_pacer(Down *self, PyObject *value, void *Py_UNUSED(c))
+{
+    if (value == NULL || value == Py_None) {
+        down_flush(self);
+        Py_CLEAR(self->pacer);
+        return 0;
+    }
+    if (!Py_IS_TYPE(value, &PacerType)) {
+        PyErr_SetString(PyExc_TypeError, "pacer must be a Pacer or None");
+        return -1;
+    }
+    down_flush(self);
+    Py_INCREF(value);
+    Py_XSETREF(self->pacer, (Pacer *)value);
+    return 0;
+}
+
+static PyObject *
 Down_get_ready(Down *self, void *Py_UNUSED(c))
 {
     return PyBool_FromLong(self->ready);
@@ -779,6 +815,8 @@ static PyGetSetDef Down_getset[] = {
     {"out", (getter)Down_get_out, (setter)Down_set_out, "the UdpOut (None: no route)", NULL},
     {"spill", (getter)Down_get_spill, (setter)Down_set_spill,
      "called with protected datagrams when out has no socket", NULL},
+    {"pacer", (getter)Down_get_pacer, (setter)Down_set_pacer,
+     "the connection's Pacer (None: each flush sent at once)", NULL},
     {"ready", (getter)Down_get_ready, (setter)Down_set_ready, "the sender runs, enabled", NULL},
     {"twcc", (getter)Down_get_twcc, (setter)Down_set_twcc,
      "the connection's SendLog (None: no transport-wide numbering)", NULL},

@@ -415,7 +415,8 @@ PyInit__udpsend(void)
     if (PyType_Ready(&UdpOutType) < 0 || PyType_Ready(&SrtpInType) < 0
         || PyType_Ready(&DownType) < 0 || PyType_Ready(&RtpPacketType) < 0
         || PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&InStreamType) < 0
-        || PyType_Ready(&SinkType) < 0 || PyType_Ready(&SendLogType) < 0)
+        || PyType_Ready(&SinkType) < 0 || PyType_Ready(&SendLogType) < 0
+        || PyType_Ready(&PacerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&udpsend_module);
     if (m == NULL)
@@ -444,9 +445,10 @@ PyInit__udpsend(void)
         Py_DECREF(m);
         return NULL;
     }
-    PyTypeObject *receive_types[] = {&ReceiverType, &InStreamType, &SinkType, &SendLogType};
-    const char *receive_names[] = {"Receiver", "InStream", "Sink", "SendLog"};
-    for (int i = 0; i < 4; i++) {
+    PyTypeObject *receive_types[] = {&ReceiverType, &InStreamType, &SinkType, &SendLogType,
+                                     &PacerType};
+    const char *receive_names[] = {"Receiver", "InStream", "Sink", "SendLog", "Pacer"};
+    for (int i = 0; i < 5; i++) {
         Py_INCREF(receive_types[i]);
         if (PyModule_AddObject(m, receive_names[i], (PyObject *)receive_types[i]) < 0) {
             Py_DECREF(receive_types[i]);

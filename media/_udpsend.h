@@ -138,6 +138,17 @@ extern PyTypeObject DownType;
  * (the last may be shorter); returns the bytes the kernel took. */
 Py_ssize_t udpout_send_run(UdpOut *self, unsigned char *buf, size_t end, size_t seg, int count);
 
+/* One subscriber connection's pacer (media/_pacer.c). */
+typedef struct Pacer Pacer;
+extern PyTypeObject PacerType;
+/* Send or queue a protected batch (as udpout_send_run takes it) of `out`, its numbered
+ * datagrams logged in `log` as they leave (`twcc`: their numbers, -1 if none); returns
+ * the bytes sent or queued. */
+Py_ssize_t pacer_submit(Pacer *p, UdpOut *out, SendLog *log, const unsigned char *buf,
+                        size_t end, size_t seg, int count, const long *twcc);
+/* Whether `p` paces (a rate, or something still waiting). */
+int pacer_active(const Pacer *p);
+
 PyObject *fanout_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *fanout_flush(PyObject *module, PyObject *downs);
 

@@ -55,6 +55,7 @@ from .transportcc import PROBE_HELD
 if TYPE_CHECKING:
     from .feedback import SubscriberFeedback
     from .forwarder import UpTrack
+    from .pacing import Pacing
     from .probe import Prober
     from .subscription import Slot
     from .transportcc import TransportCc
@@ -131,9 +132,11 @@ class SubscriberAdaptation:
         metrics: MediaMetrics,
         transport: TransportCc | None = None,
         prober: Prober | None = None,
+        pacing: Pacing | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self._pacing = pacing
         self._feedback = feedback
         self._transport = transport
         self._prober = prober
@@ -154,6 +157,10 @@ class SubscriberAdaptation:
         self._told: list[dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.estimate: float | None = None
+        #: What media this subscriber is sent (bit/s): the larger of what the last
+        #: allocation gave out and what was still sent then (a switch down waits
+        #: for a keyframe); its repairs get the rest of the estimate.
+        self.media_rate = 0.0
         self._steady_since = clock()
         self._up_after = UP_AFTER
         self._trial_until: float | None = None
@@ -287,10 +294,17 @@ class SubscriberAdaptation:
         remb = self.estimate = self.current_estimate(sending)
         if remb is not None:
             self._metrics.subscriber_estimate(remb)
+        if self._pacing is not None:
+            # Paced only on the send side's estimate: a REMB receiver reads delay from
+            # abs-send-time, stamped before the pacer's queue, and would take that
+            # queue for the network's.
+            self._pacing.set_estimate(remb if self._send_side else None)
         result = allocate(self._budget(remb, sending, demands, now), demands)
         self._hold_pauses(result, demands, now)
         self._hold_ups(result, demands, now)
         self._given = {str(k): v for k, v in result.items()}
+        allocated = sum(dict(d.layers).get(result.get(d.key, PAUSED), 0.0) for d in demands)
+        self.media_rate = max(sending, allocated)
         changed = False
         for key, index in result.items():
             slot = carried[str(key)]

@@ -85,24 +85,34 @@ class ResendBudget:
     After a loss, a subscriber NACKs every packet it missed; answered at once (up
     to the per-stream bucket, ``RESEND_BURST`` packets) that burst overflows the
     very queue that lost them, on a link the estimate says is the bottleneck, and
-    the keyframe behind it is lost too. So repairs get :data:`SHARE` of the
-    subscriber's estimate, in a bucket of :data:`WINDOW` s of it (at least two
-    packets); what does not fit is refused, and asked for again by the
-    subscriber's next NACK if still worth it. Unbounded without an estimate.
+    the keyframe behind it is lost too. Repairs on top of media the allocation
+    already sized to the estimate keep the link overloaded: every loss asks for
+    more repairs than the link has room for, and the loss goes on (measured on
+    a 400 kbit/s downlink: media sized to 220 kbit/s plus repairs at the
+    estimate again, 500-1200 kbit/s sent, 30-60 % lost for seconds). So repairs
+    get what the estimate leaves over once media is sent (``media()``, the
+    allocation's rate), at least :data:`MIN_SHARE` of it, in a bucket of
+    :data:`WINDOW` s of that rate (at least :data:`MIN_BURST`); what does not fit
+    is refused, and asked for again by the subscriber's next NACK if still worth
+    it. Unbounded without an estimate.
     """
 
-    #: Share of the estimate retransmissions may take (libwebrtc's sender caps them
-    #: at its target rate too); the bucket is what keeps a burst off the queue.
-    SHARE = 1.0
-    #: The bucket: this many seconds of that share.
+    #: Share of the estimate repairs may always take, however much media is sent
+    #: (the allocation gives out HEADROOM of the estimate: the rest is theirs).
+    MIN_SHARE = 0.1
+    #: The bucket: this many seconds of the repair rate.
     WINDOW = 0.1
     #: The bucket holds at least this many bytes (two full packets).
     MIN_BURST = 2400
 
     def __init__(
-        self, estimate: Callable[[], float | None], clock: Callable[[], float] = time.monotonic
+        self,
+        estimate: Callable[[], float | None],
+        media: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._estimate = estimate
+        self._media = media
         self._clock = clock
         self._tokens = float(self.MIN_BURST)
         self._at = clock()
@@ -114,7 +124,7 @@ class ResendBudget:
         if estimate is None or estimate <= 0:
             return True
         now = self._clock()
-        rate = estimate * self.SHARE / 8  # bytes/s
+        rate = max(estimate - self._media(), estimate * self.MIN_SHARE) / 8  # bytes/s
         burst = max(rate * self.WINDOW, float(self.MIN_BURST))
         self._tokens = min(burst, self._tokens + (now - self._at) * rate)
         self._at = now

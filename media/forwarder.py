@@ -54,6 +54,10 @@ forwardable = describe
 #: A simulcast layer whose rate was never measured is assumed this many times
 #: the layer below it (Huddle's client caps its layers 150/500/1500 kbit/s).
 UNMEASURED_STEP = 3.0
+#: A layer costs at least this many times the layer below it: a top layer just
+#: restarted (dynacast, the publisher's own adaptation) measures a fraction of
+#: what it will send, and taken at that price it overloads the subscriber.
+MIN_STEP = 1.5
 
 
 class UpTrack:
@@ -302,7 +306,8 @@ class UpTrack:
         """(index, bit/s) of the layers a subscriber may get, lowest first: those arriving
         (at the last tick) and those the publisher was asked to stop (dynacast:
         available on demand, at their last measured rate; one never measured is
-        taken as :data:`UNMEASURED_STEP` times the layer below it)."""
+        taken as :data:`UNMEASURED_STEP` times the layer below it); no layer costs less
+        than :data:`MIN_STEP` times the one below."""
         live, active = self._live, self.active_layers
         out: list[tuple[int, float]] = []
         rids = self.rids
@@ -313,6 +318,8 @@ class UpTrack:
             layer = self._layers.get(rid)
             suspended = rid not in active
             rate = layer.cost if layer is not None else 0.0
+            if rate and below:
+                rate = max(rate, below * MIN_STEP)
             if layer is not None and (live is None or layer in live or suspended):
                 out.append((index, rate))
             elif layer is None and suspended:

@@ -51,6 +51,11 @@ FLUSH_AFTER = 0.005
 MAX_REPLAY_PACKETS = 128
 #: Ticks (receiver-report periods, 0.5-1.5 s) a layer's allocation cost is the median of.
 COST_TICKS = 3
+#: Bytes a forwarded packet costs on a subscriber's link beyond its payload, as the
+#: send-side estimate counts them (the RTP header, the header extensions the SFU
+#: writes, the SRTP tag): about 40. Audio at 50 packets/s of 60-byte payloads costs
+#: half again its payload rate.
+PACKET_OVERHEAD = 40
 
 
 class PacketStore(Protocol):
@@ -177,8 +182,9 @@ class Layer:
         """Update :attr:`bitrate` from the bytes received since the last tick, but for
         retransmissions: a layer's rate is its encoder's, not what the publisher's
         probes added (Chrome probes with RTX on the lowest layer: ~250 kbit/s
-        measured on a layer capped at 100)."""
-        count = self.bytes_in - self.rtx_bytes_in
+        measured on a layer capped at 100); each packet counted with the
+        :data:`PACKET_OVERHEAD` it costs forwarded."""
+        count = self.bytes_in - self.rtx_bytes_in + PACKET_OVERHEAD * self.packets_in
         if self._rate_at is not None and now > self._rate_at:
             rate = (count - self._rate_bytes) * 8 / (now - self._rate_at)
             self.bitrate = rate if not self.bitrate else 0.5 * self.bitrate + 0.5 * rate

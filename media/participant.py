@@ -45,6 +45,7 @@ from .feedback import FeedbackTarget, SubscriberFeedback
 from .forwarder import DownTrack, UpTrack
 from .inbound import PublisherInbound
 from .metrics import MediaMetrics
+from .pacing import Pacing
 from .probe import Prober
 from .rtpheader import URI_REPAIRED_RID, URI_RID, URI_TRANSPORT_CC
 from .signals import (
@@ -185,8 +186,14 @@ class Participant:
         self._feedback.on_transport_feedback = self._transport.on_feedback
         self._feedback.on_rtt = self._transport.set_rtt
         self._feedback.on_loss = self._transport.on_loss_report
+        # What it is sent leaves at the pace of its estimate (media/pacing.py).
+        self._pacing = Pacing(f"{room_id}/{participant_id}")
         self._prober = Prober(
-            f"{room_id}/{participant_id}", self._transport, self._pad, metrics=metrics
+            f"{room_id}/{participant_id}",
+            self._transport,
+            self._pad,
+            metrics=metrics,
+            boost=self._pacing.boost,
         )
         self._up_tracks: dict[str, UpTrack] = {}
         # What the publisher said each of its m-lines sends (publish offer's
@@ -206,9 +213,13 @@ class Participant:
             metrics=metrics,
             transport=self._transport,
             prober=self._prober,
+            pacing=self._pacing,
         )
-        # Its retransmissions share one budget, a part of its downlink estimate.
-        self._resend_budget = ResendBudget(lambda: self._adaptation.estimate)
+        # Its retransmissions share one budget: what media leaves of its estimate.
+        adaptation = self._adaptation
+        self._resend_budget = ResendBudget(
+            lambda: adaptation.estimate, lambda: adaptation.media_rate
+        )
         self._wanted: list[UpTrack] = []
         self._dirty = asyncio.Event()
         self._answer: asyncio.Future[RTCSessionDescription] | None = None
@@ -482,6 +493,7 @@ class Participant:
             else:
                 slot = Slot(self._subscribe_pc, up, self._metrics, gso=self._config.udp_gso)
                 slot.fast.stream.twcc = self._transport.log
+                self._pacing.attach(slot.fast.stream)
                 slot.fast.resend_budget = self._resend_budget
                 self._slots.append(slot)
             changed = True
@@ -646,6 +658,7 @@ class Participant:
         await asyncio.gather(self._negotiator, return_exceptions=True)
         await self._adaptation.close()
         await self._prober.close()
+        await self._pacing.close()
         await self._publish_restart.close()
         await self._subscribe_restart.close()
         posts = list(self._posts)

@@ -52,10 +52,12 @@ class Prober:
         pad: Callable[[int], int],
         *,
         metrics: MediaMetrics,
+        boost: Callable[[float], None] = lambda rate: None,
     ) -> None:
         self.name = name
         self._transport = transport
         self._pad = pad
+        self._boost = boost  # the connection's pacer runs at least at this meanwhile
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self.clusters = 0
@@ -85,6 +87,7 @@ class Prober:
         transport = self._transport
         log = transport.log
         transport.begin_cluster(target)
+        self._boost(target)
         start_bytes = log.bytes
         sent = 0
         try:
@@ -105,6 +108,7 @@ class Prober:
         except Exception:
             logger.exception("%r: probe failed", self)
         finally:
+            self._boost(0.0)
             # A cluster that could not reach its rate (nothing cached to copy yet) says
             # nothing of the link: dropped, not judged.
             reached = (log.bytes - start_bytes) * 8 / DURATION

@@ -41,21 +41,42 @@ async def test_sender_reports_carry_the_forwarded_counts(call: Call) -> None:
     assert outbound and 0 < outbound[0].packetsSent <= slot.fast.packets_sent
 
 
-def test_retransmissions_to_a_subscriber_get_a_share_of_its_estimate() -> None:
+def test_retransmissions_to_a_subscriber_get_what_media_leaves_of_its_estimate() -> None:
     from media.fastsend import ResendBudget
 
     now = [0.0]
-    estimate: list[float | None] = [200_000.0]  # 25 kB/s for repairs, a 2.5 kB bucket
-    budget = ResendBudget(lambda: estimate[0], clock=lambda: now[0])
+    estimate: list[float | None] = [200_000.0]
+    media = [0.0]  # nothing sent yet: 25 kB/s for repairs, a 2.5 kB bucket
+    budget = ResendBudget(lambda: estimate[0], lambda: media[0], clock=lambda: now[0])
     assert budget.allow(1200) and budget.allow(1200)
     assert not budget.allow(1200)  # a NACK storm's burst stops at the bucket
     assert budget.refused == 1
     now[0] += 0.048  # 1.2 kB of refill
     assert budget.allow(1200) and not budget.allow(1200)
-    now[0] += 10.0  # idle: the bucket holds 0.1 s of the share, no more
+    now[0] += 10.0  # idle: the bucket holds 0.1 s of the rate (at least two packets)
     sent = 0
     while budget.allow(1200):
         sent += 1
     assert sent == 2
+
+    # Media takes 150 kbit/s of the 200: repairs get the other 50 (6.25 kB/s).
+    media[0] = 150_000.0
+    now[0] += 10.0
+    while budget.allow(1200):
+        pass
+    sent, start = 0, now[0]
+    while now[0] - start < 1.0:
+        now[0] += 0.01
+        sent += budget.allow(1200) * 1200
+    assert 5_000 <= sent <= 6_250 + 2_400
+
+    # Media at the whole estimate: repairs still get MIN_SHARE of it (20 kbit/s).
+    media[0] = 200_000.0
+    sent, start = 0, now[0]
+    while now[0] - start < 1.0:
+        now[0] += 0.01
+        sent += budget.allow(1200) * 1200
+    assert 2_000 <= sent <= 2_500 + 2_400
+
     estimate[0] = None  # no estimate yet: repairs are not held back
     assert all(budget.allow(1200) for _ in range(100))

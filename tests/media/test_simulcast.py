@@ -25,6 +25,7 @@ from media.aiortc_compat import accept_header_extensions
 from media.allocator import PAUSED
 from media.forwarder import DownTrack, UpTrack
 from media.inbound import PublisherInbound
+from media.layer import PACKET_OVERHEAD
 from media.metrics import CountingMediaMetrics
 from media.rtcp import iter_rtcp
 from media.rtpheader import URI_MID, URI_REPAIRED_RID, URI_RID
@@ -283,11 +284,12 @@ def _measure(up: UpTrack, pub: Publisher, rates: tuple[float, ...]) -> None:
     """Give each layer the bit rate ``rates`` says, over synthetic time (Layer.tick)."""
     for layer in up.layers():
         layer.tick(0.0)
-    before = [layer.bytes_in for layer in up.layers()]
+    before = [(layer.bytes_in, layer.packets_in) for layer in up.layers()]
     for rid in SSRCS:
         pub.frame(rid)
-    for layer, start, rate in zip(up.layers(), before, rates, strict=True):
-        layer.tick((layer.bytes_in - start) * 8 / rate)
+    for layer, (start, packets), rate in zip(up.layers(), before, rates, strict=True):
+        cost = layer.bytes_in - start + PACKET_OVERHEAD * (layer.packets_in - packets)
+        layer.tick(cost * 8 / rate)
 
 
 async def test_a_layers_cost_ignores_a_tick_of_keyframes_but_follows_a_lasting_change(
@@ -300,12 +302,13 @@ async def test_a_layers_cost_ignores_a_tick_of_keyframes_but_follows_a_lasting_c
     def tick(frames: int) -> float:
         """One tick (1 s) over which ``frames`` packets of ``q`` arrived; its rate."""
         nonlocal at
-        start = layer.bytes_in
+        start, packets = layer.bytes_in, layer.packets_in
         for _ in range(frames):
             pub.frame("q")
         at += 1.0
         layer.tick(at)
-        return (layer.bytes_in - start) * 8.0
+        # Payload and, per packet, what forwarding it adds.
+        return (layer.bytes_in - start + PACKET_OVERHEAD * (layer.packets_in - packets)) * 8.0
 
     layer.tick(at)
     steady = tick(10)
