@@ -123,7 +123,8 @@ pacer_drain(Pacer *p, int64_t now)
                 break;
         }
         udpout_send_run(out, p->buf + first->off, bytes, seg, count);
-        p->tokens -= (double)bytes;
+        if (!unpaced)
+            p->tokens -= (double)bytes; /* unpaced sends run up no debt */
         p->sent_bytes += bytes;
         if (now - first->at_us > p->longest_wait_us)
             p->longest_wait_us = now - first->at_us;
@@ -199,7 +200,8 @@ pacer_submit(Pacer *p, UdpOut *out, SendLog *log, const unsigned char *buf, size
         pacer_fill(p, now);
     if (p->qn == 0 && (pacer_rate(p) <= 0 || p->tokens >= (double)end)) {
         Py_ssize_t sent = udpout_send_run(out, (unsigned char *)buf, end, seg, count);
-        p->tokens -= (double)end;
+        if (pacer_rate(p) > 0)
+            p->tokens -= (double)end;
         p->sent_bytes += end;
         size_t start = 0;
         for (int i = 0; i < count; i++) {

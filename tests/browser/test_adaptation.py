@@ -58,8 +58,8 @@ link, server, browsers = farlink.link, farlink.server, farlink.browsers
 
 #: Back on the top layer within 15 s of the limit lifted (the issue's bound). No
 #: freeze over 2.5 s once switched down: the issue asks for 1 s; measured on
-#: 2026-12-02 over 21 local runs (printed with -s): mostly 0.25-1.1 s, a third of
-#: runs with one track at 1.3-4.3 s, most of those on a machine loaded by other work.
+#: 2026-12-02 with the pacer (docs/benchmarks.md): mostly 0.3-0.6 s, about one run in
+#: four with one track at 2.4-2.6 s (before it, 1.8-4.1 s in most runs).
 MAX_FREEZE_S = 2.5
 RECOVERY_S = 15.0
 #: Video paused at 100 kbit/s resumes within this long of the limit lifted.

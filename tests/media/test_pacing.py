@@ -63,8 +63,15 @@ async def test_without_a_rate_a_frame_leaves_at_once() -> None:
         for entry in keyframe():
             assert video.forward(entry)
         video.flush()
-        assert len(fwd._SENT[id(video)].wire.received()) == KEYFRAME_PACKETS
+        wire = fwd._SENT[id(video)].wire
+        assert len(wire.received()) == KEYFRAME_PACKETS
         assert pacing.pacer.paced == 0 and pacing.pacer.queued == 0
+        # What left unpaced runs up no debt: once paced, the next frame starts at once.
+        pacing.set_estimate(800_000.0)
+        for entry in keyframe(first_seq=100 + KEYFRAME_PACKETS):
+            assert video.forward(entry)
+        video.flush()
+        assert 0 < len(wire.received()) < KEYFRAME_PACKETS
     finally:
         await pacing.close()
 
