@@ -513,14 +513,22 @@ def add_header_extension(transceiver: Any, ext_id: int, uri: str) -> None:
     For an extension the SFU completed aiortc's offer with and the answer took
     (transport-cc on subscribe connections): aiortc keeps only the ones it
     implements after applying an answer. Call right after
-    ``setRemoteDescription(answer)``, before aiortc starts the senders (a
-    sender that already runs keeps its layout).
+    ``setRemoteDescription(answer)``. aiortc usually starts the senders after
+    that, from the transceiver's list; but a connect still running from an
+    earlier answer can start a sender added since with the list as the answer
+    left it (two answers close together), so the sender's own map is set too,
+    and what the sender already laid out must be laid out again
+    (:meth:`media.fastsend.FastRtp.relayout`).
     """
-    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 
+    extension = RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri)
     extensions = transceiver._headerExtensions
     if not any(e.uri == uri for e in extensions):
-        extensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+        extensions.append(extension)
+    SenderInternals(transceiver.sender).header_extensions_map.configure(
+        RTCRtpParameters(headerExtensions=[extension])
+    )
 
 
 def dtls_transport_of(pc: Any) -> RTCDtlsTransport | None:

@@ -222,6 +222,8 @@ class FastRtp:
         #: The subscriber's repair budget over all its streams (set by its participant).
         self.resend_budget: ResendBudget | None = None
         self.header_len = 12
+        self._payload_type = 0
+        self._timestamp_origin = 0
         #: Told how many packets a retransmission sent (the fan-out counts the rest).
         self.on_retransmit: Callable[[int], None] | None = None
         #: The subscriber's latest receiver report about this stream (media.feedback).
@@ -229,21 +231,50 @@ class FastRtp:
         self.last_report_at: float | None = None
         self._dtls_watched: Any = None
 
+    def __repr__(self) -> str:
+        return f"FastRtp({self.kind}, mid {self.internals.mid})"
+
     def prepare(self, payload_type: int, sequence_number: int, timestamp_origin: int) -> None:
         """Fix what every packet of this sender shares (once its codec is negotiated)."""
-        layout = self.layout = _Layout(self.internals)
+        self._payload_type = payload_type
+        self._timestamp_origin = timestamp_origin
+        self._configure(_Layout(self.internals), sequence_number)
+
+    def _configure(self, layout: _Layout, sequence_number: int) -> None:
+        self.layout = layout
         self.stream.configure(
             self.internals.ssrc,
-            payload_type,
+            self._payload_type,
             layout.first_byte,
             layout.template,
             layout.abs_at,
             layout.level_at,
             sequence_number,
-            timestamp_origin,
+            self._timestamp_origin,
             layout.twcc_at,
         )
         self.header_len = 12 + len(layout.template)
+
+    def relayout(self) -> bool:
+        """Lay the header extensions out again if the sender's map changed since
+        :meth:`prepare` (an extension added after the sender started, see
+        :func:`media.aiortc_compat.add_header_extension`); the stream goes on with
+        its sequence numbers and timestamps. True if the layout changed."""
+        old = self.layout
+        if old is None:
+            return False  # not started: prepare() lays it out
+        layout = _Layout(self.internals)
+        if layout.template == old.template and layout.twcc_at == old.twcc_at:
+            return False
+        self.stream.flush()  # what is batched keeps the layout it was written with
+        self._spare = []  # built with the old layout: not copied as padding under the new
+        self._configure(layout, self.stream.sequence_number)
+        logger.info(
+            "%r: header extensions laid out again (transport-wide number %s)",
+            self,
+            f"at {layout.twcc_at}" if layout.twcc_at >= 0 else "none",
+        )
+        return True
 
     # --- what the down exposes ---------------------------------------------------
 

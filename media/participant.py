@@ -576,6 +576,7 @@ class Participant:
         self._transport.answered(pc, answer.sdp)
         self._feedback.configure(pc)
         for slot in self._slots:
+            slot.fast.relayout()
             slot.activate_pending()
         await self._subscribe_candidates.release()
 

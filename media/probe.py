@@ -112,7 +112,16 @@ class Prober:
             # A cluster that could not reach its rate (nothing cached to copy yet) says
             # nothing of the link: dropped, not judged.
             reached = (log.bytes - start_bytes) * 8 / DURATION
-            transport.end_cluster(judge=reached >= MIN_REACHED * target, padded=sent)
+            judge = reached >= MIN_REACHED * target
+            if not judge:
+                logger.info(
+                    "%r: cluster at %.0f kbit/s sent only %.0f kbit/s (padding %d B): not judged",
+                    self,
+                    target / 1000,
+                    reached / 1000,
+                    sent,
+                )
+            transport.end_cluster(judge=judge, padded=sent)
             self.clusters += 1
             self.bytes_sent += sent
             self._metrics.probe_bytes(sent)

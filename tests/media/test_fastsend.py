@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiortc.clock import current_ntp_time
 
 from media.fastsend import ntp_now
@@ -80,3 +82,67 @@ def test_retransmissions_to_a_subscriber_get_what_media_leaves_of_its_estimate()
 
     estimate[0] = None  # no estimate yet: repairs are not held back
     assert all(budget.allow(1200) for _ in range(100))
+
+
+async def test_a_sender_started_before_transport_cc_was_laid_out_numbers_once_relaid(
+    call: Call,
+) -> None:
+    """Two subscribe answers close together: aiortc's connect, still running from the
+    first, can start a sender added by the second with the extensions the answer
+    left, before the SFU adds transport-cc (add_header_extension). That stream would
+    go unnumbered for good, its traffic invisible to the send-side estimate and to
+    probes. relayout() after each answer numbers it, the stream going on unbroken."""
+    from aiortc.rtcrtpparameters import RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap
+
+    from media.aiortc_compat import add_header_extension
+    from media.rtpheader import URI_TRANSPORT_CC
+    from media.transportcc import EXT_ID
+
+    for name in ("ana", "ben"):
+        await call.join(name)
+    ben = call.room.participants["ben"]
+    slot = next(s for s in ben._slots if s.kind == "video")
+    fast, sender = slot.fast, slot.transceiver.sender
+    await eventually(lambda: fast.packets_sent > 20, timeout=10, message="video to ben")
+    assert fast.layout is not None and fast.layout.twcc_at >= 0
+    log = ben._transport.log
+
+    async def window(seconds: float) -> tuple[int, int]:
+        """(packets numbered on the connection, packets its streams sent) over ``seconds``."""
+        numbered, sent = log.packets, sum(s.fast.packets_sent for s in ben._slots)
+        await asyncio.sleep(seconds)  # a measuring window, not a wait for a state
+        return log.packets - numbered, sum(s.fast.packets_sent for s in ben._slots) - sent
+
+    # The race's outcome: the sender's map as aiortc configured it from the answer.
+    stale = HeaderExtensionsMap()
+    stale.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                e for e in slot.transceiver._headerExtensions if e.uri != URI_TRANSPORT_CC
+            ]
+        )
+    )
+    setattr(sender, "_RTCRtpSender__rtp_header_extensions_map", stale)  # noqa: B010
+    before = fast.sequence_number
+    assert fast.relayout()
+    assert fast.layout.twcc_at == -1 and fast.sequence_number == before
+    numbered, sent = await window(1.0)
+    assert numbered < sent  # the video went unnumbered
+
+    add_header_extension(slot.transceiver, EXT_ID, URI_TRANSPORT_CC)
+    before = fast.sequence_number
+    assert fast.relayout()
+    assert fast.layout.twcc_at >= 0 and fast.sequence_number == before
+    assert not fast.relayout()  # idempotent: nothing changed since
+    numbered, sent = await window(1.0)
+    assert sent > 20 and numbered >= sent  # everything numbered again (and padding, if any)
+
+    # Ben still decodes Ana's video across both changes of layout.
+    receiver = next(
+        t.receiver
+        for t in call.clients["ben"].subscribe_pc.getTransceivers()
+        if t.kind == "video" and t.receiver.track is not None
+    )
+    stats = [s for s in (await receiver.getStats()).values() if s.type == "inbound-rtp"]
+    assert stats and stats[0].packetsLost == 0
