@@ -294,11 +294,7 @@ class SubscriberAdaptation:
         remb = self.estimate = self.current_estimate(sending)
         if remb is not None:
             self._metrics.subscriber_estimate(remb)
-        if self._pacing is not None:
-            # Paced only on the send side's estimate: a REMB receiver reads delay from
-            # abs-send-time, stamped before the pacer's queue, and would take that
-            # queue for the network's.
-            self._pacing.set_estimate(remb if self._send_side else None)
+        self._pace(remb, now)
         result = allocate(self._budget(remb, sending, demands, now), demands)
         self._hold_pauses(result, demands, now)
         self._hold_ups(result, demands, now)
@@ -418,6 +414,18 @@ class SubscriberAdaptation:
             self._steady_since = now
             budget = max(budget, (sending + step) / HEADROOM * 1.01)
         return budget
+
+    def _pace(self, estimate: float | None, now: float) -> None:
+        """Pace the connection at the send side's estimate (a REMB receiver reads delay
+        from abs-send-time, stamped before the pacer's queue, and would take that queue
+        for the network's: not paced); carefully for :data:`PROBE_CAREFUL` seconds
+        after the estimate dropped (media.pacing.CAREFUL_FACTOR: it is what the link
+        was just measured to carry)."""
+        if self._pacing is not None:
+            self._pacing.set_estimate(
+                estimate if self._send_side else None,
+                careful=now - self._dropped_at < PROBE_CAREFUL,
+            )
 
     def _dropped(self) -> None:
         """The send-side estimate fell: allocate now, and probe only once it settled."""

@@ -38,6 +38,14 @@ logger = logging.getLogger(__name__)
 #: above, or a keyframe still leaves faster than a bottleneck at the estimate
 #: drains it.
 FACTOR = 1.25
+#: The pace for a while after the estimate dropped (the adaptation says when):
+#: the estimate is then what the link was just measured to carry (BETA of what
+#: arrived at the overuse, media/gcc.py), and a pace above it fills the
+#: bottleneck's queue again with every keyframe, until the queue is full all
+#: the time and drops media and probes alike (measured behind a 400 kbit/s
+#: shaper: at 1.25x the pacer ran at 1.1-1.2x the link after the switch, and a
+#: probe 5 s later lost 11 of its 29 packets and froze the video).
+CAREFUL_FACTOR = 1.0
 #: How often a connection with datagrams waiting is drained (s).
 TICK = 0.005
 
@@ -64,10 +72,12 @@ class Pacing:
         if self.pacer is not None and hasattr(stream, "pacer"):
             stream.pacer = self.pacer
 
-    def set_estimate(self, estimate: float | None) -> None:
-        """Pace at :data:`FACTOR` times ``estimate`` (bit/s); None: no pacing."""
+    def set_estimate(self, estimate: float | None, *, careful: bool = False) -> None:
+        """Pace at :data:`FACTOR` times ``estimate`` (bit/s), :data:`CAREFUL_FACTOR`
+        times it if ``careful`` (the estimate dropped lately); None: no pacing."""
         if self.pacer is not None:
-            self.pacer.rate = 0.0 if estimate is None else FACTOR * estimate
+            factor = CAREFUL_FACTOR if careful else FACTOR
+            self.pacer.rate = 0.0 if estimate is None else factor * estimate
 
     def boost(self, rate: float) -> None:
         """Pace at ``rate`` at least, while a probe cluster runs; 0 ends it."""

@@ -3,10 +3,11 @@ what the subscriber would take, but never right after the link showed its limit.
 
 from __future__ import annotations
 
-from media.adaptation import PROBE_QUIET, SubscriberAdaptation
+from media.adaptation import PROBE_CAREFUL, PROBE_QUIET, SubscriberAdaptation
 from media.allocator import Demand
 from media.feedback import SubscriberFeedback
 from media.metrics import CountingMediaMetrics
+from media.pacing import CAREFUL_FACTOR, FACTOR, Pacing
 from media.probe import Prober
 from media.transportcc import TransportCc
 from tests.support.clock import ManualClock
@@ -19,7 +20,7 @@ CAMERA = Demand(
 )
 
 
-def rig() -> tuple[SubscriberAdaptation, Prober, ManualClock]:
+def rig(pacing: Pacing | None = None) -> tuple[SubscriberAdaptation, Prober, ManualClock]:
     clock = ManualClock(100.0)
     metrics = CountingMediaMetrics()
     transport = TransportCc("t", accelerated=False, metrics=metrics, clock=clock)
@@ -38,6 +39,7 @@ def rig() -> tuple[SubscriberAdaptation, Prober, ManualClock]:
         transport=transport,
         prober=prober,
         clock=clock,
+        pacing=pacing,
     )
     return adaptation, prober, clock
 
@@ -74,3 +76,24 @@ async def test_no_probe_right_after_the_estimate_dropped() -> None:
     adaptation._probe_for(300_000.0, 200_000.0, [CAMERA], clock())
     assert prober.busy
     await prober.close()
+
+
+async def test_the_pace_is_the_estimate_itself_for_a_while_after_it_dropped() -> None:
+    pacing = Pacing("p")
+    try:
+        adaptation, prober, clock = rig(pacing)
+        adaptation._send_side = True  # the estimate is transport-wide feedback's
+        adaptation._pace(400_000.0, clock())
+        assert pacing.pacer.rate == FACTOR * 400_000.0
+        adaptation._dropped()  # the link showed its limit: what it carries is the estimate
+        adaptation._pace(300_000.0, clock())
+        assert pacing.pacer.rate == CAREFUL_FACTOR * 300_000.0 < FACTOR * 300_000.0
+        clock.advance(PROBE_CAREFUL + 0.1)
+        adaptation._pace(300_000.0, clock())
+        assert pacing.pacer.rate == FACTOR * 300_000.0
+        adaptation._send_side = False  # REMB only: not paced
+        adaptation._pace(300_000.0, clock())
+        assert pacing.pacer.rate == 0.0
+        await prober.close()
+    finally:
+        await pacing.close()

@@ -16,7 +16,7 @@ from aiortc.rtp import RtpPacket as AiortcPacket
 
 from media import downstream
 from media.forwarder import forwardable
-from media.pacing import FACTOR, Pacing
+from media.pacing import CAREFUL_FACTOR, FACTOR, Pacing
 from media.rtpheader import parse_rtp
 from media.sendlog import new_log
 from tests.media import test_forwarding as fwd
@@ -83,9 +83,11 @@ async def test_a_keyframe_leaves_at_the_pace_and_its_numbers_are_logged_as_it_le
         video, _ = fwd._fast(twcc=log)
         pacing.attach(video.stream)
         estimate = 800_000.0  # paced at 1 Mbit/s: 33 kB take ~0.26 s
+        pacing.set_estimate(estimate, careful=True)  # soon after a drop: at the estimate
+        assert pacing.pacer.rate == pytest.approx(CAREFUL_FACTOR * estimate)
         pacing.set_estimate(estimate)
         rate = FACTOR * estimate
-        assert pacing.pacer.rate == pytest.approx(rate)
+        assert pacing.pacer.rate == pytest.approx(rate) and FACTOR > CAREFUL_FACTOR
         for entry in keyframe():
             video.forward(entry)
         video.flush()
