@@ -250,10 +250,19 @@ class UpTrack:
         return self._inbound.send_pli(self.mid, rid)
 
     def request_keyframe(self, down: DownTrack | None = None) -> None:
-        """A keyframe of the layer ``down`` is on (without ``down``: of every layer)."""
+        """A keyframe of the layer ``down`` is on, or waits for (moved down at once);
+        none for a paused ``down`` (it gets no video: its browser's PLIs must not
+        raise keyframes for everyone, Chromium's VP8 simulcast encoding one on every
+        layer); without ``down`` (or one not placed yet): of every layer."""
         if self.kind != "video" or self.ended:
             return
         layer = self._layer_of.get(down) if down is not None else None
+        if layer is None and down is not None:
+            dropping = self._dropping.get(down)
+            if dropping is not None:
+                layer = dropping[0]
+            elif down in self._paused:
+                return
         if layer is not None:
             layer.request_keyframe()
             return

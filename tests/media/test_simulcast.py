@@ -10,6 +10,7 @@ aiortc's RTP parser.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import struct
@@ -674,4 +675,34 @@ async def test_a_paused_track_can_still_be_probed_for(publish: Publish) -> None:
     copies = sent(fast, ext_map)
     assert copies and all(c.payload_type == 97 for c in copies)
     assert int.from_bytes(copies[-1].payload[:2], "big") <= last.sequence_number
+    down.detach()
+
+
+@pytest.mark.usefixtures("implementation")
+async def test_keyframes_are_asked_of_the_layer_awaited_and_not_for_a_paused_track(
+    publish: Publish,
+) -> None:
+    """A subscriber's PLI while it waits for the low layer's keyframe (moved down at
+    once) asks that layer alone; while its video is paused, none at all: Chromium
+    encodes a keyframe on every simulcast layer for any one asked, which every other
+    subscriber, and a weak link most, pays for."""
+    up, _pub, fast, _ext_map, down = await _on_the_top_layer(publish)
+    up.set_max_layer(down, 0, urgent=True)
+    assert up.layer_of(down) is None and up.target_of(down) is up.layer("q")
+    await eventually(lambda: SSRCS["q"] in plis(publish), message="the switch's PLI of q")
+    publish.upstream.clear()
+    fast.keyframe_wanted()  # the subscriber's PLI
+    await eventually(lambda: SSRCS["q"] in plis(publish), message="a PLI of q")
+    assert set(plis(publish)) == {SSRCS["q"]}
+
+    up.set_max_layer(down, PAUSED, urgent=True)
+    assert up.paused(down)
+    publish.upstream.clear()
+    fast.keyframe_wanted()
+    up.request_keyframe()  # another's need of every layer still gets through
+    await eventually(lambda: len(set(plis(publish))) == 3, message="PLIs of every layer")
+    publish.upstream.clear()
+    fast.keyframe_wanted()
+    await asyncio.sleep(0.2)  # a window for a PLI that must not come
+    assert plis(publish) == []
     down.detach()
