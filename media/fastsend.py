@@ -264,8 +264,8 @@ class FastRtp:
         if old is None:
             return False  # not started: prepare() lays it out
         layout = _Layout(self.internals)
-        if layout.template == old.template and layout.twcc_at == old.twcc_at:
-            return False
+        if layout.template == old.template:
+            return False  # the same extensions at the same places
         self.stream.flush()  # what is batched keeps the layout it was written with
         self._spare = []  # built with the old layout: not copied as padding under the new
         self._configure(layout, self.stream.sequence_number)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiortc.clock import current_ntp_time
 
@@ -16,16 +17,21 @@ def test_ntp_now_matches_aiortc() -> None:
     assert abs(ntp_now() - current_ntp_time()) < (1 << 32) // 100  # within 10 ms
 
 
+def _video_receiver(call: Call, name: str) -> Any:
+    """The receiver of the video ``name``'s client gets from the SFU."""
+    return next(
+        t.receiver
+        for t in call.clients[name].subscribe_pc.getTransceivers()
+        if t.kind == "video" and t.receiver.track is not None
+    )
+
+
 async def test_sender_reports_carry_the_forwarded_counts(call: Call) -> None:
     """Our own _run_rtcp: subscribers get SRs whose counts match what was sent."""
     for name in ("ana", "ben"):
         await call.join(name)
     slot = next(s for s in call.room.participants["ben"]._slots if s.kind == "video")
-    receiver = next(
-        t.receiver
-        for t in call.clients["ben"].subscribe_pc.getTransceivers()
-        if t.kind == "video" and t.receiver.track is not None
-    )
+    receiver = _video_receiver(call, "ben")
 
     async def reported_over_50() -> int:
         """The packet count of the last sender report received, once over 50 (else 0)."""
@@ -139,10 +145,6 @@ async def test_a_sender_started_before_transport_cc_was_laid_out_numbers_once_re
     assert sent > 20 and numbered >= sent  # everything numbered again (and padding, if any)
 
     # Ben still decodes Ana's video across both changes of layout.
-    receiver = next(
-        t.receiver
-        for t in call.clients["ben"].subscribe_pc.getTransceivers()
-        if t.kind == "video" and t.receiver.track is not None
-    )
+    receiver = _video_receiver(call, "ben")
     stats = [s for s in (await receiver.getStats()).values() if s.type == "inbound-rtp"]
     assert stats and stats[0].packetsLost == 0
