@@ -314,6 +314,8 @@ typedef struct {
     unsigned long long frames, packets, octets; /* forwarded, since take_counts */
     unsigned long long bytes_in;                /* payload bytes received */
     unsigned long long rtx_bytes_in;            /* ... of them as retransmissions (RTX) */
+    unsigned long long keyframes_in;            /* VP8 keyframes begun (their first packet) */
+    unsigned long long duplicates;              /* video packets already held: not forwarded */
     int width, height;                          /* of the latest VP8 keyframe, 0 if none */
     unsigned long long level_packets, level_active, level_loudness; /* since take_levels */
 } Sink;
@@ -444,6 +446,17 @@ sink_flush(Sink *self)
 static int
 sink_packet(Sink *self, PyObject *data, Packet *p)
 {
+    if (self->size) {
+        /* A packet the cache holds already came: a publisher's retransmission of
+         * one the SFU never missed, which Chrome sends as bandwidth-probe padding
+         * (RTX of its latest packets, up to ~1 Mbit/s on the lowest layer). Its
+         * subscribers had it: forwarded again it only fills their links. */
+        Py_ssize_t slot = p->seq & (self->size - 1);
+        if (self->seqs[slot] == p->seq && self->items[slot] != NULL) {
+            self->duplicates++;
+            return 0;
+        }
+    }
     self->packets_in++;
     self->bytes_in += (unsigned long long)(p->end - p->start);
     if (p->rtx)
@@ -464,8 +477,10 @@ sink_packet(Sink *self, PyObject *data, Packet *p)
         /* A truncated descriptor: forwarded, never a keyframe. */
         vp8_describe(p->data, p->start, p->end, p);
         p->level = -1;
-        if (p->keyframe)
+        if (p->keyframe) {
+            self->keyframes_in++;
             vp8_keyframe_size(p->data, p->start, p->end, &self->width, &self->height);
+        }
         PyObject *entry = packet_tuple(data, p);
         if (entry == NULL)
             return -1;
@@ -544,6 +559,20 @@ Sink_get(Sink *self, PyObject *arg)
     }
     self->misses++;
     Py_RETURN_NONE;
+}
+
+static PyObject *
+Sink_holds(Sink *self, PyObject *arg)
+{
+    long seq = PyLong_AsLong(arg);
+    if (seq == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->size) {
+        Py_ssize_t slot = seq & (self->size - 1);
+        if (self->seqs[slot] == seq && self->items[slot] != NULL)
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
 }
 
 static PyObject *
@@ -646,6 +675,10 @@ static PyMemberDef Sink_members[] = {
     {"bytes_in", T_ULONGLONG, offsetof(Sink, bytes_in), READONLY, "payload bytes received"},
     {"rtx_bytes_in", T_ULONGLONG, offsetof(Sink, rtx_bytes_in), READONLY,
      "payload bytes received as retransmissions (RTX: NACK answers, the sender's probes)"},
+    {"keyframes_in", T_ULONGLONG, offsetof(Sink, keyframes_in), READONLY,
+     "VP8 keyframes received (their first packets)"},
+    {"duplicates", T_ULONGLONG, offsetof(Sink, duplicates), READONLY,
+     "video packets received again while cached: dropped, not counted in packets_in"},
     {"width", T_INT, offsetof(Sink, width), 0, "the latest VP8 keyframe's width, 0 if none"},
     {"height", T_INT, offsetof(Sink, height), 0, "the latest VP8 keyframe's height, 0 if none"},
     {NULL, 0, 0, 0, NULL},
@@ -663,6 +696,8 @@ static PyMethodDef Sink_methods[] = {
     {"put", (PyCFunction)(void (*)(void))Sink_put, METH_FASTCALL,
      "put(seq, item, keyframe=False): cache one packet"},
     {"get", (PyCFunction)Sink_get, METH_O, "get(seq) -> item | None"},
+    {"holds", (PyCFunction)Sink_holds, METH_O,
+     "holds(seq) -> whether that packet is cached (not counted as a hit or miss)"},
     {"clear", (PyCFunction)Sink_clear_cache, METH_NOARGS, "forget every cached packet"},
     {"flush", (PyCFunction)Sink_flush, METH_NOARGS, "send what the downs queued"},
     {"expire", (PyCFunction)Sink_expire, METH_O,

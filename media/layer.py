@@ -70,6 +70,7 @@ class PacketStore(Protocol):
     def keyframe_seq(self) -> int | None: ...
     def put(self, seq: int, item: PacketTuple, keyframe: bool = False) -> None: ...
     def get(self, seq: int) -> PacketTuple | None: ...
+    def holds(self, seq: int) -> bool: ...
     def clear(self) -> None: ...
 
 
@@ -103,6 +104,10 @@ class Layer:
         self._packets_in = 0
         self._bytes_in = 0
         self._rtx_bytes_in = 0
+        self._keyframes_in = 0
+        self._duplicates = 0
+        self._synced = (0, 0)  # duplicates and keyframes counted in the metrics
+        self._repair = 0  # payload bytes of the next packet, if it came as RTX
         self._sampled = 0
         self._size = (0, 0)  # of the latest VP8 keyframe (Python path without the C sink)
         #: Incoming payload bit rate (bit/s), smoothed, updated at each tick.
@@ -168,9 +173,26 @@ class Layer:
         sink = self._sink
         return self._rtx_bytes_in + (sink.rtx_bytes_in if sink is not None else 0)
 
+    @property
+    def keyframes_in(self) -> int:
+        """Keyframes received on this layer (both paths; what every subscriber's
+        and every switch's requests cost the publisher, Chromium's VP8 simulcast
+        encoding one on every layer for any layer asked)."""
+        sink = self._sink
+        return self._keyframes_in + (sink.keyframes_in if sink is not None else 0)
+
+    @property
+    def duplicates(self) -> int:
+        """Packets received again while still cached (both paths): dropped, not
+        forwarded. Chrome probes its uplink with RTX copies of its latest packets
+        (up to ~1 Mbit/s of them on the lowest layer, measured): the subscribers
+        had those packets, and forwarded again they only filled a weak downlink."""
+        sink = self._sink
+        return self._duplicates + (sink.duplicates if sink is not None else 0)
+
     def repaired(self, nbytes: int) -> None:
         """The next packet (Python path) came as a retransmission."""
-        self._rtx_bytes_in += nbytes
+        self._repair = nbytes
 
     @property
     def size(self) -> tuple[int, int]:
@@ -211,13 +233,20 @@ class Layer:
         """One packet from the receive path (original sequence number, RTX unwrapped)."""
         if self.ended:
             return
+        repair, self._repair = self._repair, 0
+        cache = self.cache
+        if cache is not None and cache.holds(packet.sequence_number):
+            self._duplicates += 1  # counted in the metrics at the next sync
+            return
         self._packets_in += 1
         self._bytes_in += packet.payload_size
+        self._rtx_bytes_in += repair
         if self._vp8:
             entry = vp8_packet(packet, -1)
             if entry is None:  # a truncated descriptor: forwarded, never a keyframe
                 entry = describe(packet, False)
             elif entry[6]:
+                self._keyframes_in += 1
                 size = vp8_keyframe_size(packet.data, packet.payload_start, packet.payload_end)
                 if size is not None:
                     self._set_size(size)
@@ -226,6 +255,7 @@ class Layer:
                 packet.data, packet.payload_start, packet.payload_end
             )
             entry = describe(packet, keyframe)
+            self._keyframes_in += keyframe
         else:
             # Audio: every packet stands alone; its level (RFC 6464) forwarded as sent.
             level = -1
@@ -244,7 +274,6 @@ class Layer:
                         levels[1] += 1
                         levels[2] += 127 - magnitude
             entry = describe(packet, True, level=level)
-        cache = self.cache
         if cache is not None:
             cache.put(packet.sequence_number, entry, entry[6])
         if entry[6] and self.pending:
@@ -283,7 +312,16 @@ class Layer:
         return self.track.send_pli(self.rid)
 
     def sync(self) -> None:
-        """Count what the C half forwarded since the last call (receiver report ticks)."""
+        """Count in the metrics what came and what the C half forwarded since the last
+        call (receiver report ticks)."""
+        duplicates, keyframes = self.duplicates, self.keyframes_in
+        synced_duplicates, synced_keyframes = self._synced
+        if duplicates != synced_duplicates:
+            self._metrics.rtp_dropped("duplicate", duplicates - synced_duplicates)
+        if keyframes != synced_keyframes:
+            index = self.track.rids.index(self.rid) if self.rid in self.track.rids else 0
+            self._metrics.keyframes_received(index, keyframes - synced_keyframes)
+        self._synced = (duplicates, keyframes)
         sink = self._sink
         if sink is None:
             return

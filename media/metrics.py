@@ -23,6 +23,7 @@ class MediaMetrics(Protocol):
     def participant_left(self) -> None: ...
     def packets_forwarded(self, kind: str, frames: int, packets: int, nbytes: int) -> None: ...
     def pli_sent(self) -> None: ...
+    def keyframes_received(self, layer: int, count: int) -> None: ...
     def pli_relayed(self) -> None: ...
     def nack_received(self) -> None: ...
     def subscriber_skipped_to_keyframe(self) -> None: ...
@@ -48,7 +49,7 @@ class MediaMetrics(Protocol):
 
 
 #: Reasons an incoming RTP/RTCP datagram is dropped (the ``reason`` label).
-DROP_REASONS = ("malformed", "unknown_ssrc", "srtp", "padding")
+DROP_REASONS = ("malformed", "unknown_ssrc", "srtp", "padding", "duplicate")
 #: Reasons a relay datagram from another node is dropped (media/relaywire.py, media/relay.py).
 RELAY_DROP_REASONS = (
     "short",
@@ -84,6 +85,9 @@ class NoopMediaMetrics:
         pass
 
     def pli_sent(self) -> None:
+        pass
+
+    def keyframes_received(self, layer: int, count: int) -> None:
         pass
 
     def pli_relayed(self) -> None:
@@ -210,6 +214,13 @@ class PrometheusMediaMetrics:
         self.plis_sent = Counter(
             f"{p}_sfu_pli_sent_total", "Keyframe requests sent to publishers", registry=registry
         )
+        self.keyframes = Counter(
+            f"{p}_sfu_keyframes_received_total",
+            "Video keyframes received from publishers, by layer (0: the lowest or only one; "
+            "Chromium's VP8 simulcast sends one on every layer when any is asked for)",
+            ["layer"],
+            registry=registry,
+        )
         self.plis_relayed = Counter(
             f"{p}_sfu_pli_relayed_total",
             "Keyframe requests received from subscribers",
@@ -231,7 +242,9 @@ class PrometheusMediaMetrics:
         self.dropped = Counter(
             f"{p}_sfu_rtp_dropped_total",
             "Incoming RTP/RTCP datagrams dropped, by reason "
-            "(malformed, unknown_ssrc, srtp: failed to unprotect, padding: no payload)",
+            "(malformed, unknown_ssrc, srtp: failed to unprotect, padding: no payload, "
+            "duplicate: a video packet received again while cached, e.g. a publisher's "
+            "RTX probe padding)",
             ["reason"],
             registry=registry,
         )
@@ -372,6 +385,9 @@ class PrometheusMediaMetrics:
     def pli_sent(self) -> None:
         self.plis_sent.inc()
 
+    def keyframes_received(self, layer: int, count: int) -> None:
+        self.keyframes.labels(str(layer)).inc(count)
+
     def pli_relayed(self) -> None:
         self.plis_relayed.inc()
 
@@ -480,6 +496,9 @@ class CountingMediaMetrics:
 
     def pli_sent(self) -> None:
         self.counts["pli_sent"] += 1
+
+    def keyframes_received(self, layer: int, count: int) -> None:
+        self.counts[f"keyframes_layer_{layer}"] += count
 
     def pli_relayed(self) -> None:
         self.counts["pli_relayed"] += 1

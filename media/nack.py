@@ -146,6 +146,10 @@ class PacketCache(Generic[T]):
         self.misses += 1
         return None
 
+    def holds(self, seq: int) -> bool:
+        """Whether packet ``seq`` is cached (not counted as a hit or a miss)."""
+        return self._seqs[seq & self._mask] == seq
+
     def clear(self) -> None:
         self._seqs = [-1] * len(self._seqs)
         self._items = [None] * len(self._items)

@@ -266,19 +266,68 @@ async def test_a_subscriber_gets_one_continuous_stream_across_layer_switches(
     assert not any(layer.pending for layer in up.layers())
 
 
+def _rtx(p: Publish, pub: Publisher, rid: str, seq: int, rtx_seq: int, payload: bytes) -> None:
+    """An RTX packet (RFC 4588) of layer ``rid``'s packet ``seq``, on SSRC 0x7777."""
+    inbound = p.inbound
+    rtx_pt = next(pt for pt, apt in inbound._mlines["0"].rtx_apt.items() if apt == p.pt)
+    ext = bytes([(p.mid_id << 4) | 0]) + b"0" + bytes([(RRID_ID << 4) | 0]) + rid.encode()
+    ext += bytes(-len(ext) % 4)
+    header = struct.pack("!BBHII", 0x90, rtx_pt, rtx_seq, pub.ts[rid], 0x7777)
+    header += struct.pack("!HH", 0xBEDE, len(ext) // 4) + ext
+    inbound._on_srtp(pub.rx, pub.tx.protect(header + struct.pack("!H", seq) + payload))
+
+
 async def test_rtx_of_a_layer_is_placed_by_its_repaired_rid(publish: Publish) -> None:
     up, inbound = publish.up, publish.inbound
     pub = Publisher(publish)
     pub.frame("h", key=True)
-    rtx_pt = next(pt for pt, apt in inbound._mlines["0"].rtx_apt.items() if apt == publish.pt)
-    ext = bytes([(publish.mid_id << 4) | 0]) + b"0" + bytes([(RRID_ID << 4) | 0]) + b"h"
-    ext += bytes(-len(ext) % 4)
-    header = struct.pack("!BBHII", 0x90, rtx_pt, 7, pub.ts["h"], 0x7777)
-    header += struct.pack("!HH", 0xBEDE, len(ext) // 4) + ext
-    inbound._on_srtp(pub.rx, pub.tx.protect(header + struct.pack("!H", pub.seq["h"]) + b"\x90"))
+    _rtx(publish, pub, "h", (pub.seq["h"] + 1) & 0xFFFF, 7, b"\x90")  # one not received yet
     assert inbound._rtx[0x7777] is inbound._streams[SSRCS["h"]]
     assert inbound.rtx_packets == 1
     assert up.layer("h").packets_in == 3
+
+
+@pytest.mark.usefixtures("implementation")
+async def test_a_retransmission_of_a_packet_already_received_is_not_forwarded(
+    publish: Publish,
+) -> None:
+    """Chrome probes its uplink with RTX copies of packets the SFU had (measured: up
+    to ~1 Mbit/s of them on the lowest layer); its subscribers had them too."""
+    up, pub = publish.up, Publisher(publish)
+    fast, ext_map = _fast()
+    down = DownTrack("video", publish.metrics)
+    down.sender, fast.down = fast, down
+    pub.frame("q", key=True)
+    down.attach(up)
+    first = pub.frame("q")
+    layer = up.layer("q")
+    assert [p.payload[4:] for p in sent(fast, ext_map)][-2:] == [f[4:] for f in first]
+    packets, nbytes, rtx_bytes = layer.packets_in, layer.bytes_in, layer.rtx_bytes_in
+
+    # Copies of both packets of the frame just forwarded: dropped, counted.
+    seqs = ((pub.seq["q"] - 1) & 0xFFFF, pub.seq["q"])
+    for rtx_seq, (seq, payload) in enumerate(zip(seqs, first, strict=True), 1):
+        _rtx(publish, pub, "q", seq, rtx_seq, payload)
+    up.sync()
+    assert sent(fast, ext_map) == []
+    assert layer.duplicates == 2
+    assert publish.metrics.counts["dropped_duplicate"] == 2
+    assert layer.keyframes_in == 1 and publish.metrics.counts["keyframes_layer_0"] == 1
+    assert (layer.packets_in, layer.bytes_in, layer.rtx_bytes_in) == (packets, nbytes, rtx_bytes)
+
+    # A packet lost on the way and repaired is forwarded, once.
+    pub.seq["q"] = (pub.seq["q"] + 1) & 0xFFFF  # its number: never arrived
+    lost = pub.seq["q"]
+    after = pub.frame("q")
+    sent(fast, ext_map)
+    repair = b"\x80\x80" + after[0][2:]
+    _rtx(publish, pub, "q", lost, 3, repair)
+    _rtx(publish, pub, "q", lost, 4, repair)  # and again: a duplicate now
+    up.sync()
+    (repaired,) = sent(fast, ext_map)
+    assert repaired.payload == repair
+    assert layer.duplicates == 3
+    assert layer.rtx_bytes_in == rtx_bytes + len(repair)
 
 
 def _measure(up: UpTrack, pub: Publisher, rates: tuple[float, ...]) -> None:
