@@ -63,6 +63,11 @@ K_DOWN = 0.039
 OVERUSE_TIME_MS = 100.0
 #: On overuse the estimate becomes this share of what arrived.
 BETA = 0.85
+#: While overuse lasts the estimate decreases again (to BETA of what arrives
+#: then) once a round trip after the last decrease, the round trip taken
+#: between these bounds (s).
+REDUCE_INTERVAL_MIN = 0.01
+REDUCE_INTERVAL_MAX = 0.2
 #: Multiplicative growth per second, far from the last congestion point.
 GROWTH = 1.08
 #: The estimate never exceeds this times the arrived rate (plus ACKED_SLACK).
@@ -226,11 +231,14 @@ class Aimd:
             self.rate = max(acked, START)
         elapsed = 0.0 if last is None else min(max(now_us - last, 0), 1_000_000) / 1e6
         if usage is Usage.OVERUSING:
+            delivered = acked if throughput is None else throughput
             if not self._holding:
-                delivered = acked if throughput is None else throughput
-                self._note_capacity(delivered)
-                self.rate = max(FLOOR, min(self.rate, BETA * delivered))
-                self.decreased = (now_us, delivered)
+                self._decrease(delivered, now_us)
+            elif self._time_to_reduce_further(now_us, rtt) and BETA * delivered < self.rate:
+                # Still overusing: the first decrease answered what arrived while the
+                # queue filled (a bottleneck's burst allowance delivers a few packets
+                # at line rate); what arrives now is nearer the link's rate.
+                self._decrease(delivered, now_us)
             self._holding = True
             return self.rate
         if usage is Usage.UNDERUSING:
@@ -247,6 +255,21 @@ class Aimd:
         limit = ACKED_CAP * acked + ACKED_SLACK
         self.rate = grown if grown <= limit else max(self.rate, limit)
         return self.rate
+
+    def _decrease(self, delivered: float, now_us: int) -> None:
+        assert self.rate is not None
+        self._note_capacity(delivered)
+        self.rate = max(FLOOR, min(self.rate, BETA * delivered))
+        self.decreased = (now_us, delivered)
+
+    def _time_to_reduce_further(self, now_us: int, rtt: float) -> bool:
+        """Another decrease while overuse lasts: a round trip after the last one
+        (10-200 ms), when the feedback shows what the lower rate did (libwebrtc's
+        AimdRateControl::TimeToReduceFurther)."""
+        if self.decreased is None:
+            return True
+        interval = min(max(rtt, REDUCE_INTERVAL_MIN), REDUCE_INTERVAL_MAX)
+        return now_us - self.decreased[0] >= interval * 1e6
 
     def _note_capacity(self, acked: float) -> None:
         """The arrived rate at an overuse: where the link's capacity is (kbit/s

@@ -296,3 +296,28 @@ def test_the_loss_reported_after_a_decrease_cuts_no_lower_than_it() -> None:
     estimator.on_loss_report(0.75, now)
     later = estimator.estimate
     assert later is not None and later < estimate
+
+
+def test_an_overuse_that_lasts_decreases_again_a_round_trip_later_to_what_arrives_then() -> None:
+    """The first decrease answers what arrived while a bottleneck's queue filled, which
+    a token bucket's burst allowance inflates (a 400 kbit/s shaper delivered 1.2 Mbit/s
+    in the newest packets): the estimate stayed at 1 Mbit/s for 3 s until losses cut it."""
+    estimator = SendSideEstimator()
+    aimd = estimator.aimd
+    now = 1_000_000
+    aimd.update(Usage.NORMAL, 2_000_000.0, now, 0.1)
+    aimd.update(Usage.OVERUSING, 2_000_000.0, now, 0.1, throughput=1_200_000.0)
+    assert aimd.rate == pytest.approx(1_020_000)
+    # Within the round trip: what arrives still says little of the lower rate.
+    aimd.update(Usage.OVERUSING, 2_000_000.0, now + 50_000, 0.1, throughput=450_000.0)
+    assert aimd.rate == pytest.approx(1_020_000)
+    aimd.update(Usage.OVERUSING, 2_000_000.0, now + 150_000, 0.1, throughput=450_000.0)
+    assert aimd.rate == pytest.approx(382_500)
+    # Never up while overusing, and no lower than BETA of what the link delivers.
+    aimd.update(Usage.OVERUSING, 2_000_000.0, now + 400_000, 0.1, throughput=480_000.0)
+    assert aimd.rate == pytest.approx(382_500)
+    aimd.update(Usage.OVERUSING, 2_000_000.0, now + 700_000, 0.1, throughput=440_000.0)
+    assert aimd.rate == pytest.approx(374_000)
+    # A long round trip spaces the decreases 200 ms at most.
+    aimd.update(Usage.OVERUSING, 2_000_000.0, now + 900_000, 2.0, throughput=400_000.0)
+    assert aimd.rate == pytest.approx(340_000)
