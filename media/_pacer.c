@@ -123,8 +123,8 @@ pacer_drain(Pacer *p, int64_t now)
                 break;
         }
         udpout_send_run(out, p->buf + first->off, bytes, seg, count);
-        if (!unpaced)
-            p->tokens -= (double)bytes; /* unpaced sends run up no debt */
+        if (!unpaced) /* unpaced sends run up no debt */
+            p->tokens -= (double)bytes + (double)count * TRANSPORT_OVERHEAD;
         p->sent_bytes += bytes;
         if (now - first->at_us > p->longest_wait_us)
             p->longest_wait_us = now - first->at_us;

@@ -7,7 +7,8 @@
  * (stamped by the Down, media/_fanout.c) and an entry here: when it left
  * (CLOCK_MONOTONIC, microseconds: the clock of Python's time.monotonic) and
  * its size on the wire. The subscriber's feedback says which numbers arrived
- * when; media/transportcc.py looks the send side up here (lookup) to feed the
+ * when (counted with its IP and UDP headers, TRANSPORT_OVERHEAD);
+ * media/transportcc.py looks the send side up here (lookup) to feed the
  * estimator. The log is a ring: numbers older than SENDLOG_SIZE packets are
  * forgotten (lookup gives None for them). media/sendlog.py is the Python twin.
  */
@@ -26,6 +27,7 @@ monotonic_us(void)
 void
 sendlog_record(SendLog *log, uint16_t seq, size_t size, int64_t at_us)
 {
+    size += TRANSPORT_OVERHEAD;
     SentPacket *entry = &log->ring[seq & (SENDLOG_SIZE - 1)];
     entry->at_us = at_us;
     entry->size = (uint32_t)size;

@@ -12,7 +12,9 @@ does for publishers, and acts on each packet of a compound:
 - transport-wide feedback (RTPFB FMT 15): handed to the connection's
   :class:`media.transportcc.TransportCc`, the send-side estimate;
 - receiver reports: fraction lost, cumulative loss, jitter and the round-trip
-  time (from LSR/DLSR against the sender reports we sent), kept per stream.
+  time (from LSR/DLSR against the sender reports we sent), kept per stream;
+  the connection's loss for the estimate is counted over all its streams'
+  packets (:data:`LOSS_MIN_PACKETS` at least), not one block's fraction.
 
 Everything malformed is skipped; nothing here raises into the socket's protocol.
 """
@@ -34,6 +36,12 @@ from .srtpin import SrtpReceiver
 logger = logging.getLogger(__name__)
 
 _NTP_OFFSET = 2208988800
+#: The estimate is told the connection's loss once receiver reports covered this
+#: many packets since it was last told, counted over every stream (libwebrtc's
+#: kLimitNumPackets): a block about a stream that carried two packets since its
+#: last report, one lost, says "50 % lost" (measured behind a 400 kbit/s
+#: shaper: a lowest layer waiting for its keyframe cut the estimate by a quarter).
+LOSS_MIN_PACKETS = 20
 
 
 class FeedbackTarget(Protocol):
@@ -83,6 +91,11 @@ class SubscriberFeedback:
         self.on_transport_feedback: Callable[[bytes], None] | None = None
         self.on_rtt: Callable[[float], None] | None = None
         self.on_loss: Callable[[float], None] | None = None
+        # Per reported SSRC: (cumulative lost, extended highest sequence number) of
+        # its last block; and lost/expected summed since the estimate was told.
+        self._extents: dict[int, tuple[int, int]] = {}
+        self._lost = 0
+        self._expected = 0
         self.nacks = 0
         self.keyframe_requests = 0
         self.reports = 0
@@ -164,7 +177,7 @@ class SubscriberFeedback:
             pos = start + 24 * i
             if pos + 24 > len(packet):
                 return
-            ssrc, lost_word, _, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", packet, pos)
+            ssrc, lost_word, highest, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", packet, pos)
             target = self._lookup(ssrc)
             if target is None:
                 continue
@@ -178,9 +191,24 @@ class SubscriberFeedback:
                     self.on_rtt(rtt)
             self.reports += 1
             fraction = (lost_word >> 24) / 256
-            if self.on_loss is not None:
-                self.on_loss(fraction)
+            self._count_loss(ssrc, cumulative, highest)
             target.reported(StreamReport(fraction, cumulative, jitter, rtt))
+        if self._expected >= LOSS_MIN_PACKETS:
+            lost, expected = self._lost, self._expected
+            self._lost = self._expected = 0
+            if self.on_loss is not None:
+                self.on_loss(min(1.0, max(0, lost) / expected))
+
+    def _count_loss(self, ssrc: int, cumulative: int, highest: int) -> None:
+        """Add what one block says was expected and lost since that stream's last."""
+        previous = self._extents.get(ssrc)
+        self._extents[ssrc] = (cumulative, highest)
+        if previous is None:
+            return
+        expected = (highest - previous[1]) & 0xFFFFFFFF
+        if 0 < expected < 0x8000:  # otherwise a reset stream or a reordered report
+            self._expected += expected
+            self._lost += max(-expected, min(cumulative - previous[0], expected))
 
     def close(self) -> None:
         """Stop acting on feedback (idempotent)."""

@@ -33,6 +33,7 @@ from .metrics import MediaMetrics
 from .nack import PacketCache
 from .payload import h264_keyframe_start, vp8_keyframe_size
 from .rtpheader import RtpPacket
+from .sendlog import TRANSPORT_OVERHEAD
 from .speakers import SPEECH_LEVEL
 from .udpout import ACCELERATED, _udpsend
 
@@ -52,10 +53,11 @@ MAX_REPLAY_PACKETS = 128
 #: Ticks (receiver-report periods, 0.5-1.5 s) a layer's allocation cost is the median of.
 COST_TICKS = 3
 #: Bytes a forwarded packet costs on a subscriber's link beyond its payload, as the
-#: send-side estimate counts them (the RTP header, the header extensions the SFU
-#: writes, the SRTP tag): about 40. Audio at 50 packets/s of 60-byte payloads costs
-#: half again its payload rate.
-PACKET_OVERHEAD = 40
+#: send-side estimate counts them: the RTP header, the header extensions the SFU
+#: writes and the SRTP tag (about 40), and the IP and UDP headers
+#: (media.sendlog.TRANSPORT_OVERHEAD). Audio at 50 packets/s of 60-byte payloads
+#: costs twice its payload rate.
+PACKET_OVERHEAD = 40 + TRANSPORT_OVERHEAD
 
 
 class PacketStore(Protocol):

@@ -9,7 +9,8 @@ the next one (measured on a 400 kbit/s shaper with a 300 ms queue: freezes of
 1.5-4 s after the down-switch). With a pacer the queue is the SFU's: every
 stream of the connection, media, repairs and probe padding alike, leaves in
 the order it was numbered at no more than :data:`FACTOR` times the send-side
-estimate, so the link's queue stays short.
+estimate, so the link's queue stays short. Both count a datagram as the link
+does, with its IP and UDP headers (``media.sendlog.TRANSPORT_OVERHEAD``).
 
 :class:`Pacing` owns one connection's pacer and the task that drains it
 every :data:`TICK` seconds while something waits (woken by the pacer when

@@ -25,7 +25,7 @@ from media.metrics import NoopMediaMetrics
 from media.nack import PacketCache
 from media.payload import parse_vp8
 from media.rtpheader import parse_rtp
-from media.sendlog import monotonic_us, new_log
+from media.sendlog import TRANSPORT_OVERHEAD, monotonic_us, new_log
 from media.udpout import DatagramOut
 from tests.support.polling import eventually
 
@@ -461,8 +461,9 @@ async def test_transport_wide_numbers_run_across_the_connections_streams() -> No
     looked_up = log.lookup(0, 6)
     assert looked_up[5] is None
     sizes = [entry[1] for entry in looked_up[:5] if entry is not None]
-    # The log holds the protected size: the plaintext plus the SRTP tag.
-    assert [size - plain for size, plain in zip(sizes, wire_sizes, strict=True)] == [10] * 5
+    # The log holds the size on the link: the plaintext, the SRTP tag, IP and UDP headers.
+    extra = 10 + TRANSPORT_OVERHEAD
+    assert [size - plain for size, plain in zip(sizes, wire_sizes, strict=True)] == [extra] * 5
     times = [entry[0] for entry in looked_up[:5] if entry is not None]
     assert times == sorted(times) and monotonic_us() - times[0] < 60_000_000
 

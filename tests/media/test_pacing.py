@@ -18,7 +18,7 @@ from media import downstream
 from media.forwarder import forwardable
 from media.pacing import CAREFUL_FACTOR, FACTOR, Pacing
 from media.rtpheader import parse_rtp
-from media.sendlog import new_log
+from media.sendlog import TRANSPORT_OVERHEAD, new_log
 from tests.media import test_forwarding as fwd
 from tests.support.polling import eventually
 
@@ -116,6 +116,40 @@ async def test_a_keyframe_leaves_at_the_pace_and_its_numbers_are_logged_as_it_le
         assert spread >= 0.8 * paced_bytes * 8 / rate
         assert pacing.pacer.take_longest_wait() >= 0.8 * paced_bytes * 8 / rate
         assert log.disorder == 0
+    finally:
+        await pacing.close()
+
+
+async def test_small_packets_are_paced_with_their_ip_and_udp_headers_counted() -> None:
+    """A link carries a datagram's IP and UDP headers too: 28 bytes, a fifth of a
+    small packet. Paced without them, a stream of small packets runs over a link
+    whose rate the estimate (which counts them) found."""
+    pacing = Pacing("t")
+    try:
+        log = new_log(True)
+        video, _ = fwd._fast(twcc=log)
+        pacing.attach(video.stream)
+        rate = 200_000.0
+        pacing.set_estimate(rate, careful=True)
+        count = 60
+        for i in range(count):
+            video.forward(fwd.vp8(500 + i, 90_000, 7, key=i == 0, start=i == 0,
+                                  marker=i == count - 1, size=100))  # fmt: skip
+        video.flush()
+        wire = fwd._SENT[id(video)].wire
+        got: list[bytes] = []
+        await eventually(
+            lambda: arrived(wire, got) == count, timeout=5.0, interval=0.01, message="all"
+        )
+        entries = [e for e in log.lookup(0, count) if e is not None]
+        sizes = [size for _, size in entries]
+        # Logged as on the link: the datagram (plaintext and SRTP tag), IP and UDP.
+        assert {size - len(p) for size, p in zip(sizes, got, strict=True)} == {
+            10 + TRANSPORT_OVERHEAD
+        }
+        paced_bytes = sum(sizes) - max(rate / 8 * 0.04, 2500) - sizes[-1]
+        spread = (entries[-1][0] - entries[0][0]) / 1e6
+        assert spread >= 0.9 * paced_bytes * 8 / rate
     finally:
         await pacing.close()
 
