@@ -238,7 +238,9 @@ class SubscriberAdaptation:
         if not self._views and not any(
             slot.source is not None and len(slot.source.rids) > 1 for slot in slots
         ):
-            # Nothing to adapt (no simulcast, no tile settings): only say what is sent.
+            # Nothing to adapt (no simulcast, no tile settings): only say what is sent,
+            # and keep the estimate the pacer and the repairs go by current.
+            self._follow_estimate(slots)
             shape = [(slot.transceiver.mid, slot.source) for slot in slots]
             if shape == self._shape:
                 return
@@ -414,6 +416,24 @@ class SubscriberAdaptation:
             self._steady_since = now
             budget = max(budget, (sending + step) / HEADROOM * 1.01)
         return budget
+
+    def _follow_estimate(self, slots: Sequence[Slot]) -> None:
+        """A tick with nothing to allocate: every track is sent as it is, but the
+        estimate still moves, and the pacer and the repair budget must move with it
+        (paced at a stale estimate, the connection's queue grows while the estimate
+        climbs, and repairs wait behind it until they are too late). Media no
+        allocation sized leaves the repairs no share to compute: the estimate alone
+        bounds them (``media_rate`` 0)."""
+        sending = 0.0
+        for slot in slots:
+            up = slot.source
+            if up is not None and not up.ended and not up.paused(slot.down):
+                sending += dict(up.arriving_layers()).get(0, 0.0)
+        estimate = self.estimate = self.current_estimate(sending)
+        if estimate is not None:
+            self._metrics.subscriber_estimate(estimate)
+        self._pace(estimate, self._clock())
+        self.media_rate = 0.0
 
     def _pace(self, estimate: float | None, now: float) -> None:
         """Pace the connection at the send side's estimate (a REMB receiver reads delay

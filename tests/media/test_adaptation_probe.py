@@ -97,3 +97,29 @@ async def test_the_pace_is_the_estimate_itself_for_a_while_after_it_dropped() ->
         await prober.close()
     finally:
         await pacing.close()
+
+
+async def test_the_pace_follows_the_estimate_when_there_is_nothing_to_allocate() -> None:
+    # No simulcast and no tile settings: every tick after the first has nothing to
+    # allocate, but a pacer left at the first estimate would queue what the climbing
+    # estimate lets through, and the repairs behind it would come too late.
+    pacing = Pacing("p")
+    try:
+        adaptation, prober, clock = rig(pacing)
+        transport = adaptation._transport
+        assert transport is not None
+        aimd = transport.estimator.aimd
+        aimd.set(400_000.0)
+        transport.feedback_at = clock()  # as transport-wide feedback does
+        await adaptation.tick()
+        assert pacing.pacer.rate == FACTOR * 400_000.0
+        for rate in (600_000.0, 900_000.0):
+            aimd.set(rate)
+            clock.advance(0.5)
+            transport.feedback_at = clock()
+            await adaptation.tick()
+            assert adaptation.estimate == rate
+            assert pacing.pacer.rate == FACTOR * rate
+        await prober.close()
+    finally:
+        await pacing.close()
