@@ -100,12 +100,15 @@ class _PendingFrame:
 
 
 class VideoForwardingBuffer:
-    """Reassembles video frames; emits on marker bit when no packet is missing.
+    """Reassembles video frames; emits on marker bit when no packet is missing,
+    in the frame itself or between it and the frame emitted before it.
 
     A frame still incomplete ``incomplete_timeout`` seconds after its first
     packet is dropped, ``on_loss`` is called (the owner sends a rate-limited
     PLI), and delta frames are held back until the next keyframe so nobody
-    decodes from a broken reference.
+    decodes from a broken reference. A whole delta frame that follows missing
+    packets (a frame lost entirely, as a one-packet frame is) waits as long for
+    them, then counts as one lost frame the same way; a keyframe never waits.
     """
 
     def __init__(
@@ -188,12 +191,24 @@ class VideoForwardingBuffer:
             if prev is not None and ((prev + 1) & 0xFFFF) in frame.packets:
                 start = (prev + 1) & 0xFFFF
             end = frame.end_seq
-            if start is not None and end is not None and self._complete(frame, start, end):
-                self._emit(frame, start, end)
-            elif now - frame.first_arrival >= self._timeout:
+            if start is None or end is None or not self._complete(frame, start, end):
+                if now - frame.first_arrival < self._timeout:
+                    return
                 self._drop(frame)
-            else:
-                return
+                continue
+            data = self._payload(frame, start, end)
+            name = self._codec_names.get(frame.packets[start].payload_type, "")
+            keyframe = is_keyframe(name, data)
+            if prev is not None and start != (prev + 1) & 0xFFFF and not keyframe:
+                # Whole packets between the last frame and this one are missing: a
+                # frame lost entirely (one packet, often), its repair may be on the
+                # way. A decoder can't use this one before it: wait as for a gap,
+                # then count the lost frame and wait for a keyframe.
+                if not self._need_keyframe and now - frame.first_arrival < self._timeout:
+                    return
+                if not self._need_keyframe:
+                    self._lost_before()
+            self._emit(frame, data, keyframe)
 
     @staticmethod
     def _complete(frame: _PendingFrame, start: int, end: int) -> bool:
@@ -213,12 +228,13 @@ class VideoForwardingBuffer:
             if not _ts_newer(other.timestamp, frame.timestamp):
                 del self._pending[other.timestamp]
 
-    def _emit(self, frame: _PendingFrame, start: int, end: int) -> None:
+    @staticmethod
+    def _payload(frame: _PendingFrame, start: int, end: int) -> bytes:
         count = ((end - start) & 0xFFFF) + 1
         packets = frame.packets
-        data = b"".join(depayloaded(packets[(start + i) & 0xFFFF]) for i in range(count))
-        name = self._codec_names.get(packets[start].payload_type, "")
-        keyframe = is_keyframe(name, data)
+        return b"".join(depayloaded(packets[(start + i) & 0xFFFF]) for i in range(count))
+
+    def _emit(self, frame: _PendingFrame, data: bytes, keyframe: bool) -> None:
         self._finish(frame)
         pts = self._unwrapper.unwrap(frame.timestamp)
         if self._need_keyframe:
@@ -232,8 +248,12 @@ class VideoForwardingBuffer:
     def _drop(self, frame: _PendingFrame) -> None:
         self._finish(frame)
         self._unwrapper.unwrap(frame.timestamp)
-        self.frames_dropped += 1
-        self._need_keyframe = True
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("dropped incomplete video frame ts=%d", frame.timestamp)
+        self._lost_before()
+
+    def _lost_before(self) -> None:
+        """A frame was lost: count it, hold delta frames back until a keyframe."""
+        self.frames_dropped += 1
+        self._need_keyframe = True
         self._on_loss()

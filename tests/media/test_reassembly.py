@@ -105,6 +105,39 @@ def test_incomplete_frame_dropped_after_timeout_then_waits_for_keyframe() -> Non
     assert len(out) == 2
 
 
+def test_a_frame_lost_whole_holds_the_next_until_its_repair() -> None:
+    buf, out, losses, _ = make_video()
+    for p in vp8_frame(100, 3000, 1, key=True):
+        buf.add(p)
+    lost = vp8_frame(101, 6000, 1, key=False)  # one packet: nothing of it arrives
+    for p in vp8_frame(102, 9000, 1, key=False):
+        buf.add(p)
+    assert len(out) == 1  # complete, but a decoder needs the frame before it
+    buf.add(lost[0])  # the retransmission
+    assert [f.pts for f in out] == [0, 3000, 6000]
+    assert losses == [] and buf.frames_dropped == 0
+
+
+def test_a_frame_lost_whole_and_never_repaired_counts_as_lost() -> None:
+    buf, out, losses, clock = make_video()
+    for p in vp8_frame(100, 3000, 1, key=True):
+        buf.add(p)
+    for p in vp8_frame(102, 9000, 1, key=False):  # 101, a whole frame, lost
+        buf.add(p)
+    clock.now = 0.1
+    for p in vp8_frame(103, 12000, 1, key=False):
+        buf.add(p)
+    assert len(out) == 1 and losses == []
+    clock.now = 0.25
+    for p in vp8_frame(104, 15000, 1, key=False):
+        buf.add(p)
+    assert losses == [1] and buf.frames_dropped == 4  # the lost one, and 3 deltas after it
+    assert len(out) == 1
+    for p in vp8_frame(106, 21000, 1, key=True):  # a keyframe doesn't wait for 105
+        buf.add(p)
+    assert len(out) == 2 and out[1].keyframe and out[1].pts == 18000
+
+
 def test_sequence_and_timestamp_wraparound() -> None:
     buf, out, _, _ = make_video()
     for p in vp8_frame(0xFFFE, 0xFFFFFFFF - 1000, 3, key=True):
