@@ -199,15 +199,15 @@ class VideoForwardingBuffer:
             data = self._payload(frame, start, end)
             name = self._codec_names.get(frame.packets[start].payload_type, "")
             keyframe = is_keyframe(name, data)
-            if prev is not None and start != (prev + 1) & 0xFFFF and not keyframe:
+            follows_gap = prev is not None and start != (prev + 1) & 0xFFFF
+            if follows_gap and not keyframe and not self._need_keyframe:
                 # Whole packets between the last frame and this one are missing: a
                 # frame lost entirely (one packet, often), its repair may be on the
                 # way. A decoder can't use this one before it: wait as for a gap,
                 # then count the lost frame and wait for a keyframe.
-                if not self._need_keyframe and now - frame.first_arrival < self._timeout:
+                if now - frame.first_arrival < self._timeout:
                     return
-                if not self._need_keyframe:
-                    self._lost_before()
+                self._lost_before()
             self._emit(frame, data, keyframe)
 
     @staticmethod
